@@ -18,6 +18,8 @@ pub struct Config {
     pub ikev2_policies: Vec<Ikev2Policy>,
     /// `crypto ikev2 enable <nameif>`.
     pub ikev2_enabled_on: Vec<String>,
+    /// `crypto ikev2 enable <nameif> client-services [port N]` (remote access; default port 443).
+    pub ikev2_client_services: Vec<ClientServices>,
     pub ikev2: Ikev2Globals,
     /// `crypto ipsec ikev2 ipsec-proposal NAME`.
     pub ipsec_proposals: Vec<IpsecProposal>,
@@ -265,6 +267,13 @@ pub enum ConnectionType {
     AnswerOnly,
 }
 
+/// `crypto ikev2 enable <nameif> client-services port <port>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientServices {
+    pub nameif: String,
+    pub port: u16,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CryptoMapBinding {
     pub map: String,
@@ -348,6 +357,13 @@ pub struct Sysopt {
     pub preserve_vpn_flows: bool,
     /// holdfast extension: also preserve UDP flows.
     pub preserve_vpn_flows_udp: bool,
+    /// `sysopt nodnsalias inbound` / `outbound` (default off). Accepted and shown, no effect.
+    pub nodnsalias_inbound: bool,
+    pub nodnsalias_outbound: bool,
+    /// `sysopt radius ignore-secret` (default off). Accepted and shown, no effect.
+    pub radius_ignore_secret: bool,
+    /// `sysopt noproxyarp <nameif>`: interfaces on which proxy ARP is disabled.
+    pub noproxyarp: Vec<String>,
 }
 
 impl Default for Sysopt {
@@ -360,6 +376,10 @@ impl Default for Sysopt {
             reclassify_vpn: true,
             preserve_vpn_flows: false,
             preserve_vpn_flows_udp: false,
+            nodnsalias_inbound: false,
+            nodnsalias_outbound: false,
+            radius_ignore_secret: false,
+            noproxyarp: Vec::new(),
         }
     }
 }
