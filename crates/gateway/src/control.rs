@@ -1,0 +1,257 @@
+//! The control socket: one command line in, text out, then the daemon closes the connection.
+//!
+//! Commands follow the ASA CLI, including unambiguous keyword abbreviations (`sh cry ipsec sa`).
+//! Input the grammar does not accept is answered the way the ASA answers it: the line, a caret
+//! under the first offending word, and `ERROR: % Invalid input detected at '^' marker.`
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Default control socket of `holdfast run` / `show` / `clear` (issue 2).
+pub const DEFAULT_SOCKET: &str = "/run/holdfast/holdfast.sock";
+
+/// Longest command line the daemon reads; anything longer is refused, not buffered.
+pub const MAX_LINE: usize = 1024;
+
+/// A parsed control command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    ShowIkev2Sa { detail: bool },
+    ShowIpsecSa { peer: Option<IpAddr>, detail: bool },
+    ShowRunningConfig,
+    ShowLogging,
+    ShowVersion,
+    ClearIkev2Sa { peer: Option<IpAddr> },
+    ClearIpsecSa { peer: Option<IpAddr> },
+}
+
+/// Why a command line was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Byte column (0-based) of the first word that does not fit the grammar.
+    Invalid { col: usize },
+    /// The line ends where the grammar needs another word.
+    Incomplete,
+}
+
+pub const INVALID_INPUT: &str = "ERROR: % Invalid input detected at '^' marker.";
+pub const INCOMPLETE: &str = "ERROR: % Incomplete command";
+
+/// Renders a refusal as the ASA does: the line, a caret, the error.
+pub fn format_error(line: &str, err: &ParseError) -> String {
+    match err {
+        ParseError::Invalid { col } => format!("{}\n{}^\n{}\n", line.trim_end(), " ".repeat(*col), INVALID_INPUT),
+        ParseError::Incomplete => format!("{INCOMPLETE}\n"),
+    }
+}
+
+/// Parses one command line.
+pub fn parse(line: &str) -> Result<Request, ParseError> {
+    let words = tokenize(line);
+    let mut p = Parser { words: &words, pos: 0 };
+    let verb = p.keyword(&["show", "clear"])?;
+    match verb {
+        "show" => {
+            let what = p.keyword(&["crypto", "running-config", "logging", "version"])?;
+            let req = match what {
+                "crypto" => match p.keyword(&["ikev2", "ipsec"])? {
+                    "ikev2" => {
+                        p.keyword(&["sa"])?;
+                        let detail = p.optional_keyword(&["detail"])?.is_some();
+                        Request::ShowIkev2Sa { detail }
+                    }
+                    _ => {
+                        p.keyword(&["sa"])?;
+                        let mut peer = None;
+                        let mut detail = false;
+                        while let Some(k) = p.optional_keyword(&["peer", "detail"])? {
+                            match k {
+                                "peer" if peer.is_none() => peer = Some(p.ip()?),
+                                "detail" if !detail => detail = true,
+                                _ => return Err(p.invalid_prev()),
+                            }
+                        }
+                        Request::ShowIpsecSa { peer, detail }
+                    }
+                },
+                "running-config" => Request::ShowRunningConfig,
+                "logging" => Request::ShowLogging,
+                _ => Request::ShowVersion,
+            };
+            p.end()?;
+            Ok(req)
+        }
+        _ => {
+            p.keyword(&["crypto"])?;
+            let req = match p.keyword(&["ikev2", "ipsec"])? {
+                "ikev2" => {
+                    p.keyword(&["sa"])?;
+                    let peer = if p.at_end() { None } else { Some(p.ip()?) };
+                    Request::ClearIkev2Sa { peer }
+                }
+                _ => {
+                    p.keyword(&["sa"])?;
+                    let peer = match p.optional_keyword(&["peer"])? {
+                        Some(_) => Some(p.ip()?),
+                        None => None,
+                    };
+                    Request::ClearIpsecSa { peer }
+                }
+            };
+            p.end()?;
+            Ok(req)
+        }
+    }
+}
+
+/// Sends one command to a running daemon and returns its answer.
+pub fn request(socket: &Path, line: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(line.trim_end().as_bytes())?;
+    s.write_all(b"\n")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// True when a daemon answer is an ASA-style error (the client then exits non-zero).
+pub fn is_error(answer: &str) -> bool {
+    answer.lines().any(|l| l.starts_with("ERROR: "))
+}
+
+/// Words with their starting byte columns.
+fn tokenize(line: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in line.char_indices() {
+        if c.is_whitespace() {
+            if let Some(s) = start.take() {
+                out.push((s, &line[s..i]));
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, &line[s..]));
+    }
+    out
+}
+
+struct Parser<'a> {
+    words: &'a [(usize, &'a str)],
+    pos: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn at_end(&self) -> bool {
+        self.pos >= self.words.len()
+    }
+
+    /// Matches the next word against `options`, accepting an unambiguous prefix (ASA CLI).
+    fn keyword(&mut self, options: &[&'static str]) -> Result<&'static str, ParseError> {
+        self.optional_keyword(options)?.ok_or(ParseError::Incomplete)
+    }
+
+    fn optional_keyword(&mut self, options: &[&'static str]) -> Result<Option<&'static str>, ParseError> {
+        let Some(&(col, word)) = self.words.get(self.pos) else { return Ok(None) };
+        let w = word.to_ascii_lowercase();
+        let exact = options.iter().find(|o| **o == w);
+        let found = match exact {
+            Some(o) => Some(*o),
+            None => {
+                let mut hits = options.iter().filter(|o| o.starts_with(w.as_str()));
+                match (hits.next(), hits.next()) {
+                    (Some(o), None) => Some(*o),
+                    _ => None,
+                }
+            }
+        };
+        match found {
+            Some(o) => {
+                self.pos += 1;
+                Ok(Some(o))
+            }
+            None => Err(ParseError::Invalid { col }),
+        }
+    }
+
+    fn ip(&mut self) -> Result<IpAddr, ParseError> {
+        let Some(&(col, word)) = self.words.get(self.pos) else { return Err(ParseError::Incomplete) };
+        let ip = word.parse().map_err(|_| ParseError::Invalid { col })?;
+        self.pos += 1;
+        Ok(ip)
+    }
+
+    fn invalid_prev(&self) -> ParseError {
+        ParseError::Invalid { col: self.words[self.pos.saturating_sub(1)].0 }
+    }
+
+    fn end(&self) -> Result<(), ParseError> {
+        match self.words.get(self.pos) {
+            None => Ok(()),
+            Some(&(col, _)) => Err(ParseError::Invalid { col }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_issue_commands() {
+        assert_eq!(parse("show crypto ikev2 sa"), Ok(Request::ShowIkev2Sa { detail: false }));
+        assert_eq!(parse("show crypto ikev2 sa detail"), Ok(Request::ShowIkev2Sa { detail: true }));
+        assert_eq!(parse("show crypto ipsec sa"), Ok(Request::ShowIpsecSa { peer: None, detail: false }));
+        assert_eq!(
+            parse("show crypto ipsec sa peer 192.0.2.2"),
+            Ok(Request::ShowIpsecSa { peer: Some("192.0.2.2".parse().unwrap()), detail: false })
+        );
+        assert_eq!(parse("show running-config"), Ok(Request::ShowRunningConfig));
+        assert_eq!(parse("show logging"), Ok(Request::ShowLogging));
+        assert_eq!(parse("clear crypto ikev2 sa"), Ok(Request::ClearIkev2Sa { peer: None }));
+        assert_eq!(
+            parse("clear crypto ikev2 sa 192.0.2.2"),
+            Ok(Request::ClearIkev2Sa { peer: Some("192.0.2.2".parse().unwrap()) })
+        );
+        assert_eq!(parse("clear crypto ipsec sa"), Ok(Request::ClearIpsecSa { peer: None }));
+        assert_eq!(
+            parse("clear crypto ipsec sa peer 192.0.2.2\n"),
+            Ok(Request::ClearIpsecSa { peer: Some("192.0.2.2".parse().unwrap()) })
+        );
+    }
+
+    #[test]
+    fn abbreviations_like_the_asa() {
+        assert_eq!(parse("sh cry ipsec sa"), Ok(Request::ShowIpsecSa { peer: None, detail: false }));
+        assert_eq!(parse("sh run"), Ok(Request::ShowRunningConfig));
+        assert_eq!(parse("  SHOW   Crypto IKEV2 sa det "), Ok(Request::ShowIkev2Sa { detail: true }));
+        // `i` is ambiguous between ikev2 and ipsec.
+        assert_eq!(parse("show crypto i sa"), Err(ParseError::Invalid { col: 12 }));
+    }
+
+    #[test]
+    fn errors_point_at_the_word() {
+        let line = "show crypto foo sa";
+        let err = parse(line).unwrap_err();
+        assert_eq!(err, ParseError::Invalid { col: 12 });
+        assert_eq!(
+            format_error(line, &err),
+            "show crypto foo sa\n            ^\nERROR: % Invalid input detected at '^' marker.\n"
+        );
+        assert_eq!(parse("show crypto ipsec sa peer 300.1.1.1"), Err(ParseError::Invalid { col: 26 }));
+        assert_eq!(parse("show running-config extra"), Err(ParseError::Invalid { col: 20 }));
+        assert_eq!(parse("bogus"), Err(ParseError::Invalid { col: 0 }));
+        assert_eq!(parse("show crypto"), Err(ParseError::Incomplete));
+        assert_eq!(parse(""), Err(ParseError::Incomplete));
+        assert_eq!(format_error("show crypto", &ParseError::Incomplete), "ERROR: % Incomplete command\n");
+        assert!(is_error(&format_error(line, &err)));
+        assert!(!is_error("IKEv2 SAs:\n"));
+    }
+}
