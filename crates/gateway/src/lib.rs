@@ -4,3 +4,5 @@
 pub mod clock;
 pub mod control;
 pub mod syslog;
+pub mod net;
+pub mod show;

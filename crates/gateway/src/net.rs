@@ -1,0 +1,153 @@
+//! The kernel edge: the TUN device, routes of the protected networks into it, IP forwarding,
+//! and the outside sockets (UDP 500, UDP 4500, raw IP protocol 50). Everything added here is
+//! recorded in [`SystemGuard`] and removed again on exit.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Socket buffers of the data path. A namespace's default (208 KiB) overflows at a few hundred
+/// Mbit/s of ESP bursts; strongSwan's charon loses ~8 % of packets that way (ipsec-peer.md §1).
+pub const SOCKET_BUFFER: usize = 16 << 20;
+
+/// Creates the TUN device, with virtio-net offloads (GSO/GRO) when `offload` and the kernel
+/// allow it, and brings it up. Returns the device and whether offload is active.
+pub fn create_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(tun_rs::SyncDevice, bool)> {
+    if offload {
+        let dev = tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .offload(true)
+            .enable(true)
+            .build_sync();
+        match dev {
+            Ok(d) => {
+                let active = d.tcp_gso();
+                return Ok((d, active));
+            }
+            Err(e) => eprintln!("holdfast: TUN offload unavailable ({e}); using plain TUN"),
+        }
+    }
+    let d = tun_rs::DeviceBuilder::new().name(name).mtu(mtu).enable(true).build_sync()?;
+    Ok((d, false))
+}
+
+/// What the daemon changed in the system, undone by [`SystemGuard::cleanup`] (also on drop).
+#[derive(Debug, Default)]
+pub struct SystemGuard {
+    routes: Vec<(String, String)>,
+    ip_forward_before: Option<String>,
+    socket_file: Option<std::path::PathBuf>,
+}
+
+impl SystemGuard {
+    /// `ip route replace NET/LEN dev DEV [src SRC]`, remembered for removal.
+    pub fn add_route(&mut self, net: Ipv4Addr, prefix_len: u8, dev: &str, src: Option<Ipv4Addr>) -> io::Result<()> {
+        let dst = format!("{net}/{prefix_len}");
+        let mut args = vec!["route".to_string(), "replace".into(), dst.clone(), "dev".into(), dev.into()];
+        if let Some(s) = src {
+            args.push("src".into());
+            args.push(s.to_string());
+        }
+        ip(&args)?;
+        self.routes.push((dst, dev.to_string()));
+        Ok(())
+    }
+
+    /// Turns on IPv4 forwarding (a gateway forwards between inside and the tunnel) and restores
+    /// the previous value on exit.
+    pub fn enable_ip_forward(&mut self) -> io::Result<()> {
+        const P: &str = "/proc/sys/net/ipv4/ip_forward";
+        let before = std::fs::read_to_string(P)?.trim().to_string();
+        if before != "1" {
+            std::fs::write(P, "1")?;
+            self.ip_forward_before = Some(before);
+        }
+        Ok(())
+    }
+
+    pub fn remember_socket_file(&mut self, p: std::path::PathBuf) {
+        self.socket_file = Some(p);
+    }
+
+    pub fn cleanup(&mut self) {
+        for (dst, dev) in self.routes.drain(..).rev() {
+            // The route may already be gone with the TUN device; that is fine.
+            let _ = ip(&["route".into(), "del".into(), dst, "dev".into(), dev]);
+        }
+        if let Some(v) = self.ip_forward_before.take() {
+            let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", v);
+        }
+        if let Some(p) = self.socket_file.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for SystemGuard {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn ip(args: &[String]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A UDP socket bound to `addr` with large buffers.
+pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.bind(&addr.into())?;
+    set_buffers(&s);
+    Ok(s.into())
+}
+
+/// A raw IPv4 socket for ESP (IP protocol 50), bound to the local outside address. Reads return
+/// the IPv4 header too; writes get one from the kernel.
+pub fn raw_esp_socket(local: Ipv4Addr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_ESP)))?;
+    s.bind(&SocketAddr::new(IpAddr::V4(local), 0).into())?;
+    set_buffers(&s);
+    Ok(s)
+}
+
+/// SO_RCVBUF/SO_SNDBUF at [`SOCKET_BUFFER`]; the FORCE variants pass `net.core.rmem_max` as root.
+pub fn set_buffers(s: &Socket) {
+    let fd = s.as_raw_fd();
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        let v: libc::c_int = SOCKET_BUFFER as libc::c_int;
+        // SAFETY: fd is a valid socket owned by `s`; the option value is a c_int on the stack
+        // whose size is passed alongside.
+        let rc = unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, force, (&v as *const libc::c_int).cast(), std::mem::size_of_val(&v) as libc::socklen_t)
+        };
+        if rc != 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(fd, libc::SOL_SOCKET, plain, (&v as *const libc::c_int).cast(), std::mem::size_of_val(&v) as libc::socklen_t);
+            }
+        }
+    }
+}
+
+/// Reads back the receive buffer size (for the integration test and `show` diagnostics).
+pub fn recv_buffer_size(s: &impl AsRawFd) -> usize {
+    let fd = s.as_raw_fd();
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of_val(&v) as libc::socklen_t;
+    // SAFETY: fd is a valid socket; v/len are valid for writes of their sizes.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&mut v as *mut libc::c_int).cast(), &mut len) };
+    if rc == 0 { v.max(0) as usize } else { 0 }
+}
