@@ -1,1 +1,141 @@
-//! (placeholder: being written)
+//! ASA-syntax configuration for holdfast: lexer -> spanned AST -> `policy::Config`, with
+//! compiler-style diagnostics, and `show running-config` rendering that parses back to the same
+//! configuration.
+//!
+//! ```text
+//! gw-a.cfg:12:8: error: DH group 2 (1024-bit MODP) is refused as insecure; use group 19 or group 14
+//!    group 2
+//!          ^
+//! ```
+//!
+//! Supported commands are listed in the crate's README section of docs and in `parser.rs`.
+//! holdfast extensions (not ASA commands), documented where they are parsed:
+//! - `crypto map M N set udp-encapsulation force`: always UDP-encapsulate ESP (RFC 3948);
+//! - `crypto ikev2 retransmit <base-ms> <tries>`: IKE retransmission timing;
+//! - `sysopt connection preserve-vpn-flows udp`: preserve UDP flows as well as TCP.
+//!
+//! Lines for ASA features outside holdfast's scope (nat, snmp-server, http, object, route, ...)
+//! are summarised in one warning, or refused one by one in strict mode.
+
+pub mod ast;
+mod diag;
+mod lexer;
+mod lower;
+mod parser;
+mod render;
+
+pub use diag::{Diagnostic, Diagnostics, Severity, Span};
+pub use render::ShowOptions;
+
+use diag::Issue;
+use std::path::Path;
+
+/// A configuration that passed every check, and the warnings found on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub config: policy::Config,
+    pub warnings: Diagnostics,
+}
+
+/// How to parse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Refuse lines for features outside holdfast's scope instead of ignoring them
+    /// (`holdfast check --strict`).
+    pub strict: bool,
+}
+
+/// Reads and parses a configuration file. A missing or unreadable file is one diagnostic naming
+/// the path.
+pub fn load(path: &Path) -> Result<Loaded, Diagnostics> {
+    load_with(path, ParseOptions::default())
+}
+
+pub fn load_with(path: &Path, opts: ParseOptions) -> Result<Loaded, Diagnostics> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| {
+        let what = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        whole_file_error(&file, format!("cannot read configuration file {file}: {what}"))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        whole_file_error(&file, format!("configuration file {file} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+    })?;
+    parse_with(&file, &text, opts)
+}
+
+/// Parses configuration text; `file_name` is only used in messages.
+pub fn parse(file_name: &str, text: &str) -> Result<Loaded, Diagnostics> {
+    parse_with(file_name, text, ParseOptions::default())
+}
+
+pub fn parse_with(file_name: &str, text: &str, opts: ParseOptions) -> Result<Loaded, Diagnostics> {
+    let (ast, mut issues) = parser::parse(text);
+    let lowered = lower::lower(&ast);
+    issues.extend(lowered.issues);
+    let mut ignored = ast.ignored.clone();
+    ignored.extend(lowered.ignored);
+    ignored.sort_by_key(|s| s.start);
+    ignored.dedup();
+    if opts.strict {
+        for s in &ignored {
+            let first = text.get(s.start..s.end).and_then(|t| t.split_whitespace().next()).unwrap_or("");
+            let first = if first.eq_ignore_ascii_case("no") {
+                text.get(s.start..s.end).and_then(|t| t.split_whitespace().nth(1)).map_or("no".to_string(), |w| format!("no {w}"))
+            } else {
+                first.to_string()
+            };
+            issues.push(Issue::error(*s, format!("`{first}`: feature outside holdfast's scope (refused in strict mode)")));
+        }
+    } else if let Some(first) = ignored.first() {
+        let n = ignored.len();
+        let lines = if n == 1 { "line" } else { "lines" };
+        issues.push(Issue::warning(
+            *first,
+            format!("ignored: {n} {lines} for features outside holdfast's scope, first at line {}", first.line),
+        ));
+    }
+    issues.sort_by(|a, b| (a.span.start, a.span.line, b.severity).cmp(&(b.span.start, b.span.line, a.severity)));
+    issues.dedup();
+    let diags: Vec<Diagnostic> = issues.into_iter().map(|i| i.into_diagnostic(file_name, text)).collect();
+    let diags = Diagnostics(diags);
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    Ok(Loaded { config: lowered.config, warnings: diags })
+}
+
+/// `show running-config`: canonical ASA text, keys masked as `*****`.
+pub fn running_config(config: &policy::Config) -> String {
+    render::show_running_config(config, &ShowOptions::default())
+}
+
+/// Like [`running_config`] but with keys in clear, so the text parses back to `config`.
+pub fn running_config_unmasked(config: &policy::Config) -> String {
+    render::show_running_config(config, &ShowOptions { unmasked: true, ..Default::default() })
+}
+
+/// `show running-config all sysopt`: every sysopt with its value, as the ASA prints it.
+pub fn running_config_all_sysopt(config: &policy::Config) -> String {
+    render::show_running_config(config, &ShowOptions { all: true, filter: vec!["sysopt".into()], unmasked: false })
+}
+
+/// `show running-config [all] [COMMAND...]` with the filters the ASA offers (for the daemon's
+/// `show` and the shell).
+pub fn show_running_config(config: &policy::Config, opts: &ShowOptions) -> String {
+    render::show_running_config(config, opts)
+}
+
+fn whole_file_error(file: &str, message: String) -> Diagnostics {
+    Diagnostics(vec![Diagnostic {
+        severity: Severity::Error,
+        file: file.to_string(),
+        span: None,
+        message,
+        source_line: None,
+        caret_len: 0,
+    }])
+}

@@ -1,0 +1,636 @@
+//! AST -> `policy::Config`: merges repeated mode entries the way the ASA does (re-entering
+//! `interface X` or `crypto ikev2 policy 10` modifies it), fills ASA defaults, and checks every
+//! cross-reference with the span of the word that refers.
+
+use crate::ast::*;
+use crate::diag::{Issue, Span};
+use policy::{
+    AccessList, AclAction, AclEntry, ClientServices, Config, CryptoMapBinding, CryptoMapEntry, Dpd, Encryption, Ikev2Policy,
+    Integrity, Interface, IpsecProposal, LoggingHost, Prf, Secret, TunnelGroup, TunnelGroupKind,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// ASA default IPsec SA lifetime (`crypto ipsec security-association lifetime`).
+pub(crate) const DEFAULT_SA_SECONDS: u64 = 28_800;
+pub(crate) const DEFAULT_SA_KILOBYTES: u64 = 4_608_000;
+/// ASA default IKEv2 SA lifetime (`crypto ikev2 policy` / `lifetime seconds`).
+pub(crate) const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(86_400);
+/// Linux IFNAMSIZ - 1.
+const MAX_IFNAME: usize = 15;
+
+pub(crate) struct Lowered {
+    pub config: Config,
+    pub issues: Vec<Issue>,
+    /// ACL lines holdfast cannot represent, in ACLs no crypto map uses: outside holdfast's scope.
+    pub ignored: Vec<Span>,
+}
+
+pub(crate) fn lower(ast: &Ast) -> Lowered {
+    let mut l = Lowerer {
+        ast,
+        cfg: Config::default(),
+        issues: Vec::new(),
+        ignored: Vec::new(),
+        iface_spans: Vec::new(),
+        nameif_refs: Vec::new(),
+        acl_unsupported: Vec::new(),
+        ike: BTreeMap::new(),
+        proposals: Vec::new(),
+        global_lifetime: Lifetime::default(),
+        maps: BTreeMap::new(),
+        bindings: Vec::new(),
+        tgs: Vec::new(),
+    };
+    l.run();
+    Lowered { config: l.cfg, issues: l.issues, ignored: l.ignored }
+}
+
+#[derive(Default)]
+struct IkePolicyAcc {
+    span: Span,
+    encryption: Option<(Vec<Encryption>, Span)>,
+    integrity: Option<(Vec<Integrity>, Span)>,
+    groups: Option<Vec<policy::DhGroup>>,
+    prf: Option<Vec<Prf>>,
+    lifetime: Option<Option<Duration>>,
+}
+
+#[derive(Default)]
+struct ProposalAcc {
+    span: Span,
+    encryption: Option<Vec<Encryption>>,
+    integrity: Option<(Vec<Integrity>, Span)>,
+}
+
+#[derive(Default)]
+struct MapEntryAcc {
+    span: Span,
+    match_address: Option<Spanned<String>>,
+    peers: Vec<Spanned<std::net::IpAddr>>,
+    proposals: Vec<Spanned<String>>,
+    pfs: Option<policy::DhGroup>,
+    lifetime: Lifetime,
+    connection_type: policy::ConnectionType,
+    nat_t_disable: bool,
+    force_udp_encap: bool,
+}
+
+struct TgAcc {
+    span: Span,
+    kind: Option<TunnelGroupKind>,
+    attr_span: Option<Span>,
+    local: Option<Secret>,
+    remote: Option<Secret>,
+    dpd: Option<Dpd>,
+}
+
+struct Lowerer<'a> {
+    ast: &'a Ast,
+    cfg: Config,
+    issues: Vec<Issue>,
+    ignored: Vec<Span>,
+    iface_spans: Vec<Span>,
+    /// nameif references to check once all interfaces are known.
+    nameif_refs: Vec<Spanned<String>>,
+    acl_unsupported: Vec<(String, Unsupported, Span)>,
+    ike: BTreeMap<u32, IkePolicyAcc>,
+    proposals: Vec<(String, ProposalAcc)>,
+    global_lifetime: Lifetime,
+    maps: BTreeMap<(String, u32), MapEntryAcc>,
+    bindings: Vec<(Spanned<String>, Spanned<String>)>,
+    tgs: Vec<(String, TgAcc)>,
+}
+
+impl<'a> Lowerer<'a> {
+    fn run(&mut self) {
+        for item in &self.ast.items {
+            self.item(item);
+        }
+        self.finish_acls();
+        self.finish_ike_policies();
+        self.finish_proposals();
+        self.finish_tunnel_groups();
+        self.finish_crypto_maps();
+        self.check_nameifs();
+        self.check_tunnels();
+    }
+
+    fn failed(&self, name: &str) -> bool {
+        self.ast.failed_names.contains(name)
+    }
+
+    fn item(&mut self, item: &Item) {
+        let cfg = &mut self.cfg;
+        match &item.kind {
+            ItemKind::Hostname(h) => cfg.hostname = Some(h.node.clone()),
+            ItemKind::Interface { name, body } => {
+                let idx = match cfg.interfaces.iter().position(|i| i.name == name.node) {
+                    Some(i) => i,
+                    None => {
+                        cfg.interfaces.push(Interface { name: name.node.clone(), nameif: None, address: None, security_level: None, shutdown: false });
+                        self.iface_spans.push(name.span);
+                        cfg.interfaces.len() - 1
+                    }
+                };
+                for cmd in body {
+                    match &cmd.node {
+                        IfaceCmd::Nameif(n) => {
+                            if let Some(n) = n {
+                                let dup = cfg.interfaces.iter().enumerate().find(|(i, x)| *i != idx && x.nameif.as_deref() == Some(n.node.as_str()));
+                                if let Some((_, other)) = dup {
+                                    let msg = format!("nameif {} is already used by interface {}", n.node, other.name);
+                                    self.issues.push(Issue::error(n.span, msg));
+                                    continue;
+                                }
+                            }
+                            cfg.interfaces[idx].nameif = n.as_ref().map(|n| n.node.clone());
+                        }
+                        IfaceCmd::IpAddress(a) => cfg.interfaces[idx].address = *a,
+                        IfaceCmd::SecurityLevel(s) => cfg.interfaces[idx].security_level = *s,
+                        IfaceCmd::Shutdown(s) => cfg.interfaces[idx].shutdown = *s,
+                    }
+                }
+            }
+            ItemKind::AccessList { name, entry } => {
+                let idx = match cfg.access_lists.iter().position(|a| a.name == name.node) {
+                    Some(i) => i,
+                    None => {
+                        cfg.access_lists.push(AccessList { name: name.node.clone(), entries: Vec::new() });
+                        cfg.access_lists.len() - 1
+                    }
+                };
+                match &entry.body {
+                    Ok(b) => cfg.access_lists[idx].entries.push(AclEntry {
+                        action: entry.action,
+                        protocol: b.protocol,
+                        source: b.source,
+                        destination: b.destination,
+                        standard: entry.standard,
+                    }),
+                    Err(u) => self.acl_unsupported.push((name.node.clone(), u.clone(), item.span)),
+                }
+            }
+            ItemKind::AccessListRemark { name } => {
+                if !cfg.access_lists.iter().any(|a| a.name == name.node) {
+                    cfg.access_lists.push(AccessList { name: name.node.clone(), entries: Vec::new() });
+                }
+            }
+            ItemKind::Logging(cmd) => match cmd {
+                LoggingCmd::Enable(b) => cfg.logging.enabled = *b,
+                LoggingCmd::Timestamp(b) => cfg.logging.timestamp = *b,
+                LoggingCmd::Trap(l) => cfg.logging.trap_level = *l,
+                LoggingCmd::Buffered(l) => cfg.logging.buffered_level = *l,
+                LoggingCmd::Host { nameif, addr, port } => {
+                    self.nameif_refs.push(nameif.clone());
+                    cfg.logging.hosts.retain(|h| !(h.nameif == nameif.node && h.addr == *addr));
+                    cfg.logging.hosts.push(LoggingHost { nameif: nameif.node.clone(), addr: *addr, port: *port });
+                }
+            },
+            ItemKind::Timeout(settings) => {
+                for s in settings {
+                    let v = (!s.value.is_zero()).then_some(s.value);
+                    match s.kind {
+                        TimeoutKind::Conn => cfg.timeouts.conn = v,
+                        TimeoutKind::HalfClosed => cfg.timeouts.half_closed = v,
+                        TimeoutKind::Udp => cfg.timeouts.udp = v,
+                        TimeoutKind::Icmp => cfg.timeouts.icmp = s.value,
+                    }
+                }
+            }
+            ItemKind::Sysopt { no, opt } => {
+                let on = !no;
+                let s = &mut cfg.sysopt;
+                match opt {
+                    SysoptCmd::Timewait => s.timewait = on,
+                    SysoptCmd::Tcpmss(v) => s.tcpmss = *v,
+                    SysoptCmd::TcpmssMinimum(v) => s.tcpmss_minimum = *v,
+                    SysoptCmd::PermitVpn => s.permit_vpn = on,
+                    SysoptCmd::ReclassifyVpn => s.reclassify_vpn = on,
+                    SysoptCmd::PreserveVpnFlows => {
+                        s.preserve_vpn_flows = on;
+                        if !on {
+                            s.preserve_vpn_flows_udp = false;
+                        }
+                    }
+                    SysoptCmd::PreserveVpnFlowsUdp => {
+                        s.preserve_vpn_flows_udp = on;
+                        if on {
+                            s.preserve_vpn_flows = true;
+                        }
+                    }
+                    SysoptCmd::NodnsaliasInbound => s.nodnsalias_inbound = on,
+                    SysoptCmd::NodnsaliasOutbound => s.nodnsalias_outbound = on,
+                    SysoptCmd::RadiusIgnoreSecret => s.radius_ignore_secret = on,
+                    SysoptCmd::Noproxyarp(n) => {
+                        self.nameif_refs.push(n.clone());
+                        s.noproxyarp.retain(|x| *x != n.node);
+                        if on {
+                            s.noproxyarp.push(n.node.clone());
+                        }
+                    }
+                }
+            }
+            ItemKind::Ikev2Policy { priority, body } => {
+                let acc = self.ike.entry(priority.node).or_insert_with(|| IkePolicyAcc { span: item.span, ..Default::default() });
+                for cmd in body {
+                    match &cmd.node {
+                        IkePolicyCmd::Encryption(v) => acc.encryption = Some((v.clone(), cmd.span)),
+                        IkePolicyCmd::Integrity(v) => acc.integrity = Some((v.clone(), cmd.span)),
+                        IkePolicyCmd::Group(v) => acc.groups = Some(v.clone()),
+                        IkePolicyCmd::Prf(v) => acc.prf = Some(v.clone()),
+                        IkePolicyCmd::Lifetime(v) => acc.lifetime = Some(*v),
+                    }
+                }
+            }
+            ItemKind::Ikev2Enable { nameif, client_services } => {
+                self.nameif_refs.push(nameif.clone());
+                if !cfg.ikev2_enabled_on.contains(&nameif.node) {
+                    cfg.ikev2_enabled_on.push(nameif.node.clone());
+                }
+                cfg.ikev2_client_services.retain(|c| c.nameif != nameif.node);
+                if let Some(p) = client_services {
+                    cfg.ikev2_client_services.push(ClientServices { nameif: nameif.node.clone(), port: p.node });
+                }
+            }
+            ItemKind::Ikev2CookieChallenge(n) => cfg.ikev2.cookie_challenge_percent = n.node,
+            ItemKind::Ikev2MaxInNegotiation(n) => cfg.ikev2.max_in_negotiation = n.node,
+            ItemKind::Ikev2Fragmentation { enabled, mtu } => {
+                cfg.ikev2.fragmentation_mtu = match (enabled, mtu) {
+                    (false, _) => None,
+                    (true, Some(m)) => Some(m.node),
+                    (true, None) => Some(cfg.ikev2.fragmentation_mtu.unwrap_or(policy::Ikev2Globals::default().fragmentation_mtu.unwrap_or(576))),
+                }
+            }
+            ItemKind::Ikev2Retransmit { base_ms, tries } => {
+                cfg.ikev2.retransmit_base = Duration::from_millis(u64::from(base_ms.node));
+                cfg.ikev2.retransmit_tries = tries.node;
+            }
+            ItemKind::IpsecProposal { name, body } => {
+                let idx = match self.proposals.iter().position(|(n, _)| *n == name.node) {
+                    Some(i) => i,
+                    None => {
+                        self.proposals.push((name.node.clone(), ProposalAcc { span: name.span, ..Default::default() }));
+                        self.proposals.len() - 1
+                    }
+                };
+                let acc = &mut self.proposals[idx].1;
+                for cmd in body {
+                    match &cmd.node {
+                        ProposalCmd::Encryption(v) => acc.encryption = Some(v.clone()),
+                        ProposalCmd::Integrity(v) => acc.integrity = Some((v.clone(), cmd.span)),
+                    }
+                }
+            }
+            ItemKind::IpsecGlobalLifetime(lt) => {
+                if lt.seconds.is_some() {
+                    self.global_lifetime.seconds = lt.seconds;
+                }
+                if lt.kilobytes.is_some() {
+                    self.global_lifetime.kilobytes = lt.kilobytes;
+                }
+            }
+            ItemKind::CryptoMap { map, seq, cmd } => {
+                let acc = self
+                    .maps
+                    .entry((map.node.clone(), seq.node))
+                    .or_insert_with(|| MapEntryAcc { span: item.span, ..Default::default() });
+                match cmd {
+                    CryptoMapCmd::MatchAddress(a) => acc.match_address = Some(a.clone()),
+                    CryptoMapCmd::Peer(p) => acc.peers = p.clone(),
+                    CryptoMapCmd::Ikev2Proposals(p) => acc.proposals = p.clone(),
+                    CryptoMapCmd::Pfs(g) => acc.pfs = Some(*g),
+                    CryptoMapCmd::Lifetime(lt) => {
+                        if lt.seconds.is_some() {
+                            acc.lifetime.seconds = lt.seconds;
+                        }
+                        if lt.kilobytes.is_some() {
+                            acc.lifetime.kilobytes = lt.kilobytes;
+                        }
+                    }
+                    CryptoMapCmd::ConnectionType(t) => acc.connection_type = *t,
+                    CryptoMapCmd::NatTDisable => acc.nat_t_disable = true,
+                    CryptoMapCmd::ForceUdpEncap => acc.force_udp_encap = true,
+                }
+            }
+            ItemKind::CryptoMapInterface { map, nameif } => {
+                self.nameif_refs.push(nameif.clone());
+                // An interface carries one crypto map; binding another replaces it (ASA).
+                self.bindings.retain(|(_, n)| n.node != nameif.node);
+                self.bindings.push((map.clone(), nameif.clone()));
+            }
+            ItemKind::TunnelGroupType { name, kind } => {
+                let acc = self.tg(name);
+                acc.kind = Some(kind.node);
+            }
+            ItemKind::TunnelGroupIpsec { name, body } => {
+                let acc = self.tg(name);
+                acc.attr_span.get_or_insert(name.span);
+                for cmd in body {
+                    match &cmd.node {
+                        TgIpsecCmd::LocalPsk(k) => acc.local = Some(k.clone()),
+                        TgIpsecCmd::RemotePsk(k) => acc.remote = Some(k.clone()),
+                        TgIpsecCmd::Keepalive(d) => acc.dpd = *d,
+                    }
+                }
+            }
+            ItemKind::TunnelGroupGeneral { name } => {
+                let acc = self.tg(name);
+                acc.attr_span.get_or_insert(name.span);
+            }
+        }
+    }
+
+    fn tg(&mut self, name: &Spanned<String>) -> &mut TgAcc {
+        let idx = match self.tgs.iter().position(|(n, _)| *n == name.node) {
+            Some(i) => i,
+            None => {
+                let acc = TgAcc { span: name.span, kind: None, attr_span: None, local: None, remote: None, dpd: Some(Dpd::default()) };
+                self.tgs.push((name.node.clone(), acc));
+                self.tgs.len() - 1
+            }
+        };
+        &mut self.tgs[idx].1
+    }
+
+    fn finish_acls(&mut self) {
+        let used: Vec<String> = self.maps.values().filter_map(|m| m.match_address.as_ref().map(|a| a.node.clone())).collect();
+        for (acl, u, line) in std::mem::take(&mut self.acl_unsupported) {
+            if used.contains(&acl) {
+                let msg = format!("access-list {acl} is a crypto ACL, and holdfast cannot turn {} into traffic selectors", u.what);
+                self.issues.push(Issue::error(u.span, msg));
+            } else {
+                self.ignored.push(line);
+            }
+        }
+    }
+
+    fn finish_ike_policies(&mut self) {
+        let mut out = Vec::new();
+        for (prio, acc) in &self.ike {
+            let skip = self.ast.failed_lines.contains(&acc.span.line);
+            let head = acc.span;
+            let Some((encryption, _)) = acc.encryption.clone() else {
+                if !skip {
+                    self.issues.push(Issue::error(head, format!("crypto ikev2 policy {prio} has no `encryption` (for example `encryption aes-gcm-256`)")));
+                }
+                continue;
+            };
+            let all_aead = encryption.iter().all(|e| e.is_aead());
+            let cbc = encryption.iter().find(|e| !e.is_aead()).copied();
+            let integrity = match &acc.integrity {
+                None if all_aead => vec![Integrity::Null],
+                None => {
+                    if !skip {
+                        self.issues.push(Issue::error(head, format!(
+                            "crypto ikev2 policy {prio} has no `integrity`; {} needs one (for example `integrity sha256`)",
+                            enc_name(cbc.unwrap_or(Encryption::AesCbc256), false)
+                        )));
+                    }
+                    continue;
+                }
+                Some((v, span)) => {
+                    if let Some(c) = cbc {
+                        if v.iter().all(|i| *i == Integrity::Null) {
+                            self.issues.push(Issue::error(*span, format!(
+                                "integrity null is only valid with AES-GCM; {} needs sha256 (or sha, sha384, sha512)",
+                                enc_name(c, false)
+                            )));
+                            continue;
+                        }
+                    }
+                    v.clone()
+                }
+            };
+            let Some(groups) = acc.groups.clone() else {
+                if !skip {
+                    self.issues.push(Issue::error(head, format!("crypto ikev2 policy {prio} has no `group` (for example `group 19 14`)")));
+                }
+                continue;
+            };
+            let prf = match &acc.prf {
+                Some(p) => p.clone(),
+                // ASA: without `prf`, the integrity algorithm's hash is the PRF.
+                None => {
+                    let p: Vec<Prf> = integrity.iter().filter_map(|i| prf_of(*i)).collect();
+                    if p.is_empty() {
+                        if !skip {
+                            self.issues.push(Issue::error(head, format!("crypto ikev2 policy {prio} needs `prf` (for example `prf sha256`) when integrity is null")));
+                        }
+                        continue;
+                    }
+                    p
+                }
+            };
+            out.push(Ikev2Policy {
+                priority: *prio,
+                encryption,
+                integrity,
+                groups,
+                prf,
+                lifetime: acc.lifetime.unwrap_or(Some(DEFAULT_IKE_LIFETIME)),
+            });
+        }
+        self.cfg.ikev2_policies = out;
+    }
+
+    fn finish_proposals(&mut self) {
+        for (name, acc) in &self.proposals {
+            let skip = self.ast.failed_lines.contains(&acc.span.line) || self.failed(name);
+            let Some(encryption) = acc.encryption.clone() else {
+                if !skip {
+                    self.issues.push(Issue::error(acc.span, format!("ipsec-proposal {name} has no `protocol esp encryption`")));
+                }
+                continue;
+            };
+            let integrity = acc.integrity.as_ref().map(|(v, _)| v.clone()).unwrap_or_default();
+            // ASA semantics: `protocol esp integrity` applies to the non-AEAD ciphers only, so an
+            // AES-GCM-only proposal with a hash listed is accepted (the hash is simply unused).
+            if let Some(c) = encryption.iter().find(|e| !e.is_aead()) {
+                if !integrity.iter().any(|i| *i != Integrity::Null) {
+                    let span = acc.integrity.as_ref().map_or(acc.span, |(_, s)| *s);
+                    if !skip {
+                        self.issues.push(Issue::error(span, format!(
+                            "ipsec-proposal {name}: {} needs an integrity algorithm; add `protocol esp integrity sha-256`",
+                            enc_name(*c, true)
+                        )));
+                    }
+                    continue;
+                }
+            }
+            self.cfg.ipsec_proposals.push(IpsecProposal { name: name.clone(), encryption, integrity });
+        }
+    }
+
+    fn finish_tunnel_groups(&mut self) {
+        for (name, acc) in &self.tgs {
+            let Some(kind) = acc.kind else {
+                if !self.failed(name) {
+                    let span = acc.attr_span.unwrap_or(acc.span);
+                    self.issues.push(Issue::error(span, format!("tunnel-group {name} has no `tunnel-group {name} type ipsec-l2l`")));
+                }
+                continue;
+            };
+            self.cfg.tunnel_groups.push(TunnelGroup {
+                name: name.clone(),
+                kind,
+                ikev2_local_psk: acc.local.clone(),
+                ikev2_remote_psk: acc.remote.clone(),
+                dpd: acc.dpd,
+            });
+        }
+    }
+
+    fn finish_crypto_maps(&mut self) {
+        let bound: Vec<String> = self.bindings.iter().map(|(m, _)| m.node.clone()).collect();
+        for ((map, seq), acc) in &self.maps {
+            let mut ok = true;
+            let head_failed = self.ast.failed_names.contains(map);
+            let mut err = |issues: &mut Vec<Issue>, span: Span, msg: String, suppress: bool| {
+                ok = false;
+                if !suppress {
+                    issues.push(Issue::error(span, msg));
+                }
+            };
+            let label = format!("crypto map {map} {seq}");
+            match &acc.match_address {
+                None => err(&mut self.issues, acc.span, format!("{label} has no `match address` (the crypto ACL)"), head_failed),
+                Some(a) => match self.cfg.access_list(&a.node) {
+                    None => err(&mut self.issues, a.span, format!("access-list {} is not defined", a.node), self.ast.failed_names.contains(&a.node)),
+                    Some(acl) if !acl.entries.iter().any(|e| e.action == AclAction::Permit) => {
+                        let failed = self.ast.failed_names.contains(&a.node) || self.issues.iter().any(|i| i.message.contains(&format!("access-list {} is a crypto ACL", a.node)));
+                        err(&mut self.issues, a.span, format!("access-list {} has no usable permit entry for the tunnel", a.node), failed)
+                    }
+                    Some(_) => {}
+                },
+            }
+            if acc.peers.is_empty() {
+                err(&mut self.issues, acc.span, format!("{label} has no `set peer`"), head_failed);
+            }
+            for p in &acc.peers {
+                let pname = p.node.to_string();
+                match self.cfg.tunnel_group(&pname) {
+                    None => err(
+                        &mut self.issues,
+                        p.span,
+                        format!("no tunnel-group for peer {pname} (add `tunnel-group {pname} type ipsec-l2l` and its ipsec-attributes)"),
+                        self.ast.failed_names.contains(&pname),
+                    ),
+                    Some(tg) => {
+                        let suppress = self.ast.failed_names.contains(&pname);
+                        if tg.ikev2_remote_psk.is_none() {
+                            err(&mut self.issues, p.span, format!("tunnel-group {pname} has no `ikev2 remote-authentication pre-shared-key`"), suppress);
+                        }
+                        if tg.ikev2_local_psk.is_none() {
+                            err(&mut self.issues, p.span, format!("tunnel-group {pname} has no `ikev2 local-authentication pre-shared-key`"), suppress);
+                        }
+                    }
+                }
+            }
+            if acc.proposals.is_empty() {
+                err(&mut self.issues, acc.span, format!("{label} has no `set ikev2 ipsec-proposal`"), head_failed);
+            }
+            for p in &acc.proposals {
+                if !self.cfg.ipsec_proposals.iter().any(|x| x.name == p.node) {
+                    let known = self.proposals.iter().any(|(n, _)| *n == p.node);
+                    // A proposal that exists but failed validation was reported already.
+                    let suppress = known || self.ast.failed_names.contains(&p.node);
+                    err(&mut self.issues, p.span, format!("ipsec-proposal {} is not defined", p.node), suppress);
+                }
+            }
+            if !ok {
+                continue;
+            }
+            if !bound.contains(map) && !self.issues.iter().any(|i| i.message.contains(&format!("crypto map {map} is not applied"))) {
+                self.issues.push(Issue::warning(acc.span, format!("crypto map {map} is not applied to an interface (`crypto map {map} interface outside`); its entries are inactive")));
+            }
+            let (Some(match_address), Some(first_peer)) = (&acc.match_address, acc.peers.first()) else { continue };
+            let _ = first_peer;
+            self.cfg.crypto_maps.push(CryptoMapEntry {
+                map: map.clone(),
+                seq: *seq,
+                match_address: match_address.node.clone(),
+                peers: acc.peers.iter().map(|p| p.node).collect(),
+                ikev2_proposals: acc.proposals.iter().map(|p| p.node.clone()).collect(),
+                pfs: acc.pfs,
+                lifetime_seconds: acc.lifetime.seconds.or(self.global_lifetime.seconds).unwrap_or(DEFAULT_SA_SECONDS),
+                lifetime_kilobytes: acc.lifetime.kilobytes.or(self.global_lifetime.kilobytes).unwrap_or(Some(DEFAULT_SA_KILOBYTES)),
+                nat_t_disable: acc.nat_t_disable,
+                force_udp_encap: acc.force_udp_encap,
+                connection_type: acc.connection_type,
+            });
+        }
+        let any_bound_entry = self.maps.keys().any(|(m, _)| bound.contains(m));
+        for (map, nameif) in &self.bindings {
+            if !self.maps.keys().any(|(m, _)| *m == map.node) {
+                if !self.failed(&map.node) {
+                    self.issues.push(Issue::error(map.span, format!("crypto map {} has no entries (`crypto map {} 10 match address ...`)", map.node, map.node)));
+                }
+                continue;
+            }
+            if let Some(iface) = self.cfg.interface_by_nameif(&nameif.node) {
+                let idx = self.cfg.interfaces.iter().position(|i| i.name == iface.name).unwrap_or(0);
+                let name_span = self.iface_spans.get(idx).copied().unwrap_or(nameif.span);
+                if iface.address.is_none() {
+                    self.issues.push(Issue::error(nameif.span, format!("interface {} (nameif {}) has no `ip address`; a crypto map needs a static address", iface.name, nameif.node)));
+                }
+                if iface.name.len() > MAX_IFNAME || iface.name.contains('/') {
+                    self.issues.push(Issue::error(name_span, format!("`{}` cannot be a Linux interface name (at most {MAX_IFNAME} bytes, no `/`); name the Linux interface that carries this network", iface.name)));
+                }
+                if !self.cfg.ikev2_enabled_on.contains(&nameif.node) {
+                    self.issues.push(Issue::error(nameif.span, format!("IKEv2 is not enabled on {} (add `crypto ikev2 enable {}`)", nameif.node, nameif.node)));
+                }
+            }
+            self.cfg.crypto_map_bindings.push(CryptoMapBinding { map: map.node.clone(), nameif: nameif.node.clone() });
+        }
+        if any_bound_entry && self.cfg.ikev2_policies.is_empty() && self.ike.is_empty() {
+            if let Some((_, acc)) = self.maps.iter().find(|((m, _), _)| bound.contains(m)) {
+                self.issues.push(Issue::error(acc.span, "no `crypto ikev2 policy` is configured (for example `crypto ikev2 policy 10` with `encryption aes-gcm-256`, `integrity null`, `group 19`, `prf sha256`)"));
+            }
+        }
+    }
+
+    fn check_nameifs(&mut self) {
+        for r in &self.nameif_refs {
+            if self.cfg.interface_by_nameif(&r.node).is_none() && !self.failed(&r.node) {
+                let known: Vec<&str> = self.cfg.interfaces.iter().filter_map(|i| i.nameif.as_deref()).collect();
+                let hint = if known.is_empty() { "no interface has a nameif".to_string() } else { format!("known: {}", known.join(", ")) };
+                self.issues.push(Issue::error(r.span, format!("no interface has `nameif {}` ({hint})", r.node)));
+            }
+        }
+    }
+
+    /// The engines read `Config::tunnels()`; if it still fails after the checks above, say so at
+    /// the crypto map entry instead of letting the daemon find out.
+    fn check_tunnels(&mut self) {
+        if self.issues.iter().any(|i| i.severity == crate::diag::Severity::Error) {
+            return;
+        }
+        if let Err(policy::ResolveError::CryptoMap { map, seq, what }) = self.cfg.tunnels() {
+            let span = self.maps.get(&(map.clone(), seq)).map_or(Span { start: 0, end: 0, line: 1, col: 1 }, |m| m.span);
+            self.issues.push(Issue::error(span, format!("crypto map {map} {seq}: {what}")));
+        }
+    }
+}
+
+fn prf_of(i: Integrity) -> Option<Prf> {
+    match i {
+        Integrity::Null => None,
+        Integrity::Sha1 => Some(Prf::Sha1),
+        Integrity::Sha256 => Some(Prf::Sha256),
+        Integrity::Sha384 => Some(Prf::Sha384),
+        Integrity::Sha512 => Some(Prf::Sha512),
+    }
+}
+
+/// The ASA keyword for an encryption algorithm (same in IKE and ESP).
+pub(crate) fn enc_name(e: Encryption, _esp: bool) -> &'static str {
+    match e {
+        Encryption::AesCbc128 => "aes",
+        Encryption::AesCbc192 => "aes-192",
+        Encryption::AesCbc256 => "aes-256",
+        Encryption::AesGcm128 => "aes-gcm",
+        Encryption::AesGcm192 => "aes-gcm-192",
+        Encryption::AesGcm256 => "aes-gcm-256",
+    }
+}

@@ -1,0 +1,1187 @@
+//! Lines -> spanned AST. One function per command family; each reports its own errors and goes
+//! on with the next line, so a file with several mistakes gets all of them in one run.
+//!
+//! Keywords are matched case-insensitively (as the ASA does); names (interfaces, ACLs, maps,
+//! proposals, tunnel groups) and keys are case-sensitive and kept as written.
+
+use crate::ast::*;
+use crate::diag::{Issue, Span};
+use crate::lexer::{self, Block, Line, Token};
+use policy::{AclAction, ConnectionType, DhGroup, Dpd, Encryption, Integrity, Ipv4Net, Prf, Secret, TunnelGroupKind};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// ASA limit for `timeout` values: 1193:00:00.
+const MAX_TIMEOUT_SECS: u64 = 1193 * 3600;
+/// ASA limit for IPsec SA lifetimes and IKEv2 SA lifetimes.
+const MAX_LIFETIME_SECS: u64 = 2_147_483_647;
+
+pub(crate) fn parse(text: &str) -> (Ast, Vec<Issue>) {
+    let (blocks, orphans) = lexer::blocks(lexer::lines(text));
+    let mut p = Parser { ast: Ast::default(), issues: Vec::new() };
+    for line in &orphans {
+        p.issues.push(Issue::error(line.span(), "indented line outside any configuration mode"));
+    }
+    for b in &blocks {
+        p.block(b);
+    }
+    (p.ast, p.issues)
+}
+
+struct Parser {
+    ast: Ast,
+    issues: Vec<Issue>,
+}
+
+type R<T> = Result<T, Issue>;
+
+impl Parser {
+    fn block(&mut self, b: &Block<'_>) {
+        let before = self.issues.len();
+        self.block_inner(b);
+        if self.issues.len() > before {
+            self.ast.failed_lines.insert(b.head.number);
+            self.ast.failed_names.extend(b.head.tokens.iter().map(|t| t.text.to_string()));
+        }
+    }
+
+    fn block_inner(&mut self, b: &Block<'_>) {
+        let head = &b.head;
+        let mut c = Cur::new(head);
+        let Some(first) = c.next() else { return };
+        let res = match lower(first.text).as_str() {
+            "hostname" => self.no_children(b).and_then(|_| hostname(&mut c)).map(Some),
+            "interface" => self.interface(b, &mut c).map(Some),
+            "access-list" => self.no_children(b).and_then(|_| self.access_list(head, &mut c)),
+            "logging" => self.no_children(b).and_then(|_| self.logging(head, &mut c, false)),
+            "timeout" => self.no_children(b).and_then(|_| self.timeout(head, &mut c)),
+            "sysopt" => self.no_children(b).and_then(|_| self.sysopt(head, &mut c, false)),
+            "crypto" => self.crypto(b, &mut c, false),
+            "tunnel-group" => self.tunnel_group(b, &mut c),
+            "no" => self.no_command(b, &mut c),
+            // File furniture written by `show running-config` / `write net`, not configuration.
+            "asa" | "end" | "cryptochecksum" => Ok(None),
+            t if t.starts_with("cryptochecksum:") => Ok(None),
+            _ => {
+                self.ignore_block(b);
+                Ok(None)
+            }
+        };
+        match res {
+            Ok(Some(kind)) => self.ast.items.push(Item { span: head.span(), kind }),
+            Ok(None) => {}
+            Err(e) => self.issues.push(e),
+        }
+    }
+
+    fn ignore_block(&mut self, b: &Block<'_>) {
+        self.ast.ignored.push(b.head.span());
+        self.ast.ignored.extend(b.children.iter().map(|l| l.span()));
+    }
+
+    fn ignore_line(&mut self, l: &Line<'_>) {
+        self.ast.ignored.push(l.span());
+    }
+
+    /// A command that opens no mode may not be followed by indented lines.
+    fn no_children(&mut self, b: &Block<'_>) -> R<()> {
+        for l in &b.children {
+            let name = b.head.tokens.first().map_or("", |t| t.text);
+            self.issues.push(Issue::error(l.span(), format!("indented line, but `{name}` has no sub-commands")));
+        }
+        Ok(())
+    }
+
+    fn no_command(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let head = &b.head;
+        let Some(t) = c.peek() else { return Err(c.missing("a command after `no`")) };
+        match lower(t.text).as_str() {
+            "sysopt" => {
+                c.next();
+                self.no_children(b)?;
+                self.sysopt(head, c, true)
+            }
+            "logging" => {
+                c.next();
+                self.no_children(b)?;
+                self.logging(head, c, true)
+            }
+            "crypto" => {
+                c.next();
+                self.crypto(b, c, true)
+            }
+            _ => {
+                self.ignore_block(b);
+                Ok(None)
+            }
+        }
+    }
+
+    // --- interface -----------------------------------------------------------------------
+
+    fn interface(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<ItemKind> {
+        let name = c.name("an interface name")?;
+        c.end()?;
+        let mut body = Vec::new();
+        for l in &b.children {
+            let mut c = Cur::new(l);
+            match self.interface_cmd(l, &mut c) {
+                Ok(Some(cmd)) => body.push(Spanned::new(cmd, l.span())),
+                Ok(None) => {}
+                Err(e) => self.issues.push(e),
+            }
+        }
+        Ok(ItemKind::Interface { name, body })
+    }
+
+    fn interface_cmd(&mut self, l: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<IfaceCmd>> {
+        let Some(first) = c.next() else { return Ok(None) };
+        let no = first.text.eq_ignore_ascii_case("no");
+        let kw_tok = if no { c.next().ok_or_else(|| c.missing("a command after `no`"))? } else { first };
+        let cmd = match lower(kw_tok.text).as_str() {
+            "nameif" if no => IfaceCmd::Nameif(None),
+            "nameif" => {
+                let n = c.name("an interface name (nameif)")?;
+                IfaceCmd::Nameif(Some(n))
+            }
+            "security-level" if no => {
+                c.skip_rest();
+                IfaceCmd::SecurityLevel(None)
+            }
+            "security-level" => IfaceCmd::SecurityLevel(Some(c.number::<u8>("a security level", 0, 100)?.node)),
+            "shutdown" => IfaceCmd::Shutdown(!no),
+            "ip" => {
+                c.keyword(&["address"])?;
+                if no {
+                    c.skip_rest();
+                    IfaceCmd::IpAddress(None)
+                } else {
+                    if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("dhcp") || t.text.eq_ignore_ascii_case("pppoe")) {
+                        // A dynamic address is outside holdfast's scope; if the interface
+                        // carries a tunnel, lowering reports the missing address there.
+                        self.ignore_line(l);
+                        return Ok(None);
+                    }
+                    let addr = c.ipv4("an IP address")?;
+                    let mask = c.ipv4("a netmask")?;
+                    let prefix = Ipv4Net::prefix_from_mask(mask.node)
+                        .ok_or_else(|| Issue::error(mask.span, format!("netmask {} is not contiguous", mask.node)))?;
+                    if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("standby")) {
+                        // Failover standby address: accepted, not used (no failover in holdfast).
+                        c.next();
+                        c.ipv4("a standby IP address")?;
+                    }
+                    IfaceCmd::IpAddress(Some(Ipv4Net::new(addr.node, prefix)))
+                }
+            }
+            // Free text, no effect on the data path.
+            "description" => return Ok(None),
+            _ => {
+                self.ignore_line(l);
+                return Ok(None);
+            }
+        };
+        c.end()?;
+        Ok(Some(cmd))
+    }
+
+    // --- access-list ---------------------------------------------------------------------
+
+    fn access_list(&mut self, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let name = c.name("an access-list name")?;
+        if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("line")) {
+            c.next();
+            c.number::<u32>("a line number", 1, u64::from(u32::MAX))?;
+        }
+        let Some(t) = c.peek() else { return Err(c.missing("`extended`, `standard` or `remark`")) };
+        let kind = lower(t.text);
+        let standard = match kind.as_str() {
+            "extended" => {
+                c.next();
+                false
+            }
+            // Old syntax without the `extended` keyword.
+            "permit" | "deny" => false,
+            "standard" => {
+                c.next();
+                true
+            }
+            "remark" => return Ok(Some(ItemKind::AccessListRemark { name })),
+            "webtype" | "ethertype" => {
+                self.ignore_line(head);
+                return Ok(None);
+            }
+            _ => return Err(Issue::error(t.span, format!("expected `extended`, `standard` or `remark`, found `{}`", t.text))),
+        };
+        let action = match c.keyword(&["permit", "deny"])?.0 {
+            0 => AclAction::Permit,
+            _ => AclAction::Deny,
+        };
+        let body = if standard {
+            match c.address("an address (`host A`, `A M` or `any4`)")? {
+                Ok(destination) => {
+                    c.end()?;
+                    Ok(AclBody { protocol: None, source: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0), destination })
+                }
+                Err(u) => Err(u),
+            }
+        } else {
+            acl_extended(c)?
+        };
+        Ok(Some(ItemKind::AccessList { name, entry: AclLine { standard, action, body } }))
+    }
+
+    // --- logging -------------------------------------------------------------------------
+
+    fn logging(&mut self, head: &Line<'_>, c: &mut Cur<'_, '_>, no: bool) -> R<Option<ItemKind>> {
+        let Some(t) = c.next() else { return Err(c.missing("a logging command")) };
+        let cmd = match lower(t.text).as_str() {
+            "enable" => LoggingCmd::Enable(!no),
+            "timestamp" => LoggingCmd::Timestamp(!no),
+            "trap" | "buffered" if no => {
+                c.skip_rest();
+                if lower(t.text) == "trap" {
+                    LoggingCmd::Trap(policy::Logging::default().trap_level)
+                } else {
+                    LoggingCmd::Buffered(policy::Logging::default().buffered_level)
+                }
+            }
+            "trap" => LoggingCmd::Trap(log_level(c)?),
+            "buffered" => LoggingCmd::Buffered(log_level(c)?),
+            "host" if !no => {
+                let nameif = c.name("an interface name (nameif)")?;
+                let addr = c.ipv4("the syslog server's IP address")?;
+                let mut port = 514u16;
+                if let Some(p) = c.peek() {
+                    let lp = lower(p.text);
+                    if let Some((proto, num)) = lp.split_once('/') {
+                        c.next();
+                        if proto != "udp" && proto != "17" {
+                            return Err(Issue::error(p.span, format!("syslog over `{proto}` is not supported; use udp/PORT")));
+                        }
+                        port = num
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|n| *n >= 1025 || *n == 514)
+                            .ok_or_else(|| Issue::error(p.span, format!("bad syslog port `{num}`: use 514 or 1025 to 65535")))?;
+                    }
+                }
+                if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("format")) {
+                    // `format emblem` changes the message layout; holdfast always sends RFC 3164
+                    // lines in the ASA format, so refuse rather than silently differ.
+                    let t = c.next().map(|t| t.span).unwrap_or(head.end_span());
+                    return Err(Issue::error(t, "`format emblem` is not supported"));
+                }
+                LoggingCmd::Host { nameif, addr: IpAddr::V4(addr.node), port }
+            }
+            _ => {
+                self.ignore_line(head);
+                return Ok(None);
+            }
+        };
+        c.end()?;
+        Ok(Some(ItemKind::Logging(cmd)))
+    }
+
+    // --- timeout -------------------------------------------------------------------------
+
+    fn timeout(&mut self, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let mut out = Vec::new();
+        let mut any = false;
+        while let Some(k) = c.next() {
+            any = true;
+            let kind = match lower(k.text).as_str() {
+                "conn" => Some(TimeoutKind::Conn),
+                "half-closed" => Some(TimeoutKind::HalfClosed),
+                "udp" => Some(TimeoutKind::Udp),
+                "icmp" => Some(TimeoutKind::Icmp),
+                _ => None,
+            };
+            let v = c.next().ok_or_else(|| c.missing(&format!("a time (hh:mm:ss) after `{}`", k.text)))?;
+            let Some(kind) = kind else {
+                // Timers of features holdfast lacks (xlate, sunrpc, h323, uauth, ...): skipped.
+                while c.peek().is_some_and(|t| matches!(lower(t.text).as_str(), "absolute" | "inactivity")) {
+                    c.next();
+                }
+                continue;
+            };
+            let d = hms(v)?;
+            let (min, zero_ok, default) = match kind {
+                TimeoutKind::Conn => (300, true, "1:00:00"),
+                TimeoutKind::HalfClosed => (30, true, "0:10:00"),
+                TimeoutKind::Udp => (60, true, "0:02:00"),
+                TimeoutKind::Icmp => (2, false, "0:00:02"),
+            };
+            let secs = d.as_secs();
+            if (secs == 0 && !zero_ok) || (secs != 0 && secs < min) || secs > MAX_TIMEOUT_SECS {
+                let zero = if zero_ok { "0:00:00 (never) or " } else { "" };
+                return Err(Issue::error(
+                    v.span,
+                    format!("timeout {} {} is out of range: use {zero}{} to 1193:00:00 (default {default})", k.text, v.text, fmt_hms(min)),
+                ));
+            }
+            out.push(TimeoutSetting { kind, value: d, span: k.span.to(v.span) });
+        }
+        if !any {
+            return Err(c.missing("a timer name and value"));
+        }
+        if out.is_empty() {
+            self.ignore_line(head);
+            return Ok(None);
+        }
+        Ok(Some(ItemKind::Timeout(out)))
+    }
+
+    // --- sysopt --------------------------------------------------------------------------
+
+    fn sysopt(&mut self, head: &Line<'_>, c: &mut Cur<'_, '_>, no: bool) -> R<Option<ItemKind>> {
+        let Some(t) = c.next() else { return Err(c.missing("a sysopt command")) };
+        let opt = match lower(t.text).as_str() {
+            "connection" | "conn" => {
+                let Some(k) = c.next() else { return Err(c.missing("a `sysopt connection` option")) };
+                match lower(k.text).as_str() {
+                    "timewait" => SysoptCmd::Timewait,
+                    "permit-vpn" => SysoptCmd::PermitVpn,
+                    "reclassify-vpn" => SysoptCmd::ReclassifyVpn,
+                    "preserve-vpn-flows" => {
+                        // holdfast extension: `sysopt connection preserve-vpn-flows udp` keeps UDP
+                        // entries too (the ASA preserves TCP only).
+                        if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("udp")) {
+                            c.next();
+                            SysoptCmd::PreserveVpnFlowsUdp
+                        } else {
+                            SysoptCmd::PreserveVpnFlows
+                        }
+                    }
+                    "tcpmss" => {
+                        let minimum = c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("minimum"));
+                        if minimum {
+                            c.next();
+                        }
+                        let v = if no {
+                            c.skip_rest();
+                            if minimum { 0 } else { policy::Sysopt::default().tcpmss }
+                        } else {
+                            let n = c.number::<u16>("a segment size in bytes", 0, 65535)?;
+                            if n.node != 0 && n.node < 48 {
+                                return Err(Issue::error(n.span, "tcpmss must be 0 (disabled) or 48 to 65535 bytes"));
+                            }
+                            n.node
+                        };
+                        if minimum { SysoptCmd::TcpmssMinimum(v) } else { SysoptCmd::Tcpmss(v) }
+                    }
+                    _ => {
+                        self.ignore_line(head);
+                        return Ok(None);
+                    }
+                }
+            }
+            "nodnsalias" => match c.keyword(&["inbound", "outbound"])?.0 {
+                0 => SysoptCmd::NodnsaliasInbound,
+                _ => SysoptCmd::NodnsaliasOutbound,
+            },
+            "radius" => {
+                c.keyword(&["ignore-secret"])?;
+                SysoptCmd::RadiusIgnoreSecret
+            }
+            "noproxyarp" => SysoptCmd::Noproxyarp(c.name("an interface name (nameif)")?),
+            _ => {
+                self.ignore_line(head);
+                return Ok(None);
+            }
+        };
+        c.end()?;
+        Ok(Some(ItemKind::Sysopt { no, opt }))
+    }
+
+    // --- crypto --------------------------------------------------------------------------
+
+    fn crypto(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>, no: bool) -> R<Option<ItemKind>> {
+        let Some(t) = c.next() else { return Err(c.missing("a crypto command")) };
+        match lower(t.text).as_str() {
+            "ikev2" => self.crypto_ikev2(b, c, no),
+            "ipsec" if !no => self.crypto_ipsec(b, c),
+            "map" if !no => {
+                self.no_children(b)?;
+                crypto_map(self, &b.head, c)
+            }
+            // IKEv1 (`crypto isakmp`, `crypto ikev1`), PKI (`crypto ca`), dynamic maps, ...
+            _ => {
+                self.ignore_block(b);
+                Ok(None)
+            }
+        }
+    }
+
+    fn crypto_ikev2(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>, no: bool) -> R<Option<ItemKind>> {
+        let Some(t) = c.next() else { return Err(c.missing("an ikev2 command")) };
+        let sub = lower(t.text);
+        if sub != "policy" {
+            self.no_children(b)?;
+        }
+        let kind = match sub.as_str() {
+            "fragmentation" if no => {
+                c.end()?;
+                ItemKind::Ikev2Fragmentation { enabled: false, mtu: None }
+            }
+            _ if no => {
+                self.ignore_block(b);
+                return Ok(None);
+            }
+            "policy" => {
+                let priority = c.number::<u32>("a policy priority", 1, 65535)?;
+                c.end()?;
+                let mut body = Vec::new();
+                for l in &b.children {
+                    match ike_policy_cmd(self, l) {
+                        Ok(Some(cmd)) => body.push(Spanned::new(cmd, l.span())),
+                        Ok(None) => {}
+                        Err(e) => self.issues.push(e),
+                    }
+                }
+                return Ok(Some(ItemKind::Ikev2Policy { priority, body }));
+            }
+            "enable" => {
+                let nameif = c.name("an interface name (nameif)")?;
+                let mut client_services = None;
+                if let Some(cs) = c.peek().filter(|t| t.text.eq_ignore_ascii_case("client-services")) {
+                    c.next();
+                    let mut port = Spanned::new(443u16, cs.span);
+                    if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("port")) {
+                        c.next();
+                        port = c.number::<u16>("a port", 1, 65535)?;
+                    }
+                    client_services = Some(port);
+                }
+                ItemKind::Ikev2Enable { nameif, client_services }
+            }
+            "cookie-challenge" => ItemKind::Ikev2CookieChallenge(c.number::<u32>("a percentage", 0, 100)?),
+            "limit" => {
+                let Some(k) = c.next() else { return Err(c.missing("`max-in-negotiation-sa`")) };
+                if !k.text.eq_ignore_ascii_case("max-in-negotiation-sa") {
+                    // `limit max-sa` etc.: session caps holdfast does not enforce yet.
+                    self.ignore_line(&b.head);
+                    return Ok(None);
+                }
+                ItemKind::Ikev2MaxInNegotiation(c.number::<u32>("a number of half-open SAs", 1, 100_000)?)
+            }
+            "fragmentation" => {
+                let mut mtu = None;
+                if let Some(k) = c.peek() {
+                    if k.text.eq_ignore_ascii_case("mtu") {
+                        c.next();
+                        mtu = Some(c.number::<u16>("an MTU in bytes", 68, 1500)?);
+                    } else {
+                        // `preferred-method ietf|cisco`: holdfast always speaks RFC 7383.
+                        self.ignore_line(&b.head);
+                        return Ok(None);
+                    }
+                }
+                ItemKind::Ikev2Fragmentation { enabled: true, mtu }
+            }
+            // holdfast extension: retransmission timing (RFC 7296 §2.1 leaves it to the
+            // implementation): first timeout in milliseconds and number of tries.
+            "retransmit" => {
+                let base_ms = c.number::<u32>("the first retransmission timeout in milliseconds", 100, 60_000)?;
+                let tries = c.number::<u32>("the number of tries", 1, 20)?;
+                ItemKind::Ikev2Retransmit { base_ms, tries }
+            }
+            _ => {
+                self.ignore_block(b);
+                return Ok(None);
+            }
+        };
+        c.end()?;
+        Ok(Some(kind))
+    }
+
+    fn crypto_ipsec(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let Some(t) = c.peek() else { return Err(c.missing("an ipsec command")) };
+        match lower(t.text).as_str() {
+            "ikev2" => {
+                c.next();
+                c.keyword(&["ipsec-proposal"])?;
+                let name = c.name("a proposal name")?;
+                c.end()?;
+                let mut body = Vec::new();
+                for l in &b.children {
+                    match proposal_cmd(self, l) {
+                        Ok(Some(cmd)) => body.push(Spanned::new(cmd, l.span())),
+                        Ok(None) => {}
+                        Err(e) => self.issues.push(e),
+                    }
+                }
+                Ok(Some(ItemKind::IpsecProposal { name, body }))
+            }
+            "security-association" => {
+                c.next();
+                self.no_children(b)?;
+                if !c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("lifetime")) {
+                    self.ignore_block(b); // pmtu-aging, replay window-size: not modelled
+                    return Ok(None);
+                }
+                c.next();
+                let lt = lifetime(c)?;
+                c.end()?;
+                Ok(Some(ItemKind::IpsecGlobalLifetime(lt)))
+            }
+            _ => {
+                self.ignore_block(b);
+                Ok(None)
+            }
+        }
+    }
+
+    // --- tunnel-group --------------------------------------------------------------------
+
+    fn tunnel_group(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let name = c.name("a tunnel-group name")?;
+        let Some(t) = c.next() else { return Err(c.missing("`type`, `ipsec-attributes` or `general-attributes`")) };
+        match lower(t.text).as_str() {
+            "type" => {
+                self.no_children(b)?;
+                let (i, tok) = c.keyword(&["ipsec-l2l", "remote-access", "webvpn"])?;
+                let kind = match i {
+                    0 => TunnelGroupKind::IpsecL2l,
+                    1 => TunnelGroupKind::RemoteAccess,
+                    _ => {
+                        self.ignore_block(b);
+                        return Ok(None);
+                    }
+                };
+                c.end()?;
+                Ok(Some(ItemKind::TunnelGroupType { name, kind: Spanned::new(kind, tok.span) }))
+            }
+            "ipsec-attributes" => {
+                c.end()?;
+                let mut body = Vec::new();
+                for l in &b.children {
+                    match tg_ipsec_cmd(self, l) {
+                        Ok(Some(cmd)) => body.push(Spanned::new(cmd, l.span())),
+                        Ok(None) => {}
+                        Err(e) => self.issues.push(e),
+                    }
+                }
+                Ok(Some(ItemKind::TunnelGroupIpsec { name, body }))
+            }
+            "general-attributes" => {
+                c.end()?;
+                for l in &b.children {
+                    self.ignore_line(l);
+                }
+                Ok(Some(ItemKind::TunnelGroupGeneral { name }))
+            }
+            _ => {
+                self.ignore_block(b);
+                Ok(None)
+            }
+        }
+    }
+}
+
+// --- crypto map ------------------------------------------------------------------------------
+
+fn crypto_map(p: &mut Parser, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+    let map = c.name("a crypto map name")?;
+    let Some(t) = c.peek() else { return Err(c.missing("a sequence number or `interface`")) };
+    if t.text.eq_ignore_ascii_case("interface") {
+        c.next();
+        let nameif = c.name("an interface name (nameif)")?;
+        c.end()?;
+        return Ok(Some(ItemKind::CryptoMapInterface { map, nameif }));
+    }
+    if !t.text.bytes().all(|b| b.is_ascii_digit()) {
+        // `crypto map M client ...`, `redundancy`, ...: not modelled.
+        p.ignore_line(head);
+        return Ok(None);
+    }
+    let seq = c.number::<u32>("a sequence number", 1, 65535)?;
+    let Some(k) = c.next() else { return Err(c.missing("`match address` or `set ...`")) };
+    let cmd = match lower(k.text).as_str() {
+        "match" => {
+            c.keyword(&["address"])?;
+            CryptoMapCmd::MatchAddress(c.name("an access-list name")?)
+        }
+        "set" => {
+            let Some(s) = c.next() else { return Err(c.missing("what to set")) };
+            match lower(s.text).as_str() {
+                "peer" => {
+                    let mut peers = Vec::new();
+                    while c.peek().is_some() {
+                        let a = c.ipv4("a peer IP address")?;
+                        peers.push(Spanned::new(IpAddr::V4(a.node), a.span));
+                    }
+                    if peers.is_empty() {
+                        return Err(c.missing("a peer IP address"));
+                    }
+                    CryptoMapCmd::Peer(peers)
+                }
+                "ikev2" => {
+                    let Some(x) = c.next() else { return Err(c.missing("`ipsec-proposal`")) };
+                    if !x.text.eq_ignore_ascii_case("ipsec-proposal") {
+                        p.ignore_line(head); // `set ikev2 pre-shared-key`, `phase1-mode`, ...
+                        return Ok(None);
+                    }
+                    let mut names = Vec::new();
+                    while c.peek().is_some() {
+                        names.push(c.name("a proposal name")?);
+                    }
+                    if names.is_empty() {
+                        return Err(c.missing("an ipsec-proposal name"));
+                    }
+                    CryptoMapCmd::Ikev2Proposals(names)
+                }
+                "pfs" => match c.next() {
+                    // `set pfs` alone: the ASA means group 2, which holdfast refuses; group 14 is
+                    // the smallest MODP group it accepts (see policy::CryptoMapEntry::pfs).
+                    None => CryptoMapCmd::Pfs(DhGroup::Modp2048),
+                    Some(g) => {
+                        let l = lower(g.text);
+                        let Some(n) = l.strip_prefix("group") else {
+                            return Err(Issue::error(g.span, format!("expected `groupN` (for example `group19`), found `{}`", g.text)));
+                        };
+                        CryptoMapCmd::Pfs(dh_group(n, g.span, "group19 or group14")?)
+                    }
+                },
+                "security-association" => {
+                    let Some(x) = c.next() else { return Err(c.missing("`lifetime`")) };
+                    if !x.text.eq_ignore_ascii_case("lifetime") {
+                        p.ignore_line(head); // `replay window-size`
+                        return Ok(None);
+                    }
+                    CryptoMapCmd::Lifetime(lifetime(c)?)
+                }
+                "connection-type" => match c.keyword(&["bidirectional", "originate-only", "answer-only"])?.0 {
+                    0 => CryptoMapCmd::ConnectionType(ConnectionType::Bidirectional),
+                    1 => CryptoMapCmd::ConnectionType(ConnectionType::OriginateOnly),
+                    _ => CryptoMapCmd::ConnectionType(ConnectionType::AnswerOnly),
+                },
+                "nat-t-disable" => CryptoMapCmd::NatTDisable,
+                // holdfast extension: always encapsulate ESP in UDP 4500 (RFC 3948) even when
+                // NAT detection finds no NAT, for paths that drop IP protocol 50.
+                "udp-encapsulation" => {
+                    c.keyword(&["force"])?;
+                    CryptoMapCmd::ForceUdpEncap
+                }
+                "ikev1" | "reverse-route" | "inheritance" | "trustpoint" | "phase1-mode" | "validation-usage" | "transform-set" => {
+                    p.ignore_line(head);
+                    return Ok(None);
+                }
+                other => return Err(Issue::error(s.span, format!("unknown crypto map setting `{other}`"))),
+            }
+        }
+        "ipsec-isakmp" => {
+            p.ignore_line(head); // `ipsec-isakmp dynamic DYN`: dynamic maps are remote access
+            return Ok(None);
+        }
+        other => return Err(Issue::error(k.span, format!("expected `match address` or `set`, found `{other}`"))),
+    };
+    c.end()?;
+    Ok(Some(ItemKind::CryptoMap { map, seq, cmd }))
+}
+
+/// `lifetime seconds S [kilobytes K|unlimited]` or `lifetime kilobytes K|unlimited` (cursor after `lifetime`).
+fn lifetime(c: &mut Cur<'_, '_>) -> R<Lifetime> {
+    let mut lt = Lifetime::default();
+    while let Some(t) = c.peek() {
+        match lower(t.text).as_str() {
+            "seconds" if lt.seconds.is_none() => {
+                c.next();
+                lt.seconds = Some(c.number::<u64>("a lifetime in seconds", 120, MAX_LIFETIME_SECS)?.node);
+            }
+            "kilobytes" if lt.kilobytes.is_none() => {
+                c.next();
+                if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("unlimited")) {
+                    c.next();
+                    lt.kilobytes = Some(None);
+                } else {
+                    lt.kilobytes = Some(Some(c.number::<u64>("a lifetime in kilobytes", 10, MAX_LIFETIME_SECS)?.node));
+                }
+            }
+            _ => return Err(Issue::error(t.span, format!("expected `seconds` or `kilobytes`, found `{}`", t.text))),
+        }
+    }
+    if lt.seconds.is_none() && lt.kilobytes.is_none() {
+        return Err(c.missing("`seconds N` or `kilobytes N`"));
+    }
+    Ok(lt)
+}
+
+// --- sub-mode commands -----------------------------------------------------------------------
+
+fn ike_policy_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<IkePolicyCmd>> {
+    let mut c = Cur::new(l);
+    let Some(t) = c.next() else { return Ok(None) };
+    let cmd = match lower(t.text).as_str() {
+        "encryption" => IkePolicyCmd::Encryption(list(p, &mut c, "an encryption algorithm", ike_encryption)?),
+        "integrity" => IkePolicyCmd::Integrity(list(p, &mut c, "an integrity algorithm", ike_integrity)?),
+        "prf" => IkePolicyCmd::Prf(list(p, &mut c, "a PRF algorithm", ike_prf)?),
+        "group" => IkePolicyCmd::Group(list(p, &mut c, "a DH group number", |t| dh_group(t.text, t.span, "group 19 or group 14"))?),
+        "lifetime" => {
+            let (i, _) = c.keyword(&["seconds", "none"])?;
+            if i == 0 {
+                let s = c.number::<u64>("a lifetime in seconds", 120, MAX_LIFETIME_SECS)?;
+                IkePolicyCmd::Lifetime(Some(Duration::from_secs(s.node)))
+            } else {
+                IkePolicyCmd::Lifetime(None)
+            }
+        }
+        other => return Err(Issue::error(t.span, format!("unknown `crypto ikev2 policy` command `{other}` (expected encryption, integrity, group, prf or lifetime)"))),
+    };
+    c.end()?;
+    Ok(Some(cmd))
+}
+
+fn proposal_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<ProposalCmd>> {
+    let mut c = Cur::new(l);
+    let Some(t) = c.next() else { return Ok(None) };
+    if !t.text.eq_ignore_ascii_case("protocol") {
+        return Err(Issue::error(t.span, format!("unknown ipsec-proposal command `{}` (expected `protocol esp ...`)", t.text)));
+    }
+    let (_, proto) = c.keyword(&["esp", "ah"])?;
+    if proto.text.eq_ignore_ascii_case("ah") {
+        return Err(Issue::error(proto.span, "AH is not supported; use `protocol esp`"));
+    }
+    let (i, _) = c.keyword(&["encryption", "integrity"])?;
+    let cmd = if i == 0 {
+        ProposalCmd::Encryption(list(p, &mut c, "an encryption algorithm", esp_encryption)?)
+    } else {
+        ProposalCmd::Integrity(list(p, &mut c, "an integrity algorithm", esp_integrity)?)
+    };
+    c.end()?;
+    Ok(Some(cmd))
+}
+
+fn tg_ipsec_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgIpsecCmd>> {
+    let mut c = Cur::new(l);
+    let Some(t) = c.next() else { return Ok(None) };
+    let cmd = match lower(t.text).as_str() {
+        "ikev2" => {
+            let Some(dir) = c.next() else { return Err(c.missing("`remote-authentication` or `local-authentication`")) };
+            let remote = match lower(dir.text).as_str() {
+                "remote-authentication" => true,
+                "local-authentication" => false,
+                _ => {
+                    p.ignore_line(l);
+                    return Ok(None);
+                }
+            };
+            let (i, m) = c.keyword(&["pre-shared-key", "certificate", "eap"])?;
+            if i != 0 {
+                return Err(Issue::error(m.span, format!("`{}` authentication is not supported yet; use pre-shared-key", m.text)));
+            }
+            let key = psk(&mut c)?;
+            if remote { TgIpsecCmd::RemotePsk(key) } else { TgIpsecCmd::LocalPsk(key) }
+        }
+        "isakmp" => {
+            c.keyword(&["keepalive"])?;
+            let (i, _) = c.keyword(&["threshold", "disable"])?;
+            if i == 1 {
+                TgIpsecCmd::Keepalive(None)
+            } else if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("infinite")) {
+                // `threshold infinite`: never send checks (only answer them).
+                c.next();
+                TgIpsecCmd::Keepalive(None)
+            } else {
+                let th = c.number::<u64>("a threshold in seconds", 10, 3600)?;
+                let mut retry = Dpd::default().retry;
+                if c.peek().is_some() {
+                    c.keyword(&["retry"])?;
+                    retry = Duration::from_secs(c.number::<u64>("a retry interval in seconds", 2, 10)?.node);
+                }
+                TgIpsecCmd::Keepalive(Some(Dpd { threshold: Duration::from_secs(th.node), retry }))
+            }
+        }
+        _ => {
+            // ikev1 pre-shared-key, peer-id-validate, chain, ...
+            p.ignore_line(l);
+            return Ok(None);
+        }
+    };
+    c.end()?;
+    Ok(Some(cmd))
+}
+
+fn psk(c: &mut Cur<'_, '_>) -> R<Secret> {
+    let mut k = c.next().ok_or_else(|| c.missing("a pre-shared key"))?;
+    if k.text == "0" && c.peek().is_some() {
+        k = c.next().ok_or_else(|| c.missing("a pre-shared key"))?;
+    } else if k.text == "8" && c.peek().is_some() {
+        return Err(Issue::error(k.span, "encrypted keys (`8 ...`) need the ASA's master passphrase; write the key in clear"));
+    }
+    if k.text.chars().all(|ch| ch == '*') {
+        return Err(Issue::error(k.span, "this key is masked (`show running-config` output); write the real key"));
+    }
+    if k.text.chars().count() > 128 {
+        return Err(Issue::error(k.span, "pre-shared key longer than 128 characters"));
+    }
+    Ok(Secret(k.text.to_string()))
+}
+
+/// Parses the rest of the line as a list. A refused or unknown item is reported and the rest
+/// are still checked, so one line shows every problem it has.
+fn list<T: PartialEq>(p: &mut Parser, c: &mut Cur<'_, '_>, what: &str, f: impl Fn(&Token<'_>) -> R<T>) -> R<Vec<T>> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    while let Some(t) = c.next() {
+        match f(t) {
+            Ok(v) if !out.contains(&v) => out.push(v),
+            Ok(_) => {}
+            Err(e) => {
+                p.issues.push(e);
+                failed = true;
+            }
+        }
+    }
+    if out.is_empty() && !failed {
+        return Err(c.missing(what));
+    }
+    Ok(out)
+}
+
+fn ike_encryption(t: &Token<'_>) -> R<Encryption> {
+    Ok(match lower(t.text).as_str() {
+        "aes" => Encryption::AesCbc128,
+        "aes-192" => Encryption::AesCbc192,
+        "aes-256" => Encryption::AesCbc256,
+        "aes-gcm" => Encryption::AesGcm128,
+        "aes-gcm-192" => Encryption::AesGcm192,
+        "aes-gcm-256" => Encryption::AesGcm256,
+        "des" => return Err(refuse_des(t)),
+        "3des" => return Err(refuse_3des(t)),
+        "null" => return Err(Issue::error(t.span, "IKE without encryption is refused; use aes-gcm-256 or aes-256")),
+        other => return Err(Issue::error(t.span, format!("unknown encryption `{other}` (expected aes, aes-192, aes-256, aes-gcm, aes-gcm-192 or aes-gcm-256)"))),
+    })
+}
+
+fn esp_encryption(t: &Token<'_>) -> R<Encryption> {
+    Ok(match lower(t.text).as_str() {
+        "aes" => Encryption::AesCbc128,
+        "aes-192" => Encryption::AesCbc192,
+        "aes-256" => Encryption::AesCbc256,
+        "aes-gcm" => Encryption::AesGcm128,
+        "aes-gcm-192" => Encryption::AesGcm192,
+        "aes-gcm-256" => Encryption::AesGcm256,
+        "des" => return Err(refuse_des(t)),
+        "3des" => return Err(refuse_3des(t)),
+        "null" => return Err(Issue::error(t.span, "ESP null encryption sends traffic in clear and is refused; use aes-gcm-256 or aes-256")),
+        "aes-gmac" | "aes-gmac-192" | "aes-gmac-256" => {
+            return Err(Issue::error(t.span, format!("`{}` (authentication without encryption) is not supported; use aes-gcm-256", t.text)))
+        }
+        other => return Err(Issue::error(t.span, format!("unknown encryption `{other}` (expected aes, aes-192, aes-256, aes-gcm, aes-gcm-192 or aes-gcm-256)"))),
+    })
+}
+
+fn refuse_des(t: &Token<'_>) -> Issue {
+    Issue::error(t.span, "DES (56-bit key) is refused as insecure; use aes-gcm-256 or aes-256")
+}
+
+fn refuse_3des(t: &Token<'_>) -> Issue {
+    Issue::error(t.span, "3DES (64-bit block, sweet32) is refused as insecure; use aes-gcm-256 or aes-256")
+}
+
+fn ike_integrity(t: &Token<'_>) -> R<Integrity> {
+    Ok(match lower(t.text).as_str() {
+        "sha" => Integrity::Sha1,
+        "sha256" => Integrity::Sha256,
+        "sha384" => Integrity::Sha384,
+        "sha512" => Integrity::Sha512,
+        "null" => Integrity::Null,
+        "md5" => return Err(Issue::error(t.span, "MD5 is refused as insecure; use sha256")),
+        s @ ("sha-1" | "sha-256" | "sha-384" | "sha-512") => {
+            return Err(Issue::error(t.span, format!("`{s}` is the ESP spelling; in `crypto ikev2 policy` write `{}`", ike_spelling(s))))
+        }
+        other => return Err(Issue::error(t.span, format!("unknown integrity `{other}` (expected sha, sha256, sha384, sha512 or null)"))),
+    })
+}
+
+fn ike_spelling(s: &str) -> &'static str {
+    match s {
+        "sha-1" => "sha",
+        "sha-256" => "sha256",
+        "sha-384" => "sha384",
+        _ => "sha512",
+    }
+}
+
+fn esp_integrity(t: &Token<'_>) -> R<Integrity> {
+    Ok(match lower(t.text).as_str() {
+        "sha-1" => Integrity::Sha1,
+        "sha-256" => Integrity::Sha256,
+        "sha-384" => Integrity::Sha384,
+        "sha-512" => Integrity::Sha512,
+        "null" => Integrity::Null,
+        "md5" => return Err(Issue::error(t.span, "MD5 is refused as insecure; use sha-256")),
+        s @ ("sha" | "sha256" | "sha384" | "sha512") => {
+            let esp = match s {
+                "sha" => "sha-1",
+                "sha256" => "sha-256",
+                "sha384" => "sha-384",
+                _ => "sha-512",
+            };
+            return Err(Issue::error(t.span, format!("`{s}` is the IKE spelling; in `protocol esp integrity` write `{esp}`")));
+        }
+        other => return Err(Issue::error(t.span, format!("unknown integrity `{other}` (expected sha-1, sha-256, sha-384, sha-512 or null)"))),
+    })
+}
+
+fn ike_prf(t: &Token<'_>) -> R<Prf> {
+    Ok(match lower(t.text).as_str() {
+        "sha" => Prf::Sha1,
+        "sha256" => Prf::Sha256,
+        "sha384" => Prf::Sha384,
+        "sha512" => Prf::Sha512,
+        "md5" => return Err(Issue::error(t.span, "MD5 is refused as insecure; use sha256")),
+        other => return Err(Issue::error(t.span, format!("unknown prf `{other}` (expected sha, sha256, sha384 or sha512)"))),
+    })
+}
+
+/// `n` is the group number text (`"19"`); `replacement` is phrased for the calling command.
+fn dh_group(n: &str, span: Span, replacement: &str) -> R<DhGroup> {
+    let weak = |bits: &str| {
+        Issue::error(span, format!("DH group {n} ({bits}) is refused as insecure; use {replacement}"))
+    };
+    match n {
+        "1" => Err(weak("768-bit MODP")),
+        "2" => Err(weak("1024-bit MODP")),
+        "5" => Err(weak("1536-bit MODP")),
+        "24" => Err(Issue::error(span, format!("DH group 24 (2048-bit MODP, 256-bit subgroup) is not supported; use {replacement}"))),
+        _ => n
+            .parse::<u16>()
+            .ok()
+            .and_then(DhGroup::from_number)
+            .ok_or_else(|| Issue::error(span, format!("unknown DH group `{n}` (supported: 14, 15, 16, 19, 20, 21, 31)"))),
+    }
+}
+
+fn log_level(c: &mut Cur<'_, '_>) -> R<u8> {
+    let t = c.next().ok_or_else(|| c.missing("a logging level (0-7 or a name such as informational)"))?;
+    let l = lower(t.text);
+    if let Ok(n) = l.parse::<u8>() {
+        if n <= 7 {
+            return Ok(n);
+        }
+    }
+    LEVELS
+        .iter()
+        .position(|x| *x == l)
+        .map(|i| i as u8)
+        .ok_or_else(|| Issue::error(t.span, format!("unknown logging level `{}` (0-7 or {})", t.text, LEVELS.join(", "))))
+}
+
+/// Syslog severities as the ASA names them, indexed by level.
+pub(crate) const LEVELS: [&str; 8] =
+    ["emergencies", "alerts", "critical", "errors", "warnings", "notifications", "informational", "debugging"];
+
+fn hostname(c: &mut Cur<'_, '_>) -> R<ItemKind> {
+    let n = c.name("a host name")?;
+    c.end()?;
+    if n.node.chars().count() > 63 || !n.node.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.') {
+        return Err(Issue::error(n.span, "host name must be up to 63 letters, digits, `-`, `_` or `.`"));
+    }
+    Ok(ItemKind::Hostname(n))
+}
+
+/// `ip|tcp|udp|icmp|N SRC [ports] DST [ports] [log ...]` after `permit|deny`.
+fn acl_extended(c: &mut Cur<'_, '_>) -> R<Result<AclBody, Unsupported>> {
+    let t = c.next().ok_or_else(|| c.missing("a protocol (ip, tcp, udp, icmp or a number)"))?;
+    let l = lower(t.text);
+    let protocol = match l.as_str() {
+        "ip" => None,
+        "icmp" => Some(1),
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "gre" => Some(47),
+        "esp" => Some(50),
+        "ah" => Some(51),
+        "sctp" => Some(132),
+        "object" | "object-group" => {
+            return Ok(Err(Unsupported { span: t.span, what: "protocol objects".into() }));
+        }
+        _ => match l.parse::<u8>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => return Err(Issue::error(t.span, format!("unknown protocol `{}` (expected ip, tcp, udp, icmp or 0-255)", t.text))),
+        },
+    };
+    let source = match c.address("a source (`host A`, `A M` or `any4`)")? {
+        Ok(n) => n,
+        Err(u) => return Ok(Err(u)),
+    };
+    if let Some(u) = port_op(c, protocol)? {
+        return Ok(Err(u));
+    }
+    let destination = match c.address("a destination (`host A`, `A M` or `any4`)")? {
+        Ok(n) => n,
+        Err(u) => return Ok(Err(u)),
+    };
+    if let Some(u) = port_op(c, protocol)? {
+        return Ok(Err(u));
+    }
+    if let Some(t) = c.peek() {
+        match lower(t.text).as_str() {
+            // Per-entry logging: accepted, holdfast logs tunnel events instead.
+            "log" => c.skip_rest(),
+            "inactive" | "time-range" => {
+                return Ok(Err(Unsupported { span: t.span, what: format!("`{}` entries", t.text) }));
+            }
+            _ if protocol == Some(1) => {
+                return Ok(Err(Unsupported { span: t.span, what: "ICMP type matching".into() }));
+            }
+            _ => {}
+        }
+    }
+    c.end()?;
+    Ok(Ok(AclBody { protocol, source, destination }))
+}
+
+fn port_op(c: &mut Cur<'_, '_>, protocol: Option<u8>) -> R<Option<Unsupported>> {
+    let Some(t) = c.peek() else { return Ok(None) };
+    let l = lower(t.text);
+    if matches!(l.as_str(), "eq" | "neq" | "lt" | "gt" | "range") || (l == "object-group" && matches!(protocol, Some(6 | 17))) {
+        if !matches!(protocol, Some(6 | 17 | 132)) {
+            return Err(Issue::error(t.span, format!("`{}` needs protocol tcp, udp or sctp", t.text)));
+        }
+        return Ok(Some(Unsupported { span: t.span, what: "port matching".into() }));
+    }
+    Ok(None)
+}
+
+// --- token cursor ----------------------------------------------------------------------------
+
+struct Cur<'l, 'a> {
+    line: &'l Line<'a>,
+    pos: usize,
+}
+
+impl<'l, 'a> Cur<'l, 'a> {
+    fn new(line: &'l Line<'a>) -> Self {
+        Cur { line, pos: 0 }
+    }
+    fn peek(&self) -> Option<&'l Token<'a>> {
+        self.line.tokens.get(self.pos)
+    }
+    fn next(&mut self) -> Option<&'l Token<'a>> {
+        let t = self.line.tokens.get(self.pos);
+        if t.is_some() {
+            self.pos += 1;
+        }
+        t
+    }
+    fn skip_rest(&mut self) {
+        self.pos = self.line.tokens.len();
+    }
+    fn missing(&self, what: &str) -> Issue {
+        let after = match self.pos.checked_sub(1).and_then(|i| self.line.tokens.get(i)) {
+            Some(t) => format!(" after `{}`", t.text),
+            None => String::new(),
+        };
+        Issue::error(self.line.end_span(), format!("missing {what}{after}"))
+    }
+    /// No tokens may remain.
+    fn end(&mut self) -> R<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(t) => {
+                let last = self.line.tokens.last().map_or(t.span, |l| l.span);
+                Err(Issue::error(t.span.to(last), format!("unexpected `{}`", t.text)))
+            }
+        }
+    }
+    fn name(&mut self, what: &str) -> R<Spanned<String>> {
+        let t = self.next().ok_or_else(|| self.missing(what))?;
+        Ok(Spanned::new(t.text.to_string(), t.span))
+    }
+    fn keyword(&mut self, choices: &[&str]) -> R<(usize, &'l Token<'a>)> {
+        let expected = choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" or ");
+        let t = self.next().ok_or_else(|| self.missing(&expected))?;
+        choices
+            .iter()
+            .position(|c| t.text.eq_ignore_ascii_case(c))
+            .map(|i| (i, t))
+            .ok_or_else(|| Issue::error(t.span, format!("expected {expected}, found `{}`", t.text)))
+    }
+    fn number<T: TryFrom<u64> + Copy>(&mut self, what: &str, min: u64, max: u64) -> R<Spanned<T>> {
+        let t = self.next().ok_or_else(|| self.missing(what))?;
+        let range = || Issue::error(t.span, format!("expected {what} from {min} to {max}, found `{}`", t.text));
+        if t.text.is_empty() || !t.text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(range());
+        }
+        let n = t.text.parse::<u64>().map_err(|_| range())?;
+        if n < min || n > max {
+            return Err(range());
+        }
+        let v = T::try_from(n).map_err(|_| range())?;
+        Ok(Spanned::new(v, t.span))
+    }
+    fn ipv4(&mut self, what: &str) -> R<Spanned<Ipv4Addr>> {
+        let t = self.next().ok_or_else(|| self.missing(what))?;
+        t.text
+            .parse::<Ipv4Addr>()
+            .map(|a| Spanned::new(a, t.span))
+            .map_err(|_| Issue::error(t.span, format!("expected {what}, found `{}`", t.text)))
+    }
+    /// `any`/`any4` | `host A` | `A M`; object references and IPv6 come back as `Unsupported`.
+    fn address(&mut self, what: &str) -> R<Result<Ipv4Net, Unsupported>> {
+        let t = self.peek().ok_or_else(|| self.missing(what))?;
+        match lower(t.text).as_str() {
+            "any" | "any4" => {
+                self.next();
+                Ok(Ok(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0)))
+            }
+            "host" => {
+                self.next();
+                Ok(Ok(Ipv4Net::host(self.ipv4("a host address")?.node)))
+            }
+            "object" | "object-group" | "interface" => {
+                self.next();
+                Ok(Err(Unsupported { span: t.span, what: format!("`{}` references", t.text) }))
+            }
+            "any6" => {
+                self.next();
+                Ok(Err(Unsupported { span: t.span, what: "IPv6".into() }))
+            }
+            s if s.contains(':') => {
+                self.next();
+                Ok(Err(Unsupported { span: t.span, what: "IPv6".into() }))
+            }
+            _ => {
+                let a = self.ipv4(what)?;
+                let m = self.ipv4("a netmask")?;
+                let prefix = Ipv4Net::prefix_from_mask(m.node)
+                    .ok_or_else(|| Issue::error(m.span, format!("netmask {} is not contiguous", m.node)))?;
+                let net = Ipv4Net::new(a.node, prefix);
+                if net.network() != a.node {
+                    return Err(Issue::error(
+                        a.span.to(m.span),
+                        format!("address {} has bits outside netmask {}; did you mean {}?", a.node, m.node, net.network()),
+                    ));
+                }
+                Ok(Ok(net))
+            }
+        }
+    }
+}
+
+fn lower(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+fn hms(t: &Token<'_>) -> R<Duration> {
+    let bad = || Issue::error(t.span, format!("expected a time as hh:mm:ss, found `{}`", t.text));
+    let parts: Vec<&str> = t.text.split(':').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || p.len() > 4 || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(bad());
+    }
+    let n = |s: &str| s.parse::<u64>().map_err(|_| bad());
+    let (h, m, s) = (n(parts[0])?, n(parts[1])?, n(parts[2])?);
+    if m > 59 || s > 59 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(h * 3600 + m * 60 + s))
+}
+
+/// `h:mm:ss` as the ASA prints timeouts.
+pub(crate) fn fmt_hms(secs: u64) -> String {
+    format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
