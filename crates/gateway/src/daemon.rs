@@ -1,0 +1,732 @@
+//! The control plane: one task owning the `ike::Endpoint`, fed by the UDP 500 sockets, IKE
+//! messages the RX thread found on UDP 4500, acquires from the TX thread and control-socket
+//! commands. After every `handle_*` it drains transmits, then events, then re-arms the timer
+//! (DESIGN.md). Events become SA installs in the shared SAD, ASA syslog and `show` state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use policy::{ConnectionType, TrafficSelector, TunnelPolicy};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock;
+use crate::control::{self, Request};
+use crate::datapath::{self, Outside, Shared, ToControl};
+use crate::net::{self, SystemGuard};
+use crate::sad::{ChildOut, Counters, Dest, InboundEntry, OutboundEntry, Sad, SadCell, SpdEntry};
+use crate::show::{self, ChildSummary, IkeSaView, IpsecSaView};
+use crate::syslog::{self, Direction, RateLimiter, Syslog, SyslogConfig};
+
+/// How long a replaced or deleted inbound SA keeps accepting packets still in flight
+/// (ipsec-peer.md §2: install inbound first, switch outbound, keep the old inbound a few seconds).
+pub const INBOUND_LINGER: Duration = Duration::from_secs(5);
+/// How often traffic totals and inbound activity are reported to the IKE engine.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `holdfast run` options besides the configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub control: PathBuf,
+    pub tun_name: String,
+    pub tun_mtu: u16,
+    pub offload: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { control: PathBuf::from(control::DEFAULT_SOCKET), tun_name: "hf0".into(), tun_mtu: 1400, offload: true }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("configuration: {0}")]
+    Config(#[from] policy::ResolveError),
+    #[error("{what}: {err}")]
+    Io { what: String, err: io::Error },
+    #[error("control socket {0} is in use by a running daemon")]
+    AlreadyRunning(PathBuf),
+}
+
+fn io_ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
+    let what = what.into();
+    move |err| DaemonError::Io { what, err }
+}
+
+/// Messages into the control task from the control socket.
+pub struct ControlRequest {
+    pub req: Request,
+    pub reply: oneshot::Sender<String>,
+}
+
+/// Runs the gateway in the foreground until SIGINT/SIGTERM. Everything it adds to the system
+/// (routes, TUN, forwarding, socket file) is removed on return, also on error.
+pub fn run(cfg: policy::Config, opts: Options) -> Result<(), DaemonError> {
+    let tunnels = cfg.tunnels()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_ctx("tokio runtime"))?;
+    rt.block_on(async_run(cfg, tunnels, opts))
+}
+
+async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, opts: Options) -> Result<(), DaemonError> {
+    let syslog = Arc::new(Syslog::new(SyslogConfig::from_policy(&cfg.logging)));
+    let mut guard = SystemGuard::default();
+
+    // Control socket first: a second daemon on the same socket must fail before touching anything.
+    let listener = bind_control(&opts.control, &mut guard)?;
+
+    // Outside sockets, one set per distinct local address of the tunnels.
+    let mut locals: Vec<Ipv4Addr> = Vec::new();
+    for t in &tunnels {
+        if let IpAddr::V4(a) = t.local_addr {
+            if !locals.contains(&a) {
+                locals.push(a);
+            }
+        }
+    }
+    let (to_ctl, mut from_data) = mpsc::unbounded_channel::<ToControl>();
+    let mut outsides = Vec::new();
+    let mut ike500 = Vec::new();
+    for a in &locals {
+        let s500 = net::udp_socket(SocketAddr::new(IpAddr::V4(*a), 500)).map_err(io_ctx(format!("bind {a}:500")))?;
+        s500.set_nonblocking(true).map_err(io_ctx("udp 500"))?;
+        let s500 = Arc::new(tokio::net::UdpSocket::from_std(s500).map_err(io_ctx("udp 500"))?);
+        let s4500 = net::udp_socket(SocketAddr::new(IpAddr::V4(*a), 4500)).map_err(io_ctx(format!("bind {a}:4500")))?;
+        let state = quinn_udp::UdpSocketState::new((&s4500).into()).map_err(io_ctx("udp 4500"))?;
+        let raw = match net::raw_esp_socket(*a) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                eprintln!("holdfast: raw ESP socket on {a}: {e}; native ESP disabled");
+                None
+            }
+        };
+        ike500.push((*a, s500));
+        outsides.push(Outside { local: *a, udp4500: Arc::new(s4500), udp_state: Arc::new(state), raw });
+    }
+
+    // TUN, routes of the remote protected networks, forwarding.
+    let (tun, offload) = net::create_tun(&opts.tun_name, opts.tun_mtu, opts.offload).map_err(io_ctx(format!("TUN {}", opts.tun_name)))?;
+    for t in &tunnels {
+        let src = inside_source(&cfg, &t.local_ts);
+        for ts in &t.remote_ts {
+            for (net_addr, len) in range_to_prefixes(ts.start_addr, ts.end_addr) {
+                guard.add_route(net_addr, len, &opts.tun_name, src).map_err(io_ctx("route"))?;
+            }
+        }
+    }
+    guard.enable_ip_forward().map_err(io_ctx("ip_forward"))?;
+
+    let spd = tunnels
+        .iter()
+        .map(|t| SpdEntry {
+            tunnel: Arc::from(t.name.as_str()),
+            local_ts: t.local_ts.clone(),
+            remote_ts: t.remote_ts.clone(),
+            children: Vec::new(),
+            last_acquire: Arc::new(AtomicU64::new(0)),
+        })
+        .collect();
+    let sad = Arc::new(SadCell::new(Sad { inbound: HashMap::new(), spd }));
+    let mss = if cfg.sysopt.tcpmss == 0 { 0 } else { cfg.sysopt.tcpmss.min(opts.tun_mtu.saturating_sub(40)) };
+    let shared = Arc::new(Shared {
+        sad: sad.clone(),
+        outsides,
+        tun: Arc::new(tun),
+        offload,
+        syslog: syslog.clone(),
+        limiter: RateLimiter::new(Duration::from_secs(5)),
+        to_control: to_ctl.clone(),
+        mss,
+        stats: Default::default(),
+        epoch: clock::now(),
+    });
+    datapath::spawn(shared.clone()).map_err(io_ctx("data path threads"))?;
+
+    for (a, s) in &ike500 {
+        let s = s.clone();
+        let tx = to_ctl.clone();
+        let local = SocketAddr::new(IpAddr::V4(*a), 500);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match s.recv_from(&mut buf).await {
+                    Ok((n, remote)) => {
+                        let _ = tx.send(ToControl::Ike { local, remote, data: buf[..n].to_vec() });
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+    }
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlRequest>(64);
+    tokio::spawn(serve_control(listener, ctl_tx));
+
+    let endpoint = ike::Endpoint::new(tunnels.clone(), cfg.ikev2.clone(), Box::new(crypto::OsRandom::default()));
+    let mut d = Daemon {
+        running_config: config::running_config(&cfg),
+        cfg,
+        tunnels,
+        endpoint,
+        syslog,
+        sad,
+        shared,
+        ike500,
+        children: BTreeMap::new(),
+        removals: Vec::new(),
+        conn_ids: 0,
+        tun_mtu: opts.tun_mtu,
+    };
+    eprintln!(
+        "holdfast: running; TUN {} (mtu {}, offload {}), control socket {}",
+        opts.tun_name,
+        opts.tun_mtu,
+        if offload { "on" } else { "off" },
+        opts.control.display()
+    );
+    let now = clock::now();
+    for t in d.tunnels.clone() {
+        if t.connection_type != ConnectionType::AnswerOnly {
+            d.endpoint.handle_command(now, ike::Command::Initiate { tunnel: t.name.clone() });
+        }
+    }
+    d.drain();
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io_ctx("signal"))?;
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    loop {
+        let deadline = d.endpoint.poll_timeout().map(|(t, _)| t);
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            m = from_data.recv() => {
+                let Some(m) = m else { break };
+                d.on_data_msg(m);
+            }
+            r = ctl_rx.recv() => {
+                if let Some(r) = r {
+                    let text = d.on_request(&r.req);
+                    let _ = r.reply.send(text);
+                }
+            }
+            _ = sleep => {
+                d.endpoint.handle_timeout(clock::now());
+            }
+            _ = tick.tick() => {
+                d.report_traffic();
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        d.drain();
+    }
+    eprintln!("holdfast: shutting down");
+    // Deleting our SAs tells the peer at once instead of letting it wait for liveness to fail.
+    d.endpoint.handle_command(clock::now(), ike::Command::ClearIkeSa { peer: None });
+    d.drain();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    guard.cleanup();
+    Ok(())
+}
+
+fn bind_control(path: &std::path::Path, guard: &mut SystemGuard) -> Result<tokio::net::UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_ctx(format!("create {}", dir.display())))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::AlreadyRunning(path.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(io_ctx(format!("bind {}", path.display())))?;
+    guard.remember_socket_file(path.to_path_buf());
+    Ok(l)
+}
+
+async fn serve_control(listener: tokio::net::UnixListener, tx: mpsc::Sender<ControlRequest>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(256);
+            let mut chunk = [0u8; 256];
+            // One line, bounded; a client that never sends a newline is cut off after 10 s.
+            let read = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            buf.extend_from_slice(&chunk[..n]);
+                            if buf.contains(&b'\n') || buf.len() > control::MAX_LINE {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.lines().next().unwrap_or("").to_string();
+            let answer = if buf.len() > control::MAX_LINE {
+                format!("{}\n", control::INVALID_INPUT)
+            } else {
+                match control::parse(&line) {
+                    Err(e) => control::format_error(&line, &e),
+                    Ok(req) => {
+                        let (rtx, rrx) = oneshot::channel();
+                        if tx.send(ControlRequest { req, reply: rtx }).await.is_err() {
+                            return;
+                        }
+                        rrx.await.unwrap_or_default()
+                    }
+                }
+            };
+            let _ = s.write_all(answer.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}
+
+/// A CHILD_SA the daemon installed, for `show` and traffic reports.
+struct ChildRecord {
+    up: ike::ChildSaUp,
+    installed: Instant,
+    conn_id: u32,
+    inbound: Arc<InboundEntry>,
+    outbound: Arc<OutboundEntry>,
+    /// Set when the SA was deleted or replaced: inbound lingers until `removals` fires.
+    draining: bool,
+    reported_bytes: u64,
+    reported_packets: u64,
+}
+
+struct Daemon {
+    cfg: policy::Config,
+    running_config: String,
+    tunnels: Vec<TunnelPolicy>,
+    endpoint: ike::Endpoint,
+    syslog: Arc<Syslog>,
+    sad: Arc<SadCell>,
+    shared: Arc<Shared>,
+    ike500: Vec<(Ipv4Addr, Arc<tokio::net::UdpSocket>)>,
+    children: BTreeMap<u32, ChildRecord>,
+    removals: Vec<(Instant, u32)>,
+    conn_ids: u32,
+    tun_mtu: u16,
+}
+
+impl Daemon {
+    fn on_data_msg(&mut self, m: ToControl) {
+        let now = clock::now();
+        match m {
+            ToControl::Ike { local, remote, data } => {
+                let _ = self.endpoint.handle_datagram(now, ike::Path { local, remote }, &data);
+            }
+            ToControl::Acquire { tunnel } => {
+                let t = self.tunnels.iter().find(|t| *t.name == *tunnel);
+                if t.is_some_and(|t| t.connection_type != ConnectionType::AnswerOnly) {
+                    self.endpoint.handle_command(now, ike::Command::Initiate { tunnel: tunnel.to_string() });
+                }
+            }
+        }
+    }
+
+    /// Transmits first, then events (DESIGN.md).
+    fn drain(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.transmit(t);
+        }
+        while let Some(e) = self.endpoint.poll_event() {
+            self.on_event(e);
+            // Installing an SA never produces transmits, but a later event might; keep order.
+            while let Some(t) = self.endpoint.poll_transmit() {
+                self.transmit(t);
+            }
+        }
+    }
+
+    fn outside_index(&self, local: IpAddr) -> usize {
+        self.shared.outsides.iter().position(|o| IpAddr::V4(o.local) == local).unwrap_or(0)
+    }
+
+    fn transmit(&self, t: ike::Transmit) {
+        let idx = self.outside_index(t.path.local.ip());
+        if t.path.local.port() == 4500 {
+            // RFC 3948 §2.2: IKE on port 4500 carries the 4-byte non-ESP marker.
+            let Some(o) = self.shared.outsides.get(idx) else { return };
+            let mut buf = Vec::with_capacity(t.data.len() + 4);
+            buf.extend_from_slice(&[0, 0, 0, 0]);
+            buf.extend_from_slice(&t.data);
+            let _ = o.udp4500.send_to(&buf, t.path.remote);
+        } else if let Some((_, s)) = self.ike500.get(idx) {
+            let _ = s.try_send_to(&t.data, t.path.remote);
+        }
+    }
+
+    fn group(peer: IpAddr) -> String {
+        // LAN-to-LAN tunnel groups are named after the peer address.
+        peer.to_string()
+    }
+
+    fn on_event(&mut self, e: ike::Event) {
+        let now = clock::now();
+        match e {
+            ike::Event::ChildSaUp(up) => self.install(up, now),
+            ike::Event::ChildSaDown { tunnel, spi_in, spi_out, reason } => {
+                self.sad.update(|s| {
+                    for e in s.spd.iter_mut().filter(|e| *e.tunnel == *tunnel) {
+                        e.children.retain(|c| c.spi_in != spi_in);
+                    }
+                });
+                if let Some(r) = self.children.get_mut(&spi_in) {
+                    if !r.draining {
+                        r.draining = true;
+                        self.removals.push((now + INBOUND_LINGER, spi_in));
+                    }
+                    let (local, peer) = (r.up.local, r.up.peer);
+                    let g = Self::group(peer);
+                    self.syslog.log(syslog::sa_deleted(Direction::Outbound, spi_out, local, peer, &g));
+                    self.syslog.log(syslog::sa_deleted(Direction::Inbound, spi_in, local, peer, &g));
+                    let _ = reason;
+                }
+            }
+            ike::Event::IkeSaUp { peer, .. } => {
+                self.syslog.log(syslog::phase1_completed(&Self::group(peer), peer));
+            }
+            ike::Event::IkeSaDown { tunnel, peer, reason } => {
+                let (remote, local) = self.proxies(&tunnel);
+                let why = match reason {
+                    ike::DownReason::Cleared => "Administrator Reset",
+                    ike::DownReason::PeerDeleted => "Peer Terminate",
+                    ike::DownReason::PeerDead => "Lost Service",
+                    ike::DownReason::Expired => "IPsec SA Max Time Exceeded",
+                    ike::DownReason::PeerRestarted => "Peer Reconnected",
+                    ike::DownReason::Rekeyed | ike::DownReason::Redundant => "Rekeyed",
+                };
+                self.syslog.log(syslog::connection_terminated(&Self::group(peer), peer, why, remote, local));
+            }
+            ike::Event::IkeSaRekeyed { .. } => {}
+            ike::Event::IkeNegotiationFailed { tunnel, peer, reason } | ike::Event::ChildSaFailed { tunnel, peer, reason } => {
+                let local = self.tunnels.iter().find(|t| t.name == tunnel).map(|t| t.local_addr);
+                let local = local.map(|l| l.to_string()).unwrap_or_default();
+                self.syslog.log(syslog::Message {
+                    severity: 4,
+                    id: 750003,
+                    text: format!("Local:{local}:500 Remote:{peer}:500 Username:{peer} IKEv2 Negotiation aborted due to ERROR: {reason}"),
+                });
+            }
+        }
+    }
+
+    fn proxies(&self, tunnel: &str) -> (IpAddr, IpAddr) {
+        let t = self.tunnels.iter().find(|t| t.name == tunnel);
+        let first = |v: Option<&Vec<TrafficSelector>>| {
+            v.and_then(|v| v.first()).map(|s| IpAddr::V4(s.start_addr)).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        };
+        (first(t.map(|t| &t.remote_ts)), first(t.map(|t| &t.local_ts)))
+    }
+
+    fn install(&mut self, up: ike::ChildSaUp, now: Instant) {
+        let inbound_sa = match esp::InboundSa::new(&up.inbound) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("holdfast: cannot install inbound SA {:08x}: {e}", up.inbound.spi);
+                return;
+            }
+        };
+        let outbound_sa = match esp::OutboundSa::new(&up.outbound) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("holdfast: cannot install outbound SA {:08x}: {e}", up.outbound.spi);
+                return;
+            }
+        };
+        let outside = self.outside_index(up.local);
+        let dest = match up.encap {
+            esp::Encap::Native => Dest::Native { outside, to: up.peer },
+            esp::Encap::Udp { remote_port, .. } => Dest::Udp { outside, to: SocketAddr::new(up.peer, remote_port) },
+        };
+        let tunnel: Arc<str> = Arc::from(up.tunnel.as_str());
+        let inbound = Arc::new(InboundEntry {
+            spi: up.inbound.spi,
+            sa: Mutex::new(inbound_sa),
+            tunnel: tunnel.clone(),
+            peer: up.peer,
+            local_ts: up.local_ts.clone(),
+            remote_ts: up.remote_ts.clone(),
+            counters: Counters::default(),
+        });
+        let outbound = Arc::new(OutboundEntry { spi: up.outbound.spi, sa: Mutex::new(outbound_sa), dest, counters: Counters::default() });
+        let child = ChildOut {
+            spi_in: up.inbound.spi,
+            local_ts: up.local_ts.clone(),
+            remote_ts: up.remote_ts.clone(),
+            out: outbound.clone(),
+        };
+        let replaces = up.replaces_spi_in;
+        // One publish: the new inbound SA becomes visible no later than the outbound switch,
+        // so the peer's first packets on the new SA always find it.
+        self.sad.update(|s| {
+            s.inbound.insert(inbound.spi, inbound.clone());
+            if let Some(e) = s.spd.iter_mut().find(|e| *e.tunnel == *tunnel) {
+                if let Some(old) = replaces {
+                    e.children.retain(|c| c.spi_in != old);
+                }
+                e.children.insert(0, child);
+            }
+        });
+        if let Some(old) = replaces {
+            if let Some(r) = self.children.get_mut(&old) {
+                if !r.draining {
+                    r.draining = true;
+                    self.removals.push((now + INBOUND_LINGER, old));
+                }
+            }
+        }
+        let g = Self::group(up.peer);
+        self.syslog.log(syslog::sa_created(Direction::Inbound, up.inbound.spi, up.local, up.peer, &g));
+        self.syslog.log(syslog::sa_created(Direction::Outbound, up.outbound.spi, up.local, up.peer, &g));
+        self.syslog.log(syslog::negotiation_complete(&g, up.peer, up.initiator, up.inbound.spi, up.outbound.spi));
+        self.syslog.log(syslog::phase2_completed(&g, up.peer, up.msg_id));
+        self.conn_ids += 1;
+        self.children.insert(
+            up.inbound.spi,
+            ChildRecord {
+                up,
+                installed: now,
+                conn_id: self.conn_ids,
+                inbound,
+                outbound,
+                draining: false,
+                reported_bytes: 0,
+                reported_packets: 0,
+            },
+        );
+    }
+
+    /// Periodic: traffic totals and inbound activity to the engine, delayed inbound removals.
+    fn report_traffic(&mut self) {
+        let now = clock::now();
+        let mut cmds = Vec::new();
+        for (spi, r) in self.children.iter_mut().filter(|(_, r)| !r.draining) {
+            let pin = Counters::get(&r.inbound.counters.packets);
+            if pin != r.reported_packets {
+                r.reported_packets = pin;
+                cmds.push(ike::Command::InboundActivity { spi_in: *spi });
+            }
+            // Kilobyte lifetimes apply per SA; the busier direction decides.
+            let bytes = Counters::get(&r.inbound.counters.bytes).max(Counters::get(&r.outbound.counters.bytes));
+            if bytes != r.reported_bytes {
+                r.reported_bytes = bytes;
+                cmds.push(ike::Command::ChildSaBytes { spi_in: *spi, bytes });
+            }
+        }
+        for c in cmds {
+            self.endpoint.handle_command(now, c);
+        }
+        let due: Vec<u32> = self.removals.iter().filter(|(t, _)| *t <= now).map(|(_, s)| *s).collect();
+        if !due.is_empty() {
+            self.removals.retain(|(t, _)| *t > now);
+            self.sad.update(|s| {
+                for spi in &due {
+                    s.inbound.remove(spi);
+                }
+            });
+            for spi in due {
+                self.children.remove(&spi);
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: &Request) -> String {
+        let now = clock::now();
+        match req {
+            Request::ShowRunningConfig => self.running_config.clone(),
+            Request::ShowLogging => self.syslog.show_logging(),
+            Request::ShowVersion => format!("holdfast Version {}\n", env!("CARGO_PKG_VERSION")),
+            Request::ShowIkev2Sa { detail } => show::ikev2_sa(&self.ike_views(), *detail),
+            Request::ShowIpsecSa { peer, .. } => show::ipsec_sa(&self.ipsec_views(*peer, now)),
+            Request::ClearIkev2Sa { peer } => {
+                self.endpoint.handle_command(now, ike::Command::ClearIkeSa { peer: *peer });
+                String::new()
+            }
+            Request::ClearIpsecSa { peer } => {
+                self.endpoint.handle_command(now, ike::Command::ClearChildSas { peer: *peer });
+                String::new()
+            }
+        }
+    }
+
+    fn ike_views(&self) -> Vec<IkeSaView> {
+        let children = self.endpoint.child_sas();
+        self.endpoint
+            .ike_sas()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let tunnel = self.tunnels.iter().find(|t| t.name == s.tunnel);
+                let kids = children
+                    .iter()
+                    .filter(|c| s.child_spis_in.contains(&c.spi_in))
+                    .map(|c| ChildSummary {
+                        local_ts: c.local_ts.clone(),
+                        remote_ts: c.remote_ts.clone(),
+                        spi_in: c.spi_in,
+                        spi_out: c.spi_out,
+                        encryption: c.suite.encryption,
+                        integrity: c.suite.integrity,
+                    })
+                    .collect();
+                IkeSaView {
+                    tunnel_id: i as u32 + 1,
+                    local: s.local,
+                    remote: s.remote,
+                    status: match s.status {
+                        ike::IkeStatus::Ready => "READY",
+                        ike::IkeStatus::Negotiating => "IN-NEG",
+                        ike::IkeStatus::Deleting => "DELETE",
+                    }
+                    .into(),
+                    initiator: s.role == ike::Role::Initiator,
+                    encryption: s.suite.map(|x| x.encryption),
+                    integrity: s.suite.map(|x| x.integrity),
+                    prf: s.suite.map(|x| x.prf),
+                    dh_group: s.suite.map(|x| x.dh),
+                    lifetime_secs: s.lifetime.map(|d| d.as_secs()).unwrap_or(0),
+                    active_secs: s.active_time.as_secs(),
+                    spi_i: s.spi_i,
+                    spi_r: s.spi_r,
+                    children: kids,
+                    dpd: tunnel.and_then(|t| t.dpd).map(|d| (d.threshold.as_secs(), d.retry.as_secs())),
+                    nat_t: s.nat_t,
+                }
+            })
+            .collect()
+    }
+
+    fn ipsec_views(&self, peer: Option<IpAddr>, now: Instant) -> Vec<IpsecSaView> {
+        let infos = self.endpoint.child_sas();
+        let mut out = Vec::new();
+        for r in self.children.values() {
+            if peer.is_some_and(|p| p != r.up.peer) {
+                continue;
+            }
+            let (map, seq) = match r.up.tunnel.rsplit_once(':') {
+                Some((m, s)) => (m.to_string(), s.parse().unwrap_or(0)),
+                None => (r.up.tunnel.clone(), 0),
+            };
+            let entry = self.cfg.crypto_maps.iter().find(|e| e.map == map && e.seq == seq);
+            let interface = self
+                .cfg
+                .crypto_map_bindings
+                .iter()
+                .find(|b| b.map == map)
+                .map(|b| b.nameif.clone())
+                .unwrap_or_else(|| "outside".into());
+            let (Some(lts), Some(rts)) = (r.up.local_ts.first().copied(), r.up.remote_ts.first().copied()) else { continue };
+            let info = infos.iter().find(|c| c.spi_in == r.up.inbound.spi);
+            let remaining_secs = info
+                .map(|i| i.expires_in.as_secs())
+                .unwrap_or_else(|| r.up.lifetime.saturating_sub(now.saturating_duration_since(r.installed)).as_secs());
+            let in_b = Counters::get(&r.inbound.counters.bytes);
+            let out_b = Counters::get(&r.outbound.counters.bytes);
+            let kb_left = |b: u64| r.up.lifetime_kilobytes.map(|k| k.saturating_sub(b / 1024));
+            let (udp, local_port, remote_port) = match r.up.encap {
+                esp::Encap::Udp { local_port, remote_port } => (true, local_port, remote_port),
+                esp::Encap::Native => (false, 500, 500),
+            };
+            let esp_overhead = r.outbound.sa.lock().map(|s| s.overhead(1400)).unwrap_or(0);
+            let outer = 20 + if udp { 8 } else { 0 };
+            out.push(IpsecSaView {
+                interface,
+                map: map.clone(),
+                seq,
+                acl_line: entry.map(|e| show::acl_line(&e.match_address, &lts, &rts)),
+                local: SocketAddr::new(r.up.local, local_port),
+                remote: SocketAddr::new(r.up.peer, remote_port),
+                local_ts: lts,
+                remote_ts: rts,
+                spi_in: r.up.inbound.spi,
+                spi_out: r.up.outbound.spi,
+                encryption: r.up.inbound.encryption,
+                integrity: r.up.inbound.integrity,
+                esn: r.up.inbound.esn,
+                pfs: info.and_then(|i| i.suite.dh),
+                udp_encap: udp,
+                conn_id: r.conn_id,
+                remaining_secs,
+                remaining_kb_in: kb_left(in_b),
+                remaining_kb_out: kb_left(out_b),
+                encaps: Counters::get(&r.outbound.counters.packets),
+                decaps: Counters::get(&r.inbound.counters.packets),
+                send_errors: Counters::get(&r.outbound.counters.errors),
+                replay_drops: Counters::get(&r.inbound.counters.replay),
+                auth_drops: Counters::get(&r.inbound.counters.auth),
+                other_recv_errors: Counters::get(&r.inbound.counters.errors),
+                overhead: (esp_overhead + outer, esp_overhead),
+                media_mtu: u32::from(self.tun_mtu) + 100,
+                draining: r.draining,
+            });
+        }
+        out
+    }
+}
+
+/// Source address for routes into the TUN: an inside interface address within our protected
+/// networks, so traffic the gateway itself originates matches the tunnel's selectors.
+fn inside_source(cfg: &policy::Config, local_ts: &[TrafficSelector]) -> Option<Ipv4Addr> {
+    cfg.interfaces
+        .iter()
+        .filter_map(|i| i.address.map(|a| a.addr))
+        .find(|a| local_ts.iter().any(|t| t.contains_addr(*a)))
+}
+
+/// Splits an address range into the CIDR prefixes covering exactly it.
+pub fn range_to_prefixes(start: Ipv4Addr, end: Ipv4Addr) -> Vec<(Ipv4Addr, u8)> {
+    let (mut s, e) = (u64::from(u32::from(start)), u64::from(u32::from(end)));
+    let mut out = Vec::new();
+    while s <= e {
+        // Largest block aligned at s that does not pass e.
+        let mut size: u64 = if s == 0 { 1 << 32 } else { 1 << s.trailing_zeros().min(32) };
+        while s + size - 1 > e {
+            size >>= 1;
+        }
+        out.push((Ipv4Addr::from(s as u32), (32 - size.trailing_zeros()) as u8));
+        s += size;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_prefixes() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(range_to_prefixes(ip("10.2.0.0"), ip("10.2.0.255")), vec![(ip("10.2.0.0"), 24)]);
+        assert_eq!(range_to_prefixes(ip("0.0.0.0"), ip("255.255.255.255")), vec![(ip("0.0.0.0"), 0)]);
+        assert_eq!(range_to_prefixes(ip("10.0.0.1"), ip("10.0.0.1")), vec![(ip("10.0.0.1"), 32)]);
+        assert_eq!(
+            range_to_prefixes(ip("10.0.0.1"), ip("10.0.0.6")),
+            vec![(ip("10.0.0.1"), 32), (ip("10.0.0.2"), 31), (ip("10.0.0.4"), 31), (ip("10.0.0.6"), 32)]
+        );
+    }
+}

@@ -1,0 +1,663 @@
+//! The data path: two threads around the SAD.
+//!
+//! * TX: TUN read (GSO super-packets split by tun-rs when offload is on) -> SPD lookup -> ESP
+//!   seal -> UDP 4500 with UDP GSO (one `sendmsg` per train of equal-size packets) or raw IP
+//!   protocol 50.
+//! * RX: `poll` on the outside sockets -> `recvmmsg`/UDP GRO -> RFC 3948 demux (keepalive, IKE to
+//!   the control task, ESP) -> ESP open -> selector check -> TUN write (TCP GRO coalescing by
+//!   tun-rs when offload is on).
+//!
+//! Buffers are allocated once per thread; nothing is allocated per packet except IKE messages
+//! forwarded to the control plane. Protected traffic with no SA is dropped, never sent in clear.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock;
+use crate::sad::{flow_matches, Counters, Dest, Flow, Lookup, OutboundEntry, SadCell, SadReader};
+use crate::syslog::{esp_dropped, EspDrop, RateLimiter, Syslog};
+
+/// Minimum time between two initiate requests for the same tunnel caused by traffic.
+pub const ACQUIRE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Room for one ESP packet built from an inner packet of up to the TUN MTU.
+const SLOT: usize = 2048;
+/// Most segments one UDP GSO send may carry (kernel UDP_MAX_SEGMENTS is 64).
+const MAX_GSO: usize = 64;
+
+/// Messages from the data path to the control task.
+#[derive(Debug)]
+pub enum ToControl {
+    /// An IKE message received on UDP 4500 (non-ESP marker already stripped).
+    Ike { local: SocketAddr, remote: SocketAddr, data: Vec<u8> },
+    /// Protected traffic found no SA: bring the tunnel up.
+    Acquire { tunnel: Arc<str> },
+}
+
+/// One outside address with its sockets.
+pub struct Outside {
+    pub local: Ipv4Addr,
+    pub udp4500: Arc<UdpSocket>,
+    pub udp_state: Arc<quinn_udp::UdpSocketState>,
+    pub raw: Option<Arc<socket2::Socket>>,
+}
+
+/// Drops and events not tied to one SA.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    pub no_sa: AtomicU64,
+    pub unprotected: AtomicU64,
+    pub invalid_spi: AtomicU64,
+    pub malformed: AtomicU64,
+    pub keepalives: AtomicU64,
+    pub tun_errors: AtomicU64,
+}
+
+/// Everything both threads share.
+pub struct Shared {
+    pub sad: Arc<SadCell>,
+    pub outsides: Vec<Outside>,
+    pub tun: Arc<tun_rs::SyncDevice>,
+    pub offload: bool,
+    pub syslog: Arc<Syslog>,
+    pub limiter: RateLimiter,
+    pub to_control: tokio::sync::mpsc::UnboundedSender<ToControl>,
+    /// `sysopt connection tcpmss`: MSS clamp for TCP SYNs through the tunnel (0 = off).
+    pub mss: u16,
+    pub stats: GlobalStats,
+    pub epoch: Instant,
+}
+
+/// Starts the TX and RX threads.
+pub fn spawn(sh: Arc<Shared>) -> io::Result<()> {
+    let tx = sh.clone();
+    std::thread::Builder::new().name("hf-tx".into()).spawn(move || tx_loop(&tx))?;
+    let rx = sh;
+    std::thread::Builder::new().name("hf-rx".into()).spawn(move || rx_loop(&rx))?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// TX
+
+fn tx_loop(sh: &Shared) {
+    let mut reader = SadReader::new(sh.sad.clone());
+    let n_bufs = if sh.offload { tun_rs::IDEAL_BATCH_SIZE } else { 1 };
+    let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65536];
+    let mut bufs = vec![vec![0u8; SLOT]; n_bufs];
+    let mut sizes = vec![0usize; n_bufs];
+    let mut batch = UdpBatch::new();
+    let mut scratch = vec![0u8; SLOT];
+    loop {
+        let got = if sh.offload {
+            sh.tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+        } else {
+            sh.tun.recv(&mut bufs[0]).map(|n| {
+                sizes[0] = n;
+                1
+            })
+        };
+        let n = match got {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                Counters::add(&sh.stats.tun_errors, 1);
+                if e.raw_os_error() == Some(libc::EBADFD) || e.raw_os_error() == Some(libc::EBADF) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let sad = reader.get().clone();
+        for i in 0..n {
+            let len = sizes[i].min(bufs[i].len());
+            let pkt = &mut bufs[i][..len];
+            let Some(flow) = parse_flow(pkt) else {
+                Counters::add(&sh.stats.malformed, 1);
+                continue;
+            };
+            match sad.lookup_out(&flow) {
+                Lookup::Sa(out) => {
+                    if sh.mss != 0 {
+                        clamp_mss(pkt, sh.mss);
+                    }
+                    match out.dest {
+                        Dest::Udp { outside, to } => batch.push(sh, out, outside, to, pkt),
+                        Dest::Native { outside, to } => send_native(sh, out, outside, to, pkt, &mut scratch),
+                    }
+                }
+                Lookup::NoSa(entry) => {
+                    Counters::add(&sh.stats.no_sa, 1);
+                    let now_ms = clock::now().saturating_duration_since(sh.epoch).as_millis() as u64 + 1;
+                    let last = entry.last_acquire.load(Ordering::Relaxed);
+                    if now_ms.saturating_sub(last) >= ACQUIRE_INTERVAL.as_millis() as u64
+                        && entry.last_acquire.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+                    {
+                        let _ = sh.to_control.send(ToControl::Acquire { tunnel: entry.tunnel.clone() });
+                    }
+                }
+                Lookup::Unprotected => Counters::add(&sh.stats.unprotected, 1),
+            }
+        }
+        batch.flush(sh);
+    }
+}
+
+fn send_native(sh: &Shared, out: &Arc<OutboundEntry>, outside: usize, to: IpAddr, inner: &[u8], scratch: &mut [u8]) {
+    let Some(o) = sh.outsides.get(outside) else { return };
+    let Some(raw) = &o.raw else { return };
+    let sealed = { out.sa.lock().unwrap_or_else(|p| p.into_inner()).seal(inner, 4, scratch) };
+    match sealed {
+        Ok(n) => {
+            Counters::add(&out.counters.packets, 1);
+            Counters::add(&out.counters.bytes, inner.len() as u64);
+            if raw.send_to(&scratch[..n], &SocketAddr::new(to, 0).into()).is_err() {
+                Counters::add(&out.counters.errors, 1);
+            }
+        }
+        Err(_) => Counters::add(&out.counters.errors, 1),
+    }
+}
+
+/// A train of ESP-in-UDP packets for one destination, sent with one UDP GSO `sendmsg`: all
+/// segments have the same size except possibly the last (the kernel's UDP_SEGMENT rule).
+struct UdpBatch {
+    buf: Vec<u8>,
+    len: usize,
+    seg: usize,
+    count: usize,
+    closed: bool,
+    dest: Option<(usize, SocketAddr)>,
+    entry: Option<Arc<OutboundEntry>>,
+}
+
+impl UdpBatch {
+    fn new() -> Self {
+        Self { buf: vec![0u8; SLOT * (MAX_GSO + 1)], len: 0, seg: 0, count: 0, closed: false, dest: None, entry: None }
+    }
+
+    fn push(&mut self, sh: &Shared, out: &Arc<OutboundEntry>, outside: usize, to: SocketAddr, inner: &[u8]) {
+        let max = sh.outsides.get(outside).map(|o| o.udp_state.max_gso_segments()).unwrap_or(1).clamp(1, MAX_GSO);
+        let same = self.dest == Some((outside, to)) && self.entry.as_ref().is_some_and(|e| Arc::ptr_eq(e, out));
+        if !same || self.closed || self.count >= max {
+            self.flush(sh);
+        }
+        if self.entry.is_none() {
+            self.entry = Some(out.clone());
+            self.dest = Some((outside, to));
+        }
+        let sealed = {
+            let mut sa = out.sa.lock().unwrap_or_else(|p| p.into_inner());
+            sa.seal(inner, 4, &mut self.buf[self.len..self.len + SLOT])
+        };
+        let n = match sealed {
+            Ok(n) => n,
+            Err(_) => {
+                Counters::add(&out.counters.errors, 1);
+                return;
+            }
+        };
+        Counters::add(&out.counters.packets, 1);
+        Counters::add(&out.counters.bytes, inner.len() as u64);
+        if self.count == 0 {
+            self.seg = n;
+        } else if n > self.seg {
+            // Larger than the train's segment size: send the train, start a new one with this.
+            let start = self.len;
+            self.send(sh, 0, start);
+            self.buf.copy_within(start..start + n, 0);
+            self.len = 0;
+            self.count = 0;
+            self.seg = n;
+        } else if n < self.seg {
+            self.closed = true;
+        }
+        self.len += n;
+        self.count += 1;
+    }
+
+    fn flush(&mut self, sh: &Shared) {
+        if self.count > 0 {
+            let len = self.len;
+            self.send(sh, 0, len);
+        }
+        self.len = 0;
+        self.count = 0;
+        self.closed = false;
+        self.dest = None;
+        self.entry = None;
+    }
+
+    fn send(&mut self, sh: &Shared, from: usize, to_: usize) {
+        let Some((outside, to)) = self.dest else { return };
+        let Some(o) = sh.outsides.get(outside) else { return };
+        let contents = &self.buf[from..to_];
+        let segment_size = (contents.len() > self.seg).then_some(self.seg);
+        let t = quinn_udp::Transmit { destination: to, ecn: None, contents, segment_size, src_ip: None };
+        let mut tries = 0;
+        loop {
+            match o.udp_state.try_send((&*o.udp4500).into(), &t) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && tries < 20 => {
+                    tries += 1;
+                    wait_fd(o.udp4500.as_raw_fd(), libc::POLLOUT, 5);
+                }
+                Err(_) if segment_size.is_some() => {
+                    // GSO refused (quinn-udp then disables it): send the segments one by one.
+                    for chunk in contents.chunks(self.seg) {
+                        if o.udp4500.send_to(chunk, to).is_err() {
+                            self.count_error();
+                        }
+                    }
+                    return;
+                }
+                Err(_) => {
+                    self.count_error();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn count_error(&self) {
+        if let Some(e) = &self.entry {
+            Counters::add(&e.counters.errors, 1);
+        }
+    }
+}
+
+fn wait_fd(fd: i32, events: libc::c_short, timeout_ms: i32) {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one valid pollfd on the stack, count 1.
+    unsafe {
+        libc::poll(&mut p, 1, timeout_ms);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// RX
+
+/// Receive buffers for GRO: each holds up to 64 coalesced datagrams.
+const RX_BUFS: usize = 8;
+const RX_BUF_LEN: usize = 64 * 1024;
+
+struct TunOut {
+    bufs: Vec<Vec<u8>>,
+    n: usize,
+    gro: tun_rs::GROTable,
+    offset: usize,
+}
+
+impl TunOut {
+    fn new(offload: bool) -> Self {
+        let offset = if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
+        let bufs = (0..tun_rs::IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(offset + 65536)).collect();
+        Self { bufs, n: 0, gro: tun_rs::GROTable::default(), offset }
+    }
+
+    /// Appends a packet; returns the copy so the caller can still edit it (MSS clamp).
+    fn push(&mut self, pkt: &[u8]) -> &mut [u8] {
+        let b = &mut self.bufs[self.n];
+        b.clear();
+        b.resize(self.offset, 0);
+        b.extend_from_slice(pkt);
+        self.n += 1;
+        &mut b[self.offset..]
+    }
+
+    fn full(&self) -> bool {
+        self.n == self.bufs.len()
+    }
+
+    fn flush(&mut self, sh: &Shared) {
+        if self.n == 0 {
+            return;
+        }
+        if sh.offload {
+            if sh.tun.send_multiple(&mut self.gro, &mut self.bufs[..self.n], self.offset).is_err() {
+                Counters::add(&sh.stats.tun_errors, 1);
+            }
+        } else {
+            for b in &self.bufs[..self.n] {
+                if sh.tun.send(b).is_err() {
+                    Counters::add(&sh.stats.tun_errors, 1);
+                }
+            }
+        }
+        self.n = 0;
+    }
+}
+
+fn rx_loop(sh: &Shared) {
+    let mut reader = SadReader::new(sh.sad.clone());
+    let mut pollfds: Vec<libc::pollfd> = Vec::new();
+    // (outside index, is_raw)
+    let mut kinds: Vec<(usize, bool)> = Vec::new();
+    for (i, o) in sh.outsides.iter().enumerate() {
+        pollfds.push(libc::pollfd { fd: o.udp4500.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        kinds.push((i, false));
+        if let Some(r) = &o.raw {
+            let _ = r.set_nonblocking(true);
+            pollfds.push(libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            kinds.push((i, true));
+        }
+    }
+    let mut rx_bufs = vec![vec![0u8; RX_BUF_LEN]; RX_BUFS];
+    let mut meta = vec![quinn_udp::RecvMeta::default(); RX_BUFS];
+    let mut tun_out = TunOut::new(sh.offload);
+    loop {
+        for p in pollfds.iter_mut() {
+            p.revents = 0;
+        }
+        // SAFETY: pollfds is a valid, initialised array of the length passed.
+        let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 1000) };
+        if rc <= 0 {
+            continue;
+        }
+        for (k, p) in pollfds.iter().enumerate() {
+            if p.revents == 0 {
+                continue;
+            }
+            let (idx, raw) = kinds[k];
+            let o = &sh.outsides[idx];
+            if raw {
+                let Some(sock) = &o.raw else { continue };
+                // Bounded so that one busy socket cannot starve the others.
+                for _ in 0..256 {
+                    let buf = &mut rx_bufs[0];
+                    // SAFETY: buf is a valid writable region of buf.len() bytes; a raw socket
+                    // writes at most that many.
+                    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                    if n <= 0 {
+                        break;
+                    }
+                    let n = n as usize;
+                    // Raw IPv4 sockets deliver the IP header; ESP starts after IHL words.
+                    let ihl = usize::from(buf[0] & 0x0f) * 4;
+                    if n < ihl + 8 || buf[0] >> 4 != 4 {
+                        Counters::add(&sh.stats.malformed, 1);
+                        continue;
+                    }
+                    let from = IpAddr::V4(Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]));
+                    let sad = reader.get();
+                    handle_esp(sh, sad, &mut buf[ihl..n], from, IpAddr::V4(o.local), &mut tun_out);
+                    if tun_out.full() {
+                        tun_out.flush(sh);
+                    }
+                }
+            } else {
+                for _ in 0..64 {
+                    let got = {
+                        let mut iov: [IoSliceMut<'_>; RX_BUFS] = rx_iov(&mut rx_bufs);
+                        o.udp_state.recv((&*o.udp4500).into(), &mut iov, &mut meta)
+                    };
+                    let n = match got {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    };
+                    for (m, buf) in meta.iter().zip(rx_bufs.iter_mut()).take(n) {
+                        let stride = if m.stride == 0 { m.len } else { m.stride };
+                        let mut off = 0;
+                        while off < m.len {
+                            let end = (off + stride).min(m.len);
+                            let d = &mut buf[off..end];
+                            off = end;
+                            let local = SocketAddr::new(IpAddr::V4(o.local), 4500);
+                            handle_udp4500(sh, &mut reader, d, local, m.addr, &mut tun_out);
+                            if tun_out.full() {
+                                tun_out.flush(sh);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tun_out.flush(sh);
+    }
+}
+
+fn rx_iov(bufs: &mut [Vec<u8>]) -> [IoSliceMut<'_>; RX_BUFS] {
+    let mut it = bufs.iter_mut();
+    std::array::from_fn(|_| IoSliceMut::new(it.next().map(|b| b.as_mut_slice()).unwrap_or(&mut [])))
+}
+
+/// RFC 3948 §2: on UDP 4500 a single 0xFF byte is a NAT keepalive, a zero 4-byte non-ESP marker
+/// prefixes IKE, and anything else starts with a (non-zero) ESP SPI.
+fn handle_udp4500(sh: &Shared, reader: &mut SadReader, d: &mut [u8], local: SocketAddr, remote: SocketAddr, tun_out: &mut TunOut) {
+    if d.len() == 1 && d[0] == 0xff {
+        Counters::add(&sh.stats.keepalives, 1);
+        return;
+    }
+    if d.len() >= 4 && d[..4] == [0, 0, 0, 0] {
+        let _ = sh.to_control.send(ToControl::Ike { local, remote, data: d[4..].to_vec() });
+        return;
+    }
+    if d.len() < 8 {
+        Counters::add(&sh.stats.malformed, 1);
+        return;
+    }
+    let sad = reader.get();
+    handle_esp(sh, sad, d, remote.ip(), local.ip(), tun_out);
+}
+
+fn handle_esp(sh: &Shared, sad: &crate::sad::Sad, pkt: &mut [u8], from: IpAddr, to: IpAddr, tun_out: &mut TunOut) {
+    if pkt.len() < 8 {
+        Counters::add(&sh.stats.malformed, 1);
+        return;
+    }
+    let spi = u32::from_be_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]);
+    let seq = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+    let Some(entry) = sad.inbound.get(&spi) else {
+        Counters::add(&sh.stats.invalid_spi, 1);
+        drop_log(sh, EspDrop::InvalidSpi, spi, seq, from, to);
+        return;
+    };
+    let opened = { entry.sa.lock().unwrap_or_else(|p| p.into_inner()).open(pkt) };
+    match opened {
+        Ok(o) => {
+            // RFC 4303 §2.6: next header 4 = IPv4 (tunnel mode); 59 = dummy packet (TFC), dropped.
+            if o.next_header != 4 {
+                if o.next_header != 59 {
+                    Counters::add(&entry.counters.errors, 1);
+                }
+                return;
+            }
+            let inner = o.inner;
+            let Some(flow) = parse_flow(inner) else {
+                Counters::add(&entry.counters.errors, 1);
+                return;
+            };
+            // Source must be in the peer's selectors, destination in ours (RFC 4301 §5.2).
+            if !flow_matches(&entry.remote_ts, &entry.local_ts, &flow) {
+                Counters::add(&entry.counters.errors, 1);
+                return;
+            }
+            let total = usize::from(u16::from_be_bytes([inner[2], inner[3]])).min(inner.len());
+            Counters::add(&entry.counters.packets, 1);
+            Counters::add(&entry.counters.bytes, total as u64);
+            let copy = tun_out.push(&inner[..total]);
+            if sh.mss != 0 {
+                clamp_mss(copy, sh.mss);
+            }
+        }
+        Err(esp::EspError::ReplayedOrTooOld { .. }) => {
+            Counters::add(&entry.counters.replay, 1);
+            drop_log(sh, EspDrop::Replay, spi, seq, from, to);
+        }
+        Err(esp::EspError::AuthFailed { .. }) => {
+            Counters::add(&entry.counters.auth, 1);
+            drop_log(sh, EspDrop::AuthFailed, spi, seq, from, to);
+        }
+        Err(_) => Counters::add(&entry.counters.errors, 1),
+    }
+}
+
+fn drop_log(sh: &Shared, kind: EspDrop, spi: u32, seq: u32, from: IpAddr, to: IpAddr) {
+    if sh.limiter.allow(kind, clock::now()) {
+        sh.syslog.log(esp_dropped(kind, spi, seq, from, to));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Inner packet helpers
+
+/// Selector fields of an IPv4 packet; `None` if it is not a well-formed IPv4 packet. Ports are
+/// 0 for non-first fragments and protocols without ports (RFC 4301 §4.4.1.1 OPAQUE handling is
+/// approximated by matching such packets only against port-agnostic selectors).
+pub fn parse_flow(p: &[u8]) -> Option<Flow> {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    if ihl < 20 || p.len() < ihl {
+        return None;
+    }
+    let proto = p[9];
+    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+    let frag_off = u16::from_be_bytes([p[6], p[7]]) & 0x1fff;
+    let (mut sport, mut dport) = (0, 0);
+    if frag_off == 0 && (proto == 6 || proto == 17) && p.len() >= ihl + 4 {
+        sport = u16::from_be_bytes([p[ihl], p[ihl + 1]]);
+        dport = u16::from_be_bytes([p[ihl + 2], p[ihl + 3]]);
+    }
+    Some(Flow { src, dst, proto, sport, dport })
+}
+
+/// Lowers the MSS option of a TCP SYN to `mss` (ASA `sysopt connection tcpmss`), fixing the TCP
+/// checksum incrementally (RFC 1624 eqn. 3). Anything else is left untouched.
+pub fn clamp_mss(p: &mut [u8], mss: u16) {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 6 {
+        return;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    if u16::from_be_bytes([p[6], p[7]]) & 0x1fff != 0 || p.len() < ihl + 20 {
+        return;
+    }
+    let tcp = &mut p[ihl..];
+    if tcp[13] & 0x02 == 0 {
+        return; // not a SYN
+    }
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    if doff < 20 || tcp.len() < doff {
+        return;
+    }
+    let mut i = 20;
+    while i < doff {
+        match tcp[i] {
+            0 => return,
+            1 => i += 1,
+            kind => {
+                let Some(&l) = tcp.get(i + 1) else { return };
+                let l = usize::from(l);
+                if l < 2 || i + l > doff {
+                    return;
+                }
+                if kind == 2 && l == 4 {
+                    let old = u16::from_be_bytes([tcp[i + 2], tcp[i + 3]]);
+                    if old > mss {
+                        tcp[i + 2..i + 4].copy_from_slice(&mss.to_be_bytes());
+                        let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
+                        // HC' = ~(~HC + ~m + m')
+                        let mut sum = u32::from(!ck) + u32::from(!old) + u32::from(mss);
+                        sum = (sum & 0xffff) + (sum >> 16);
+                        sum = (sum & 0xffff) + (sum >> 16);
+                        let new = !(sum as u16);
+                        tcp[16..18].copy_from_slice(&new.to_be_bytes());
+                    }
+                    return;
+                }
+                i += l;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Internet checksum over the TCP pseudo-header and segment, for verifying the clamp.
+    fn tcp_checksum_ok(p: &[u8]) -> bool {
+        let ihl = usize::from(p[0] & 0x0f) * 4;
+        let tcp = &p[ihl..];
+        let mut sum: u32 = 0;
+        for c in p[12..20].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        sum += 6 + tcp.len() as u32;
+        for c in tcp.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum == 0xffff
+    }
+
+    fn syn(mss: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 20 + 24];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&44u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 1, 0, 5]);
+        p[16..20].copy_from_slice(&[10, 2, 0, 9]);
+        let t = &mut p[20..];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&80u16.to_be_bytes());
+        t[12] = 6 << 4;
+        t[13] = 0x02;
+        t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+        // Fill in a correct checksum first.
+        let mut sum: u32 = 0;
+        for c in p[12..20].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        sum += 6 + 24;
+        for c in p[20..].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let ck = !(sum as u16);
+        p[36..38].copy_from_slice(&ck.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn mss_clamp_rewrites_and_keeps_checksum_valid() {
+        let mut p = syn(1460);
+        assert!(tcp_checksum_ok(&p));
+        clamp_mss(&mut p, 1360);
+        assert_eq!(u16::from_be_bytes([p[42], p[43]]), 1360);
+        assert!(tcp_checksum_ok(&p));
+        // Already small: untouched.
+        let mut q = syn(1200);
+        let before = q.clone();
+        clamp_mss(&mut q, 1360);
+        assert_eq!(q, before);
+        // Truncated or garbage input must not panic.
+        for len in 0..p.len() {
+            let mut t = p[..len].to_vec();
+            clamp_mss(&mut t, 1000);
+            let _ = parse_flow(&t);
+        }
+    }
+
+    #[test]
+    fn flow_parsing() {
+        let p = syn(1460);
+        let f = parse_flow(&p).unwrap();
+        assert_eq!(f.src, Ipv4Addr::new(10, 1, 0, 5));
+        assert_eq!(f.dst, Ipv4Addr::new(10, 2, 0, 9));
+        assert_eq!((f.proto, f.sport, f.dport), (6, 40000, 80));
+        assert!(parse_flow(&[0x60; 40]).is_none());
+    }
+}

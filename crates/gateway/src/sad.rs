@@ -1,0 +1,251 @@
+//! The SA database shared by the control task (writer) and the data-path threads (readers).
+//!
+//! Readers keep an `Arc<Sad>` snapshot and re-load it only when the generation counter moves, so
+//! the per-packet cost is one relaxed atomic load; each SA's cipher state sits behind its own
+//! mutex, which in practice is uncontended (one thread per direction). The writer builds a new
+//! snapshot (cloning `Arc`s, not SAs) and publishes it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use policy::TrafficSelector;
+
+/// Per-direction counters read by `show crypto ipsec sa`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Outbound: send errors. Inbound: packets failing the inner-selector check or padding.
+    pub errors: AtomicU64,
+    pub replay: AtomicU64,
+    pub auth: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    pub fn add(c: &AtomicU64, v: u64) {
+        c.fetch_add(v, Ordering::Relaxed);
+    }
+}
+
+/// An inbound CHILD_SA, found by SPI.
+pub struct InboundEntry {
+    pub spi: u32,
+    pub sa: Mutex<esp::InboundSa>,
+    pub tunnel: Arc<str>,
+    pub peer: IpAddr,
+    /// RFC 4301 §5.2: a decrypted packet must match the SA's selectors (source in the peer's
+    /// networks, destination in ours) or it is dropped.
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    pub counters: Counters,
+}
+
+/// Where an outbound SA's packets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// RFC 3948 ESP-in-UDP through outside socket set `outside`.
+    Udp { outside: usize, to: SocketAddr },
+    /// IP protocol 50 through the raw socket of outside socket set `outside`.
+    Native { outside: usize, to: IpAddr },
+}
+
+pub struct OutboundEntry {
+    pub spi: u32,
+    pub sa: Mutex<esp::OutboundSa>,
+    pub dest: Dest,
+    pub counters: Counters,
+}
+
+/// A negotiated CHILD_SA usable for outbound traffic of a tunnel.
+#[derive(Clone)]
+pub struct ChildOut {
+    pub spi_in: u32,
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    pub out: Arc<OutboundEntry>,
+}
+
+/// One configured tunnel: its ACL selectors (what must be protected) and its live CHILD_SAs.
+#[derive(Clone)]
+pub struct SpdEntry {
+    pub tunnel: Arc<str>,
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+    /// Newest first.
+    pub children: Vec<ChildOut>,
+    /// Millisecond tick of the last acquire (initiate-on-traffic), for rate limiting.
+    pub last_acquire: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Default)]
+pub struct Sad {
+    pub inbound: HashMap<u32, Arc<InboundEntry>>,
+    pub spd: Vec<SpdEntry>,
+}
+
+/// What the data path decides for an inner packet.
+pub enum Lookup<'a> {
+    /// Protected, with an SA to use.
+    Sa(&'a Arc<OutboundEntry>),
+    /// Protected by tunnel `.0`, but no SA is up: drop, and ask IKE to bring it up.
+    NoSa(&'a SpdEntry),
+    /// Not covered by any tunnel: drop (it only reached the TUN through a stale route).
+    Unprotected,
+}
+
+/// The 5-tuple fields selectors look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub src: std::net::Ipv4Addr,
+    pub dst: std::net::Ipv4Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub fn ts_matches(ts: &TrafficSelector, addr: std::net::Ipv4Addr, proto: u8, port: u16) -> bool {
+    ts.contains_addr(addr)
+        && (ts.protocol == 0 || ts.protocol == proto)
+        && (ts.start_port == 0 && ts.end_port == 65535 || (ts.start_port <= port && port <= ts.end_port))
+}
+
+pub fn flow_matches(local: &[TrafficSelector], remote: &[TrafficSelector], f: &Flow) -> bool {
+    local.iter().any(|t| ts_matches(t, f.src, f.proto, f.sport)) && remote.iter().any(|t| ts_matches(t, f.dst, f.proto, f.dport))
+}
+
+impl Sad {
+    /// Outbound policy lookup for a packet leaving through the TUN (src = our side).
+    pub fn lookup_out(&self, f: &Flow) -> Lookup<'_> {
+        for e in &self.spd {
+            if !flow_matches(&e.local_ts, &e.remote_ts, f) {
+                continue;
+            }
+            for c in &e.children {
+                if flow_matches(&c.local_ts, &c.remote_ts, f) {
+                    return Lookup::Sa(&c.out);
+                }
+            }
+            return Lookup::NoSa(e);
+        }
+        Lookup::Unprotected
+    }
+}
+
+/// The published SAD.
+pub struct SadCell {
+    current: RwLock<Arc<Sad>>,
+    generation: AtomicU64,
+}
+
+impl SadCell {
+    pub fn new(sad: Sad) -> Self {
+        Self { current: RwLock::new(Arc::new(sad)), generation: AtomicU64::new(0) }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn load(&self) -> Arc<Sad> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Copy-on-write update from the control task.
+    pub fn update(&self, f: impl FnOnce(&mut Sad)) {
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**guard).clone();
+        f(&mut next);
+        *guard = Arc::new(next);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A reader's cached snapshot.
+pub struct SadReader {
+    cell: Arc<SadCell>,
+    seen: u64,
+    snap: Arc<Sad>,
+}
+
+impl SadReader {
+    pub fn new(cell: Arc<SadCell>) -> Self {
+        let seen = cell.generation();
+        let snap = cell.load();
+        Self { cell, seen, snap }
+    }
+
+    /// The current snapshot, refreshed if the writer published a newer one.
+    pub fn get(&mut self) -> &Arc<Sad> {
+        let g = self.cell.generation();
+        if g != self.seen {
+            self.seen = g;
+            self.snap = self.cell.load();
+        }
+        &self.snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::Ipv4Net;
+
+    fn ts(s: &str, len: u8) -> TrafficSelector {
+        TrafficSelector::from_net(Ipv4Net::new(s.parse().unwrap(), len), None)
+    }
+
+    fn flow(src: &str, dst: &str) -> Flow {
+        Flow { src: src.parse().unwrap(), dst: dst.parse().unwrap(), proto: 6, sport: 1000, dport: 80 }
+    }
+
+    #[test]
+    fn spd_lookup_without_sa_asks_for_one() {
+        let sad = Sad {
+            inbound: HashMap::new(),
+            spd: vec![SpdEntry {
+                tunnel: "MAP:10".into(),
+                local_ts: vec![ts("10.1.0.0", 24)],
+                remote_ts: vec![ts("10.2.0.0", 24)],
+                children: vec![],
+                last_acquire: Arc::new(AtomicU64::new(0)),
+            }],
+        };
+        assert!(matches!(sad.lookup_out(&flow("10.1.0.5", "10.2.0.9")), Lookup::NoSa(e) if &*e.tunnel == "MAP:10"));
+        assert!(matches!(sad.lookup_out(&flow("10.1.0.5", "10.3.0.9")), Lookup::Unprotected));
+        assert!(matches!(sad.lookup_out(&flow("10.9.0.5", "10.2.0.9")), Lookup::Unprotected));
+    }
+
+    #[test]
+    fn selector_ports_and_protocols() {
+        let mut t = ts("10.2.0.0", 24);
+        t.protocol = 17;
+        t.start_port = 53;
+        t.end_port = 53;
+        assert!(ts_matches(&t, "10.2.0.1".parse().unwrap(), 17, 53));
+        assert!(!ts_matches(&t, "10.2.0.1".parse().unwrap(), 6, 53));
+        assert!(!ts_matches(&t, "10.2.0.1".parse().unwrap(), 17, 54));
+        assert!(ts_matches(&ts("10.2.0.0", 24), "10.2.0.255".parse().unwrap(), 1, 0));
+    }
+
+    #[test]
+    fn reader_sees_updates() {
+        let cell = Arc::new(SadCell::new(Sad::default()));
+        let mut r = SadReader::new(cell.clone());
+        assert!(r.get().spd.is_empty());
+        cell.update(|s| {
+            s.spd.push(SpdEntry {
+                tunnel: "T".into(),
+                local_ts: vec![],
+                remote_ts: vec![],
+                children: vec![],
+                last_acquire: Arc::new(AtomicU64::new(0)),
+            })
+        });
+        assert_eq!(r.get().spd.len(), 1);
+    }
+}
