@@ -40,3 +40,28 @@ pub fn capture_clean(cap: Capture) -> CaptureReport {
     let _ = std::fs::remove_file(&file);
     rep
 }
+
+use lab::{Holdfast, HoldfastParams};
+
+/// Starts holdfast on gw-b, then on gw-a (b first so a's first IKE_SA_INIT finds a listener).
+pub fn holdfast_pair(t: &Topology, a: &HoldfastParams, b: &HoldfastParams) -> (Holdfast, Holdfast) {
+    let hb = Holdfast::start(t, &t.gw_b, "hf-b", b).expect("holdfast on gw-b starts");
+    let ha = Holdfast::start(t, &t.gw_a, "hf-a", a).expect("holdfast on gw-a starts");
+    (ha, hb)
+}
+
+/// `show crypto ipsec sa` names the peer once a CHILD_SA is up (ASA layout `current_peer: IP`).
+pub fn assert_show_has_peer(h: &Holdfast, peer: &str) {
+    let s = h.show("crypto ipsec sa").expect("show crypto ipsec sa");
+    assert!(s.contains(&format!("current_peer: {peer}")), "{}: show crypto ipsec sa lacks peer {peer}:\n{s}", h.name);
+}
+
+/// A transfer paced to last about `secs`, checked intact and without a stall longer than 1 s.
+pub fn paced_transfer_no_stall(t: &Topology, bytes: u64, secs: f64) -> XferResult {
+    let rate = bytes as f64 * 8.0 / secs / 1e6;
+    let opts = XferOpts { rate_mbit: Some(rate), timeout: Duration::from_secs_f64(secs * 1.5 + 60.0), ..Default::default() };
+    let r = transfer(t, &t.host_a, &t.host_b, HOST_B_IP, bytes, &opts).expect("transfer runs");
+    r.check_intact(bytes).expect("no byte lost across the rekeys");
+    assert!(r.max_stall < Duration::from_secs(1), "longest stall {:?} must stay under 1 s", r.max_stall);
+    r
+}
