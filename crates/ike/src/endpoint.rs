@@ -1,0 +1,1999 @@
+//! The IKEv2 endpoint: every IKE SA and CHILD_SA of the gateway, driven by datagrams, commands
+//! and timeouts (RFC 7296).
+//!
+//! Each IKE SA is taken out of the table while a message for it is processed and put back
+//! afterwards, so handlers can borrow the SA and the endpoint's output queues at once.
+
+use crate::error::{Drop, ReqError};
+use crate::keys::{child_keymat, ct_eq, psk_auth, IkeKeys};
+use crate::proposal::{esp_offers, ike_offers, offers_to_wire, select, Chosen, EspSuite, IkeSuite};
+use crate::{ts, ChildSaInfo, ChildSaUp, Command, DownReason, Event, IkeSaInfo, IkeStatus, Path, Role, TimerReason, Transmit};
+use crypto::{DhPrivate, HashAlg, Random};
+use policy::{ConnectionType, DhGroup, Ikev2Globals, TrafficSelector, TunnelPolicy};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use wire::ike::{
+    emit_chain, flags, parse_chain, AuthMethod, Delete, ExchangeType, Header, IdType, Identification, Message, Notify,
+    NotifyType, Payload, PayloadType, Proposal, ProtocolId,
+};
+
+/// Cap of the re-initiation backoff, so a tunnel comes back within seconds after a peer restart.
+const REINIT_BACKOFF_MAX: Duration = Duration::from_secs(4);
+const REINIT_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// How long a half-open SA may wait for IKE_AUTH.
+const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a replaced CHILD_SA waits for the peer's Delete before we drop it ourselves.
+const REKEYED_GRACE: Duration = Duration::from_secs(20);
+const NONCE_LEN: usize = 32;
+const MAX_FRAGMENTS: u16 = 64;
+
+pub struct Endpoint {
+    tunnels: Vec<TunnelPolicy>,
+    globals: Ikev2Globals,
+    rng: Box<dyn Random>,
+    /// IKE SAs by our own SPI.
+    sas: HashMap<u64, IkeSa>,
+    /// Responder: (peer IP, initiator SPI) -> our SPI, to answer retransmitted IKE_SA_INIT.
+    init_index: HashMap<(IpAddr, u64), u64>,
+    tstate: Vec<TunnelState>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    cookie_secret: [u8; 32],
+    last_now: Option<Instant>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct TunnelState {
+    reinit_at: Option<Instant>,
+    backoff: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    InitDone,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    Established,
+    /// Being deleted by us; events already emitted.
+    Deleting,
+    /// Replaced by a rekeyed IKE SA; waits for the Delete exchange.
+    Rekeyed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildState {
+    Installed,
+    /// Our CREATE_CHILD_SA for it is queued or in flight.
+    Rekeying,
+    /// Replaced; the Delete exchange is pending (ours or the peer's).
+    Rekeyed { until: Instant },
+    /// Delete sent by us; the down event was already emitted.
+    Deleting,
+}
+
+struct Child {
+    spi_in: u32,
+    spi_out: u32,
+    suite: EspSuite,
+    local_ts: Vec<TrafficSelector>,
+    remote_ts: Vec<TrafficSelector>,
+    initiator: bool,
+    created: Instant,
+    rekey_at: Option<Instant>,
+    expire_at: Instant,
+    bytes: u64,
+    state: ChildState,
+    /// The peer rekeyed this SA (new inbound SPI, lowest nonce of that exchange) while our own
+    /// rekey may still be in flight (RFC 7296 §2.8.1).
+    peer_rekey: Option<(u32, Vec<u8>)>,
+    reported_down: bool,
+}
+
+enum Req {
+    Dpd,
+    DeleteIke,
+    DeleteChildren(Vec<u32>),
+    /// Rekey (Some(old inbound SPI)) or create a new CHILD_SA (None).
+    Child(Option<u32>),
+    RekeyIke,
+}
+
+enum Pending {
+    Init { dh: Option<DhPrivate>, group: DhGroup, cookie: Option<Vec<u8>>, restarts: u32 },
+    Auth { child_spi: u32 },
+    Dpd,
+    DeleteIke,
+    DeleteChildren(Vec<u32>),
+    Child { old: Option<u32>, spi_in: u32, ni: Vec<u8>, dh: Option<DhPrivate> },
+    RekeyIke { new_spi: u64, ni: Vec<u8>, dh: Option<DhPrivate> },
+}
+
+struct Outstanding {
+    mid: u32,
+    datagrams: Vec<Vec<u8>>,
+    pending: Pending,
+    tries: u32,
+    next: Instant,
+}
+
+struct Reassembly {
+    mid: u32,
+    total: u16,
+    first_inner: PayloadType,
+    parts: Vec<Option<Vec<u8>>>,
+}
+
+struct IkeSa {
+    tunnel: usize,
+    /// We are the original initiator of this IKE SA (selects keys and the I flag).
+    initiator: bool,
+    spi_i: u64,
+    spi_r: u64,
+    path: Path,
+    state: State,
+    suite: Option<IkeSuite>,
+    keys: Option<IkeKeys>,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// The IKE_SA_INIT request and response as sent (signed in AUTH, §2.15).
+    msg1: Vec<u8>,
+    msg2: Vec<u8>,
+    nat_local: bool,
+    nat_remote: bool,
+    peer_frag: bool,
+    next_mid: u32,
+    peer_mid: u32,
+    out: Option<Outstanding>,
+    queue: VecDeque<Req>,
+    last_resp: Option<(u32, Vec<Vec<u8>>)>,
+    children: Vec<Child>,
+    started: Instant,
+    established: Option<Instant>,
+    last_rx: Instant,
+    lifetime: Option<Duration>,
+    rekey_at: Option<Instant>,
+    deadline: Option<Instant>,
+    reasm: Option<Reassembly>,
+    dead: bool,
+}
+
+impl IkeSa {
+    fn our_spi(&self) -> u64 {
+        if self.initiator { self.spi_i } else { self.spi_r }
+    }
+    fn is_up(&self) -> bool {
+        self.state == State::Established
+    }
+    fn child_by_in(&mut self, spi: u32) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.spi_in == spi)
+    }
+}
+
+fn notify_of<'a>(ps: &'a [Payload<'a>], t: NotifyType) -> Option<&'a Notify<'a>> {
+    ps.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.ty == t => Some(n),
+        _ => None,
+    })
+}
+
+fn first_error<'a>(ps: &'a [Payload<'a>]) -> Option<&'a Notify<'a>> {
+    ps.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.ty.is_error() => Some(n),
+        _ => None,
+    })
+}
+
+fn sa_of<'a>(ps: &'a [Payload<'a>]) -> Option<&'a [Proposal<'a>]> {
+    ps.iter().find_map(|p| match p {
+        Payload::Sa(v) => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
+fn nonce_of<'a>(ps: &'a [Payload<'a>]) -> Result<&'a [u8], ReqError> {
+    let n = ps
+        .iter()
+        .find_map(|p| match p {
+            Payload::Nonce(n) => Some(*n),
+            _ => None,
+        })
+        .ok_or(ReqError::Syntax("missing Nonce"))?;
+    // RFC 7296 §3.9: 16 to 256 octets.
+    if !(16..=256).contains(&n.len()) {
+        return Err(ReqError::Syntax("nonce length"));
+    }
+    Ok(n)
+}
+
+fn ke_of<'a>(ps: &'a [Payload<'a>]) -> Option<(u16, &'a [u8])> {
+    ps.iter().find_map(|p| match p {
+        Payload::Ke { group, data } => Some((*group, *data)),
+        _ => None,
+    })
+}
+
+fn ts_of(ps: &[Payload<'_>]) -> (Option<Vec<TrafficSelector>>, Option<Vec<TrafficSelector>>) {
+    let mut i = None;
+    let mut r = None;
+    for p in ps {
+        match p {
+            Payload::TsI(s) => i = Some(ts::from_wire(s)),
+            Payload::TsR(s) => r = Some(ts::from_wire(s)),
+            _ => {}
+        }
+    }
+    (i, r)
+}
+
+fn critical_unknown(ps: &[Payload<'_>]) -> Option<u8> {
+    ps.iter().find_map(|p| match p {
+        Payload::Unknown { ty, critical: true, .. } => Some(ty.value()),
+        _ => None,
+    })
+}
+
+/// RFC 7296 §2.23: SHA-1(SPIi | SPIr | IP | port).
+fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> Vec<u8> {
+    let ip = match addr.ip() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    crypto::digest(HashAlg::Sha1, &[&spi_i.to_be_bytes(), &spi_r.to_be_bytes(), &ip, &addr.port().to_be_bytes()])
+}
+
+/// The body of our ID payload (ID type, 3 reserved bytes, data): ID_IPV4_ADDR/ID_IPV6_ADDR of the
+/// gateway address, as the ASA does for LAN-to-LAN tunnels.
+fn id_body(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => [&[IdType::Ipv4Addr.value(), 0, 0, 0][..], &a.octets()].concat(),
+        IpAddr::V6(a) => [&[IdType::Ipv6Addr.value(), 0, 0, 0][..], &a.octets()].concat(),
+    }
+}
+
+fn id_payload_body(id: &Identification<'_>) -> Vec<u8> {
+    [&[id.ty.value(), 0, 0, 0][..], id.data].concat()
+}
+
+fn with_port(addr: SocketAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.ip(), port)
+}
+
+impl Endpoint {
+    pub fn new(tunnels: Vec<TunnelPolicy>, globals: Ikev2Globals, mut rng: Box<dyn Random>) -> Self {
+        let mut cookie_secret = [0u8; 32];
+        rng.fill(&mut cookie_secret);
+        let tstate = vec![TunnelState { reinit_at: None, backoff: REINIT_BACKOFF_MIN }; tunnels.len()];
+        Self {
+            tunnels,
+            globals,
+            rng,
+            sas: HashMap::new(),
+            init_index: HashMap::new(),
+            tstate,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            cookie_secret,
+            last_now: None,
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, path: Path, data: &[u8]) -> Result<(), Drop> {
+        self.last_now = Some(now);
+        let hdr = Header::parse(data)?;
+        if hdr.exchange == ExchangeType::IkeSaInit && !hdr.is_response() {
+            return self.on_init_request(now, path, data, hdr);
+        }
+        // The I flag says whether the sender is the original initiator; our SPI is the other one.
+        let our_spi = if hdr.is_initiator() { hdr.spi_r } else { hdr.spi_i };
+        let mut sa = self.sas.remove(&our_spi).ok_or(Drop::UnknownSa)?;
+        let r = self.on_sa_message(now, &mut sa, path, data, hdr);
+        self.pump(now, &mut sa);
+        self.put_back(sa);
+        r
+    }
+
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.last_now = Some(now);
+        match cmd {
+            Command::Initiate { tunnel } => {
+                if let Some(idx) = self.tunnels.iter().position(|t| t.name == tunnel) {
+                    self.initiate(now, idx);
+                }
+            }
+            Command::ClearIkeSa { peer } => {
+                for spi in self.spis() {
+                    let Some(mut sa) = self.sas.remove(&spi) else { continue };
+                    if peer.is_none_or(|p| p == sa.path.remote.ip()) {
+                        if sa.is_up() {
+                            self.report_down(&mut sa, DownReason::Cleared);
+                            sa.state = State::Deleting;
+                            sa.queue.clear();
+                            sa.queue.push_back(Req::DeleteIke);
+                            self.schedule_reinit(now, sa.tunnel);
+                        } else if matches!(sa.state, State::InitSent | State::InitDone | State::AuthSent) {
+                            self.kill(now, &mut sa, DownReason::Cleared, false);
+                        }
+                    }
+                    self.pump(now, &mut sa);
+                    self.put_back(sa);
+                }
+            }
+            Command::ClearChildSas { peer } => {
+                for spi in self.spis() {
+                    let Some(mut sa) = self.sas.remove(&spi) else { continue };
+                    if sa.is_up() && peer.is_none_or(|p| p == sa.path.remote.ip()) {
+                        let tunnel = self.tunnels[sa.tunnel].name.clone();
+                        let mut spis = Vec::new();
+                        for c in sa.children.iter_mut().filter(|c| !c.reported_down) {
+                            c.reported_down = true;
+                            c.state = ChildState::Deleting;
+                            spis.push(c.spi_in);
+                            self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: DownReason::Cleared });
+                        }
+                        if !spis.is_empty() {
+                            sa.queue.push_back(Req::DeleteChildren(spis));
+                            // An initiating tunnel keeps its promise of connectivity: negotiate a
+                            // fresh CHILD_SA once the old ones are gone.
+                            if self.tunnels[sa.tunnel].connection_type != ConnectionType::AnswerOnly {
+                                sa.queue.push_back(Req::Child(None));
+                            }
+                        }
+                    }
+                    self.pump(now, &mut sa);
+                    self.put_back(sa);
+                }
+            }
+            Command::ChildSaBytes { spi_in, bytes } => {
+                for spi in self.spis() {
+                    let Some(mut sa) = self.sas.remove(&spi) else { continue };
+                    let kb = self.tunnels[sa.tunnel].child_lifetime_kilobytes;
+                    let up = sa.is_up();
+                    let mut rekey = false;
+                    if let Some(c) = sa.child_by_in(spi_in) {
+                        c.bytes = bytes;
+                        // Soft limit at 90% of the kilobyte lifetime, like the time-based one.
+                        if let Some(kb) = kb {
+                            if up && c.state == ChildState::Installed && bytes >= kb.saturating_mul(1024) / 10 * 9 {
+                                c.state = ChildState::Rekeying;
+                                c.rekey_at = None;
+                                rekey = true;
+                            }
+                        }
+                    }
+                    if rekey {
+                        sa.queue.push_back(Req::Child(Some(spi_in)));
+                    }
+                    self.pump(now, &mut sa);
+                    self.put_back(sa);
+                }
+            }
+            Command::InboundActivity { spi_in } => {
+                for sa in self.sas.values_mut() {
+                    if sa.children.iter().any(|c| c.spi_in == spi_in) {
+                        sa.last_rx = sa.last_rx.max(now);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = Some(now);
+        for idx in 0..self.tstate.len() {
+            if self.tstate[idx].reinit_at.is_some_and(|t| t <= now) {
+                self.tstate[idx].reinit_at = None;
+                self.initiate(now, idx);
+            }
+        }
+        for spi in self.spis() {
+            let Some(mut sa) = self.sas.remove(&spi) else { continue };
+            self.sa_timers(now, &mut sa);
+            self.pump(now, &mut sa);
+            self.put_back(sa);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        let mut best: Option<(Instant, TimerReason)> = None;
+        let mut consider = |t: Option<Instant>, r: TimerReason| {
+            if let Some(t) = t {
+                if best.is_none_or(|(b, _)| t < b) {
+                    best = Some((t, r));
+                }
+            }
+        };
+        for ts in &self.tstate {
+            consider(ts.reinit_at, TimerReason::Reinitiate);
+        }
+        for sa in self.sas.values() {
+            consider(sa.out.as_ref().map(|o| o.next), TimerReason::Retransmit);
+            consider(sa.deadline, TimerReason::HalfOpenTimeout);
+            if sa.is_up() {
+                consider(sa.rekey_at, TimerReason::RekeyIke);
+                if sa.out.is_none() && sa.queue.is_empty() {
+                    if let Some(d) = self.tunnels[sa.tunnel].dpd {
+                        consider(Some(sa.last_rx + d.threshold), TimerReason::Liveness);
+                    }
+                }
+                for c in &sa.children {
+                    consider(c.rekey_at, TimerReason::RekeyChild);
+                    match c.state {
+                        ChildState::Rekeyed { until } => consider(Some(until), TimerReason::Expire),
+                        ChildState::Installed | ChildState::Rekeying => consider(Some(c.expire_at), TimerReason::Expire),
+                        ChildState::Deleting => {}
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
+        let now = self.last_now;
+        let mut v: Vec<IkeSaInfo> = self
+            .sas
+            .values()
+            .filter(|sa| sa.state != State::Rekeyed)
+            .map(|sa| {
+                let t = &self.tunnels[sa.tunnel];
+                let since = sa.established.unwrap_or(sa.started);
+                IkeSaInfo {
+                    tunnel: t.name.clone(),
+                    local: sa.path.local,
+                    remote: sa.path.remote,
+                    status: match sa.state {
+                        State::Established => IkeStatus::Ready,
+                        State::Deleting | State::Rekeyed => IkeStatus::Deleting,
+                        _ => IkeStatus::Negotiating,
+                    },
+                    role: if sa.initiator { Role::Initiator } else { Role::Responder },
+                    spi_i: sa.spi_i,
+                    spi_r: sa.spi_r,
+                    suite: sa.suite,
+                    lifetime: sa.lifetime,
+                    active_time: now.map(|n| n.saturating_duration_since(since)).unwrap_or_default(),
+                    rekey_in: sa.rekey_at.and_then(|r| now.map(|n| r.saturating_duration_since(n))),
+                    nat_local: sa.nat_local,
+                    nat_remote: sa.nat_remote,
+                    nat_t: self.use_udp(sa),
+                    fragmentation: sa.peer_frag && self.globals.fragmentation_mtu.is_some(),
+                    child_spis_in: sa.children.iter().map(|c| c.spi_in).collect(),
+                    local_id: t.local_addr,
+                    remote_id: t.peer_addr,
+                    auth: "PSK".into(),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.tunnel.cmp(&b.tunnel).then(a.spi_i.cmp(&b.spi_i)));
+        v
+    }
+
+    pub fn child_sas(&self) -> Vec<ChildSaInfo> {
+        let now = self.last_now;
+        let mut v = Vec::new();
+        for sa in self.sas.values() {
+            let t = &self.tunnels[sa.tunnel];
+            for c in sa.children.iter().filter(|c| !c.reported_down) {
+                v.push(ChildSaInfo {
+                    tunnel: t.name.clone(),
+                    local: sa.path.local,
+                    peer: sa.path.remote,
+                    spi_in: c.spi_in,
+                    spi_out: c.spi_out,
+                    suite: c.suite,
+                    encap: self.encap(sa),
+                    local_ts: c.local_ts.clone(),
+                    remote_ts: c.remote_ts.clone(),
+                    initiator: c.initiator,
+                    lifetime: t.child_lifetime,
+                    lifetime_kilobytes: t.child_lifetime_kilobytes,
+                    bytes: c.bytes,
+                    expires_in: now.map(|n| c.expire_at.saturating_duration_since(n)).unwrap_or_default(),
+                    rekey_in: c.rekey_at.and_then(|r| now.map(|n| r.saturating_duration_since(n))),
+                    ike_spi_i: sa.spi_i,
+                    ike_spi_r: sa.spi_r,
+                });
+                let _ = c.created;
+            }
+        }
+        v.sort_by(|a, b| a.tunnel.cmp(&b.tunnel).then(a.spi_in.cmp(&b.spi_in)));
+        v
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Bookkeeping helpers
+
+    fn spis(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.sas.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn put_back(&mut self, sa: IkeSa) {
+        if sa.dead {
+            self.init_index.retain(|_, v| *v != sa.our_spi());
+            return;
+        }
+        self.sas.insert(sa.our_spi(), sa);
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.rng.fill(&mut b);
+        u64::from_be_bytes(b)
+    }
+
+    fn new_ike_spi(&mut self) -> u64 {
+        loop {
+            let s = self.random_u64();
+            if s != 0 && !self.sas.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+
+    fn new_child_spi(&mut self) -> u32 {
+        loop {
+            let s = (self.random_u64() >> 32) as u32;
+            // SPIs 1..255 are reserved by IANA (RFC 4303 §2.1).
+            if s >= 256 && !self.sas.values().any(|sa| sa.children.iter().any(|c| c.spi_in == s)) {
+                return s;
+            }
+        }
+    }
+
+    fn nonce(&mut self) -> Vec<u8> {
+        let mut n = vec![0u8; NONCE_LEN];
+        self.rng.fill(&mut n);
+        n
+    }
+
+    /// A fraction in [lo, hi) of `d`, randomised so that both peers do not rekey at once.
+    fn jitter(&mut self, d: Duration, lo: f64, hi: f64) -> Duration {
+        let r = (self.random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        d.mul_f64(lo + (hi - lo) * r)
+    }
+
+    fn local_ip(&self, tunnel: usize, path: &Path) -> IpAddr {
+        if path.local.ip().is_unspecified() { self.tunnels[tunnel].local_addr } else { path.local.ip() }
+    }
+
+    /// UDP encapsulation when NAT was detected (strongSwan 5.9.8's libipsec always fakes it) or
+    /// when forced, unless NAT-T is disabled for the tunnel.
+    fn use_udp(&self, sa: &IkeSa) -> bool {
+        let t = &self.tunnels[sa.tunnel];
+        !t.nat_t_disable && (sa.nat_local || sa.nat_remote || t.force_udp_encap)
+    }
+
+    fn encap(&self, sa: &IkeSa) -> esp::Encap {
+        if self.use_udp(sa) {
+            esp::Encap::Udp { local_port: 4500, remote_port: if sa.path.remote.port() == 500 { 4500 } else { sa.path.remote.port() } }
+        } else {
+            esp::Encap::Native
+        }
+    }
+
+    fn schedule_reinit(&mut self, now: Instant, tunnel: usize) {
+        if self.tunnels[tunnel].connection_type == ConnectionType::AnswerOnly {
+            return;
+        }
+        let b = self.tstate[tunnel].backoff;
+        let delay = self.jitter(b, 0.8, 1.2);
+        self.tstate[tunnel].reinit_at = Some(now + delay);
+        self.tstate[tunnel].backoff = (b * 2).min(REINIT_BACKOFF_MAX);
+    }
+
+    /// Emits the down events of an SA that was up (once).
+    fn report_down(&mut self, sa: &mut IkeSa, reason: DownReason) {
+        let t = &self.tunnels[sa.tunnel];
+        for c in sa.children.iter_mut().filter(|c| !c.reported_down) {
+            c.reported_down = true;
+            self.events.push_back(Event::ChildSaDown { tunnel: t.name.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
+        }
+        if sa.is_up() {
+            self.events.push_back(Event::IkeSaDown { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason });
+        }
+    }
+
+    /// Removes an SA: events for what was up, failure for what was negotiating, and for tunnels
+    /// we initiate a new attempt after a backoff.
+    fn kill(&mut self, now: Instant, sa: &mut IkeSa, reason: DownReason, reinit: bool) {
+        if sa.dead {
+            return;
+        }
+        match sa.state {
+            State::Established => self.report_down(sa, reason),
+            State::InitSent | State::InitDone | State::AuthSent => {
+                let t = &self.tunnels[sa.tunnel];
+                self.events.push_back(Event::IkeNegotiationFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: format!("{reason:?}") });
+            }
+            State::Deleting | State::Rekeyed => {
+                // Children (if any) moved or were reported already.
+                self.report_down_children_only(sa, reason);
+            }
+        }
+        sa.dead = true;
+        sa.out = None;
+        if reinit && (sa.initiator || sa.state == State::Established) && !matches!(sa.state, State::Rekeyed | State::Deleting) {
+            self.schedule_reinit(now, sa.tunnel);
+        }
+    }
+
+    fn report_down_children_only(&mut self, sa: &mut IkeSa, reason: DownReason) {
+        let t = &self.tunnels[sa.tunnel];
+        for c in sa.children.iter_mut().filter(|c| !c.reported_down) {
+            c.reported_down = true;
+            self.events.push_back(Event::ChildSaDown { tunnel: t.name.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Sending
+
+    fn transmit(&mut self, path: Path, data: Vec<u8>) {
+        self.transmits.push_back(Transmit { path, data });
+    }
+
+    fn header(&self, sa: &IkeSa, exchange: ExchangeType, mid: u32, response: bool) -> Header {
+        let mut f = 0;
+        if sa.initiator {
+            f |= flags::INITIATOR;
+        }
+        if response {
+            f |= flags::RESPONSE;
+        }
+        Header::new(sa.spi_i, sa.spi_r, exchange, f, mid)
+    }
+
+    /// Encrypts a payload chain into one SK message, or SKF fragments (RFC 7383 §2.5) when it
+    /// would exceed the configured MTU and the peer supports fragmentation.
+    fn protect(&mut self, sa: &IkeSa, header: Header, first: PayloadType, chain: &[u8]) -> Vec<Vec<u8>> {
+        let Some(keys) = sa.keys.as_ref() else { return Vec::new() };
+        // IP + UDP headers, plus the non-ESP marker on port 4500.
+        let outer = 28 + if sa.path.local.port() == 500 { 0 } else { 4 };
+        let whole = outer + wire::ike::HEADER_LEN + keys.sk_overhead(chain.len()) + chain.len();
+        let mtu = self.globals.fragmentation_mtu.map(usize::from);
+        match mtu {
+            Some(mtu) if sa.peer_frag && whole > mtu && header.exchange != ExchangeType::IkeSaInit => {
+                let fixed = outer + wire::ike::HEADER_LEN + 4;
+                let mut n = mtu.saturating_sub(fixed + keys.sk_overhead(0)).max(64);
+                while n > 64 && fixed + keys.sk_overhead(n) + n > mtu {
+                    n -= 1;
+                }
+                let total = chain.len().div_ceil(n).min(usize::from(MAX_FRAGMENTS)) as u16;
+                let n = chain.len().div_ceil(usize::from(total));
+                let mut out = Vec::new();
+                for (i, part) in chain.chunks(n).enumerate() {
+                    // RFC 7383 §2.5: only the first fragment names the first inner payload.
+                    let fi = if i == 0 { first } else { PayloadType::NoNext };
+                    if let Ok(m) = keys.protect(sa.initiator, &header, fi, part, Some((i as u16 + 1, total)), self.rng.as_mut()) {
+                        out.push(m);
+                    }
+                }
+                out
+            }
+            _ => keys.protect(sa.initiator, &header, first, chain, None, self.rng.as_mut()).into_iter().collect(),
+        }
+    }
+
+    fn send_request(&mut self, now: Instant, sa: &mut IkeSa, exchange: ExchangeType, payloads: &[Payload<'_>], pending: Pending) {
+        let (first, chain) = emit_chain(payloads);
+        let mid = sa.next_mid;
+        sa.next_mid = sa.next_mid.wrapping_add(1);
+        let header = self.header(sa, exchange, mid, false);
+        let datagrams = self.protect(sa, header, first, &chain);
+        for d in &datagrams {
+            self.transmit(sa.path, d.clone());
+        }
+        let first_timeout = self.retransmit_interval(sa, &pending, 0);
+        sa.out = Some(Outstanding { mid, datagrams, pending, tries: 0, next: now + first_timeout });
+    }
+
+    fn retransmit_interval(&self, sa: &IkeSa, pending: &Pending, tries: u32) -> Duration {
+        if let (Pending::Dpd, Some(d)) = (pending, self.tunnels[sa.tunnel].dpd) {
+            return d.retry.max(Duration::from_millis(100));
+        }
+        // Exponential backoff from the configured base (RFC 7296 §2.1).
+        self.globals.retransmit_base.max(Duration::from_millis(50)) * 2u32.saturating_pow(tries.min(16))
+    }
+
+    fn send_response(&mut self, sa: &mut IkeSa, exchange: ExchangeType, mid: u32, payloads: &[Payload<'_>]) {
+        let (first, chain) = emit_chain(payloads);
+        let header = self.header(sa, exchange, mid, true);
+        let datagrams = self.protect(sa, header, first, &chain);
+        for d in &datagrams {
+            self.transmit(sa.path, d.clone());
+        }
+        sa.last_resp = Some((mid, datagrams));
+    }
+
+    fn send_error(&mut self, sa: &mut IkeSa, exchange: ExchangeType, mid: u32, e: &ReqError) {
+        let (t, data) = e.notify();
+        self.send_response(sa, exchange, mid, &[Payload::notify(t, &data)]);
+    }
+
+    /// Starts queued requests while the window (size 1) is free.
+    fn pump(&mut self, now: Instant, sa: &mut IkeSa) {
+        while !sa.dead && sa.out.is_none() && matches!(sa.state, State::Established | State::Deleting | State::Rekeyed) {
+            let Some(req) = sa.queue.pop_front() else { break };
+            if sa.state != State::Established && !matches!(req, Req::DeleteIke) {
+                continue;
+            }
+            match req {
+                Req::Dpd => self.send_request(now, sa, ExchangeType::Informational, &[], Pending::Dpd),
+                Req::DeleteIke => {
+                    let d = Payload::Delete(Delete { protocol: ProtocolId::Ike, spi_size: 0, spis: Vec::new() });
+                    self.send_request(now, sa, ExchangeType::Informational, &[d], Pending::DeleteIke);
+                }
+                Req::DeleteChildren(spis) => {
+                    let spis: Vec<u32> = spis.into_iter().filter(|s| sa.children.iter().any(|c| c.spi_in == *s)).collect();
+                    if spis.is_empty() {
+                        continue;
+                    }
+                    let bytes: Vec<[u8; 4]> = spis.iter().map(|s| s.to_be_bytes()).collect();
+                    let d = Payload::Delete(Delete { protocol: ProtocolId::Esp, spi_size: 4, spis: bytes.iter().map(|b| &b[..]).collect() });
+                    self.send_request(now, sa, ExchangeType::Informational, &[d], Pending::DeleteChildren(spis));
+                }
+                Req::Child(old) => {
+                    if let Some(o) = old {
+                        if !sa.children.iter().any(|c| c.spi_in == o && c.state == ChildState::Rekeying) {
+                            continue;
+                        }
+                    }
+                    if let Err(e) = self.start_child(now, sa, old) {
+                        tracing::warn!("CREATE_CHILD_SA not started: {e}");
+                    }
+                }
+                Req::RekeyIke => {
+                    if let Err(e) = self.start_ike_rekey(now, sa) {
+                        tracing::warn!("IKE rekey not started: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Timers
+
+    fn sa_timers(&mut self, now: Instant, sa: &mut IkeSa) {
+        if let Some(out) = sa.out.as_mut() {
+            if out.next <= now {
+                let tries = out.tries + 1;
+                if tries > self.globals.retransmit_tries {
+                    let dead_reason = DownReason::PeerDead;
+                    match sa.state {
+                        State::Deleting | State::Rekeyed => {
+                            sa.dead = true;
+                        }
+                        _ => self.kill(now, sa, dead_reason, true),
+                    }
+                    return;
+                }
+                let datagrams = out.datagrams.clone();
+                for d in datagrams {
+                    self.transmit(sa.path, d);
+                }
+                let out = sa.out.as_ref().map(|o| &o.pending);
+                let iv = out.map(|p| self.retransmit_interval(sa, p, tries)).unwrap_or_default();
+                if let Some(o) = sa.out.as_mut() {
+                    o.tries = tries;
+                    o.next = now + iv;
+                }
+            }
+        }
+        if sa.deadline.is_some_and(|d| d <= now) {
+            sa.deadline = None;
+            if !sa.is_up() {
+                self.kill(now, sa, DownReason::PeerDead, true);
+                return;
+            }
+            if matches!(sa.state, State::Rekeyed | State::Deleting) {
+                sa.dead = true;
+                return;
+            }
+        }
+        if !sa.is_up() {
+            return;
+        }
+        if sa.rekey_at.is_some_and(|t| t <= now) {
+            sa.rekey_at = None;
+            sa.queue.push_back(Req::RekeyIke);
+        }
+        if let Some(d) = self.tunnels[sa.tunnel].dpd {
+            if sa.out.is_none() && sa.queue.is_empty() && sa.last_rx + d.threshold <= now {
+                sa.queue.push_back(Req::Dpd);
+            }
+        }
+        let tunnel = self.tunnels[sa.tunnel].name.clone();
+        let mut expired = Vec::new();
+        for c in sa.children.iter_mut() {
+            if c.rekey_at.is_some_and(|t| t <= now) {
+                c.rekey_at = None;
+                if c.state == ChildState::Installed {
+                    c.state = ChildState::Rekeying;
+                    sa.queue.push_back(Req::Child(Some(c.spi_in)));
+                }
+            }
+            match c.state {
+                ChildState::Rekeyed { until } if until <= now => expired.push((c.spi_in, DownReason::Rekeyed)),
+                ChildState::Installed | ChildState::Rekeying if c.expire_at <= now => expired.push((c.spi_in, DownReason::Expired)),
+                _ => {}
+            }
+        }
+        for (spi, reason) in expired {
+            if let Some(pos) = sa.children.iter().position(|c| c.spi_in == spi) {
+                let c = sa.children.remove(pos);
+                if !c.reported_down {
+                    self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
+                }
+                if reason == DownReason::Expired {
+                    // Tell the peer too; it may still have it installed.
+                    let c2 = Child { reported_down: true, state: ChildState::Deleting, ..c };
+                    sa.children.push(c2);
+                    sa.queue.push_back(Req::DeleteChildren(vec![spi]));
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // IKE_SA_INIT, initiator
+
+    fn initiate(&mut self, now: Instant, idx: usize) {
+        let peer = self.tunnels[idx].peer_addr;
+        if self.sas.values().any(|sa| sa.tunnel == idx && !matches!(sa.state, State::Deleting | State::Rekeyed)) {
+            return;
+        }
+        let Some(group) = self.tunnels[idx].ike_policies.iter().flat_map(|p| p.groups.iter()).next().copied() else { return };
+        let spi_i = self.new_ike_spi();
+        let ni = self.nonce();
+        let path = Path { local: SocketAddr::new(self.tunnels[idx].local_addr, 500), remote: SocketAddr::new(peer, 500) };
+        let mut sa = IkeSa {
+            tunnel: idx,
+            initiator: true,
+            spi_i,
+            spi_r: 0,
+            path,
+            state: State::InitSent,
+            suite: None,
+            keys: None,
+            ni,
+            nr: Vec::new(),
+            msg1: Vec::new(),
+            msg2: Vec::new(),
+            nat_local: false,
+            nat_remote: false,
+            peer_frag: false,
+            next_mid: 0,
+            peer_mid: 0,
+            out: None,
+            queue: VecDeque::new(),
+            last_resp: None,
+            children: Vec::new(),
+            started: now,
+            established: None,
+            last_rx: now,
+            lifetime: None,
+            rekey_at: None,
+            deadline: None,
+            reasm: None,
+            dead: false,
+        };
+        if self.send_init(now, &mut sa, group, None, 0).is_err() {
+            self.schedule_reinit(now, idx);
+            return;
+        }
+        self.put_back(sa);
+    }
+
+    fn send_init(&mut self, now: Instant, sa: &mut IkeSa, group: DhGroup, cookie: Option<Vec<u8>>, restarts: u32) -> Result<(), crypto::CryptoError> {
+        let t = &self.tunnels[sa.tunnel];
+        let offers = ike_offers(&t.ike_policies);
+        let (dh, public) = DhPrivate::generate(group)?;
+        let local = SocketAddr::new(self.local_ip(sa.tunnel, &sa.path), sa.path.local.port());
+        let nat_src = nat_hash(sa.spi_i, 0, local);
+        let nat_dst = nat_hash(sa.spi_i, 0, sa.path.remote);
+        let mut payloads = Vec::new();
+        if let Some(c) = &cookie {
+            // RFC 7296 §2.6: the cookie notify comes first.
+            payloads.push(Payload::notify(NotifyType::Cookie, c));
+        }
+        payloads.push(Payload::Sa(offers_to_wire(&offers, ProtocolId::Ike, &[], Some(group))));
+        payloads.push(Payload::Ke { group: group.number(), data: &public });
+        payloads.push(Payload::Nonce(&sa.ni));
+        payloads.push(Payload::notify(NotifyType::NatDetectionSourceIp, &nat_src));
+        payloads.push(Payload::notify(NotifyType::NatDetectionDestinationIp, &nat_dst));
+        if self.globals.fragmentation_mtu.is_some() {
+            payloads.push(Payload::notify(NotifyType::Ikev2FragmentationSupported, &[]));
+        }
+        let msg = Message { header: Header::new(sa.spi_i, 0, ExchangeType::IkeSaInit, flags::INITIATOR, 0), payloads }.emit();
+        sa.msg1 = msg.clone();
+        sa.next_mid = 1;
+        self.transmit(sa.path, msg.clone());
+        let pending = Pending::Init { dh: Some(dh), group, cookie, restarts };
+        let iv = self.retransmit_interval(sa, &pending, 0);
+        sa.out = Some(Outstanding { mid: 0, datagrams: vec![msg], pending, tries: 0, next: now + iv });
+        Ok(())
+    }
+
+    fn on_init_response(&mut self, now: Instant, sa: &mut IkeSa, data: &[u8], msg: &Message<'_>) -> Result<(), Drop> {
+        let Some(Outstanding { pending: Pending::Init { dh, group, cookie, restarts }, .. }) = sa.out.as_mut() else {
+            return Err(Drop::Unexpected("IKE_SA_INIT response without request"));
+        };
+        let (group, restarts) = (*group, *restarts);
+        let ps = &msg.payloads;
+        if let Some(c) = notify_of(ps, NotifyType::Cookie) {
+            if restarts >= 3 || c.data.is_empty() || c.data.len() > 64 {
+                return Err(Drop::Protocol("cookie loop".into()));
+            }
+            let c = c.data.to_vec();
+            return self.send_init(now, sa, group, Some(c), restarts + 1).map_err(|e| Drop::Protocol(e.to_string()));
+        }
+        if let Some(n) = notify_of(ps, NotifyType::InvalidKePayload) {
+            // RFC 7296 §1.2: retry with the group the responder asked for, if we allow it.
+            let wanted = (n.data.len() == 2).then(|| u16::from_be_bytes([n.data[0], n.data[1]])).and_then(DhGroup::from_number);
+            let allowed = self.tunnels[sa.tunnel].ike_policies.iter().any(|p| wanted.is_some_and(|w| p.groups.contains(&w)));
+            if let (Some(w), true) = (wanted, allowed) {
+                if w != group && restarts < 3 {
+                    let c = cookie.clone();
+                    return self.send_init(now, sa, w, c, restarts + 1).map_err(|e| Drop::Protocol(e.to_string()));
+                }
+            }
+            self.kill(now, sa, DownReason::PeerDead, true);
+            return Err(Drop::Rejected("INVALID_KE_PAYLOAD with a group we do not allow".into()));
+        }
+        if let Some(e) = first_error(ps) {
+            let reason = format!("peer answered IKE_SA_INIT with {:?}", e.ty);
+            self.fail_negotiation(now, sa, &reason);
+            return Err(Drop::Rejected(reason));
+        }
+        let fail = |why: &str| Drop::Protocol(why.to_string());
+        if msg.header.spi_r == 0 {
+            return Err(fail("responder SPI is zero"));
+        }
+        let offers = ike_offers(&self.tunnels[sa.tunnel].ike_policies);
+        let props = sa_of(ps).ok_or_else(|| fail("no SA payload"))?;
+        if props.len() != 1 {
+            return Err(fail("responder chose more than one proposal"));
+        }
+        let (chosen, _, oi) = select(props, &offers, ProtocolId::Ike).ok_or_else(|| fail("responder chose a proposal we did not offer"))?;
+        let suite = chosen.ike_suite().ok_or_else(|| fail("incomplete proposal"))?;
+        let (kg, kd) = ke_of(ps).ok_or_else(|| fail("no KE"))?;
+        if kg != group.number() || suite.dh != group {
+            return Err(fail("KE group differs from the chosen group"));
+        }
+        let nr = nonce_of(ps).map_err(|e| fail(&e.to_string()))?.to_vec();
+        let Some(dh) = dh.take() else { return Err(fail("DH already used")) };
+        let shared = match dh.agree(kd) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail_negotiation(now, sa, "invalid peer KE");
+                return Err(Drop::Protocol(e.to_string()));
+            }
+        };
+        sa.spi_r = msg.header.spi_r;
+        let local = SocketAddr::new(self.local_ip(sa.tunnel, &sa.path), sa.path.local.port());
+        self.detect_nat(sa, ps, msg.header.spi_i, msg.header.spi_r, local);
+        sa.peer_frag = notify_of(ps, NotifyType::Ikev2FragmentationSupported).is_some();
+        let skeyseed = IkeKeys::skeyseed(suite.prf, &sa.ni, &nr, &shared);
+        sa.keys = Some(IkeKeys::derive(suite, &skeyseed, &sa.ni, &nr, sa.spi_i, sa.spi_r));
+        sa.suite = Some(suite);
+        sa.lifetime = offers.get(oi).and_then(|o| o.lifetime);
+        sa.nr = nr;
+        sa.msg2 = data.to_vec();
+        sa.out = None;
+        // RFC 7296 §2.23: with NAT (or forced encapsulation) move to port 4500 for IKE_AUTH on.
+        if self.use_udp(sa) {
+            sa.path.local = with_port(sa.path.local, 4500);
+            sa.path.remote = with_port(sa.path.remote, 4500);
+        }
+        self.send_auth(now, sa);
+        Ok(())
+    }
+
+    fn fail_negotiation(&mut self, now: Instant, sa: &mut IkeSa, reason: &str) {
+        let t = &self.tunnels[sa.tunnel];
+        self.events.push_back(Event::IkeNegotiationFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: reason.to_string() });
+        sa.dead = true;
+        sa.out = None;
+        if sa.initiator {
+            self.schedule_reinit(now, sa.tunnel);
+        }
+    }
+
+    /// RFC 7296 §2.23. The hashes in a message cover the SPIs as they appear in its header.
+    fn detect_nat(&self, sa: &mut IkeSa, ps: &[Payload<'_>], spi_i: u64, spi_r: u64, local: SocketAddr) {
+        let src: Vec<&[u8]> = ps.iter().filter_map(|p| match p {
+            Payload::Notify(n) if n.ty == NotifyType::NatDetectionSourceIp => Some(n.data),
+            _ => None,
+        }).collect();
+        let dst: Vec<&[u8]> = ps.iter().filter_map(|p| match p {
+            Payload::Notify(n) if n.ty == NotifyType::NatDetectionDestinationIp => Some(n.data),
+            _ => None,
+        }).collect();
+        if !src.is_empty() {
+            let h = nat_hash(spi_i, spi_r, sa.path.remote);
+            sa.nat_remote = !src.iter().any(|s| *s == h.as_slice());
+        }
+        if !dst.is_empty() {
+            let h = nat_hash(spi_i, spi_r, local);
+            sa.nat_local = !dst.iter().any(|s| *s == h.as_slice());
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // IKE_SA_INIT, responder
+
+    fn cookie_for(&self, ni: &[u8], peer: IpAddr, spi_i: u64) -> Vec<u8> {
+        // RFC 7296 §2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>).
+        let ip = match peer {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let mut c = vec![1u8];
+        c.extend(crypto::hmac(HashAlg::Sha256, &self.cookie_secret, &[ni, &ip, &spi_i.to_be_bytes()]));
+        c
+    }
+
+    fn send_init_error(&mut self, path: Path, hdr: &Header, t: NotifyType, data: &[u8]) {
+        let m = Message { header: Header::new(hdr.spi_i, 0, ExchangeType::IkeSaInit, flags::RESPONSE, 0), payloads: vec![Payload::notify(t, data)] };
+        self.transmit(path, m.emit());
+    }
+
+    fn on_init_request(&mut self, now: Instant, path: Path, data: &[u8], hdr: Header) -> Result<(), Drop> {
+        if hdr.spi_r != 0 || hdr.message_id != 0 || !hdr.is_initiator() {
+            return Err(Drop::Unexpected("IKE_SA_INIT request with responder SPI or message ID"));
+        }
+        let peer = path.remote.ip();
+        if let Some(spi) = self.init_index.get(&(peer, hdr.spi_i)).copied() {
+            if let Some(sa) = self.sas.get(&spi) {
+                if sa.msg1 == data {
+                    if let Some((_, d)) = sa.last_resp.as_ref().filter(|(m, _)| *m == 0) {
+                        for x in d.clone() {
+                            self.transmit(path, x);
+                        }
+                    }
+                    return Ok(());
+                }
+                return Err(Drop::Unexpected("second IKE_SA_INIT for an existing SA"));
+            }
+        }
+        let idx = self.tunnels.iter().position(|t| t.peer_addr == peer).ok_or(Drop::UnknownPeer(peer))?;
+        let msg = Message::parse(data)?;
+        let ps = &msg.payloads;
+        if let Some(t) = critical_unknown(ps) {
+            self.send_init_error(path, &hdr, NotifyType::UnsupportedCriticalPayload, &[t]);
+            return Ok(());
+        }
+        // RFC 7296 §2.6 and DESIGN.md: decide admission before allocating state.
+        let half_open = self.sas.values().filter(|s| s.state == State::InitDone).count() as u64;
+        let max = u64::from(self.globals.max_in_negotiation.max(1));
+        if half_open >= max {
+            return Err(Drop::Overloaded);
+        }
+        let ni = match nonce_of(ps) {
+            Ok(n) => n,
+            Err(_) => {
+                self.send_init_error(path, &hdr, NotifyType::InvalidSyntax, &[]);
+                return Ok(());
+            }
+        };
+        let threshold = max * u64::from(self.globals.cookie_challenge_percent) / 100;
+        if half_open >= threshold {
+            let expected = self.cookie_for(ni, peer, hdr.spi_i);
+            let presented = match ps.first() {
+                Some(Payload::Notify(n)) if n.ty == NotifyType::Cookie => Some(n.data),
+                _ => None,
+            };
+            if !presented.is_some_and(|c| ct_eq(c, &expected)) {
+                self.send_init_error(path, &hdr, NotifyType::Cookie, &expected);
+                return Ok(());
+            }
+        }
+        let offers = ike_offers(&self.tunnels[idx].ike_policies);
+        let Some((chosen, _, oi)) = sa_of(ps).and_then(|p| select(p, &offers, ProtocolId::Ike)) else {
+            self.send_init_error(path, &hdr, NotifyType::NoProposalChosen, &[]);
+            self.events.push_back(Event::IkeNegotiationFailed { tunnel: self.tunnels[idx].name.clone(), peer, reason: "no acceptable IKE proposal".into() });
+            return Ok(());
+        };
+        let Some(suite) = chosen.ike_suite() else { return Err(Drop::Protocol("incomplete proposal".into())) };
+        let Some((kg, kd)) = ke_of(ps) else {
+            self.send_init_error(path, &hdr, NotifyType::InvalidSyntax, &[]);
+            return Ok(());
+        };
+        if kg != suite.dh.number() {
+            self.send_init_error(path, &hdr, NotifyType::InvalidKePayload, &suite.dh.number().to_be_bytes());
+            return Ok(());
+        }
+        let (dh, public) = DhPrivate::generate(suite.dh).map_err(|e| Drop::Protocol(e.to_string()))?;
+        let Ok(shared) = dh.agree(kd) else {
+            self.send_init_error(path, &hdr, NotifyType::InvalidSyntax, &[]);
+            return Ok(());
+        };
+        let spi_r = self.new_ike_spi();
+        let nr = self.nonce();
+        let mut sa = IkeSa {
+            tunnel: idx,
+            initiator: false,
+            spi_i: hdr.spi_i,
+            spi_r,
+            path,
+            state: State::InitDone,
+            suite: Some(suite),
+            keys: None,
+            ni: ni.to_vec(),
+            nr,
+            msg1: data.to_vec(),
+            msg2: Vec::new(),
+            nat_local: false,
+            nat_remote: false,
+            peer_frag: notify_of(ps, NotifyType::Ikev2FragmentationSupported).is_some(),
+            next_mid: 0,
+            peer_mid: 1,
+            out: None,
+            queue: VecDeque::new(),
+            last_resp: None,
+            children: Vec::new(),
+            started: now,
+            established: None,
+            last_rx: now,
+            lifetime: offers.get(oi).and_then(|o| o.lifetime),
+            rekey_at: None,
+            deadline: Some(now + HALF_OPEN_TIMEOUT),
+            reasm: None,
+            dead: false,
+        };
+        let local = SocketAddr::new(self.local_ip(idx, &path), path.local.port());
+        self.detect_nat(&mut sa, ps, hdr.spi_i, 0, local);
+        let skeyseed = IkeKeys::skeyseed(suite.prf, &sa.ni, &sa.nr, &shared);
+        sa.keys = Some(IkeKeys::derive(suite, &skeyseed, &sa.ni, &sa.nr, sa.spi_i, sa.spi_r));
+        let nat_src = nat_hash(sa.spi_i, spi_r, local);
+        let nat_dst = nat_hash(sa.spi_i, spi_r, path.remote);
+        let mut payloads = vec![
+            Payload::Sa(vec![chosen.to_wire(ProtocolId::Ike, &[])]),
+            Payload::Ke { group: suite.dh.number(), data: &public },
+            Payload::Nonce(&sa.nr),
+            Payload::notify(NotifyType::NatDetectionSourceIp, &nat_src),
+            Payload::notify(NotifyType::NatDetectionDestinationIp, &nat_dst),
+        ];
+        if sa.peer_frag && self.globals.fragmentation_mtu.is_some() {
+            payloads.push(Payload::notify(NotifyType::Ikev2FragmentationSupported, &[]));
+        } else {
+            sa.peer_frag = false;
+        }
+        let resp = Message { header: Header::new(sa.spi_i, spi_r, ExchangeType::IkeSaInit, flags::RESPONSE, 0), payloads }.emit();
+        sa.msg2 = resp.clone();
+        self.transmit(path, resp.clone());
+        sa.last_resp = Some((0, vec![resp]));
+        self.init_index.insert((peer, sa.spi_i), spi_r);
+        self.put_back(sa);
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Encrypted exchanges
+
+    fn on_sa_message(&mut self, now: Instant, sa: &mut IkeSa, path: Path, data: &[u8], hdr: Header) -> Result<(), Drop> {
+        let msg = Message::parse(data)?;
+        let mid = hdr.message_id;
+        if hdr.is_response() {
+            if sa.out.as_ref().is_none_or(|o| o.mid != mid) {
+                return Err(Drop::BadMessageId(mid));
+            }
+            if hdr.exchange == ExchangeType::IkeSaInit {
+                if sa.state != State::InitSent {
+                    return Err(Drop::Unexpected("IKE_SA_INIT response in wrong state"));
+                }
+                return self.on_init_response(now, sa, data, &msg);
+            }
+        } else {
+            // RFC 7296 §2.1/§2.3: a retransmitted request gets the cached response again.
+            if mid.wrapping_add(1) == sa.peer_mid {
+                let first_fragment = match msg.payloads.last() {
+                    Some(Payload::Skf { number, .. }) => *number == 1,
+                    _ => true,
+                };
+                if let Some((m, d)) = sa.last_resp.as_ref() {
+                    if *m == mid && first_fragment {
+                        for x in d.clone() {
+                            self.transmit(sa.path, x);
+                        }
+                        return Ok(());
+                    }
+                }
+                return Err(Drop::BadMessageId(mid));
+            }
+            if mid != sa.peer_mid {
+                return Err(Drop::BadMessageId(mid));
+            }
+        }
+        let Some(keys) = sa.keys.as_ref() else { return Err(Drop::Unexpected("encrypted message before keys")) };
+        let (first_inner, inner) = match msg.payloads.last() {
+            Some(Payload::Sk { first_inner, body }) => (*first_inner, keys.unprotect(sa.initiator, data, body)?),
+            Some(Payload::Skf { first_inner, number, total, body }) => {
+                let plain = keys.unprotect(sa.initiator, data, body)?;
+                match self.reassemble(sa, mid, *first_inner, *number, *total, plain)? {
+                    Some(x) => x,
+                    None => return Ok(()),
+                }
+            }
+            _ => return Err(Drop::Unexpected("no encrypted payload")),
+        };
+        sa.last_rx = now;
+        let inner_ps = match parse_chain(first_inner, &inner) {
+            Ok(p) => p,
+            Err(e) => {
+                if !hdr.is_response() {
+                    sa.peer_mid = sa.peer_mid.wrapping_add(1);
+                    self.send_error(sa, hdr.exchange, mid, &ReqError::Syntax("inner payloads"));
+                }
+                return Err(Drop::Malformed(e));
+            }
+        };
+        if hdr.is_response() {
+            let Some(out) = sa.out.take() else { return Err(Drop::BadMessageId(mid)) };
+            self.on_response(now, sa, hdr, out.pending, &inner_ps)
+        } else {
+            // RFC 7296 §2.23: follow the peer to its new address/port once it authenticated.
+            if path.remote != sa.path.remote || path.local.port() != sa.path.local.port() {
+                sa.path = path;
+            }
+            sa.peer_mid = sa.peer_mid.wrapping_add(1);
+            if let Some(t) = critical_unknown(&inner_ps) {
+                self.send_error(sa, hdr.exchange, mid, &ReqError::Critical(t));
+                return Ok(());
+            }
+            let r = match hdr.exchange {
+                ExchangeType::IkeAuth if sa.state == State::InitDone => self.on_auth_request(now, sa, mid, &inner_ps),
+                ExchangeType::Informational => self.on_info_request(now, sa, mid, &inner_ps),
+                ExchangeType::CreateChildSa if sa.is_up() => self.on_create_child_request(now, sa, mid, &inner_ps),
+                ExchangeType::CreateChildSa => Err(ReqError::Temporary),
+                _ => Err(ReqError::Syntax("unexpected exchange")),
+            };
+            if let Err(e) = r {
+                tracing::debug!("request {} mid {} refused: {e}", hdr.exchange, mid);
+                self.send_error(sa, hdr.exchange, mid, &e);
+                if sa.state == State::InitDone {
+                    // A failed IKE_AUTH ends the half-open SA (RFC 7296 §2.21.2).
+                    self.kill(now, sa, DownReason::PeerDead, false);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// RFC 7383 §2.6: collects decrypted fragments; returns the whole inner chain when complete.
+    #[allow(clippy::type_complexity)]
+    fn reassemble(&mut self, sa: &mut IkeSa, mid: u32, first: PayloadType, number: u16, total: u16, plain: Vec<u8>) -> Result<Option<(PayloadType, Vec<u8>)>, Drop> {
+        if total > MAX_FRAGMENTS {
+            return Err(Drop::Protocol("too many fragments".into()));
+        }
+        let fresh = sa.reasm.as_ref().is_none_or(|r| r.mid != mid || r.total != total);
+        if fresh {
+            sa.reasm = Some(Reassembly { mid, total, first_inner: PayloadType::NoNext, parts: vec![None; usize::from(total)] });
+        }
+        let Some(r) = sa.reasm.as_mut() else { return Err(Drop::FragmentPending) };
+        if number == 1 {
+            r.first_inner = first;
+        }
+        if let Some(slot) = r.parts.get_mut(usize::from(number) - 1) {
+            *slot = Some(plain);
+        }
+        if r.parts.iter().any(|p| p.is_none()) {
+            return Ok(None);
+        }
+        let r = sa.reasm.take().ok_or(Drop::FragmentPending)?;
+        let mut all = Vec::new();
+        for p in r.parts.into_iter().flatten() {
+            all.extend_from_slice(&p);
+        }
+        Ok(Some((r.first_inner, all)))
+    }
+
+    fn on_response(&mut self, now: Instant, sa: &mut IkeSa, hdr: Header, pending: Pending, ps: &[Payload<'_>]) -> Result<(), Drop> {
+        match pending {
+            Pending::Init { .. } => Err(Drop::Unexpected("encrypted IKE_SA_INIT response")),
+            Pending::Auth { child_spi } => self.on_auth_response(now, sa, hdr, child_spi, ps),
+            Pending::Dpd => Ok(()),
+            Pending::DeleteIke => {
+                sa.dead = true;
+                Ok(())
+            }
+            Pending::DeleteChildren(spis) => {
+                let tunnel = self.tunnels[sa.tunnel].name.clone();
+                for spi in spis {
+                    if let Some(pos) = sa.children.iter().position(|c| c.spi_in == spi) {
+                        let c = sa.children.remove(pos);
+                        if !c.reported_down {
+                            let reason = if matches!(c.state, ChildState::Rekeyed { .. }) { DownReason::Rekeyed } else { DownReason::Redundant };
+                            self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason });
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Pending::Child { old, spi_in, ni, dh } => self.on_child_response(now, sa, hdr, old, spi_in, ni, dh, ps),
+            Pending::RekeyIke { new_spi, ni, dh } => self.on_ike_rekey_response(now, sa, new_spi, ni, dh, ps),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // IKE_AUTH
+
+    fn send_auth(&mut self, now: Instant, sa: &mut IkeSa) {
+        let t = self.tunnels[sa.tunnel].clone();
+        let Some(keys) = sa.keys.as_ref() else { return };
+        let prf = keys.suite.prf;
+        let idb = id_body(t.local_addr);
+        let auth = psk_auth(prf, t.local_psk.0.as_bytes(), &sa.msg1, &sa.nr, &keys.sk_pi, &idb);
+        let child_spi = self.new_child_spi();
+        let spi_bytes = child_spi.to_be_bytes();
+        // No PFS group in IKE_AUTH: the CHILD_SA keys come from the IKE SA's DH (§1.2).
+        let offers = esp_offers(&t.esp_proposals, None);
+        let initial_contact = !self.sas.values().any(|s| s.path.remote.ip() == t.peer_addr && s.our_spi() != sa.our_spi() && s.is_up());
+        let tsl = ts::addr_bytes(&t.local_ts);
+        let tsr = ts::addr_bytes(&t.remote_ts);
+        let mut payloads = vec![Payload::IdI(Identification { ty: IdType::from(idb[0]), data: &idb[4..] })];
+        if initial_contact {
+            payloads.push(Payload::notify(NotifyType::InitialContact, &[]));
+        }
+        payloads.push(Payload::Auth { method: AuthMethod::SharedKeyMic, data: &auth });
+        payloads.push(Payload::Sa(offers_to_wire(&offers, ProtocolId::Esp, &spi_bytes, None)));
+        payloads.push(Payload::TsI(ts::to_wire(&t.local_ts, &tsl)));
+        payloads.push(Payload::TsR(ts::to_wire(&t.remote_ts, &tsr)));
+        sa.state = State::AuthSent;
+        self.send_request(now, sa, ExchangeType::IkeAuth, &payloads, Pending::Auth { child_spi });
+    }
+
+    fn on_auth_request(&mut self, now: Instant, sa: &mut IkeSa, mid: u32, ps: &[Payload<'_>]) -> Result<(), ReqError> {
+        let t = self.tunnels[sa.tunnel].clone();
+        let keys = sa.keys.clone().ok_or(ReqError::Syntax("no keys"))?;
+        let prf = keys.suite.prf;
+        let idi = ps.iter().find_map(|p| match p {
+            Payload::IdI(i) => Some(*i),
+            _ => None,
+        });
+        let auth = ps.iter().find_map(|p| match p {
+            Payload::Auth { method, data } => Some((*method, *data)),
+            _ => None,
+        });
+        let (Some(idi), Some((method, auth))) = (idi, auth) else { return Err(ReqError::Syntax("IKE_AUTH without IDi/AUTH")) };
+        if method != AuthMethod::SharedKeyMic {
+            return Err(ReqError::Auth);
+        }
+        let expected = psk_auth(prf, t.remote_psk.0.as_bytes(), &sa.msg1, &sa.nr, &keys.sk_pi, &id_payload_body(&idi));
+        if !ct_eq(&expected, auth) {
+            self.events.push_back(Event::IkeNegotiationFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: "peer authentication failed (PSK mismatch)".into() });
+            return Err(ReqError::Auth);
+        }
+        // Authenticated.
+        sa.state = State::Established;
+        sa.established = Some(now);
+        sa.deadline = None;
+        sa.rekey_at = sa.lifetime.map(|l| now + self.jitter(l, 0.9, 0.95));
+        if notify_of(ps, NotifyType::InitialContact).is_some() {
+            // RFC 7296 §2.4: the peer lost its state; our old SAs with it are useless.
+            for spi in self.spis() {
+                if spi == sa.our_spi() {
+                    continue;
+                }
+                let Some(mut old) = self.sas.remove(&spi) else { continue };
+                if old.path.remote.ip() == sa.path.remote.ip() && matches!(old.state, State::Established | State::Deleting | State::Rekeyed) {
+                    self.kill(now, &mut old, DownReason::PeerRestarted, false);
+                }
+                self.put_back(old);
+            }
+        }
+        self.tstate[sa.tunnel].backoff = REINIT_BACKOFF_MIN;
+        self.tstate[sa.tunnel].reinit_at = None;
+        self.events.push_back(Event::IkeSaUp { tunnel: t.name.clone(), peer: sa.path.remote.ip(), initiator: false, spi_i: sa.spi_i, spi_r: sa.spi_r });
+        let idb = id_body(t.local_addr);
+        let my_auth = psk_auth(prf, t.local_psk.0.as_bytes(), &sa.msg2, &sa.ni, &keys.sk_pr, &idb);
+        let idr = Payload::IdR(Identification { ty: IdType::from(idb[0]), data: &idb[4..] });
+        let authp = Payload::Auth { method: AuthMethod::SharedKeyMic, data: &my_auth };
+        // The CHILD_SA; its failure does not fail the IKE SA (RFC 7296 §1.2).
+        let child = self.responder_child(now, sa, ps, None, sa.ni.clone(), sa.nr.clone(), None, false, mid);
+        match child {
+            Ok((chosen, spi_in, tsi, tsr)) => {
+                let spi_b = spi_in.to_be_bytes();
+                let tib = ts::addr_bytes(&tsi);
+                let trb = ts::addr_bytes(&tsr);
+                let payloads = vec![idr, authp, Payload::Sa(vec![chosen.to_wire(ProtocolId::Esp, &spi_b)]), Payload::TsI(ts::to_wire(&tsi, &tib)), Payload::TsR(ts::to_wire(&tsr, &trb))];
+                self.send_response(sa, ExchangeType::IkeAuth, mid, &payloads);
+                let _ = spi_in;
+            }
+            Err(e) => {
+                let (nt, nd) = e.notify();
+                self.events.push_back(Event::ChildSaFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: e.to_string() });
+                self.send_response(sa, ExchangeType::IkeAuth, mid, &[idr, authp, Payload::notify(nt, &nd)]);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_auth_response(&mut self, now: Instant, sa: &mut IkeSa, hdr: Header, child_spi: u32, ps: &[Payload<'_>]) -> Result<(), Drop> {
+        let t = self.tunnels[sa.tunnel].clone();
+        let Some(keys) = sa.keys.clone() else { return Err(Drop::Unexpected("no keys")) };
+        let idr = ps.iter().find_map(|p| match p {
+            Payload::IdR(i) => Some(*i),
+            _ => None,
+        });
+        let auth = ps.iter().find_map(|p| match p {
+            Payload::Auth { data, .. } => Some(*data),
+            _ => None,
+        });
+        let (Some(idr), Some(auth)) = (idr, auth) else {
+            let reason = first_error(ps).map(|e| format!("peer refused IKE_AUTH: {:?}", e.ty)).unwrap_or_else(|| "IKE_AUTH response without AUTH".into());
+            self.fail_negotiation(now, sa, &reason);
+            return Err(Drop::Rejected(reason));
+        };
+        let expected = psk_auth(keys.suite.prf, t.remote_psk.0.as_bytes(), &sa.msg2, &sa.ni, &keys.sk_pr, &id_payload_body(&idr));
+        if !ct_eq(&expected, auth) {
+            self.fail_negotiation(now, sa, "responder authentication failed (PSK mismatch)");
+            return Err(Drop::Rejected("bad responder AUTH".into()));
+        }
+        sa.state = State::Established;
+        sa.established = Some(now);
+        sa.rekey_at = sa.lifetime.map(|l| now + self.jitter(l, 0.85, 0.9));
+        self.tstate[sa.tunnel].backoff = REINIT_BACKOFF_MIN;
+        self.tstate[sa.tunnel].reinit_at = None;
+        self.events.push_back(Event::IkeSaUp { tunnel: t.name.clone(), peer: sa.path.remote.ip(), initiator: true, spi_i: sa.spi_i, spi_r: sa.spi_r });
+        let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
+        if let Err(reason) = self.initiator_child(now, sa, ps, None, child_spi, &ni, &nr, None, hdr.message_id) {
+            self.events.push_back(Event::ChildSaFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason });
+        }
+        Ok(())
+    }
+
+    /// Responder side of a CHILD_SA (IKE_AUTH or CREATE_CHILD_SA). Returns the choice, our
+    /// inbound SPI and the narrowed selectors, and stores the child.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn responder_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        ps: &[Payload<'_>],
+        old: Option<u32>,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        shared: Option<(&[u8], DhGroup)>,
+        create_child: bool,
+        mid: u32,
+    ) -> Result<(Chosen, u32, Vec<TrafficSelector>, Vec<TrafficSelector>), ReqError> {
+        let t = self.tunnels[sa.tunnel].clone();
+        let props = sa_of(ps).ok_or(ReqError::Syntax("no SA payload"))?;
+        let offers = esp_offers(&t.esp_proposals, if create_child { t.pfs } else { None });
+        // In IKE_AUTH a DH transform is meaningless (RFC 7296 §1.2); ignore it there.
+        let stripped: Vec<Proposal<'_>> = props
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                if !create_child {
+                    p.transforms.retain(|t| t.ty != wire::ike::TransformType::Dh);
+                }
+                p
+            })
+            .collect();
+        let (chosen, peer_spi, _) = select(&stripped, &offers, ProtocolId::Esp).ok_or(ReqError::NoProposal)?;
+        if chosen.dh.is_some() && shared.is_none_or(|(_, g)| Some(g) != chosen.dh) {
+            return Err(ReqError::InvalidKe(chosen.dh.map(|g| g.number()).unwrap_or(0)));
+        }
+        let spi_out = <[u8; 4]>::try_from(peer_spi.as_slice()).map(u32::from_be_bytes).map_err(|_| ReqError::Syntax("ESP SPI size"))?;
+        let (tsi, tsr) = ts_of(ps);
+        let (tsi, tsr) = (tsi.ok_or(ReqError::Syntax("no TSi"))?, tsr.ok_or(ReqError::Syntax("no TSr"))?);
+        let (ntsi, ntsr) = ts::narrow(&tsi, &tsr, &t.local_ts, &t.remote_ts).ok_or(ReqError::Ts)?;
+        let spi_in = self.new_child_spi();
+        let suite = chosen.esp_suite();
+        let keys = sa.keys.as_ref().ok_or(ReqError::Syntax("no keys"))?;
+        let km = child_keymat(keys.suite.prf, &keys.sk_d, &suite, shared.map(|(s, _)| s), &ni, &nr);
+        self.install_child(now, sa, spi_in, spi_out, suite, ntsr.clone(), ntsi.clone(), km, false, old, mid);
+        Ok((chosen, spi_in, ntsi, ntsr))
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn install_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        spi_in: u32,
+        spi_out: u32,
+        suite: EspSuite,
+        local_ts: Vec<TrafficSelector>,
+        remote_ts: Vec<TrafficSelector>,
+        km: ((Vec<u8>, Vec<u8>), (Vec<u8>, Vec<u8>)),
+        exchange_initiator: bool,
+        replaces: Option<u32>,
+        mid: u32,
+    ) {
+        let ((ei, ai), (er, ar)) = km;
+        // §2.17: the first keys protect initiator->responder traffic of this exchange.
+        let ((oe, oa), (ie, ia)) = if exchange_initiator { ((ei, ai), (er, ar)) } else { ((er, ar), (ei, ai)) };
+        let lifetime = self.tunnels[sa.tunnel].child_lifetime;
+        // The side that created the SA rekeys a little earlier, which makes collisions rare.
+        let (lo, hi) = if exchange_initiator { (0.85, 0.9) } else { (0.9, 0.95) };
+        let soft = self.jitter(lifetime, lo, hi);
+        let t = &self.tunnels[sa.tunnel];
+        let inbound = esp::SaParams { spi: spi_in, encryption: suite.encryption, integrity: suite.integrity, enc_key: ie, integ_key: ia, esn: suite.esn };
+        let outbound = esp::SaParams { spi: spi_out, encryption: suite.encryption, integrity: suite.integrity, enc_key: oe, integ_key: oa, esn: suite.esn };
+        let up = ChildSaUp {
+            tunnel: t.name.clone(),
+            peer: sa.path.remote.ip(),
+            local: t.local_addr,
+            inbound,
+            outbound,
+            encap: self.encap(sa),
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
+            replaces_spi_in: replaces,
+            initiator: exchange_initiator,
+            msg_id: mid,
+            lifetime,
+            lifetime_kilobytes: t.child_lifetime_kilobytes,
+        };
+        sa.children.push(Child {
+            spi_in,
+            spi_out,
+            suite,
+            local_ts,
+            remote_ts,
+            initiator: exchange_initiator,
+            created: now,
+            rekey_at: (!lifetime.is_zero()).then_some(now + soft),
+            expire_at: now + if lifetime.is_zero() { Duration::from_secs(u32::MAX as u64) } else { lifetime },
+            bytes: 0,
+            state: ChildState::Installed,
+            peer_rekey: None,
+            reported_down: false,
+        });
+        self.events.push_back(Event::ChildSaUp(up));
+    }
+
+    /// Initiator side of a CHILD_SA once the response arrived (IKE_AUTH or CREATE_CHILD_SA).
+    #[allow(clippy::too_many_arguments)]
+    fn initiator_child(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        ps: &[Payload<'_>],
+        old: Option<u32>,
+        spi_in: u32,
+        ni: &[u8],
+        nr: &[u8],
+        shared: Option<&[u8]>,
+        mid: u32,
+    ) -> Result<(), String> {
+        if let Some(e) = first_error(ps) {
+            return Err(format!("peer refused the CHILD_SA: {:?}", e.ty));
+        }
+        let t = self.tunnels[sa.tunnel].clone();
+        let offers = esp_offers(&t.esp_proposals, if shared.is_some() { t.pfs } else { None });
+        let props = sa_of(ps).ok_or("no SA payload in the response")?;
+        if props.len() != 1 {
+            return Err("responder returned more than one proposal".into());
+        }
+        let (chosen, peer_spi, _) = select(props, &offers, ProtocolId::Esp).ok_or("responder chose an ESP proposal we did not offer")?;
+        let spi_out = <[u8; 4]>::try_from(peer_spi.as_slice()).map(u32::from_be_bytes).map_err(|_| "ESP SPI size")?;
+        let (tsi, tsr) = ts_of(ps);
+        // The responder may only narrow (§2.9); what it returns must lie within what we sent.
+        let tsi = tsi.filter(|v| !v.is_empty()).unwrap_or_else(|| t.local_ts.clone());
+        let tsr = tsr.filter(|v| !v.is_empty()).unwrap_or_else(|| t.remote_ts.clone());
+        let within = |got: &[TrafficSelector], ours: &[TrafficSelector]| got.iter().all(|g| ours.iter().any(|o| ts::intersect(g, o) == Some(*g)));
+        if !within(&tsi, &t.local_ts) || !within(&tsr, &t.remote_ts) {
+            return Err("responder widened the traffic selectors".into());
+        }
+        let keys = sa.keys.as_ref().ok_or("no keys")?;
+        let mut suite = chosen.esp_suite();
+        if shared.is_none() {
+            suite.dh = None;
+        }
+        let km = child_keymat(keys.suite.prf, &keys.sk_d, &suite, shared, ni, nr);
+        self.install_child(now, sa, spi_in, spi_out, suite, tsi, tsr, km, true, old, mid);
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // INFORMATIONAL
+
+    fn on_info_request(&mut self, now: Instant, sa: &mut IkeSa, mid: u32, ps: &[Payload<'_>]) -> Result<(), ReqError> {
+        let tunnel = self.tunnels[sa.tunnel].name.clone();
+        let mut delete_ike = false;
+        let mut ours: Vec<[u8; 4]> = Vec::new();
+        for p in ps {
+            let Payload::Delete(d) = p else { continue };
+            match d.protocol {
+                ProtocolId::Ike => delete_ike = true,
+                ProtocolId::Esp | ProtocolId::Ah => {
+                    for spi in &d.spis {
+                        let Ok(b) = <[u8; 4]>::try_from(*spi) else { continue };
+                        let spi = u32::from_be_bytes(b);
+                        // The peer names its inbound SPI = our outbound (§3.11).
+                        let Some(pos) = sa.children.iter().position(|c| c.spi_out == spi) else { continue };
+                        let c = sa.children.remove(pos);
+                        // If we are deleting it too, answer without it (§1.4.1).
+                        if c.state != ChildState::Deleting {
+                            ours.push(c.spi_in.to_be_bytes());
+                        }
+                        if !c.reported_down {
+                            let reason = if matches!(c.state, ChildState::Rekeyed { .. }) { DownReason::Rekeyed } else { DownReason::PeerDeleted };
+                            self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason });
+                        }
+                    }
+                }
+                ProtocolId::Unknown(_) => {}
+            }
+        }
+        if delete_ike {
+            self.send_response(sa, ExchangeType::Informational, mid, &[]);
+            let reinit = sa.state == State::Established;
+            self.kill(now, sa, DownReason::PeerDeleted, reinit);
+            return Ok(());
+        }
+        if ours.is_empty() {
+            self.send_response(sa, ExchangeType::Informational, mid, &[]);
+        } else {
+            let d = Payload::Delete(Delete { protocol: ProtocolId::Esp, spi_size: 4, spis: ours.iter().map(|b| &b[..]).collect() });
+            self.send_response(sa, ExchangeType::Informational, mid, &[d]);
+        }
+        // A tunnel we initiate keeps a CHILD_SA: if the peer deleted the last one, make another.
+        if sa.is_up()
+            && !sa.children.iter().any(|c| !c.reported_down)
+            && self.tunnels[sa.tunnel].connection_type != ConnectionType::AnswerOnly
+            && !sa.queue.iter().any(|r| matches!(r, Req::Child(None)))
+        {
+            sa.queue.push_back(Req::Child(None));
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // CREATE_CHILD_SA
+
+    fn start_child(&mut self, now: Instant, sa: &mut IkeSa, old: Option<u32>) -> Result<(), String> {
+        let t = self.tunnels[sa.tunnel].clone();
+        let offers = esp_offers(&t.esp_proposals, t.pfs);
+        let spi_in = self.new_child_spi();
+        let spi_b = spi_in.to_be_bytes();
+        let ni = self.nonce();
+        let (dh, public) = match t.pfs {
+            Some(g) => {
+                let (d, p) = DhPrivate::generate(g).map_err(|e| e.to_string())?;
+                (Some(d), p)
+            }
+            None => (None, Vec::new()),
+        };
+        let (lts, rts) = match old.and_then(|o| sa.children.iter().find(|c| c.spi_in == o)) {
+            // §2.9.2: a rekey keeps the selectors of the SA it replaces.
+            Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
+            None => (t.local_ts.clone(), t.remote_ts.clone()),
+        };
+        let old_b = old.map(|o| o.to_be_bytes());
+        let tib = ts::addr_bytes(&lts);
+        let trb = ts::addr_bytes(&rts);
+        let mut payloads = Vec::new();
+        if let Some(b) = &old_b {
+            payloads.push(Payload::Notify(Notify { protocol: ProtocolId::Esp.value(), spi: b, ty: NotifyType::RekeySa, data: &[] }));
+        }
+        payloads.push(Payload::Sa(offers_to_wire(&offers, ProtocolId::Esp, &spi_b, None)));
+        payloads.push(Payload::Nonce(&ni));
+        if let Some(g) = t.pfs {
+            payloads.push(Payload::Ke { group: g.number(), data: &public });
+        }
+        payloads.push(Payload::TsI(ts::to_wire(&lts, &tib)));
+        payloads.push(Payload::TsR(ts::to_wire(&rts, &trb)));
+        self.send_request(now, sa, ExchangeType::CreateChildSa, &payloads, Pending::Child { old, spi_in, ni: ni.clone(), dh });
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_child_response(&mut self, now: Instant, sa: &mut IkeSa, hdr: Header, old: Option<u32>, spi_in: u32, ni: Vec<u8>, dh: Option<DhPrivate>, ps: &[Payload<'_>]) -> Result<(), Drop> {
+        let t = self.tunnels[sa.tunnel].clone();
+        let retry_later = |this: &mut Self, sa: &mut IkeSa| {
+            let delay = this.jitter(Duration::from_secs(4), 0.5, 1.5);
+            if let Some(c) = old.and_then(|o| sa.child_by_in(o)) {
+                if c.state == ChildState::Rekeying {
+                    c.state = ChildState::Installed;
+                    c.rekey_at = Some(now + delay);
+                }
+            }
+        };
+        if let Some(e) = first_error(ps) {
+            // A peer that wants another DH group says so; otherwise retry a little later
+            // (TEMPORARY_FAILURE §2.25, or a collision the peer resolved differently).
+            let reason = format!("peer refused CREATE_CHILD_SA: {:?}", e.ty);
+            if e.ty == NotifyType::ChildSaNotFound {
+                if let Some(c) = old.and_then(|o| sa.child_by_in(o)) {
+                    c.state = ChildState::Rekeyed { until: now };
+                }
+            } else {
+                retry_later(self, sa);
+            }
+            if old.is_none() || e.ty != NotifyType::TemporaryFailure {
+                self.events.push_back(Event::ChildSaFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: reason.clone() });
+            }
+            return Err(Drop::Rejected(reason));
+        }
+        let nr = match nonce_of(ps) {
+            Ok(n) => n.to_vec(),
+            Err(e) => {
+                retry_later(self, sa);
+                return Err(Drop::Protocol(e.to_string()));
+            }
+        };
+        let shared = match dh {
+            Some(d) => {
+                let Some((g, kd)) = ke_of(ps) else {
+                    retry_later(self, sa);
+                    return Err(Drop::Protocol("no KE in PFS response".into()));
+                };
+                if Some(g) != t.pfs.map(|p| p.number()) {
+                    retry_later(self, sa);
+                    return Err(Drop::Protocol("KE group mismatch".into()));
+                }
+                match d.agree(kd) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        retry_later(self, sa);
+                        return Err(Drop::Protocol(e.to_string()));
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Err(reason) = self.initiator_child(now, sa, ps, old, spi_in, &ni, &nr, shared.as_deref(), hdr.message_id) {
+            retry_later(self, sa);
+            self.events.push_back(Event::ChildSaFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: reason.clone() });
+            return Err(Drop::Protocol(reason));
+        }
+        let Some(old) = old else { return Ok(()) };
+        let our_min = if ni < nr { ni } else { nr };
+        let mut delete = Vec::new();
+        if let Some(c) = sa.child_by_in(old) {
+            match c.peer_rekey.clone() {
+                // §2.8.1: both rekeyed at once. The SA created with the lowest nonce is
+                // redundant, and its creator deletes it; the other side deletes the old one.
+                Some((_peer_new, peer_min)) => {
+                    if our_min < peer_min {
+                        delete.push(spi_in);
+                        c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
+                    } else {
+                        c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
+                        delete.push(old);
+                    }
+                }
+                None => {
+                    c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
+                    delete.push(old);
+                }
+            }
+        }
+        if !delete.is_empty() {
+            sa.queue.push_back(Req::DeleteChildren(delete));
+        }
+        Ok(())
+    }
+
+    fn on_create_child_request(&mut self, now: Instant, sa: &mut IkeSa, mid: u32, ps: &[Payload<'_>]) -> Result<(), ReqError> {
+        let props = sa_of(ps).ok_or(ReqError::Syntax("no SA payload"))?;
+        if props.iter().any(|p| p.protocol == ProtocolId::Ike) {
+            return self.on_ike_rekey_request(now, sa, mid, ps);
+        }
+        let rekey = notify_of(ps, NotifyType::RekeySa);
+        let old = match rekey {
+            Some(n) => {
+                let b = <[u8; 4]>::try_from(n.spi).map_err(|_| ReqError::Syntax("REKEY_SA SPI"))?;
+                let spi = u32::from_be_bytes(b);
+                let c = sa
+                    .children
+                    .iter()
+                    .find(|c| (c.spi_out == spi || c.spi_in == spi) && !matches!(c.state, ChildState::Deleting))
+                    .ok_or(ReqError::ChildNotFound)?;
+                if matches!(c.state, ChildState::Rekeyed { .. }) {
+                    // Already replaced (the peer lost a collision and retries): nothing to rekey.
+                    return Err(ReqError::ChildNotFound);
+                }
+                Some(c.spi_in)
+            }
+            None => None,
+        };
+        let ni = nonce_of(ps)?.to_vec();
+        let nr = self.nonce();
+        let t = self.tunnels[sa.tunnel].clone();
+        // PFS: a fresh DH when the peer's chosen proposal carries a group (§1.3.1).
+        let mut dh_out: Option<(DhGroup, Vec<u8>, Vec<u8>)> = None;
+        if let Some((g, kd)) = ke_of(ps) {
+            let offers = esp_offers(&t.esp_proposals, t.pfs);
+            if let Some((chosen, _, _)) = select(props, &offers, ProtocolId::Esp) {
+                if let Some(cg) = chosen.dh {
+                    if cg.number() != g {
+                        return Err(ReqError::InvalidKe(cg.number()));
+                    }
+                    let (d, public) = DhPrivate::generate(cg)?;
+                    let shared = d.agree(kd)?;
+                    dh_out = Some((cg, public, shared));
+                }
+            }
+        }
+        let shared = dh_out.as_ref().map(|(g, _, s)| (s.as_slice(), *g));
+        let (chosen, spi_in, tsi, tsr) = self.responder_child(now, sa, ps, old, ni.clone(), nr.clone(), shared, true, mid)?;
+        let spi_b = spi_in.to_be_bytes();
+        let tib = ts::addr_bytes(&tsi);
+        let trb = ts::addr_bytes(&tsr);
+        let mut payloads = vec![Payload::Sa(vec![chosen.to_wire(ProtocolId::Esp, &spi_b)]), Payload::Nonce(&nr)];
+        if let Some((g, public, _)) = &dh_out {
+            payloads.push(Payload::Ke { group: g.number(), data: public });
+        }
+        payloads.push(Payload::TsI(ts::to_wire(&tsi, &tib)));
+        payloads.push(Payload::TsR(ts::to_wire(&tsr, &trb)));
+        self.send_response(sa, ExchangeType::CreateChildSa, mid, &payloads);
+        if let Some(o) = old {
+            let min = if ni < nr { ni } else { nr };
+            if let Some(c) = sa.child_by_in(o) {
+                c.peer_rekey = Some((spi_in, min));
+                c.rekey_at = None;
+                if c.state == ChildState::Installed {
+                    // The peer deletes the old SA after this exchange (§1.3.3).
+                    c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // IKE SA rekey (§1.3.2, §2.18)
+
+    fn start_ike_rekey(&mut self, now: Instant, sa: &mut IkeSa) -> Result<(), String> {
+        let t = self.tunnels[sa.tunnel].clone();
+        let offers = ike_offers(&t.ike_policies);
+        let group = sa.suite.map(|s| s.dh).ok_or("no suite")?;
+        let new_spi = self.new_ike_spi();
+        let spi_b = new_spi.to_be_bytes();
+        let ni = self.nonce();
+        let (dh, public) = DhPrivate::generate(group).map_err(|e| e.to_string())?;
+        let payloads = vec![
+            Payload::Sa(offers_to_wire(&offers, ProtocolId::Ike, &spi_b, Some(group))),
+            Payload::Nonce(&ni),
+            Payload::Ke { group: group.number(), data: &public },
+        ];
+        self.send_request(now, sa, ExchangeType::CreateChildSa, &payloads, Pending::RekeyIke { new_spi, ni: ni.clone(), dh: Some(dh) });
+        // Reserve the SPI so no other SA takes it while the exchange runs.
+        Ok(())
+    }
+
+    fn on_ike_rekey_request(&mut self, now: Instant, sa: &mut IkeSa, mid: u32, ps: &[Payload<'_>]) -> Result<(), ReqError> {
+        if matches!(sa.out.as_ref().map(|o| &o.pending), Some(Pending::RekeyIke { .. })) || sa.state != State::Established {
+            // §2.25: we are rekeying ourselves; the peer retries after our rekey.
+            return Err(ReqError::Temporary);
+        }
+        let t = self.tunnels[sa.tunnel].clone();
+        let offers = ike_offers(&t.ike_policies);
+        let props = sa_of(ps).ok_or(ReqError::Syntax("no SA payload"))?;
+        let (chosen, peer_spi, oi) = select(props, &offers, ProtocolId::Ike).ok_or(ReqError::NoProposal)?;
+        let suite = chosen.ike_suite().ok_or(ReqError::NoProposal)?;
+        let new_spi_i = <[u8; 8]>::try_from(peer_spi.as_slice()).map(u64::from_be_bytes).map_err(|_| ReqError::Syntax("IKE SPI size"))?;
+        let ni = nonce_of(ps)?.to_vec();
+        let (g, kd) = ke_of(ps).ok_or(ReqError::InvalidKe(suite.dh.number()))?;
+        if g != suite.dh.number() {
+            return Err(ReqError::InvalidKe(suite.dh.number()));
+        }
+        let (d, public) = DhPrivate::generate(suite.dh)?;
+        let shared = d.agree(kd)?;
+        let nr = self.nonce();
+        let new_spi_r = self.new_ike_spi();
+        let spi_b = new_spi_r.to_be_bytes();
+        let payloads = vec![Payload::Sa(vec![chosen.to_wire(ProtocolId::Ike, &spi_b)]), Payload::Nonce(&nr), Payload::Ke { group: suite.dh.number(), data: &public }];
+        self.send_response(sa, ExchangeType::CreateChildSa, mid, &payloads);
+        let lifetime = offers.get(oi).and_then(|o| o.lifetime);
+        self.finish_ike_rekey(now, sa, suite, &shared, ni, nr, new_spi_i, new_spi_r, false, lifetime);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_ike_rekey_response(&mut self, now: Instant, sa: &mut IkeSa, new_spi: u64, ni: Vec<u8>, dh: Option<DhPrivate>, ps: &[Payload<'_>]) -> Result<(), Drop> {
+        let retry = |this: &mut Self, sa: &mut IkeSa| {
+            let d = this.jitter(Duration::from_secs(5), 0.4, 1.6);
+            sa.rekey_at = Some(now + d);
+        };
+        if let Some(e) = first_error(ps) {
+            retry(self, sa);
+            return Err(Drop::Rejected(format!("peer refused IKE rekey: {:?}", e.ty)));
+        }
+        let t = self.tunnels[sa.tunnel].clone();
+        let offers = ike_offers(&t.ike_policies);
+        let parsed = (|| {
+            let props = sa_of(ps).ok_or("no SA")?;
+            let (chosen, peer_spi, oi) = select(props, &offers, ProtocolId::Ike).ok_or("proposal not offered")?;
+            let suite = chosen.ike_suite().ok_or("incomplete proposal")?;
+            let spi_r = <[u8; 8]>::try_from(peer_spi.as_slice()).map(u64::from_be_bytes).map_err(|_| "SPI size")?;
+            let nr = nonce_of(ps).map_err(|_| "nonce")?.to_vec();
+            let (g, kd) = ke_of(ps).ok_or("no KE")?;
+            if g != suite.dh.number() {
+                return Err("KE group");
+            }
+            Ok((suite, spi_r, nr, kd.to_vec(), oi))
+        })();
+        let (suite, spi_r, nr, kd, oi) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                retry(self, sa);
+                return Err(Drop::Protocol(e.into()));
+            }
+        };
+        let Some(Ok(shared)) = dh.map(|d| d.agree(&kd)) else {
+            retry(self, sa);
+            return Err(Drop::Protocol("DH failed".into()));
+        };
+        let lifetime = offers.get(oi).and_then(|o| o.lifetime);
+        self.finish_ike_rekey(now, sa, suite, &shared, ni, nr, new_spi, spi_r, true, lifetime);
+        // §1.3.2: the initiator of the rekey deletes the old IKE SA.
+        sa.queue.push_back(Req::DeleteIke);
+        Ok(())
+    }
+
+    /// Creates the new IKE SA from a rekey exchange and moves the children to it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_ike_rekey(&mut self, now: Instant, old: &mut IkeSa, suite: IkeSuite, shared: &[u8], ni: Vec<u8>, nr: Vec<u8>, spi_i: u64, spi_r: u64, initiator: bool, lifetime: Option<Duration>) {
+        let Some(old_keys) = old.keys.as_ref() else { return };
+        // §2.18: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), with the old SA's PRF.
+        let skeyseed = crate::keys::prf(old_keys.suite.prf, &old_keys.sk_d, &[shared, &ni, &nr]);
+        let keys = IkeKeys::derive(suite, &skeyseed, &ni, &nr, spi_i, spi_r);
+        let (lo, hi) = if initiator { (0.85, 0.9) } else { (0.9, 0.95) };
+        let rekey_at = match lifetime {
+            Some(l) => Some(now + self.jitter(l, lo, hi)),
+            None => None,
+        };
+        let children = std::mem::take(&mut old.children);
+        let new = IkeSa {
+            tunnel: old.tunnel,
+            initiator,
+            spi_i,
+            spi_r,
+            path: old.path,
+            state: State::Established,
+            suite: Some(suite),
+            keys: Some(keys),
+            ni,
+            nr,
+            msg1: Vec::new(),
+            msg2: Vec::new(),
+            nat_local: old.nat_local,
+            nat_remote: old.nat_remote,
+            peer_frag: old.peer_frag,
+            next_mid: 0,
+            peer_mid: 0,
+            out: None,
+            queue: VecDeque::new(),
+            last_resp: None,
+            children,
+            started: now,
+            established: Some(now),
+            last_rx: now,
+            lifetime,
+            rekey_at,
+            deadline: None,
+            reasm: None,
+            dead: false,
+        };
+        let t = &self.tunnels[old.tunnel];
+        self.events.push_back(Event::IkeSaUp { tunnel: t.name.clone(), peer: new.path.remote.ip(), initiator, spi_i, spi_r });
+        self.events.push_back(Event::IkeSaRekeyed { tunnel: t.name.clone(), peer: new.path.remote.ip(), old_spi_i: old.spi_i, old_spi_r: old.spi_r, new_spi_i: spi_i, new_spi_r: spi_r });
+        old.state = State::Rekeyed;
+        old.rekey_at = None;
+        old.queue.retain(|r| matches!(r, Req::DeleteIke));
+        old.deadline = Some(now + REKEYED_GRACE);
+        self.sas.insert(new.our_spi(), new);
+    }
+}
