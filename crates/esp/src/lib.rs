@@ -8,6 +8,63 @@ use serde::{Deserialize, Serialize};
 
 pub use policy::{Encryption, Integrity};
 
+mod replay;
+mod sa;
+mod sad;
+
+pub use replay::{ReplayWindow, WINDOW_SIZE as REPLAY_WINDOW};
+pub use sa::{
+    InboundCounters, InboundSa, Opened, OpenedRange, OutboundSa, ESP_HEADER_LEN, NEXT_HEADER_IPV4, NEXT_HEADER_NONE,
+};
+pub use sad::{Flow, Sad, SaStats, Selected, TunnelId};
+pub use wire::esp::{classify_udp4500, Udp4500, NAT_KEEPALIVE, NON_ESP_MARKER};
+
+/// The SPI of an ESP packet: its first four bytes (`None` if shorter than an ESP header).
+pub fn esp_spi(packet: &[u8]) -> Option<u32> {
+    wire::esp::esp_spi(packet)
+}
+
+/// Why an ESP packet could not be sealed or opened. Inbound variants are the peer's (or an
+/// attacker's) doing and are counted, never logged at error level.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EspError {
+    /// Too short, or a ciphertext length the transform cannot produce.
+    #[error("ESP packet truncated or of invalid length")]
+    Truncated,
+    /// RFC 4303 §3.4.3: duplicate, or left of the anti-replay window.
+    #[error("replayed or too old sequence number {seq}")]
+    ReplayedOrTooOld { seq: u64 },
+    /// ICV verification failed.
+    #[error("integrity check failed (sequence number {seq})")]
+    AuthFailed { seq: u64 },
+    /// Authenticated, but the trailer is inconsistent (RFC 4303 §2.4).
+    #[error("invalid ESP padding")]
+    BadPadding,
+    /// RFC 4303 §3.3.3: the sequence counter would cycle; rekey the SA.
+    #[error("sequence number space exhausted; the SA must be rekeyed")]
+    SequenceExhausted,
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    /// The packet's SPI is not this SA's (a dispatch bug in the caller).
+    #[error("SPI {got:#010x} does not belong to this SA ({expected:#010x})")]
+    WrongSpi { expected: u32, got: u32 },
+    /// No inbound SA with that SPI ([`Sad::open`]).
+    #[error("no inbound SA for SPI {0:#010x}")]
+    UnknownSpi(u32),
+    /// The output buffer cannot hold the sealed packet.
+    #[error("output buffer too small: {need} bytes needed")]
+    BufferTooSmall { need: usize },
+    /// The negotiated parameters do not make a usable SA (a bug in KEYMAT handling).
+    #[error("invalid SA parameters: {0}")]
+    InvalidParams(&'static str),
+    /// [`Sad::seal`]: the tunnel has no outbound SA (yet); the packet must not leave in clear.
+    #[error("no outbound SA for the tunnel")]
+    NoOutboundSa,
+    /// RFC 4301 §5.2: the decrypted packet is not covered by the SA's traffic selectors.
+    #[error("inner packet does not match the SA's traffic selectors")]
+    PolicyMismatch,
+}
+
 /// One direction of a CHILD_SA, as negotiated by IKE.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaParams {

@@ -432,7 +432,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         // The checksum sums 16-bit words aligned to the segment start. An MSS value at an odd
         // offset (e.g. after one NOP) straddles two words; its contribution to the sum is then
         // the byte-swapped value, so the update uses swapped words.
-        let (o, n) = if at % 2 == 0 { (old, max) } else { (old.swap_bytes(), max.swap_bytes()) };
+        let (o, n) = if at & 1 == 0 { (old, max) } else { (old.swap_bytes(), max.swap_bytes()) };
         let c = checksum::update_u16(self.checksum(), o, n);
         self.bm()[at..at + 2].copy_from_slice(&max.to_be_bytes());
         self.bm()[16..18].copy_from_slice(&c.to_be_bytes());
