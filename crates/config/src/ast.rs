@@ -22,13 +22,22 @@ impl<T> Spanned<T> {
 #[derive(Debug, Clone, Default)]
 pub struct Ast {
     pub items: Vec<Item>,
-    /// Lines for features outside holdfast's scope (span of the line's tokens).
-    pub ignored: Vec<Span>,
+    /// Lines for features outside holdfast's scope.
+    pub ignored: Vec<Ignored>,
     /// Words of head lines whose block had an error: references to these names are not reported
     /// again as undefined (one mistake, one message).
     pub failed_names: std::collections::BTreeSet<String>,
     /// Line numbers of head lines whose block had an error: their completeness is not checked.
     pub failed_lines: std::collections::BTreeSet<u32>,
+}
+
+/// A line for a feature outside holdfast's scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// The token that names the feature.
+    pub span: Span,
+    /// The command words up to that token, quoted: "`logging asdm`".
+    pub what: String,
 }
 
 #[derive(Debug, Clone)]

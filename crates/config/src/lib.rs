@@ -78,24 +78,18 @@ pub fn parse_with(file_name: &str, text: &str, opts: ParseOptions) -> Result<Loa
     issues.extend(lowered.issues);
     let mut ignored = ast.ignored.clone();
     ignored.extend(lowered.ignored);
-    ignored.sort_by_key(|s| s.start);
+    ignored.sort_by_key(|i| i.span.start);
     ignored.dedup();
     if opts.strict {
-        for s in &ignored {
-            let first = text.get(s.start..s.end).and_then(|t| t.split_whitespace().next()).unwrap_or("");
-            let first = if first.eq_ignore_ascii_case("no") {
-                text.get(s.start..s.end).and_then(|t| t.split_whitespace().nth(1)).map_or("no".to_string(), |w| format!("no {w}"))
-            } else {
-                first.to_string()
-            };
-            issues.push(Issue::error(*s, format!("`{first}`: feature outside holdfast's scope (refused in strict mode)")));
+        for i in &ignored {
+            issues.push(Issue::error(i.span, format!("{}: outside holdfast's scope (refused in strict mode)", i.what)));
         }
     } else if let Some(first) = ignored.first() {
         let n = ignored.len();
         let lines = if n == 1 { "line" } else { "lines" };
         issues.push(Issue::warning(
-            *first,
-            format!("ignored: {n} {lines} for features outside holdfast's scope, first at line {}", first.line),
+            first.span,
+            format!("ignored: {n} {lines} for features outside holdfast's scope, first at line {}", first.span.line),
         ));
     }
     issues.sort_by(|a, b| (a.span.start, a.span.line, b.severity).cmp(&(b.span.start, b.span.line, a.severity)));

@@ -23,7 +23,7 @@ pub(crate) struct Lowered {
     pub config: Config,
     pub issues: Vec<Issue>,
     /// ACL lines holdfast cannot represent, in ACLs no crypto map uses: outside holdfast's scope.
-    pub ignored: Vec<Span>,
+    pub ignored: Vec<Ignored>,
 }
 
 pub(crate) fn lower(ast: &Ast) -> Lowered {
@@ -35,6 +35,8 @@ pub(crate) fn lower(ast: &Ast) -> Lowered {
         iface_spans: Vec::new(),
         nameif_refs: Vec::new(),
         acl_unsupported: Vec::new(),
+        acl_seen: Default::default(),
+        acl_denies: Vec::new(),
         ike: BTreeMap::new(),
         proposals: Vec::new(),
         global_lifetime: Lifetime::default(),
@@ -89,11 +91,15 @@ struct Lowerer<'a> {
     ast: &'a Ast,
     cfg: Config,
     issues: Vec<Issue>,
-    ignored: Vec<Span>,
+    ignored: Vec<Ignored>,
     iface_spans: Vec<Span>,
     /// nameif references to check once all interfaces are known.
     nameif_refs: Vec<Spanned<String>>,
-    acl_unsupported: Vec<(String, Unsupported, Span)>,
+    acl_unsupported: Vec<(String, Unsupported)>,
+    /// Every ACL name written, even if none of its lines could be kept.
+    acl_seen: std::collections::BTreeSet<String>,
+    /// Deny lines (ACL name, line span), reported if the ACL is a crypto ACL.
+    acl_denies: Vec<(String, Span)>,
     ike: BTreeMap<u32, IkePolicyAcc>,
     proposals: Vec<(String, ProposalAcc)>,
     global_lifetime: Lifetime,
@@ -153,28 +159,32 @@ impl<'a> Lowerer<'a> {
                 }
             }
             ItemKind::AccessList { name, entry } => {
-                let idx = match cfg.access_lists.iter().position(|a| a.name == name.node) {
-                    Some(i) => i,
-                    None => {
-                        cfg.access_lists.push(AccessList { name: name.node.clone(), entries: Vec::new() });
-                        cfg.access_lists.len() - 1
-                    }
-                };
+                self.acl_seen.insert(name.node.clone());
                 match &entry.body {
-                    Ok(b) => cfg.access_lists[idx].entries.push(AclEntry {
-                        action: entry.action,
-                        protocol: b.protocol,
-                        source: b.source,
-                        destination: b.destination,
-                        standard: entry.standard,
-                    }),
-                    Err(u) => self.acl_unsupported.push((name.node.clone(), u.clone(), item.span)),
+                    Ok(b) => {
+                        let idx = match cfg.access_lists.iter().position(|a| a.name == name.node) {
+                            Some(i) => i,
+                            None => {
+                                cfg.access_lists.push(AccessList { name: name.node.clone(), entries: Vec::new() });
+                                cfg.access_lists.len() - 1
+                            }
+                        };
+                        if entry.action == AclAction::Deny {
+                            self.acl_denies.push((name.node.clone(), item.span));
+                        }
+                        cfg.access_lists[idx].entries.push(AclEntry {
+                            action: entry.action,
+                            protocol: b.protocol,
+                            source: b.source,
+                            destination: b.destination,
+                            standard: entry.standard,
+                        });
+                    }
+                    Err(u) => self.acl_unsupported.push((name.node.clone(), u.clone())),
                 }
             }
             ItemKind::AccessListRemark { name } => {
-                if !cfg.access_lists.iter().any(|a| a.name == name.node) {
-                    cfg.access_lists.push(AccessList { name: name.node.clone(), entries: Vec::new() });
-                }
+                self.acl_seen.insert(name.node.clone());
             }
             ItemKind::Logging(cmd) => match cmd {
                 LoggingCmd::Enable(b) => cfg.logging.enabled = *b,
@@ -355,12 +365,21 @@ impl<'a> Lowerer<'a> {
 
     fn finish_acls(&mut self) {
         let used: Vec<String> = self.maps.values().filter_map(|m| m.match_address.as_ref().map(|a| a.node.clone())).collect();
-        for (acl, u, line) in std::mem::take(&mut self.acl_unsupported) {
+        for (acl, span) in std::mem::take(&mut self.acl_denies) {
+            if used.contains(&acl) {
+                // RFC 7296 traffic selectors can only say what to protect; an ASA deny line
+                // (exempt from encryption) has no equivalent, so say that it has no effect.
+                self.issues.push(Issue::warning(span, format!(
+                    "deny lines in crypto access-list {acl} are not used: holdfast negotiates the permit lines as traffic selectors"
+                )));
+            }
+        }
+        for (acl, u) in std::mem::take(&mut self.acl_unsupported) {
             if used.contains(&acl) {
                 let msg = format!("access-list {acl} is a crypto ACL, and holdfast cannot turn {} into traffic selectors", u.what);
                 self.issues.push(Issue::error(u.span, msg));
             } else {
-                self.ignored.push(line);
+                self.ignored.push(Ignored { span: u.span, what: format!("{} in access-list {acl}", u.what) });
             }
         }
     }
@@ -496,7 +515,13 @@ impl<'a> Lowerer<'a> {
             match &acc.match_address {
                 None => err(&mut self.issues, acc.span, format!("{label} has no `match address` (the crypto ACL)"), head_failed),
                 Some(a) => match self.cfg.access_list(&a.node) {
-                    None => err(&mut self.issues, a.span, format!("access-list {} is not defined", a.node), self.ast.failed_names.contains(&a.node)),
+                    None if !self.acl_seen.contains(&a.node) => {
+                        err(&mut self.issues, a.span, format!("access-list {} is not defined", a.node), self.ast.failed_names.contains(&a.node))
+                    }
+                    None => {
+                        let failed = self.ast.failed_names.contains(&a.node) || self.issues.iter().any(|i| i.message.contains(&format!("access-list {} is a crypto ACL", a.node)));
+                        err(&mut self.issues, a.span, format!("access-list {} has no usable permit entry for the tunnel", a.node), failed)
+                    }
                     Some(acl) if !acl.entries.iter().any(|e| e.action == AclAction::Permit) => {
                         let failed = self.ast.failed_names.contains(&a.node) || self.issues.iter().any(|i| i.message.contains(&format!("access-list {} is a crypto ACL", a.node)));
                         err(&mut self.issues, a.span, format!("access-list {} has no usable permit entry for the tunnel", a.node), failed)

@@ -63,7 +63,7 @@ impl Parser {
             "asa" | "end" | "cryptochecksum" => Ok(None),
             t if t.starts_with("cryptochecksum:") => Ok(None),
             _ => {
-                self.ignore_block(b);
+                self.ignore_block(b, c.pos.saturating_sub(1));
                 Ok(None)
             }
         };
@@ -74,13 +74,20 @@ impl Parser {
         }
     }
 
-    fn ignore_block(&mut self, b: &Block<'_>) {
-        self.ast.ignored.push(b.head.span());
-        self.ast.ignored.extend(b.children.iter().map(|l| l.span()));
+    /// The block is outside holdfast's scope; token `at` of its head names the feature.
+    fn ignore_block(&mut self, b: &Block<'_>, at: usize) {
+        self.ignore_line(&b.head, at);
+        for l in &b.children {
+            self.ignore_line(l, 0);
+        }
     }
 
-    fn ignore_line(&mut self, l: &Line<'_>) {
-        self.ast.ignored.push(l.span());
+    /// The line is outside holdfast's scope; token `at` names the feature.
+    fn ignore_line(&mut self, l: &Line<'_>, at: usize) {
+        let at = at.min(l.tokens.len().saturating_sub(1));
+        let Some(tok) = l.tokens.get(at) else { return };
+        let what = l.tokens[..=at].iter().map(|t| t.text).collect::<Vec<_>>().join(" ");
+        self.ast.ignored.push(Ignored { span: tok.span, what: format!("`{what}`") });
     }
 
     /// A command that opens no mode may not be followed by indented lines.
@@ -111,7 +118,7 @@ impl Parser {
                 self.crypto(b, c, true)
             }
             _ => {
-                self.ignore_block(b);
+                self.ignore_block(b, c.pos);
                 Ok(None)
             }
         }
@@ -159,7 +166,7 @@ impl Parser {
                     if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("dhcp") || t.text.eq_ignore_ascii_case("pppoe")) {
                         // A dynamic address is outside holdfast's scope; if the interface
                         // carries a tunnel, lowering reports the missing address there.
-                        self.ignore_line(l);
+                        self.ignore_line(l, c.pos);
                         return Ok(None);
                     }
                     let addr = c.ipv4("an IP address")?;
@@ -177,7 +184,7 @@ impl Parser {
             // Free text, no effect on the data path.
             "description" => return Ok(None),
             _ => {
-                self.ignore_line(l);
+                self.ignore_line(l, c.pos.saturating_sub(1));
                 return Ok(None);
             }
         };
@@ -208,7 +215,7 @@ impl Parser {
             }
             "remark" => return Ok(Some(ItemKind::AccessListRemark { name })),
             "webtype" | "ethertype" => {
-                self.ignore_line(head);
+                self.ignore_line(head, c.pos);
                 return Ok(None);
             }
             _ => return Err(Issue::error(t.span, format!("expected `extended`, `standard` or `remark`, found `{}`", t.text))),
@@ -275,7 +282,7 @@ impl Parser {
                 LoggingCmd::Host { nameif, addr: IpAddr::V4(addr.node), port }
             }
             _ => {
-                self.ignore_line(head);
+                self.ignore_line(head, c.pos.saturating_sub(1));
                 return Ok(None);
             }
         };
@@ -326,7 +333,7 @@ impl Parser {
             return Err(c.missing("a timer name and value"));
         }
         if out.is_empty() {
-            self.ignore_line(head);
+            self.ignore_line(head, 1);
             return Ok(None);
         }
         Ok(Some(ItemKind::Timeout(out)))
@@ -371,7 +378,7 @@ impl Parser {
                         if minimum { SysoptCmd::TcpmssMinimum(v) } else { SysoptCmd::Tcpmss(v) }
                     }
                     _ => {
-                        self.ignore_line(head);
+                        self.ignore_line(head, c.pos.saturating_sub(1));
                         return Ok(None);
                     }
                 }
@@ -386,7 +393,7 @@ impl Parser {
             }
             "noproxyarp" => SysoptCmd::Noproxyarp(c.name("an interface name (nameif)")?),
             _ => {
-                self.ignore_line(head);
+                self.ignore_line(head, c.pos.saturating_sub(1));
                 return Ok(None);
             }
         };
@@ -407,7 +414,7 @@ impl Parser {
             }
             // IKEv1 (`crypto isakmp`, `crypto ikev1`), PKI (`crypto ca`), dynamic maps, ...
             _ => {
-                self.ignore_block(b);
+                self.ignore_block(b, c.pos.saturating_sub(1));
                 Ok(None)
             }
         }
@@ -425,7 +432,7 @@ impl Parser {
                 ItemKind::Ikev2Fragmentation { enabled: false, mtu: None }
             }
             _ if no => {
-                self.ignore_block(b);
+                self.ignore_block(b, c.pos.saturating_sub(1));
                 return Ok(None);
             }
             "policy" => {
@@ -460,7 +467,7 @@ impl Parser {
                 let Some(k) = c.next() else { return Err(c.missing("`max-in-negotiation-sa`")) };
                 if !k.text.eq_ignore_ascii_case("max-in-negotiation-sa") {
                     // `limit max-sa` etc.: session caps holdfast does not enforce yet.
-                    self.ignore_line(&b.head);
+                    self.ignore_line(&b.head, c.pos.saturating_sub(1));
                     return Ok(None);
                 }
                 ItemKind::Ikev2MaxInNegotiation(c.number::<u32>("a number of half-open SAs", 1, 100_000)?)
@@ -473,7 +480,7 @@ impl Parser {
                         mtu = Some(c.number::<u16>("an MTU in bytes", 68, 1500)?);
                     } else {
                         // `preferred-method ietf|cisco`: holdfast always speaks RFC 7383.
-                        self.ignore_line(&b.head);
+                        self.ignore_line(&b.head, c.pos);
                         return Ok(None);
                     }
                 }
@@ -487,7 +494,7 @@ impl Parser {
                 ItemKind::Ikev2Retransmit { base_ms, tries }
             }
             _ => {
-                self.ignore_block(b);
+                self.ignore_block(b, c.pos.saturating_sub(1));
                 return Ok(None);
             }
         };
@@ -517,7 +524,7 @@ impl Parser {
                 c.next();
                 self.no_children(b)?;
                 if !c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("lifetime")) {
-                    self.ignore_block(b); // pmtu-aging, replay window-size: not modelled
+                    self.ignore_block(b, c.pos); // pmtu-aging, replay window-size: not modelled
                     return Ok(None);
                 }
                 c.next();
@@ -526,7 +533,7 @@ impl Parser {
                 Ok(Some(ItemKind::IpsecGlobalLifetime(lt)))
             }
             _ => {
-                self.ignore_block(b);
+                self.ignore_block(b, c.pos);
                 Ok(None)
             }
         }
@@ -545,7 +552,7 @@ impl Parser {
                     0 => TunnelGroupKind::IpsecL2l,
                     1 => TunnelGroupKind::RemoteAccess,
                     _ => {
-                        self.ignore_block(b);
+                        self.ignore_block(b, c.pos.saturating_sub(1));
                         return Ok(None);
                     }
                 };
@@ -567,12 +574,12 @@ impl Parser {
             "general-attributes" => {
                 c.end()?;
                 for l in &b.children {
-                    self.ignore_line(l);
+                    self.ignore_line(l, 0);
                 }
                 Ok(Some(ItemKind::TunnelGroupGeneral { name }))
             }
             _ => {
-                self.ignore_block(b);
+                self.ignore_block(b, c.pos.saturating_sub(1));
                 Ok(None)
             }
         }
@@ -592,7 +599,7 @@ fn crypto_map(p: &mut Parser, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<
     }
     if !t.text.bytes().all(|b| b.is_ascii_digit()) {
         // `crypto map M client ...`, `redundancy`, ...: not modelled.
-        p.ignore_line(head);
+        p.ignore_line(head, c.pos);
         return Ok(None);
     }
     let seq = c.number::<u32>("a sequence number", 1, 65535)?;
@@ -619,7 +626,7 @@ fn crypto_map(p: &mut Parser, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<
                 "ikev2" => {
                     let Some(x) = c.next() else { return Err(c.missing("`ipsec-proposal`")) };
                     if !x.text.eq_ignore_ascii_case("ipsec-proposal") {
-                        p.ignore_line(head); // `set ikev2 pre-shared-key`, `phase1-mode`, ...
+                        p.ignore_line(head, c.pos.saturating_sub(1)); // `set ikev2 pre-shared-key`, `phase1-mode`, ...
                         return Ok(None);
                     }
                     let mut names = Vec::new();
@@ -646,7 +653,7 @@ fn crypto_map(p: &mut Parser, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<
                 "security-association" => {
                     let Some(x) = c.next() else { return Err(c.missing("`lifetime`")) };
                     if !x.text.eq_ignore_ascii_case("lifetime") {
-                        p.ignore_line(head); // `replay window-size`
+                        p.ignore_line(head, c.pos.saturating_sub(1)); // `replay window-size`
                         return Ok(None);
                     }
                     CryptoMapCmd::Lifetime(lifetime(c)?)
@@ -664,14 +671,14 @@ fn crypto_map(p: &mut Parser, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<
                     CryptoMapCmd::ForceUdpEncap
                 }
                 "ikev1" | "reverse-route" | "inheritance" | "trustpoint" | "phase1-mode" | "validation-usage" | "transform-set" => {
-                    p.ignore_line(head);
+                    p.ignore_line(head, c.pos.saturating_sub(1));
                     return Ok(None);
                 }
                 other => return Err(Issue::error(s.span, format!("unknown crypto map setting `{other}`"))),
             }
         }
         "ipsec-isakmp" => {
-            p.ignore_line(head); // `ipsec-isakmp dynamic DYN`: dynamic maps are remote access
+            p.ignore_line(head, c.pos.saturating_sub(1)); // `ipsec-isakmp dynamic DYN`: dynamic maps are remote access
             return Ok(None);
         }
         other => return Err(Issue::error(k.span, format!("expected `match address` or `set`, found `{other}`"))),
@@ -762,7 +769,7 @@ fn tg_ipsec_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgIpsecCmd>> {
                 "remote-authentication" => true,
                 "local-authentication" => false,
                 _ => {
-                    p.ignore_line(l);
+                    p.ignore_line(l, c.pos.saturating_sub(1));
                     return Ok(None);
                 }
             };
@@ -794,7 +801,7 @@ fn tg_ipsec_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgIpsecCmd>> {
         }
         _ => {
             // ikev1 pre-shared-key, peer-id-validate, chain, ...
-            p.ignore_line(l);
+            p.ignore_line(l, c.pos.saturating_sub(1));
             return Ok(None);
         }
     };
@@ -1169,6 +1176,9 @@ fn lower(s: &str) -> String {
 
 fn hms(t: &Token<'_>) -> R<Duration> {
     let bad = || Issue::error(t.span, format!("expected a time as hh:mm:ss, found `{}`", t.text));
+    if t.text == "0" {
+        return Ok(Duration::ZERO);
+    }
     let parts: Vec<&str> = t.text.split(':').collect();
     if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || p.len() > 4 || !p.bytes().all(|b| b.is_ascii_digit())) {
         return Err(bad());
