@@ -158,6 +158,8 @@ struct IkeSa {
     rekey_at: Option<Instant>,
     deadline: Option<Instant>,
     reasm: Option<Reassembly>,
+    /// A duplicate IKE SA the peer is expected to delete; removed locally at this time.
+    redundant_at: Option<Instant>,
     dead: bool,
 }
 
@@ -420,6 +422,7 @@ impl Endpoint {
         for sa in self.sas.values() {
             consider(sa.out.as_ref().map(|o| o.next), TimerReason::Retransmit);
             consider(sa.deadline, TimerReason::HalfOpenTimeout);
+            consider(sa.redundant_at, TimerReason::Expire);
             if sa.is_up() {
                 consider(sa.rekey_at, TimerReason::RekeyIke);
                 if sa.out.is_none() && sa.queue.is_empty() {
@@ -574,7 +577,9 @@ impl Endpoint {
     /// when forced, unless NAT-T is disabled for the tunnel.
     fn use_udp(&self, sa: &IkeSa) -> bool {
         let t = &self.tunnels[sa.tunnel];
-        !t.nat_t_disable && (sa.nat_local || sa.nat_remote || t.force_udp_encap)
+        // A peer that moved IKE to 4500 without NAT forces encapsulation on its side
+        // (RFC 3948 §2.3 lets either side use it), so we follow.
+        !t.nat_t_disable && (sa.nat_local || sa.nat_remote || t.force_udp_encap || sa.path.local.port() == 4500)
     }
 
     fn encap(&self, sa: &IkeSa) -> esp::Encap {
@@ -805,6 +810,11 @@ impl Endpoint {
                 return;
             }
         }
+        if sa.redundant_at.is_some_and(|t| t <= now) {
+            sa.redundant_at = None;
+            self.kill(now, sa, DownReason::Redundant, false);
+            return;
+        }
         if !sa.is_up() {
             return;
         }
@@ -890,6 +900,7 @@ impl Endpoint {
             rekey_at: None,
             deadline: None,
             reasm: None,
+            redundant_at: None,
             dead: false,
         };
         if self.send_init(now, &mut sa, group, None, 0).is_err() {
@@ -1154,6 +1165,7 @@ impl Endpoint {
             rekey_at: None,
             deadline: Some(now + HALF_OPEN_TIMEOUT),
             reasm: None,
+            redundant_at: None,
             dead: false,
         };
         let local = SocketAddr::new(self.local_ip(idx, &path), path.local.port());
@@ -1421,6 +1433,7 @@ impl Endpoint {
                 self.send_response(sa, ExchangeType::IkeAuth, mid, &[idr, authp, Payload::notify(nt, &nd)]);
             }
         }
+        self.resolve_duplicates(now, sa);
         Ok(())
     }
 
@@ -1455,7 +1468,52 @@ impl Endpoint {
         if let Err(reason) = self.initiator_child(now, sa, ps, None, child_spi, &ni, &nr, None, hdr.message_id) {
             self.events.push_back(Event::ChildSaFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason });
         }
+        self.resolve_duplicates(now, sa);
         Ok(())
+    }
+
+    /// Both gateways initiated at once (both tunnels are bidirectional): two IKE SAs for one
+    /// tunnel. Both sides keep the SA initiated by the lower address; the initiator of the other
+    /// deletes it (like a §2.8.1 collision, but decided without nonces since the exchanges are
+    /// independent).
+    fn resolve_duplicates(&mut self, now: Instant, sa: &mut IkeSa) {
+        let lower_is_us = self.tunnels[sa.tunnel].local_addr < sa.path.remote.ip();
+        for spi in self.spis() {
+            let Some(mut other) = self.sas.remove(&spi) else { continue };
+            if other.tunnel == sa.tunnel
+                && !other.dead
+                && other.initiator != sa.initiator
+                && !matches!(other.state, State::Deleting | State::Rekeyed)
+            {
+                // The SA we initiated survives iff we have the lower address.
+                let ours_survives = lower_is_us;
+                let loser_is_other = other.initiator != ours_survives;
+                if loser_is_other {
+                    self.drop_redundant(now, &mut other);
+                } else {
+                    self.drop_redundant(now, sa);
+                }
+            }
+            self.put_back(other);
+        }
+    }
+
+    fn drop_redundant(&mut self, now: Instant, x: &mut IkeSa) {
+        match (x.initiator, x.state) {
+            (true, State::Established) => {
+                self.report_down(x, DownReason::Redundant);
+                x.state = State::Deleting;
+                x.queue.clear();
+                x.queue.push_back(Req::DeleteIke);
+                self.pump(now, x);
+            }
+            (true, State::InitSent | State::AuthSent) => {
+                x.dead = true;
+                x.out = None;
+            }
+            (false, State::Established) => x.redundant_at = Some(now + REKEYED_GRACE),
+            _ => {}
+        }
     }
 
     /// Responder side of a CHILD_SA (IKE_AUTH or CREATE_CHILD_SA). Returns the choice, our
@@ -1646,14 +1704,6 @@ impl Endpoint {
         } else {
             let d = Payload::Delete(Delete { protocol: ProtocolId::Esp, spi_size: 4, spis: ours.iter().map(|b| &b[..]).collect() });
             self.send_response(sa, ExchangeType::Informational, mid, &[d]);
-        }
-        // A tunnel we initiate keeps a CHILD_SA: if the peer deleted the last one, make another.
-        if sa.is_up()
-            && !sa.children.iter().any(|c| !c.reported_down)
-            && self.tunnels[sa.tunnel].connection_type != ConnectionType::AnswerOnly
-            && !sa.queue.iter().any(|r| matches!(r, Req::Child(None)))
-        {
-            sa.queue.push_back(Req::Child(None));
         }
         Ok(())
     }
@@ -1985,6 +2035,7 @@ impl Endpoint {
             rekey_at,
             deadline: None,
             reasm: None,
+            redundant_at: None,
             dead: false,
         };
         let t = &self.tunnels[old.tunnel];

@@ -45,8 +45,6 @@ pub(crate) enum ReqError {
     ChildNotFound,
     #[error("temporary failure")]
     Temporary,
-    #[error("no additional SAs")]
-    NoAdditional,
     #[error("unsupported critical payload {0}")]
     Critical(u8),
     #[error("crypto: {0}")]
@@ -64,7 +62,6 @@ impl ReqError {
             ReqError::Ts => (NotifyType::TsUnacceptable, Vec::new()),
             ReqError::ChildNotFound => (NotifyType::ChildSaNotFound, Vec::new()),
             ReqError::Temporary => (NotifyType::TemporaryFailure, Vec::new()),
-            ReqError::NoAdditional => (NotifyType::NoAdditionalSas, Vec::new()),
             ReqError::Critical(t) => (NotifyType::UnsupportedCriticalPayload, vec![*t]),
             // Do not tell an attacker which computation failed.
             ReqError::Crypto(_) => (NotifyType::InvalidSyntax, Vec::new()),

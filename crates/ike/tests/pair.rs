@@ -1,0 +1,542 @@
+//! Two endpoints (holdfast <-> holdfast) exchanging datagrams in memory with a virtual clock.
+
+use ike::{ChildSaUp, Command, DownReason, Endpoint, Event, Path, Transmit};
+use policy::*;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const A: &str = "192.0.2.1";
+const B: &str = "192.0.2.2";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn net(s: &str, l: u8) -> TrafficSelector {
+    TrafficSelector::from_net(Ipv4Net::new(s.parse().unwrap(), l), None)
+}
+
+#[derive(Clone)]
+struct Algs {
+    ike_enc: Vec<Encryption>,
+    ike_integ: Vec<Integrity>,
+    groups: Vec<DhGroup>,
+    esp_enc: Vec<Encryption>,
+    esp_integ: Vec<Integrity>,
+}
+
+fn gcm_x25519() -> Algs {
+    Algs {
+        ike_enc: vec![Encryption::AesGcm256],
+        ike_integ: vec![Integrity::Null],
+        groups: vec![DhGroup::Curve25519],
+        esp_enc: vec![Encryption::AesGcm256],
+        esp_integ: vec![],
+    }
+}
+
+fn cbc_modp() -> Algs {
+    Algs {
+        ike_enc: vec![Encryption::AesCbc256],
+        ike_integ: vec![Integrity::Sha256],
+        groups: vec![DhGroup::Modp2048],
+        esp_enc: vec![Encryption::AesCbc256],
+        esp_integ: vec![Integrity::Sha256],
+    }
+}
+
+fn tunnel(local: &str, peer: &str, lnet: &str, rnet: &str, a: &Algs) -> TunnelPolicy {
+    TunnelPolicy {
+        name: format!("MAP:{peer}"),
+        local_addr: ip(local),
+        peer_addr: ip(peer),
+        outside_ifname: "out".into(),
+        local_ts: vec![net(lnet, 24)],
+        remote_ts: vec![net(rnet, 24)],
+        ike_policies: vec![Ikev2Policy {
+            priority: 10,
+            encryption: a.ike_enc.clone(),
+            integrity: a.ike_integ.clone(),
+            groups: a.groups.clone(),
+            prf: vec![Prf::Sha256],
+            lifetime: Some(Duration::from_secs(86400)),
+        }],
+        esp_proposals: vec![IpsecProposal { name: "P1".into(), encryption: a.esp_enc.clone(), integrity: a.esp_integ.clone() }],
+        pfs: None,
+        child_lifetime: Duration::from_secs(3600),
+        child_lifetime_kilobytes: None,
+        local_psk: Secret("s3cret".into()),
+        remote_psk: Secret("s3cret".into()),
+        dpd: Some(Dpd { threshold: Duration::from_secs(10), retry: Duration::from_secs(2) }),
+        nat_t_disable: false,
+        force_udp_encap: false,
+        connection_type: ConnectionType::Bidirectional,
+    }
+}
+
+fn globals() -> Ikev2Globals {
+    Ikev2Globals { retransmit_base: Duration::from_millis(500), retransmit_tries: 3, ..Default::default() }
+}
+
+struct Net {
+    now: Instant,
+    eps: HashMap<IpAddr, Endpoint>,
+    events: HashMap<IpAddr, Vec<Event>>,
+    /// Packets from this address are dropped (a dead or partitioned peer).
+    down: Vec<IpAddr>,
+    log: Vec<(IpAddr, Transmit)>,
+    seed: u64,
+}
+
+impl Net {
+    fn new(ta: TunnelPolicy, tb: TunnelPolicy, ga: Ikev2Globals, gb: Ikev2Globals) -> Self {
+        let mut eps = HashMap::new();
+        eps.insert(ip(A), Endpoint::new(vec![ta], ga, Box::new(crypto::SeededRandom::new(1))));
+        eps.insert(ip(B), Endpoint::new(vec![tb], gb, Box::new(crypto::SeededRandom::new(2))));
+        Self { now: Instant::now(), eps, events: HashMap::new(), down: vec![], log: vec![], seed: 3 }
+    }
+
+    fn pair(a: &Algs) -> Self {
+        Self::new(tunnel(A, B, "10.1.0.0", "10.2.0.0", a), tunnel(B, A, "10.2.0.0", "10.1.0.0", a), globals(), globals())
+    }
+
+    fn restart(&mut self, who: &str, t: TunnelPolicy) {
+        self.seed += 1;
+        self.eps.insert(ip(who), Endpoint::new(vec![t], globals(), Box::new(crypto::SeededRandom::new(self.seed))));
+    }
+
+    fn cmd(&mut self, who: &str, c: Command) {
+        let now = self.now;
+        self.eps.get_mut(&ip(who)).unwrap().handle_command(now, c);
+        self.run();
+    }
+
+    /// Delivers everything in flight until quiet.
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let keys: Vec<IpAddr> = self.eps.keys().copied().collect();
+            for k in keys {
+                let ep = self.eps.get_mut(&k).unwrap();
+                let mut out = Vec::new();
+                while let Some(t) = ep.poll_transmit() {
+                    out.push(t);
+                }
+                while let Some(e) = ep.poll_event() {
+                    self.events.entry(k).or_default().push(e);
+                }
+                for t in out {
+                    moved = true;
+                    self.log.push((k, t.clone()));
+                    if self.down.contains(&k) || self.down.contains(&t.path.remote.ip()) {
+                        continue;
+                    }
+                    assert_eq!(t.path.local.ip(), k, "sent from the tunnel's address");
+                    if let Some(dst) = self.eps.get_mut(&t.path.remote.ip()) {
+                        let p = Path { local: t.path.remote, remote: t.path.local };
+                        let _ = dst.handle_datagram(self.now, p, &t.data);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    /// Advances the virtual clock, firing timers on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = self.eps.values().filter_map(|e| e.poll_timeout()).map(|(t, _)| t).min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for e in self.eps.values_mut() {
+                        if e.poll_timeout().is_some_and(|(t, _)| t <= now) {
+                            e.handle_timeout(now);
+                        }
+                    }
+                    self.run();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        self.run();
+    }
+
+    fn ev(&self, who: &str) -> Vec<Event> {
+        self.events.get(&ip(who)).cloned().unwrap_or_default()
+    }
+
+    fn ups(&self, who: &str) -> Vec<ChildSaUp> {
+        self.ev(who)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ChildSaUp(u) => Some(u),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn downs(&self, who: &str) -> Vec<(u32, DownReason)> {
+        self.ev(who)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::ChildSaDown { spi_in, reason, .. } => Some((spi_in, reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Child SAs that were announced up and not down.
+    fn live(&self, who: &str) -> Vec<ChildSaUp> {
+        let downs: Vec<u32> = self.downs(who).into_iter().map(|d| d.0).collect();
+        self.ups(who).into_iter().filter(|u| !downs.contains(&u.inbound.spi)).collect()
+    }
+
+    fn clear_events(&mut self) {
+        self.events.clear();
+    }
+}
+
+fn assert_matching(n: &Net) {
+    let a = n.live(A);
+    let b = n.live(B);
+    assert!(!a.is_empty(), "A has a CHILD_SA: {:?}", n.ev(A));
+    for x in &a {
+        let peer = b.iter().find(|y| y.inbound.spi == x.outbound.spi).expect("peer has the matching inbound SA");
+        assert_eq!(x.outbound, peer.inbound, "A->B keys");
+        assert_eq!(x.inbound, peer.outbound, "B->A keys");
+        assert_eq!(x.local_ts, peer.remote_ts);
+        assert_eq!(x.remote_ts, peer.local_ts);
+        assert_eq!(x.encap, peer.encap);
+    }
+}
+
+fn up_pair(a: &Algs) -> Net {
+    let mut n = Net::pair(a);
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    n
+}
+
+#[test]
+fn gcm_x25519_comes_up_with_matching_keys() {
+    let n = up_pair(&gcm_x25519());
+    assert_matching(&n);
+    let u = &n.live(A)[0];
+    assert_eq!(u.outbound.encryption, Encryption::AesGcm256);
+    assert_eq!(u.outbound.enc_key.len(), 36, "GCM key || 4-byte salt");
+    assert!(u.initiator);
+    assert_eq!(u.encap, esp::Encap::Native, "no NAT, not forced");
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::IkeSaUp { initiator: true, .. })));
+    assert!(n.ev(B).iter().any(|e| matches!(e, Event::IkeSaUp { initiator: false, .. })));
+    let sas = n.eps[&ip(A)].ike_sas();
+    assert_eq!(sas.len(), 1);
+    assert_eq!(sas[0].status, ike::IkeStatus::Ready);
+    assert_eq!(sas[0].suite.unwrap().dh, DhGroup::Curve25519);
+    assert_eq!(n.eps[&ip(B)].child_sas().len(), 1);
+}
+
+#[test]
+fn cbc_sha256_modp2048_comes_up_with_matching_keys() {
+    let n = up_pair(&cbc_modp());
+    assert_matching(&n);
+    let u = &n.live(A)[0];
+    assert_eq!((u.outbound.encryption, u.outbound.integrity), (Encryption::AesCbc256, Integrity::Sha256));
+    assert_eq!((u.outbound.enc_key.len(), u.outbound.integ_key.len()), (32, 32));
+    assert_ne!(u.outbound.enc_key, u.inbound.enc_key);
+}
+
+#[test]
+fn forced_udp_encap_floats_to_4500() {
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    ta.force_udp_encap = true;
+    let tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert_matching(&n);
+    // IKE_SA_INIT on 500, IKE_AUTH on 4500.
+    assert_eq!(n.log[0].1.path.local.port(), 500);
+    assert!(n.log.iter().skip(2).all(|(_, t)| t.path.local.port() == 4500 && t.path.remote.port() == 4500));
+    let u = &n.live(A)[0];
+    assert_eq!(u.encap, esp::Encap::Udp { local_port: 4500, remote_port: 4500 });
+    // The responder follows the initiator to 4500 (RFC 7296 §2.23).
+    assert_eq!(n.live(B)[0].encap, esp::Encap::Udp { local_port: 4500, remote_port: 4500 });
+}
+
+#[test]
+fn invalid_ke_retry_with_requested_group() {
+    let mut aa = gcm_x25519();
+    aa.groups = vec![DhGroup::Ecp256, DhGroup::Curve25519];
+    let ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &aa);
+    let tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert_matching(&n);
+    assert_eq!(n.eps[&ip(A)].ike_sas()[0].suite.unwrap().dh, DhGroup::Curve25519);
+    let first = wire::ike::Message::parse(&n.log[1].1.data).unwrap();
+    assert!(first.notifies().any(|x| x.ty == wire::ike::NotifyType::InvalidKePayload));
+}
+
+#[test]
+fn no_proposal_chosen_fails_and_retries() {
+    let ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    let tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &cbc_modp());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::IkeNegotiationFailed { .. })));
+    assert!(n.ups(A).is_empty());
+    let resp = wire::ike::Message::parse(&n.log[1].1.data).unwrap();
+    assert!(resp.notifies().any(|x| x.ty == wire::ike::NotifyType::NoProposalChosen));
+    // The initiator tries again after a short backoff.
+    let sent = n.log.len();
+    n.advance(Duration::from_secs(2));
+    assert!(n.log.len() > sent);
+}
+
+#[test]
+fn psk_mismatch_fails_authentication() {
+    let ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    tb.remote_psk = Secret("other".into());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert!(n.ups(A).is_empty() && n.ups(B).is_empty());
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::IkeNegotiationFailed { .. })));
+    assert!(n.eps[&ip(B)].ike_sas().is_empty(), "responder dropped the half-open SA");
+}
+
+#[test]
+fn responder_narrows_traffic_selectors() {
+    let ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    // A proposes /24s; B only allows a /25 of each side.
+    tb.local_ts = vec![TrafficSelector::from_net(Ipv4Net::new("10.2.0.0".parse().unwrap(), 25), None)];
+    tb.remote_ts = vec![TrafficSelector::from_net(Ipv4Net::new("10.1.0.128".parse().unwrap(), 25), None)];
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert_matching(&n);
+    let u = &n.live(A)[0];
+    assert_eq!(u.local_ts[0].start_addr, "10.1.0.128".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(u.remote_ts[0].end_addr, "10.2.0.127".parse::<std::net::Ipv4Addr>().unwrap());
+}
+
+#[test]
+fn disjoint_selectors_give_ts_unacceptable() {
+    let ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    let tb = tunnel(B, A, "10.9.0.0", "10.1.0.0", &gcm_x25519());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::IkeSaUp { .. })), "IKE SA still comes up");
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::ChildSaFailed { reason, .. } if reason.contains("TsUnacceptable"))));
+    assert!(n.ups(A).is_empty());
+}
+
+#[test]
+fn cookies_demanded_over_threshold() {
+    let g = Ikev2Globals { cookie_challenge_percent: 0, ..globals() };
+    let mut n = Net::new(tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519()), tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519()), globals(), g);
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert_matching(&n);
+    let second = wire::ike::Message::parse(&n.log[1].1.data).unwrap();
+    assert!(second.notifies().any(|x| x.ty == wire::ike::NotifyType::Cookie));
+    let third = wire::ike::Message::parse(&n.log[2].1.data).unwrap();
+    assert!(matches!(&third.payloads[0], wire::ike::Payload::Notify(x) if x.ty == wire::ike::NotifyType::Cookie));
+}
+
+#[test]
+fn fragmentation_when_over_mtu() {
+    let g = Ikev2Globals { fragmentation_mtu: Some(200), ..globals() };
+    let mut n = Net::new(tunnel(A, B, "10.1.0.0", "10.2.0.0", &cbc_modp()), tunnel(B, A, "10.2.0.0", "10.1.0.0", &cbc_modp()), g.clone(), g);
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert_matching(&n);
+    let frags = n
+        .log
+        .iter()
+        .filter(|(_, t)| wire::ike::Message::parse(&t.data).is_ok_and(|m| m.header.next_payload == wire::ike::PayloadType::Skf))
+        .count();
+    assert!(frags >= 2, "IKE_AUTH went out in fragments");
+    assert!(n.log.iter().skip(2).all(|(_, t)| t.data.len() + 28 <= 200));
+}
+
+#[test]
+fn retransmission_and_duplicate_request_gets_cached_response() {
+    let mut n = up_pair(&gcm_x25519());
+    // Replay B's view: send A's last request again; B must answer with the identical response.
+    let (idx, req) = n.log.iter().enumerate().find(|(_, (from, t))| *from == ip(A) && wire::ike::Message::parse(&t.data).is_ok_and(|m| m.header.exchange == wire::ike::ExchangeType::IkeAuth)).map(|(i, x)| (i, x.1.clone())).unwrap();
+    let resp = n.log[idx + 1].1.clone();
+    let now = n.now;
+    let p = Path { local: req.path.remote, remote: req.path.local };
+    n.eps.get_mut(&ip(B)).unwrap().handle_datagram(now, p, &req.data).unwrap();
+    let again = n.eps.get_mut(&ip(B)).unwrap().poll_transmit().unwrap();
+    assert_eq!(again.data, resp.data);
+    // No new SA was created by the duplicate.
+    assert_eq!(n.eps[&ip(B)].child_sas().len(), 1);
+}
+
+#[test]
+fn dead_peer_detected_and_reinitiated() {
+    let mut n = up_pair(&gcm_x25519());
+    n.down.push(ip(B));
+    n.clear_events();
+    // threshold 10 s, then retries every 2 s, 3 tries.
+    n.advance(Duration::from_secs(30));
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::IkeSaDown { reason: DownReason::PeerDead, .. })), "{:?}", n.ev(A));
+    assert!(n.downs(A).iter().any(|d| d.1 == DownReason::PeerDead));
+    // B comes back with its state intact; A re-initiates on its own.
+    n.down.clear();
+    n.advance(Duration::from_secs(10));
+    assert!(n.live(A).len() == 1, "{:?}", n.ev(A));
+}
+
+#[test]
+fn peer_restart_initial_contact_replaces_old_sas() {
+    let mut n = up_pair(&gcm_x25519());
+    let old_spi = n.live(A)[0].inbound.spi;
+    n.clear_events();
+    n.restart(B, tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519()));
+    let t0 = n.now;
+    n.cmd(B, Command::Initiate { tunnel: format!("MAP:{A}") });
+    n.advance(Duration::from_secs(1));
+    assert!(n.downs(A).iter().any(|d| d.0 == old_spi && d.1 == DownReason::PeerRestarted), "{:?}", n.ev(A));
+    assert_matching(&n);
+    assert!(n.now - t0 < Duration::from_secs(10));
+    assert_eq!(n.eps[&ip(A)].ike_sas().len(), 1);
+}
+
+#[test]
+fn clear_ike_sa_deletes_on_both_sides_and_comes_back() {
+    let mut n = up_pair(&gcm_x25519());
+    n.clear_events();
+    n.cmd(A, Command::ClearIkeSa { peer: Some(ip(B)) });
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::IkeSaDown { reason: DownReason::Cleared, .. })));
+    assert!(n.ev(B).iter().any(|e| matches!(e, Event::IkeSaDown { reason: DownReason::PeerDeleted, .. })));
+    assert!(n.downs(B).iter().any(|d| d.1 == DownReason::PeerDeleted));
+    n.advance(Duration::from_secs(5));
+    assert_matching(&n);
+}
+
+#[test]
+fn clear_child_sas_deletes_and_recreates() {
+    let mut n = up_pair(&cbc_modp());
+    let old = n.live(A)[0].inbound.spi;
+    n.cmd(A, Command::ClearChildSas { peer: None });
+    assert!(n.downs(A).iter().any(|d| d.0 == old && d.1 == DownReason::Cleared));
+    assert!(n.downs(B).iter().any(|d| d.1 == DownReason::PeerDeleted));
+    assert_matching(&n);
+    assert_eq!(n.live(A).len(), 1);
+    assert_ne!(n.live(A)[0].inbound.spi, old);
+}
+
+fn short_lifetimes(pfs: Option<DhGroup>) -> Net {
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    for t in [&mut ta, &mut tb] {
+        t.child_lifetime = Duration::from_secs(60);
+        t.pfs = pfs;
+        t.ike_policies[0].groups = vec![DhGroup::Curve25519, DhGroup::Ecp256];
+        t.ike_policies[0].lifetime = Some(Duration::from_secs(100));
+    }
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    n
+}
+
+#[test]
+fn child_rekey_with_pfs_replaces_sa_without_gap() {
+    let mut n = short_lifetimes(Some(DhGroup::Ecp256));
+    let first = n.live(A)[0].clone();
+    n.advance(Duration::from_secs(58));
+    let ups = n.ups(A);
+    let rekeyed: Vec<_> = ups.iter().filter(|u| u.replaces_spi_in == Some(first.inbound.spi)).collect();
+    assert_eq!(rekeyed.len(), 1, "{:?}", n.ev(A));
+    assert!(n.downs(A).iter().any(|d| d.0 == first.inbound.spi && d.1 == DownReason::Rekeyed));
+    assert_matching(&n);
+    // Up for the new SA comes before Down for the old one.
+    let ev = n.ev(A);
+    let up_pos = ev.iter().position(|e| matches!(e, Event::ChildSaUp(u) if u.replaces_spi_in == Some(first.inbound.spi))).unwrap();
+    let down_pos = ev.iter().position(|e| matches!(e, Event::ChildSaDown { spi_in, .. } if *spi_in == first.inbound.spi)).unwrap();
+    assert!(up_pos < down_pos);
+    assert_ne!(rekeyed[0].outbound.enc_key, first.outbound.enc_key);
+}
+
+#[test]
+fn many_rekeys_keep_one_live_child() {
+    let mut n = short_lifetimes(None);
+    n.advance(Duration::from_secs(600));
+    assert_matching(&n);
+    assert_eq!(n.live(A).len(), 1, "{:?}", n.live(A).iter().map(|u| u.inbound.spi).collect::<Vec<_>>());
+    assert_eq!(n.live(B).len(), 1);
+    // IKE SA rekeyed several times, never went down.
+    assert!(n.ev(A).iter().filter(|e| matches!(e, Event::IkeSaRekeyed { .. })).count() >= 3);
+    assert!(!n.ev(A).iter().any(|e| matches!(e, Event::IkeSaDown { .. })));
+    assert_eq!(n.eps[&ip(A)].ike_sas().len(), 1);
+    assert_eq!(n.eps[&ip(B)].ike_sas().len(), 1);
+}
+
+#[test]
+fn kilobyte_lifetime_triggers_rekey() {
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    ta.child_lifetime_kilobytes = Some(1000);
+    let tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    let spi = n.live(A)[0].inbound.spi;
+    n.cmd(A, Command::ChildSaBytes { spi_in: spi, bytes: 950 * 1024 });
+    assert!(n.ups(A).iter().any(|u| u.replaces_spi_in == Some(spi)));
+    assert_matching(&n);
+}
+
+#[test]
+fn simultaneous_child_rekey_leaves_one_sa() {
+    // Both sides cross their kilobyte soft limit at once and rekey before seeing the other's request.
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    ta.child_lifetime_kilobytes = Some(10);
+    tb.child_lifetime_kilobytes = Some(10);
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    let a_spi = n.live(A)[0].inbound.spi;
+    let b_spi = n.live(B)[0].inbound.spi;
+    let now = n.now;
+    n.eps.get_mut(&ip(A)).unwrap().handle_command(now, Command::ChildSaBytes { spi_in: a_spi, bytes: 20 * 1024 });
+    n.eps.get_mut(&ip(B)).unwrap().handle_command(now, Command::ChildSaBytes { spi_in: b_spi, bytes: 20 * 1024 });
+    n.run();
+    n.advance(Duration::from_secs(30));
+    assert_matching(&n);
+    assert_eq!(n.live(A).len(), 1, "A: {:?}", n.ev(A));
+    assert_eq!(n.live(B).len(), 1, "B: {:?}", n.ev(B));
+    assert_eq!(n.eps[&ip(A)].child_sas().len(), 1);
+    assert_eq!(n.eps[&ip(B)].child_sas().len(), 1);
+}
+
+#[test]
+fn garbage_never_panics_the_engine() {
+    let mut n = up_pair(&gcm_x25519());
+    let mut rng = 12345u64;
+    let msgs: Vec<Vec<u8>> = n.log.iter().map(|(_, t)| t.data.clone()).collect();
+    let ep = n.eps.get_mut(&ip(B)).unwrap();
+    let p = Path { local: SocketAddr::new(ip(B), 4500), remote: SocketAddr::new(ip(A), 4500) };
+    for i in 0..20000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let mut m = msgs[i % msgs.len()].clone();
+        let flips = 1 + (rng % 4) as usize;
+        for k in 0..flips {
+            let pos = ((rng >> (8 * k)) as usize) % m.len();
+            m[pos] ^= (rng >> 32) as u8 | 1;
+        }
+        if rng % 7 == 0 {
+            m.truncate((rng as usize >> 5) % (m.len() + 1));
+        }
+        let _ = ep.handle_datagram(n.now, p, &m);
+        while ep.poll_transmit().is_some() {}
+    }
+    let _ = ep.handle_datagram(n.now, p, &[]);
+}
