@@ -55,7 +55,7 @@ struct IkePolicyAcc {
     integrity: Option<(Vec<Integrity>, Span)>,
     groups: Option<Vec<policy::DhGroup>>,
     prf: Option<Vec<Prf>>,
-    lifetime: Option<Option<Duration>>,
+    lifetime: Option<(Option<Duration>, Span)>,
 }
 
 #[derive(Default)]
@@ -142,6 +142,13 @@ impl<'a> Lowerer<'a> {
                 for cmd in body {
                     match &cmd.node {
                         IfaceCmd::Nameif(n) => {
+                            // ASA: naming an interface sets its security level unless one is
+                            // configured: 100 for `inside`, 0 for any other name.
+                            if let Some(n) = n {
+                                if cfg.interfaces[idx].security_level.is_none() && !dup_nameif(&cfg.interfaces, idx, &n.node) {
+                                    cfg.interfaces[idx].security_level = Some(if n.node == "inside" { 100 } else { 0 });
+                                }
+                            }
                             if let Some(n) = n {
                                 let dup = cfg.interfaces.iter().enumerate().find(|(i, x)| *i != idx && x.nameif.as_deref() == Some(n.node.as_str()));
                                 if let Some((_, other)) = dup {
@@ -245,11 +252,12 @@ impl<'a> Lowerer<'a> {
                 let acc = self.ike.entry(priority.node).or_insert_with(|| IkePolicyAcc { span: item.span, ..Default::default() });
                 for cmd in body {
                     match &cmd.node {
-                        IkePolicyCmd::Encryption(v) => acc.encryption = Some((v.clone(), cmd.span)),
-                        IkePolicyCmd::Integrity(v) => acc.integrity = Some((v.clone(), cmd.span)),
-                        IkePolicyCmd::Group(v) => acc.groups = Some(v.clone()),
-                        IkePolicyCmd::Prf(v) => acc.prf = Some(v.clone()),
-                        IkePolicyCmd::Lifetime(v) => acc.lifetime = Some(*v),
+                        IkePolicyCmd::Encryption(v) if !v.is_empty() => acc.encryption = Some((v.clone(), cmd.span)),
+                        IkePolicyCmd::Integrity(v) if !v.is_empty() => acc.integrity = Some((v.clone(), cmd.span)),
+                        IkePolicyCmd::Group(v) if !v.is_empty() => acc.groups = Some(v.clone()),
+                        IkePolicyCmd::Prf(v) if !v.is_empty() => acc.prf = Some(v.clone()),
+                        IkePolicyCmd::Lifetime(v) => acc.lifetime = Some((*v, cmd.span)),
+                        IkePolicyCmd::Encryption(_) | IkePolicyCmd::Integrity(_) | IkePolicyCmd::Group(_) | IkePolicyCmd::Prf(_) => {}
                     }
                 }
             }
@@ -287,8 +295,9 @@ impl<'a> Lowerer<'a> {
                 let acc = &mut self.proposals[idx].1;
                 for cmd in body {
                     match &cmd.node {
-                        ProposalCmd::Encryption(v) => acc.encryption = Some(v.clone()),
-                        ProposalCmd::Integrity(v) => acc.integrity = Some((v.clone(), cmd.span)),
+                        ProposalCmd::Encryption(v) if !v.is_empty() => acc.encryption = Some(v.clone()),
+                        ProposalCmd::Integrity(v) if !v.is_empty() => acc.integrity = Some((v.clone(), cmd.span)),
+                        ProposalCmd::Encryption(_) | ProposalCmd::Integrity(_) => {}
                     }
                 }
             }
@@ -441,13 +450,18 @@ impl<'a> Lowerer<'a> {
                     p
                 }
             };
+            if let Some((None, span)) = acc.lifetime {
+                // asa.md §1: a never-expiring IKE SA is Cisco's workaround for flow loss, at the
+                // cost of never renewing the IKE keys. holdfast keeps flows without it.
+                self.issues.push(Issue::warning(span, "`lifetime none`: the IKE SA is never rekeyed, so its keys are never renewed; prefer `lifetime seconds 86400` (flows survive rekeys and tunnel drops with `sysopt connection preserve-vpn-flows`)"));
+            }
             out.push(Ikev2Policy {
                 priority: *prio,
                 encryption,
                 integrity,
                 groups,
                 prf,
-                lifetime: acc.lifetime.unwrap_or(Some(DEFAULT_IKE_LIFETIME)),
+                lifetime: acc.lifetime.map_or(Some(DEFAULT_IKE_LIFETIME), |(l, _)| l),
             });
         }
         self.cfg.ikev2_policies = out;
@@ -636,6 +650,10 @@ impl<'a> Lowerer<'a> {
             self.issues.push(Issue::error(span, format!("crypto map {map} {seq}: {what}")));
         }
     }
+}
+
+fn dup_nameif(ifaces: &[Interface], idx: usize, nameif: &str) -> bool {
+    ifaces.iter().enumerate().any(|(i, x)| i != idx && x.nameif.as_deref() == Some(nameif))
 }
 
 fn prf_of(i: Integrity) -> Option<Prf> {

@@ -414,8 +414,58 @@ impl Parser {
             }
             // IKEv1 (`crypto isakmp`, `crypto ikev1`), PKI (`crypto ca`), dynamic maps, ...
             _ => {
+                self.refuse_weak_ikev1(b);
                 self.ignore_block(b, c.pos.saturating_sub(1));
                 Ok(None)
+            }
+        }
+    }
+
+    /// holdfast does not run IKEv1, but a pasted configuration that still carries DES, 3DES, MD5
+    /// or DH group 1/2/5 in its IKEv1 policies or transform sets is refused, not silently
+    /// ignored: the operator should see that the peer side is (or was) configured insecurely.
+    fn refuse_weak_ikev1(&mut self, b: &Block<'_>) {
+        let words: Vec<String> = b.head.tokens.iter().take(4).map(|t| lower(t.text)).collect();
+        let w = |i: usize| words.get(i).map_or("", String::as_str);
+        let note = "; holdfast runs IKEv2 only, so delete this IKEv1 line";
+        if matches!(w(1), "ikev1" | "isakmp") && w(2) == "policy" {
+            for l in &b.children {
+                let Some(first) = l.tokens.first() else { continue };
+                let args = &l.tokens[1..];
+                let kw = lower(first.text);
+                for t in args {
+                    let e = match (kw.as_str(), lower(t.text).as_str()) {
+                        ("encryption", "des") => Some(refuse_des(t)),
+                        ("encryption", "3des") => Some(refuse_3des(t)),
+                        ("hash", "md5") => Some(Issue::error(t.span, "MD5 is refused as insecure; use sha256")),
+                        ("group", n @ ("1" | "2" | "5")) => dh_group(n, t.span, "group 19 or group 14").err(),
+                        _ => None,
+                    };
+                    if let Some(mut e) = e {
+                        e.message.push_str(note);
+                        self.issues.push(e);
+                    }
+                }
+            }
+        }
+        let ts_at = match (w(1), w(2), w(3)) {
+            ("ipsec", "ikev1", "transform-set") => Some(5),
+            ("ipsec", "transform-set", _) => Some(4),
+            _ => None,
+        };
+        if let Some(start) = ts_at {
+            for t in b.head.tokens.iter().skip(start) {
+                let e = match lower(t.text).as_str() {
+                    "esp-des" => Some(refuse_des(t)),
+                    "esp-3des" => Some(refuse_3des(t)),
+                    "esp-md5-hmac" => Some(Issue::error(t.span, "MD5 is refused as insecure; use sha-256")),
+                    "esp-null" => Some(Issue::error(t.span, "ESP null encryption sends traffic in clear and is refused; use aes-gcm-256 or aes-256")),
+                    _ => None,
+                };
+                if let Some(mut e) = e {
+                    e.message.push_str(note);
+                    self.issues.push(e);
+                }
             }
         }
     }
@@ -533,6 +583,7 @@ impl Parser {
                 Ok(Some(ItemKind::IpsecGlobalLifetime(lt)))
             }
             _ => {
+                self.refuse_weak_ikev1(b);
                 self.ignore_block(b, c.pos);
                 Ok(None)
             }
