@@ -2,9 +2,9 @@
 //! with a caret under the token, rendered as a compiler would:
 //!
 //! ```text
-//! gw.cfg:7:13: error: DH group 2 (1024-bit MODP) is refused as insecure; use group 19 or group 14
-//!    group 2
-//!          ^
+//! gw-a.cfg:8:11: error: DH group 2 (1024-bit MODP) is refused as insecure; use group 19 or group 14
+//!    group 19 2
+//!             ^
 //! ```
 
 use std::fmt;

@@ -121,3 +121,34 @@ pub(crate) fn blocks<'a>(lines: Vec<Line<'a>>) -> (Vec<Block<'a>>, Vec<Line<'a>>
     }
     (blocks, orphans)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_carry_byte_and_char_positions() {
+        let text = "hostname caf\u{e9}\r\n\tnameif  x\n";
+        let ls = lines(text);
+        assert_eq!(ls.len(), 3);
+        assert_eq!(ls[0].text, "hostname caf\u{e9}");
+        let t = &ls[0].tokens[1];
+        assert_eq!((t.text, t.span.col, &text[t.span.start..t.span.end]), ("caf\u{e9}", 10, "caf\u{e9}"));
+        assert_eq!(ls[0].end_span().col, 14, "just after the last character");
+        assert_eq!(ls[1].indent, 1);
+        let t = &ls[1].tokens[1];
+        assert_eq!((t.text, t.span.line, t.span.col), ("x", 2, 10));
+        assert_eq!(&text[t.span.start..t.span.end], "x");
+        assert!(ls[2].tokens.is_empty());
+    }
+
+    #[test]
+    fn blocks_follow_indentation_and_bang_closes_a_mode() {
+        let text = "interface a\n nameif x\n  ! note\n ip address 1.2.3.4 255.0.0.0\n!\n nameif y\nhostname h\n";
+        let (b, orphans) = blocks(lines(text));
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].children.len(), 2);
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].number, 6);
+    }
+}

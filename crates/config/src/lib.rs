@@ -3,12 +3,12 @@
 //! configuration.
 //!
 //! ```text
-//! gw-a.cfg:12:8: error: DH group 2 (1024-bit MODP) is refused as insecure; use group 19 or group 14
-//!    group 2
-//!          ^
+//! gw-a.cfg:8:11: error: DH group 2 (1024-bit MODP) is refused as insecure; use group 19 or group 14
+//!    group 19 2
+//!             ^
 //! ```
 //!
-//! Supported commands are listed in the crate's README section of docs and in `parser.rs`.
+//! Supported commands: `crates/config/README.md`.
 //! holdfast extensions (not ASA commands), documented where they are parsed:
 //! - `crypto map M N set udp-encapsulation force`: always UDP-encapsulate ESP (RFC 3948);
 //! - `crypto ikev2 retransmit <base-ms> <tries>`: IKE retransmission timing;
