@@ -1,0 +1,151 @@
+//! Drives one `ike::Endpoint` over real UDP sockets against a real peer (strongSwan charon),
+//! for interop checks. Only here do we read the real clock. ESP is not processed: the probe
+//! shows that IKE SAs and CHILD_SAs are negotiated and prints what the daemon would install.
+//!
+//!     ike_probe --local 198.51.100.1 --peer 198.51.100.2 --suite gcm|cbc \
+//!               [--responder] [--seconds 20] [--lifetime 3600] [--pfs 19] [--clear-at S]
+//!
+//! See `ike_probe_lab.sh` next to this file for the namespace setup with charon.
+
+use ike::{Command, Endpoint, Event, Path};
+use policy::*;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    let local: IpAddr = get("--local").unwrap_or("198.51.100.1".into()).parse().expect("--local");
+    let peer: IpAddr = get("--peer").unwrap_or("198.51.100.2".into()).parse().expect("--peer");
+    let suite = get("--suite").unwrap_or("gcm".into());
+    let responder = args.iter().any(|a| a == "--responder");
+    let seconds: u64 = get("--seconds").map(|s| s.parse().expect("--seconds")).unwrap_or(20);
+    let lifetime: u64 = get("--lifetime").map(|s| s.parse().expect("--lifetime")).unwrap_or(3600);
+    let ike_lifetime: u64 = get("--ike-lifetime").map(|s| s.parse().expect("--ike-lifetime")).unwrap_or(86400);
+    let pfs = get("--pfs").map(|s| DhGroup::from_number(s.parse().expect("--pfs")).expect("group"));
+    let clear_at: Option<u64> = get("--clear-at").map(|s| s.parse().expect("--clear-at"));
+    let frag_mtu: Option<u16> = get("--frag-mtu").map(|s| s.parse().expect("--frag-mtu"));
+
+    let (ike_enc, ike_integ, groups, esp_enc, esp_integ) = match suite.as_str() {
+        "gcm" => (vec![Encryption::AesGcm256], vec![Integrity::Null], vec![DhGroup::Curve25519], vec![Encryption::AesGcm256], vec![]),
+        "cbc" => (vec![Encryption::AesCbc256], vec![Integrity::Sha256], vec![DhGroup::Modp2048], vec![Encryption::AesCbc256], vec![Integrity::Sha256]),
+        "cbc128sha1" => (vec![Encryption::AesCbc128], vec![Integrity::Sha1], vec![DhGroup::Modp2048], vec![Encryption::AesCbc128], vec![Integrity::Sha1]),
+        // The ASA-style policy of issue 2: everything allowed, our preference first.
+        "asa" => (
+            vec![Encryption::AesGcm256, Encryption::AesCbc256],
+            vec![Integrity::Null, Integrity::Sha256],
+            vec![DhGroup::Ecp256, DhGroup::Modp2048, DhGroup::Curve25519],
+            vec![Encryption::AesGcm256, Encryption::AesCbc256],
+            vec![Integrity::Sha256, Integrity::Sha1],
+        ),
+        other => panic!("unknown suite {other}"),
+    };
+    let prf = if suite == "cbc128sha1" { Prf::Sha1 } else { Prf::Sha256 };
+    let tunnel = TunnelPolicy {
+        name: "PROBE:10".into(),
+        local_addr: local,
+        peer_addr: peer,
+        outside_ifname: "probe".into(),
+        local_ts: vec![TrafficSelector::from_net(Ipv4Net::new("10.1.0.0".parse().unwrap(), 24), None)],
+        remote_ts: vec![TrafficSelector::from_net(Ipv4Net::new("10.2.0.0".parse().unwrap(), 24), None)],
+        ike_policies: vec![Ikev2Policy {
+            priority: 10,
+            encryption: ike_enc,
+            integrity: ike_integ,
+            groups,
+            prf: vec![prf],
+            lifetime: Some(Duration::from_secs(ike_lifetime)),
+        }],
+        esp_proposals: vec![IpsecProposal { name: "P1".into(), encryption: esp_enc, integrity: esp_integ }],
+        pfs,
+        child_lifetime: Duration::from_secs(lifetime),
+        child_lifetime_kilobytes: None,
+        local_psk: Secret("probe-lab-only-psk".into()),
+        remote_psk: Secret("probe-lab-only-psk".into()),
+        dpd: Some(Dpd { threshold: Duration::from_secs(10), retry: Duration::from_secs(2) }),
+        nat_t_disable: false,
+        force_udp_encap: false,
+        connection_type: if responder { ConnectionType::AnswerOnly } else { ConnectionType::Bidirectional },
+    };
+    let globals = Ikev2Globals { fragmentation_mtu: frag_mtu.or(Some(1280)), ..Default::default() };
+    let mut ep = Endpoint::new(vec![tunnel], globals, Box::new(crypto::OsRandom::new()));
+    let s500 = UdpSocket::bind(SocketAddr::new(local, 500)).expect("bind 500");
+    let s4500 = UdpSocket::bind(SocketAddr::new(local, 4500)).expect("bind 4500");
+    s500.set_nonblocking(true).unwrap();
+    s4500.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    if !responder {
+        ep.handle_command(start, Command::Initiate { tunnel: "PROBE:10".into() });
+    }
+    let mut cleared = false;
+    let mut esp_packets = 0u64;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let now = Instant::now();
+        if now - start > Duration::from_secs(seconds) {
+            break;
+        }
+        if let Some(c) = clear_at {
+            if !cleared && now - start > Duration::from_secs(c) {
+                cleared = true;
+                println!("[{:6.2}] clear crypto ikev2 sa", (now - start).as_secs_f64());
+                ep.handle_command(now, Command::ClearIkeSa { peer: None });
+            }
+        }
+        for (sock, port) in [(&s500, 500u16), (&s4500, 4500u16)] {
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let mut data = &buf[..n];
+                if port == 4500 {
+                    // RFC 3948 §2.2: IKE behind a 4-byte zero marker; anything else is ESP or a keepalive.
+                    if n >= 4 && data[..4] == [0, 0, 0, 0] {
+                        data = &data[4..];
+                    } else {
+                        esp_packets += 1;
+                        continue;
+                    }
+                }
+                let path = Path { local: SocketAddr::new(local, port), remote: from };
+                if let Err(e) = ep.handle_datagram(Instant::now(), path, data) {
+                    println!("[{:6.2}] drop from {from}: {e}", (Instant::now() - start).as_secs_f64());
+                }
+            }
+        }
+        if ep.poll_timeout().is_some_and(|(t, _)| t <= Instant::now()) {
+            ep.handle_timeout(Instant::now());
+        }
+        while let Some(t) = ep.poll_transmit() {
+            let sock = if t.path.local.port() == 4500 { &s4500 } else { &s500 };
+            let mut d = Vec::with_capacity(t.data.len() + 4);
+            if t.path.local.port() == 4500 {
+                d.extend_from_slice(&[0, 0, 0, 0]);
+            }
+            d.extend_from_slice(&t.data);
+            if let Err(e) = sock.send_to(&d, t.path.remote) {
+                println!("send to {}: {e}", t.path.remote);
+            }
+        }
+        while let Some(e) = ep.poll_event() {
+            let ts = (Instant::now() - start).as_secs_f64();
+            match &e {
+                Event::ChildSaUp(u) => println!(
+                    "[{ts:6.2}] CHILD_SA UP tunnel={} in={:#010x} out={:#010x} {:?}/{:?} esn={} encap={:?} local_ts={:?} remote_ts={:?} replaces={:?}",
+                    u.tunnel, u.inbound.spi, u.outbound.spi, u.inbound.encryption, u.inbound.integrity, u.inbound.esn, u.encap,
+                    u.local_ts.iter().map(|t| format!("{}-{}", t.start_addr, t.end_addr)).collect::<Vec<_>>(),
+                    u.remote_ts.iter().map(|t| format!("{}-{}", t.start_addr, t.end_addr)).collect::<Vec<_>>(),
+                    u.replaces_spi_in.map(|s| format!("{s:#010x}"))
+                ),
+                other => println!("[{ts:6.2}] {other:?}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("--- ike_sas");
+    for s in ep.ike_sas() {
+        println!("{s:?}");
+    }
+    println!("--- child_sas");
+    for c in ep.child_sas() {
+        println!("{c:?}");
+    }
+    println!("ESP packets received on 4500 (not processed by the probe): {esp_packets}");
+}

@@ -1,0 +1,96 @@
+#!/bin/sh
+# Interop check of the IKE engine against strongSwan 5.9.8 (charon + kernel-libipsec) in a
+# namespace pair: ikeprobe-a (ike_probe, 198.51.100.1) <-veth-> ikeprobe-b (charon, 198.51.100.2).
+#
+#   ike_probe_lab.sh <probe-suite> <ike-proposal> <esp-proposal> <probe|swan> [seconds] [extra probe args...]
+#   e.g. ike_probe_lab.sh gcm aes256gcm16-prfsha256-x25519 aes256gcm16 probe 15
+#
+# Needs root and the release/debug build of the example (CARGO_TARGET_DIR/debug/examples/ike_probe).
+set -u
+SUITE=$1 PROP=$2 ESP=$3 WHO=$4 SECS=${5:-15}
+shift 5 2>/dev/null || shift $#
+EXTRA="$*"
+BIN=${PROBE_BIN:-${CARGO_TARGET_DIR:-target}/debug/examples/ike_probe}
+DIR=$(mktemp -d /tmp/ikeprobe.XXXXXX)
+NA=ikeprobe-a NB=ikeprobe-b
+CHARON_PID=""
+
+cleanup() {
+    [ -n "$CHARON_PID" ] && kill "$CHARON_PID" 2>/dev/null && sleep 0.5
+    ip netns del $NA 2>/dev/null
+    ip netns del $NB 2>/dev/null
+}
+trap cleanup EXIT INT TERM
+
+ip netns add $NA && ip netns add $NB || exit 1
+ip link add ikeprobe-va netns $NA type veth peer name ikeprobe-vb netns $NB
+ip -n $NA addr add 198.51.100.1/24 dev ikeprobe-va
+ip -n $NB addr add 198.51.100.2/24 dev ikeprobe-vb
+ip -n $NA link set ikeprobe-va up; ip -n $NA link set lo up
+ip -n $NB link set ikeprobe-vb up; ip -n $NB link set lo up
+# charon (install_routes) needs an address inside its protected network.
+ip -n $NB link add ikeprobe-in type veth peer name ikeprobe-in2 && ip -n $NB addr add 10.2.0.1/24 dev ikeprobe-in && ip -n $NB link set ikeprobe-in up && ip -n $NB link set ikeprobe-in2 up
+
+if [ "$WHO" = swan ]; then START=start; PROBE_ROLE=--responder; else START=none; PROBE_ROLE=; fi
+mkdir -p $DIR/run
+cat > $DIR/strongswan.conf <<EOF
+charon {
+  load_modular = no
+  load = random nonce openssl aes gcm sha1 sha2 hmac kdf pem pkcs1 x509 curve25519 kernel-libipsec kernel-netlink socket-default vici updown
+  install_routes = yes
+  filelog { lab { path = $DIR/charon.log
+                  time_format = %H:%M:%S
+                  ike_name = yes
+                  flush_line = yes
+                  default = 1
+                  ike = 2
+                  enc = 1 } }
+  plugins { vici { socket = unix://$DIR/charon.vici } }
+}
+EOF
+cat > $DIR/swanctl.conf <<EOF
+connections {
+  l2l {
+    version = 2
+    local_addrs = 198.51.100.2
+    remote_addrs = 198.51.100.1
+    proposals = $PROP
+    dpd_delay = 5s
+    ${SWAN_REKEY:-}
+    local  { auth = psk
+             id = 198.51.100.2 }
+    remote { auth = psk
+             id = 198.51.100.1 }
+    children {
+      net-net {
+        local_ts  = 10.2.0.0/24
+        remote_ts = 10.1.0.0/24
+        esp_proposals = $ESP
+        start_action = $START
+        dpd_action = restart
+        ${SWAN_CHILD_REKEY:-}
+      }
+    }
+  }
+}
+secrets { ike-l2l { id-a = 198.51.100.1
+                    id-b = 198.51.100.2
+                    secret = "probe-lab-only-psk" } }
+EOF
+ip netns exec $NB unshare -m --propagation private sh -c \
+  "mount --bind $DIR/run /run && STRONGSWAN_CONF=$DIR/strongswan.conf exec /usr/lib/ipsec/charon" >/dev/null 2>&1 &
+CHARON_PID=$!
+for i in $(seq 50); do [ -S $DIR/charon.vici ] && break; sleep 0.1; done
+swanctl --load-all --file $DIR/swanctl.conf --uri unix://$DIR/charon.vici >/dev/null 2>&1 || { echo "swanctl load failed"; exit 1; }
+
+ip netns exec $NA "$BIN" --local 198.51.100.1 --peer 198.51.100.2 --suite "$SUITE" --seconds "$SECS" $PROBE_ROLE $EXTRA > $DIR/probe.out 2>&1 &
+PROBE_PID=$!
+sleep $((SECS - 2))
+echo "=== swanctl --list-sas (t=$((SECS - 2))s)"
+swanctl --list-sas --uri unix://$DIR/charon.vici
+wait $PROBE_PID
+echo "=== probe output"
+cat $DIR/probe.out
+echo "=== charon log (errors/notable)"
+grep -E "error|failed|invalid|received|establish|INSTALLED|rekey|delet|no proposal|not acceptable|NO_PROP|AUTH" $DIR/charon.log | tail -60
+echo "(full log: $DIR/charon.log)"
