@@ -102,6 +102,14 @@ pub fn parse_with(file_name: &str, text: &str, opts: ParseOptions) -> Result<Loa
     Ok(Loaded { config: lowered.config, warnings: diags })
 }
 
+/// The spanned syntax tree and the syntax errors, without lowering or cross-reference checks
+/// (for tools such as a shell's completion or a reload diff that need positions).
+pub fn parse_ast(file_name: &str, text: &str) -> (ast::Ast, Diagnostics) {
+    let (ast, issues) = parser::parse(text);
+    let diags = issues.into_iter().map(|i| i.into_diagnostic(file_name, text)).collect();
+    (ast, Diagnostics(diags))
+}
+
 /// `show running-config`: canonical ASA text, keys masked as `*****`.
 pub fn running_config(config: &policy::Config) -> String {
     render::show_running_config(config, &ShowOptions::default())

@@ -62,10 +62,15 @@ impl Parser {
             // File furniture written by `show running-config` / `write net`, not configuration.
             "asa" | "end" | "cryptochecksum" => Ok(None),
             t if t.starts_with("cryptochecksum:") => Ok(None),
-            _ => {
-                self.ignore_block(b, c.pos.saturating_sub(1));
-                Ok(None)
-            }
+            t => match near_miss(t) {
+                // Unknown words are normally ASA features holdfast lacks; one letter away from
+                // a supported command it is a typo, and ignoring it would drop configuration.
+                Some(kw) => Err(Issue::error(first.span, format!("unknown command `{}`; did you mean `{kw}`?", first.text))),
+                None => {
+                    self.ignore_block(b, c.pos.saturating_sub(1));
+                    Ok(None)
+                }
+            },
         };
         match res {
             Ok(Some(kind)) => self.ast.items.push(Item { span: head.span(), kind }),
@@ -1219,6 +1224,32 @@ impl<'l, 'a> Cur<'l, 'a> {
             }
         }
     }
+}
+
+/// Top-level commands holdfast parses.
+const COMMANDS: [&str; 8] = ["hostname", "interface", "access-list", "logging", "timeout", "sysopt", "crypto", "tunnel-group"];
+
+/// A supported command within edit distance 2 of `word` (only for words of 5+ letters, so short
+/// ASA commands are not mistaken for typos).
+fn near_miss(word: &str) -> Option<&'static str> {
+    if word.chars().count() < 5 || word.chars().count() > 20 {
+        return None;
+    }
+    COMMANDS.iter().copied().find(|kw| edit_distance(word, kw) <= 2)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn lower(s: &str) -> String {
