@@ -37,9 +37,10 @@ type R<T> = Result<T, Issue>;
 
 impl Parser {
     fn block(&mut self, b: &Block<'_>) {
-        let before = self.issues.len();
+        let errors = |issues: &[Issue]| issues.iter().filter(|i| i.severity == crate::diag::Severity::Error).count();
+        let before = errors(&self.issues);
         self.block_inner(b);
-        if self.issues.len() > before {
+        if errors(&self.issues) > before {
             self.ast.failed_lines.insert(b.head.number);
             self.ast.failed_names.extend(b.head.tokens.iter().map(|t| t.text.to_string()));
         }
@@ -697,7 +698,13 @@ fn crypto_map(p: &mut Parser, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<
                 "pfs" => match c.next() {
                     // `set pfs` alone: the ASA means group 2, which holdfast refuses; group 14 is
                     // the smallest MODP group it accepts (see policy::CryptoMapEntry::pfs).
-                    None => CryptoMapCmd::Pfs(DhGroup::Modp2048),
+                    None => {
+                        p.issues.push(Issue::warning(
+                            s.span,
+                            "bare `set pfs` means DH group 2 on the ASA, which holdfast refuses; group 14 is used: write the group (`set pfs group19`) and make the peer match",
+                        ));
+                        CryptoMapCmd::Pfs(DhGroup::Modp2048)
+                    }
                     Some(g) => {
                         let l = lower(g.text);
                         let Some(n) = l.strip_prefix("group") else {
