@@ -79,6 +79,13 @@ fn main() {
     }
     let mut cleared = false;
     let mut esp_packets = 0u64;
+    // ESP check of the negotiated keys: ICMP echo 10.1.0.1 -> 10.2.0.1 through the CHILD_SA;
+    // charon (libipsec) decrypts it, its kernel answers, and the reply comes back encrypted.
+    let mut esp: Option<(esp::OutboundSa, esp::InboundSa, SocketAddr)> = None;
+    let mut pings_sent = 0u16;
+    let mut replies = 0u64;
+    let mut esp_errors = 0u64;
+    let mut last_ping = start;
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
@@ -101,6 +108,16 @@ fn main() {
                         data = &data[4..];
                     } else {
                         esp_packets += 1;
+                        if n > 1 {
+                            let mut pkt = buf[..n].to_vec();
+                            if let Some((_, inb, _)) = esp.as_mut() {
+                                match inb.open(&mut pkt) {
+                                    Ok(o) if o.inner.len() >= 28 && o.inner[9] == 1 && o.inner[20] == 0 => replies += 1,
+                                    Ok(_) => {}
+                                    Err(_) => esp_errors += 1,
+                                }
+                            }
+                        }
                         continue;
                     }
                 }
@@ -112,6 +129,17 @@ fn main() {
         }
         if ep.poll_timeout().is_some_and(|(t, _)| t <= Instant::now()) {
             ep.handle_timeout(Instant::now());
+        }
+        if let Some((out, _, remote)) = esp.as_mut() {
+            if now - last_ping > Duration::from_millis(500) {
+                last_ping = now;
+                pings_sent += 1;
+                let inner = icmp_echo([10, 1, 0, 1], [10, 2, 0, 1], pings_sent);
+                let mut pkt = vec![0u8; out.sealed_len(inner.len())];
+                if let Ok(n) = out.seal(&inner, esp::NEXT_HEADER_IPV4, &mut pkt) {
+                    let _ = s4500.send_to(&pkt[..n], *remote);
+                }
+            }
         }
         while let Some(t) = ep.poll_transmit() {
             let sock = if t.path.local.port() == 4500 { &s4500 } else { &s500 };
@@ -126,6 +154,15 @@ fn main() {
         }
         while let Some(e) = ep.poll_event() {
             let ts = (Instant::now() - start).as_secs_f64();
+            if let Event::ChildSaUp(u) = &e {
+                if let (Ok(o), Ok(i)) = (esp::OutboundSa::new(&u.outbound), esp::InboundSa::new(&u.inbound)) {
+                    let remote = match u.encap {
+                        esp::Encap::Udp { remote_port, .. } => SocketAddr::new(u.peer, remote_port),
+                        esp::Encap::Native => SocketAddr::new(u.peer, 4500),
+                    };
+                    esp = Some((o, i, remote));
+                }
+            }
             match &e {
                 Event::ChildSaUp(u) => println!(
                     "[{ts:6.2}] CHILD_SA UP tunnel={} in={:#010x} out={:#010x} {:?}/{:?} esn={} encap={:?} local_ts={:?} remote_ts={:?} replaces={:?}",
@@ -147,5 +184,36 @@ fn main() {
     for c in ep.child_sas() {
         println!("{c:?}");
     }
-    println!("ESP packets received on 4500 (not processed by the probe): {esp_packets}");
+    println!("ESP: {pings_sent} echo requests sent through the CHILD_SA, {replies} echo replies decrypted, {esp_errors} ESP errors, {esp_packets} ESP packets received");
+}
+
+/// An IPv4 ICMP echo request with correct checksums.
+fn icmp_echo(src: [u8; 4], dst: [u8; 4], seq: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 28 + 32];
+    let len = p.len() as u16;
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p[8] = 64;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20] = 8;
+    p[24..26].copy_from_slice(&0x4242u16.to_be_bytes());
+    p[26..28].copy_from_slice(&seq.to_be_bytes());
+    let c = checksum(&p[20..]);
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+fn checksum(d: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in d.chunks(2) {
+        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
 }
