@@ -6,3 +6,6 @@ pub mod control;
 pub mod syslog;
 pub mod net;
 pub mod show;
+pub mod daemon;
+pub mod datapath;
+pub mod sad;
