@@ -149,7 +149,8 @@ impl Issue {
         let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
         let raw = text[line_start..line_end].trim_end_matches('\r');
-        let end = floor_char_boundary(text, self.span.end.clamp(start, line_start + raw.len()).max(start));
+        let line_end = (line_start + raw.len()).max(start);
+        let end = floor_char_boundary(text, self.span.end.clamp(start, line_end)).max(start);
         let caret_len = text[start..end].chars().count().max(1);
         Diagnostic {
             severity: self.severity,
@@ -167,4 +168,28 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
         i -= 1;
     }
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_clamps_bad_spans_instead_of_panicking() {
+        let text = "a\u{e9}b\r\nxyz\r\n";
+        for (start, end) in [(0, 99), (2, 3), (99, 1), (4, 4), (5, 5), (6, 7), (text.len(), text.len())] {
+            let d = Issue::error(Span { start, end, line: 1, col: 1 }, "m").into_diagnostic("f", text);
+            assert!(d.caret_len >= 1);
+            let _ = d.to_string();
+        }
+    }
+
+    #[test]
+    fn caret_spans_the_token_in_characters() {
+        let text = "caf\u{e9} x\n";
+        let d = Issue::error(Span { start: 0, end: 5, line: 1, col: 1 }, "bad").into_diagnostic("f.cfg", text);
+        assert_eq!(d.to_string(), "f.cfg:1:1: error: bad\n  caf\u{e9} x\n  ^~~~");
+        let w = Issue::warning(Span { start: 7, end: 8, line: 1, col: 6 }, "w").into_diagnostic("f.cfg", text);
+        assert_eq!(w.to_string(), "f.cfg:1:6: warning: w\n  caf\u{e9} x\n       ^");
+    }
 }
