@@ -1,4 +1,5 @@
-//! Golden tests: every `tests/golden/NAME.cfg` is parsed and the result (diagnostics, or
+//! Golden tests: every `tests/golden/NAME.cfg` (and every `examples/NAME.cfg` of the repository,
+//! expected output in `tests/golden/example-NAME.out`) is parsed and the result (diagnostics, or
 //! warnings plus `show running-config` and `show running-config all sysopt`) is compared with
 //! `tests/golden/NAME.out`. Files whose name contains `strict` are parsed in strict mode.
 //!
@@ -34,23 +35,31 @@ pub fn render(name: &str, text: &str) -> String {
 #[test]
 fn golden_files() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut inputs: Vec<PathBuf> = std::fs::read_dir(golden_dir())
-        .expect("tests/golden exists")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cfg"))
-        .collect();
+    // (input, expected output): the golden corpus, plus the repository's examples whose
+    // expected output lives next to the corpus as `example-NAME.out`.
+    let mut inputs: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for (dir, prefix) in [(golden_dir(), ""), (examples, "example-")] {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.expect("dir entry").path();
+            if p.extension().is_some_and(|e| e == "cfg") {
+                let stem = p.file_stem().and_then(|n| n.to_str()).expect("utf-8 name");
+                let out = golden_dir().join(format!("{prefix}{stem}.out"));
+                inputs.push((p, out));
+            }
+        }
+    }
     inputs.sort();
     let mut failures = Vec::new();
-    for input in &inputs {
+    for (input, out) in &inputs {
         let name = input.file_name().and_then(|n| n.to_str()).expect("utf-8 name");
         let text = std::fs::read_to_string(input).expect("read golden input");
         let got = render(name, &text);
-        let out = input.with_extension("out");
         if update {
-            std::fs::write(&out, &got).expect("write golden output");
+            std::fs::write(out, &got).expect("write golden output");
             continue;
         }
-        let want = std::fs::read_to_string(&out).unwrap_or_else(|_| format!("<missing {}>", out.display()));
+        let want = std::fs::read_to_string(out).unwrap_or_else(|_| format!("<missing {}>", out.display()));
         if got != want {
             failures.push(format!("=== {name}: got ===\n{got}=== want ===\n{want}"));
         }
