@@ -1,0 +1,278 @@
+//! The `holdfast` binary in network namespaces (root): `run` + `show` over the control socket,
+//! cleanup on SIGTERM, refusal of a bad configuration before touching the system, and a
+//! holdfast <-> holdfast tunnel (native ESP and forced UDP encapsulation) that carries pings.
+//!
+//! Namespaces are named `gwtest-<pid>-<n>-<role>` and removed by a guard, also on failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "command failed: {cmd}");
+}
+
+fn sh_out(cmd: &str) -> (bool, String, String) {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Namespaces and daemons of one test; dropping it kills the daemons (by PID) and deletes the
+/// namespaces.
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    daemons: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let prefix = format!("gwtest-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        Lab { prefix, namespaces: Vec::new(), daemons: Vec::new(), dir }
+    }
+
+    fn ns(&mut self, role: &str) -> String {
+        let n = format!("{}-{role}", self.prefix);
+        sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
+        self.namespaces.push(n.clone());
+        n
+    }
+
+    fn start(&mut self, ns: &str, config: &Path, sock: &Path) -> usize {
+        let log = std::fs::File::create(self.dir.join(format!("{ns}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, BIN, "run", "--config"])
+            .arg(config)
+            .arg("--control")
+            .arg(sock)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push(child);
+        // Wait for the control socket to answer.
+        for _ in 0..100 {
+            if show(sock, "show version").0 {
+                return self.daemons.len() - 1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon in {ns} did not come up: {}", std::fs::read_to_string(self.dir.join(format!("{ns}.log"))).unwrap_or_default());
+    }
+
+    /// SIGTERM and wait; returns the exit status success.
+    fn stop(&mut self, idx: usize) -> bool {
+        let c = &mut self.daemons[idx];
+        sh(&format!("kill -TERM {}", c.id()));
+        for _ in 0..100 {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon did not exit on SIGTERM");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.daemons {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for n in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn show(sock: &Path, line: &str) -> (bool, String) {
+    let mut args: Vec<&str> = line.split_whitespace().collect();
+    let verb = args.remove(0);
+    let o = Command::new(BIN).arg(verb).args(&args).arg("--control").arg(sock).output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// One gateway namespace with the interfaces of examples/gw-a.cfg (veth pairs with nobody
+/// behind them: no peer answers).
+fn single_gateway(lab: &mut Lab) -> String {
+    let ns = lab.ns("a");
+    sh(&format!(
+        "ip -n {ns} link add wan-a type veth peer name wan-x && ip -n {ns} addr add 192.0.2.1/24 dev wan-a && \
+         ip -n {ns} link set wan-a up && ip -n {ns} link set wan-x up && \
+         ip -n {ns} link add lan-a type veth peer name lan-x && ip -n {ns} addr add 10.1.0.1/24 dev lan-a && \
+         ip -n {ns} link set lan-a up && ip -n {ns} link set lan-x up"
+    ));
+    ns
+}
+
+#[test]
+fn run_show_and_clean_exit() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let mut lab = Lab::new();
+    let ns = single_gateway(&mut lab);
+    let cfg = examples().join("gw-a.cfg");
+    let sock = lab.dir.join("a.sock");
+    let d = lab.start(&ns, &cfg, &sock);
+
+    // `show running-config` is the config crate's canonical rendering of the loaded file.
+    let loaded = config::load(&cfg).unwrap();
+    let (ok, text) = show(&sock, "show running-config");
+    assert!(ok);
+    assert_eq!(text, config::running_config(&loaded.config));
+    assert!(text.contains("crypto map MAP 10 set peer 192.0.2.2"), "{text}");
+    assert!(!text.contains("lab-key-from-gw-a"), "secrets must be masked:\n{text}");
+
+    // The TUN exists and the peer's protected network is routed into it.
+    let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
+    assert!(routes.contains("dev hf0"), "{routes}");
+
+    // No peer answers: no IPsec SA, and the ASA's error for unknown input (exit status 1).
+    let (ok, text) = show(&sock, "show crypto ipsec sa");
+    assert!(ok);
+    assert_eq!(text, "There are no ipsec sas\n");
+    let (ok, text) = show(&sock, "show crypto bogus sa");
+    assert!(!ok);
+    assert_eq!(text, "show crypto bogus sa\n            ^\nERROR: % Invalid input detected at '^' marker.\n");
+    let (ok, text) = show(&sock, "show logging");
+    assert!(ok);
+    assert!(text.starts_with("Syslog logging: enabled\n"), "{text}");
+    let (ok, _) = show(&sock, "clear crypto ikev2 sa");
+    assert!(ok);
+
+    // Traffic for the protected network is routed into the TUN (where, with no SA, the data
+    // path drops it) rather than out of the outside interface in clear.
+    let (_, before, _) = sh_out(&format!("ip -n {ns} -s link show hf0"));
+    let _ = sh_out(&format!("ip netns exec {ns} ping -c 2 -i 0.2 -W 1 -I 10.1.0.1 10.2.0.7"));
+    let (_, after, _) = sh_out(&format!("ip -n {ns} -s link show hf0"));
+    assert_ne!(before, after, "pings must have been routed into the TUN");
+
+    // SIGTERM: clean exit, route, TUN and socket file gone.
+    assert!(lab.stop(d));
+    let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
+    assert!(routes.trim().is_empty(), "route left behind: {routes}");
+    let (has_tun, _, _) = sh_out(&format!("ip -n {ns} link show hf0"));
+    assert!(!has_tun, "TUN left behind");
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+#[test]
+fn bad_config_fails_before_touching_the_system() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let mut lab = Lab::new();
+    let ns = single_gateway(&mut lab);
+    let bad = lab.dir.join("bad.cfg");
+    let text = std::fs::read_to_string(examples().join("gw-a.cfg")).unwrap().replace(" group 19 14 31", " group 2");
+    std::fs::write(&bad, text).unwrap();
+    let (ok, _, err) = sh_out(&format!("{BIN} check --config {}", bad.display()));
+    assert!(!ok);
+    assert!(err.contains(&format!("{}:", bad.display())) && err.contains("error"), "{err}");
+    let sock = lab.dir.join("bad.sock");
+    let (ok, _, err2) = sh_out(&format!("ip netns exec {ns} {BIN} run --config {} --control {}", bad.display(), sock.display()));
+    assert!(!ok);
+    assert_eq!(err, err2, "run prints the same diagnostics as check");
+    let (has_tun, _, _) = sh_out(&format!("ip -n {ns} link show hf0"));
+    assert!(!has_tun);
+    assert!(!sock.exists());
+    let (ok, out, _) = sh_out(&format!("{BIN} check --config {}", examples().join("gw-a.cfg").display()));
+    assert!(ok, "{out}");
+}
+
+/// host-a -- gw-a == gw-b -- host-b, both gateways holdfast (examples/gw-a.cfg, gw-b.cfg).
+fn two_gateways(extra: &str) {
+    let mut lab = Lab::new();
+    let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
+    sh(&format!(
+        "ip link add wan-a netns {a} type veth peer name wan-b netns {b} && \
+         ip link add lan-a netns {a} type veth peer name eth0 netns {ha} && \
+         ip link add lan-b netns {b} type veth peer name eth0 netns {hb} && \
+         ip -n {a} addr add 192.0.2.1/24 dev wan-a && ip -n {a} link set wan-a up && \
+         ip -n {b} addr add 192.0.2.2/24 dev wan-b && ip -n {b} link set wan-b up && \
+         ip -n {a} addr add 10.1.0.1/24 dev lan-a && ip -n {a} link set lan-a up && \
+         ip -n {b} addr add 10.2.0.1/24 dev lan-b && ip -n {b} link set lan-b up && \
+         ip -n {ha} addr add 10.1.0.10/24 dev eth0 && ip -n {ha} link set eth0 up && ip -n {ha} route add default via 10.1.0.1 && \
+         ip -n {hb} addr add 10.2.0.10/24 dev eth0 && ip -n {hb} link set eth0 up && ip -n {hb} route add default via 10.2.0.1"
+    ));
+    let mut cfgs = Vec::new();
+    for side in ["a", "b"] {
+        let mut text = std::fs::read_to_string(examples().join(format!("gw-{side}.cfg"))).unwrap();
+        text.push_str(extra);
+        let p = lab.dir.join(format!("gw-{side}.cfg"));
+        std::fs::write(&p, text).unwrap();
+        cfgs.push(p);
+    }
+    let (sa, sb) = (lab.dir.join("a.sock"), lab.dir.join("b.sock"));
+    lab.start(&a, &cfgs[0], &sa);
+    lab.start(&b, &cfgs[1], &sb);
+    // The tunnel comes up by itself (both sides initiate at start).
+    let mut up = false;
+    for _ in 0..100 {
+        if show(&sa, "show crypto ipsec sa").1.contains("inbound esp sas") && show(&sb, "show crypto ipsec sa").1.contains("inbound esp sas") {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "tunnel did not come up");
+    let (ok, out, err) = sh_out(&format!("ip netns exec {ha} ping -c 5 -i 0.2 -W 2 10.2.0.10"));
+    assert!(ok, "ping through the tunnel failed: {out}{err}");
+    let (_, text) = show(&sa, "show crypto ipsec sa peer 192.0.2.2");
+    let encaps: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("#pkts encaps: "))
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(encaps >= 5, "{text}");
+    let udp = !extra.is_empty();
+    assert_eq!(text.contains("NAT-T-Encaps"), udp, "{text}");
+    let (_, ike) = show(&sa, "show crypto ikev2 sa");
+    assert!(ike.contains("READY"), "{ike}");
+    let (_, log) = show(&sb, "show logging");
+    assert!(log.contains("%ASA-5-713120: Group = 192.0.2.1, IP = 192.0.2.1, PHASE 2 COMPLETED"), "{log}");
+    assert!(log.contains("%ASA-6-602303: IPSEC: An inbound LAN-to-LAN SA"), "{log}");
+}
+
+#[test]
+fn holdfast_to_holdfast_native_esp() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    two_gateways("");
+}
+
+#[test]
+fn holdfast_to_holdfast_forced_udp_encapsulation() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    two_gateways("crypto map MAP 10 set udp-encapsulation force\n");
+}
