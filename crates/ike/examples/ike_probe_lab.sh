@@ -85,7 +85,21 @@ swanctl --load-all --file $DIR/swanctl.conf --uri unix://$DIR/charon.vici >/dev/
 
 ip netns exec $NA "$BIN" --local 198.51.100.1 --peer 198.51.100.2 --suite "$SUITE" --seconds "$SECS" $PROBE_ROLE $EXTRA > $DIR/probe.out 2>&1 &
 PROBE_PID=$!
-sleep $((SECS - 2))
+if [ -n "${RESTART_AT:-}" ]; then
+    # Peer restart: SIGKILL charon, start a fresh one (start_action decides who initiates).
+    sleep $RESTART_AT
+    echo "=== killing charon (pid $CHARON_PID) at t=${RESTART_AT}s and restarting it"
+    kill -9 $CHARON_PID; wait $CHARON_PID 2>/dev/null
+    rm -f $DIR/charon.vici $DIR/run/charon.pid
+    ip netns exec $NB unshare -m --propagation private sh -c \
+      "mount --bind $DIR/run /run && STRONGSWAN_CONF=$DIR/strongswan.conf exec /usr/lib/ipsec/charon" >/dev/null 2>&1 &
+    CHARON_PID=$!
+    for i in $(seq 50); do [ -S $DIR/charon.vici ] && break; sleep 0.1; done
+    swanctl --load-all --file $DIR/swanctl.conf --uri unix://$DIR/charon.vici >/dev/null 2>&1
+    sleep $((SECS - 2 - RESTART_AT))
+else
+    sleep $((SECS - 2))
+fi
 echo "=== swanctl --list-sas (t=$((SECS - 2))s)"
 swanctl --list-sas --uri unix://$DIR/charon.vici
 wait $PROBE_PID
