@@ -38,6 +38,7 @@ charon {
   load_modular = no
   load = random nonce openssl aes gcm sha1 sha2 hmac kdf pem pkcs1 x509 curve25519 kernel-libipsec kernel-netlink socket-default vici updown
   install_routes = yes
+  ${SWAN_CHARON_EXTRA:-}
   filelog { lab { path = $DIR/charon.log
                   time_format = %H:%M:%S
                   ike_name = yes
