@@ -28,6 +28,9 @@ pub const ACQUIRE_INTERVAL: Duration = Duration::from_secs(1);
 const SLOT: usize = 2048;
 /// Most segments one UDP GSO send may carry (kernel UDP_MAX_SEGMENTS is 64).
 const MAX_GSO: usize = 64;
+/// Most payload bytes one UDP GSO send may carry: the whole train is one IPv4 datagram to
+/// `ip_append_data`, so it must fit 65535 - 20 (IP) - 8 (UDP) bytes or the send fails EMSGSIZE.
+const MAX_GSO_BYTES: usize = 65_507;
 
 /// Messages from the data path to the control task.
 #[derive(Debug)]
@@ -183,7 +186,8 @@ impl UdpBatch {
     fn push(&mut self, sh: &Shared, out: &Arc<OutboundEntry>, outside: usize, to: SocketAddr, inner: &[u8]) {
         let max = sh.outsides.get(outside).map(|o| o.udp_state.max_gso_segments()).unwrap_or(1).clamp(1, MAX_GSO);
         let same = self.dest == Some((outside, to)) && self.entry.as_ref().is_some_and(|e| Arc::ptr_eq(e, out));
-        if !same || self.closed || self.count >= max {
+        // Worst case an ESP packet is the inner packet plus < 100 bytes (header, IV, padding, ICV).
+        if !same || self.closed || self.count >= max || self.len + inner.len() + 100 > MAX_GSO_BYTES {
             self.flush(sh);
         }
         if self.entry.is_none() {
