@@ -3,6 +3,14 @@
 //!
 //! The contract with `ike` is [`SaParams`]: everything needed to build one direction of a
 //! CHILD_SA. It is plain, serializable data so SA state can be replicated.
+//!
+//! - [`OutboundSa`] / [`InboundSa`]: seal and open in place (no per-packet allocation),
+//!   AES-GCM-16 (RFC 4106) and AES-CBC with HMAC-SHA1-96 / HMAC-SHA2 (RFC 3602, 2404, 4868),
+//!   32-bit or extended sequence numbers.
+//! - [`ReplayWindow`]: the anti-replay window ([`REPLAY_WINDOW`] packets, RFC 4303 §3.4.3, A2).
+//! - [`Sad`]: tunnels with selectors (the SPD), their outbound SA and inbound SAs by SPI, with
+//!   the make-before-break rekey handover and per-SA counters.
+//! - [`classify_udp4500`]: RFC 3948 demultiplexing of UDP port 4500.
 
 use serde::{Deserialize, Serialize};
 
