@@ -94,7 +94,7 @@ fn tx_loop(sh: &Shared) {
     let mut bufs = vec![vec![0u8; SLOT]; n_bufs];
     let mut sizes = vec![0usize; n_bufs];
     let mut batch = UdpBatch::new();
-    let mut scratch = vec![0u8; SLOT];
+    let mut native = NativeBatch::new();
     loop {
         let got = if sh.offload {
             sh.tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
@@ -130,7 +130,7 @@ fn tx_loop(sh: &Shared) {
                     }
                     match out.dest {
                         Dest::Udp { outside, to } => batch.push(sh, out, outside, to, pkt),
-                        Dest::Native { outside, to } => send_native(sh, out, outside, to, pkt, &mut scratch),
+                        Dest::Native { outside, to } => native.push(sh, out, outside, to, pkt),
                     }
                 }
                 Lookup::NoSa(entry) => {
@@ -147,23 +147,108 @@ fn tx_loop(sh: &Shared) {
             }
         }
         batch.flush(sh);
+        native.flush(sh);
     }
 }
 
-fn send_native(sh: &Shared, out: &Arc<OutboundEntry>, outside: usize, to: IpAddr, inner: &[u8], scratch: &mut [u8]) {
-    let Some(o) = sh.outsides.get(outside) else { return };
-    let Some(raw) = &o.raw else { return };
-    let sealed = { out.sa.lock().unwrap_or_else(|p| p.into_inner()).seal(inner, 4, scratch) };
-    match sealed {
-        Ok(n) => {
-            Counters::add(&out.counters.packets, 1);
-            Counters::add(&out.counters.bytes, inner.len() as u64);
-            if raw.send_to(&scratch[..n], &SocketAddr::new(to, 0).into()).is_err() {
-                Counters::add(&out.counters.errors, 1);
+/// Native ESP packets for one raw socket and peer, sent with one `sendmmsg`.
+struct NativeBatch {
+    buf: Vec<u8>,
+    lens: Vec<usize>,
+    dest: Option<(usize, Ipv4Addr)>,
+    entry: Option<Arc<OutboundEntry>>,
+}
+
+impl NativeBatch {
+    fn new() -> Self {
+        Self { buf: vec![0u8; SLOT * MAX_GSO], lens: Vec::with_capacity(MAX_GSO), dest: None, entry: None }
+    }
+
+    fn push(&mut self, sh: &Shared, out: &Arc<OutboundEntry>, outside: usize, to: IpAddr, inner: &[u8]) {
+        let IpAddr::V4(to) = to else { return };
+        let same = self.dest == Some((outside, to)) && self.entry.as_ref().is_some_and(|e| Arc::ptr_eq(e, out));
+        if !same || self.lens.len() == MAX_GSO {
+            self.flush(sh);
+        }
+        if self.entry.is_none() {
+            self.entry = Some(out.clone());
+            self.dest = Some((outside, to));
+        }
+        let at = self.lens.len() * SLOT;
+        let sealed = { out.sa.lock().unwrap_or_else(|p| p.into_inner()).seal(inner, 4, &mut self.buf[at..at + SLOT]) };
+        match sealed {
+            Ok(n) => {
+                Counters::add(&out.counters.packets, 1);
+                Counters::add(&out.counters.bytes, inner.len() as u64);
+                self.lens.push(n);
+            }
+            Err(_) => Counters::add(&out.counters.errors, 1),
+        }
+    }
+
+    fn flush(&mut self, sh: &Shared) {
+        let n = self.lens.len();
+        if let (Some((outside, to)), true) = (self.dest, n > 0) {
+            if let Some(raw) = sh.outsides.get(outside).and_then(|o| o.raw.as_ref()) {
+                let sent = sendmmsg_v4(raw.as_raw_fd(), &self.buf, SLOT, &self.lens, to);
+                if sent < n {
+                    if let Some(e) = &self.entry {
+                        Counters::add(&e.counters.errors, (n - sent) as u64);
+                    }
+                }
             }
         }
-        Err(_) => Counters::add(&out.counters.errors, 1),
+        self.lens.clear();
+        self.dest = None;
+        self.entry = None;
     }
+}
+
+/// Sends `lens.len()` datagrams stored at `buf[i * stride..][..lens[i]]` to `to` with
+/// `sendmmsg`, retrying briefly while the socket buffer is full. Returns how many were sent.
+fn sendmmsg_v4(fd: i32, buf: &[u8], stride: usize, lens: &[usize], to: Ipv4Addr) -> usize {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_addr = libc::in_addr { s_addr: u32::from(to).to_be() };
+    let mut iov: [libc::iovec; MAX_GSO] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_GSO];
+    // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+    let mut msgs: [libc::mmsghdr; MAX_GSO] = unsafe { std::mem::zeroed() };
+    let n = lens.len().min(MAX_GSO);
+    for i in 0..n {
+        iov[i] = libc::iovec { iov_base: buf[i * stride..].as_ptr() as *mut libc::c_void, iov_len: lens[i] };
+        msgs[i].msg_hdr.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+        msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msgs[i].msg_hdr.msg_iov = &mut iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    let mut done = 0;
+    let mut tries = 0;
+    while done < n {
+        // SAFETY: msgs[done..n] are initialised and point at iovecs into `buf` (alive for the
+        // call) and at `sa` on this stack frame; the kernel only reads them.
+        let rc = unsafe { libc::sendmmsg(fd, msgs[done..].as_mut_ptr(), (n - done) as libc::c_uint, 0) };
+        if rc > 0 {
+            done += rc as usize;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock && tries < 20 {
+            tries += 1;
+            wait_fd(fd, libc::POLLOUT, 5);
+            continue;
+        }
+        if err.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        // Skip the datagram the kernel refused and carry on with the rest.
+        done += 1;
+        tries = 0;
+        if done >= n {
+            break;
+        }
+    }
+    done
 }
 
 /// A train of ESP-in-UDP packets for one destination, sent with one UDP GSO `sendmsg`: all
@@ -353,6 +438,8 @@ fn rx_loop(sh: &Shared) {
     let mut rx_bufs = vec![vec![0u8; RX_BUF_LEN]; RX_BUFS];
     let mut meta = vec![quinn_udp::RecvMeta::default(); RX_BUFS];
     let mut tun_out = TunOut::new(sh.offload);
+    let mut raw_bufs = vec![[0u8; SLOT]; RAW_BATCH];
+    let mut raw_lens = vec![0usize; RAW_BATCH];
     loop {
         for p in pollfds.iter_mut() {
             p.revents = 0;
@@ -371,26 +458,32 @@ fn rx_loop(sh: &Shared) {
             if raw {
                 let Some(sock) = &o.raw else { continue };
                 // Bounded so that one busy socket cannot starve the others.
-                for _ in 0..256 {
-                    let buf = &mut rx_bufs[0];
-                    // SAFETY: buf is a valid writable region of buf.len() bytes; a raw socket
-                    // writes at most that many.
-                    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-                    if n <= 0 {
+                for _ in 0..64 {
+                    let got = recvmmsg_raw(sock.as_raw_fd(), &mut raw_bufs, &mut raw_lens);
+                    if got == 0 {
                         break;
                     }
-                    let n = n as usize;
-                    // Raw IPv4 sockets deliver the IP header; ESP starts after IHL words.
-                    let ihl = usize::from(buf[0] & 0x0f) * 4;
-                    if n < ihl + 8 || buf[0] >> 4 != 4 {
-                        Counters::add(&sh.stats.malformed, 1);
-                        continue;
+                    for (buf, &n) in raw_bufs.iter_mut().zip(raw_lens.iter()).take(got) {
+                        let n = n.min(buf.len());
+                        // Raw IPv4 sockets deliver the IP header; ESP starts after IHL words.
+                        if n < 20 || buf[0] >> 4 != 4 {
+                            Counters::add(&sh.stats.malformed, 1);
+                            continue;
+                        }
+                        let ihl = usize::from(buf[0] & 0x0f) * 4;
+                        if n < ihl + 8 {
+                            Counters::add(&sh.stats.malformed, 1);
+                            continue;
+                        }
+                        let from = IpAddr::V4(Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]));
+                        let sad = reader.get();
+                        handle_esp(sh, sad, &mut buf[ihl..n], from, IpAddr::V4(o.local), &mut tun_out);
+                        if tun_out.full() {
+                            tun_out.flush(sh);
+                        }
                     }
-                    let from = IpAddr::V4(Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]));
-                    let sad = reader.get();
-                    handle_esp(sh, sad, &mut buf[ihl..n], from, IpAddr::V4(o.local), &mut tun_out);
-                    if tun_out.full() {
-                        tun_out.flush(sh);
+                    if got < raw_bufs.len() {
+                        break;
                     }
                 }
             } else {
@@ -422,6 +515,33 @@ fn rx_loop(sh: &Shared) {
         }
         tun_out.flush(sh);
     }
+}
+
+/// Datagrams per `recvmmsg` on the raw ESP socket.
+const RAW_BATCH: usize = 32;
+
+/// Non-blocking `recvmmsg` into fixed buffers; returns how many datagrams arrived.
+fn recvmmsg_raw(fd: i32, bufs: &mut [[u8; SLOT]], lens: &mut [usize]) -> usize {
+    let n = bufs.len().min(lens.len()).min(RAW_BATCH);
+    let mut iov: [libc::iovec; RAW_BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; RAW_BATCH];
+    // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+    let mut msgs: [libc::mmsghdr; RAW_BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iov[i] = libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: SLOT };
+        msgs[i].msg_hdr.msg_iov = &mut iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: msgs[..n] point at iovecs covering `bufs[i]` (SLOT writable bytes each), alive for
+    // the call; MSG_DONTWAIT makes it return at once when nothing is queued.
+    let rc = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+    if rc <= 0 {
+        return 0;
+    }
+    let got = rc as usize;
+    for i in 0..got {
+        lens[i] = msgs[i].msg_len as usize;
+    }
+    got
 }
 
 fn rx_iov(bufs: &mut [Vec<u8>]) -> [IoSliceMut<'_>; RX_BUFS] {
