@@ -4,7 +4,7 @@
 
 use crate::cmd::{in_ns, run, wait_for, Proc};
 use crate::{LabError, Result, Topology};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -72,9 +72,18 @@ pub struct CaptureReport {
     pub esp_spis: BTreeSet<String>,
     /// Distinct IKE SA SPI pairs with a non-zero responder SPI (an IKE rekey adds one).
     pub ike_sas: BTreeSet<(String, String)>,
+    /// Seconds from the start of the capture at which each ESP SPI was first seen.
+    pub esp_spi_first_seen: BTreeMap<String, f64>,
 }
 
 impl CaptureReport {
+    /// ESP SPIs first seen more than `secs` after the first ESP packet of the capture: the
+    /// initial CHILD_SAs are all in use within a second, so these come from rekeys (two each).
+    pub fn esp_spis_new_after_first(&self, secs: f64) -> usize {
+        let Some(first) = self.esp_spi_first_seen.values().copied().reduce(f64::min) else { return 0 };
+        self.esp_spi_first_seen.values().filter(|t| **t > first + secs).count()
+    }
+
     /// The issue-2 assertions: no malformed packet, nothing in clear, and the capture is not
     /// trivially empty (at least one IKE and one ESP packet), so the check cannot pass vacuously.
     pub fn check_clean(&self) -> Result<()> {
@@ -120,7 +129,7 @@ pub fn check_capture(file: &std::path::Path, net_a: &str, net_b: &str) -> Result
     let fields = run(
         Command::new("tshark").args([
             "-n", "-r", &f, "-T", "fields", "-E", "separator=;", "-E", "occurrence=a", "-E", "aggregator=,",
-            "-e", "frame.number", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto", "-e", "esp.spi",
+            "-e", "frame.number", "-e", "frame.time_relative", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto", "-e", "esp.spi",
             "-e", "isakmp.ispi", "-e", "isakmp.rspi",
         ]),
         t,
@@ -130,9 +139,11 @@ pub fn check_capture(file: &std::path::Path, net_a: &str, net_b: &str) -> Result
     }
     for line in fields.stdout.lines() {
         let col: Vec<&str> = line.split(';').collect();
-        if col.len() < 7 {
+        if col.len() < 8 {
             continue;
         }
+        let when: f64 = col[1].parse().unwrap_or(0.0);
+        let col = [col[0], col[2], col[3], col[4], col[5], col[6], col[7]];
         let srcs: Vec<&str> = col[1].split(',').collect();
         let dsts: Vec<&str> = col[2].split(',').collect();
         for (s, d) in srcs.iter().zip(dsts.iter()) {
@@ -150,6 +161,7 @@ pub fn check_capture(file: &std::path::Path, net_a: &str, net_b: &str) -> Result
             }
             for spi in col[4].split(',') {
                 rep.esp_spis.insert(spi.to_string());
+                rep.esp_spi_first_seen.entry(spi.to_string()).or_insert(when);
             }
         }
         if !col[5].is_empty() {

@@ -224,6 +224,14 @@ impl StrongSwan {
         Ok(raw.contains("initiator=yes"))
     }
 
+    /// Unique ids (`l2l: #N, ...`) of the IKE SAs in `--list-sas`; a rekey makes a new, higher id.
+    pub fn ike_sa_ids(&self) -> Result<Vec<u32>> {
+        let s = self.list_sas()?;
+        Ok(s.lines()
+            .filter_map(|l| l.trim().split_once(": #").and_then(|(_, r)| r.split(',').next()).and_then(|n| n.parse().ok()))
+            .collect())
+    }
+
     /// Count of log lines in charon.log containing `needle` (e.g. "rekeyed", "CHILD_SA net-net").
     pub fn log_count(&self, needle: &str) -> usize {
         std::fs::read_to_string(self.dir.join("charon.log")).map(|s| s.lines().filter(|l| l.contains(needle)).count()).unwrap_or(0)

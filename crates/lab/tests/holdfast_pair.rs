@@ -32,13 +32,11 @@ fn run(force_udp: bool) {
 }
 
 #[test]
-#[ignore = "holdfast daemon (crates/gateway + ike) not working yet"]
 fn holdfast_pair_native_esp() {
     run(false);
 }
 
 #[test]
-#[ignore = "holdfast daemon (crates/gateway + ike) not working yet"]
 fn holdfast_pair_forced_udp_encapsulation() {
     run(true);
 }

@@ -32,25 +32,21 @@ fn run(suite: Suite, hf_initiates: bool) {
 }
 
 #[test]
-#[ignore = "holdfast daemon (crates/gateway + ike) not working yet"]
 fn holdfast_initiator_strongswan_aes256gcm16_x25519() {
     run(Suite::GcmX25519, true);
 }
 
 #[test]
-#[ignore = "holdfast daemon (crates/gateway + ike) not working yet"]
 fn holdfast_initiator_strongswan_aes256_sha256_modp2048() {
     run(Suite::CbcSha256Modp2048, true);
 }
 
 #[test]
-#[ignore = "holdfast daemon (crates/gateway + ike) not working yet"]
 fn holdfast_responder_strongswan_aes256gcm16_x25519() {
     run(Suite::GcmX25519, false);
 }
 
 #[test]
-#[ignore = "holdfast daemon (crates/gateway + ike) not working yet"]
 fn holdfast_responder_strongswan_aes256_sha256_modp2048() {
     run(Suite::CbcSha256Modp2048, false);
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // wall-clock measurement is the point of this tool
 //! Deterministic TCP transfer for the lab.
 //!
 //! ```text

@@ -1,5 +1,6 @@
 //! Shared steps of the lab tests. Every step is bounded in time.
 #![allow(dead_code)]
+#![allow(clippy::disallowed_methods)] // the lab measures wall-clock recovery times
 
 use lab::topo::{HOST_B_IP, NET_A, NET_B};
 use lab::{check_capture, transfer, Capture, CaptureReport, Topology, XferOpts, XferResult};
