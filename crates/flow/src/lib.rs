@@ -467,6 +467,8 @@ pub struct Engine {
     icmp_tokens_milli: u64,
     icmp_refill_ms: u64,
     stats: Stats,
+    /// Scratch buffer of `handle_timeout`: (deadline, conn id, slab index).
+    expired: Vec<(u64, ConnId, u32)>,
 }
 
 /// What a packet says about itself once parsed.
@@ -511,6 +513,7 @@ impl Engine {
             icmp_tokens_milli: tokens,
             icmp_refill_ms: TIME_BIAS_MS,
             stats: Stats::default(),
+            expired: Vec::new(),
         }
     }
 
@@ -718,15 +721,22 @@ impl Engine {
                 } else {
                     let e = self.table.get(i);
                     match self.timeout_ms(e) {
-                        Some(t) if e.last_ms + t <= now_ms => {
-                            let reason = self.expiry_reason(e);
-                            self.teardown(i, now_ms, reason);
-                        }
+                        Some(t) if e.last_ms + t <= now_ms => self.expired.push((e.last_ms + t, e.id, i)),
                         _ => self.arm(i, now_ms),
                     }
                 }
                 i = next;
             }
+            // Slot lists are LIFO; tear down in deadline order (then conn id) so the log reads
+            // naturally. `expired` is a reused buffer.
+            self.expired.sort_unstable();
+            for k in 0..self.expired.len() {
+                let (deadline, _, i) = self.expired[k];
+                // Log the conn as ending at its deadline, not when we noticed.
+                let reason = self.expiry_reason(self.table.get(i));
+                self.teardown(i, deadline, reason);
+            }
+            self.expired.clear();
         }
     }
 
@@ -757,7 +767,8 @@ impl Engine {
         let Some(ts) = self.tunnel_state_mut(tunnel.0) else { return };
         ts.up = false;
         let (ptcp, pudp) = (ts.preserve_tcp, ts.preserve_udp);
-        let members: Vec<u32> = self.table.live().filter(|&i| self.table.get(i).tunnel == tunnel.0).collect();
+        let mut members: Vec<u32> = self.table.live().filter(|&i| self.table.get(i).tunnel == tunnel.0).collect();
+        members.sort_unstable_by_key(|&i| self.table.get(i).id);
         for i in members {
             let p = self.table.get(i).key.proto;
             let keep = match p {
