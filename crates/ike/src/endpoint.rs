@@ -25,6 +25,8 @@ const REINIT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a replaced CHILD_SA waits for the peer's Delete before we drop it ourselves.
 const REKEYED_GRACE: Duration = Duration::from_secs(20);
+/// Re-check of a rekey that did not complete.
+const REKEY_WATCHDOG: Duration = Duration::from_secs(30);
 const NONCE_LEN: usize = 32;
 const MAX_FRAGMENTS: u16 = 64;
 
@@ -87,9 +89,6 @@ struct Child {
     expire_at: Instant,
     bytes: u64,
     state: ChildState,
-    /// The peer rekeyed this SA (new inbound SPI, lowest nonce of that exchange) while our own
-    /// rekey may still be in flight (RFC 7296 §2.8.1).
-    peer_rekey: Option<(u32, Vec<u8>)>,
     reported_down: bool,
 }
 
@@ -99,6 +98,9 @@ enum Req {
     DeleteChildren(Vec<u32>),
     /// Rekey (Some(old inbound SPI)) or create a new CHILD_SA (None).
     Child(Option<u32>),
+    /// Replace a CHILD_SA the peer no longer knows (CHILD_SA_NOT_FOUND on rekey) with a new
+    /// one negotiated without REKEY_SA; the old one is deleted afterwards.
+    Recreate(u32),
     RekeyIke,
 }
 
@@ -110,6 +112,20 @@ enum Pending {
     DeleteChildren(Vec<u32>),
     Child { old: Option<u32>, spi_in: u32, ni: Vec<u8>, dh: Option<DhPrivate> },
     RekeyIke { new_spi: u64, ni: Vec<u8>, dh: Option<DhPrivate> },
+}
+
+impl Pending {
+    fn name(&self) -> String {
+        match self {
+            Pending::Init { .. } => "init".into(),
+            Pending::Auth { .. } => "auth".into(),
+            Pending::Dpd => "dpd".into(),
+            Pending::DeleteIke => "delete-ike".into(),
+            Pending::DeleteChildren(s) => format!("delete-children {s:08x?}"),
+            Pending::Child { old, spi_in, .. } => format!("child old={old:08x?} new={spi_in:08x}"),
+            Pending::RekeyIke { new_spi, .. } => format!("rekey-ike new={new_spi:016x}"),
+        }
+    }
 }
 
 struct Outstanding {
@@ -160,6 +176,15 @@ struct IkeSa {
     reasm: Option<Reassembly>,
     /// A duplicate IKE SA the peer is expected to delete; removed locally at this time.
     redundant_at: Option<Instant>,
+    /// Since when this established SA has no CHILD_SA (and how often we tried to create one).
+    childless_since: Option<Instant>,
+    childless_tries: u32,
+    /// Rekeys by the peer of CHILD_SAs we were rekeying ourselves: (old inbound SPI, the
+    /// peer's new inbound SPI, lowest nonce of the peer's exchange), RFC 7296 §2.8.1.
+    collisions: Vec<(u32, u32, Vec<u8>)>,
+    /// After a rekey: our SPI of the IKE SA that replaced this one. Children and child
+    /// requests that still end up here (an exchange that was in flight) move over to it.
+    successor: Option<u64>,
     dead: bool,
 }
 
@@ -423,6 +448,7 @@ impl Endpoint {
             consider(sa.out.as_ref().map(|o| o.next), TimerReason::Retransmit);
             consider(sa.deadline, TimerReason::HalfOpenTimeout);
             consider(sa.redundant_at, TimerReason::Expire);
+            consider(self.childless_deadline(sa), TimerReason::RekeyChild);
             if sa.is_up() {
                 consider(sa.rekey_at, TimerReason::RekeyIke);
                 if sa.out.is_none() && sa.queue.is_empty() {
@@ -524,10 +550,32 @@ impl Endpoint {
         v
     }
 
-    fn put_back(&mut self, sa: IkeSa) {
+    fn put_back(&mut self, mut sa: IkeSa) {
+        if let (State::Rekeyed, Some(succ)) = (sa.state, sa.successor) {
+            if let Some(mut new) = self.sas.remove(&succ) {
+                new.children.append(&mut sa.children);
+                let (keep, moved): (VecDeque<Req>, VecDeque<Req>) = sa.queue.drain(..).partition(|r| matches!(r, Req::DeleteIke));
+                sa.queue = keep;
+                new.queue.extend(moved);
+                if let Some(now) = self.last_now {
+                    self.pump(now, &mut new);
+                }
+                self.sas.insert(succ, new);
+            }
+        }
         if sa.dead {
             self.init_index.retain(|_, v| *v != sa.our_spi());
             return;
+        }
+        if sa.is_up() && !sa.children.iter().any(|c| !c.reported_down) {
+            if sa.childless_since.is_none() {
+                sa.childless_since = self.last_now;
+            }
+        } else {
+            sa.childless_since = None;
+            if sa.children.iter().any(|c| !c.reported_down) {
+                sa.childless_tries = 0;
+            }
         }
         self.sas.insert(sa.our_spi(), sa);
     }
@@ -569,6 +617,16 @@ impl Endpoint {
         d.mul_f64(lo + (hi - lo) * r)
     }
 
+    /// When to rekey an SA of hard lifetime `l`: ~85-90% (the creator) or ~90-95% (the other
+    /// side) of it, but leaving at least a few seconds for retransmissions on short lifetimes.
+    /// The two sides use different ranges so that simultaneous rekeys (§2.8.1) stay rare.
+    fn soft_lifetime(&mut self, l: Duration, creator: bool) -> Duration {
+        let (lo, hi, floor, cap) = if creator { (0.10, 0.15, (8.0, 10.0), 0.33) } else { (0.05, 0.10, (5.0, 7.0), 0.22) };
+        let frac = self.jitter(l, lo, hi);
+        let fixed = self.jitter(Duration::from_secs(1), floor.0, floor.1).min(l.mul_f64(cap));
+        l.saturating_sub(frac.max(fixed))
+    }
+
     fn local_ip(&self, tunnel: usize, path: &Path) -> IpAddr {
         if path.local.ip().is_unspecified() { self.tunnels[tunnel].local_addr } else { path.local.ip() }
     }
@@ -588,6 +646,23 @@ impl Endpoint {
         } else {
             esp::Encap::Native
         }
+    }
+
+    /// A tunnel we initiate must keep a CHILD_SA even when every one was lost (expired during
+    /// an outage, deleted by the peer, refused). The IKE SA's initiator recreates it quickly,
+    /// the responder only later, so the two sides do not both create one.
+    fn childless_deadline(&self, sa: &IkeSa) -> Option<Instant> {
+        let since = sa.childless_since?;
+        if !sa.is_up() || self.tunnels[sa.tunnel].connection_type == ConnectionType::AnswerOnly {
+            return None;
+        }
+        let creating = sa.queue.iter().any(|r| matches!(r, Req::Child(None) | Req::Recreate(_)))
+            || matches!(sa.out.as_ref().map(|o| &o.pending), Some(Pending::Child { .. }));
+        if creating {
+            return None;
+        }
+        let base = if sa.initiator { Duration::from_secs(2) } else { Duration::from_secs(12) };
+        Some(since + (base * 2u32.saturating_pow(sa.childless_tries.min(5))).min(Duration::from_secs(120)))
     }
 
     fn schedule_reinit(&mut self, now: Instant, tunnel: usize) {
@@ -696,6 +771,7 @@ impl Endpoint {
     fn send_request(&mut self, now: Instant, sa: &mut IkeSa, exchange: ExchangeType, payloads: &[Payload<'_>], pending: Pending) {
         let (first, chain) = emit_chain(payloads);
         let mid = sa.next_mid;
+        tracing::debug!(spi = format_args!("{:016x}", sa.our_spi()), %exchange, mid, what = pending.name(), "request");
         sa.next_mid = sa.next_mid.wrapping_add(1);
         let header = self.header(sa, exchange, mid, false);
         let datagrams = self.protect(sa, header, first, &chain);
@@ -757,7 +833,15 @@ impl Endpoint {
                             continue;
                         }
                     }
-                    if let Err(e) = self.start_child(now, sa, old) {
+                    if let Err(e) = self.start_child(now, sa, old, true) {
+                        tracing::warn!("CREATE_CHILD_SA not started: {e}");
+                    }
+                }
+                Req::Recreate(old) => {
+                    if !sa.children.iter().any(|c| c.spi_in == old && !c.reported_down) {
+                        continue;
+                    }
+                    if let Err(e) = self.start_child(now, sa, Some(old), false) {
                         tracing::warn!("CREATE_CHILD_SA not started: {e}");
                     }
                 }
@@ -822,6 +906,11 @@ impl Endpoint {
             sa.rekey_at = None;
             sa.queue.push_back(Req::RekeyIke);
         }
+        if self.childless_deadline(sa).is_some_and(|t| t <= now) {
+            sa.childless_since = Some(now);
+            sa.childless_tries += 1;
+            sa.queue.push_back(Req::Child(None));
+        }
         if let Some(d) = self.tunnels[sa.tunnel].dpd {
             if sa.out.is_none() && sa.queue.is_empty() && sa.last_rx + d.threshold <= now {
                 sa.queue.push_back(Req::Dpd);
@@ -831,10 +920,20 @@ impl Endpoint {
         let mut expired = Vec::new();
         for c in sa.children.iter_mut() {
             if c.rekey_at.is_some_and(|t| t <= now) {
-                c.rekey_at = None;
-                if c.state == ChildState::Installed {
-                    c.state = ChildState::Rekeying;
-                    sa.queue.push_back(Req::Child(Some(c.spi_in)));
+                // Re-armed as a watchdog: a rekey whose exchange got lost (its IKE SA was
+                // replaced or died) is started again.
+                c.rekey_at = Some(now + REKEY_WATCHDOG);
+                let spi = c.spi_in;
+                tracing::debug!(spi_in = format_args!("{spi:08x}"), state = ?c.state, "child rekey timer");
+                let queued = sa.queue.iter().any(|r| matches!(r, Req::Child(Some(x)) | Req::Recreate(x) if *x == spi));
+                let in_flight = matches!(sa.out.as_ref().map(|o| &o.pending), Some(Pending::Child { old: Some(x), .. }) if *x == spi);
+                match c.state {
+                    ChildState::Installed => {
+                        c.state = ChildState::Rekeying;
+                        sa.queue.push_back(Req::Child(Some(spi)));
+                    }
+                    ChildState::Rekeying if !queued && !in_flight => sa.queue.push_back(Req::Child(Some(spi))),
+                    _ => c.rekey_at = None,
                 }
             }
             match c.state {
@@ -846,15 +945,15 @@ impl Endpoint {
         for (spi, reason) in expired {
             if let Some(pos) = sa.children.iter().position(|c| c.spi_in == spi) {
                 let c = sa.children.remove(pos);
+                tracing::debug!(spi_in = format_args!("{:08x}", c.spi_in), ?reason, "child timed out");
                 if !c.reported_down {
                     self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
                 }
-                if reason == DownReason::Expired {
-                    // Tell the peer too; it may still have it installed.
-                    let c2 = Child { reported_down: true, state: ChildState::Deleting, ..c };
-                    sa.children.push(c2);
-                    sa.queue.push_back(Req::DeleteChildren(vec![spi]));
-                }
+                // Tell the peer too: it may still have it installed (a lost Delete, or a peer
+                // that never deletes replaced SAs), and an SA on one side only is a black hole.
+                let c2 = Child { reported_down: true, state: ChildState::Deleting, rekey_at: None, ..c };
+                sa.children.push(c2);
+                sa.queue.push_back(Req::DeleteChildren(vec![spi]));
             }
         }
     }
@@ -901,6 +1000,10 @@ impl Endpoint {
             deadline: None,
             reasm: None,
             redundant_at: None,
+            successor: None,
+            childless_since: None,
+            childless_tries: 0,
+            collisions: Vec::new(),
             dead: false,
         };
         if self.send_init(now, &mut sa, group, None, 0).is_err() {
@@ -1166,6 +1269,10 @@ impl Endpoint {
             deadline: Some(now + HALF_OPEN_TIMEOUT),
             reasm: None,
             redundant_at: None,
+            successor: None,
+            childless_since: None,
+            childless_tries: 0,
+            collisions: Vec::new(),
             dead: false,
         };
         let local = SocketAddr::new(self.local_ip(idx, &path), path.local.port());
@@ -1255,6 +1362,7 @@ impl Endpoint {
                 return Err(Drop::Malformed(e));
             }
         };
+        tracing::debug!(spi = format_args!("{:016x}", sa.our_spi()), exchange = %hdr.exchange, mid, response = hdr.is_response(), payloads = ?inner_ps.iter().map(|p| p.kind()).collect::<Vec<_>>(), "received");
         if hdr.is_response() {
             let Some(out) = sa.out.take() else { return Err(Drop::BadMessageId(mid)) };
             self.on_response(now, sa, hdr, out.pending, &inner_ps)
@@ -1337,7 +1445,7 @@ impl Endpoint {
                 }
                 Ok(())
             }
-            Pending::Child { old, spi_in, ni, dh } => self.on_child_response(now, sa, hdr, old, spi_in, ni, dh, ps),
+            Pending::Child { old, spi_in, ni, dh, .. } => self.on_child_response(now, sa, hdr, old, spi_in, ni, dh, ps),
             Pending::RekeyIke { new_spi, ni, dh } => self.on_ike_rekey_response(now, sa, new_spi, ni, dh, ps),
         }
     }
@@ -1395,7 +1503,7 @@ impl Endpoint {
         sa.state = State::Established;
         sa.established = Some(now);
         sa.deadline = None;
-        sa.rekey_at = sa.lifetime.map(|l| now + self.jitter(l, 0.9, 0.95));
+        sa.rekey_at = sa.lifetime.map(|l| now + self.soft_lifetime(l, false));
         if notify_of(ps, NotifyType::InitialContact).is_some() {
             // RFC 7296 §2.4: the peer lost its state; our old SAs with it are useless.
             for spi in self.spis() {
@@ -1460,7 +1568,7 @@ impl Endpoint {
         }
         sa.state = State::Established;
         sa.established = Some(now);
-        sa.rekey_at = sa.lifetime.map(|l| now + self.jitter(l, 0.85, 0.9));
+        sa.rekey_at = sa.lifetime.map(|l| now + self.soft_lifetime(l, true));
         self.tstate[sa.tunnel].backoff = REINIT_BACKOFF_MIN;
         self.tstate[sa.tunnel].reinit_at = None;
         self.events.push_back(Event::IkeSaUp { tunnel: t.name.clone(), peer: sa.path.remote.ip(), initiator: true, spi_i: sa.spi_i, spi_r: sa.spi_r });
@@ -1581,8 +1689,7 @@ impl Endpoint {
         let ((oe, oa), (ie, ia)) = if exchange_initiator { ((ei, ai), (er, ar)) } else { ((er, ar), (ei, ai)) };
         let lifetime = self.tunnels[sa.tunnel].child_lifetime;
         // The side that created the SA rekeys a little earlier, which makes collisions rare.
-        let (lo, hi) = if exchange_initiator { (0.85, 0.9) } else { (0.9, 0.95) };
-        let soft = self.jitter(lifetime, lo, hi);
+        let soft = self.soft_lifetime(lifetime, exchange_initiator);
         let t = &self.tunnels[sa.tunnel];
         let inbound = esp::SaParams { spi: spi_in, encryption: suite.encryption, integrity: suite.integrity, enc_key: ie, integ_key: ia, esn: suite.esn };
         let outbound = esp::SaParams { spi: spi_out, encryption: suite.encryption, integrity: suite.integrity, enc_key: oe, integ_key: oa, esn: suite.esn };
@@ -1601,6 +1708,7 @@ impl Endpoint {
             lifetime,
             lifetime_kilobytes: t.child_lifetime_kilobytes,
         };
+        tracing::debug!(spi = format_args!("{:016x}", sa.our_spi()), spi_in = format_args!("{spi_in:08x}"), spi_out = format_args!("{spi_out:08x}"), replaces = ?replaces, n = sa.children.iter().filter(|c| !c.reported_down).count(), "child up");
         sa.children.push(Child {
             spi_in,
             spi_out,
@@ -1613,7 +1721,6 @@ impl Endpoint {
             expire_at: now + if lifetime.is_zero() { Duration::from_secs(u32::MAX as u64) } else { lifetime },
             bytes: 0,
             state: ChildState::Installed,
-            peer_rekey: None,
             reported_down: false,
         });
         self.events.push_back(Event::ChildSaUp(up));
@@ -1711,7 +1818,7 @@ impl Endpoint {
     // -----------------------------------------------------------------------------------------
     // CREATE_CHILD_SA
 
-    fn start_child(&mut self, now: Instant, sa: &mut IkeSa, old: Option<u32>) -> Result<(), String> {
+    fn start_child(&mut self, now: Instant, sa: &mut IkeSa, old: Option<u32>, notify: bool) -> Result<(), String> {
         let t = self.tunnels[sa.tunnel].clone();
         let offers = esp_offers(&t.esp_proposals, t.pfs);
         let spi_in = self.new_child_spi();
@@ -1729,7 +1836,7 @@ impl Endpoint {
             Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
             None => (t.local_ts.clone(), t.remote_ts.clone()),
         };
-        let old_b = old.map(|o| o.to_be_bytes());
+        let old_b = old.filter(|_| notify).map(|o| o.to_be_bytes());
         let tib = ts::addr_bytes(&lts);
         let trb = ts::addr_bytes(&rts);
         let mut payloads = Vec::new();
@@ -1764,8 +1871,16 @@ impl Endpoint {
             // (TEMPORARY_FAILURE §2.25, or a collision the peer resolved differently).
             let reason = format!("peer refused CREATE_CHILD_SA: {:?}", e.ty);
             if e.ty == NotifyType::ChildSaNotFound {
-                if let Some(c) = old.and_then(|o| sa.child_by_in(o)) {
-                    c.state = ChildState::Rekeyed { until: now };
+                // The peer does not know the SA any more: negotiate a fresh one in its place.
+                // Unless the peer replaced it itself in a collision: then its Delete follows.
+                let replaced = old.is_some_and(|o| sa.collisions.iter().any(|c| c.0 == o));
+                if let Some(o) = old.filter(|o| !replaced && sa.children.iter().any(|c| c.spi_in == *o)) {
+                    sa.queue.push_back(Req::Recreate(o));
+                }
+                sa.collisions.retain(|c| Some(c.0) != old);
+                if let Some(c) = old.filter(|_| replaced).and_then(|o| sa.child_by_in(o)) {
+                    c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
+                    c.rekey_at = None;
                 }
             } else {
                 retry_later(self, sa);
@@ -1810,24 +1925,17 @@ impl Endpoint {
         let Some(old) = old else { return Ok(()) };
         let our_min = if ni < nr { ni } else { nr };
         let mut delete = Vec::new();
+        // §2.8.1: if the peer rekeyed the same SA meanwhile, the SA created with the lowest of
+        // the four nonces is redundant and its creator deletes it; the creator of the other
+        // one deletes the old SA. The record survives the old SA being deleted by the peer.
+        let collision = sa.collisions.iter().position(|c| c.0 == old).map(|i| sa.collisions.remove(i));
+        match collision {
+            Some((_, _peer_new, peer_min)) if our_min < peer_min => delete.push(spi_in),
+            _ => delete.push(old),
+        }
         if let Some(c) = sa.child_by_in(old) {
-            match c.peer_rekey.clone() {
-                // §2.8.1: both rekeyed at once. The SA created with the lowest nonce is
-                // redundant, and its creator deletes it; the other side deletes the old one.
-                Some((_peer_new, peer_min)) => {
-                    if our_min < peer_min {
-                        delete.push(spi_in);
-                        c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
-                    } else {
-                        c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
-                        delete.push(old);
-                    }
-                }
-                None => {
-                    c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
-                    delete.push(old);
-                }
-            }
+            c.state = ChildState::Rekeyed { until: now + REKEYED_GRACE };
+            c.rekey_at = None;
         }
         if !delete.is_empty() {
             sa.queue.push_back(Req::DeleteChildren(delete));
@@ -1891,7 +1999,12 @@ impl Endpoint {
         if let Some(o) = old {
             let min = if ni < nr { ni } else { nr };
             if let Some(c) = sa.child_by_in(o) {
-                c.peer_rekey = Some((spi_in, min));
+                if c.state == ChildState::Rekeying {
+                    sa.collisions.retain(|x| x.0 != o);
+                    sa.collisions.push((o, spi_in, min));
+                }
+            }
+            if let Some(c) = sa.child_by_in(o) {
                 c.rekey_at = None;
                 if c.state == ChildState::Installed {
                     // The peer deletes the old SA after this exchange (§1.3.3).
@@ -1924,8 +2037,9 @@ impl Endpoint {
     }
 
     fn on_ike_rekey_request(&mut self, now: Instant, sa: &mut IkeSa, mid: u32, ps: &[Payload<'_>]) -> Result<(), ReqError> {
-        if matches!(sa.out.as_ref().map(|o| &o.pending), Some(Pending::RekeyIke { .. })) || sa.state != State::Established {
-            // §2.25: we are rekeying ourselves; the peer retries after our rekey.
+        if sa.out.is_some() || sa.state != State::Established {
+            // §2.25: an exchange of ours is in flight on this SA (possibly our own rekey); if
+            // the SA were replaced now its outcome would be lost. The peer retries later.
             return Err(ReqError::Temporary);
         }
         let t = self.tunnels[sa.tunnel].clone();
@@ -2000,12 +2114,20 @@ impl Endpoint {
         // §2.18: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), with the old SA's PRF.
         let skeyseed = crate::keys::prf(old_keys.suite.prf, &old_keys.sk_d, &[shared, &ni, &nr]);
         let keys = IkeKeys::derive(suite, &skeyseed, &ni, &nr, spi_i, spi_r);
-        let (lo, hi) = if initiator { (0.85, 0.9) } else { (0.9, 0.95) };
-        let rekey_at = match lifetime {
-            Some(l) => Some(now + self.jitter(l, lo, hi)),
-            None => None,
+        let rekey_at = lifetime.map(|l| now + self.soft_lifetime(l, initiator));
+        let mut children = std::mem::take(&mut old.children);
+        // A child rekey that was only queued on the old SA is restarted on the new one; one
+        // in flight finishes on the old SA and its result moves over (see `put_back`).
+        let inflight = match old.out.as_ref().map(|o| &o.pending) {
+            Some(Pending::Child { old: Some(s), .. }) => Some(*s),
+            _ => None,
         };
-        let children = std::mem::take(&mut old.children);
+        for c in children.iter_mut() {
+            if c.state == ChildState::Rekeying && Some(c.spi_in) != inflight {
+                c.state = ChildState::Installed;
+                c.rekey_at = Some(now + Duration::from_secs(1));
+            }
+        }
         let new = IkeSa {
             tunnel: old.tunnel,
             initiator,
@@ -2036,6 +2158,10 @@ impl Endpoint {
             deadline: None,
             reasm: None,
             redundant_at: None,
+            successor: None,
+            childless_since: None,
+            childless_tries: 0,
+            collisions: Vec::new(),
             dead: false,
         };
         let t = &self.tunnels[old.tunnel];
@@ -2043,7 +2169,8 @@ impl Endpoint {
         self.events.push_back(Event::IkeSaRekeyed { tunnel: t.name.clone(), peer: new.path.remote.ip(), old_spi_i: old.spi_i, old_spi_r: old.spi_r, new_spi_i: spi_i, new_spi_r: spi_r });
         old.state = State::Rekeyed;
         old.rekey_at = None;
-        old.queue.retain(|r| matches!(r, Req::DeleteIke));
+        old.successor = Some(new.our_spi());
+        old.queue.retain(|r| matches!(r, Req::DeleteIke | Req::DeleteChildren(_) | Req::Child(None) | Req::Recreate(_)));
         old.deadline = Some(now + REKEYED_GRACE);
         self.sas.insert(new.our_spi(), new);
     }

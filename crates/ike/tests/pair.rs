@@ -2,7 +2,7 @@
 
 use ike::{ChildSaUp, Command, DownReason, Endpoint, Event, Path, Transmit};
 use policy::*;
-use std::collections::HashMap;
+use std::collections::BTreeMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,9 @@ struct Net {
     down: Vec<IpAddr>,
     log: Vec<(IpAddr, Transmit)>,
     seed: u64,
+    /// Random loss in per mille, from a deterministic generator.
+    loss: u64,
+    lfsr: u64,
 }
 
 impl Net {
@@ -94,7 +97,7 @@ impl Net {
         let mut eps = HashMap::new();
         eps.insert(ip(A), Endpoint::new(vec![ta], ga, Box::new(crypto::SeededRandom::new(1))));
         eps.insert(ip(B), Endpoint::new(vec![tb], gb, Box::new(crypto::SeededRandom::new(2))));
-        Self { now: Instant::now(), eps, events: HashMap::new(), down: vec![], log: vec![], seed: 3 }
+        Self { now: Instant::now(), eps, events: HashMap::new(), down: vec![], log: vec![], seed: 3, loss: 0, lfsr: 0x9e3779b97f4a7c15 }
     }
 
     fn pair(a: &Algs) -> Self {
@@ -131,6 +134,14 @@ impl Net {
                     self.log.push((k, t.clone()));
                     if self.down.contains(&k) || self.down.contains(&t.path.remote.ip()) {
                         continue;
+                    }
+                    if self.loss > 0 {
+                        self.lfsr ^= self.lfsr << 13;
+                        self.lfsr ^= self.lfsr >> 7;
+                        self.lfsr ^= self.lfsr << 17;
+                        if self.lfsr % 1000 < self.loss {
+                            continue;
+                        }
                     }
                     assert_eq!(t.path.local.ip(), k, "sent from the tunnel's address");
                     if let Some(dst) = self.eps.get_mut(&t.path.remote.ip()) {
@@ -539,4 +550,67 @@ fn garbage_never_panics_the_engine() {
         while ep.poll_transmit().is_some() {}
     }
     let _ = ep.handle_datagram(n.now, p, &[]);
+}
+
+/// Hours of rekeys (CHILD every ~20 s, IKE every ~30 s, with PFS) over a lossy network: the
+/// tunnel never goes down and both sides end with exactly one matching CHILD_SA.
+#[test]
+fn rekey_soak_with_loss() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    for (seed, loss) in std::env::var("SOAK_ONLY").map(|v| vec![(v.parse::<u64>().unwrap(), 100u64)]).unwrap_or(vec![(11u64, 0u64), (12, 50), (13, 150), (14, 0), (15, 100), (16, 200), (17, 0), (18, 300), (19, 100), (20, 0)]) {
+        let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &cbc_modp());
+        let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &cbc_modp());
+        for t in [&mut ta, &mut tb] {
+            t.child_lifetime = Duration::from_secs(20);
+            t.pfs = Some(DhGroup::Curve25519);
+            t.ike_policies[0].groups = vec![DhGroup::Curve25519];
+            t.ike_policies[0].lifetime = Some(Duration::from_secs(30));
+            t.dpd = Some(Dpd { threshold: Duration::from_secs(10), retry: Duration::from_secs(1) });
+        }
+        let g = Ikev2Globals { retransmit_base: Duration::from_millis(300), retransmit_tries: 6, ..Default::default() };
+        let mut n = Net::new(ta, tb, g.clone(), g);
+        n.seed = seed;
+        n.lfsr ^= seed;
+        n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+        n.loss = loss;
+        let t0 = std::time::Instant::now();
+        n.advance(Duration::from_secs(2 * 3600));
+        eprintln!("seed {seed} loss {loss}: {:?} wall, {} datagrams", t0.elapsed(), n.log.len());
+        if std::env::var("SOAK_HIST").is_ok() {
+            let mut h: std::collections::BTreeMap<String, usize> = Default::default();
+            for (from, t) in &n.log {
+                let k = match wire::ike::Message::parse(&t.data) {
+                    Ok(m) => format!("{from} {} resp={} next={:?}", m.header.exchange, m.header.is_response(), m.header.next_payload),
+                    Err(e) => format!("{from} err {e}"),
+                };
+                *h.entry(k).or_default() += 1;
+            }
+            eprintln!("{h:#?}");
+            let ev: std::collections::BTreeMap<String, usize> = n.ev(A).iter().map(|e| format!("{e:?}").split([' ', '(']).next().unwrap().to_string()).fold(Default::default(), |mut m, k| { *m.entry(k).or_default() += 1; m });
+            eprintln!("A events {ev:?}");
+        }
+        n.loss = 0;
+        // Let in-flight exchanges and grace timers settle.
+        n.advance(Duration::from_secs(25));
+        let (a, b) = (n.eps[&ip(A)].child_sas(), n.eps[&ip(B)].child_sas());
+        if a.is_empty() || b.is_empty() { let ev: Vec<_> = n.ev(A).into_iter().filter(|e| !matches!(e, Event::IkeSaUp{..} | Event::IkeSaRekeyed{..})).collect(); let k = ev.len().saturating_sub(12); for e in &ev[k..] { eprintln!("A {e:?}"); } let ev: Vec<_> = n.ev(B).into_iter().filter(|e| !matches!(e, Event::IkeSaUp{..} | Event::IkeSaRekeyed{..})).collect(); let k = ev.len().saturating_sub(12); for e in &ev[k..] { eprintln!("B {e:?}"); } eprintln!("{:?}\n{:?}", n.eps[&ip(A)].ike_sas(), n.eps[&ip(B)].ike_sas()); }
+        assert!(!a.is_empty() && !b.is_empty(), "seed {seed}: children {a:?} {b:?}");
+        assert_matching(&n);
+        if loss == 0 {
+            assert!(!n.ev(A).iter().any(|e| matches!(e, Event::IkeSaDown { .. })), "seed {seed}: {:?}", n.ev(A).iter().filter(|e| matches!(e, Event::IkeSaDown { .. })).collect::<Vec<_>>());
+            assert_eq!(a.len(), 1, "seed {seed}");
+            assert_eq!(b.len(), 1, "seed {seed}");
+            assert_eq!(n.live(A).len(), 1);
+        }
+        assert_eq!(n.eps[&ip(A)].ike_sas().iter().filter(|s| s.status == ike::IkeStatus::Ready).count(), 1, "seed {seed} loss {loss}: {:?}", n.eps[&ip(A)].ike_sas());
+        // Every SA announced up was eventually announced down, except the live ones.
+        for who in [A, B] {
+            let live: Vec<u32> = n.eps[&ip(who)].child_sas().iter().map(|c| c.spi_in).collect();
+            let mut announced: Vec<u32> = n.live(who).iter().map(|u| u.inbound.spi).collect();
+            announced.sort();
+            let mut l = live.clone();
+            l.sort();
+            assert_eq!(announced, l, "seed {seed} loss {loss} {who}: events and state agree");
+        }
+    }
 }
