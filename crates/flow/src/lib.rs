@@ -471,7 +471,17 @@ pub struct Engine {
     expired: Vec<(u64, ConnId, u32)>,
 }
 
+/// One packet of a batch for [`Engine::handle_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    pub dir: Dir,
+    pub ifcs: IfcPair,
+    pub route: Route,
+    pub data: &'a [u8],
+}
+
 /// What a packet says about itself once parsed.
+#[derive(Clone, Copy)]
 struct Parsed {
     key: Key,
     from_outside: bool,
@@ -601,12 +611,79 @@ impl Engine {
     /// Classifies one IPv4 packet (`data` starts at the IPv4 header) travelling `dir` across
     /// `ifcs`, carried on the outside as `route` says.
     pub fn handle_packet(&mut self, now: Instant, dir: Dir, ifcs: IfcPair, route: Route, data: &[u8]) -> Verdict {
-        self.stats.packets += 1;
         let now_ms = self.ms(now);
-        let p = match parse(dir, ifcs, data) {
-            Ok(p) => p,
-            Err(r) => return self.drop(r),
-        };
+        match parse(dir, ifcs, data) {
+            Ok(p) => {
+                let found = if matches!(p.kind, Kind::Fragment) { None } else { self.table.find(&p.key) };
+                self.process(now_ms, route, &p, found, data)
+            }
+            Err(r) => {
+                self.stats.packets += 1;
+                self.drop(r)
+            }
+        }
+    }
+
+    /// The same as calling [`Engine::handle_packet`] for each packet in order (same verdicts,
+    /// events and state), writing `out[k]` for `packets[k]` (up to the shorter length). Faster
+    /// for a batch from one TUN/GRO read: all the batch's table lookups are issued before any
+    /// packet is processed, so their cache misses overlap instead of queueing one by one.
+    pub fn handle_batch(&mut self, now: Instant, packets: &[Packet<'_>], out: &mut [Verdict]) {
+        const GROUP: usize = 16;
+        let now_ms = self.ms(now);
+        let n = packets.len().min(out.len());
+        let mut start = 0;
+        while start < n {
+            let m = GROUP.min(n - start);
+            let group = &packets[start..start + m];
+            let mut parsed: [Result<Parsed, DropReason>; GROUP] = [Err(DropReason::InvalidIpHeader); GROUP];
+            let mut hashes = [0u64; GROUP];
+            let mut words = [0u64; GROUP];
+            // 1: parse and hash, load each home bucket (independent loads: they overlap).
+            for (k, pk) in group.iter().enumerate() {
+                parsed[k] = parse(pk.dir, pk.ifcs, pk.data);
+                if let Ok(p) = &parsed[k] {
+                    hashes[k] = self.table.hash(&p.key);
+                    words[k] = self.table.home_word(hashes[k]);
+                }
+            }
+            std::hint::black_box(&words);
+            // 2: probe (bucket lines are cached now; the entries' loads overlap in turn).
+            let mut found = [None; GROUP];
+            for k in 0..m {
+                if let Ok(p) = &parsed[k] {
+                    if !matches!(p.kind, Kind::Fragment) {
+                        found[k] = self.table.find_hashed(&p.key, hashes[k]);
+                    }
+                }
+            }
+            // 3: process in order. A packet that builds or ends a conn invalidates the later
+            // lookups of the group (same new flow twice, a freed slot reused): redo those.
+            let gen = self.table.generation();
+            for k in 0..m {
+                out[start + k] = match &parsed[k] {
+                    Err(r) => {
+                        self.stats.packets += 1;
+                        self.drop(*r)
+                    }
+                    Ok(p) => {
+                        let f = if self.table.generation() == gen || matches!(p.kind, Kind::Fragment) {
+                            found[k]
+                        } else {
+                            self.table.find_hashed(&p.key, hashes[k])
+                        };
+                        self.process(now_ms, group[k].route, p, f, group[k].data)
+                    }
+                };
+            }
+            start += m;
+        }
+    }
+
+    /// Everything after parsing and lookup (`found` = the conn's slab index, if any).
+    fn process(&mut self, now_ms: u64, route: Route, p: &Parsed, found: Option<u32>, data: &[u8]) -> Verdict {
+        self.stats.packets += 1;
+        let p = *p;
         let rt = route.tunnel();
         let into_tunnel = matches!(route, Route::ToTunnel(_));
         let tunnel_down = into_tunnel && !self.tunnel_state(rt).is_some_and(|s| s.up);
@@ -619,7 +696,7 @@ impl Engine {
             return Verdict::Forward;
         }
 
-        let Some(i) = self.table.find(&p.key) else {
+        let Some(i) = found else {
             return self.new_flow(now_ms, &p, route, tunnel_down);
         };
 

@@ -827,3 +827,51 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// `handle_batch` is observably identical to `handle_packet` one by one: same verdicts,
+    /// same events, same table — including batches that build, use and end the same conn.
+    #[test]
+    fn batch_equals_one_by_one(
+        pkts in proptest::collection::vec((any::<bool>(), 0..3u8, 0..3u8, any::<u8>(), 0..3u8, 0..3u8), 1..150),
+        cuts in proptest::collection::vec(1..40usize, 1..20),
+    ) {
+        let mut a = Rig::new(preserve_cfg(false));
+        let mut b = Rig::new(preserve_cfg(false));
+        a.up(0);
+        b.up(0);
+        let data: Vec<(Dir, Route, Vec<u8>)> = pkts
+            .iter()
+            .map(|&(out, host, port, flags, len, rt)| {
+                let inside = format!("10.1.0.{}", host + 1);
+                let payload = vec![0u8; usize::from(len) * 7];
+                let f = flags_from(flags);
+                let route = match rt { 0 => Route::Clear, 1 => Route::ToTunnel(a.tun), _ => Route::FromTunnel(a.tun) };
+                if flags % 11 == 0 {
+                    (Dir::Outbound, route, udp(&inside, 9, "10.2.0.9", 9, &payload))
+                } else if out {
+                    (Dir::Outbound, route, tcp(&inside, 1000 + u16::from(port), "10.2.0.9", 80, f, 0, 0, &payload))
+                } else {
+                    (Dir::Inbound, route, tcp("10.2.0.9", 80, &inside, 1000 + u16::from(port), f, 0, 0, &payload))
+                }
+            })
+            .collect();
+        let va: Vec<Verdict> = data.iter().map(|(d, r, p)| a.e.handle_packet(a.at(5), *d, a.ifc, *r, p)).collect();
+        let batch: Vec<Packet<'_>> = data.iter().map(|(d, r, p)| Packet { dir: *d, ifcs: b.ifc, route: *r, data: p }).collect();
+        let mut vb = vec![Verdict::Forward; batch.len()];
+        let mut at = 0;
+        for c in cuts.iter().cycle() {
+            if at >= batch.len() { break; }
+            let end = (at + c).min(batch.len());
+            b.e.handle_batch(b.at(5), &batch[at..end], &mut vb[at..end]);
+            at = end;
+        }
+        prop_assert_eq!(va, vb);
+        prop_assert_eq!(a.events(), b.events());
+        prop_assert_eq!(a.e.conns(a.at(6)), b.e.conns(b.at(6)));
+        prop_assert_eq!(a.e.stats(), b.e.stats());
+        b.e.check_invariants();
+    }
+}
