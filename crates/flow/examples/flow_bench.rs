@@ -107,8 +107,42 @@ fn main() {
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ")
     );
     for &n in &sizes {
+        anchor(n);
         run(n);
     }
+}
+
+/// The machine's own numbers for comparison, on an array as large as the table: a dependent
+/// random load (latency: the floor for one unbatched cache-missing lookup) and independent random
+/// loads (what overlapping misses can reach).
+fn anchor(n: u64) {
+    let words = (n as usize * 88) / 8;
+    let mut v: Vec<u64> = (0..words as u64).collect();
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    for i in (1..words).rev() {
+        let j = (xorshift(&mut s) % i as u64) as usize;
+        v.swap(i, j);
+    }
+    let iters = 2_000_000u64;
+    let start = Instant::now();
+    let mut p = 0usize;
+    for _ in 0..iters {
+        p = v[p] as usize;
+    }
+    let dep = start.elapsed();
+    let start = Instant::now();
+    let mut acc = 0u64;
+    for _ in 0..iters {
+        acc = acc.wrapping_add(v[(xorshift(&mut s) % words as u64) as usize]);
+    }
+    let ind = start.elapsed();
+    println!(
+        "\nanchor ({} MB array): dependent random load {:.0} ns, independent random loads {:.1} ns each ({})",
+        words * 8 >> 20,
+        dep.as_nanos() as f64 / iters as f64,
+        ind.as_nanos() as f64 / iters as f64,
+        (p as u64) ^ acc & 1
+    );
 }
 
 fn run(n: u64) {
@@ -132,7 +166,7 @@ fn run(n: u64) {
     assert_eq!(e.len() as u64, n);
     let held = LIVE.load(Ordering::Relaxed) - base;
     let peak = PEAK.load(Ordering::Relaxed) - base;
-    println!("\n== {n} flows ==");
+    println!("== {n} flows ==");
     println!(
         "memory: {:.1} bytes/flow allocated (table's own count {:.1}); peak during growth {:.1} bytes/flow",
         held as f64 / n as f64,
@@ -152,6 +186,24 @@ fn run(n: u64) {
     }
     let look = start.elapsed();
     println!("lookup: {:.2} M packets/s (random conn each packet, full handle_packet path)", rate(iters, look) / 1e6);
+
+    // Random conns again, but handed over in batches of 32 (one TUN/GRO read) via handle_batch.
+    let mut bufs: Vec<Pkt> = (0..32).map(|_| Pkt::new()).collect();
+    let mut verdicts = vec![flow::Verdict::Forward; 32];
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < iters {
+        for b in bufs.iter_mut() {
+            let k = xorshift(&mut s) % n;
+            b.set(k, ACK);
+        }
+        let batch: Vec<flow::Packet<'_>> =
+            bufs.iter().map(|b| flow::Packet { dir: Dir::Outbound, ifcs: ifc, route: Route::Clear, data: &b.0 }).collect();
+        e.handle_batch(now, &batch, &mut verdicts);
+        done += 32;
+    }
+    let batched = start.elapsed();
+    println!("lookup: {:.2} M packets/s (random conn each packet, handle_batch of 32)", rate(done, batched) / 1e6);
 
     // Same, in bursts of 32 packets per conn (what a GRO/TUN batch of one flow looks like).
     let start = Instant::now();

@@ -638,28 +638,25 @@ impl Engine {
             let group = &packets[start..start + m];
             let mut parsed: [Result<Parsed, DropReason>; GROUP] = [Err(DropReason::InvalidIpHeader); GROUP];
             let mut hashes = [0u64; GROUP];
-            let mut words = [0u64; GROUP];
-            // 1: parse and hash, load each home bucket (independent loads: they overlap).
             for (k, pk) in group.iter().enumerate() {
                 parsed[k] = parse(pk.dir, pk.ifcs, pk.data);
                 if let Ok(p) = &parsed[k] {
                     hashes[k] = self.table.hash(&p.key);
-                    words[k] = self.table.home_word(hashes[k]);
                 }
             }
-            std::hint::black_box(&words);
-            // 2: probe (bucket lines are cached now; the entries' loads overlap in turn).
-            let mut found = [None; GROUP];
+            // Warm-up in tight loops of independent loads, so the CPU keeps all of the group's
+            // cache misses in flight at once: first the home buckets, then the entries they
+            // name (both cache lines an entry may straddle). Only a cache effect: phase 3 does
+            // the real lookups, so nothing here can go stale.
+            let mut words = [0u64; GROUP];
             for k in 0..m {
-                if let Ok(p) = &parsed[k] {
-                    if !matches!(p.kind, Kind::Fragment) {
-                        found[k] = self.table.find_hashed(&p.key, hashes[k]);
-                    }
-                }
+                words[k] = self.table.home_word(hashes[k]);
             }
-            // 3: process in order. A packet that builds or ends a conn invalidates the later
-            // lookups of the group (same new flow twice, a freed slot reused): redo those.
-            let gen = self.table.generation();
+            let mut acc = 0u64;
+            for &w in &words[..m] {
+                acc ^= self.table.touch(w);
+            }
+            std::hint::black_box(acc);
             for k in 0..m {
                 out[start + k] = match &parsed[k] {
                     Err(r) => {
@@ -667,11 +664,7 @@ impl Engine {
                         self.drop(*r)
                     }
                     Ok(p) => {
-                        let f = if self.table.generation() == gen || matches!(p.kind, Kind::Fragment) {
-                            found[k]
-                        } else {
-                            self.table.find_hashed(&p.key, hashes[k])
-                        };
+                        let f = if matches!(p.kind, Kind::Fragment) { None } else { self.table.find_hashed(&p.key, hashes[k]) };
                         self.process(now_ms, group[k].route, p, f, group[k].data)
                     }
                 };

@@ -123,8 +123,6 @@ pub(crate) struct Table {
     hi: u32,
     len: usize,
     seed: [u64; 4],
-    /// Bumped by every insert and remove (lookups done before a bump may be stale).
-    gen: u64,
 }
 
 const MIN_BUCKETS: usize = 64;
@@ -147,7 +145,6 @@ impl Table {
             hi: 0,
             len: 0,
             seed: expand_seed(seed),
-            gen: 0,
         }
     }
 
@@ -155,9 +152,6 @@ impl Table {
         self.len
     }
 
-    pub fn generation(&self) -> u64 {
-        self.gen
-    }
 
     /// Slab indices are only produced by this table, so indexing cannot go out of bounds.
     pub fn get(&self, i: u32) -> &Entry {
@@ -200,6 +194,18 @@ impl Table {
         self.buckets[(h as u32 as usize) & self.mask]
     }
 
+    /// Reads the first and last word of the entry a bucket word names (0 if none), to pull
+    /// both cache lines it may straddle into the cache.
+    pub fn touch(&self, b: u64) -> u64 {
+        match (b as u32).checked_sub(1) {
+            Some(i) if i < self.hi => {
+                let e = self.get(i);
+                u64::from(e.key.out_ip) ^ u64::from(e.icmp_code)
+            }
+            _ => 0,
+        }
+    }
+
     /// Stores a new live entry whose key is not present (the caller looked it up first).
     pub fn insert(&mut self, mut e: Entry) -> u32 {
         e.live = true;
@@ -222,7 +228,6 @@ impl Table {
         let tag = self.hash(&e.key) as u32;
         self.place(bucket_of(tag, i));
         self.len += 1;
-        self.gen += 1;
         i
     }
 
@@ -264,7 +269,6 @@ impl Table {
         s.next = free;
         self.free = i;
         self.len -= 1;
-        self.gen += 1;
         e
     }
 
