@@ -27,6 +27,9 @@ use crate::syslog::{self, Direction, RateLimiter, Syslog, SyslogConfig};
 pub const INBOUND_LINGER: Duration = Duration::from_secs(5);
 /// How often traffic totals and inbound activity are reported to the IKE engine.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// RFC 3948 §4: the side behind a NAT sends a one-byte 0xFF keepalive on UDP 4500 so the NAT
+/// mapping survives idle periods; 20 s is the customary interval.
+pub const NAT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
 /// `holdfast run` options besides the configuration.
 #[derive(Debug, Clone)]
@@ -183,6 +186,7 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, opts: Option
         removals: Vec::new(),
         conn_ids: 0,
         tun_mtu: opts.tun_mtu,
+        last_keepalive: clock::now(),
     };
     eprintln!(
         "holdfast: running; TUN {} (mtu {}, offload {}), control socket {}",
@@ -252,6 +256,9 @@ fn bind_control(path: &std::path::Path, guard: &mut SystemGuard) -> Result<tokio
     }
     let l = tokio::net::UnixListener::bind(path).map_err(io_ctx(format!("bind {}", path.display())))?;
     guard.remember_socket_file(path.to_path_buf());
+    // `clear` deletes tunnels: only root (and the socket's group) may talk to the daemon.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_ctx(format!("chmod {}", path.display())))?;
     Ok(l)
 }
 
@@ -330,6 +337,7 @@ struct Daemon {
     removals: Vec<(Instant, u32)>,
     conn_ids: u32,
     tun_mtu: u16,
+    last_keepalive: Instant,
 }
 
 impl Daemon {
@@ -541,6 +549,10 @@ impl Daemon {
         for c in cmds {
             self.endpoint.handle_command(now, c);
         }
+        if now.saturating_duration_since(self.last_keepalive) >= NAT_KEEPALIVE_INTERVAL {
+            self.last_keepalive = now;
+            self.send_nat_keepalives();
+        }
         let due: Vec<u32> = self.removals.iter().filter(|(t, _)| *t <= now).map(|(_, s)| *s).collect();
         if !due.is_empty() {
             self.removals.retain(|(t, _)| *t > now);
@@ -551,6 +563,17 @@ impl Daemon {
             });
             for spi in due {
                 self.children.remove(&spi);
+            }
+        }
+    }
+
+    fn send_nat_keepalives(&self) {
+        for sa in self.endpoint.ike_sas() {
+            if sa.nat_local && sa.status == ike::IkeStatus::Ready && sa.local.port() == 4500 {
+                let idx = self.outside_index(sa.local.ip());
+                if let Some(o) = self.shared.outsides.get(idx) {
+                    let _ = o.udp4500.send_to(&[0xff], sa.remote);
+                }
             }
         }
     }

@@ -13,6 +13,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// Mbit/s of ESP bursts; strongSwan's charon loses ~8 % of packets that way (ipsec-peer.md §1).
 pub const SOCKET_BUFFER: usize = 16 << 20;
 
+/// Packets the kernel may queue towards the TX thread; absorbs bursts of a fast sender while the
+/// thread is busy encrypting (the default of 500 drops them).
+pub const TUN_TX_QUEUE: u32 = 4000;
+
 /// Creates the TUN device, with virtio-net offloads (GSO/GRO) when `offload` and the kernel
 /// allow it, and brings it up. Returns the device and whether offload is active.
 pub fn create_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(tun_rs::SyncDevice, bool)> {
@@ -21,6 +25,7 @@ pub fn create_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(tun_rs::Sy
             .name(name)
             .mtu(mtu)
             .offload(true)
+            .tx_queue_len(TUN_TX_QUEUE)
             .enable(true)
             .build_sync();
         match dev {
@@ -31,7 +36,7 @@ pub fn create_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(tun_rs::Sy
             Err(e) => eprintln!("holdfast: TUN offload unavailable ({e}); using plain TUN"),
         }
     }
-    let d = tun_rs::DeviceBuilder::new().name(name).mtu(mtu).enable(true).build_sync()?;
+    let d = tun_rs::DeviceBuilder::new().name(name).mtu(mtu).tx_queue_len(TUN_TX_QUEUE).enable(true).build_sync()?;
     Ok((d, false))
 }
 
