@@ -254,7 +254,14 @@ fn two_gateways(extra: &str) {
     assert_eq!(text.contains("NAT-T-Encaps"), udp, "{text}");
     let (_, ike) = show(&sa, "show crypto ikev2 sa");
     assert!(ike.contains("READY"), "{ike}");
+    // ESP with an unknown SPI: dropped, logged as 402114 once per 5 s however many arrive.
+    let bogus = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                 [s.sendto(bytes.fromhex('deadbeef00000007') + bytes(40), ('192.0.2.2', 4500)) for _ in range(3)]";
+    sh(&format!("ip netns exec {a} python3 -c \"{bogus}\""));
+    std::thread::sleep(Duration::from_millis(300));
     let (_, log) = show(&sb, "show logging");
+    let line = "%ASA-4-402114: IPSEC: Received an ESP packet (SPI= 0xDEADBEEF, sequence number= 0x7) from 192.0.2.1 to 192.0.2.2 with an invalid SPI.";
+    assert_eq!(log.matches(line).count(), 1, "{log}");
     assert!(log.contains("%ASA-5-713120: Group = 192.0.2.1, IP = 192.0.2.1, PHASE 2 COMPLETED"), "{log}");
     assert!(log.contains("%ASA-6-602303: IPSEC: An inbound LAN-to-LAN SA"), "{log}");
 }

@@ -112,6 +112,8 @@ fn tx_loop(sh: &Shared) {
                 if e.raw_os_error() == Some(libc::EBADFD) || e.raw_os_error() == Some(libc::EBADF) {
                     return;
                 }
+                // A malformed offload packet is skipped; anything persistent must not spin.
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
         };

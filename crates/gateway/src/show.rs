@@ -247,7 +247,13 @@ pub fn ikev2_sa(views: &[IkeSaView], detail: bool) -> String {
         let _ = writeln!(o, "      Life/Active Time: {}/{} sec", v.lifetime_secs, v.active_secs);
         if detail {
             if let Some(prf) = v.prf {
-                let _ = writeln!(o, "      PRF: {:?}", prf);
+                let name = match prf {
+                    policy::Prf::Sha1 => "SHA1",
+                    policy::Prf::Sha256 => "SHA256",
+                    policy::Prf::Sha384 => "SHA384",
+                    policy::Prf::Sha512 => "SHA512",
+                };
+                let _ = writeln!(o, "      PRF: {name}");
             }
             let _ = writeln!(o, "      Local spi: {:016X}       Remote spi: {:016X}", if v.initiator { v.spi_i } else { v.spi_r }, if v.initiator { v.spi_r } else { v.spi_i });
             match v.dpd {
@@ -440,6 +446,7 @@ Child sa: local selector  10.1.0.0/0 - 10.1.0.255/65535
         let d = ikev2_sa(&[v], true);
         assert!(d.contains("      Local spi: 1122334455667788       Remote spi: 99AABBCCDDEEFF00\n"), "{d}");
         assert!(d.contains("DPD configured for 10 seconds, retry 2"), "{d}");
+        assert!(d.contains("      PRF: SHA256\n"), "{d}");
         assert!(d.contains("          Encr: AES-GCM, keysize: 256, esp_hmac: N/A\n"), "{d}");
         assert_eq!(ikev2_sa(&[], false), "IKEv2 SAs:\n\n");
     }
