@@ -225,8 +225,8 @@ pub fn ikev2_sa(views: &[IkeSaView], detail: bool) -> String {
         o.push('\n');
         let _ = writeln!(
             o,
-            "{:<10}{:<52}{:<52}{:<21}{:<15}{}",
-            "Tunnel-id", "Local", "Remote", "fvrf/ivrf", "Status", "Role"
+            "{:<10}{:<52}{:<52}{:<21}{:<15}Role",
+            "Tunnel-id", "Local", "Remote", "fvrf/ivrf", "Status"
         );
         let _ = writeln!(
             o,
