@@ -441,10 +441,9 @@ mod tests {
             for (ins, n) in ops {
                 let k = key(n);
                 if ins {
-                    if !model.contains_key(&n) {
+                    if let std::collections::hash_map::Entry::Vacant(v) = model.entry(n) {
                         prop_assert_eq!(t.find(&k), None);
-                        let i = t.insert(Entry { key: k, id: u64::from(n), ..Entry::FREE });
-                        model.insert(n, i);
+                        v.insert(t.insert(Entry { key: k, id: u64::from(n), ..Entry::FREE }));
                     }
                 } else if let Some(i) = model.remove(&n) {
                     let e = t.remove(i);
