@@ -74,9 +74,8 @@ fn main() {
     s500.set_nonblocking(true).unwrap();
     s4500.set_nonblocking(true).unwrap();
     let start = Instant::now();
-    if !responder {
-        ep.handle_command(start, Command::Initiate { tunnel: "PROBE:10".into() });
-    }
+    let initiate_at = start + Duration::from_millis(get("--delay-ms").map(|s| s.parse().expect("--delay-ms")).unwrap_or(0));
+    let mut initiated = responder;
     let mut cleared = false;
     let mut esp_packets = 0u64;
     // ESP check of the negotiated keys: ICMP echo 10.1.0.1 -> 10.2.0.1 through the CHILD_SA;
@@ -91,6 +90,10 @@ fn main() {
         let now = Instant::now();
         if now - start > Duration::from_secs(seconds) {
             break;
+        }
+        if !initiated && now >= initiate_at {
+            initiated = true;
+            ep.handle_command(now, Command::Initiate { tunnel: "PROBE:10".into() });
         }
         if let Some(c) = clear_at {
             if !cleared && now - start > Duration::from_secs(c) {

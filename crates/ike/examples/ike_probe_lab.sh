@@ -2,7 +2,7 @@
 # Interop check of the IKE engine against strongSwan 5.9.8 (charon + kernel-libipsec) in a
 # namespace pair: ikeprobe-a (ike_probe, 198.51.100.1) <-veth-> ikeprobe-b (charon, 198.51.100.2).
 #
-#   ike_probe_lab.sh <probe-suite> <ike-proposal> <esp-proposal> <probe|swan> [seconds] [extra probe args...]
+#   ike_probe_lab.sh <probe-suite> <ike-proposal> <esp-proposal> <probe|swan|both> [seconds] [extra probe args...]
 #   e.g. ike_probe_lab.sh gcm aes256gcm16-prfsha256-x25519 aes256gcm16 probe 15
 #
 # Needs root and the release/debug build of the example (CARGO_TARGET_DIR/debug/examples/ike_probe).
@@ -31,7 +31,11 @@ ip -n $NB link set ikeprobe-vb up; ip -n $NB link set lo up
 # charon (install_routes) needs an address inside its protected network.
 ip -n $NB link add ikeprobe-in type veth peer name ikeprobe-in2 && ip -n $NB addr add 10.2.0.1/24 dev ikeprobe-in && ip -n $NB link set ikeprobe-in up && ip -n $NB link set ikeprobe-in2 up
 
-if [ "$WHO" = swan ]; then START=start; PROBE_ROLE=--responder; else START=none; PROBE_ROLE=; fi
+case "$WHO" in
+    swan) START=start; PROBE_ROLE=--responder ;;
+    both) START=start; PROBE_ROLE= ;;   # both initiate at once
+    *) START=none; PROBE_ROLE= ;;
+esac
 mkdir -p $DIR/run
 cat > $DIR/strongswan.conf <<EOF
 charon {
@@ -82,10 +86,9 @@ ip netns exec $NB unshare -m --propagation private sh -c \
   "mount --bind $DIR/run /run && STRONGSWAN_CONF=$DIR/strongswan.conf exec /usr/lib/ipsec/charon" >/dev/null 2>&1 &
 CHARON_PID=$!
 for i in $(seq 50); do [ -S $DIR/charon.vici ] && break; sleep 0.1; done
-swanctl --load-all --file $DIR/swanctl.conf --uri unix://$DIR/charon.vici >/dev/null 2>&1 || { echo "swanctl load failed"; exit 1; }
-
 ip netns exec $NA "$BIN" --local 198.51.100.1 --peer 198.51.100.2 --suite "$SUITE" --seconds "$SECS" $PROBE_ROLE $EXTRA > $DIR/probe.out 2>&1 &
 PROBE_PID=$!
+swanctl --load-all --file $DIR/swanctl.conf --uri unix://$DIR/charon.vici >/dev/null 2>&1 || { echo "swanctl load failed"; exit 1; }
 if [ -n "${RESTART_AT:-}" ]; then
     # Peer restart: SIGKILL charon, start a fresh one (start_action decides who initiates).
     sleep $RESTART_AT

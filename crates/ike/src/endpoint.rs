@@ -25,6 +25,10 @@ const REINIT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a replaced CHILD_SA waits for the peer's Delete before we drop it ourselves.
 const REKEYED_GRACE: Duration = Duration::from_secs(20);
+/// Our Vendor ID (RFC 7296 §3.12): the first 16 bytes of SHA-1("holdfast IKEv2 1").
+const HOLDFAST_VID: &[u8] = &[0x09, 0x50, 0x76, 0xfa, 0xab, 0xc7, 0x0c, 0x6d, 0x5e, 0x07, 0x3e, 0x2e, 0xa9, 0x95, 0x65, 0x83];
+/// How long we leave a duplicate IKE SA we initiated before deleting it ourselves.
+const REDUNDANT_DELAY: Duration = Duration::from_secs(3);
 /// Re-check of a rekey that did not complete.
 const REKEY_WATCHDOG: Duration = Duration::from_secs(30);
 const NONCE_LEN: usize = 32;
@@ -161,6 +165,8 @@ struct IkeSa {
     nat_local: bool,
     nat_remote: bool,
     peer_frag: bool,
+    /// The peer sent our Vendor ID: it resolves duplicate IKE SAs the way we do.
+    peer_holdfast: bool,
     next_mid: u32,
     peer_mid: u32,
     out: Option<Outstanding>,
@@ -896,8 +902,19 @@ impl Endpoint {
         }
         if sa.redundant_at.is_some_and(|t| t <= now) {
             sa.redundant_at = None;
-            self.kill(now, sa, DownReason::Redundant, false);
-            return;
+            let still_duplicate = sa.is_up() && self.sas.values().any(|o| o.tunnel == sa.tunnel && o.is_up() && !o.dead);
+            if still_duplicate {
+                if sa.initiator {
+                    self.report_down(sa, DownReason::Redundant);
+                    sa.state = State::Deleting;
+                    sa.queue.clear();
+                    sa.queue.push_back(Req::DeleteIke);
+                } else {
+                    // The peer should have deleted its duplicate by now.
+                    self.kill(now, sa, DownReason::Redundant, false);
+                }
+                return;
+            }
         }
         if !sa.is_up() {
             return;
@@ -986,6 +1003,7 @@ impl Endpoint {
             nat_local: false,
             nat_remote: false,
             peer_frag: false,
+            peer_holdfast: false,
             next_mid: 0,
             peer_mid: 0,
             out: None,
@@ -1033,6 +1051,7 @@ impl Endpoint {
         if self.globals.fragmentation_mtu.is_some() {
             payloads.push(Payload::notify(NotifyType::Ikev2FragmentationSupported, &[]));
         }
+        payloads.push(Payload::VendorId(HOLDFAST_VID));
         let msg = Message { header: Header::new(sa.spi_i, 0, ExchangeType::IkeSaInit, flags::INITIATOR, 0), payloads }.emit();
         sa.msg1 = msg.clone();
         sa.next_mid = 1;
@@ -1102,6 +1121,7 @@ impl Endpoint {
         let local = SocketAddr::new(self.local_ip(sa.tunnel, &sa.path), sa.path.local.port());
         self.detect_nat(sa, ps, msg.header.spi_i, msg.header.spi_r, local);
         sa.peer_frag = notify_of(ps, NotifyType::Ikev2FragmentationSupported).is_some();
+        sa.peer_holdfast = ps.iter().any(|p| matches!(p, Payload::VendorId(v) if *v == HOLDFAST_VID));
         let skeyseed = IkeKeys::skeyseed(suite.prf, &sa.ni, &nr, &shared);
         sa.keys = Some(IkeKeys::derive(suite, &skeyseed, &sa.ni, &nr, sa.spi_i, sa.spi_r));
         sa.suite = Some(suite);
@@ -1255,6 +1275,7 @@ impl Endpoint {
             nat_local: false,
             nat_remote: false,
             peer_frag: notify_of(ps, NotifyType::Ikev2FragmentationSupported).is_some(),
+            peer_holdfast: ps.iter().any(|p| matches!(p, Payload::VendorId(v) if *v == HOLDFAST_VID)),
             next_mid: 0,
             peer_mid: 1,
             out: None,
@@ -1293,6 +1314,7 @@ impl Endpoint {
         } else {
             sa.peer_frag = false;
         }
+        payloads.push(Payload::VendorId(HOLDFAST_VID));
         let resp = Message { header: Header::new(sa.spi_i, spi_r, ExchangeType::IkeSaInit, flags::RESPONSE, 0), payloads }.emit();
         sa.msg2 = resp.clone();
         self.transmit(path, resp.clone());
@@ -1463,7 +1485,9 @@ impl Endpoint {
         let spi_bytes = child_spi.to_be_bytes();
         // No PFS group in IKE_AUTH: the CHILD_SA keys come from the IKE SA's DH (§1.2).
         let offers = esp_offers(&t.esp_proposals, None);
-        let initial_contact = !self.sas.values().any(|s| s.path.remote.ip() == t.peer_addr && s.our_spi() != sa.our_spi() && s.is_up());
+        // RFC 7296 §2.4: only when we hold no state at all with this peer (after a restart);
+        // never while the peer is negotiating with us too, or it would drop that SA.
+        let initial_contact = !self.sas.values().any(|s| s.path.remote.ip() == t.peer_addr && s.our_spi() != sa.our_spi() && !s.dead);
         let tsl = ts::addr_bytes(&t.local_ts);
         let tsr = ts::addr_bytes(&t.remote_ts);
         let mut payloads = vec![Payload::IdI(Identification { ty: IdType::from(idb[0]), data: &idb[4..] })];
@@ -1585,6 +1609,12 @@ impl Endpoint {
     /// deletes it (like a §2.8.1 collision, but decided without nonces since the exchanges are
     /// independent).
     fn resolve_duplicates(&mut self, now: Instant, sa: &mut IkeSa) {
+        // Only between holdfast gateways. Other implementations keep both SAs (strongSwan
+        // does), and deleting one there makes a peer configured to restart closed SAs
+        // (close_action = start) negotiate a new duplicate at once.
+        if !sa.peer_holdfast {
+            return;
+        }
         let lower_is_us = self.tunnels[sa.tunnel].local_addr < sa.path.remote.ip();
         for spi in self.spis() {
             let Some(mut other) = self.sas.remove(&spi) else { continue };
@@ -1607,15 +1637,13 @@ impl Endpoint {
     }
 
     fn drop_redundant(&mut self, now: Instant, x: &mut IkeSa) {
+        // Not at once: a peer with its own duplicate policy (strongSwan's uniqueids replaces
+        // the older IKE SA as soon as the newer one is up) may resolve it first; acting at the
+        // same moment could delete both. An IKE_AUTH in flight is left to complete (the peer
+        // may already consider that SA up) and judged when it does.
         match (x.initiator, x.state) {
-            (true, State::Established) => {
-                self.report_down(x, DownReason::Redundant);
-                x.state = State::Deleting;
-                x.queue.clear();
-                x.queue.push_back(Req::DeleteIke);
-                self.pump(now, x);
-            }
-            (true, State::InitSent | State::AuthSent) => {
+            (true, State::Established) => x.redundant_at = Some(now + REDUNDANT_DELAY),
+            (true, State::InitSent) => {
                 x.dead = true;
                 x.out = None;
             }
@@ -2144,6 +2172,7 @@ impl Endpoint {
             nat_local: old.nat_local,
             nat_remote: old.nat_remote,
             peer_frag: old.peer_frag,
+            peer_holdfast: old.peer_holdfast,
             next_mid: 0,
             peer_mid: 0,
             out: None,

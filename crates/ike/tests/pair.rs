@@ -614,3 +614,23 @@ fn rekey_soak_with_loss() {
         }
     }
 }
+
+#[test]
+fn simultaneous_initiation_converges_to_one_sa() {
+    let mut n = Net::pair(&gcm_x25519());
+    let now = n.now;
+    // Both daemons start at once and initiate before seeing the other's IKE_SA_INIT.
+    n.eps.get_mut(&ip(A)).unwrap().handle_command(now, Command::Initiate { tunnel: format!("MAP:{B}") });
+    n.eps.get_mut(&ip(B)).unwrap().handle_command(now, Command::Initiate { tunnel: format!("MAP:{A}") });
+    n.run();
+    n.advance(Duration::from_secs(30));
+    for who in [A, B] {
+        let sas = n.eps[&ip(who)].ike_sas();
+        assert_eq!(sas.iter().filter(|s| s.status == ike::IkeStatus::Ready).count(), 1, "{who}: {sas:?}");
+        assert_eq!(n.eps[&ip(who)].child_sas().len(), 1, "{who}");
+        assert_eq!(n.live(who).len(), 1, "{who}: events agree with state");
+    }
+    assert_matching(&n);
+    // The survivor is the SA initiated by the lower address (A).
+    assert_eq!(n.eps[&ip(A)].ike_sas()[0].role, ike::Role::Initiator);
+}
