@@ -296,7 +296,23 @@ fn with_port(addr: SocketAddr, port: u16) -> SocketAddr {
 }
 
 impl Endpoint {
-    pub fn new(tunnels: Vec<TunnelPolicy>, globals: Ikev2Globals, mut rng: Box<dyn Random>) -> Self {
+    pub fn new(mut tunnels: Vec<TunnelPolicy>, mut globals: Ikev2Globals, mut rng: Box<dyn Random>) -> Self {
+        // Bound every configured time so that `Instant` arithmetic can never overflow, whatever
+        // the configuration says (20 years is "never" for an SA).
+        const LONG: Duration = Duration::from_secs(20 * 365 * 86400);
+        const DAY: Duration = Duration::from_secs(86400);
+        for t in &mut tunnels {
+            t.child_lifetime = t.child_lifetime.min(LONG);
+            for p in &mut t.ike_policies {
+                p.lifetime = p.lifetime.map(|l| l.min(LONG));
+            }
+            if let Some(d) = t.dpd.as_mut() {
+                d.threshold = d.threshold.clamp(Duration::from_millis(100), DAY);
+                d.retry = d.retry.clamp(Duration::from_millis(100), DAY);
+            }
+        }
+        globals.retransmit_base = globals.retransmit_base.clamp(Duration::from_millis(50), Duration::from_secs(3600));
+        globals.retransmit_tries = globals.retransmit_tries.min(32);
         let mut cookie_secret = [0u8; 32];
         rng.fill(&mut cookie_secret);
         let tstate = vec![TunnelState { reinit_at: None, backoff: REINIT_BACKOFF_MIN }; tunnels.len()];
@@ -752,13 +768,13 @@ impl Endpoint {
         let whole = outer + wire::ike::HEADER_LEN + keys.sk_overhead(chain.len()) + chain.len();
         let mtu = self.globals.fragmentation_mtu.map(usize::from);
         match mtu {
-            Some(mtu) if sa.peer_frag && whole > mtu && header.exchange != ExchangeType::IkeSaInit => {
+            Some(mtu) if sa.peer_frag && whole > mtu && !chain.is_empty() && header.exchange != ExchangeType::IkeSaInit => {
                 let fixed = outer + wire::ike::HEADER_LEN + 4;
                 let mut n = mtu.saturating_sub(fixed + keys.sk_overhead(0)).max(64);
                 while n > 64 && fixed + keys.sk_overhead(n) + n > mtu {
                     n -= 1;
                 }
-                let total = chain.len().div_ceil(n).min(usize::from(MAX_FRAGMENTS)) as u16;
+                let total = chain.len().div_ceil(n).clamp(1, usize::from(MAX_FRAGMENTS)) as u16;
                 let n = chain.len().div_ceil(usize::from(total));
                 let mut out = Vec::new();
                 for (i, part) in chain.chunks(n).enumerate() {
