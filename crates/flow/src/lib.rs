@@ -307,6 +307,10 @@ impl Default for Config {
 /// The ASA's embryonic (SYN) timeout (asa.md §4).
 pub const SYN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `sysopt connection timewait` keeps a conn after its closing FINs were acknowledged
+/// (the ASA's documented 15 s).
+pub const TIMEWAIT: Duration = Duration::from_secs(15);
+
 /// Counters. `built - torn_down == in_use` always holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -385,6 +389,8 @@ pub(crate) mod fl {
     pub const V: u16 = 1 << 12;
     /// internal: the initiator is on the outside (all protocols)
     pub const INBOUND: u16 = 1 << 13;
+    /// internal: closed by FINs, held for `sysopt connection timewait`
+    pub const TIMEWAIT: u16 = 1 << 14;
 
     pub const HANDSHAKE: u16 = LS | US | LA | UA;
     pub const LETTERS: [(u16, char); 13] = [
@@ -737,8 +743,14 @@ impl Engine {
             end = tcp_update(e, p.from_outside, flags, seq, ack, p.payload as u32);
         }
         if let Some(reason) = end {
-            self.teardown(i, now_ms, reason);
-            return Verdict::Forward;
+            if reason == TeardownReason::TcpFins && self.cfg.sysopt.timewait {
+                // `sysopt connection timewait`: keep the closed conn a little while so that a
+                // late last ACK or FIN retransmission still finds it.
+                self.table.get_mut(i).flags |= fl::TIMEWAIT;
+            } else {
+                self.teardown(i, now_ms, reason);
+                return Verdict::Forward;
+            }
         }
         // Lazy timers: only a *shorter* timeout needs the entry moved now.
         let new_timeout = self.timeout_ms(self.table.get(i));
@@ -874,7 +886,10 @@ impl Engine {
         ts.preserve_tcp = ptcp;
         ts.preserve_udp = pudp;
         let reclassify = self.cfg.sysopt.reclassify_vpn && !local_ts.is_empty() && !remote_ts.is_empty();
-        if was_up && !reclassify {
+        if was_up {
+            // A rekey or a second CHILD_SA: nothing was orphaned, and clear conns the
+            // selectors cover were already moved when the tunnel came up (a full scan per rekey
+            // would cost O(conns) for nothing).
             return;
         }
         let mut replay: Vec<(ConnId, u32)> = Vec::new();
@@ -1205,7 +1220,9 @@ impl Engine {
         let t = &self.cfg.timeouts;
         let d = match e.key.proto {
             proto::TCP => {
-                if e.flags & fl::HANDSHAKE != 0 {
+                if e.flags & fl::TIMEWAIT != 0 {
+                    Some(TIMEWAIT)
+                } else if e.flags & fl::HANDSHAKE != 0 {
                     Some(SYN_TIMEOUT)
                 } else if e.flags & (fl::LF | fl::UF) != 0 {
                     t.half_closed
@@ -1222,6 +1239,9 @@ impl Engine {
 
     fn expiry_reason(&self, e: &Entry) -> TeardownReason {
         if e.key.proto == proto::TCP {
+            if e.flags & fl::TIMEWAIT != 0 {
+                return TeardownReason::TcpFins;
+            }
             if e.flags & fl::HANDSHAKE != 0 {
                 return TeardownReason::SynTimeout;
             }

@@ -196,6 +196,29 @@ fn fins_tear_down_after_both_are_acknowledged() {
 }
 
 #[test]
+fn timewait_keeps_a_closed_conn_15_seconds() {
+    let mut cfg = Config::default();
+    cfg.sysopt.timewait = true;
+    let mut r = Rig::new(cfg);
+    r.up(0);
+    r.handshake(0);
+    let to = Route::ToTunnel(r.tun);
+    let from = Route::FromTunnel(r.tun);
+    r.out(10, to, &tcp("10.1.0.5", 40000, "10.2.0.9", 80, FIN | ACK, 101, 501, b""));
+    r.inb(11, from, &tcp("10.2.0.9", 80, "10.1.0.5", 40000, FIN | ACK, 501, 102, b""));
+    r.out(12, to, &tcp("10.1.0.5", 40000, "10.2.0.9", 80, ACK, 102, 502, b""));
+    assert_eq!(r.flags(12), ["UfFrR"]);
+    r.events();
+    // A retransmitted last ACK still finds the conn.
+    assert_eq!(r.out(5_000, to, &tcp("10.1.0.5", 40000, "10.2.0.9", 80, ACK, 102, 502, b"")), Verdict::Forward);
+    r.tick(19_000);
+    assert_eq!(r.e.len(), 1);
+    r.tick(20_250);
+    assert!(r.e.is_empty());
+    assert!(matches!(r.events()[..], [Event::Teardown { reason: TeardownReason::TcpFins, .. }]));
+}
+
+#[test]
 fn resets_name_their_side() {
     for (from_inside, want) in [(true, TeardownReason::TcpResetI), (false, TeardownReason::TcpResetO)] {
         let mut r = Rig::new(Config::default());
@@ -619,6 +642,10 @@ fn show_conn_golden() {
         "\nTCP outside: 10.2.0.9/80 (10.2.0.9/80) inside: 10.1.0.5/40000 (10.1.0.5/40000), flags UIV, idle 1m10s, uptime 1m11s, timeout 1h0m, bytes 100\n  Initiator: 10.1.0.5, Responder: 10.2.0.9\n"
     ), "{long}");
     assert!(long.contains("flags saAV, idle 1m5s, uptime 1m5s, timeout 30s, bytes 0\n"), "{long}");
+    assert_eq!(
+        r.e.show_conn_address(now, ConnView::Brief, Some(ip("192.0.2.53"))),
+        "3 in use, 3 most used\nUDP outside 192.0.2.53:53 inside 10.1.0.5:5353, idle 0:01:06, bytes 4, flags -\n"
+    );
     let detail = r.e.show_conn(now, ConnView::Detail);
     assert!(detail.contains(
         "\nUDP outside: 192.0.2.53/53 inside: 10.1.0.5/5353,\n    flags -, idle 1m6s, uptime 1m6s, timeout 2m0s, bytes 4\n  Initiator: 10.1.0.5, Responder: 192.0.2.53\n  Connection lookup keyid: 2\n"

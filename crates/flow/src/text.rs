@@ -43,7 +43,16 @@ impl Engine {
 
     /// `show conn [long|detail|count]`.
     pub fn show_conn(&self, now: std::time::Instant, view: ConnView) -> String {
-        let recs = self.conns(now);
+        self.show_conn_address(now, view, None)
+    }
+
+    /// `show conn address IP [long|detail]`: only conns with an endpoint at `address` (the
+    /// header still counts the whole table, as the ASA's does).
+    pub fn show_conn_address(&self, now: std::time::Instant, view: ConnView, address: Option<std::net::Ipv4Addr>) -> String {
+        let mut recs = self.conns(now);
+        if let Some(a) = address {
+            recs.retain(|r| r.info.outside.addr == a || r.info.inside.addr == a);
+        }
         format_show_conn(&recs, self.stats(), view, |i| self.interface_name(i), |t| self.tunnel_name(t).to_string())
     }
 
