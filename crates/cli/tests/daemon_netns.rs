@@ -169,6 +169,14 @@ fn run_show_and_clean_exit() {
     let _ = sh_out(&format!("ip netns exec {ns} ping -c 2 -i 0.2 -W 1 -I 10.1.0.1 10.2.0.7"));
     let (_, after, _) = sh_out(&format!("ip -n {ns} -s link show hf0"));
     assert_ne!(before, after, "pings must have been routed into the TUN");
+    let (ok, stats) = show(&sock, "show crypto ipsec stats");
+    assert!(ok);
+    let missing: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("Missing SA failures: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(missing >= 2, "protected packets without an SA must be counted as dropped:\n{stats}");
 
     // SIGTERM: clean exit, route, TUN and socket file gone.
     assert!(lab.stop(d));

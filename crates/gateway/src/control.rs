@@ -21,6 +21,7 @@ pub const MAX_LINE: usize = 1024;
 pub enum Request {
     ShowIkev2Sa { detail: bool },
     ShowIpsecSa { peer: Option<IpAddr>, detail: bool },
+    ShowIpsecStats,
     ShowRunningConfig,
     ShowLogging,
     ShowVersion,
@@ -64,7 +65,10 @@ pub fn parse(line: &str) -> Result<Request, ParseError> {
                         Request::ShowIkev2Sa { detail }
                     }
                     _ => {
-                        p.keyword(&["sa"])?;
+                        if p.keyword(&["sa", "stats"])? == "stats" {
+                            p.end()?;
+                            return Ok(Request::ShowIpsecStats);
+                        }
                         let mut peer = None;
                         let mut detail = false;
                         while let Some(k) = p.optional_keyword(&["peer", "detail"])? {
@@ -214,6 +218,8 @@ mod tests {
             Ok(Request::ShowIpsecSa { peer: Some("192.0.2.2".parse().unwrap()), detail: false })
         );
         assert_eq!(parse("show running-config"), Ok(Request::ShowRunningConfig));
+        assert_eq!(parse("show crypto ipsec stats"), Ok(Request::ShowIpsecStats));
+        assert_eq!(parse("show crypto ipsec stats x"), Err(ParseError::Invalid { col: 24 }));
         assert_eq!(parse("show logging"), Ok(Request::ShowLogging));
         assert_eq!(parse("clear crypto ikev2 sa"), Ok(Request::ClearIkev2Sa { peer: None }));
         assert_eq!(

@@ -187,6 +187,7 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, opts: Option
         conn_ids: 0,
         tun_mtu: opts.tun_mtu,
         last_keepalive: clock::now(),
+        retired: Default::default(),
     };
     eprintln!(
         "holdfast: running; TUN {} (mtu {}, offload {}), control socket {}",
@@ -338,6 +339,20 @@ struct Daemon {
     conn_ids: u32,
     tun_mtu: u16,
     last_keepalive: Instant,
+    /// Counters of SAs already removed, for `show crypto ipsec stats`.
+    retired: show::IpsecStats,
+}
+
+fn add_counters(s: &mut show::IpsecStats, r: &ChildRecord) {
+    let (i, o) = (&r.inbound.counters, &r.outbound.counters);
+    s.in_bytes += Counters::get(&i.bytes);
+    s.in_packets += Counters::get(&i.packets);
+    s.in_replay += Counters::get(&i.replay);
+    s.in_auth_failures += Counters::get(&i.auth);
+    s.in_other_drops += Counters::get(&i.errors);
+    s.out_bytes += Counters::get(&o.bytes);
+    s.out_packets += Counters::get(&o.packets);
+    s.out_errors += Counters::get(&o.errors);
 }
 
 impl Daemon {
@@ -562,9 +577,30 @@ impl Daemon {
                 }
             });
             for spi in due {
-                self.children.remove(&spi);
+                if let Some(r) = self.children.remove(&spi) {
+                    add_counters(&mut self.retired, &r);
+                    self.retired.previous_sas += 1;
+                }
             }
         }
+    }
+
+    fn stats(&self) -> show::IpsecStats {
+        let mut s = self.retired.clone();
+        let mut tunnels: Vec<&str> = Vec::new();
+        for r in self.children.values() {
+            if !r.draining && !tunnels.contains(&r.up.tunnel.as_str()) {
+                tunnels.push(&r.up.tunnel);
+            }
+            add_counters(&mut s, r);
+        }
+        s.active_tunnels = tunnels.len() as u64;
+        let g = &self.shared.stats;
+        s.missing_sa = Counters::get(&g.no_sa);
+        s.invalid_spi = Counters::get(&g.invalid_spi);
+        s.malformed = Counters::get(&g.malformed);
+        s.nat_keepalives_rcvd = Counters::get(&g.keepalives);
+        s
     }
 
     fn send_nat_keepalives(&self) {
@@ -586,6 +622,7 @@ impl Daemon {
             Request::ShowVersion => format!("holdfast Version {}\n", env!("CARGO_PKG_VERSION")),
             Request::ShowIkev2Sa { detail } => show::ikev2_sa(&self.ike_views(), *detail),
             Request::ShowIpsecSa { peer, .. } => show::ipsec_sa(&self.ipsec_views(*peer, now)),
+            Request::ShowIpsecStats => show::ipsec_stats(&self.stats()),
             Request::ClearIkev2Sa { peer } => {
                 self.endpoint.handle_command(now, ike::Command::ClearIkeSa { peer: *peer });
                 String::new()
