@@ -2220,3 +2220,152 @@ impl Endpoint {
         self.sas.insert(new.our_spi(), new);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Authenticated garbage: payload chains that pass integrity protection (built with the
+    //! real SA keys) but carry arbitrary content must never panic either side.
+    use super::*;
+    use policy::{Dpd, Encryption, Integrity, Ipv4Net, Ikev2Policy, IpsecProposal, Prf, Secret};
+    use wire::ike::{Selector, Transform, TransformType, TsType};
+
+    fn tunnel(local: &str, peer: &str, l: &str, r: &str) -> TunnelPolicy {
+        TunnelPolicy {
+            name: format!("M:{peer}"),
+            local_addr: local.parse().unwrap(),
+            peer_addr: peer.parse().unwrap(),
+            outside_ifname: "o".into(),
+            local_ts: vec![TrafficSelector::from_net(Ipv4Net::new(l.parse().unwrap(), 24), None)],
+            remote_ts: vec![TrafficSelector::from_net(Ipv4Net::new(r.parse().unwrap(), 24), None)],
+            ike_policies: vec![Ikev2Policy {
+                priority: 1,
+                encryption: vec![Encryption::AesCbc128, Encryption::AesGcm128],
+                integrity: vec![Integrity::Sha1],
+                groups: vec![DhGroup::Curve25519, DhGroup::Ecp256],
+                prf: vec![Prf::Sha256],
+                lifetime: Some(Duration::from_secs(600)),
+            }],
+            esp_proposals: vec![IpsecProposal { name: "P".into(), encryption: vec![Encryption::AesGcm128, Encryption::AesCbc256], integrity: vec![Integrity::Sha256] }],
+            pfs: Some(DhGroup::Curve25519),
+            child_lifetime: Duration::from_secs(300),
+            child_lifetime_kilobytes: None,
+            local_psk: Secret("k".into()),
+            remote_psk: Secret("k".into()),
+            dpd: Some(Dpd::default()),
+            nat_t_disable: false,
+            force_udp_encap: false,
+            connection_type: ConnectionType::Bidirectional,
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        fn bytes(&mut self, max: u64) -> Vec<u8> {
+            let n = self.below(max + 1);
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    fn pump(a: &mut Endpoint, b: &mut Endpoint, now: Instant) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for dir in 0..2 {
+                let (x, y) = if dir == 0 { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+                while let Some(t) = x.poll_transmit() {
+                    moved = true;
+                    let _ = y.handle_datagram(now, Path { local: t.path.remote, remote: t.path.local }, &t.data);
+                }
+                while x.poll_event().is_some() {}
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn authenticated_garbage_never_panics() {
+        let now = Instant::now();
+        let mut a = Endpoint::new(vec![tunnel("192.0.2.1", "192.0.2.2", "10.1.0.0", "10.2.0.0")], Ikev2Globals::default(), Box::new(crypto::SeededRandom::new(1)));
+        let mut b = Endpoint::new(vec![tunnel("192.0.2.2", "192.0.2.1", "10.2.0.0", "10.1.0.0")], Ikev2Globals::default(), Box::new(crypto::SeededRandom::new(2)));
+        a.handle_command(now, Command::Initiate { tunnel: "M:192.0.2.2".into() });
+        pump(&mut a, &mut b, now);
+        assert_eq!(a.child_sas().len(), 1);
+        let mut r = Rng(0x1234_5678_9abc_def1);
+        let mut t = now;
+        let mut delivered = 0;
+        for i in 0..4000u32 {
+            t += Duration::from_millis(r.below(3000));
+            // Alternate the victim: B as responder to "A's" requests, A to "B's".
+            let (victim, from_initiator) = if i % 2 == 0 { (&mut b, true) } else { (&mut a, false) };
+            // The other side's SA may have been replaced by a rekey: follow the victim's role.
+            let from_initiator = victim.sas.values().find(|s| s.is_up()).map(|s| !s.initiator).unwrap_or(from_initiator);
+            let Some(sa) = victim.sas.values().find(|s| s.is_up()) else {
+                // Garbage took the SA down (a Delete, say): let the tunnel come back.
+                a.handle_timeout(t);
+                b.handle_timeout(t);
+                pump(&mut a, &mut b, t);
+                continue;
+            };
+            delivered += 1;
+            let keys = sa.keys.clone().unwrap();
+            let mid = if r.below(8) == 0 { r.next() as u32 } else { sa.peer_mid };
+            let (spi_i, spi_r, path) = (sa.spi_i, sa.spi_r, Path { local: sa.path.local, remote: sa.path.remote });
+            let exchange = ExchangeType::from(34 + r.below(4) as u8);
+            let spi_bytes: Vec<[u8; 4]> = victim.sas.values().flat_map(|s| s.children.iter().map(|c| c.spi_out.to_be_bytes())).collect();
+            let store: Vec<Vec<u8>> = (0..12).map(|_| r.bytes(80)).collect();
+            let addr: Vec<[u8; 8]> = (0..4).map(|_| (r.next()).to_be_bytes()).collect();
+            let mut ps: Vec<Payload<'_>> = Vec::new();
+            for k in 0..r.below(7) as usize {
+                let d = &store[k % store.len()];
+                ps.push(match r.below(12) {
+                    0 => Payload::Sa(vec![Proposal {
+                        number: r.next() as u8,
+                        protocol: ProtocolId::from(1 + r.below(3) as u8),
+                        spi: &d[..d.len().min(r.below(9) as usize)],
+                        transforms: (0..r.below(6))
+                            .map(|_| Transform::with_key_length(TransformType::from(1 + r.below(5) as u8), [12u16, 20, 2, 5, 14, 31, 19, 0, 1][r.below(9) as usize], [128u16, 256, 0, 7][r.below(4) as usize]))
+                            .collect(),
+                    }]),
+                    1 => Payload::Ke { group: [31u16, 19, 14, 0, 99][r.below(5) as usize], data: d },
+                    2 => Payload::Nonce(d),
+                    3 => Payload::notify(NotifyType::from([16393u16, 16384, 17, 14, 24, 44, 16390, r.next() as u16][r.below(8) as usize]), d),
+                    4 => Payload::Notify(Notify { protocol: 3, spi: spi_bytes.get(r.below(4) as usize).map(|b| &b[..]).unwrap_or(&d[..d.len().min(4)]), ty: NotifyType::RekeySa, data: &[] }),
+                    5 => Payload::Delete(Delete {
+                        protocol: ProtocolId::from(r.below(4) as u8),
+                        spi_size: 4,
+                        spis: spi_bytes.iter().take(r.below(3) as usize).map(|b| &b[..]).collect(),
+                    }),
+                    6 | 7 => {
+                        let sel = Selector { ty: TsType::from(7 + r.below(2) as u8), ip_protocol: r.next() as u8, start_port: r.next() as u16, end_port: r.next() as u16, start_addr: &addr[k % 4][..4], end_addr: &addr[(k + 1) % 4][4..] };
+                        if r.below(2) == 0 { Payload::TsI(vec![sel]) } else { Payload::TsR(vec![sel]) }
+                    }
+                    8 => Payload::IdI(Identification { ty: IdType::from(r.next() as u8), data: d }),
+                    9 => Payload::Auth { method: AuthMethod::from(r.next() as u8), data: d },
+                    10 => Payload::Unknown { ty: PayloadType::from(r.next() as u8 | 0x80), critical: r.below(2) == 0, body: d },
+                    _ => Payload::VendorId(d),
+                });
+            }
+            let (first, chain) = emit_chain(&ps);
+            let chain = if r.below(10) == 0 { r.bytes(200) } else { chain };
+            let flags = if from_initiator { flags::INITIATOR } else { 0 } | if r.below(6) == 0 { flags::RESPONSE } else { 0 };
+            let hdr = Header::new(spi_i, spi_r, exchange, flags, mid);
+            let mut rng = crypto::SeededRandom::new(r.next());
+            let msg = keys.protect(from_initiator, &hdr, first, &chain, None, &mut rng).unwrap();
+            let _ = victim.handle_datagram(t, path, &msg);
+            victim.handle_timeout(t);
+            let _ = (victim.ike_sas(), victim.child_sas(), victim.poll_timeout());
+            pump(&mut a, &mut b, t);
+        }
+        assert!(delivered > 2000, "only {delivered} messages reached an established SA");
+    }
+}
