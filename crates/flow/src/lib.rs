@@ -328,6 +328,8 @@ pub struct Stats {
     pub icmp_unreachable: u64,
     pub icmp_rate_limited: u64,
     pub reclassified: u64,
+    /// TCP conns built mid-stream in the pickup window after a restart.
+    pub picked_up: u64,
     /// Conns torn down because their tunnel went away (`show asp drop` flow drop
     /// `tunnel-torn-down`).
     pub flows_tunnel_torn_down: u64,
@@ -475,6 +477,8 @@ pub struct Engine {
     stats: Stats,
     /// Scratch buffer of `handle_timeout`: (deadline, conn id, slab index).
     expired: Vec<(u64, ConnId, u32)>,
+    /// End of the mid-stream pickup window (engine ms; 0 = none).
+    pickup_until_ms: u64,
 }
 
 /// One packet of a batch for [`Engine::handle_batch`].
@@ -530,6 +534,7 @@ impl Engine {
             icmp_refill_ms: TIME_BIAS_MS,
             stats: Stats::default(),
             expired: Vec::new(),
+            pickup_until_ms: 0,
         }
     }
 
@@ -1067,6 +1072,16 @@ impl Engine {
         Ok(eng)
     }
 
+    /// holdfast extension for restarts: until `until`, a non-SYN TCP segment carried by a
+    /// tunnel (`FromTunnel`/`ToTunnel`, never `Clear`) may build an established conn instead of
+    /// being dropped `tcp-not-syn` — the ASA's loose mode after failover. It covers conns the
+    /// last snapshot missed (a SIGKILL loses everything since the last periodic snapshot, or
+    /// there is no snapshot at all). Call it right after `new`/`restore` with a short window
+    /// (e.g. 2-5 minutes): long enough for senders' backed-off retransmissions to arrive.
+    pub fn allow_pickup_until(&mut self, until: Instant) {
+        self.pickup_until_ms = self.ms(until);
+    }
+
     // -----------------------------------------------------------------------------------------
     // Internals
 
@@ -1088,16 +1103,38 @@ impl Engine {
         Verdict::Drop(r)
     }
 
+    /// Mid-stream pickup: only inside the window, only for an ACK (no SYN, no RST) of a packet
+    /// that a tunnel carries (authenticated by its SA), never for clear traffic.
+    fn pickup_allowed(&self, now_ms: u64, tf: u8, route: Route) -> bool {
+        now_ms < self.pickup_until_ms
+            && tf & tcp_flags::ACK != 0
+            && tf & (tcp_flags::SYN | tcp_flags::RST) == 0
+            && route != Route::Clear
+    }
+
     fn new_flow(&mut self, now_ms: u64, p: &Parsed, route: Route, tunnel_down: bool) -> Verdict {
         let mut flags = if p.from_outside { fl::INBOUND } else { 0 };
         let (mut ity, mut icode) = (0, 0);
         match p.kind {
             Kind::Tcp { flags: tf, .. } => {
-                // Only a bare SYN may create a TCP conn (asa.md §5: the normalizer expects a SYN).
-                if tf & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN) != tcp_flags::SYN {
+                // Only a bare SYN may create a TCP conn (asa.md §5: the normalizer expects a SYN)...
+                if tf & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN) == tcp_flags::SYN {
+                    flags |= if p.from_outside { fl::US | fl::LA | fl::UA | fl::B } else { fl::LS | fl::LA | fl::UA };
+                } else if self.pickup_allowed(now_ms, tf, route) {
+                    // ...except in the pickup window after a restart (the ASA's "loose mode after
+                    // failover"): an established conn of a tunnel resumes mid-stream. Who opened
+                    // it is unknown; the side with the higher port is taken as the client.
+                    flags = fl::U;
+                    if p.key.out_port > p.key.in_port {
+                        flags |= fl::INBOUND;
+                    }
+                    if p.payload > 0 {
+                        flags |= if p.from_outside { fl::I } else { fl::O };
+                    }
+                    self.stats.picked_up += 1;
+                } else {
                     return self.drop(DropReason::TcpNotSyn);
                 }
-                flags |= if p.from_outside { fl::US | fl::LA | fl::UA | fl::B } else { fl::LS | fl::LA | fl::UA };
             }
             Kind::IcmpEchoReply => return self.drop(DropReason::InspectIcmpSeqNumNotMatched),
             Kind::IcmpError => return self.drop(DropReason::InspectIcmpErrorNoExistingConn),

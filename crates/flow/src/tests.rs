@@ -219,6 +219,30 @@ fn timewait_keeps_a_closed_conn_15_seconds() {
 }
 
 #[test]
+fn pickup_window_after_restart() {
+    let mut r = Rig::new(Config::default());
+    r.up(0);
+    r.e.allow_pickup_until(r.at(60_000));
+    let to = Route::ToTunnel(r.tun);
+    let from = Route::FromTunnel(r.tun);
+    // A download's data segment from the far side, mid-stream.
+    let v = r.inb(1_000, from, &tcp("10.2.0.9", 80, "10.1.0.5", 40000, ACK | PSH, 9000, 500, b"data"));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(r.flags(1_000), ["UI"]);
+    let Event::Built(c) = &r.events()[0] else { panic!() };
+    assert!(!c.inbound, "the side with the higher port is taken as the client");
+    assert_eq!(r.out(1_001, to, &tcp("10.1.0.5", 40000, "10.2.0.9", 80, ACK, 500, 9004, b"")), Verdict::Forward);
+    // Never for clear traffic, never a RST, and not after the window.
+    let v = r.out(2_000, Route::Clear, &tcp("10.1.0.5", 40001, "192.0.2.9", 80, ACK, 1, 1, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::TcpNotSyn));
+    let v = r.out(2_000, to, &tcp("10.1.0.5", 40002, "10.2.0.9", 80, RST | ACK, 1, 1, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::TcpNotSyn));
+    let v = r.out(60_001, to, &tcp("10.1.0.5", 40003, "10.2.0.9", 80, ACK, 1, 1, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::TcpNotSyn));
+    assert_eq!(r.e.stats().picked_up, 1);
+}
+
+#[test]
 fn resets_name_their_side() {
     for (from_inside, want) in [(true, TeardownReason::TcpResetI), (false, TeardownReason::TcpResetO)] {
         let mut r = Rig::new(Config::default());
@@ -819,6 +843,7 @@ proptest! {
                         match ev { Event::Built(_) => built += 1, Event::Teardown { .. } => torn += 1, _ => {} }
                     }
                     r.e = Engine::restore(r.at(now), cfg, &snap, Duration::from_millis(1500)).unwrap();
+                    r.e.allow_pickup_until(r.at(now + 30_000));
                     r.e.check_invariants();
                     restarted_base = built - torn - snap.flows.len() as i64;
                     built = 0; torn = 0;
