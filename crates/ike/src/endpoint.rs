@@ -6,7 +6,7 @@
 
 use crate::error::{Drop, ReqError};
 use crate::keys::{child_keymat, ct_eq, psk_auth, IkeKeys};
-use crate::proposal::{esp_offers, ike_offers, offers_to_wire, select, Chosen, EspSuite, IkeSuite};
+use crate::proposal::{esp_offers, ike_offers, offers_to_wire, select, select_with_ke, Chosen, EspSuite, IkeSuite};
 use crate::{ts, ChildSaInfo, ChildSaUp, Command, DownReason, Event, IkeSaInfo, IkeStatus, Path, Role, TimerReason, Transmit};
 use crypto::{DhPrivate, HashAlg, Random};
 use policy::{ConnectionType, DhGroup, Ikev2Globals, TrafficSelector, TunnelPolicy};
@@ -1254,7 +1254,8 @@ impl Endpoint {
             }
         }
         let offers = ike_offers(&self.tunnels[idx].ike_policies);
-        let Some((chosen, _, oi)) = sa_of(ps).and_then(|p| select(p, &offers, ProtocolId::Ike)) else {
+        let ke_group = ke_of(ps).map(|(g, _)| g);
+        let Some((chosen, _, oi)) = sa_of(ps).and_then(|p| select_with_ke(p, &offers, ProtocolId::Ike, ke_group)) else {
             self.send_init_error(path, &hdr, NotifyType::NoProposalChosen, &[]);
             self.events.push_back(Event::IkeNegotiationFailed { tunnel: self.tunnels[idx].name.clone(), peer, reason: "no acceptable IKE proposal".into() });
             return Ok(());
@@ -1697,7 +1698,7 @@ impl Endpoint {
                 p
             })
             .collect();
-        let (chosen, peer_spi, _) = select(&stripped, &offers, ProtocolId::Esp).ok_or(ReqError::NoProposal)?;
+        let (chosen, peer_spi, _) = select_with_ke(&stripped, &offers, ProtocolId::Esp, shared.map(|(_, g)| g.number())).ok_or(ReqError::NoProposal)?;
         if chosen.dh.is_some() && shared.is_none_or(|(_, g)| Some(g) != chosen.dh) {
             return Err(ReqError::InvalidKe(chosen.dh.map(|g| g.number()).unwrap_or(0)));
         }
@@ -2017,7 +2018,7 @@ impl Endpoint {
         let mut dh_out: Option<(DhGroup, Vec<u8>, Vec<u8>)> = None;
         if let Some((g, kd)) = ke_of(ps) {
             let offers = esp_offers(&t.esp_proposals, t.pfs);
-            if let Some((chosen, _, _)) = select(props, &offers, ProtocolId::Esp) {
+            if let Some((chosen, _, _)) = select_with_ke(props, &offers, ProtocolId::Esp, Some(g)) {
                 if let Some(cg) = chosen.dh {
                     if cg.number() != g {
                         return Err(ReqError::InvalidKe(cg.number()));
@@ -2089,7 +2090,7 @@ impl Endpoint {
         let t = self.tunnels[sa.tunnel].clone();
         let offers = ike_offers(&t.ike_policies);
         let props = sa_of(ps).ok_or(ReqError::Syntax("no SA payload"))?;
-        let (chosen, peer_spi, oi) = select(props, &offers, ProtocolId::Ike).ok_or(ReqError::NoProposal)?;
+        let (chosen, peer_spi, oi) = select_with_ke(props, &offers, ProtocolId::Ike, ke_of(ps).map(|(g, _)| g)).ok_or(ReqError::NoProposal)?;
         let suite = chosen.ike_suite().ok_or(ReqError::NoProposal)?;
         let new_spi_i = <[u8; 8]>::try_from(peer_spi.as_slice()).map(u64::from_be_bytes).map_err(|_| ReqError::Syntax("IKE SPI size"))?;
         let ni = nonce_of(ps)?.to_vec();

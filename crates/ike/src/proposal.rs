@@ -223,9 +223,22 @@ impl Chosen {
 /// PRF and DH are required; for ESP, DH is required only if our offer has PFS groups and the
 /// peer offers a group (a peer that offers no KE is accepted without PFS).
 pub(crate) fn select(peer: &[Proposal<'_>], ours: &[Offer], protocol: ProtocolId) -> Option<(Chosen, Vec<u8>, usize)> {
+    select_with_ke(peer, ours, protocol, None)
+}
+
+/// Like [`select`], preferring the DH group of the KE payload the peer sent when the chosen
+/// proposal allows it (saves an INVALID_KE_PAYLOAD round trip when the peer's KE is not for
+/// its first-listed group).
+pub(crate) fn select_with_ke(peer: &[Proposal<'_>], ours: &[Offer], protocol: ProtocolId, ke: Option<u16>) -> Option<(Chosen, Vec<u8>, usize)> {
     for p in peer.iter().filter(|p| p.protocol == protocol) {
         for (i, o) in ours.iter().enumerate() {
-            if let Some(c) = match_one(p, o, protocol) {
+            if let Some(mut c) = match_one(p, o, protocol) {
+                if let Some(g) = ke.and_then(DhGroup::from_number) {
+                    let offered = p.transforms.iter().any(|t| t.ty == TransformType::Dh && t.id == g.number());
+                    if c.dh.is_some() && offered && (o.dh.contains(&g) || protocol == ProtocolId::Esp && o.dh.is_empty()) {
+                        c.dh = Some(g);
+                    }
+                }
                 return Some((c, p.spi.to_vec(), i));
             }
         }
@@ -254,6 +267,9 @@ fn match_one(p: &Proposal<'_>, o: &Offer, protocol: ProtocolId) -> Option<Chosen
         Some(peer_groups.iter().find_map(|g| DhGroup::from_number(*g).filter(|x| o.dh.contains(x)))?)
     } else if peer_groups.is_empty() || peer_groups.contains(&0) && o.dh.is_empty() {
         None
+    } else if o.dh.is_empty() {
+        // No PFS configured: go along with a peer that wants it, if we know the group.
+        Some(peer_groups.iter().find_map(|g| DhGroup::from_number(*g))?)
     } else {
         let g = peer_groups.iter().find_map(|g| DhGroup::from_number(*g).filter(|x| o.dh.contains(x)));
         match g {
@@ -325,6 +341,26 @@ mod tests {
         let mut peer2 = peer.clone();
         peer2[0].transforms[0] = Transform::with_key_length(TransformType::Encr, 12, 128);
         assert!(select(&peer2, &ike_offers(&[asa_policy()]), ProtocolId::Ike).is_none());
+    }
+
+    #[test]
+    fn prefers_group_of_received_ke() {
+        let peer = vec![Proposal {
+            number: 1,
+            protocol: ProtocolId::Ike,
+            spi: &[],
+            transforms: vec![
+                Transform::with_key_length(TransformType::Encr, 20, 256),
+                Transform::new(TransformType::Prf, 5),
+                Transform::new(TransformType::Dh, 19),
+                Transform::new(TransformType::Dh, 31),
+            ],
+        }];
+        let offers = ike_offers(&[asa_policy()]);
+        assert_eq!(select(&peer, &offers, ProtocolId::Ike).unwrap().0.dh, Some(DhGroup::Ecp256));
+        assert_eq!(select_with_ke(&peer, &offers, ProtocolId::Ike, Some(31)).unwrap().0.dh, Some(DhGroup::Curve25519));
+        // A KE group outside the proposal does not change the choice.
+        assert_eq!(select_with_ke(&peer, &offers, ProtocolId::Ike, Some(14)).unwrap().0.dh, Some(DhGroup::Ecp256));
     }
 
     #[test]
