@@ -31,6 +31,10 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// mapping survives idle periods; 20 s is the customary interval.
 pub const NAT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
+/// Largest TUN MTU: the data path's per-packet buffers are sized for an ESP packet built from
+/// an inner packet of at most this size (and the outside links are Ethernet-sized anyway).
+pub const MAX_TUN_MTU: u16 = 1800;
+
 /// `holdfast run` options besides the configuration.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -52,6 +56,8 @@ pub enum DaemonError {
     Config(#[from] policy::ResolveError),
     #[error("{what}: {err}")]
     Io { what: String, err: io::Error },
+    #[error("TUN MTU {0} out of range (576..={MAX_TUN_MTU})")]
+    Mtu(u16),
     #[error("control socket {0} is in use by a running daemon")]
     AlreadyRunning(PathBuf),
 }
@@ -71,6 +77,9 @@ pub struct ControlRequest {
 /// (routes, TUN, forwarding, socket file) is removed on return, also on error.
 pub fn run(cfg: policy::Config, opts: Options) -> Result<(), DaemonError> {
     let tunnels = cfg.tunnels()?;
+    if !(576..=MAX_TUN_MTU).contains(&opts.tun_mtu) {
+        return Err(DaemonError::Mtu(opts.tun_mtu));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
