@@ -717,7 +717,11 @@ impl Engine {
                 self.teardown(i, now_ms, TeardownReason::VpnReclassifyFailed);
                 return self.new_flow(now_ms, &p, route, tunnel_down);
             }
-            // Moved to another tunnel (or reclassified lazily): follow it.
+            // Moved to another tunnel (or reclassified lazily): follow it. A segment held for
+            // the old tunnel is not replayed into the new one: the sender retransmits anyway.
+            if let Some(h) = self.held.remove(&i) {
+                self.held_bytes -= h.packet.capacity();
+            }
             let e = self.table.get_mut(i);
             e.tunnel = rt;
             if !tunnel_down {
@@ -888,8 +892,11 @@ impl Engine {
         let Some(ts) = self.tunnel_state_mut(tunnel.0) else { return };
         let was_up = ts.up;
         ts.up = true;
-        ts.preserve_tcp = ptcp;
-        ts.preserve_udp = pudp;
+        if !was_up {
+            // Fixed for this tunnel's lifetime: a rekey does not re-establish it.
+            ts.preserve_tcp = ptcp;
+            ts.preserve_udp = pudp;
+        }
         let reclassify = self.cfg.sysopt.reclassify_vpn && !local_ts.is_empty() && !remote_ts.is_empty();
         if was_up {
             // A rekey or a second CHILD_SA: nothing was orphaned, and clear conns the

@@ -463,6 +463,7 @@ fn preserve_applies_to_tunnels_established_afterwards() {
     r.up(0);
     r.handshake(0);
     r.e.set_policy(r.at(1), Timeouts::default(), preserve_cfg(false).sysopt);
+    r.up(5); // a rekey is not a re-establishment
     r.down(10);
     assert!(r.e.is_empty(), "the tunnel came up before preserve was enabled");
     r.up(20);
@@ -750,7 +751,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (any::<bool>(), 0..3u8, 0..3u8, any::<u8>(), 0..4u8, 0..4u8, 0..3u8, 0..3u8)
+        6 => (any::<bool>(), 0..3u8, 0..3u8, any::<u8>(), 0..4u8, 0..4u8, 0..3u8, 0..4u8)
             .prop_map(|(out, host, port, flags, seq, ack, len, route)| Op::Tcp { out, host, port, flags, seq, ack, len, route }),
         2 => (any::<bool>(), 0..3u8, 0..3u8, 0..3u8).prop_map(|(out, host, port, route)| Op::Udp { out, host, port, route }),
         1 => (any::<bool>(), 0..3u8, prop_oneof![Just(0u8), Just(8), Just(3), Just(13)]).prop_map(|(out, host, ty)| Op::Icmp { out, host, ty }),
@@ -793,7 +794,8 @@ proptest! {
         let mut torn = 0i64;
         let mut restarted_base = 0i64;
         for op in ops {
-            let route = |x: u8, t: TunnelId| match x { 0 => Route::Clear, 1 => Route::ToTunnel(t), _ => Route::FromTunnel(t) };
+            let t2 = r.e.tunnel("outside_map:20").unwrap();
+            let route = |x: u8, t: TunnelId| match x { 0 => Route::Clear, 1 => Route::ToTunnel(t), 2 => Route::FromTunnel(t), _ => Route::ToTunnel(t2) };
             match op {
                 Op::Tcp { out, host, port, flags, seq, ack, len, route: rt } => {
                     let inside = format!("10.1.0.{}", host + 1);
