@@ -11,6 +11,12 @@
 //! segments to replay into a tunnel that came back), then [`Engine::poll_event`] (Built/Teardown,
 //! for syslog 302013-302021), then ask [`Engine::poll_timeout`] and call
 //! [`Engine::handle_timeout`] at that instant. Time is always a parameter.
+//!
+//! Inputs: [`Engine::handle_packet`] (or [`Engine::handle_batch`]) per inner IPv4 packet,
+//! [`Engine::tunnel_up`] / [`Engine::tunnel_down`] per tunnel (not per SA), operator commands
+//! ([`Engine::clear_conn`], [`Engine::set_policy`]), and restart survival
+//! ([`Engine::snapshot`], [`Engine::restore`], [`Engine::allow_pickup_until`]). Text for
+//! `show conn`, `show asp drop` and syslog lives in [`text`]. See the crate README for wiring.
 
 mod table;
 pub mod text;

@@ -931,3 +931,11 @@ proptest! {
         b.e.check_invariants();
     }
 }
+
+#[test]
+fn engine_can_move_between_threads() {
+    // The daemon's TX and RX threads share one engine behind a lock.
+    fn send<T: Send + 'static>() {}
+    send::<Engine>();
+    send::<Snapshot>();
+}
