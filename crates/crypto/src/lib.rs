@@ -5,17 +5,20 @@
 //! Diffie-Hellman groups come from `openssl`. What this crate adds is the IKEv2/ESP-facing
 //! shape: the wire encodings of public values and shared secrets (RFC 7296 §3.4, RFC 5903 §7,
 //! RFC 8031 §2), validation of a peer's public value, and in-place, allocation-free cipher
-//! calls for the ESP data path.
+//! calls for the ESP data path. [`sig`] adds certificates and IKEv2 AUTH signatures (RSA and
+//! ECDSA over OpenSSL, RFC 7296 §2.15, RFC 4754, RFC 7427).
 
 mod cipher;
 mod dh;
 mod mac;
 mod random;
+pub mod sig;
 
 pub use cipher::{AesCbc, AesGcm, GCM_NONCE_LEN, GCM_TAG_LEN};
 pub use dh::{public_value_len, shared_secret_len, DhPrivate};
 pub use mac::{digest, hmac, HashAlg, Hmac};
 pub use random::{OsRandom, Random, SeededRandom};
+pub use sig::{Certificate, Credential, Identity, SigAlg, SigError, SignatureScheme, TrustAnchors};
 
 /// Errors from this crate. None of them carries key material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
