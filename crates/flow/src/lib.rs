@@ -485,6 +485,16 @@ pub struct Engine {
     expired: Vec<(u64, ConnId, u32)>,
     /// End of the mid-stream pickup window (engine ms; 0 = none).
     pickup_until_ms: u64,
+    asp_last_clearing: Option<String>,
+}
+
+/// See [`Engine::tunnel_info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelInfo {
+    pub name: String,
+    pub up: bool,
+    pub preserve_tcp: bool,
+    pub preserve_udp: bool,
 }
 
 /// One packet of a batch for [`Engine::handle_batch`].
@@ -541,6 +551,7 @@ impl Engine {
             stats: Stats::default(),
             expired: Vec::new(),
             pickup_until_ms: 0,
+            asp_last_clearing: None,
         }
     }
 
@@ -581,6 +592,25 @@ impl Engine {
         self.tunnel_state(t.0).map(|s| s.name.as_str()).unwrap_or("?")
     }
 
+    /// State of a tunnel as the engine sees it (for `show asp table vpn-context`: `PRESERVE`
+    /// belongs to a tunnel established while preserve-vpn-flows was on).
+    pub fn tunnel_info(&self, t: TunnelId) -> Option<TunnelInfo> {
+        self.tunnel_state(t.0).map(|s| TunnelInfo {
+            name: s.name.clone(),
+            up: s.up,
+            preserve_tcp: s.preserve_tcp,
+            preserve_udp: s.preserve_udp,
+        })
+    }
+
+    /// `clear asp drop`: zeroes the drop counters; `when` is the daemon's text for the
+    /// `Last clearing:` lines (e.g. `10:43:33 UTC Nov 23 2026 by admin`).
+    pub fn clear_asp_drop(&mut self, when: &str) {
+        self.stats.drops = [0; 10];
+        self.stats.flows_tunnel_torn_down = 0;
+        self.asp_last_clearing = Some(when.to_string());
+    }
+
     pub fn tunnel_is_up(&self, t: TunnelId) -> bool {
         self.tunnel_state(t.0).is_some_and(|s| s.up)
     }
@@ -607,6 +637,10 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    pub(crate) fn asp_last_clearing(&self) -> &str {
+        self.asp_last_clearing.as_deref().unwrap_or("Never")
     }
 
     pub fn len(&self) -> usize {

@@ -466,7 +466,10 @@ fn preserve_applies_to_tunnels_established_afterwards() {
     r.up(5); // a rekey is not a re-establishment
     r.down(10);
     assert!(r.e.is_empty(), "the tunnel came up before preserve was enabled");
+    assert!(!r.e.tunnel_info(r.tun).unwrap().preserve_tcp);
     r.up(20);
+    let info = r.e.tunnel_info(r.tun).unwrap();
+    assert!(info.up && info.preserve_tcp && !info.preserve_udp && info.name == "outside_map:10");
     r.handshake(30);
     r.down(40);
     assert_eq!(r.flags(40), ["UV"]);
@@ -690,6 +693,11 @@ fn show_asp_drop_golden() {
          \x20 Invalid IP Length (invalid-ip-length)                                        1\n\
          \x20 First TCP packet not SYN (tcp-not-syn)                                       2\n\
          \nLast clearing: Never\n\nFlow drop:\n\nLast clearing: Never\n"
+    );
+    r.e.clear_asp_drop("08:00:00 UTC Nov 23 2026 by admin");
+    assert_eq!(
+        r.e.show_asp_drop(),
+        "\nFrame drop:\n\nLast clearing: 08:00:00 UTC Nov 23 2026 by admin\n\nFlow drop:\n\nLast clearing: 08:00:00 UTC Nov 23 2026 by admin\n"
     );
 }
 

@@ -58,7 +58,7 @@ impl Engine {
 
     /// `show asp drop`.
     pub fn show_asp_drop(&self) -> String {
-        format_asp_drop(self.stats())
+        format_asp_drop(self.stats(), self.asp_last_clearing())
     }
 }
 
@@ -292,7 +292,7 @@ pub fn format_show_conn<'a>(
 }
 
 /// Formats `show asp drop`: non-zero counters only, as the ASA does.
-pub fn format_asp_drop(stats: &Stats) -> String {
+pub fn format_asp_drop(stats: &Stats, last_clearing: &str) -> String {
     let mut out = String::from("\nFrame drop:\n");
     for r in DropReason::ALL {
         let n = stats.drops(r);
@@ -301,11 +301,11 @@ pub fn format_asp_drop(stats: &Stats) -> String {
             let _ = writeln!(out, "  {label:<60}{n:>18}");
         }
     }
-    out.push_str("\nLast clearing: Never\n\nFlow drop:\n");
+    let _ = write!(out, "\nLast clearing: {last_clearing}\n\nFlow drop:\n");
     if stats.flows_tunnel_torn_down > 0 {
         let label = "Tunnel has been torn down (tunnel-torn-down)";
         let _ = writeln!(out, "  {label:<60}{:>18}", stats.flows_tunnel_torn_down);
     }
-    out.push_str("\nLast clearing: Never\n");
+    let _ = writeln!(out, "\nLast clearing: {last_clearing}");
     out
 }
