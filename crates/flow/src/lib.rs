@@ -1110,7 +1110,7 @@ impl Engine {
             eng.stats.built += 1;
             eng.arm(i, now_ms);
         }
-        eng.next_id = snap.next_id.max(snap.flows.iter().map(|f| f.id + 1).max().unwrap_or(1));
+        eng.next_id = snap.next_id.max(snap.flows.iter().map(|f| f.id.saturating_add(1)).max().unwrap_or(1));
         eng.stats.in_use = eng.table.len() as u64;
         eng.stats.most_used = snap.most_used.max(eng.stats.in_use);
         for t in 1..=eng.tunnels.len() as u16 {
