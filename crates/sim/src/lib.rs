@@ -196,6 +196,7 @@ pub fn run_seeds(scenario: &str, default: u64, f: impl Fn(u64) -> Result<Outcome
         failures.len(),
         started.elapsed()
     );
+    eprintln!("sim {scenario}: {}", summary(&outcomes));
     if !failures.is_empty() {
         let list: Vec<String> = failures.iter().map(|(s, _)| s.to_string()).collect();
         let mut msg = format!("scenario {scenario}: {} of {} seeds failed: [{}]\n", failures.len(), seeds.len(), list.join(", "));
@@ -205,4 +206,35 @@ pub fn run_seeds(scenario: &str, default: u64, f: impl Fn(u64) -> Result<Outcome
         panic!("{msg}");
     }
     outcomes
+}
+
+/// One line of aggregate statistics over the passing seeds.
+pub fn summary(outcomes: &[Outcome]) -> String {
+    let sum = |f: &dyn Fn(&world::Stats) -> u64| outcomes.iter().map(|o| f(&o.stats)).sum::<u64>();
+    let max = |f: &dyn Fn(&world::Stats) -> f64| outcomes.iter().map(|o| f(&o.stats)).fold(0.0f64, f64::max);
+    let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+    for o in outcomes {
+        for (k, v) in &o.stats.ike_down_reasons {
+            *reasons.entry(k.clone()).or_default() += v;
+        }
+    }
+    let encap: u64 = outcomes.iter().map(|o| o.stats.encap_disagreements).sum();
+    let note = outcomes.iter().flat_map(|o| o.stats.notes.first()).next().cloned().unwrap_or_default();
+    format!(
+        "encap disagreements {encap} ({note}), IkeSaDown reasons {reasons:?}, IKE datagrams {} (lost {}, dup {}), ESP {} ok / {} no-SA / {} lost, IKE SAs up {}, CHILD_SAs up {} (rekeys {}), IKE rekeys {}, crossing CREATE_CHILD_SA {}, longest handover {:.2} s, longest orphan {:.2} s, slowest convergence {:.2} s",
+        sum(&|s| s.ike_sent),
+        sum(&|s| s.ike_dropped),
+        sum(&|s| s.ike_duplicated),
+        sum(&|s| s.esp_ok),
+        sum(&|s| s.esp_no_sa),
+        sum(&|s| s.esp_dropped),
+        sum(&|s| s.ike_ups),
+        sum(&|s| s.child_ups),
+        sum(&|s| s.child_rekeys),
+        sum(&|s| s.ike_rekeys),
+        sum(&|s| s.crossing_create_child),
+        max(&|s| s.longest_handover),
+        max(&|s| s.longest_orphan),
+        max(&|s| s.converged_after.unwrap_or(0.0)),
+    )
 }

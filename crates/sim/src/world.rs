@@ -57,6 +57,9 @@ pub enum Action {
     /// The daemon starts (again) with a fresh engine and an empty SA database; like the daemon
     /// it initiates every tunnel that is not answer-only.
     Boot { gw: usize, tunnels: Option<Vec<TunnelPolicy>> },
+    /// Harness self-test only: corrupts the encryption key of every inbound SA installed at
+    /// `gw`, as a daemon bug would. The invariants must catch it.
+    CorruptInbound { gw: usize },
 }
 
 /// Bounds the invariants are checked against.
@@ -180,6 +183,11 @@ pub struct Stats {
     /// Longest mismatch (handover) window seen, in seconds.
     pub longest_handover: f64,
     pub longest_orphan: f64,
+    /// `IkeSaDown` reasons seen, e.g. "PeerRestarted" (INITIAL_CONTACT) or "PeerDead" (DPD).
+    pub ike_down_reasons: BTreeMap<String, u64>,
+    /// SAs one side sends UDP-encapsulated and the other installed as native (or vice versa).
+    pub encap_disagreements: u64,
+    pub notes: Vec<String>,
     /// Time from the end of faults until every tunnel was up, in seconds.
     pub converged_after: Option<f64>,
 }
@@ -215,6 +223,7 @@ pub struct World {
     trace: VecDeque<String>,
     failure: Option<String>,
     pub check_settled: bool,
+    encap_noted: Vec<u32>,
     /// Trace lines kept for a failure report (`SIM_TRACE=<n>` when replaying a seed).
     trace_lines: usize,
 }
@@ -287,6 +296,7 @@ impl World {
             trace: VecDeque::new(),
             failure: None,
             check_settled: true,
+            encap_noted: Vec::new(),
             trace_lines: std::env::var("SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_LINES),
         }
     }
@@ -323,6 +333,7 @@ impl World {
         let disruptive = match &a {
             Action::Command { cmd, .. } => matches!(cmd, Command::ClearIkeSa { .. } | Command::ClearChildSas { .. }),
             Action::Crash { .. } | Action::Boot { .. } => true,
+            Action::CorruptInbound { .. } => false,
         };
         if disruptive {
             self.quiet_from = self.quiet_from.max(self.base + at);
@@ -478,6 +489,15 @@ impl World {
                 g.ep = None;
                 g.sad.clear();
             }
+            Action::CorruptInbound { gw } => {
+                let line = format!("{} SABOTAGE inbound keys", self.gws[gw].name);
+                self.note(line);
+                for c in self.gws[gw].sad.children.values_mut() {
+                    if let Some(b) = c.up.inbound.enc_key.first_mut() {
+                        *b ^= 0x01;
+                    }
+                }
+            }
             Action::Boot { gw, tunnels } => {
                 let seed = self.rng.fork();
                 let g = &mut self.gws[gw];
@@ -552,7 +572,10 @@ impl World {
                 self.stats.ike_ups += 1;
                 self.note(format!("{name} IkeSaUp {spi_i:016x}/{spi_r:016x} init={initiator}"));
             }
-            Event::IkeSaDown { reason, .. } => self.note(format!("{name} IkeSaDown {reason:?}")),
+            Event::IkeSaDown { reason, .. } => {
+                *self.stats.ike_down_reasons.entry(format!("{reason:?}")).or_default() += 1;
+                self.note(format!("{name} IkeSaDown {reason:?}"));
+            }
             Event::IkeSaRekeyed { new_spi_i, new_spi_r, .. } => {
                 self.stats.ike_rekeys += 1;
                 self.note(format!("{name} IkeSaRekeyed -> {new_spi_i:016x}/{new_spi_r:016x}"));
@@ -778,6 +801,21 @@ impl World {
                     None => false,
                 };
                 pair_up &= ok && both;
+                // Native ESP versus UDP encapsulation: the holdfast datapath accepts either for
+                // any SA, so a disagreement does not lose packets between two holdfasts, but a
+                // peer that only decapsulates what it negotiated would drop them. Counted.
+                if let (true, Some(o)) = (ok, out) {
+                    if let Some(c) = gy.sad.accepts(&o.up.outbound) {
+                        if matches!(c.up.encap, esp::Encap::Native) != matches!(o.up.encap, esp::Encap::Native) && !self.encap_noted.contains(&o.up.outbound.spi) {
+                            let note = format!("{} sends SA {:08x} as {:?}, {} installed it as {:?}", gx.name, o.up.outbound.spi, o.up.encap, gy.name, c.up.encap);
+                            self.encap_noted.push(o.up.outbound.spi);
+                            self.stats.encap_disagreements += 1;
+                            if self.stats.notes.len() < 4 {
+                                self.stats.notes.push(note);
+                            }
+                        }
+                    }
+                }
                 if both && !ok {
                     let since = *self.mismatch_since[p][dir].get_or_insert(now);
                     let age = now - since;
