@@ -809,7 +809,13 @@ impl Endpoint {
             return d.retry.max(Duration::from_millis(100));
         }
         // Exponential backoff from the configured base (RFC 7296 §2.1).
-        self.globals.retransmit_base.max(Duration::from_millis(50)) * 2u32.saturating_pow(tries.min(16))
+        let d = self.globals.retransmit_base.max(Duration::from_millis(50)) * 2u32.saturating_pow(tries.min(16));
+        if let Pending::Init { .. } = pending {
+            // IKE_SA_INIT creates no state at the peer before it answers: keep knocking at a
+            // steady pace, so a restarted peer is found within seconds, not minutes.
+            return d.min(REINIT_BACKOFF_MAX);
+        }
+        d
     }
 
     fn send_response(&mut self, sa: &mut IkeSa, exchange: ExchangeType, mid: u32, payloads: &[Payload<'_>]) {
@@ -888,6 +894,15 @@ impl Endpoint {
                     match sa.state {
                         State::Deleting | State::Rekeyed => {
                             sa.dead = true;
+                        }
+                        State::InitSent => {
+                            // Nobody answers yet: start over with fresh values at once, so the
+                            // gap between attempts stays at the capped retransmit interval.
+                            self.kill(now, sa, dead_reason, false);
+                            if self.tunnels[sa.tunnel].connection_type != ConnectionType::AnswerOnly {
+                                let d = self.jitter(Duration::from_millis(500), 0.5, 1.5);
+                                self.tstate[sa.tunnel].reinit_at = Some(now + d);
+                            }
                         }
                         _ => self.kill(now, sa, dead_reason, true),
                     }

@@ -634,3 +634,24 @@ fn simultaneous_initiation_converges_to_one_sa() {
     // The survivor is the SA initiated by the lower address (A).
     assert_eq!(n.eps[&ip(A)].ike_sas()[0].role, ike::Role::Initiator);
 }
+
+#[test]
+fn long_outage_then_back_within_seconds() {
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    ta.connection_type = ConnectionType::Bidirectional;
+    let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    tb.connection_type = ConnectionType::AnswerOnly;
+    let mut n = Net::new(ta, tb.clone(), globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert_matching(&n);
+    // B loses power for two minutes and comes back without state; it never initiates.
+    n.down.push(ip(B));
+    n.advance(Duration::from_secs(120));
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::IkeSaDown { reason: DownReason::PeerDead, .. })));
+    n.restart(B, tb);
+    n.down.clear();
+    n.clear_events();
+    n.advance(Duration::from_secs(5));
+    assert_eq!(n.live(A).len(), 1, "A re-initiated within 5 s of B's return: {:?}", n.ev(A));
+    assert_matching(&n);
+}
