@@ -74,6 +74,16 @@ pub enum ItemKind {
     TunnelGroupIpsec { name: Spanned<String>, body: Vec<Spanned<TgIpsecCmd>> },
     /// `tunnel-group X general-attributes`: its lines are outside holdfast's scope for now.
     TunnelGroupGeneral { name: Spanned<String> },
+    /// `crypto ca trustpoint NAME` with its holdfast file lines.
+    Trustpoint { name: Spanned<String>, body: Vec<Spanned<TrustpointCmd>> },
+}
+
+/// holdfast extension lines of `crypto ca trustpoint` (the ASA imports certificates instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustpointCmd {
+    CertificateFile(Spanned<String>),
+    KeyFile(Spanned<String>),
+    CaFile(Spanned<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,12 +194,18 @@ pub enum CryptoMapCmd {
     NatTDisable,
     /// holdfast extension `set udp-encapsulation force`.
     ForceUdpEncap,
+    /// `set trustpoint TP [chain]`.
+    Trustpoint(Spanned<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TgIpsecCmd {
     RemotePsk(Secret),
     LocalPsk(Secret),
+    /// `ikev2 remote-authentication certificate`.
+    RemoteCert,
+    /// `ikev2 local-authentication certificate TP`.
+    LocalCert(Spanned<String>),
     /// `isakmp keepalive threshold T retry R` = `Some`, `isakmp keepalive disable` = `None`.
     Keepalive(Option<Dpd>),
 }

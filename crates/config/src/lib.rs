@@ -13,6 +13,8 @@
 //! - `crypto map M N set udp-encapsulation force`: always UDP-encapsulate ESP (RFC 3948);
 //! - `crypto ikev2 retransmit <base-ms> <tries>`: IKE retransmission timing;
 //! - `sysopt connection preserve-vpn-flows udp`: preserve UDP flows as well as TCP.
+//! - `crypto ca trustpoint NAME` lines `certificate-file PATH`, `key-file PATH`, `ca-file PATH`:
+//!   PEM files instead of the ASA's certificate import.
 //!
 //! Lines for ASA features outside holdfast's scope (nat, snmp-server, http, object, route, ...)
 //! are summarised in one warning, or refused one by one in strict mode.

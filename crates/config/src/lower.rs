@@ -43,6 +43,7 @@ pub(crate) fn lower(ast: &Ast) -> Lowered {
         maps: BTreeMap::new(),
         bindings: Vec::new(),
         tgs: Vec::new(),
+        trustpoints: Vec::new(),
     };
     l.run();
     Lowered { config: l.cfg, issues: l.issues, ignored: l.ignored }
@@ -76,6 +77,7 @@ struct MapEntryAcc {
     connection_type: policy::ConnectionType,
     nat_t_disable: bool,
     force_udp_encap: bool,
+    trustpoint: Option<Spanned<String>>,
 }
 
 struct TgAcc {
@@ -85,6 +87,18 @@ struct TgAcc {
     local: Option<Secret>,
     remote: Option<Secret>,
     dpd: Option<Dpd>,
+    /// `ikev2 local-authentication certificate TP` (replaces a local PSK and vice versa).
+    local_cert: Option<Spanned<String>>,
+    /// Span of `ikev2 remote-authentication certificate` (replaces a remote PSK and vice versa).
+    remote_cert: Option<Span>,
+}
+
+#[derive(Default)]
+struct TrustpointAcc {
+    span: Span,
+    certificate_file: Option<String>,
+    key_file: Option<String>,
+    ca_file: Option<String>,
 }
 
 struct Lowerer<'a> {
@@ -106,6 +120,7 @@ struct Lowerer<'a> {
     maps: BTreeMap<(String, u32), MapEntryAcc>,
     bindings: Vec<(Spanned<String>, Spanned<String>)>,
     tgs: Vec<(String, TgAcc)>,
+    trustpoints: Vec<(String, TrustpointAcc)>,
 }
 
 impl<'a> Lowerer<'a> {
@@ -116,6 +131,7 @@ impl<'a> Lowerer<'a> {
         self.finish_acls();
         self.finish_ike_policies();
         self.finish_proposals();
+        self.finish_trustpoints();
         self.finish_tunnel_groups();
         self.finish_crypto_maps();
         self.check_nameifs();
@@ -330,6 +346,7 @@ impl<'a> Lowerer<'a> {
                     CryptoMapCmd::ConnectionType(t) => acc.connection_type = *t,
                     CryptoMapCmd::NatTDisable => acc.nat_t_disable = true,
                     CryptoMapCmd::ForceUdpEncap => acc.force_udp_encap = true,
+                    CryptoMapCmd::Trustpoint(tp) => acc.trustpoint = Some(tp.clone()),
                 }
             }
             ItemKind::CryptoMapInterface { map, nameif } => {
@@ -347,8 +364,23 @@ impl<'a> Lowerer<'a> {
                 acc.attr_span.get_or_insert(name.span);
                 for cmd in body {
                     match &cmd.node {
-                        TgIpsecCmd::LocalPsk(k) => acc.local = Some(k.clone()),
-                        TgIpsecCmd::RemotePsk(k) => acc.remote = Some(k.clone()),
+                        // One method per direction: the last line written wins (ASA).
+                        TgIpsecCmd::LocalPsk(k) => {
+                            acc.local = Some(k.clone());
+                            acc.local_cert = None;
+                        }
+                        TgIpsecCmd::RemotePsk(k) => {
+                            acc.remote = Some(k.clone());
+                            acc.remote_cert = None;
+                        }
+                        TgIpsecCmd::LocalCert(tp) => {
+                            acc.local_cert = Some(tp.clone());
+                            acc.local = None;
+                        }
+                        TgIpsecCmd::RemoteCert => {
+                            acc.remote_cert = Some(cmd.span);
+                            acc.remote = None;
+                        }
                         TgIpsecCmd::Keepalive(d) => acc.dpd = *d,
                     }
                 }
@@ -357,6 +389,24 @@ impl<'a> Lowerer<'a> {
                 let acc = self.tg(name);
                 acc.attr_span.get_or_insert(name.span);
             }
+            ItemKind::Trustpoint { name, body } => {
+                // Re-entering `crypto ca trustpoint X` modifies it.
+                let idx = match self.trustpoints.iter().position(|(n, _)| *n == name.node) {
+                    Some(i) => i,
+                    None => {
+                        self.trustpoints.push((name.node.clone(), TrustpointAcc { span: name.span, ..Default::default() }));
+                        self.trustpoints.len() - 1
+                    }
+                };
+                let acc = &mut self.trustpoints[idx].1;
+                for cmd in body {
+                    match &cmd.node {
+                        TrustpointCmd::CertificateFile(p) => acc.certificate_file = Some(p.node.clone()),
+                        TrustpointCmd::KeyFile(p) => acc.key_file = Some(p.node.clone()),
+                        TrustpointCmd::CaFile(p) => acc.ca_file = Some(p.node.clone()),
+                    }
+                }
+            }
         }
     }
 
@@ -364,7 +414,16 @@ impl<'a> Lowerer<'a> {
         let idx = match self.tgs.iter().position(|(n, _)| *n == name.node) {
             Some(i) => i,
             None => {
-                let acc = TgAcc { span: name.span, kind: None, attr_span: None, local: None, remote: None, dpd: Some(Dpd::default()) };
+                let acc = TgAcc {
+                    span: name.span,
+                    kind: None,
+                    attr_span: None,
+                    local: None,
+                    remote: None,
+                    dpd: Some(Dpd::default()),
+                    local_cert: None,
+                    remote_cert: None,
+                };
                 self.tgs.push((name.node.clone(), acc));
                 self.tgs.len() - 1
             }
@@ -495,8 +554,50 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    fn finish_trustpoints(&mut self) {
+        for (name, acc) in &self.trustpoints {
+            if acc.certificate_file.is_none() && acc.key_file.is_none() && acc.ca_file.is_none() {
+                self.issues.push(Issue::warning(
+                    acc.span,
+                    format!("crypto ca trustpoint {name} has no `certificate-file`, `key-file` or `ca-file`: holdfast reads certificates from PEM files (holdfast extension), not from ASA enrollment"),
+                ));
+            }
+            self.cfg.trustpoints.push(policy::Trustpoint {
+                name: name.clone(),
+                certificate_file: acc.certificate_file.clone(),
+                key_file: acc.key_file.clone(),
+                ca_file: acc.ca_file.clone(),
+            });
+        }
+    }
+
+    /// A trustpoint that signs for us must exist and name its certificate and key files.
+    fn check_signing_trustpoint(&mut self, tp: &Spanned<String>) {
+        if self.failed(&tp.node) {
+            return;
+        }
+        if let Some(msg) = signing_trustpoint_problem(&self.cfg, &tp.node) {
+            self.issues.push(Issue::error(tp.span, msg));
+        }
+    }
+
     fn finish_tunnel_groups(&mut self) {
+        let mut signing: Vec<Spanned<String>> = Vec::new();
         for (name, acc) in &self.tgs {
+            if let Some(tp) = &acc.local_cert {
+                signing.push(tp.clone());
+            }
+            if let Some(span) = acc.remote_cert {
+                // A trustpoint block with an error may have lost its `ca-file` line: that error
+                // was reported already.
+                let tp_failed = self.trustpoints.iter().any(|(n, _)| self.failed(n));
+                if !tp_failed && !self.cfg.trustpoints.iter().any(|t| t.ca_file.is_some()) {
+                    self.issues.push(Issue::error(
+                        span,
+                        format!("tunnel-group {name}: `ikev2 remote-authentication certificate` needs a `crypto ca trustpoint` with a `ca-file` (the CA that issued the peer's certificate)"),
+                    ));
+                }
+            }
             let Some(kind) = acc.kind else {
                 if !self.failed(name) {
                     let span = acc.attr_span.unwrap_or(acc.span);
@@ -510,7 +611,12 @@ impl<'a> Lowerer<'a> {
                 ikev2_local_psk: acc.local.clone(),
                 ikev2_remote_psk: acc.remote.clone(),
                 dpd: acc.dpd,
+                ikev2_local_cert_trustpoint: acc.local_cert.as_ref().map(|t| t.node.clone()),
+                ikev2_remote_cert: acc.remote_cert.is_some(),
             });
+        }
+        for tp in signing {
+            self.check_signing_trustpoint(&tp);
         }
     }
 
@@ -557,11 +663,11 @@ impl<'a> Lowerer<'a> {
                     ),
                     Some(tg) => {
                         let suppress = self.ast.failed_names.contains(&pname);
-                        if tg.ikev2_remote_psk.is_none() {
-                            err(&mut self.issues, p.span, format!("tunnel-group {pname} has no `ikev2 remote-authentication pre-shared-key`"), suppress);
+                        if tg.ikev2_remote_psk.is_none() && !tg.ikev2_remote_cert {
+                            err(&mut self.issues, p.span, format!("tunnel-group {pname} has no `ikev2 remote-authentication pre-shared-key` (or `certificate`)"), suppress);
                         }
-                        if tg.ikev2_local_psk.is_none() {
-                            err(&mut self.issues, p.span, format!("tunnel-group {pname} has no `ikev2 local-authentication pre-shared-key`"), suppress);
+                        if tg.ikev2_local_psk.is_none() && tg.ikev2_local_cert_trustpoint.is_none() {
+                            err(&mut self.issues, p.span, format!("tunnel-group {pname} has no `ikev2 local-authentication pre-shared-key` (or `certificate TRUSTPOINT`)"), suppress);
                         }
                     }
                 }
@@ -575,6 +681,11 @@ impl<'a> Lowerer<'a> {
                     // A proposal that exists but failed validation was reported already.
                     let suppress = known || self.ast.failed_names.contains(&p.node);
                     err(&mut self.issues, p.span, format!("ipsec-proposal {} is not defined", p.node), suppress);
+                }
+            }
+            if let Some(tp) = &acc.trustpoint {
+                if let Some(msg) = signing_trustpoint_problem(&self.cfg, &tp.node) {
+                    err(&mut self.issues, tp.span, msg, self.ast.failed_names.contains(&tp.node));
                 }
             }
             if !ok {
@@ -597,6 +708,7 @@ impl<'a> Lowerer<'a> {
                 nat_t_disable: acc.nat_t_disable,
                 force_udp_encap: acc.force_udp_encap,
                 connection_type: acc.connection_type,
+                trustpoint: acc.trustpoint.as_ref().map(|t| t.node.clone()),
             });
         }
         let any_bound_entry = self.maps.keys().any(|(m, _)| bound.contains(m));
@@ -645,11 +757,29 @@ impl<'a> Lowerer<'a> {
         if self.issues.iter().any(|i| i.severity == crate::diag::Severity::Error) {
             return;
         }
-        if let Err(policy::ResolveError::CryptoMap { map, seq, what }) = self.cfg.tunnels() {
+        // `tunnels_with_auth`, not `tunnels`: the configuration is valid with certificates even
+        // while an engine that reads only PSK tunnels refuses them.
+        if let Err(policy::ResolveError::CryptoMap { map, seq, what }) = self.cfg.tunnels_with_auth() {
             let span = self.maps.get(&(map.clone(), seq)).map_or(Span { start: 0, end: 0, line: 1, col: 1 }, |m| m.span);
             self.issues.push(Issue::error(span, format!("crypto map {map} {seq}: {what}")));
         }
     }
+}
+
+/// Why trustpoint `name` cannot sign for us, if it cannot.
+fn signing_trustpoint_problem(cfg: &Config, name: &str) -> Option<String> {
+    let Some(t) = cfg.trustpoint(name) else { return Some(format!("crypto ca trustpoint {name} is not defined")) };
+    let mut missing = Vec::new();
+    if t.certificate_file.is_none() {
+        missing.push("`certificate-file PATH`");
+    }
+    if t.key_file.is_none() {
+        missing.push("`key-file PATH`");
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!("crypto ca trustpoint {name} has no {} (holdfast reads the certificate and key from PEM files)", missing.join(" or ")))
 }
 
 fn dup_nameif(ifaces: &[Interface], idx: usize, nameif: &str) -> bool {

@@ -414,6 +414,10 @@ impl Parser {
         match lower(t.text).as_str() {
             "ikev2" => self.crypto_ikev2(b, c, no),
             "ipsec" if !no => self.crypto_ipsec(b, c),
+            "ca" if !no && c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("trustpoint")) => {
+                c.next();
+                self.trustpoint(b, c)
+            }
             "map" if !no => {
                 self.no_children(b)?;
                 crypto_map(self, &b.head, c)
@@ -596,6 +600,36 @@ impl Parser {
         }
     }
 
+    // --- crypto ca trustpoint -----------------------------------------------------------
+
+    /// `crypto ca trustpoint NAME`. holdfast extensions `certificate-file`, `key-file` and
+    /// `ca-file` name PEM files; the ASA's enrollment lines (`enrollment terminal`,
+    /// `subject-name`, `keypair`, `crl configure`, ...) are outside holdfast's scope.
+    fn trustpoint(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let name = c.name("a trustpoint name")?;
+        c.end()?;
+        let mut body = Vec::new();
+        for l in &b.children {
+            let mut c = Cur::new(l);
+            let Some(t) = c.next() else { continue };
+            let make: fn(Spanned<String>) -> TrustpointCmd = match lower(t.text).as_str() {
+                "certificate-file" => TrustpointCmd::CertificateFile,
+                "key-file" => TrustpointCmd::KeyFile,
+                "ca-file" => TrustpointCmd::CaFile,
+                _ => {
+                    self.ignore_line(l, 0);
+                    continue;
+                }
+            };
+            let res = c.name("a file path").and_then(|path| c.end().map(|_| path));
+            match res {
+                Ok(path) => body.push(Spanned::new(make(path), l.span())),
+                Err(e) => self.issues.push(e),
+            }
+        }
+        Ok(Some(ItemKind::Trustpoint { name, body }))
+    }
+
     // --- tunnel-group --------------------------------------------------------------------
 
     fn tunnel_group(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
@@ -733,7 +767,16 @@ fn crypto_map(p: &mut Parser, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<
                     c.keyword(&["force"])?;
                     CryptoMapCmd::ForceUdpEncap
                 }
-                "ikev1" | "reverse-route" | "inheritance" | "trustpoint" | "phase1-mode" | "validation-usage" | "transform-set" => {
+                "trustpoint" => {
+                    let tp = c.name("a trustpoint name")?;
+                    // `chain`: send the intermediates too. holdfast always sends every
+                    // certificate after the first in the trustpoint's certificate-file.
+                    if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("chain")) {
+                        c.next();
+                    }
+                    CryptoMapCmd::Trustpoint(tp)
+                }
+                "ikev1" | "reverse-route" | "inheritance" | "phase1-mode" | "validation-usage" | "transform-set" => {
                     p.ignore_line(head, c.pos.saturating_sub(1));
                     return Ok(None);
                 }
@@ -837,11 +880,16 @@ fn tg_ipsec_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgIpsecCmd>> {
                 }
             };
             let (i, m) = c.keyword(&["pre-shared-key", "certificate", "eap"])?;
-            if i != 0 {
-                return Err(Issue::error(m.span, format!("`{}` authentication is not supported yet; use pre-shared-key", m.text)));
+            match (i, remote) {
+                (0, _) => {
+                    let key = psk(&mut c)?;
+                    if remote { TgIpsecCmd::RemotePsk(key) } else { TgIpsecCmd::LocalPsk(key) }
+                }
+                // The peer's certificate is checked against the trustpoints' CAs.
+                (1, true) => TgIpsecCmd::RemoteCert,
+                (1, false) => TgIpsecCmd::LocalCert(c.name("a trustpoint name (`crypto ca trustpoint NAME`)")?),
+                _ => return Err(Issue::error(m.span, "`eap` authentication is not supported; use pre-shared-key or certificate")),
             }
-            let key = psk(&mut c)?;
-            if remote { TgIpsecCmd::RemotePsk(key) } else { TgIpsecCmd::LocalPsk(key) }
         }
         "isakmp" => {
             c.keyword(&["keepalive"])?;

@@ -172,6 +172,9 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
             if e.force_udp_encap {
                 v.push(Block::line(format!("{p} set udp-encapsulation force")));
             }
+            if let Some(tp) = &e.trustpoint {
+                v.push(Block::line(format!("{p} set trustpoint {tp}")));
+            }
         }
         for b in cfg.crypto_map_bindings.iter().filter(|b| b.map == m) {
             v.push(Block::line(format!("crypto map {} interface {}", b.map, b.nameif)));
@@ -180,6 +183,20 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
     // Bindings of maps without entries cannot come out of the parser, but keep them visible.
     for b in cfg.crypto_map_bindings.iter().filter(|b| !cfg.crypto_maps.iter().any(|e| e.map == b.map)) {
         v.push(Block::line(format!("crypto map {} interface {}", b.map, b.nameif)));
+    }
+    for tp in &cfg.trustpoints {
+        let mut b = Block { head: format!("crypto ca trustpoint {}", tp.name), children: Vec::new(), bang: false };
+        // holdfast extensions (the ASA shows `enrollment ...` and the imported certificates).
+        if let Some(f) = &tp.certificate_file {
+            b.children.push(format!("certificate-file {f}"));
+        }
+        if let Some(f) = &tp.key_file {
+            b.children.push(format!("key-file {f}"));
+        }
+        if let Some(f) = &tp.ca_file {
+            b.children.push(format!("ca-file {f}"));
+        }
+        v.push(b);
     }
     for p in &cfg.ikev2_policies {
         let mut b = Block::line(format!("crypto ikev2 policy {}", p.priority));
@@ -233,10 +250,14 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
             Some(_) => {}
         }
         let mask = |k: &policy::Secret| if opts.unmasked { k.0.clone() } else { "*****".to_string() };
-        if let Some(k) = &tg.ikev2_remote_psk {
+        if tg.ikev2_remote_cert {
+            b.children.push("ikev2 remote-authentication certificate".into());
+        } else if let Some(k) = &tg.ikev2_remote_psk {
             b.children.push(format!("ikev2 remote-authentication pre-shared-key {}", mask(k)));
         }
-        if let Some(k) = &tg.ikev2_local_psk {
+        if let Some(tp) = &tg.ikev2_local_cert_trustpoint {
+            b.children.push(format!("ikev2 local-authentication certificate {tp}"));
+        } else if let Some(k) = &tg.ikev2_local_psk {
             b.children.push(format!("ikev2 local-authentication pre-shared-key {}", mask(k)));
         }
         if !b.children.is_empty() {

@@ -171,3 +171,48 @@ fn timeouts_follow_asa_ranges() {
         assert!(config::parse("t.cfg", bad).is_err(), "{bad} must be refused");
     }
 }
+
+/// Certificate authentication resolves to the trustpoint files per tunnel; the PSK-only
+/// `tunnels()` view refuses such tunnels instead of running them with empty keys.
+#[test]
+fn certificate_authentication_resolves_to_trustpoint_files() {
+    use policy::{LocalAuth, RemoteAuth};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let cfg = config::load(&dir.join("cert-auth.cfg")).unwrap_or_else(|d| panic!("{d}")).config;
+    let err = cfg.tunnels().unwrap_err().to_string();
+    assert!(err.contains("crypto map MAP 10") && err.contains("certificate authentication"), "{err}");
+    let t = cfg.tunnels_with_auth().expect("resolves");
+    assert_eq!(t.len(), 2);
+    let ca = vec![("GW-A".to_string(), "/etc/holdfast/pki/ca.crt".to_string())];
+    assert_eq!(t[0].policy.name, "MAP:10");
+    assert_eq!(
+        t[0].auth.local,
+        LocalAuth::Certificate {
+            trustpoint: "GW-A".into(),
+            certificate_file: "/etc/holdfast/pki/gw-a-ecdsa.crt".into(),
+            key_file: "/etc/holdfast/pki/gw-a-ecdsa.key".into()
+        }
+    );
+    assert_eq!(t[0].auth.remote, RemoteAuth::Certificate { cas: ca.clone() });
+    // The unused PSK slots are empty, never a configured key.
+    assert_eq!(t[0].policy.local_psk.0, "");
+    assert_eq!(t[0].policy.remote_psk.0, "");
+    // `crypto map MAP 20 set trustpoint GW-A-RSA` overrides the tunnel group's GW-A; GW-A-RSA has
+    // no ca-file, so the peer is checked against every trustpoint CA.
+    assert_eq!(t[1].policy.name, "MAP:20");
+    assert!(matches!(&t[1].auth.local, LocalAuth::Certificate { trustpoint, key_file, .. } if trustpoint == "GW-A-RSA" && key_file.ends_with("gw-a-rsa.key")));
+    assert_eq!(t[1].auth.remote, RemoteAuth::Certificate { cas: ca });
+
+    let mixed = config::load(&dir.join("cert-auth-mixed.cfg")).unwrap_or_else(|d| panic!("{d}")).config;
+    let m = mixed.tunnels_with_auth().expect("resolves");
+    assert_eq!(m[0].auth.local, LocalAuth::Psk(policy::Secret("ours".into())));
+    assert_eq!(m[0].auth.remote, RemoteAuth::Certificate { cas: vec![("CA-ONLY".into(), "/etc/holdfast/pki/ca.crt".into())] });
+    assert_eq!(m[0].policy.local_psk.0, "ours");
+    assert!(mixed.tunnels().is_err());
+
+    // PSK configurations are unchanged in both views.
+    let psk = config::parse("gw.cfg", GOOD).unwrap().config;
+    let r = psk.tunnels_with_auth().unwrap();
+    assert!(!r[0].auth.uses_certificates());
+    assert_eq!(vec![r[0].policy.clone()], psk.tunnels().unwrap());
+}

@@ -28,6 +28,9 @@ pub struct Config {
     /// `crypto map NAME interface <nameif>`.
     pub crypto_map_bindings: Vec<CryptoMapBinding>,
     pub tunnel_groups: Vec<TunnelGroup>,
+    /// `crypto ca trustpoint NAME` (with the holdfast file extensions).
+    #[serde(default)]
+    pub trustpoints: Vec<Trustpoint>,
     pub logging: Logging,
     pub sysopt: Sysopt,
     pub timeouts: Timeouts,
@@ -257,6 +260,10 @@ pub struct CryptoMapEntry {
     pub force_udp_encap: bool,
     /// `set connection-type {bidirectional|originate-only|answer-only}`.
     pub connection_type: ConnectionType,
+    /// `set trustpoint TP`: the trustpoint whose certificate this entry sends when the tunnel
+    /// group authenticates us with a certificate (overrides the tunnel group's trustpoint).
+    #[serde(default)]
+    pub trustpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -289,6 +296,67 @@ pub struct TunnelGroup {
     pub ikev2_remote_psk: Option<Secret>,
     /// `isakmp keepalive threshold T retry R` (ASA defaults 10 / 2); `None` = `disable`.
     pub dpd: Option<Dpd>,
+    /// `ikev2 local-authentication certificate TP`: we authenticate with TP's certificate.
+    /// Mutually exclusive with `ikev2_local_psk` (the last line written wins, as on the ASA).
+    #[serde(default)]
+    pub ikev2_local_cert_trustpoint: Option<String>,
+    /// `ikev2 remote-authentication certificate`: the peer authenticates with a certificate
+    /// that must chain to a trustpoint's `ca-file`. Mutually exclusive with `ikev2_remote_psk`.
+    #[serde(default)]
+    pub ikev2_remote_cert: bool,
+}
+
+/// `crypto ca trustpoint NAME`. The ASA imports certificates into the trustpoint; holdfast reads
+/// PEM files instead (holdfast extension lines `certificate-file`, `key-file`, `ca-file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trustpoint {
+    pub name: String,
+    /// PEM: our certificate first, then any intermediates to send with it.
+    pub certificate_file: Option<String>,
+    /// PEM private key (RSA or ECDSA P-256/384/521, unencrypted) of that certificate.
+    pub key_file: Option<String>,
+    /// PEM CA certificate(s) that a peer's certificate must chain to.
+    pub ca_file: Option<String>,
+}
+
+/// How we prove who we are to the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LocalAuth {
+    Psk(Secret),
+    /// Sign the AUTH payload with the trustpoint's key and send its certificate chain.
+    Certificate { trustpoint: String, certificate_file: String, key_file: String },
+}
+
+/// How the peer must prove who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteAuth {
+    Psk(Secret),
+    /// A signature with a certificate that chains to one of these CA files and names the
+    /// peer's IKE identity. `(trustpoint, ca_file)` pairs, never empty.
+    Certificate { cas: Vec<(String, String)> },
+}
+
+/// The authentication of one tunnel, each direction on its own (RFC 7296 §2.15 allows PSK one
+/// way and a signature the other, and so does the ASA).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelAuth {
+    pub local: LocalAuth,
+    pub remote: RemoteAuth,
+}
+
+impl TunnelAuth {
+    pub fn uses_certificates(&self) -> bool {
+        matches!(self.local, LocalAuth::Certificate { .. }) || matches!(self.remote, RemoteAuth::Certificate { .. })
+    }
+}
+
+/// A tunnel with its authentication, from [`Config::tunnels_with_auth`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedTunnel {
+    /// For a direction that uses a certificate, the matching `local_psk` / `remote_psk` is an
+    /// empty secret that must not be used: the engine must follow `auth`.
+    pub policy: TunnelPolicy,
+    pub auth: TunnelAuth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,9 +545,39 @@ impl Config {
         self.tunnel_groups.iter().find(|t| t.name == name)
     }
 
+    pub fn trustpoint(&self, name: &str) -> Option<&Trustpoint> {
+        self.trustpoints.iter().find(|t| t.name == name)
+    }
+
     /// Resolves every crypto map entry bound to an interface into a [`TunnelPolicy`].
     /// `config` validates references with spans first; this is the engine-facing view.
+    ///
+    /// A tunnel that uses certificate authentication in either direction is refused here: a
+    /// `TunnelPolicy` can only carry pre-shared keys, and an engine that reads only this must
+    /// never run such a tunnel with PSKs. Engines that implement certificates read
+    /// [`Config::tunnels_with_auth`].
     pub fn tunnels(&self) -> Result<Vec<TunnelPolicy>, ResolveError> {
+        let mut out = Vec::new();
+        for t in self.tunnels_with_auth()? {
+            if t.auth.uses_certificates() {
+                let (map, seq) = t.policy.name.split_once(':').unwrap_or((&t.policy.name, "0"));
+                return Err(ResolveError::CryptoMap {
+                    map: map.to_string(),
+                    seq: seq.parse().unwrap_or(0),
+                    what: format!(
+                        "tunnel-group {} uses certificate authentication, which the IKE engine does not run yet (use pre-shared-key for now)",
+                        t.policy.peer_addr
+                    ),
+                });
+            }
+            out.push(t.policy);
+        }
+        Ok(out)
+    }
+
+    /// Like [`Config::tunnels`], with each tunnel's authentication (pre-shared keys or
+    /// certificates) resolved to the trustpoint files it needs.
+    pub fn tunnels_with_auth(&self) -> Result<Vec<ResolvedTunnel>, ResolveError> {
         let mut out = Vec::new();
         for entry in &self.crypto_maps {
             let err = |what: String| ResolveError::CryptoMap { map: entry.map.clone(), seq: entry.seq, what };
@@ -507,8 +605,15 @@ impl Config {
             let group = self
                 .tunnel_group(&peer.to_string())
                 .ok_or_else(|| err(format!("no tunnel-group {peer}")))?;
-            let local_psk = group.ikev2_local_psk.clone().ok_or_else(|| err(format!("tunnel-group {peer} has no ikev2 local-authentication pre-shared-key")))?;
-            let remote_psk = group.ikev2_remote_psk.clone().ok_or_else(|| err(format!("tunnel-group {peer} has no ikev2 remote-authentication pre-shared-key")))?;
+            let auth = self.tunnel_auth(entry, group).map_err(err)?;
+            let local_psk = match &auth.local {
+                LocalAuth::Psk(k) => k.clone(),
+                LocalAuth::Certificate { .. } => Secret(String::new()),
+            };
+            let remote_psk = match &auth.remote {
+                RemoteAuth::Psk(k) => k.clone(),
+                RemoteAuth::Certificate { .. } => Secret(String::new()),
+            };
             let mut esp_proposals = Vec::new();
             for p in &entry.ikev2_proposals {
                 let prop = self
@@ -526,7 +631,7 @@ impl Config {
             if ike_policies.is_empty() {
                 return Err(err("no `crypto ikev2 policy` is configured".into()));
             }
-            out.push(TunnelPolicy {
+            let policy = TunnelPolicy {
                 name: format!("{}:{}", entry.map, entry.seq),
                 local_addr: IpAddr::V4(local.addr),
                 peer_addr: peer,
@@ -544,9 +649,49 @@ impl Config {
                 nat_t_disable: entry.nat_t_disable,
                 force_udp_encap: entry.force_udp_encap,
                 connection_type: entry.connection_type,
-            });
+            };
+            out.push(ResolvedTunnel { policy, auth });
         }
         Ok(out)
+    }
+
+    /// One crypto map entry's authentication. The local certificate comes from the entry's
+    /// `set trustpoint` or else the tunnel group's `ikev2 local-authentication certificate TP`.
+    /// A peer certificate is checked against the CA of that trustpoint when it has a
+    /// `ca-file`, else against every trustpoint's `ca-file` (the ASA accepts any trusted CA).
+    fn tunnel_auth(&self, entry: &CryptoMapEntry, group: &TunnelGroup) -> Result<TunnelAuth, String> {
+        let peer = &group.name;
+        let local = match (&group.ikev2_local_cert_trustpoint, &group.ikev2_local_psk) {
+            (Some(tg_tp), _) => {
+                let name = entry.trustpoint.as_ref().unwrap_or(tg_tp);
+                let tp = self.trustpoint(name).ok_or_else(|| format!("crypto ca trustpoint {name} is not defined"))?;
+                let certificate_file = tp.certificate_file.clone().ok_or_else(|| format!("crypto ca trustpoint {name} has no `certificate-file`"))?;
+                let key_file = tp.key_file.clone().ok_or_else(|| format!("crypto ca trustpoint {name} has no `key-file`"))?;
+                LocalAuth::Certificate { trustpoint: name.clone(), certificate_file, key_file }
+            }
+            (None, Some(k)) => LocalAuth::Psk(k.clone()),
+            (None, None) => return Err(format!("tunnel-group {peer} has no ikev2 local-authentication (pre-shared-key or certificate)")),
+        };
+        let remote = if group.ikev2_remote_cert {
+            let own = match &local {
+                LocalAuth::Certificate { trustpoint, .. } => self.trustpoint(trustpoint).filter(|t| t.ca_file.is_some()),
+                LocalAuth::Psk(_) => None,
+            };
+            let cas: Vec<(String, String)> = match own {
+                Some(t) => t.ca_file.iter().map(|f| (t.name.clone(), f.clone())).collect(),
+                None => self.trustpoints.iter().filter_map(|t| t.ca_file.as_ref().map(|f| (t.name.clone(), f.clone()))).collect(),
+            };
+            if cas.is_empty() {
+                return Err(format!("tunnel-group {peer} uses `ikev2 remote-authentication certificate` but no `crypto ca trustpoint` has a `ca-file`"));
+            }
+            RemoteAuth::Certificate { cas }
+        } else {
+            match &group.ikev2_remote_psk {
+                Some(k) => RemoteAuth::Psk(k.clone()),
+                None => return Err(format!("tunnel-group {peer} has no ikev2 remote-authentication (pre-shared-key or certificate)")),
+            }
+        };
+        Ok(TunnelAuth { local, remote })
     }
 }
 
