@@ -216,7 +216,7 @@ impl IkeKeys {
             if !crypto::Hmac::new(alg, ak).verify_truncated(&[signed], tag) {
                 return Err(Drop::Unauthenticated);
             }
-            if pt.len() % 16 != 0 || pt.is_empty() {
+            if !pt.len().is_multiple_of(16) || pt.is_empty() {
                 return Err(Drop::Unauthenticated);
             }
             let mut ivb = [0u8; 16];

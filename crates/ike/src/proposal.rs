@@ -199,7 +199,7 @@ impl Chosen {
         EspSuite { encryption: self.encryption, integrity: self.integrity, esn: self.esn, dh: self.dh }
     }
     /// The single-proposal answer (RFC 7296 §3.3: one transform of each type).
-    pub fn to_wire<'a>(&self, protocol: ProtocolId, spi: &'a [u8]) -> Proposal<'a> {
+    pub fn to_wire(self, protocol: ProtocolId, spi: &[u8]) -> Proposal<'_> {
         let mut t = Vec::new();
         let (id, bits) = encr_to_wire(self.encryption);
         t.push(Transform::with_key_length(TransformType::Encr, id.value(), bits));

@@ -887,6 +887,7 @@ mod tests {
 
     // Owned shadow of Payload for proptest generation.
     #[derive(Debug, Clone)]
+    #[allow(clippy::type_complexity)]
     enum Gen {
         Sa(Vec<(u8, u8, Vec<u8>, Vec<(u8, u16, Option<u16>, Option<Vec<u8>>)>)>),
         Ke(u16, Vec<u8>),
