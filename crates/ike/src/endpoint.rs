@@ -2386,3 +2386,105 @@ mod tests {
         assert!(delivered > 2000, "only {delivered} messages reached an established SA");
     }
 }
+
+#[cfg(test)]
+mod collision_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    /// Both sides start an IKE SA rekey at the same moment (RFC 7296 §2.8.2 territory): each
+    /// refuses the other with TEMPORARY_FAILURE, retries after a random delay, and the tunnel
+    /// ends with one IKE SA carrying the CHILD_SA on both sides.
+    #[test]
+    fn simultaneous_ike_rekey() {
+        let (mut a, mut b, now) = established_pair();
+        let before = a.sas.values().find(|s| s.is_up()).map(|s| s.spi_i).unwrap();
+        for ep in [&mut a, &mut b] {
+            for sa in ep.sas.values_mut() {
+                sa.rekey_at = Some(now);
+            }
+        }
+        let mut t = now;
+        a.handle_timeout(t);
+        b.handle_timeout(t);
+        pump(&mut a, &mut b, t);
+        for _ in 0..200 {
+            t += Duration::from_millis(100);
+            a.handle_timeout(t);
+            b.handle_timeout(t);
+            pump(&mut a, &mut b, t);
+        }
+        for ep in [&a, &b] {
+            let up: Vec<_> = ep.sas.values().filter(|s| s.is_up()).collect();
+            assert_eq!(up.len(), 1);
+            assert_eq!(up[0].children.iter().filter(|c| !c.reported_down).count(), 1);
+            assert!(up[0].next_mid <= 3, "rekeyed SA in use");
+        }
+        let (sa_a, sa_b) = (a.sas.values().find(|s| s.is_up()).unwrap(), b.sas.values().find(|s| s.is_up()).unwrap());
+        assert_eq!((sa_a.spi_i, sa_a.spi_r), (sa_b.spi_i, sa_b.spi_r));
+        assert_ne!(sa_a.spi_i, before, "the IKE SA was rekeyed");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use policy::{Dpd, Encryption, Integrity, Ipv4Net, Ikev2Policy, IpsecProposal, Prf, Secret};
+
+    pub fn tunnel(local: &str, peer: &str, l: &str, r: &str) -> TunnelPolicy {
+        TunnelPolicy {
+            name: format!("M:{peer}"),
+            local_addr: local.parse().unwrap(),
+            peer_addr: peer.parse().unwrap(),
+            outside_ifname: "o".into(),
+            local_ts: vec![TrafficSelector::from_net(Ipv4Net::new(l.parse().unwrap(), 24), None)],
+            remote_ts: vec![TrafficSelector::from_net(Ipv4Net::new(r.parse().unwrap(), 24), None)],
+            ike_policies: vec![Ikev2Policy {
+                priority: 1,
+                encryption: vec![Encryption::AesGcm256],
+                integrity: vec![Integrity::Null],
+                groups: vec![DhGroup::Curve25519],
+                prf: vec![Prf::Sha256],
+                lifetime: Some(Duration::from_secs(3600)),
+            }],
+            esp_proposals: vec![IpsecProposal { name: "P".into(), encryption: vec![Encryption::AesGcm256], integrity: vec![] }],
+            pfs: None,
+            child_lifetime: Duration::from_secs(3600),
+            child_lifetime_kilobytes: None,
+            local_psk: Secret("k".into()),
+            remote_psk: Secret("k".into()),
+            dpd: Some(Dpd::default()),
+            nat_t_disable: false,
+            force_udp_encap: false,
+            connection_type: ConnectionType::Bidirectional,
+        }
+    }
+
+    pub fn pump(a: &mut Endpoint, b: &mut Endpoint, now: Instant) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for dir in 0..2 {
+                let (x, y) = if dir == 0 { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+                while let Some(t) = x.poll_transmit() {
+                    moved = true;
+                    let _ = y.handle_datagram(now, Path { local: t.path.remote, remote: t.path.local }, &t.data);
+                }
+                while x.poll_event().is_some() {}
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    #[allow(clippy::disallowed_methods)] // the virtual clock needs some starting Instant
+    pub fn established_pair() -> (Endpoint, Endpoint, Instant) {
+        let now = Instant::now();
+        let mut a = Endpoint::new(vec![tunnel("192.0.2.1", "192.0.2.2", "10.1.0.0", "10.2.0.0")], Ikev2Globals::default(), Box::new(crypto::SeededRandom::new(5)));
+        let mut b = Endpoint::new(vec![tunnel("192.0.2.2", "192.0.2.1", "10.2.0.0", "10.1.0.0")], Ikev2Globals::default(), Box::new(crypto::SeededRandom::new(6)));
+        a.handle_command(now, Command::Initiate { tunnel: "M:192.0.2.2".into() });
+        pump(&mut a, &mut b, now);
+        assert_eq!(a.child_sas().len(), 1);
+        (a, b, now)
+    }
+}
