@@ -11,6 +11,16 @@
 //!
 //! Time is always a parameter; randomness comes from the `crypto::Random` passed in, so a whole
 //! negotiation can be replayed from a seed.
+//!
+//! Coverage (RFC 7296 unless noted): IKE_SA_INIT with NAT detection (§2.23, float to 4500),
+//! cookies under load (§2.6), INVALID_KE_PAYLOAD retry, IKEV2_FRAGMENTATION (RFC 7383, both
+//! directions); IKE_AUTH with pre-shared keys (§2.15), ID_IPV4_ADDR/ID_IPV6_ADDR identities and
+//! INITIAL_CONTACT (§2.4); CHILD_SAs from the tunnel's selectors with responder narrowing (§2.9);
+//! AES-GCM-16 (RFC 5282) and AES-CBC with HMAC-SHA1/SHA2 for IKE and ESP; CREATE_CHILD_SA rekey of
+//! CHILD_SAs (with PFS) and of the IKE SA (§1.3, §2.18), simultaneous rekeys (§2.8.1, §2.25);
+//! INFORMATIONAL liveness checks and Delete; retransmission with a window of one (§2.1-§2.3).
+//! Not covered: certificate/EAP authentication, MOBIKE, configuration payloads, transport mode,
+//! several tunnels (crypto map entries) to the same peer sharing one IKE SA.
 
 mod endpoint;
 mod error;
