@@ -31,7 +31,13 @@
 //!    `threshold + retry * (tries + 1)`.
 //! 3. Bounded state: per gateway and tunnel at most [`Limits::max_ike_sas`] IKE SAs,
 //!    [`Limits::max_child_sas`] CHILD_SAs in the engine, [`Limits::max_installed`] inbound
-//!    SAs in the SA database, at every step of runs with hundreds of rekeys.
+//!    SAs in the SA database, at every step of runs with hundreds of rekeys. Derivation:
+//!    IKE SAs = current + rekey successor (until the old one's Delete completes) + a
+//!    duplicate from simultaneous initiation (kept up to 20 s); CHILD_SAs per IKE SA = current
+//!    + the one being replaced (grace period) + one more from a §2.8.1 collision, times the
+//!    two IKE SAs that coexist while a duplicate is resolved; installed inbound SAs = those
+//!    plus the ones lingering 5 s after replacement. IKE SAs in negotiation are bounded
+//!    separately by the 30 s half-open timeout divided by the retransmission span.
 //! 4. After settling: exactly one ready IKE SA per tunnel, the engine's CHILD_SAs equal the
 //!    SAs its events left installed, and every live SA has its live counterpart.
 //! 5. Nothing panics; ESP sealed with one side's outbound SA and received on an installed

@@ -96,8 +96,8 @@ impl Limits {
             converge: dpd.max(rt) + REINIT_BACKOFF_MAX_JITTERED + rt + CONVERGE_SLACK,
             max_ike_sas: 3,
             max_half_open: (HALF_OPEN_TIMEOUT.as_millis() / rt.as_millis().max(1)) as usize + 2,
-            max_child_sas: 4,
-            max_installed: 8,
+            max_child_sas: 6,
+            max_installed: 12,
         }
     }
 }
@@ -224,6 +224,7 @@ pub struct World {
     failure: Option<String>,
     pub check_settled: bool,
     encap_noted: Vec<u32>,
+    engine_touched: bool,
     /// Trace lines kept for a failure report (`SIM_TRACE=<n>` when replaying a seed).
     trace_lines: usize,
 }
@@ -297,6 +298,7 @@ impl World {
             failure: None,
             check_settled: true,
             encap_noted: Vec::new(),
+            engine_touched: true,
             trace_lines: std::env::var("SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_LINES),
         }
     }
@@ -516,6 +518,7 @@ impl World {
 
     /// After any `handle_*`: transmits first, then events (the daemon's order).
     fn drain(&mut self, gw: usize) {
+        self.engine_touched = true;
         loop {
             let Some(ep) = self.gws[gw].ep.as_mut() else { return };
             if let Some(t) = ep.poll_transmit() {
@@ -738,6 +741,8 @@ impl World {
         let name = self.gws[to].name.clone();
         let Some(c) = self.gws[to].sad.children.get_mut(&spi) else {
             self.stats.esp_no_sa += 1;
+            let known = self.gws.iter().enumerate().filter(|(i, _)| *i != to).any(|(_, g)| g.sad.children.values().any(|c| c.up.outbound.spi == spi));
+            self.note(format!("{name} ESP for SPI {spi:08x}: no inbound SA{}", if known { "" } else { " (sender no longer has it either)" }));
             return;
         };
         match c.inbound.open(&mut data) {
@@ -880,7 +885,10 @@ impl World {
         if all_up && now >= self.quiet_from && self.stats.converged_after.is_none() {
             self.stats.converged_after = Some((now - self.quiet_from).as_secs_f64());
         }
-        // Bounded state, per gateway and tunnel.
+        // Bounded state, per gateway and tunnel (only engines change it; ESP alone does not).
+        if !std::mem::take(&mut self.engine_touched) {
+            return;
+        }
         for g in 0..self.gws.len() {
             let gw = &self.gws[g];
             let Some(ep) = gw.ep.as_ref() else { continue };
