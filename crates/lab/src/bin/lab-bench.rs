@@ -19,6 +19,8 @@ struct Dir {
     retransmits: u64,
     /// Per gateway: (name, cpu seconds during the run, udp datagrams in, rcvbuf errors).
     gw: Vec<(String, f64, u64, u64)>,
+    /// Per gateway: raw-socket drops (native ESP arrives on a raw socket, not UDP).
+    raw_drops: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -92,6 +94,7 @@ fn iperf(t: &Topology, secs: u64, reverse: bool, gws: &[(String, u32)]) -> Resul
     let mut server = Proc::spawn("iperf3 -s", in_ns(&t.host_b, &["iperf3", "-s", "-1", "-B", HOST_B_IP]), &log).map_err(e)?;
     std::thread::sleep(Duration::from_millis(500));
     let before: Vec<_> = gws.iter().map(|(ns, pid)| (cpu_secs(*pid), udp_snmp(ns))).collect();
+    let raw_before: Vec<u64> = gws.iter().map(|(ns, _)| raw_drops(ns)).collect();
     let s = secs.to_string();
     let mut argv = vec!["iperf3", "-c", HOST_B_IP, "-t", &s, "-J"];
     if reverse {
@@ -99,6 +102,7 @@ fn iperf(t: &Topology, secs: u64, reverse: bool, gws: &[(String, u32)]) -> Resul
     }
     let out = run_ok(&mut in_ns(&t.host_a, &argv), Duration::from_secs(secs + 30)).map_err(e)?;
     let after: Vec<_> = gws.iter().map(|(ns, pid)| (cpu_secs(*pid), udp_snmp(ns))).collect();
+    let raw_drops: Vec<u64> = gws.iter().zip(raw_before).map(|((ns, _), b)| raw_drops(ns).saturating_sub(b)).collect();
     server.wait_exit(Duration::from_secs(5));
     let j: serde_json::Value = serde_json::from_str(&out.stdout).map_err(|x| format!("iperf3 JSON: {x}"))?;
     let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().ok_or("iperf3: no end.sum_received")?;
@@ -108,7 +112,7 @@ fn iperf(t: &Topology, secs: u64, reverse: bool, gws: &[(String, u32)]) -> Resul
         .zip(before.iter().zip(after.iter()))
         .map(|((ns, _), ((c0, (in0, err0)), (c1, (in1, err1))))| (ns.rsplit('-').next().unwrap_or(ns).to_string(), c1 - c0, in1 - in0, err1 - err0))
         .collect();
-    Ok(Dir { label: if reverse { "b->a" } else { "a->b" }, gbps: bps / 1e9, retransmits, gw })
+    Ok(Dir { label: if reverse { "b->a" } else { "a->b" }, gbps: bps / 1e9, retransmits, gw, raw_drops })
 }
 
 /// utime + stime of a process (all its threads), in seconds.
@@ -136,26 +140,37 @@ fn udp_snmp(ns: &str) -> (u64, u64) {
     (get("InDatagrams"), get("RcvbufErrors"))
 }
 
+/// Sum of the `drops` column of /proc/net/raw inside namespace `ns` (sockets still open).
+fn raw_drops(ns: &str) -> u64 {
+    let Ok(out) = run(&mut in_ns(ns, &["cat", "/proc/net/raw"]), Duration::from_secs(5)) else { return 0 };
+    out.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok()).sum()
+}
+
 fn report(rows: &[Row], secs: u64) {
     println!();
     println!("iperf3 single-stream TCP, {secs} s per direction, host-a <-> host-b through the gateways");
     println!();
-    println!("| setup | dir | Gbit/s | TCP retransmits | gw-a cores per Gbit/s (CPU) | gw-b cores per Gbit/s (CPU) | UDP rcvbuf drops gw-a / gw-b |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| setup | dir | Gbit/s | TCP retransmits | gw-a cores per Gbit/s (CPU) | gw-b cores per Gbit/s (CPU) | UDP rcvbuf drops gw-a / gw-b | raw-socket drops gw-a / gw-b |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         match &r.dirs {
-            Err(e) => println!("| {} | - | FAILED: {} | | | | |", r.name, e.lines().next().unwrap_or("")),
+            Err(e) => println!("| {} | - | FAILED: {} | | | | | |", r.name, e.lines().next().unwrap_or("")),
             Ok(dirs) => {
                 for d in dirs {
                     let per = |i: usize| d.gw.get(i).map(|g| format!("{:.2} ({:.0} % of a core)", if d.gbps > 0.0 { g.1 / secs as f64 / d.gbps } else { 0.0 }, g.1 / secs as f64 * 100.0)).unwrap_or_default();
                     let drops = |i: usize| d.gw.get(i).map(|g| format!("{} of {} ({:.3} %)", g.3, g.2 + g.3, if g.2 + g.3 > 0 { g.3 as f64 * 100.0 / (g.2 + g.3) as f64 } else { 0.0 })).unwrap_or_default();
-                    println!("| {} | {} | {:.3} | {} | {} | {} | {} / {} |", r.name, d.label, d.gbps, d.retransmits, per(0), per(1), drops(0), drops(1));
+                    let raw = |i: usize| d.raw_drops.get(i).copied().unwrap_or(0);
+                    println!(
+                        "| {} | {} | {:.3} | {} | {} | {} | {} / {} | {} / {} |",
+                        r.name, d.label, d.gbps, d.retransmits, per(0), per(1), drops(0), drops(1), raw(0), raw(1)
+                    );
                 }
             }
         }
     }
     println!();
     println!("CPU per Gbit/s = process CPU seconds / (seconds x Gbit/s), i.e. cores busy per Gbit/s.");
+    println!("UDP datagram counts are after GRO, so one counted datagram may carry many ESP packets.");
     let anchor = rows.first().and_then(|r| r.dirs.as_ref().ok()).cloned();
     for r in rows.iter().skip(1) {
         if let (Some(a), Ok(h)) = (&anchor, &r.dirs) {
