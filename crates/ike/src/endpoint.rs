@@ -82,6 +82,9 @@ enum ChildState {
 }
 
 struct Child {
+    /// The tunnel (crypto map entry) this SA belongs to; several tunnels to one peer share
+    /// the peer's IKE SA.
+    tunnel: usize,
     spi_in: u32,
     spi_out: u32,
     suite: EspSuite,
@@ -100,8 +103,10 @@ enum Req {
     Dpd,
     DeleteIke,
     DeleteChildren(Vec<u32>),
-    /// Rekey (Some(old inbound SPI)) or create a new CHILD_SA (None).
-    Child(Option<u32>),
+    /// Rekey the CHILD_SA with this inbound SPI.
+    Rekey(u32),
+    /// Create a CHILD_SA for this tunnel.
+    NewChild(usize),
     /// Replace a CHILD_SA the peer no longer knows (CHILD_SA_NOT_FOUND on rekey) with a new
     /// one negotiated without REKEY_SA; the old one is deleted afterwards.
     Recreate(u32),
@@ -114,7 +119,7 @@ enum Pending {
     Dpd,
     DeleteIke,
     DeleteChildren(Vec<u32>),
-    Child { old: Option<u32>, spi_in: u32, ni: Vec<u8>, dh: Option<DhPrivate> },
+    Child { old: Option<u32>, spi_in: u32, ni: Vec<u8>, dh: Option<DhPrivate>, tunnel: usize },
     RekeyIke { new_spi: u64, ni: Vec<u8>, dh: Option<DhPrivate> },
 }
 
@@ -375,20 +380,26 @@ impl Endpoint {
                 for spi in self.spis() {
                     let Some(mut sa) = self.sas.remove(&spi) else { continue };
                     if sa.is_up() && peer.is_none_or(|p| p == sa.path.remote.ip()) {
-                        let tunnel = self.tunnels[sa.tunnel].name.clone();
                         let mut spis = Vec::new();
+                        let mut tunnels = Vec::new();
                         for c in sa.children.iter_mut().filter(|c| !c.reported_down) {
                             c.reported_down = true;
                             c.state = ChildState::Deleting;
                             spis.push(c.spi_in);
-                            self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: DownReason::Cleared });
+                            if !tunnels.contains(&c.tunnel) {
+                                tunnels.push(c.tunnel);
+                            }
+                            let tunnel = self.tunnels[c.tunnel].name.clone();
+                            self.events.push_back(Event::ChildSaDown { tunnel, spi_in: c.spi_in, spi_out: c.spi_out, reason: DownReason::Cleared });
                         }
                         if !spis.is_empty() {
                             sa.queue.push_back(Req::DeleteChildren(spis));
                             // An initiating tunnel keeps its promise of connectivity: negotiate a
                             // fresh CHILD_SA once the old ones are gone.
-                            if self.tunnels[sa.tunnel].connection_type != ConnectionType::AnswerOnly {
-                                sa.queue.push_back(Req::Child(None));
+                            for t in tunnels {
+                                if self.tunnels[t].connection_type != ConnectionType::AnswerOnly {
+                                    sa.queue.push_back(Req::NewChild(t));
+                                }
                             }
                         }
                     }
@@ -399,10 +410,10 @@ impl Endpoint {
             Command::ChildSaBytes { spi_in, bytes } => {
                 for spi in self.spis() {
                     let Some(mut sa) = self.sas.remove(&spi) else { continue };
-                    let kb = self.tunnels[sa.tunnel].child_lifetime_kilobytes;
                     let up = sa.is_up();
                     let mut rekey = false;
                     if let Some(c) = sa.child_by_in(spi_in) {
+                        let kb = self.tunnels[c.tunnel].child_lifetime_kilobytes;
                         c.bytes = bytes;
                         // Soft limit at 90% of the kilobyte lifetime, like the time-based one.
                         if let Some(kb) = kb {
@@ -414,7 +425,7 @@ impl Endpoint {
                         }
                     }
                     if rekey {
-                        sa.queue.push_back(Req::Child(Some(spi_in)));
+                        sa.queue.push_back(Req::Rekey(spi_in));
                     }
                     self.pump(now, &mut sa);
                     self.put_back(sa);
@@ -535,8 +546,8 @@ impl Endpoint {
         let now = self.last_now;
         let mut v = Vec::new();
         for sa in self.sas.values() {
-            let t = &self.tunnels[sa.tunnel];
             for c in sa.children.iter().filter(|c| !c.reported_down) {
+                let t = &self.tunnels[c.tunnel];
                 v.push(ChildSaInfo {
                     tunnel: t.name.clone(),
                     local: sa.path.local,
@@ -589,13 +600,13 @@ impl Endpoint {
             self.init_index.retain(|_, v| *v != sa.our_spi());
             return;
         }
-        if sa.is_up() && !sa.children.iter().any(|c| !c.reported_down) {
+        if sa.is_up() && !self.missing_children(&sa).is_empty() {
             if sa.childless_since.is_none() {
                 sa.childless_since = self.last_now;
             }
         } else {
             sa.childless_since = None;
-            if sa.children.iter().any(|c| !c.reported_down) {
+            if sa.is_up() {
                 sa.childless_tries = 0;
             }
         }
@@ -675,16 +686,31 @@ impl Endpoint {
     /// the responder only later, so the two sides do not both create one.
     fn childless_deadline(&self, sa: &IkeSa) -> Option<Instant> {
         let since = sa.childless_since?;
-        if !sa.is_up() || self.tunnels[sa.tunnel].connection_type == ConnectionType::AnswerOnly {
+        if !sa.is_up() || self.missing_children(sa).is_empty() {
             return None;
         }
-        let creating = sa.queue.iter().any(|r| matches!(r, Req::Child(None) | Req::Recreate(_)))
+        let creating = sa.queue.iter().any(|r| matches!(r, Req::NewChild(_) | Req::Recreate(_)))
             || matches!(sa.out.as_ref().map(|o| &o.pending), Some(Pending::Child { .. }));
         if creating {
             return None;
         }
         let base = if sa.initiator { Duration::from_secs(2) } else { Duration::from_secs(12) };
         Some(since + (base * 2u32.saturating_pow(sa.childless_tries.min(5))).min(Duration::from_secs(120)))
+    }
+
+    /// Tunnels to this SA's peer that we initiate and that have no CHILD_SA in it.
+    fn missing_children(&self, sa: &IkeSa) -> Vec<usize> {
+        let peer = sa.path.remote.ip();
+        let local = self.tunnels[sa.tunnel].local_addr;
+        (0..self.tunnels.len())
+            .filter(|&i| {
+                let t = &self.tunnels[i];
+                t.peer_addr == peer
+                    && t.local_addr == local
+                    && t.connection_type != ConnectionType::AnswerOnly
+                    && !sa.children.iter().any(|c| c.tunnel == i && !c.reported_down)
+            })
+            .collect()
     }
 
     fn schedule_reinit(&mut self, now: Instant, tunnel: usize) {
@@ -699,12 +725,9 @@ impl Endpoint {
 
     /// Emits the down events of an SA that was up (once).
     fn report_down(&mut self, sa: &mut IkeSa, reason: DownReason) {
-        let t = &self.tunnels[sa.tunnel];
-        for c in sa.children.iter_mut().filter(|c| !c.reported_down) {
-            c.reported_down = true;
-            self.events.push_back(Event::ChildSaDown { tunnel: t.name.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
-        }
+        self.report_down_children_only(sa, reason.clone());
         if sa.is_up() {
+            let t = &self.tunnels[sa.tunnel];
             self.events.push_back(Event::IkeSaDown { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason });
         }
     }
@@ -729,15 +752,22 @@ impl Endpoint {
         sa.dead = true;
         sa.out = None;
         if reinit && (sa.initiator || sa.state == State::Established) && !matches!(sa.state, State::Rekeyed | State::Deleting) {
-            self.schedule_reinit(now, sa.tunnel);
+            // Every tunnel we initiate to this peer comes back through one new IKE SA (the first
+            // attempt creates it, the others add their CHILD_SAs to it).
+            let peer = sa.path.remote.ip();
+            for i in 0..self.tunnels.len() {
+                if i == sa.tunnel || self.tunnels[i].peer_addr == peer {
+                    self.schedule_reinit(now, i);
+                }
+            }
         }
     }
 
     fn report_down_children_only(&mut self, sa: &mut IkeSa, reason: DownReason) {
-        let t = &self.tunnels[sa.tunnel];
         for c in sa.children.iter_mut().filter(|c| !c.reported_down) {
             c.reported_down = true;
-            self.events.push_back(Event::ChildSaDown { tunnel: t.name.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
+            let tunnel = self.tunnels[c.tunnel].name.clone();
+            self.events.push_back(Event::ChildSaDown { tunnel, spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
         }
     }
 
@@ -855,21 +885,24 @@ impl Endpoint {
                     let d = Payload::Delete(Delete { protocol: ProtocolId::Esp, spi_size: 4, spis: bytes.iter().map(|b| &b[..]).collect() });
                     self.send_request(now, sa, ExchangeType::Informational, &[d], Pending::DeleteChildren(spis));
                 }
-                Req::Child(old) => {
-                    if let Some(o) = old {
-                        if !sa.children.iter().any(|c| c.spi_in == o && c.state == ChildState::Rekeying) {
-                            continue;
-                        }
+                Req::Rekey(old) => {
+                    let Some(tunnel) = sa.children.iter().find(|c| c.spi_in == old && c.state == ChildState::Rekeying).map(|c| c.tunnel) else {
+                        continue;
+                    };
+                    if let Err(e) = self.start_child(now, sa, Some(old), true, tunnel) {
+                        tracing::warn!("CREATE_CHILD_SA not started: {e}");
                     }
-                    if let Err(e) = self.start_child(now, sa, old, true) {
+                }
+                Req::NewChild(tunnel) => {
+                    if let Err(e) = self.start_child(now, sa, None, true, tunnel) {
                         tracing::warn!("CREATE_CHILD_SA not started: {e}");
                     }
                 }
                 Req::Recreate(old) => {
-                    if !sa.children.iter().any(|c| c.spi_in == old && !c.reported_down) {
+                    let Some(tunnel) = sa.children.iter().find(|c| c.spi_in == old && !c.reported_down).map(|c| c.tunnel) else {
                         continue;
-                    }
-                    if let Err(e) = self.start_child(now, sa, Some(old), false) {
+                    };
+                    if let Err(e) = self.start_child(now, sa, Some(old), false, tunnel) {
                         tracing::warn!("CREATE_CHILD_SA not started: {e}");
                     }
                 }
@@ -933,7 +966,7 @@ impl Endpoint {
         }
         if sa.redundant_at.is_some_and(|t| t <= now) {
             sa.redundant_at = None;
-            let still_duplicate = sa.is_up() && self.sas.values().any(|o| o.tunnel == sa.tunnel && o.is_up() && !o.dead);
+            let still_duplicate = sa.is_up() && self.sas.values().any(|o| o.path.remote.ip() == sa.path.remote.ip() && o.is_up() && !o.dead);
             if still_duplicate {
                 if sa.initiator {
                     self.report_down(sa, DownReason::Redundant);
@@ -957,14 +990,15 @@ impl Endpoint {
         if self.childless_deadline(sa).is_some_and(|t| t <= now) {
             sa.childless_since = Some(now);
             sa.childless_tries += 1;
-            sa.queue.push_back(Req::Child(None));
+            for t in self.missing_children(sa) {
+                sa.queue.push_back(Req::NewChild(t));
+            }
         }
         if let Some(d) = self.tunnels[sa.tunnel].dpd {
             if sa.out.is_none() && sa.queue.is_empty() && sa.last_rx + d.threshold <= now {
                 sa.queue.push_back(Req::Dpd);
             }
         }
-        let tunnel = self.tunnels[sa.tunnel].name.clone();
         let mut expired = Vec::new();
         for c in sa.children.iter_mut() {
             if c.rekey_at.is_some_and(|t| t <= now) {
@@ -973,14 +1007,14 @@ impl Endpoint {
                 c.rekey_at = Some(now + REKEY_WATCHDOG);
                 let spi = c.spi_in;
                 tracing::debug!(spi_in = format_args!("{spi:08x}"), state = ?c.state, "child rekey timer");
-                let queued = sa.queue.iter().any(|r| matches!(r, Req::Child(Some(x)) | Req::Recreate(x) if *x == spi));
+                let queued = sa.queue.iter().any(|r| matches!(r, Req::Rekey(x) | Req::Recreate(x) if *x == spi));
                 let in_flight = matches!(sa.out.as_ref().map(|o| &o.pending), Some(Pending::Child { old: Some(x), .. }) if *x == spi);
                 match c.state {
                     ChildState::Installed => {
                         c.state = ChildState::Rekeying;
-                        sa.queue.push_back(Req::Child(Some(spi)));
+                        sa.queue.push_back(Req::Rekey(spi));
                     }
-                    ChildState::Rekeying if !queued && !in_flight => sa.queue.push_back(Req::Child(Some(spi))),
+                    ChildState::Rekeying if !queued && !in_flight => sa.queue.push_back(Req::Rekey(spi)),
                     _ => c.rekey_at = None,
                 }
             }
@@ -995,7 +1029,8 @@ impl Endpoint {
                 let c = sa.children.remove(pos);
                 tracing::debug!(spi_in = format_args!("{:08x}", c.spi_in), ?reason, "child timed out");
                 if !c.reported_down {
-                    self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
+                    let tunnel = self.tunnels[c.tunnel].name.clone();
+                    self.events.push_back(Event::ChildSaDown { tunnel, spi_in: c.spi_in, spi_out: c.spi_out, reason: reason.clone() });
                 }
                 // Tell the peer too: it may still have it installed (a lost Delete, or a peer
                 // that never deletes replaced SAs), and an SA on one side only is a black hole.
@@ -1011,7 +1046,25 @@ impl Endpoint {
 
     fn initiate(&mut self, now: Instant, idx: usize) {
         let peer = self.tunnels[idx].peer_addr;
-        if self.sas.values().any(|sa| sa.tunnel == idx && !matches!(sa.state, State::Deleting | State::Rekeyed)) {
+        let local = self.tunnels[idx].local_addr;
+        // One IKE SA per peer: another tunnel to the same peer adds a CHILD_SA to it.
+        let existing = self
+            .sas
+            .values()
+            .find(|sa| sa.path.remote.ip() == peer && self.tunnels[sa.tunnel].local_addr == local && !sa.dead && !matches!(sa.state, State::Deleting | State::Rekeyed))
+            .map(|sa| sa.our_spi());
+        if let Some(spi) = existing {
+            if let Some(mut sa) = self.sas.remove(&spi) {
+                let has_child = sa.children.iter().any(|c| c.tunnel == idx && !c.reported_down);
+                let pending = sa.queue.iter().any(|r| matches!(r, Req::NewChild(t) if *t == idx))
+                    || matches!(sa.out.as_ref().map(|o| &o.pending), Some(Pending::Child { old: None, tunnel, .. }) if *tunnel == idx);
+                // While the IKE SA is still negotiating, its missing children follow once it is up.
+                if sa.is_up() && !has_child && !pending {
+                    sa.queue.push_back(Req::NewChild(idx));
+                    self.pump(now, &mut sa);
+                }
+                self.put_back(sa);
+            }
             return;
         }
         let Some(group) = self.tunnels[idx].ike_policies.iter().flat_map(|p| p.groups.iter()).next().copied() else { return };
@@ -1487,19 +1540,19 @@ impl Endpoint {
                 Ok(())
             }
             Pending::DeleteChildren(spis) => {
-                let tunnel = self.tunnels[sa.tunnel].name.clone();
                 for spi in spis {
                     if let Some(pos) = sa.children.iter().position(|c| c.spi_in == spi) {
                         let c = sa.children.remove(pos);
                         if !c.reported_down {
                             let reason = if matches!(c.state, ChildState::Rekeyed { .. }) { DownReason::Rekeyed } else { DownReason::Redundant };
-                            self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason });
+                            let tunnel = self.tunnels[c.tunnel].name.clone();
+                            self.events.push_back(Event::ChildSaDown { tunnel, spi_in: c.spi_in, spi_out: c.spi_out, reason });
                         }
                     }
                 }
                 Ok(())
             }
-            Pending::Child { old, spi_in, ni, dh, .. } => self.on_child_response(now, sa, hdr, old, spi_in, ni, dh, ps),
+            Pending::Child { old, spi_in, ni, dh, tunnel } => self.on_child_response(now, sa, hdr, old, spi_in, ni, dh, tunnel, ps),
             Pending::RekeyIke { new_spi, ni, dh } => self.on_ike_rekey_response(now, sa, new_spi, ni, dh, ps),
         }
     }
@@ -1581,7 +1634,8 @@ impl Endpoint {
         let idr = Payload::IdR(Identification { ty: IdType::from(idb[0]), data: &idb[4..] });
         let authp = Payload::Auth { method: AuthMethod::SharedKeyMic, data: &my_auth };
         // The CHILD_SA; its failure does not fail the IKE SA (RFC 7296 §1.2).
-        let child = self.responder_child(now, sa, ps, None, sa.ni.clone(), sa.nr.clone(), None, false, mid);
+        let tunnel = self.tunnel_for(sa, ps, None);
+        let child = self.responder_child(now, sa, ps, None, sa.ni.clone(), sa.nr.clone(), None, false, mid, tunnel);
         match child {
             Ok((chosen, spi_in, tsi, tsr)) => {
                 let spi_b = spi_in.to_be_bytes();
@@ -1629,7 +1683,8 @@ impl Endpoint {
         self.tstate[sa.tunnel].reinit_at = None;
         self.events.push_back(Event::IkeSaUp { tunnel: t.name.clone(), peer: sa.path.remote.ip(), initiator: true, spi_i: sa.spi_i, spi_r: sa.spi_r });
         let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
-        if let Err(reason) = self.initiator_child(now, sa, ps, None, child_spi, &ni, &nr, None, hdr.message_id) {
+        let tunnel = sa.tunnel;
+        if let Err(reason) = self.initiator_child(now, sa, ps, None, child_spi, &ni, &nr, None, hdr.message_id, tunnel) {
             self.events.push_back(Event::ChildSaFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason });
         }
         self.resolve_duplicates(now, sa);
@@ -1650,7 +1705,7 @@ impl Endpoint {
         let lower_is_us = self.tunnels[sa.tunnel].local_addr < sa.path.remote.ip();
         for spi in self.spis() {
             let Some(mut other) = self.sas.remove(&spi) else { continue };
-            if other.tunnel == sa.tunnel
+            if other.path.remote.ip() == sa.path.remote.ip()
                 && !other.dead
                 && other.initiator != sa.initiator
                 && !matches!(other.state, State::Deleting | State::Rekeyed)
@@ -1698,8 +1753,9 @@ impl Endpoint {
         shared: Option<(&[u8], DhGroup)>,
         create_child: bool,
         mid: u32,
+        tunnel: usize,
     ) -> Result<(Chosen, u32, Vec<TrafficSelector>, Vec<TrafficSelector>), ReqError> {
-        let t = self.tunnels[sa.tunnel].clone();
+        let t = self.tunnels[tunnel].clone();
         let props = sa_of(ps).ok_or(ReqError::Syntax("no SA payload"))?;
         let offers = esp_offers(&t.esp_proposals, if create_child { t.pfs } else { None });
         // In IKE_AUTH a DH transform is meaningless (RFC 7296 §1.2); ignore it there.
@@ -1725,8 +1781,24 @@ impl Endpoint {
         let suite = chosen.esp_suite();
         let keys = sa.keys.as_ref().ok_or(ReqError::Syntax("no keys"))?;
         let km = child_keymat(keys.suite.prf, &keys.sk_d, &suite, shared.map(|(s, _)| s), &ni, &nr);
-        self.install_child(now, sa, spi_in, spi_out, suite, ntsr.clone(), ntsi.clone(), km, false, old, mid);
+        self.install_child(now, sa, spi_in, spi_out, suite, ntsr.clone(), ntsi.clone(), km, false, old, mid, tunnel);
         Ok((chosen, spi_in, ntsi, ntsr))
+    }
+
+    /// The tunnel a CHILD_SA request is for: the replaced SA's, or the first tunnel to this peer
+    /// whose selectors overlap the proposed ones (the IKE SA's own tunnel first).
+    fn tunnel_for(&self, sa: &IkeSa, ps: &[Payload<'_>], old: Option<u32>) -> usize {
+        if let Some(c) = old.and_then(|o| sa.children.iter().find(|c| c.spi_in == o)) {
+            return c.tunnel;
+        }
+        let (tsi, tsr) = ts_of(ps);
+        let (Some(tsi), Some(tsr)) = (tsi, tsr) else { return sa.tunnel };
+        let peer = sa.path.remote.ip();
+        let local = self.tunnels[sa.tunnel].local_addr;
+        std::iter::once(sa.tunnel)
+            .chain((0..self.tunnels.len()).filter(|&i| i != sa.tunnel && self.tunnels[i].peer_addr == peer && self.tunnels[i].local_addr == local))
+            .find(|&i| ts::narrow(&tsi, &tsr, &self.tunnels[i].local_ts, &self.tunnels[i].remote_ts).is_some())
+            .unwrap_or(sa.tunnel)
     }
 
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -1743,14 +1815,15 @@ impl Endpoint {
         exchange_initiator: bool,
         replaces: Option<u32>,
         mid: u32,
+        tunnel: usize,
     ) {
         let ((ei, ai), (er, ar)) = km;
         // §2.17: the first keys protect initiator->responder traffic of this exchange.
         let ((oe, oa), (ie, ia)) = if exchange_initiator { ((ei, ai), (er, ar)) } else { ((er, ar), (ei, ai)) };
-        let lifetime = self.tunnels[sa.tunnel].child_lifetime;
+        let lifetime = self.tunnels[tunnel].child_lifetime;
         // The side that created the SA rekeys a little earlier, which makes collisions rare.
         let soft = self.soft_lifetime(lifetime, exchange_initiator);
-        let t = &self.tunnels[sa.tunnel];
+        let t = &self.tunnels[tunnel];
         let inbound = esp::SaParams { spi: spi_in, encryption: suite.encryption, integrity: suite.integrity, enc_key: ie, integ_key: ia, esn: suite.esn };
         let outbound = esp::SaParams { spi: spi_out, encryption: suite.encryption, integrity: suite.integrity, enc_key: oe, integ_key: oa, esn: suite.esn };
         let up = ChildSaUp {
@@ -1770,6 +1843,7 @@ impl Endpoint {
         };
         tracing::debug!(spi = format_args!("{:016x}", sa.our_spi()), spi_in = format_args!("{spi_in:08x}"), spi_out = format_args!("{spi_out:08x}"), replaces = ?replaces, n = sa.children.iter().filter(|c| !c.reported_down).count(), "child up");
         sa.children.push(Child {
+            tunnel,
             spi_in,
             spi_out,
             suite,
@@ -1799,11 +1873,12 @@ impl Endpoint {
         nr: &[u8],
         shared: Option<&[u8]>,
         mid: u32,
+        tunnel: usize,
     ) -> Result<(), String> {
         if let Some(e) = first_error(ps) {
             return Err(format!("peer refused the CHILD_SA: {:?}", e.ty));
         }
-        let t = self.tunnels[sa.tunnel].clone();
+        let t = self.tunnels[tunnel].clone();
         let offers = esp_offers(&t.esp_proposals, if shared.is_some() { t.pfs } else { None });
         let props = sa_of(ps).ok_or("no SA payload in the response")?;
         if props.len() != 1 {
@@ -1825,7 +1900,7 @@ impl Endpoint {
             suite.dh = None;
         }
         let km = child_keymat(keys.suite.prf, &keys.sk_d, &suite, shared, ni, nr);
-        self.install_child(now, sa, spi_in, spi_out, suite, tsi, tsr, km, true, old, mid);
+        self.install_child(now, sa, spi_in, spi_out, suite, tsi, tsr, km, true, old, mid, tunnel);
         Ok(())
     }
 
@@ -1833,7 +1908,6 @@ impl Endpoint {
     // INFORMATIONAL
 
     fn on_info_request(&mut self, now: Instant, sa: &mut IkeSa, mid: u32, ps: &[Payload<'_>]) -> Result<(), ReqError> {
-        let tunnel = self.tunnels[sa.tunnel].name.clone();
         let mut delete_ike = false;
         let mut ours: Vec<[u8; 4]> = Vec::new();
         for p in ps {
@@ -1853,7 +1927,8 @@ impl Endpoint {
                         }
                         if !c.reported_down {
                             let reason = if matches!(c.state, ChildState::Rekeyed { .. }) { DownReason::Rekeyed } else { DownReason::PeerDeleted };
-                            self.events.push_back(Event::ChildSaDown { tunnel: tunnel.clone(), spi_in: c.spi_in, spi_out: c.spi_out, reason });
+                            let tunnel = self.tunnels[c.tunnel].name.clone();
+                            self.events.push_back(Event::ChildSaDown { tunnel, spi_in: c.spi_in, spi_out: c.spi_out, reason });
                         }
                     }
                 }
@@ -1878,8 +1953,8 @@ impl Endpoint {
     // -----------------------------------------------------------------------------------------
     // CREATE_CHILD_SA
 
-    fn start_child(&mut self, now: Instant, sa: &mut IkeSa, old: Option<u32>, notify: bool) -> Result<(), String> {
-        let t = self.tunnels[sa.tunnel].clone();
+    fn start_child(&mut self, now: Instant, sa: &mut IkeSa, old: Option<u32>, notify: bool, tunnel: usize) -> Result<(), String> {
+        let t = self.tunnels[tunnel].clone();
         let offers = esp_offers(&t.esp_proposals, t.pfs);
         let spi_in = self.new_child_spi();
         let spi_b = spi_in.to_be_bytes();
@@ -1910,13 +1985,13 @@ impl Endpoint {
         }
         payloads.push(Payload::TsI(ts::to_wire(&lts, &tib)));
         payloads.push(Payload::TsR(ts::to_wire(&rts, &trb)));
-        self.send_request(now, sa, ExchangeType::CreateChildSa, &payloads, Pending::Child { old, spi_in, ni: ni.clone(), dh });
+        self.send_request(now, sa, ExchangeType::CreateChildSa, &payloads, Pending::Child { old, spi_in, ni: ni.clone(), dh, tunnel });
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_child_response(&mut self, now: Instant, sa: &mut IkeSa, hdr: Header, old: Option<u32>, spi_in: u32, ni: Vec<u8>, dh: Option<DhPrivate>, ps: &[Payload<'_>]) -> Result<(), Drop> {
-        let t = self.tunnels[sa.tunnel].clone();
+    fn on_child_response(&mut self, now: Instant, sa: &mut IkeSa, hdr: Header, old: Option<u32>, spi_in: u32, ni: Vec<u8>, dh: Option<DhPrivate>, tunnel: usize, ps: &[Payload<'_>]) -> Result<(), Drop> {
+        let t = self.tunnels[tunnel].clone();
         let retry_later = |this: &mut Self, sa: &mut IkeSa| {
             let delay = this.jitter(Duration::from_secs(4), 0.5, 1.5);
             if let Some(c) = old.and_then(|o| sa.child_by_in(o)) {
@@ -1977,7 +2052,7 @@ impl Endpoint {
             }
             None => None,
         };
-        if let Err(reason) = self.initiator_child(now, sa, ps, old, spi_in, &ni, &nr, shared.as_deref(), hdr.message_id) {
+        if let Err(reason) = self.initiator_child(now, sa, ps, old, spi_in, &ni, &nr, shared.as_deref(), hdr.message_id, tunnel) {
             retry_later(self, sa);
             self.events.push_back(Event::ChildSaFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: reason.clone() });
             return Err(Drop::Protocol(reason));
@@ -2028,7 +2103,8 @@ impl Endpoint {
         };
         let ni = nonce_of(ps)?.to_vec();
         let nr = self.nonce();
-        let t = self.tunnels[sa.tunnel].clone();
+        let tunnel = self.tunnel_for(sa, ps, old);
+        let t = self.tunnels[tunnel].clone();
         // PFS: a fresh DH when the peer's chosen proposal carries a group (§1.3.1).
         let mut dh_out: Option<(DhGroup, Vec<u8>, Vec<u8>)> = None;
         if let Some((g, kd)) = ke_of(ps) {
@@ -2045,7 +2121,7 @@ impl Endpoint {
             }
         }
         let shared = dh_out.as_ref().map(|(g, _, s)| (s.as_slice(), *g));
-        let (chosen, spi_in, tsi, tsr) = self.responder_child(now, sa, ps, old, ni.clone(), nr.clone(), shared, true, mid)?;
+        let (chosen, spi_in, tsi, tsr) = self.responder_child(now, sa, ps, old, ni.clone(), nr.clone(), shared, true, mid, tunnel)?;
         let spi_b = spi_in.to_be_bytes();
         let tib = ts::addr_bytes(&tsi);
         let trb = ts::addr_bytes(&tsr);
@@ -2231,7 +2307,7 @@ impl Endpoint {
         old.state = State::Rekeyed;
         old.rekey_at = None;
         old.successor = Some(new.our_spi());
-        old.queue.retain(|r| matches!(r, Req::DeleteIke | Req::DeleteChildren(_) | Req::Child(None) | Req::Recreate(_)));
+        old.queue.retain(|r| matches!(r, Req::DeleteIke | Req::DeleteChildren(_) | Req::NewChild(_) | Req::Recreate(_)));
         old.deadline = Some(now + REKEYED_GRACE);
         self.sas.insert(new.our_spi(), new);
     }

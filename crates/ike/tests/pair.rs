@@ -94,9 +94,13 @@ struct Net {
 
 impl Net {
     fn new(ta: TunnelPolicy, tb: TunnelPolicy, ga: Ikev2Globals, gb: Ikev2Globals) -> Self {
+        Self::multi(vec![ta], vec![tb], ga, gb)
+    }
+
+    fn multi(ta: Vec<TunnelPolicy>, tb: Vec<TunnelPolicy>, ga: Ikev2Globals, gb: Ikev2Globals) -> Self {
         let mut eps = HashMap::new();
-        eps.insert(ip(A), Endpoint::new(vec![ta], ga, Box::new(crypto::SeededRandom::new(1))));
-        eps.insert(ip(B), Endpoint::new(vec![tb], gb, Box::new(crypto::SeededRandom::new(2))));
+        eps.insert(ip(A), Endpoint::new(ta, ga, Box::new(crypto::SeededRandom::new(1))));
+        eps.insert(ip(B), Endpoint::new(tb, gb, Box::new(crypto::SeededRandom::new(2))));
         #[allow(clippy::disallowed_methods)] // the virtual clock needs some starting Instant
         let start = Instant::now();
         Self { now: start, eps, events: HashMap::new(), down: vec![], log: vec![], seed: 3, loss: 0, lfsr: 0x9e3779b97f4a7c15 }
@@ -657,4 +661,45 @@ fn long_outage_then_back_within_seconds() {
     n.advance(Duration::from_secs(5));
     assert_eq!(n.live(A).len(), 1, "A re-initiated within 5 s of B's return: {:?}", n.ev(A));
     assert_matching(&n);
+}
+
+/// Two crypto map entries to the same peer share one IKE SA, each with its own CHILD_SA and
+/// selectors; the responder maps each CHILD_SA request to the entry whose selectors match.
+#[test]
+fn two_tunnels_to_one_peer_share_the_ike_sa() {
+    let two = |local: &str, peer: &str, l: [&str; 2], r: [&str; 2]| {
+        (0..2)
+            .map(|i| {
+                let mut t = tunnel(local, peer, l[i], r[i], &gcm_x25519());
+                t.name = format!("MAP:{}", 10 * (i + 1));
+                t
+            })
+            .collect::<Vec<_>>()
+    };
+    let ta = two(A, B, ["10.1.0.0", "10.1.1.0"], ["10.2.0.0", "10.2.1.0"]);
+    let tb = two(B, A, ["10.2.0.0", "10.2.1.0"], ["10.1.0.0", "10.1.1.0"]);
+    let mut n = Net::multi(ta, tb, globals(), globals());
+    let now = n.now;
+    // Both gateways bring up both tunnels at start.
+    for (who, names) in [(A, ["MAP:10", "MAP:20"]), (B, ["MAP:10", "MAP:20"])] {
+        for t in names {
+            n.eps.get_mut(&ip(who)).unwrap().handle_command(now, Command::Initiate { tunnel: t.into() });
+        }
+    }
+    n.run();
+    n.advance(Duration::from_secs(40));
+    for who in [A, B] {
+        let ike: Vec<_> = n.eps[&ip(who)].ike_sas().into_iter().filter(|s| s.status == ike::IkeStatus::Ready).collect();
+        assert_eq!(ike.len(), 1, "{who}: one IKE SA for the peer: {ike:?}");
+        let children = n.eps[&ip(who)].child_sas();
+        assert_eq!(children.len(), 2, "{who}: {children:?}");
+        let mut names: Vec<_> = children.iter().map(|c| c.tunnel.clone()).collect();
+        names.sort();
+        assert_eq!(names, ["MAP:10", "MAP:20"]);
+    }
+    assert_matching(&n);
+    for u in n.live(A) {
+        let third = u.remote_ts[0].start_addr.octets()[2];
+        assert_eq!(u.tunnel, if third == 0 { "MAP:10" } else { "MAP:20" }, "selectors belong to the tunnel");
+    }
 }
