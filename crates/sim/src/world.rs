@@ -549,6 +549,19 @@ impl World {
                     up.replaces_spi_in.map(|s| format!("{s:08x}")),
                     up.initiator
                 ));
+                // A CHILD_SA created on an IKE SA that is being deleted is never reported down
+                // (its IKE SA's children were reported when the deletion started): finding F1.
+                let doomed = self.gws[gw].ep.as_ref().and_then(|ep| {
+                    let c = ep.child_sas().into_iter().find(|c| c.spi_in == up.inbound.spi)?;
+                    ep.ike_sas().into_iter().find(|s| (s.spi_i, s.spi_r) == (c.ike_spi_i, c.ike_spi_r) && s.status == ike::IkeStatus::Deleting)
+                });
+                if let Some(sa) = doomed {
+                    let m = format!(
+                        "[F1] {name}: ChildSaUp {:08x} on IKE SA {:016x}/{:016x} that is being deleted; it will never be reported down",
+                        up.inbound.spi, sa.spi_i, sa.spi_r
+                    );
+                    self.fail(m);
+                }
                 let g = &mut self.gws[gw];
                 if let Some(old) = up.replaces_spi_in {
                     g.replaced_at.insert(old, now);
