@@ -370,6 +370,7 @@ pub fn parse_signature_hash_algorithms(data: &[u8]) -> Result<Vec<HashAlg>, SigE
 // Our credential
 
 /// Our certificate chain and private key.
+#[derive(Clone)]
 pub struct Credential {
     /// Leaf first, then intermediates as they appear in the certificate file.
     chain: Vec<X509>,
@@ -942,6 +943,8 @@ fn hex_short(b: &[u8]) -> String {
     }
     s
 }
+
+pub mod testpki;
 
 #[cfg(test)]
 mod tests;
