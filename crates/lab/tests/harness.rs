@@ -87,3 +87,15 @@ fn capture_check_catches_cleartext() {
     assert!(rep.cleartext.len() >= 6, "3 echo requests + 3 replies seen in clear: {rep:?}");
     assert!(rep.check_clean().is_err());
 }
+
+/// nftables in the wan namespace (bridge family) can cut the path and restore it.
+#[test]
+fn wan_nftables_fault_cuts_and_restores_the_path() {
+    require_root();
+    let t = Topology::new().expect("topology");
+    assert_eq!(lab::ping(&t.gw_a, GW_B_WAN_IP, 2).unwrap(), 2);
+    t.wan_nft("table bridge lab {\n  chain cut {\n    type filter hook forward priority 0; policy accept;\n    ip protocol icmp drop\n  }\n}\n").unwrap();
+    assert_eq!(lab::ping(&t.gw_a, GW_B_WAN_IP, 2).unwrap(), 0, "icmp dropped on the wan bridge");
+    t.wan_nft_flush().unwrap();
+    assert_eq!(lab::ping(&t.gw_a, GW_B_WAN_IP, 2).unwrap(), 2, "path restored");
+}
