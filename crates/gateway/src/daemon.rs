@@ -455,6 +455,9 @@ impl Daemon {
                 self.syslog.log(syslog::connection_terminated(&Self::group(peer), peer, why, remote, local));
             }
             ike::Event::IkeSaRekeyed { .. } => {}
+            // (added by the IKE engineer) `ChildSaUp.outbound_now == false` asks to keep sending on the
+            // replaced SA until this event; `install` still switches at once for now.
+            ike::Event::ChildSaOutbound { .. } => {}
             ike::Event::IkeNegotiationFailed { tunnel, peer, reason } | ike::Event::ChildSaFailed { tunnel, peer, reason } => {
                 let local = self.tunnels.iter().find(|t| t.name == tunnel).map(|t| t.local_addr);
                 let local = local.map(|l| l.to_string()).unwrap_or_default();

@@ -372,8 +372,10 @@ fn wait_fd(fd: i32, events: libc::c_short, timeout_ms: i32) {
 // ------------------------------------------------------------------------------------------
 // RX
 
-/// Receive buffers for GRO: each holds up to 64 coalesced datagrams.
-const RX_BUFS: usize = 8;
+/// Receive buffers per `recvmmsg` (quinn-udp's batch size on Linux). Each holds up to 64
+/// GRO-coalesced datagrams; a peer without GSO (strongSwan) fills one per datagram, so the count
+/// matters as much as the size.
+const RX_BUFS: usize = 32;
 const RX_BUF_LEN: usize = 64 * 1024;
 
 struct TunOut {
