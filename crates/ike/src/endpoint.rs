@@ -29,6 +29,8 @@ const REKEYED_GRACE: Duration = Duration::from_secs(20);
 const HOLDFAST_VID: &[u8] = &[0x09, 0x50, 0x76, 0xfa, 0xab, 0xc7, 0x0c, 0x6d, 0x5e, 0x07, 0x3e, 0x2e, 0xa9, 0x95, 0x65, 0x83];
 /// How long we leave a duplicate IKE SA we initiated before deleting it ourselves.
 const REDUNDANT_DELAY: Duration = Duration::from_secs(3);
+/// Longest a rekey responder keeps sending on the replaced CHILD_SA.
+const OUTBOUND_SWITCH_DELAY: Duration = Duration::from_secs(2);
 /// Re-check of a rekey that did not complete.
 const REKEY_WATCHDOG: Duration = Duration::from_secs(30);
 const NONCE_LEN: usize = 32;
@@ -97,6 +99,10 @@ struct Child {
     bytes: u64,
     state: ChildState,
     reported_down: bool,
+    /// The inbound SPI of the SA this one replaced (rekey).
+    replaces: Option<u32>,
+    /// Rekey responder: when to tell the daemon to send on this SA at the latest.
+    outbound_at: Option<Instant>,
 }
 
 enum Req {
@@ -432,10 +438,18 @@ impl Endpoint {
                 }
             }
             Command::InboundActivity { spi_in } => {
+                let mut switch = None;
                 for sa in self.sas.values_mut() {
-                    if sa.children.iter().any(|c| c.spi_in == spi_in) {
+                    if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == spi_in) {
                         sa.last_rx = sa.last_rx.max(now);
+                        // ESP on the new SA: the peer has it, so we can send on it too.
+                        if c.outbound_at.take().is_some() && !c.reported_down {
+                            switch = Some(c.tunnel);
+                        }
                     }
+                }
+                if let Some(t) = switch {
+                    self.events.push_back(Event::ChildSaOutbound { tunnel: self.tunnels[t].name.clone(), spi_in });
                 }
             }
         }
@@ -491,6 +505,7 @@ impl Endpoint {
                 }
                 for c in &sa.children {
                     consider(c.rekey_at, TimerReason::RekeyChild);
+                    consider(c.outbound_at, TimerReason::RekeyChild);
                     match c.state {
                         ChildState::Rekeyed { until } => consider(Some(until), TimerReason::Expire),
                         ChildState::Installed | ChildState::Rekeying => consider(Some(c.expire_at), TimerReason::Expire),
@@ -1001,6 +1016,12 @@ impl Endpoint {
         }
         let mut expired = Vec::new();
         for c in sa.children.iter_mut() {
+            if c.outbound_at.is_some_and(|t| t <= now) {
+                c.outbound_at = None;
+                if !c.reported_down {
+                    self.events.push_back(Event::ChildSaOutbound { tunnel: self.tunnels[c.tunnel].name.clone(), spi_in: c.spi_in });
+                }
+            }
             if c.rekey_at.is_some_and(|t| t <= now) {
                 // Re-armed as a watchdog: a rekey whose exchange got lost (its IKE SA was
                 // replaced or died) is started again.
@@ -1120,7 +1141,7 @@ impl Endpoint {
         let offers = ike_offers(&t.ike_policies);
         let (dh, public) = DhPrivate::generate(group)?;
         let local = SocketAddr::new(self.local_ip(sa.tunnel, &sa.path), sa.path.local.port());
-        let nat_src = nat_hash(sa.spi_i, 0, local);
+        let nat_src = self.nat_source_hash(sa.tunnel, sa.spi_i, 0, local);
         let nat_dst = nat_hash(sa.spi_i, 0, sa.path.remote);
         let mut payloads = Vec::new();
         if let Some(c) = &cookie {
@@ -1229,6 +1250,18 @@ impl Endpoint {
         sa.out = None;
         if sa.initiator {
             self.schedule_reinit(now, sa.tunnel);
+        }
+    }
+
+    /// Our NAT_DETECTION_SOURCE_IP. With forced encapsulation it deliberately does not match
+    /// (RFC 7296 §2.23 leaves the content to the sender; strongSwan's `encap = yes` does the
+    /// same), so the peer believes we are behind a NAT and encapsulates ESP too.
+    fn nat_source_hash(&self, tunnel: usize, spi_i: u64, spi_r: u64, local: SocketAddr) -> Vec<u8> {
+        let t = &self.tunnels[tunnel];
+        if t.force_udp_encap && !t.nat_t_disable {
+            nat_hash(spi_i, spi_r, SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0))
+        } else {
+            nat_hash(spi_i, spi_r, local)
         }
     }
 
@@ -1385,7 +1418,7 @@ impl Endpoint {
         self.detect_nat(&mut sa, ps, hdr.spi_i, 0, local);
         let skeyseed = IkeKeys::skeyseed(suite.prf, &sa.ni, &sa.nr, &shared);
         sa.keys = Some(IkeKeys::derive(suite, &skeyseed, &sa.ni, &sa.nr, sa.spi_i, sa.spi_r));
-        let nat_src = nat_hash(sa.spi_i, spi_r, local);
+        let nat_src = self.nat_source_hash(idx, sa.spi_i, spi_r, local);
         let nat_dst = nat_hash(sa.spi_i, spi_r, path.remote);
         let mut payloads = vec![
             Payload::Sa(vec![chosen.to_wire(ProtocolId::Ike, &[])]),
@@ -1552,6 +1585,9 @@ impl Endpoint {
                 }
                 Ok(())
             }
+            // The SA is being deleted and its children were reported down: whatever the peer
+            // created goes away with the IKE SA's Delete, so nothing is installed.
+            Pending::Child { .. } if sa.state == State::Deleting => Ok(()),
             Pending::Child { old, spi_in, ni, dh, tunnel } => self.on_child_response(now, sa, hdr, old, spi_in, ni, dh, tunnel, ps),
             Pending::RekeyIke { new_spi, ni, dh } => self.on_ike_rekey_response(now, sa, new_spi, ni, dh, ps),
         }
@@ -1620,7 +1656,10 @@ impl Endpoint {
                     continue;
                 }
                 let Some(mut old) = self.sas.remove(&spi) else { continue };
-                if old.path.remote.ip() == sa.path.remote.ip() && matches!(old.state, State::Established | State::Deleting | State::Rekeyed) {
+                // Spare SAs that came up after this negotiation started: they were made with
+                // the restarted peer (e.g. both sides initiated at once), not before its restart.
+                let before = old.established.is_none_or(|e| e <= sa.started);
+                if before && old.path.remote.ip() == sa.path.remote.ip() && matches!(old.state, State::Established | State::Deleting | State::Rekeyed) {
                     self.kill(now, &mut old, DownReason::PeerRestarted, false);
                 }
                 self.put_back(old);
@@ -1826,7 +1865,10 @@ impl Endpoint {
         let t = &self.tunnels[tunnel];
         let inbound = esp::SaParams { spi: spi_in, encryption: suite.encryption, integrity: suite.integrity, enc_key: ie, integ_key: ia, esn: suite.esn };
         let outbound = esp::SaParams { spi: spi_out, encryption: suite.encryption, integrity: suite.integrity, enc_key: oe, integ_key: oa, esn: suite.esn };
+        // A rekey responder's peer cannot decrypt the new SA before our response arrives.
+        let outbound_now = exchange_initiator || replaces.is_none();
         let up = ChildSaUp {
+            outbound_now,
             tunnel: t.name.clone(),
             peer: sa.path.remote.ip(),
             local: t.local_addr,
@@ -1856,6 +1898,8 @@ impl Endpoint {
             bytes: 0,
             state: ChildState::Installed,
             reported_down: false,
+            replaces,
+            outbound_at: (!outbound_now).then_some(now + OUTBOUND_SWITCH_DELAY),
         });
         self.events.push_back(Event::ChildSaUp(up));
     }
@@ -1921,6 +1965,14 @@ impl Endpoint {
                         // The peer names its inbound SPI = our outbound (§3.11).
                         let Some(pos) = sa.children.iter().position(|c| c.spi_out == spi) else { continue };
                         let c = sa.children.remove(pos);
+                        // The rekey initiator deletes the replaced SA once it has the new one
+                        // (§1.3.3): our outbound can move over now.
+                        if let Some(n) = sa.children.iter_mut().find(|n| n.replaces == Some(c.spi_in) && n.outbound_at.is_some()) {
+                            n.outbound_at = None;
+                            if !n.reported_down {
+                                self.events.push_back(Event::ChildSaOutbound { tunnel: self.tunnels[n.tunnel].name.clone(), spi_in: n.spi_in });
+                            }
+                        }
                         // If we are deleting it too, answer without it (§1.4.1).
                         if c.state != ChildState::Deleting {
                             ours.push(c.spi_in.to_be_bytes());
@@ -2197,7 +2249,7 @@ impl Endpoint {
         let payloads = vec![Payload::Sa(vec![chosen.to_wire(ProtocolId::Ike, &spi_b)]), Payload::Nonce(&nr), Payload::Ke { group: suite.dh.number(), data: &public }];
         self.send_response(sa, ExchangeType::CreateChildSa, mid, &payloads);
         let lifetime = offers.get(oi).and_then(|o| o.lifetime);
-        self.finish_ike_rekey(now, sa, suite, &shared, ni, nr, new_spi_i, new_spi_r, false, lifetime);
+        self.finish_ike_rekey(now, sa, suite, &shared, ni, nr, new_spi_i, new_spi_r, false, lifetime, true);
         Ok(())
     }
 
@@ -2237,15 +2289,28 @@ impl Endpoint {
             return Err(Drop::Protocol("DH failed".into()));
         };
         let lifetime = offers.get(oi).and_then(|o| o.lifetime);
-        self.finish_ike_rekey(now, sa, suite, &shared, ni, nr, new_spi, spi_r, true, lifetime);
+        let deleting = sa.state == State::Deleting;
+        self.finish_ike_rekey(now, sa, suite, &shared, ni, nr, new_spi, spi_r, true, lifetime, !deleting);
+        if deleting {
+            // Cleared while the rekey was in flight: the peer now has the new SA (with the
+            // children), so that one is deleted too; nothing is announced.
+            if let Some(mut new) = self.sas.remove(&new_spi) {
+                new.state = State::Deleting;
+                new.queue.push_back(Req::DeleteIke);
+                self.pump(now, &mut new);
+                self.put_back(new);
+            }
+        }
         // §1.3.2: the initiator of the rekey deletes the old IKE SA.
-        sa.queue.push_back(Req::DeleteIke);
+        if !sa.queue.iter().any(|r| matches!(r, Req::DeleteIke)) {
+            sa.queue.push_back(Req::DeleteIke);
+        }
         Ok(())
     }
 
     /// Creates the new IKE SA from a rekey exchange and moves the children to it.
     #[allow(clippy::too_many_arguments)]
-    fn finish_ike_rekey(&mut self, now: Instant, old: &mut IkeSa, suite: IkeSuite, shared: &[u8], ni: Vec<u8>, nr: Vec<u8>, spi_i: u64, spi_r: u64, initiator: bool, lifetime: Option<Duration>) {
+    fn finish_ike_rekey(&mut self, now: Instant, old: &mut IkeSa, suite: IkeSuite, shared: &[u8], ni: Vec<u8>, nr: Vec<u8>, spi_i: u64, spi_r: u64, initiator: bool, lifetime: Option<Duration>, announce: bool) {
         let Some(old_keys) = old.keys.as_ref() else { return };
         // §2.18: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr), with the old SA's PRF.
         let skeyseed = crate::keys::prf(old_keys.suite.prf, &old_keys.sk_d, &[shared, &ni, &nr]);
@@ -2302,8 +2367,10 @@ impl Endpoint {
             dead: false,
         };
         let t = &self.tunnels[old.tunnel];
-        self.events.push_back(Event::IkeSaUp { tunnel: t.name.clone(), peer: new.path.remote.ip(), initiator, spi_i, spi_r });
-        self.events.push_back(Event::IkeSaRekeyed { tunnel: t.name.clone(), peer: new.path.remote.ip(), old_spi_i: old.spi_i, old_spi_r: old.spi_r, new_spi_i: spi_i, new_spi_r: spi_r });
+        if announce {
+            self.events.push_back(Event::IkeSaUp { tunnel: t.name.clone(), peer: new.path.remote.ip(), initiator, spi_i, spi_r });
+            self.events.push_back(Event::IkeSaRekeyed { tunnel: t.name.clone(), peer: new.path.remote.ip(), old_spi_i: old.spi_i, old_spi_r: old.spi_r, new_spi_i: spi_i, new_spi_r: spi_r });
+        }
         old.state = State::Rekeyed;
         old.rekey_at = None;
         old.successor = Some(new.our_spi());

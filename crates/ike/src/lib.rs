@@ -19,8 +19,8 @@
 //! AES-GCM-16 (RFC 5282) and AES-CBC with HMAC-SHA1/SHA2 for IKE and ESP; CREATE_CHILD_SA rekey of
 //! CHILD_SAs (with PFS) and of the IKE SA (§1.3, §2.18), simultaneous rekeys (§2.8.1, §2.25);
 //! INFORMATIONAL liveness checks and Delete; retransmission with a window of one (§2.1-§2.3).
-//! Not covered: certificate/EAP authentication, MOBIKE, configuration payloads, transport mode,
-//! several tunnels (crypto map entries) to the same peer sharing one IKE SA.
+//! Several tunnels (crypto map entries) to one peer share that peer's IKE SA, one CHILD_SA each.
+//! Not covered: certificate/EAP authentication, MOBIKE, configuration payloads, transport mode.
 
 mod endpoint;
 mod error;
@@ -67,8 +67,11 @@ pub enum Command {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    /// Install inbound first, then switch outbound.
+    /// Install inbound first, then switch outbound (unless `outbound_now` is false).
     ChildSaUp(ChildSaUp),
+    /// Switch the tunnel's outbound traffic to this CHILD_SA now (follows a `ChildSaUp` with
+    /// `outbound_now: false`).
+    ChildSaOutbound { tunnel: String, spi_in: u32 },
     /// Drop outbound now, inbound after a few seconds.
     ChildSaDown { tunnel: String, spi_in: u32, spi_out: u32, reason: DownReason },
     IkeSaUp { tunnel: String, peer: IpAddr, initiator: bool, spi_i: u64, spi_r: u64 },
@@ -98,6 +101,11 @@ pub struct ChildSaUp {
     pub msg_id: u32,
     pub lifetime: Duration,
     pub lifetime_kilobytes: Option<u64>,
+    /// Send on `outbound` at once. `false` for the responder of a CHILD_SA rekey: the initiator
+    /// installs the new inbound SA only when our response reaches it, so until then (its Delete
+    /// of the replaced SA, ESP arriving on the new SA, or at most ~2 s) keep sending on the
+    /// replaced SA; [`Event::ChildSaOutbound`] says when to switch.
+    pub outbound_now: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

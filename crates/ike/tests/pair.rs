@@ -703,3 +703,62 @@ fn two_tunnels_to_one_peer_share_the_ike_sa() {
         assert_eq!(u.tunnel, if third == 0 { "MAP:10" } else { "MAP:20" }, "selectors belong to the tunnel");
     }
 }
+
+#[test]
+fn rekey_responder_switches_outbound_only_when_the_initiator_has_the_sa() {
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    ta.child_lifetime_kilobytes = Some(100);
+    let tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    let old_a = n.live(A)[0].inbound.spi;
+    let old_b = n.live(B)[0].inbound.spi;
+    n.clear_events();
+    n.cmd(A, Command::ChildSaBytes { spi_in: old_a, bytes: 95 * 1024 });
+    // The initiator may send at once; the responder waits.
+    let up_a = n.ups(A).into_iter().find(|u| u.replaces_spi_in == Some(old_a)).unwrap();
+    assert!(up_a.outbound_now);
+    let ev = n.ev(B);
+    let up_pos = ev.iter().position(|e| matches!(e, Event::ChildSaUp(u) if u.replaces_spi_in == Some(old_b) && !u.outbound_now)).expect("responder's ChildSaUp with outbound_now false");
+    let Event::ChildSaUp(up_b) = &ev[up_pos] else { unreachable!() };
+    let switch = ev.iter().position(|e| matches!(e, Event::ChildSaOutbound { spi_in, .. } if *spi_in == up_b.inbound.spi)).expect("switch after the initiator's Delete");
+    let down = ev.iter().position(|e| matches!(e, Event::ChildSaDown { spi_in, .. } if *spi_in == old_b)).unwrap();
+    assert!(up_pos < switch && switch < down, "{ev:?}");
+    assert_matching(&n);
+}
+
+#[test]
+fn responder_forcing_udp_encapsulation_makes_the_initiator_float() {
+    let ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    tb.force_udp_encap = true;
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert_matching(&n);
+    assert_eq!(n.live(A)[0].encap, esp::Encap::Udp { local_port: 4500, remote_port: 4500 });
+    assert!(n.log.iter().skip(2).all(|(_, t)| t.path.local.port() == 4500));
+}
+
+#[test]
+fn clear_during_child_rekey_installs_nothing_afterwards() {
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    ta.child_lifetime_kilobytes = Some(100);
+    let tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    let old = n.live(A)[0].inbound.spi;
+    n.clear_events();
+    let now = n.now;
+    let ep = n.eps.get_mut(&ip(A)).unwrap();
+    ep.handle_command(now, Command::ChildSaBytes { spi_in: old, bytes: 99 * 1024 });
+    ep.handle_command(now, Command::ClearIkeSa { peer: None });
+    n.run();
+    let ev = n.ev(A);
+    let down = ev.iter().position(|e| matches!(e, Event::IkeSaDown { .. })).unwrap();
+    assert!(!ev[down..].iter().any(|e| matches!(e, Event::ChildSaUp(_))), "no CHILD_SA after the IKE SA went down: {ev:?}");
+    assert!(n.live(A).is_empty());
+    // The tunnel comes back by itself afterwards, with exactly one CHILD_SA.
+    n.advance(Duration::from_secs(10));
+    assert_eq!(n.live(A).len(), 1);
+    assert_matching(&n);
+}
