@@ -86,9 +86,12 @@ ip netns exec $NB unshare -m --propagation private sh -c \
   "mount --bind $DIR/run /run && STRONGSWAN_CONF=$DIR/strongswan.conf exec /usr/lib/ipsec/charon" >/dev/null 2>&1 &
 CHARON_PID=$!
 for i in $(seq 50); do [ -S $DIR/charon.vici ] && break; sleep 0.1; done
+load() { swanctl --load-all --file $DIR/swanctl.conf --uri unix://$DIR/charon.vici >/dev/null 2>&1 || { echo "swanctl load failed"; exit 1; }; }
+# In 'both' mode the probe is up first so that the two initiations can cross.
+[ "$WHO" = both ] || load
 ip netns exec $NA "$BIN" --local 198.51.100.1 --peer 198.51.100.2 --suite "$SUITE" --seconds "$SECS" $PROBE_ROLE $EXTRA > $DIR/probe.out 2>&1 &
 PROBE_PID=$!
-swanctl --load-all --file $DIR/swanctl.conf --uri unix://$DIR/charon.vici >/dev/null 2>&1 || { echo "swanctl load failed"; exit 1; }
+[ "$WHO" = both ] && load
 if [ -n "${RESTART_AT:-}" ]; then
     # Peer restart: SIGKILL charon, start a fresh one (start_action decides who initiates).
     sleep $RESTART_AT
