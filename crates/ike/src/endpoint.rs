@@ -880,9 +880,14 @@ impl Endpoint {
 
     /// Starts queued requests while the window (size 1) is free.
     fn pump(&mut self, now: Instant, sa: &mut IkeSa) {
+        // Requests that must wait for the successor of a rekeyed IKE SA (`put_back` moves them).
+        let mut kept = VecDeque::new();
         while !sa.dead && sa.out.is_none() && matches!(sa.state, State::Established | State::Deleting | State::Rekeyed) {
             let Some(req) = sa.queue.pop_front() else { break };
             if sa.state != State::Established && !matches!(req, Req::DeleteIke) {
+                if sa.state == State::Rekeyed {
+                    kept.push_back(req);
+                }
                 continue;
             }
             match req {
@@ -928,6 +933,8 @@ impl Endpoint {
                 }
             }
         }
+        kept.append(&mut sa.queue);
+        sa.queue = kept;
     }
 
     // -----------------------------------------------------------------------------------------
