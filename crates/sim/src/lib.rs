@@ -154,27 +154,6 @@ pub struct Outcome {
     pub stats: world::Stats,
 }
 
-/// Like [`run_seeds`], but a seed whose first violation carries the tag of a known engine
-/// bug (e.g. `"[F1]"`, see /work/sim-findings.md) is listed as known instead of failing the
-/// test; the invariant itself is unchanged and the `#[ignore]`d `*_engine_bug` twin of the
-/// test fails on it. With `SIM_SEED` set nothing is tolerated.
-pub fn run_seeds_tolerating(scenario: &str, default: u64, known: &[&str], f: impl Fn(u64) -> Result<Outcome, String>) -> Vec<Outcome> {
-    let explicit = std::env::var("SIM_SEED").is_ok();
-    let hits = std::sync::Mutex::new(Vec::new());
-    let out = run_seeds(scenario, default, |seed| match f(seed) {
-        Err(e) if !explicit && known.iter().any(|k| e.lines().next().is_some_and(|l| l.contains(k))) => {
-            hits.lock().unwrap_or_else(|p| p.into_inner()).push(seed);
-            Ok(Outcome::default())
-        }
-        r => r,
-    });
-    let hits = hits.into_inner().unwrap_or_else(|p| p.into_inner());
-    if !hits.is_empty() {
-        eprintln!("sim {scenario}: KNOWN ENGINE BUG {known:?} hit by seeds {hits:?} (not counted here; see the ignored *_engine_bug test)");
-    }
-    out
-}
-
 /// Runs `f` for every seed of [`seeds`]; panics (after trying all seeds) listing every
 /// failing seed with its replay command. A panic inside the engine is caught and reported
 /// with its seed like any other violation.
@@ -232,7 +211,7 @@ pub fn summary(outcomes: &[Outcome]) -> String {
     let encap: u64 = outcomes.iter().map(|o| o.stats.encap_disagreements).sum();
     let note = outcomes.iter().flat_map(|o| o.stats.notes.first()).next().cloned().unwrap_or_default();
     format!(
-        "encap disagreements {encap} ({note}), IkeSaDown reasons {reasons:?}, IKE datagrams {} (lost {}, dup {}), ESP {} ok / {} no-SA / {} lost, IKE SAs up {}, CHILD_SAs up {} (rekeys {}), IKE rekeys {}, crossing CREATE_CHILD_SA {}, longest handover {:.2} s, longest orphan {:.2} s, slowest convergence {:.2} s",
+        "encap disagreements {encap} ({note}), IkeSaDown reasons {reasons:?}, IKE datagrams {} (lost {}, dup {}), ESP {} ok / {} no-SA / {} lost, IKE SAs up {}, CHILD_SAs up {} (rekeys {}), IKE rekeys {}, crossing CREATE_CHILD_SA {}, crossing IKE rekeys {}, delayed outbound switches {}, longest handover {:.2} s, longest orphan {:.2} s, slowest convergence {:.2} s",
         sum(&|s| s.ike_sent),
         sum(&|s| s.ike_dropped),
         sum(&|s| s.ike_duplicated),
@@ -244,6 +223,8 @@ pub fn summary(outcomes: &[Outcome]) -> String {
         sum(&|s| s.child_rekeys),
         sum(&|s| s.ike_rekeys),
         sum(&|s| s.crossing_create_child),
+        sum(&|s| s.crossing_ike_rekeys),
+        sum(&|s| s.outbound_switches),
         max(&|s| s.longest_handover),
         max(&|s| s.longest_orphan),
         max(&|s| s.converged_after.unwrap_or(0.0)),

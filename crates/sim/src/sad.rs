@@ -5,6 +5,10 @@
 //! - `ChildSaUp`: the inbound SA is installed first, then the tunnel's outbound switches to the
 //!   new SA (the newest SA of a tunnel carries the traffic); a replaced SA leaves the outbound
 //!   list at once and its inbound lingers for [`INBOUND_LINGER`].
+//! - `ChildSaUp` with `outbound_now: false` (the responder of a CHILD_SA rekey): only the
+//!   inbound SA is installed; the tunnel keeps sending on the SA being replaced until
+//!   `ChildSaOutbound` for the new SA, which then takes over and the replaced SA's inbound
+//!   starts lingering.
 //! - `ChildSaDown`: the outbound goes now, the inbound after [`INBOUND_LINGER`].
 
 use esp::{InboundSa, OutboundSa, SaParams};
@@ -45,6 +49,8 @@ pub struct Sad {
     pub children: BTreeMap<u32, Child>,
     /// Per tunnel, the live SAs newest first; the first one carries outbound traffic.
     pub spd: BTreeMap<String, Vec<u32>>,
+    /// Installed inbound-only (waiting for `ChildSaOutbound`), with the SA each replaces.
+    pub pending: BTreeMap<u32, Option<u32>>,
 }
 
 impl Sad {
@@ -56,14 +62,11 @@ impl Sad {
         let inbound = InboundSa::new(&up.inbound).map_err(|e| EventFault::Unusable(spi, e.to_string()))?;
         let outbound = OutboundSa::with_rng(&up.outbound, rng).map_err(|e| EventFault::Unusable(spi, e.to_string()))?;
         let tunnel = up.tunnel.clone();
-        let list = self.spd.entry(tunnel.clone()).or_default();
-        if let Some(old) = up.replaces_spi_in {
-            list.retain(|s| *s != old);
-            if let Some(c) = self.children.get_mut(&old) {
-                c.remove_at.get_or_insert(now + INBOUND_LINGER);
-            }
+        if up.outbound_now {
+            self.switch(now, &tunnel, spi, up.replaces_spi_in);
+        } else {
+            self.pending.insert(spi, up.replaces_spi_in);
         }
-        list.insert(0, spi);
         self.children.insert(
             spi,
             Child {
@@ -83,11 +86,37 @@ impl Sad {
         Ok(())
     }
 
+    /// The tunnel's outbound moves to `spi`; the SA it replaces stops sending and its
+    /// inbound starts lingering.
+    fn switch(&mut self, now: Instant, tunnel: &str, spi: u32, replaces: Option<u32>) {
+        let list = self.spd.entry(tunnel.to_string()).or_default();
+        if let Some(old) = replaces {
+            list.retain(|s| *s != old);
+            if let Some(c) = self.children.get_mut(&old) {
+                c.remove_at.get_or_insert(now + INBOUND_LINGER);
+            }
+        }
+        list.retain(|s| *s != spi);
+        list.insert(0, spi);
+    }
+
+    /// `ChildSaOutbound`: false when the SPI is not waiting for it (unknown, already
+    /// switched, or already down).
+    pub fn child_outbound(&mut self, now: Instant, tunnel: &str, spi_in: u32) -> bool {
+        let Some(replaces) = self.pending.remove(&spi_in) else { return false };
+        if !self.children.get(&spi_in).is_some_and(|c| c.remove_at.is_none()) {
+            return false;
+        }
+        self.switch(now, tunnel, spi_in, replaces);
+        true
+    }
+
     /// Returns false when the SPI was not installed (the daemon ignores such a Down).
     pub fn child_down(&mut self, now: Instant, tunnel: &str, spi_in: u32) -> bool {
         if let Some(list) = self.spd.get_mut(tunnel) {
             list.retain(|s| *s != spi_in);
         }
+        self.pending.remove(&spi_in);
         match self.children.get_mut(&spi_in) {
             Some(c) => {
                 c.remove_at.get_or_insert(now + INBOUND_LINGER);
@@ -102,12 +131,14 @@ impl Sad {
         self.spd.get(tunnel).and_then(|l| l.first()).and_then(|s| self.children.get(s))
     }
 
+    /// Live SAs: sending ones and those installed inbound-only.
     pub fn has_child(&self, tunnel: &str) -> bool {
-        self.spd.get(tunnel).is_some_and(|l| !l.is_empty())
+        !self.live_spis(tunnel).is_empty()
     }
 
     pub fn live_spis(&self, tunnel: &str) -> Vec<u32> {
         let mut v = self.spd.get(tunnel).cloned().unwrap_or_default();
+        v.extend(self.pending.keys().filter(|s| self.children.get(s).is_some_and(|c| c.tunnel == tunnel)));
         v.sort_unstable();
         v
     }
@@ -132,5 +163,6 @@ impl Sad {
     pub fn clear(&mut self) {
         self.children.clear();
         self.spd.clear();
+        self.pending.clear();
     }
 }

@@ -175,10 +175,14 @@ pub struct Stats {
     pub esp_replay: u64,
     pub child_ups: u64,
     pub child_rekeys: u64,
+    /// `ChildSaOutbound` events (delayed outbound switches of rekey responders).
+    pub outbound_switches: u64,
     pub ike_rekeys: u64,
     pub ike_ups: u64,
     /// CREATE_CHILD_SA requests of both sides in flight at once (a rekey collision candidate).
     pub crossing_create_child: u64,
+    /// IKE rekeys started while the peer's own IKE rekey was still unfinished (§2.8.2).
+    pub crossing_ike_rekeys: u64,
     pub steps: u64,
     /// Longest mismatch (handover) window seen, in seconds.
     pub longest_handover: f64,
@@ -219,6 +223,8 @@ pub struct World {
     quiet_from: Instant,
     /// Last CREATE_CHILD_SA request sent, per gateway, for collision statistics.
     last_create_child: Vec<Option<Instant>>,
+    /// Per gateway: an IKE rekey timer fired and no IkeSaRekeyed/IkeSaDown followed yet.
+    ike_rekey_pending: Vec<Option<Instant>>,
     pub stats: Stats,
     trace: VecDeque<String>,
     failure: Option<String>,
@@ -263,7 +269,11 @@ impl World {
                     if t.peer_addr != gws[j].addr {
                         continue;
                     }
-                    if let Some(u) = gws[j].tunnels.iter().find(|u| u.peer_addr == gws[i].addr) {
+                    // Several tunnels (crypto map entries) may lead to the same peer: the
+                    // counterpart is the one with the mirrored selectors.
+                    let to_us = |u: &&TunnelPolicy| u.peer_addr == gws[i].addr;
+                    let mirrored = gws[j].tunnels.iter().filter(to_us).find(|u| u.local_ts == t.remote_ts && u.remote_ts == t.local_ts);
+                    if let Some(u) = mirrored.or_else(|| gws[j].tunnels.iter().find(to_us)) {
                         pairs.push(Pair { a: (i, t.name.clone()), b: (j, u.name.clone()) });
                     }
                 }
@@ -293,6 +303,7 @@ impl World {
             down_since: vec![Some(base); np],
             quiet_from: base,
             last_create_child: vec![None; n],
+            ike_rekey_pending: vec![None; n],
             stats: Stats::default(),
             trace: VecDeque::new(),
             failure: None,
@@ -460,6 +471,15 @@ impl World {
         for gw in 0..self.gws.len() {
             let due = self.gws[gw].ep.as_ref().and_then(|e| e.poll_timeout()).filter(|(t, _)| *t <= now);
             if let Some((_, reason)) = due {
+                if reason == TimerReason::RekeyIke {
+                    // The other side started an IKE rekey that has not completed yet: both
+                    // requests are (or will be) in flight at once, a §2.8.2 collision.
+                    let crossing = self.ike_rekey_pending.iter().enumerate().any(|(i, t)| i != gw && t.is_some());
+                    if crossing {
+                        self.stats.crossing_ike_rekeys += 1;
+                    }
+                    self.ike_rekey_pending[gw] = Some(now);
+                }
                 if !matches!(reason, TimerReason::Retransmit) {
                     let line = format!("{} timer {reason:?}", self.gws[gw].name);
                     self.note(line);
@@ -485,6 +505,7 @@ impl World {
         match a {
             Action::Command { gw, cmd } => self.command(gw, cmd),
             Action::Crash { gw } => {
+                self.ike_rekey_pending[gw] = None;
                 let line = format!("{} CRASH", self.gws[gw].name);
                 self.note(line);
                 let g = &mut self.gws[gw];
@@ -543,11 +564,12 @@ impl World {
                     self.stats.child_rekeys += 1;
                 }
                 self.note(format!(
-                    "{name} ChildSaUp in={:08x} out={:08x} replaces={:?} init={}",
+                    "{name} ChildSaUp in={:08x} out={:08x} replaces={:?} init={}{}",
                     up.inbound.spi,
                     up.outbound.spi,
                     up.replaces_spi_in.map(|s| format!("{s:08x}")),
-                    up.initiator
+                    up.initiator,
+                    if up.outbound_now { "" } else { " (inbound only)" }
                 ));
                 // A CHILD_SA created on an IKE SA that is being deleted is never reported down
                 // (its IKE SA's children were reported when the deletion started): finding F1.
@@ -584,15 +606,24 @@ impl World {
                     self.note(format!("{name}   (Down for an SPI never installed)"));
                 }
             }
+            Event::ChildSaOutbound { tunnel, spi_in } => {
+                self.stats.outbound_switches += 1;
+                self.note(format!("{name} ChildSaOutbound in={spi_in:08x}"));
+                if !self.gws[gw].sad.child_outbound(now, tunnel, *spi_in) {
+                    self.note(format!("{name}   (not waiting for a switch)"));
+                }
+            }
             Event::IkeSaUp { initiator, spi_i, spi_r, .. } => {
                 self.stats.ike_ups += 1;
                 self.note(format!("{name} IkeSaUp {spi_i:016x}/{spi_r:016x} init={initiator}"));
             }
             Event::IkeSaDown { reason, .. } => {
+                self.ike_rekey_pending[gw] = None;
                 *self.stats.ike_down_reasons.entry(format!("{reason:?}")).or_default() += 1;
                 self.note(format!("{name} IkeSaDown {reason:?}"));
             }
             Event::IkeSaRekeyed { new_spi_i, new_spi_r, .. } => {
+                self.ike_rekey_pending[gw] = None;
                 self.stats.ike_rekeys += 1;
                 self.note(format!("{name} IkeSaRekeyed -> {new_spi_i:016x}/{new_spi_r:016x}"));
             }
@@ -940,7 +971,9 @@ impl World {
             for (gw, tunnel) in [&pair.a, &pair.b] {
                 let g = &self.gws[*gw];
                 let Some(ep) = g.ep.as_ref() else { continue };
-                let ready: Vec<_> = ep.ike_sas().into_iter().filter(|s| s.tunnel == *tunnel && s.status == ike::IkeStatus::Ready).collect();
+                // Tunnels to the same peer share its IKE SA: one ready IKE SA per peer.
+                let peer = g.tunnels.iter().find(|t| t.name == *tunnel).map(|t| t.peer_addr);
+                let ready: Vec<_> = ep.ike_sas().into_iter().filter(|s| Some(s.remote.ip()) == peer && s.status == ike::IkeStatus::Ready).collect();
                 let mut engine: Vec<u32> = ep.child_sas().iter().filter(|c| c.tunnel == *tunnel).map(|c| c.spi_in).collect();
                 engine.sort_unstable();
                 let sad = g.sad.live_spis(tunnel);
