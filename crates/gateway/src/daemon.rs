@@ -112,8 +112,14 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, opts: Option
         let s500 = Arc::new(tokio::net::UdpSocket::from_std(s500).map_err(io_ctx("udp 500"))?);
         let s4500 = net::udp_socket(SocketAddr::new(IpAddr::V4(*a), 4500)).map_err(io_ctx(format!("bind {a}:4500")))?;
         let state = quinn_udp::UdpSocketState::new((&s4500).into()).map_err(io_ctx("udp 4500"))?;
+        // After quinn-udp (which forbids fragmentation for QUIC's sake): an ESP packet must
+        // still get through a path narrower than our outside MTU, fragmented if need be.
+        net::allow_fragmentation(&s4500);
         let raw = match net::raw_esp_socket(*a) {
-            Ok(r) => Some(Arc::new(r)),
+            Ok(r) => {
+                net::allow_fragmentation(&r);
+                Some(Arc::new(r))
+            }
             Err(e) => {
                 eprintln!("holdfast: raw ESP socket on {a}: {e}; native ESP disabled");
                 None

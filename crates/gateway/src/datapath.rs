@@ -122,7 +122,8 @@ fn tx_loop(sh: &Shared) {
             let len = sizes[i].min(bufs[i].len());
             let pkt = &mut bufs[i][..len];
             let Some(flow) = parse_flow(pkt) else {
-                Counters::add(&sh.stats.malformed, 1);
+                // Not IPv4 (the kernel's own IPv6 chatter on the device): no tunnel covers it.
+                Counters::add(&sh.stats.unprotected, 1);
                 continue;
             };
             match sad.lookup_out(&flow) {

@@ -30,6 +30,7 @@ pub fn create_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(tun_rs::Sy
             .build_sync();
         match dev {
             Ok(d) => {
+                quiet_ipv6(name);
                 let active = d.tcp_gso();
                 return Ok((d, active));
             }
@@ -37,7 +38,14 @@ pub fn create_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(tun_rs::Sy
         }
     }
     let d = tun_rs::DeviceBuilder::new().name(name).mtu(mtu).tx_queue_len(TUN_TX_QUEUE).enable(true).build_sync()?;
+    quiet_ipv6(name);
     Ok((d, false))
+}
+
+/// The tunnels are IPv4-only: keep the kernel from sending IPv6 router solicitations and MLD
+/// reports into the TUN (the device disappears with the daemon, and the setting with it).
+fn quiet_ipv6(dev: &str) {
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
 }
 
 /// What the daemon changed in the system, undone by [`SystemGuard::cleanup`] (also on drop).
@@ -144,6 +152,23 @@ pub fn set_buffers(s: &Socket) {
                 libc::setsockopt(fd, libc::SOL_SOCKET, plain, (&v as *const libc::c_int).cast(), std::mem::size_of_val(&v) as libc::socklen_t);
             }
         }
+    }
+}
+
+/// IP_MTU_DISCOVER = IP_PMTUDISC_DONT: outer packets leave without DF, so a hop with a smaller
+/// MTU fragments them instead of dropping them (the TUN MTU already leaves room for the ESP
+/// overhead on an Ethernet-sized path; this is the fallback for narrower ones).
+pub fn allow_fragmentation(s: &impl AsRawFd) {
+    let v: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: valid socket fd; the option value is a c_int on the stack with its size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of_val(&v) as libc::socklen_t,
+        );
     }
 }
 
