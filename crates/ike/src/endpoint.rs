@@ -1780,7 +1780,8 @@ impl Endpoint {
                 x.dead = true;
                 x.out = None;
             }
-            (false, State::Established) => x.redundant_at = Some(now + REKEYED_GRACE),
+            // The peer deletes its copy after REDUNDANT_DELAY; this is only the fallback.
+            (false, State::Established) => x.redundant_at = Some(now + REDUNDANT_DELAY * 3),
             _ => {}
         }
     }
