@@ -22,6 +22,7 @@
 //! Several tunnels (crypto map entries) to one peer share that peer's IKE SA, one CHILD_SA each.
 //! Not covered: certificate/EAP authentication, MOBIKE, configuration payloads, transport mode.
 
+pub mod cert_auth;
 mod endpoint;
 mod error;
 mod keys;
