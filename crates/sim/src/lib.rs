@@ -47,7 +47,7 @@ pub mod rng;
 pub mod sad;
 pub mod world;
 
-pub use world::{Action, Faults, GatewaySpec, Limits, Partition, Traffic, World};
+pub use world::{Action, Faults, GatewaySpec, Limits, Nat, Partition, Traffic, World};
 
 use policy::*;
 use std::net::IpAddr;

@@ -57,9 +57,51 @@ pub enum Action {
     /// The daemon starts (again) with a fresh engine and an empty SA database; like the daemon
     /// it initiates every tunnel that is not answer-only.
     Boot { gw: usize, tunnels: Option<Vec<TunnelPolicy>> },
+    /// The NAT in front of a gateway loses its mappings.
+    NatRebind,
     /// Harness self-test only: corrupts the encryption key of every inbound SA installed at
     /// `gw`, as a daemon bug would. The invariants must catch it.
     CorruptInbound { gw: usize },
+}
+
+/// A NAPT in front of gateway `inside`: its datagrams leave from `public` with a mapped
+/// source port; datagrams to `public` reach it only through a live mapping. A rebinding
+/// (the NAT forgot its mappings, e.g. after an idle timeout or a reboot) gives the next
+/// datagrams new public ports and drops whatever is sent to the old ones.
+#[derive(Debug, Clone)]
+pub struct Nat {
+    pub inside: usize,
+    pub public: IpAddr,
+    next_port: u16,
+    /// private source port -> public port, and back.
+    map: BTreeMap<u16, u16>,
+    rev: BTreeMap<u16, u16>,
+}
+
+impl Nat {
+    pub fn new(inside: usize, public: IpAddr) -> Self {
+        Self { inside, public, next_port: 40000, map: BTreeMap::new(), rev: BTreeMap::new() }
+    }
+
+    fn outbound(&mut self, private_port: u16) -> u16 {
+        if let Some(p) = self.map.get(&private_port) {
+            return *p;
+        }
+        let p = self.next_port;
+        self.next_port = self.next_port.wrapping_add(1).max(1024);
+        self.map.insert(private_port, p);
+        self.rev.insert(p, private_port);
+        p
+    }
+
+    fn inbound(&self, public_port: u16) -> Option<u16> {
+        self.rev.get(&public_port).copied()
+    }
+
+    fn rebind(&mut self) {
+        self.map.clear();
+        self.rev.clear();
+    }
 }
 
 /// Bounds the invariants are checked against.
@@ -77,6 +119,9 @@ pub struct Limits {
     /// Per gateway and tunnel: IKE SAs (`ike_sas()`), CHILD_SAs (`child_sas()`), installed
     /// inbound SAs in the SA database (live + lingering).
     pub max_ike_sas: usize,
+    /// After faults stop, how long data may still not get through a tunnel that is up
+    /// (zero: at once; a NAT rebinding needs the peer's next IKE message to be noticed).
+    pub esp_recover: Duration,
     /// IKE SAs in negotiation: a responder keeps a half-open SA for 30 s
     /// (`HALF_OPEN_TIMEOUT`) and a peer whose responses are lost starts a new one at most
     /// once per retransmission span, plus our own attempt.
@@ -95,6 +140,7 @@ impl Limits {
             orphan: rt + dpd + 2 * max_delay + Duration::from_millis(100),
             converge: dpd.max(rt) + REINIT_BACKOFF_MAX_JITTERED + rt + CONVERGE_SLACK,
             max_ike_sas: 3,
+            esp_recover: Duration::ZERO,
             max_half_open: (HALF_OPEN_TIMEOUT.as_millis() / rt.as_millis().max(1)) as usize + 2,
             max_child_sas: 6,
             max_installed: 12,
@@ -158,9 +204,11 @@ enum Kind {
 
 struct InFlight {
     to: usize,
+    /// As seen by the receiver (after NAT).
     path: Path,
     kind: Kind,
     data: Vec<u8>,
+    from: usize,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -173,6 +221,8 @@ pub struct Stats {
     pub esp_ok: u64,
     pub esp_no_sa: u64,
     pub esp_replay: u64,
+    /// ESP the network could not deliver (no NAT mapping for its destination port).
+    pub esp_unroutable: u64,
     pub child_ups: u64,
     pub child_rekeys: u64,
     /// `ChildSaOutbound` events (delayed outbound switches of rekey responders).
@@ -231,6 +281,11 @@ pub struct World {
     pub check_settled: bool,
     encap_noted: Vec<u32>,
     engine_touched: bool,
+    pub nat: Option<Nat>,
+    /// Per pair and receiving direction (0: at b, sent by a; 1: at a, sent by b): last ESP
+    /// packet that decrypted.
+    last_esp_ok: Vec<[Option<Instant>; 2]>,
+    up_since: Vec<Option<Instant>>,
     /// Trace lines kept for a failure report (`SIM_TRACE=<n>` when replaying a seed).
     trace_lines: usize,
 }
@@ -262,23 +317,7 @@ impl World {
                 esp_rng: crypto::SeededRandom::new(esp_seed),
             });
         }
-        let mut pairs = Vec::new();
-        for i in 0..gws.len() {
-            for j in i + 1..gws.len() {
-                for t in &gws[i].tunnels {
-                    if t.peer_addr != gws[j].addr {
-                        continue;
-                    }
-                    // Several tunnels (crypto map entries) may lead to the same peer: the
-                    // counterpart is the one with the mirrored selectors.
-                    let to_us = |u: &&TunnelPolicy| u.peer_addr == gws[i].addr;
-                    let mirrored = gws[j].tunnels.iter().filter(to_us).find(|u| u.local_ts == t.remote_ts && u.remote_ts == t.local_ts);
-                    if let Some(u) = mirrored.or_else(|| gws[j].tunnels.iter().find(to_us)) {
-                        pairs.push(Pair { a: (i, t.name.clone()), b: (j, u.name.clone()) });
-                    }
-                }
-            }
-        }
+        let pairs = pairs_of(&gws, None);
         let n = gws.len();
         let np = pairs.len();
         Self {
@@ -310,8 +349,22 @@ impl World {
             check_settled: true,
             encap_noted: Vec::new(),
             engine_touched: true,
+            nat: None,
+            last_esp_ok: vec![[None, None]; np],
+            up_since: vec![None; np],
             trace_lines: std::env::var("SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_LINES),
         }
+    }
+
+    /// Puts gateway `nat.inside` behind a NAPT (its peers must name `nat.public` as peer).
+    pub fn set_nat(&mut self, nat: Nat) {
+        self.pairs = pairs_of(&self.gws, Some(&nat));
+        let np = self.pairs.len();
+        self.mismatch_since = vec![[None, None]; np];
+        self.down_since = vec![Some(self.now); np];
+        self.last_esp_ok = vec![[None, None]; np];
+        self.up_since = vec![None; np];
+        self.nat = Some(nat);
     }
 
     pub fn rng(&mut self) -> &mut SimRng {
@@ -347,6 +400,7 @@ impl World {
             Action::Command { cmd, .. } => matches!(cmd, Command::ClearIkeSa { .. } | Command::ClearChildSas { .. }),
             Action::Crash { .. } | Action::Boot { .. } => true,
             Action::CorruptInbound { .. } => false,
+            Action::NatRebind => true,
         };
         if disruptive {
             self.quiet_from = self.quiet_from.max(self.base + at);
@@ -512,6 +566,12 @@ impl World {
                 g.ep = None;
                 g.sad.clear();
             }
+            Action::NatRebind => {
+                self.note("NAT REBIND (all mappings lost)".into());
+                if let Some(n) = self.nat.as_mut() {
+                    n.rebind();
+                }
+            }
             Action::CorruptInbound { gw } => {
                 let line = format!("{} SABOTAGE inbound keys", self.gws[gw].name);
                 self.note(line);
@@ -634,7 +694,30 @@ impl World {
     }
 
     fn gw_by_addr(&self, ip: IpAddr) -> Option<usize> {
+        if let Some(n) = &self.nat {
+            if n.public == ip {
+                return Some(n.inside);
+            }
+        }
         self.gws.iter().position(|g| g.addr == ip)
+    }
+
+    /// Applies the NAT to a datagram from `from` sent `src -> dst`; returns the receiver and
+    /// the path as the receiver sees it, or None when nobody is there or the NAT drops it.
+    fn route(&mut self, from: usize, src: SocketAddr, dst: SocketAddr) -> Option<(usize, Path)> {
+        let to = self.gw_by_addr(dst.ip())?;
+        let mut remote = src;
+        let mut local = dst;
+        if let Some(n) = self.nat.as_mut() {
+            if n.inside == from && n.inside != to {
+                remote = SocketAddr::new(n.public, n.outbound(src.port()));
+            }
+            if n.inside == to && dst.ip() == n.public {
+                let p = n.inbound(dst.port())?;
+                local = SocketAddr::new(self.gws[to].addr, p);
+            }
+        }
+        Some((to, Path { local, remote }))
     }
 
     fn send_ike(&mut self, from: usize, t: ike::Transmit) {
@@ -661,11 +744,10 @@ impl World {
                 self.last_create_child[from] = Some(now);
             }
         }
-        let Some(to) = self.gw_by_addr(t.path.remote.ip()) else {
-            self.note(format!("{name} -> {} {summary} (nobody there)", t.path.remote));
+        let Some((to, path)) = self.route(from, t.path.local, t.path.remote) else {
+            self.note(format!("{name} -> {} {summary} (nobody there / no NAT mapping)", t.path.remote));
             return;
         };
-        let path = Path { local: t.path.remote, remote: t.path.local };
         let copies = self.fault_copies(from, to);
         if copies == 0 {
             self.stats.ike_dropped += 1;
@@ -677,7 +759,7 @@ impl World {
         self.note(format!("{name} -> {peer} {summary}{}", match copies { 0 => " LOST", 1 => "", _ => " DUP" }));
         for _ in 0..copies {
             let d = self.delay();
-            self.enqueue(d, InFlight { to, path, kind: Kind::Ike, data: t.data.clone() });
+            self.enqueue(d, InFlight { to, path, kind: Kind::Ike, data: t.data.clone(), from });
         }
     }
 
@@ -731,7 +813,7 @@ impl World {
                 let _ = ep.handle_datagram(now, f.path, &f.data);
                 self.drain(f.to);
             }
-            Kind::Esp => self.receive_esp(f.to, f.data),
+            Kind::Esp => self.receive_esp(f.to, f.from, f.data),
         }
     }
 
@@ -763,21 +845,35 @@ impl World {
                 c.out_bytes += tr.size as u64;
                 out.truncate(n);
                 self.stats.esp_sent += 1;
-                let Some(to) = self.gw_by_addr(peer) else { continue };
+                let _ = peer;
+                // Where the daemon sends it: the SA's peer, native (port 0 here: a NAPT cannot
+                // map it) or UDP-encapsulated to the negotiated ports.
+                let (src, dst) = match c.up.encap {
+                    esp::Encap::Native => (SocketAddr::new(c.up.local, 0), SocketAddr::new(c.up.peer, 0)),
+                    esp::Encap::Udp { local_port, remote_port } => (SocketAddr::new(c.up.local, local_port), SocketAddr::new(c.up.peer, remote_port)),
+                };
+                let natted = self.nat.as_ref().is_some_and(|n| n.inside == gw || n.public == dst.ip());
+                if natted && dst.port() == 0 {
+                    self.stats.esp_dropped += 1;
+                    continue;
+                }
+                let Some((to, path)) = self.route(gw, src, dst) else {
+                    self.stats.esp_unroutable += 1;
+                    continue;
+                };
                 let copies = self.fault_copies(gw, to);
                 if copies == 0 {
                     self.stats.esp_dropped += 1;
                 }
-                let unused = Path { local: SocketAddr::new(peer, 0), remote: SocketAddr::new(self.gws[gw].addr, 0) };
                 for _ in 0..copies {
                     let d = self.delay();
-                    self.enqueue(d, InFlight { to, path: unused, kind: Kind::Esp, data: out.clone() });
+                    self.enqueue(d, InFlight { to, path, kind: Kind::Esp, data: out.clone(), from: gw });
                 }
             }
         }
     }
 
-    fn receive_esp(&mut self, to: usize, mut data: Vec<u8>) {
+    fn receive_esp(&mut self, to: usize, from: usize, mut data: Vec<u8>) {
         if self.gws[to].ep.is_none() {
             return;
         }
@@ -795,6 +891,15 @@ impl World {
                 c.in_packets += 1;
                 c.in_bytes += n;
                 self.stats.esp_ok += 1;
+                let tunnel = c.tunnel.clone();
+                let now = self.now;
+                for (p, pair) in self.pairs.iter().enumerate() {
+                    if pair.b == (to, tunnel.clone()) && pair.a.0 == from {
+                        self.last_esp_ok[p][0] = Some(now);
+                    } else if pair.a == (to, tunnel.clone()) && pair.b.0 == from {
+                        self.last_esp_ok[p][1] = Some(now);
+                    }
+                }
             }
             Err(esp::EspError::ReplayedOrTooOld { .. }) => self.stats.esp_replay += 1,
             Err(e) => {
@@ -907,7 +1012,33 @@ impl World {
             }
             if pair_up {
                 self.down_since[p] = None;
+                let since = *self.up_since[p].get_or_insert(now);
+                // End to end: once faults stopped and the tunnel has been up for a while, the
+                // data each side sends must reach the other (catches e.g. ESP sent to a stale
+                // NAT mapping, which the key checks cannot see).
+                if let Some(tr) = &self.traffic {
+                    let window = tr.interval * 4 + Duration::from_secs(2);
+                    let from = since.max(self.quiet_from + self.limits.esp_recover);
+                    if now >= from + window {
+                        for dir in 0..2 {
+                            let ok = self.last_esp_ok[p][dir].is_some_and(|t| now - t <= window);
+                            if !ok {
+                                let (sx, sy) = if dir == 0 { (&pair.a, &pair.b) } else { (&pair.b, &pair.a) };
+                                let m = format!(
+                                    "tunnel up but no ESP from {} has reached {} for {:.1} s (last at {:?})",
+                                    self.gws[sx.0].name,
+                                    self.gws[sy.0].name,
+                                    (now - from).as_secs_f64().min(self.last_esp_ok[p][dir].map(|t| (now - t).as_secs_f64()).unwrap_or(f64::MAX)),
+                                    self.last_esp_ok[p][dir].map(|t| (t - self.base).as_secs_f64())
+                                );
+                                self.fail(m);
+                                return;
+                            }
+                        }
+                    }
+                }
             } else {
+                self.up_since[p] = None;
                 all_up = false;
                 let since = *self.down_since[p].get_or_insert(now);
                 if now >= self.quiet_from {
@@ -1072,6 +1203,33 @@ impl World {
     pub fn recent_trace(&self) -> Vec<String> {
         self.trace.iter().cloned().collect()
     }
+}
+
+/// Tunnels configured on both ends. A gateway behind the NAT is known to its peers by the
+/// NAT's public address.
+fn pairs_of(gws: &[Gateway], nat: Option<&Nat>) -> Vec<Pair> {
+    let addr = |i: usize| match nat {
+        Some(n) if n.inside == i => n.public,
+        _ => gws[i].addr,
+    };
+    let mut pairs = Vec::new();
+    for i in 0..gws.len() {
+        for j in i + 1..gws.len() {
+            for t in &gws[i].tunnels {
+                if t.peer_addr != addr(j) {
+                    continue;
+                }
+                // Several tunnels (crypto map entries) may lead to the same peer: the
+                // counterpart is the one with the mirrored selectors.
+                let to_us = |u: &&TunnelPolicy| u.peer_addr == addr(i);
+                let mirrored = gws[j].tunnels.iter().filter(to_us).find(|u| u.local_ts == t.remote_ts && u.remote_ts == t.local_ts);
+                if let Some(u) = mirrored.or_else(|| gws[j].tunnels.iter().find(to_us)) {
+                    pairs.push(Pair { a: (i, t.name.clone()), b: (j, u.name.clone()) });
+                }
+            }
+        }
+    }
+    pairs
 }
 
 fn summarize(data: &[u8]) -> String {
