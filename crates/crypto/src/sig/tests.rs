@@ -528,3 +528,62 @@ fn certificate_der_with_trailing_bytes_is_refused() {
     assert!(matches!(Certificate::from_der(&der[..10]), Err(SigError::BadCertificate(_))));
     assert!(matches!(Certificate::from_der(&[]), Err(SigError::BadCertificate(_))));
 }
+
+/// Mutated AUTH data, identifiers and certificates (bit flips, truncations, random lengths)
+/// never panic and never verify. A small xorshift keeps the test deterministic.
+#[test]
+fn mutated_peer_input_never_panics_or_verifies() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (_, _, ec_leaf, ec_key) = pki(K::Ec(Nid::X9_62_PRIME256V1));
+    let (_, _, rsa_leaf, rsa_key) = pki(K::Rsa(2048));
+    let samples = [
+        (peer(&ec_leaf), credential(&ec_leaf, &ec_key).sign_auth(SignatureScheme::DigitalSignature(SigAlg::Ecdsa(HashAlg::Sha256)), OCTETS).unwrap(), AUTH_DIGITAL_SIGNATURE),
+        (peer(&ec_leaf), credential(&ec_leaf, &ec_key).sign_auth(SignatureScheme::EcdsaP256Sha256, OCTETS).unwrap(), AUTH_ECDSA_256),
+        (peer(&rsa_leaf), credential(&rsa_leaf, &rsa_key).sign_auth(SignatureScheme::DigitalSignature(SigAlg::RsaPss(HashAlg::Sha384)), OCTETS).unwrap(), AUTH_DIGITAL_SIGNATURE),
+        (peer(&rsa_leaf), credential(&rsa_leaf, &rsa_key).sign_auth(SignatureScheme::RsaSha1, OCTETS).unwrap(), AUTH_RSA_SIG),
+    ];
+    for (cert, good, method) in &samples {
+        for _ in 0..300 {
+            let mut m = good.clone();
+            match rnd() % 4 {
+                0 => {
+                    let i = (rnd() as usize) % m.len();
+                    m[i] ^= 1 << (rnd() % 8);
+                }
+                1 => m.truncate((rnd() as usize) % m.len()),
+                2 => m[0] = rnd() as u8,
+                _ => m.extend((0..rnd() % 40).map(|_| rnd() as u8)),
+            }
+            if m == *good {
+                continue;
+            }
+            let r = cert.verify_auth(*method, &m, OCTETS);
+            assert!(r.is_err(), "mutation verified: {m:02x?}");
+            // Any method number with any data.
+            let _ = cert.verify_auth(rnd() as u8, &m, OCTETS);
+        }
+    }
+    let der = ec_leaf.to_der().unwrap();
+    for _ in 0..300 {
+        let mut d = der.clone();
+        let i = (rnd() as usize) % d.len();
+        d[i] = rnd() as u8;
+        d.truncate(d.len() - (rnd() as usize) % 3);
+        if let Ok(c) = Certificate::from_der(&d) {
+            let _ = c.check_identity(&Identity::Ipv4(Ipv4Addr::new(192, 0, 2, 1)));
+            let _ = c.verify_auth(AUTH_ECDSA_256, &samples[1].1, OCTETS);
+        }
+    }
+    for _ in 0..300 {
+        let d: Vec<u8> = (0..rnd() % 64).map(|_| rnd() as u8).collect();
+        let _ = parse_signature_hash_algorithms(&d);
+        let _ = Identity::from_payload(rnd() as u8, &d).map(|id| id.to_string());
+        let _ = SigAlg::from_algorithm_identifier(&d);
+    }
+}
