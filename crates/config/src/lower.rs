@@ -556,6 +556,14 @@ impl<'a> Lowerer<'a> {
 
     fn finish_trustpoints(&mut self) {
         for (name, acc) in &self.trustpoints {
+            for f in [&acc.certificate_file, &acc.key_file, &acc.ca_file].into_iter().flatten() {
+                if !f.starts_with('/') {
+                    self.issues.push(Issue::warning(
+                        acc.span,
+                        format!("crypto ca trustpoint {name}: `{f}` is a relative path, resolved against the daemon's working directory; write an absolute path"),
+                    ));
+                }
+            }
             if acc.certificate_file.is_none() && acc.key_file.is_none() && acc.ca_file.is_none() {
                 self.issues.push(Issue::warning(
                     acc.span,
@@ -684,8 +692,20 @@ impl<'a> Lowerer<'a> {
                 }
             }
             if let Some(tp) = &acc.trustpoint {
-                if let Some(msg) = signing_trustpoint_problem(&self.cfg, &tp.node) {
-                    err(&mut self.issues, tp.span, msg, self.ast.failed_names.contains(&tp.node));
+                let tg = acc.peers.first().and_then(|p| self.cfg.tunnel_group(&p.node.to_string()));
+                let psk_only = tg.is_some_and(|g| g.ikev2_local_cert_trustpoint.is_none() && g.ikev2_local_psk.is_some());
+                let suppress = self.ast.failed_names.contains(&tp.node);
+                if self.cfg.trustpoint(&tp.node).is_none() {
+                    err(&mut self.issues, tp.span, format!("crypto ca trustpoint {} is not defined", tp.node), suppress);
+                } else if psk_only {
+                    // The entry's certificate is only used when the tunnel group signs for us.
+                    let g = tg.map_or("", |g| g.name.as_str());
+                    self.issues.push(Issue::warning(
+                        tp.span,
+                        format!("`set trustpoint {}` has no effect: tunnel-group {g} authenticates us with a pre-shared key (`ikev2 local-authentication certificate TRUSTPOINT` would use it)", tp.node),
+                    ));
+                } else if let Some(msg) = signing_trustpoint_problem(&self.cfg, &tp.node) {
+                    err(&mut self.issues, tp.span, msg, suppress);
                 }
             }
             if !ok {

@@ -206,7 +206,11 @@ fn certificate_authentication_resolves_to_trustpoint_files() {
     let mixed = config::load(&dir.join("cert-auth-mixed.cfg")).unwrap_or_else(|d| panic!("{d}")).config;
     let m = mixed.tunnels_with_auth().expect("resolves");
     assert_eq!(m[0].auth.local, LocalAuth::Psk(policy::Secret("ours".into())));
-    assert_eq!(m[0].auth.remote, RemoteAuth::Certificate { cas: vec![("CA-ONLY".into(), "/etc/holdfast/pki/ca.crt".into())] });
+    // We sign with no trustpoint, so every trustpoint's ca-file is an anchor.
+    assert_eq!(
+        m[0].auth.remote,
+        RemoteAuth::Certificate { cas: vec![("CA-ONLY".into(), "/etc/holdfast/pki/ca.crt".into()), ("RELATIVE".into(), "pki/ca.crt".into())] }
+    );
     assert_eq!(m[0].policy.local_psk.0, "ours");
     assert!(mixed.tunnels().is_err());
 

@@ -560,7 +560,7 @@ impl Config {
         let mut out = Vec::new();
         for t in self.tunnels_with_auth()? {
             if t.auth.uses_certificates() {
-                let (map, seq) = t.policy.name.split_once(':').unwrap_or((&t.policy.name, "0"));
+                let (map, seq) = t.policy.name.rsplit_once(':').unwrap_or((&t.policy.name, "0"));
                 return Err(ResolveError::CryptoMap {
                     map: map.to_string(),
                     seq: seq.parse().unwrap_or(0),
