@@ -12,7 +12,7 @@ use crypto::{DhPrivate, HashAlg, Random};
 use policy::{ConnectionType, DhGroup, Ikev2Globals, TrafficSelector, TunnelPolicy};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use wire::ike::{
     emit_chain, flags, parse_chain, AuthMethod, Delete, ExchangeType, Header, IdType, Identification, Message, Notify,
     NotifyType, Payload, PayloadType, Proposal, ProtocolId,
@@ -49,6 +49,10 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     cookie_secret: [u8; 32],
     last_now: Option<Instant>,
+    /// Certificate material per tunnel (same index as `tunnels`); `None` = PSK both ways.
+    cert: Vec<Option<crate::cert_auth::CertAuth>>,
+    /// Wall-clock reference for certificate validity: (instant, real time at that instant).
+    wall: Option<(Instant, SystemTime)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -178,6 +182,8 @@ struct IkeSa {
     peer_frag: bool,
     /// The peer sent our Vendor ID: it resolves duplicate IKE SAs the way we do.
     peer_holdfast: bool,
+    /// Hashes the peer accepts for signatures (SIGNATURE_HASH_ALGORITHMS, RFC 7427 §4).
+    peer_hashes: Option<Vec<HashAlg>>,
     next_mid: u32,
     peer_mid: u32,
     out: Option<Outstanding>,
@@ -327,6 +333,7 @@ impl Endpoint {
         let mut cookie_secret = [0u8; 32];
         rng.fill(&mut cookie_secret);
         let tstate = vec![TunnelState { reinit_at: None, backoff: REINIT_BACKOFF_MIN }; tunnels.len()];
+        let n_tunnels = tunnels.len();
         Self {
             tunnels,
             globals,
@@ -338,7 +345,30 @@ impl Endpoint {
             events: VecDeque::new(),
             cookie_secret,
             last_now: None,
+            cert: vec![None; n_tunnels],
+            wall: None,
         }
+    }
+
+    /// Certificate authentication for a tunnel (RFC 7296 §2.15 signatures): `auth` comes from
+    /// [`crate::cert_auth::CertAuth::load`] on the tunnel's `policy::TunnelAuth`. A direction
+    /// left `None` keeps using the tunnel's pre-shared key. Returns false for an unknown tunnel.
+    /// Our ID stays the gateway address (ID_IPV4_ADDR), so our certificate needs a matching
+    /// IP subjectAltName; the peer's ID must match its certificate, which must chain to a CA.
+    pub fn set_cert_auth(&mut self, tunnel: &str, auth: crate::cert_auth::CertAuth) -> bool {
+        match self.tunnels.iter().position(|t| t.name == tunnel) {
+            Some(i) => {
+                self.cert[i] = Some(auth);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The real time at `at`, for certificate validity checks (the engine has no clock of its
+    /// own; the daemon calls this once at start). Without it certificates are refused.
+    pub fn set_wall_clock(&mut self, at: Instant, wall: SystemTime) {
+        self.wall = Some((at, wall));
     }
 
     pub fn handle_datagram(&mut self, now: Instant, path: Path, data: &[u8]) -> Result<(), Drop> {
@@ -1116,6 +1146,7 @@ impl Endpoint {
             nat_remote: false,
             peer_frag: false,
             peer_holdfast: false,
+            peer_hashes: None,
             next_mid: 0,
             peer_mid: 0,
             out: None,
@@ -1164,6 +1195,11 @@ impl Endpoint {
             payloads.push(Payload::notify(NotifyType::Ikev2FragmentationSupported, &[]));
         }
         payloads.push(Payload::VendorId(HOLDFAST_VID));
+        // RFC 7427 §4: announce the hashes we accept when signatures may be used.
+        let sha = crate::cert_auth::signature_hash_algorithms_data();
+        if self.cert[sa.tunnel].is_some() {
+            payloads.push(Payload::notify(NotifyType::SignatureHashAlgorithms, &sha));
+        }
         let msg = Message { header: Header::new(sa.spi_i, 0, ExchangeType::IkeSaInit, flags::INITIATOR, 0), payloads }.emit();
         sa.msg1 = msg.clone();
         sa.next_mid = 1;
@@ -1234,6 +1270,7 @@ impl Endpoint {
         self.detect_nat(sa, ps, msg.header.spi_i, msg.header.spi_r, local);
         sa.peer_frag = notify_of(ps, NotifyType::Ikev2FragmentationSupported).is_some();
         sa.peer_holdfast = ps.iter().any(|p| matches!(p, Payload::VendorId(v) if *v == HOLDFAST_VID));
+        sa.peer_hashes = crate::cert_auth::peer_signature_hashes(ps);
         let skeyseed = IkeKeys::skeyseed(suite.prf, &sa.ni, &nr, &shared);
         sa.keys = Some(IkeKeys::derive(suite, &skeyseed, &sa.ni, &nr, sa.spi_i, sa.spi_r));
         sa.suite = Some(suite);
@@ -1401,6 +1438,7 @@ impl Endpoint {
             nat_remote: false,
             peer_frag: notify_of(ps, NotifyType::Ikev2FragmentationSupported).is_some(),
             peer_holdfast: ps.iter().any(|p| matches!(p, Payload::VendorId(v) if *v == HOLDFAST_VID)),
+            peer_hashes: crate::cert_auth::peer_signature_hashes(ps),
             next_mid: 0,
             peer_mid: 1,
             out: None,
@@ -1440,6 +1478,15 @@ impl Endpoint {
             sa.peer_frag = false;
         }
         payloads.push(Payload::VendorId(HOLDFAST_VID));
+        let sha = crate::cert_auth::signature_hash_algorithms_data();
+        let cert = self.cert[idx].clone();
+        if let Some(c) = &cert {
+            payloads.push(Payload::notify(NotifyType::SignatureHashAlgorithms, &sha));
+            if let Some(v) = &c.remote {
+                // §3.7: ask for a certificate from our trust anchors.
+                payloads.push(v.certreq_payload());
+            }
+        }
         let resp = Message { header: Header::new(sa.spi_i, spi_r, ExchangeType::IkeSaInit, flags::RESPONSE, 0), payloads }.emit();
         sa.msg2 = resp.clone();
         self.transmit(path, resp.clone());
@@ -1603,12 +1650,58 @@ impl Endpoint {
     // -----------------------------------------------------------------------------------------
     // IKE_AUTH
 
+    /// Checks the peer's AUTH payload (RFC 7296 §2.15): its certificate signature when the tunnel
+    /// has a certificate validator for the peer, otherwise the pre-shared key MAC.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_peer(&self, tunnel: usize, ps: &[Payload<'_>], id: &Identification<'_>, prf: policy::Prf, real_message: &[u8], nonce: &[u8], sk_p: &[u8], now: Instant) -> Result<(), String> {
+        let t = &self.tunnels[tunnel];
+        if let Some(v) = self.cert[tunnel].as_ref().and_then(|c| c.remote.as_ref()) {
+            let wall = self.wall_now(now).ok_or("no wall clock to check the peer's certificate against")?;
+            let octets = crate::cert_auth::signed_octets(prf, real_message, nonce, sk_p, id);
+            return v.verify(ps, id, None, &octets, wall).map(|_| ()).map_err(|e| e.to_string());
+        }
+        let Some((method, data)) = ps.iter().find_map(|p| match p {
+            Payload::Auth { method, data } => Some((*method, *data)),
+            _ => None,
+        }) else {
+            return Err("no AUTH payload".into());
+        };
+        if method != AuthMethod::SharedKeyMic {
+            return Err(format!("peer used AUTH method {} but a pre-shared key is configured", method.value()));
+        }
+        let expected = psk_auth(prf, t.remote_psk.0.as_bytes(), real_message, nonce, sk_p, &id_payload_body(id));
+        if !ct_eq(&expected, data) {
+            return Err("peer authentication failed (PSK mismatch)".into());
+        }
+        Ok(())
+    }
+
+    fn wall_now(&self, now: Instant) -> Option<SystemTime> {
+        let (at, wall) = self.wall?;
+        if now >= at { wall.checked_add(now - at) } else { wall.checked_sub(at - now) }
+    }
+
     fn send_auth(&mut self, now: Instant, sa: &mut IkeSa) {
         let t = self.tunnels[sa.tunnel].clone();
         let Some(keys) = sa.keys.as_ref() else { return };
         let prf = keys.suite.prf;
         let idb = id_body(t.local_addr);
-        let auth = psk_auth(prf, t.local_psk.0.as_bytes(), &sa.msg1, &sa.nr, &keys.sk_pi, &idb);
+        let idp = Identification { ty: IdType::from(idb[0]), data: &idb[4..] };
+        let cert = self.cert[sa.tunnel].clone().unwrap_or_default();
+        let own = match &cert.local {
+            Some(signer) => {
+                let octets = crate::cert_auth::signed_octets(prf, &sa.msg1, &sa.nr, &keys.sk_pi, &idp);
+                match signer.auth_payloads(sa.peer_hashes.as_deref(), &octets) {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        self.fail_negotiation(now, sa, &format!("cannot sign AUTH: {e}"));
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        let auth = if own.is_none() { psk_auth(prf, t.local_psk.0.as_bytes(), &sa.msg1, &sa.nr, &keys.sk_pi, &idb) } else { Vec::new() };
         let child_spi = self.new_child_spi();
         let spi_bytes = child_spi.to_be_bytes();
         // No PFS group in IKE_AUTH: the CHILD_SA keys come from the IKE SA's DH (§1.2).
@@ -1618,11 +1711,20 @@ impl Endpoint {
         let initial_contact = !self.sas.values().any(|s| s.path.remote.ip() == t.peer_addr && s.our_spi() != sa.our_spi() && !s.dead);
         let tsl = ts::addr_bytes(&t.local_ts);
         let tsr = ts::addr_bytes(&t.remote_ts);
-        let mut payloads = vec![Payload::IdI(Identification { ty: IdType::from(idb[0]), data: &idb[4..] })];
+        let mut payloads = vec![Payload::IdI(idp)];
+        if let Some(o) = &own {
+            payloads.extend(o.cert_payloads());
+        }
         if initial_contact {
             payloads.push(Payload::notify(NotifyType::InitialContact, &[]));
         }
-        payloads.push(Payload::Auth { method: AuthMethod::SharedKeyMic, data: &auth });
+        if let Some(v) = &cert.remote {
+            payloads.push(v.certreq_payload());
+        }
+        payloads.push(match &own {
+            Some(o) => o.auth_payload(),
+            None => Payload::Auth { method: AuthMethod::SharedKeyMic, data: &auth },
+        });
         payloads.push(Payload::Sa(offers_to_wire(&offers, ProtocolId::Esp, &spi_bytes, None)));
         payloads.push(Payload::TsI(ts::to_wire(&t.local_ts, &tsl)));
         payloads.push(Payload::TsR(ts::to_wire(&t.remote_ts, &tsr)));
@@ -1642,13 +1744,9 @@ impl Endpoint {
             Payload::Auth { method, data } => Some((*method, *data)),
             _ => None,
         });
-        let (Some(idi), Some((method, auth))) = (idi, auth) else { return Err(ReqError::Syntax("IKE_AUTH without IDi/AUTH")) };
-        if method != AuthMethod::SharedKeyMic {
-            return Err(ReqError::Auth);
-        }
-        let expected = psk_auth(prf, t.remote_psk.0.as_bytes(), &sa.msg1, &sa.nr, &keys.sk_pi, &id_payload_body(&idi));
-        if !ct_eq(&expected, auth) {
-            self.events.push_back(Event::IkeNegotiationFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: "peer authentication failed (PSK mismatch)".into() });
+        let (Some(idi), Some(_)) = (idi, auth) else { return Err(ReqError::Syntax("IKE_AUTH without IDi/AUTH")) };
+        if let Err(reason) = self.verify_peer(sa.tunnel, ps, &idi, prf, &sa.msg1, &sa.nr, &keys.sk_pi, now) {
+            self.events.push_back(Event::IkeNegotiationFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason });
             return Err(ReqError::Auth);
         }
         // Authenticated.
@@ -1676,9 +1774,22 @@ impl Endpoint {
         self.tstate[sa.tunnel].reinit_at = None;
         self.events.push_back(Event::IkeSaUp { tunnel: t.name.clone(), peer: sa.path.remote.ip(), initiator: false, spi_i: sa.spi_i, spi_r: sa.spi_r });
         let idb = id_body(t.local_addr);
-        let my_auth = psk_auth(prf, t.local_psk.0.as_bytes(), &sa.msg2, &sa.ni, &keys.sk_pr, &idb);
-        let idr = Payload::IdR(Identification { ty: IdType::from(idb[0]), data: &idb[4..] });
-        let authp = Payload::Auth { method: AuthMethod::SharedKeyMic, data: &my_auth };
+        let idp = Identification { ty: IdType::from(idb[0]), data: &idb[4..] };
+        let cert = self.cert[sa.tunnel].clone().unwrap_or_default();
+        let own = match &cert.local {
+            Some(signer) => {
+                let octets = crate::cert_auth::signed_octets(prf, &sa.msg2, &sa.ni, &keys.sk_pr, &idp);
+                Some(signer.auth_payloads(sa.peer_hashes.as_deref(), &octets).map_err(|e| ReqError::Crypto(e.to_string()))?)
+            }
+            None => None,
+        };
+        let my_auth = if own.is_none() { psk_auth(prf, t.local_psk.0.as_bytes(), &sa.msg2, &sa.ni, &keys.sk_pr, &idb) } else { Vec::new() };
+        let idr = Payload::IdR(idp);
+        let certs: Vec<Payload<'_>> = own.as_ref().map(|o| o.cert_payloads()).unwrap_or_default();
+        let authp = match &own {
+            Some(o) => o.auth_payload(),
+            None => Payload::Auth { method: AuthMethod::SharedKeyMic, data: &my_auth },
+        };
         // The CHILD_SA; its failure does not fail the IKE SA (RFC 7296 §1.2).
         let tunnel = self.tunnel_for(sa, ps, None);
         let child = self.responder_child(now, sa, ps, None, sa.ni.clone(), sa.nr.clone(), None, false, mid, tunnel);
@@ -1687,14 +1798,19 @@ impl Endpoint {
                 let spi_b = spi_in.to_be_bytes();
                 let tib = ts::addr_bytes(&tsi);
                 let trb = ts::addr_bytes(&tsr);
-                let payloads = vec![idr, authp, Payload::Sa(vec![chosen.to_wire(ProtocolId::Esp, &spi_b)]), Payload::TsI(ts::to_wire(&tsi, &tib)), Payload::TsR(ts::to_wire(&tsr, &trb))];
+                let mut payloads = vec![idr];
+                payloads.extend(certs);
+                payloads.extend([authp, Payload::Sa(vec![chosen.to_wire(ProtocolId::Esp, &spi_b)]), Payload::TsI(ts::to_wire(&tsi, &tib)), Payload::TsR(ts::to_wire(&tsr, &trb))]);
                 self.send_response(sa, ExchangeType::IkeAuth, mid, &payloads);
                 let _ = spi_in;
             }
             Err(e) => {
                 let (nt, nd) = e.notify();
                 self.events.push_back(Event::ChildSaFailed { tunnel: t.name.clone(), peer: sa.path.remote.ip(), reason: e.to_string() });
-                self.send_response(sa, ExchangeType::IkeAuth, mid, &[idr, authp, Payload::notify(nt, &nd)]);
+                let mut payloads = vec![idr];
+                payloads.extend(certs);
+                payloads.extend([authp, Payload::notify(nt, &nd)]);
+                self.send_response(sa, ExchangeType::IkeAuth, mid, &payloads);
             }
         }
         self.resolve_duplicates(now, sa);
@@ -1712,15 +1828,14 @@ impl Endpoint {
             Payload::Auth { data, .. } => Some(*data),
             _ => None,
         });
-        let (Some(idr), Some(auth)) = (idr, auth) else {
+        let (Some(idr), Some(_)) = (idr, auth) else {
             let reason = first_error(ps).map(|e| format!("peer refused IKE_AUTH: {:?}", e.ty)).unwrap_or_else(|| "IKE_AUTH response without AUTH".into());
             self.fail_negotiation(now, sa, &reason);
             return Err(Drop::Rejected(reason));
         };
-        let expected = psk_auth(keys.suite.prf, t.remote_psk.0.as_bytes(), &sa.msg2, &sa.ni, &keys.sk_pr, &id_payload_body(&idr));
-        if !ct_eq(&expected, auth) {
-            self.fail_negotiation(now, sa, "responder authentication failed (PSK mismatch)");
-            return Err(Drop::Rejected("bad responder AUTH".into()));
+        if let Err(reason) = self.verify_peer(sa.tunnel, ps, &idr, keys.suite.prf, &sa.msg2, &sa.ni, &keys.sk_pr, now) {
+            self.fail_negotiation(now, sa, &format!("responder authentication failed: {reason}"));
+            return Err(Drop::Rejected(reason));
         }
         sa.state = State::Established;
         sa.established = Some(now);
@@ -2354,6 +2469,7 @@ impl Endpoint {
             nat_remote: old.nat_remote,
             peer_frag: old.peer_frag,
             peer_holdfast: old.peer_holdfast,
+            peer_hashes: old.peer_hashes.clone(),
             next_mid: 0,
             peer_mid: 0,
             out: None,

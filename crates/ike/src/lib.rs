@@ -20,7 +20,10 @@
 //! CHILD_SAs (with PFS) and of the IKE SA (§1.3, §2.18), simultaneous rekeys (§2.8.1, §2.25);
 //! INFORMATIONAL liveness checks and Delete; retransmission with a window of one (§2.1-§2.3).
 //! Several tunnels (crypto map entries) to one peer share that peer's IKE SA, one CHILD_SA each.
-//! Not covered: certificate/EAP authentication, MOBIKE, configuration payloads, transport mode.
+//! Certificate signatures (RSA, ECDSA, RFC 7427) per direction when the daemon hands over the
+//! tunnel's [`cert_auth::CertAuth`] (`Endpoint::set_cert_auth`) and a wall clock
+//! (`Endpoint::set_wall_clock`); otherwise pre-shared keys.
+//! Not covered: EAP, MOBIKE, configuration payloads, transport mode.
 
 pub mod cert_auth;
 mod endpoint;

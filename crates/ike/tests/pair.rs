@@ -762,3 +762,90 @@ fn clear_during_child_rekey_installs_nothing_afterwards() {
     assert_eq!(n.live(A).len(), 1);
     assert_matching(&n);
 }
+
+mod certificates {
+    //! IKE_AUTH with certificate signatures (RFC 7296 §2.15, RFC 7427), alone and mixed with a
+    //! pre-shared key in the other direction, using run-time generated test certificates.
+    use super::*;
+    use crypto::sig::testpki::{TestCa, TestKey, Validity};
+    use crypto::sig::{Credential, TrustAnchors};
+    use ike::cert_auth::{CertAuth, LocalSigner, PeerValidator};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    const NOW: i64 = 1_767_225_600; // 2026-01-01
+    const VALID: Validity = Validity { not_before: NOW - 86_400, not_after: NOW + 365 * 86_400 };
+
+    fn wall() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(NOW as u64)
+    }
+
+    fn signer(ca: &TestCa, addr: &str, key: TestKey) -> LocalSigner {
+        let issued = ca.issue(&format!("gw {addr}"), key, &[&format!("IP:{addr}")], VALID).unwrap();
+        LocalSigner::new("TP", Credential::from_pem(&issued.cert_pem, "c", &issued.key_pem, "k").unwrap()).unwrap()
+    }
+
+    fn validator(ca: &TestCa) -> PeerValidator {
+        PeerValidator::new(TrustAnchors::from_pem(&ca.cert_pem(), "ca.pem").unwrap()).unwrap()
+    }
+
+    fn net_with(a: CertAuth, b: CertAuth) -> Net {
+        let mut n = Net::pair(&gcm_x25519());
+        let now = n.now;
+        for (who, auth) in [(A, a), (B, b)] {
+            let ep = n.eps.get_mut(&ip(who)).unwrap();
+            let peer = if who == A { B } else { A };
+            assert!(ep.set_cert_auth(&format!("MAP:{peer}"), auth));
+            ep.set_wall_clock(now, wall());
+        }
+        n
+    }
+
+    #[test]
+    fn ecdsa_and_rsa_certificates_both_ways() {
+        let ca = TestCa::new("holdfast test CA", TestKey::P256, VALID).unwrap();
+        let a = CertAuth { local: Some(signer(&ca, A, TestKey::P256)), remote: Some(validator(&ca)) };
+        let b = CertAuth { local: Some(signer(&ca, B, TestKey::Rsa(2048))), remote: Some(validator(&ca)) };
+        let mut n = net_with(a, b);
+        n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+        assert_matching(&n);
+        // The IKE_AUTH request carried a CERT and a signature AUTH (not the PSK MAC).
+        let auth_bytes: usize = n
+            .log
+            .iter()
+            .filter(|(from, t)| *from == ip(A) && wire::ike::Message::parse(&t.data).is_ok_and(|m| m.header.exchange == wire::ike::ExchangeType::IkeAuth))
+            .map(|(_, t)| t.data.len())
+            .sum();
+        assert!(auth_bytes > 600, "certificate inside the IKE_AUTH request ({auth_bytes} bytes)");
+    }
+
+    #[test]
+    fn certificate_one_way_psk_the_other() {
+        let ca = TestCa::new("holdfast test CA", TestKey::P384, VALID).unwrap();
+        let a = CertAuth { local: Some(signer(&ca, A, TestKey::P384)), remote: None };
+        let b = CertAuth { local: None, remote: Some(validator(&ca)) };
+        let mut n = net_with(a, b);
+        n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+        assert_matching(&n);
+    }
+
+    #[test]
+    fn untrusted_or_expired_certificate_is_refused() {
+        let ca = TestCa::new("holdfast test CA", TestKey::P256, VALID).unwrap();
+        let rogue = TestCa::new("rogue CA", TestKey::P256, VALID).unwrap();
+        let a = CertAuth { local: Some(signer(&rogue, A, TestKey::P256)), remote: Some(validator(&ca)) };
+        let b = CertAuth { local: Some(signer(&ca, B, TestKey::P256)), remote: Some(validator(&ca)) };
+        let mut n = net_with(a, b);
+        n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+        assert!(n.ups(A).is_empty() && n.ups(B).is_empty());
+        assert!(n.ev(B).iter().any(|e| matches!(e, Event::IkeNegotiationFailed { .. })));
+
+        // A valid chain, but the wall clock says it expired.
+        let a = CertAuth { local: Some(signer(&ca, A, TestKey::P256)), remote: Some(validator(&ca)) };
+        let b = CertAuth { local: Some(signer(&ca, B, TestKey::P256)), remote: Some(validator(&ca)) };
+        let mut n = net_with(a, b);
+        let later = n.now;
+        n.eps.get_mut(&ip(B)).unwrap().set_wall_clock(later, wall() + Duration::from_secs(400 * 86_400));
+        n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+        assert!(n.ups(B).is_empty());
+    }
+}
