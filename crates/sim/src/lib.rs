@@ -31,17 +31,43 @@
 //!    `threshold + retry * (tries + 1)`.
 //! 3. Bounded state: per gateway and tunnel at most [`Limits::max_ike_sas`] IKE SAs,
 //!    [`Limits::max_child_sas`] CHILD_SAs in the engine, [`Limits::max_installed`] inbound
-//!    SAs in the SA database, at every step of runs with hundreds of rekeys. Derivation:
-//!    IKE SAs = current + rekey successor (until the old one's Delete completes) + a
-//!    duplicate from simultaneous initiation (kept up to 20 s); CHILD_SAs per IKE SA = current
-//!    + the one being replaced (grace period) + one more from a §2.8.1 collision, times the
-//!    two IKE SAs that coexist while a duplicate is resolved; installed inbound SAs = those
-//!    plus the ones lingering 5 s after replacement. IKE SAs in negotiation are bounded
-//!    separately by the 30 s half-open timeout divided by the retransmission span.
+//!    SAs in the SA database, at every step of runs with hundreds of rekeys.
+//!
+//!    Derivation: IKE SAs = current + rekey successor (until the old one's Delete
+//!    completes) + a duplicate from simultaneous initiation (kept up to 20 s); CHILD_SAs per
+//!    IKE SA = current + the one being replaced (grace period) + one more from a §2.8.1
+//!    collision, times the two IKE SAs that coexist while a duplicate is resolved; installed
+//!    inbound SAs = those plus the ones lingering 5 s after replacement. IKE SAs in
+//!    negotiation are bounded separately by the 30 s half-open timeout divided by the
+//!    retransmission span.
 //! 4. After settling: exactly one ready IKE SA per tunnel, the engine's CHILD_SAs equal the
 //!    SAs its events left installed, and every live SA has its live counterpart.
 //! 5. Nothing panics; ESP sealed with one side's outbound SA and received on an installed
-//!    inbound SA of the same SPI always authenticates; no livelock at one instant.
+//!    inbound SA of the same SPI always authenticates; no livelock at one instant; no
+//!    `ChildSaUp` on an IKE SA that is being deleted (it would never be reported down).
+//! 6. End to end: with data traffic on, once faults stopped (plus [`Limits::esp_recover`])
+//!    and a tunnel has been up for a few traffic intervals, each side's ESP (sealed and
+//!    opened with the real `esp` code, routed by the SA's encapsulation through the NAT
+//!    model) reaches the other.
+//!
+//! A mismatch whose SA belongs to an IKE SA the receiver no longer has (the receiver
+//! abandoned an exchange the sender completed as responder, or deleted the IKE SA) is an
+//! *orphan*: the sender only learns it from a liveness check, so it is allowed
+//! [`Limits::orphan`] = retransmission span + DPD detection + two delays instead of the
+//! handover bound.
+//!
+//! With the test settings (retransmit base 0.5 s, 3 tries; DPD 10 s / 2 s; delays <= 150 ms)
+//! the bounds are: retransmission span 7.5 s; handover 7.9 s; orphan 25.9 s; DPD detection
+//! 18 s; convergence 18 + 4.8 + 7.5 + 5 = 35.3 s.
+//!
+//! The network can put one gateway behind a NAPT ([`Nat`]) whose mappings can be lost
+//! ([`Action::NatRebind`]). Data traffic drives `InboundActivity` and `ChildSaBytes` like the
+//! daemon's periodic report, and a tunnel without an outbound SA sends the engine an
+//! `Initiate` at most once a second (the datapath's acquire).
+//!
+//! Replay aids: `SIM_SEED=<n>` / `<a>..<b>`, `SIM_SEEDS=<count>`, `SIM_TRACE=<lines>` (trace
+//! kept for the failure report, default 60), `SIM_DUMP=1` (print the trace of passing runs),
+//! `SIM_EXTRA_SECS=<n>` (run longer).
 
 pub mod rng;
 pub mod sad;
@@ -161,6 +187,8 @@ pub fn run_seeds(scenario: &str, default: u64, f: impl Fn(u64) -> Result<Outcome
     let seeds = seeds(default);
     let mut failures = Vec::new();
     let mut outcomes = Vec::new();
+    // Wall time of the seeds, for the suite's time budget; never fed to an engine.
+    #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
     for &seed in &seeds {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(seed)));

@@ -104,7 +104,7 @@ impl Sad {
     /// switched, or already down).
     pub fn child_outbound(&mut self, now: Instant, tunnel: &str, spi_in: u32) -> bool {
         let Some(replaces) = self.pending.remove(&spi_in) else { return false };
-        if !self.children.get(&spi_in).is_some_and(|c| c.remove_at.is_none()) {
+        if self.children.get(&spi_in).is_none_or(|c| c.remove_at.is_some()) {
             return false;
         }
         self.switch(now, tunnel, spi_in, replaces);
