@@ -152,6 +152,18 @@ fn lossy_run(seed: u64) -> Result<Outcome, String> {
     finish(w, end)
 }
 
+/// Found by a 1500-seed sweep: both sides initiate at once under loss; each side's
+/// re-initiation is swallowed by the half-open responder SA of the other side's attempt,
+/// both half-open SAs time out, and nobody initiates again (no traffic in this seed):
+/// finding F6.
+#[test]
+#[ignore = "engine bug F6: re-initiation swallowed by a half-open responder SA, never rescheduled; see seed 578"]
+fn lossy_establishment_seed_578() {
+    if let Err(e) = lossy_run(578) {
+        panic!("{e}");
+    }
+}
+
 #[test]
 fn lossy_establishment() {
     let out = run_seeds("lossy_establishment", 200, lossy_run);
