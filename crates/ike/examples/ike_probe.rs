@@ -7,6 +7,7 @@
 //!     ike_probe --local 198.51.100.1 --peer 198.51.100.2 --suite gcm|cbc|cbc128sha1|asa \
 //!               [--responder] [--seconds 20] [--lifetime 3600] [--ike-lifetime 86400]
 //!               [--pfs 19] [--clear-at S] [--frag-mtu N] [--delay-ms N]
+//!               [--cert a.pem --key a.key --ca ca.pem]
 //!
 //! See `ike_probe_lab.sh` next to this file for the namespace setup with charon.
 
@@ -31,6 +32,9 @@ fn main() {
     let pfs = get("--pfs").map(|s| DhGroup::from_number(s.parse().expect("--pfs")).expect("group"));
     let clear_at: Option<u64> = get("--clear-at").map(|s| s.parse().expect("--clear-at"));
     let frag_mtu: Option<u16> = get("--frag-mtu").map(|s| s.parse().expect("--frag-mtu"));
+    // Certificate authentication both ways: our certificate/key and the CA the peer's must
+    // chain to (PEM files).
+    let cert = get("--cert").map(|c| (c, get("--key").expect("--key"), get("--ca").expect("--ca")));
 
     let (ike_enc, ike_integ, groups, esp_enc, esp_integ) = match suite.as_str() {
         "gcm" => (vec![Encryption::AesGcm256], vec![Integrity::Null], vec![DhGroup::Curve25519], vec![Encryption::AesGcm256], vec![]),
@@ -75,6 +79,15 @@ fn main() {
     };
     let globals = Ikev2Globals { fragmentation_mtu: frag_mtu.or(Some(1280)), ..Default::default() };
     let mut ep = Endpoint::new(vec![tunnel], globals, Box::new(crypto::OsRandom::new()));
+    if let Some((c, k, ca)) = &cert {
+        use crypto::sig::{Credential, TrustAnchors};
+        use ike::cert_auth::{CertAuth, LocalSigner, PeerValidator};
+        let cred = Credential::load(std::path::Path::new(c), std::path::Path::new(k)).expect("certificate/key");
+        let anchors = TrustAnchors::load(std::path::Path::new(ca)).expect("CA file");
+        let auth = CertAuth { local: Some(LocalSigner::new("PROBE", cred).expect("signer")), remote: Some(PeerValidator::new(anchors).expect("validator")) };
+        assert!(ep.set_cert_auth("PROBE:10", auth));
+        ep.set_wall_clock(Instant::now(), std::time::SystemTime::now());
+    }
     let s500 = UdpSocket::bind(SocketAddr::new(local, 500)).expect("bind 500");
     let s4500 = UdpSocket::bind(SocketAddr::new(local, 4500)).expect("bind 4500");
     s500.set_nonblocking(true).unwrap();

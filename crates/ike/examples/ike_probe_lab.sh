@@ -37,6 +37,25 @@ case "$WHO" in
     *) START=none; PROBE_ROLE= ;;
 esac
 mkdir -p $DIR/run
+# CERTS=ecdsa|rsa: certificate authentication both ways with a throw-away CA (IP subjectAltNames).
+AUTH_LOCAL="auth = psk"; AUTH_REMOTE="auth = psk"; CERT_ARGS=""
+if [ -n "${CERTS:-}" ]; then
+    mkdir -p $DIR/x509 $DIR/x509ca $DIR/ecdsa $DIR/rsa $DIR/pki
+    if [ "$CERTS" = rsa ]; then KEYGEN="openssl genrsa -traditional 2048"; KDIR=rsa; else KEYGEN="openssl ecparam -name prime256v1 -genkey -noout"; KDIR=ecdsa; fi
+    $KEYGEN > $DIR/pki/ca.key 2>/dev/null
+    openssl req -x509 -new -key $DIR/pki/ca.key -subj "/CN=ikeprobe CA" -days 2 -out $DIR/x509ca/ca.pem 2>/dev/null
+    for who in a:198.51.100.1 b:198.51.100.2; do
+        n=${who%%:*}; ip=${who#*:}
+        $KEYGEN > $DIR/pki/$n.key 2>/dev/null
+        openssl req -new -key $DIR/pki/$n.key -subj "/CN=gw $ip" -out $DIR/pki/$n.csr 2>/dev/null
+        printf "subjectAltName=IP:$ip\n" > $DIR/pki/$n.ext
+        openssl x509 -req -in $DIR/pki/$n.csr -CA $DIR/x509ca/ca.pem -CAkey $DIR/pki/ca.key -CAcreateserial -days 1 -extfile $DIR/pki/$n.ext -out $DIR/pki/$n.pem 2>/dev/null
+    done
+    cp $DIR/pki/b.pem $DIR/x509/b.pem; cp $DIR/pki/b.key $DIR/$KDIR/b.key
+    AUTH_LOCAL="auth = pubkey
+             certs = b.pem"; AUTH_REMOTE="auth = pubkey"
+    CERT_ARGS="--cert $DIR/pki/a.pem --key $DIR/pki/a.key --ca $DIR/x509ca/ca.pem"
+fi
 cat > $DIR/strongswan.conf <<EOF
 charon {
   load_modular = no
@@ -62,9 +81,9 @@ connections {
     proposals = $PROP
     dpd_delay = 5s
     ${SWAN_REKEY:-}
-    local  { auth = psk
+    local  { $AUTH_LOCAL
              id = 198.51.100.2 }
-    remote { auth = psk
+    remote { $AUTH_REMOTE
              id = 198.51.100.1 }
     children {
       net-net {
@@ -89,7 +108,7 @@ for i in $(seq 50); do [ -S $DIR/charon.vici ] && break; sleep 0.1; done
 load() { swanctl --load-all --file $DIR/swanctl.conf --uri unix://$DIR/charon.vici >/dev/null 2>&1 || { echo "swanctl load failed"; exit 1; }; }
 # In 'both' mode the probe is up first so that the two initiations can cross.
 [ "$WHO" = both ] || load
-ip netns exec $NA "$BIN" --local 198.51.100.1 --peer 198.51.100.2 --suite "$SUITE" --seconds "$SECS" $PROBE_ROLE $EXTRA > $DIR/probe.out 2>&1 &
+ip netns exec $NA "$BIN" --local 198.51.100.1 --peer 198.51.100.2 --suite "$SUITE" --seconds "$SECS" $PROBE_ROLE $CERT_ARGS $EXTRA > $DIR/probe.out 2>&1 &
 PROBE_PID=$!
 [ "$WHO" = both ] && load
 if [ -n "${RESTART_AT:-}" ]; then

@@ -579,7 +579,12 @@ impl Endpoint {
                     child_spis_in: sa.children.iter().map(|c| c.spi_in).collect(),
                     local_id: t.local_addr,
                     remote_id: t.peer_addr,
-                    auth: "PSK".into(),
+                    auth: {
+                        let c = self.cert[sa.tunnel].as_ref();
+                        let l = if c.is_some_and(|c| c.local.is_some()) { "certificate" } else { "pre-shared-key" };
+                        let r = if c.is_some_and(|c| c.remote.is_some()) { "certificate" } else { "pre-shared-key" };
+                        format!("local {l}, remote {r}")
+                    },
                 }
             })
             .collect();
