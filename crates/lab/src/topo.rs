@@ -142,6 +142,15 @@ impl Topology {
         Ok(())
     }
 
+    /// Gives each gateway a default route to the other over the wan, as real gateways have a
+    /// default route to the Internet: without IPsec the kernel would then forward protected
+    /// traffic in clear, so a capture shows whether the VPN lets anything slip out unencrypted.
+    pub fn add_wan_default_routes(&self) -> Result<()> {
+        sh(Some(&self.gw_a), &["ip", "route", "add", "default", "via", GW_B_WAN_IP], T)?;
+        sh(Some(&self.gw_b), &["ip", "route", "add", "default", "via", GW_A_WAN_IP], T)?;
+        Ok(())
+    }
+
     /// A path in the run directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
