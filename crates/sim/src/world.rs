@@ -59,6 +59,9 @@ pub enum Action {
     Boot { gw: usize, tunnels: Option<Vec<TunnelPolicy>> },
     /// The NAT in front of a gateway loses its mappings.
     NatRebind,
+    /// Arms `cmd` on `gw` to run `delay` after the next CREATE_CHILD_SA request that `gw` (or,
+    /// with `any_sender`, any gateway) sends: a clear in the middle of a rekey for sure.
+    OnNextCreateChild { gw: usize, cmd: Command, any_sender: bool, delay: Duration },
     /// Harness self-test only: corrupts the encryption key of every inbound SA installed at
     /// `gw`, as a daemon bug would. The invariants must catch it.
     CorruptInbound { gw: usize },
@@ -227,6 +230,8 @@ pub struct Stats {
     pub child_rekeys: u64,
     /// `ChildSaOutbound` events (delayed outbound switches of rekey responders).
     pub outbound_switches: u64,
+    /// Commands fired right after a CREATE_CHILD_SA request ([`Action::OnNextCreateChild`]).
+    pub mid_rekey_commands: u64,
     pub ike_rekeys: u64,
     pub ike_ups: u64,
     /// CREATE_CHILD_SA requests of both sides in flight at once (a rekey collision candidate).
@@ -282,6 +287,7 @@ pub struct World {
     encap_noted: Vec<u32>,
     engine_touched: bool,
     pub nat: Option<Nat>,
+    armed: Vec<(usize, Command, bool, Duration)>,
     /// Per pair and receiving direction (0: at b, sent by a; 1: at a, sent by b): last ESP
     /// packet that decrypted.
     last_esp_ok: Vec<[Option<Instant>; 2]>,
@@ -353,6 +359,7 @@ impl World {
             encap_noted: Vec::new(),
             engine_touched: true,
             nat: None,
+            armed: Vec::new(),
             last_esp_ok: vec![[None, None]; np],
             up_since: vec![None; np],
             trace_lines: std::env::var("SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_LINES),
@@ -404,6 +411,7 @@ impl World {
             Action::Crash { .. } | Action::Boot { .. } => true,
             Action::CorruptInbound { .. } => false,
             Action::NatRebind => true,
+            Action::OnNextCreateChild { .. } => false,
         };
         if disruptive {
             self.quiet_from = self.quiet_from.max(self.base + at);
@@ -569,6 +577,7 @@ impl World {
                 g.ep = None;
                 g.sad.clear();
             }
+            Action::OnNextCreateChild { gw, cmd, any_sender, delay } => self.armed.push((gw, cmd, any_sender, delay)),
             Action::NatRebind => {
                 self.note("NAT REBIND (all mappings lost)".into());
                 if let Some(n) = self.nat.as_mut() {
@@ -745,6 +754,15 @@ impl World {
                     self.stats.crossing_create_child += 1;
                 }
                 self.last_create_child[from] = Some(now);
+                let (fire, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.armed).into_iter().partition(|a| a.0 == from || a.2);
+                self.armed = keep;
+                for (gw, cmd, _, delay) in fire {
+                    self.stats.mid_rekey_commands += 1;
+                    // A clear is disruptive: faults "stop" only after it.
+                    self.quiet_from = self.quiet_from.max(now + delay);
+                    self.seq += 1;
+                    self.actions.insert((now + delay, self.seq), Action::Command { gw, cmd });
+                }
             }
         }
         let Some((to, path)) = self.route(from, t.path.local, t.path.remote) else {

@@ -368,8 +368,17 @@ fn clear_run(seed: u64) -> Result<Outcome, String> {
         let gw = r.below(2) as usize;
         let peer = if r.chance(500) { None } else { Some(ip(if gw == 0 { B } else { A })) };
         let cmd = if r.chance(500) { Command::ClearIkeSa { peer } } else { Command::ClearChildSas { peer } };
-        w.at(t, Action::Command { gw, cmd });
+        if r.chance(500) {
+            w.at(t, Action::Command { gw, cmd });
+        } else {
+            // Exactly mid-rekey: right after the next CREATE_CHILD_SA request (ours or the
+            // peer's), before or after it reached the other side.
+            let delay = r.between(Duration::ZERO, ms(60));
+            w.at(t, Action::OnNextCreateChild { gw, cmd, any_sender: r.chance(500), delay });
+        }
     }
+    // An armed clear may fire up to one rekey interval later.
+    t += secs(25);
     w.set_faults(f, t);
     if r.chance(700) {
         w.set_traffic(traffic());
@@ -381,7 +390,12 @@ fn clear_run(seed: u64) -> Result<Outcome, String> {
 
 #[test]
 fn clear_mid_rekey() {
-    run_seeds("clear_mid_rekey", 200, clear_run);
+    let out = run_seeds("clear_mid_rekey", 200, clear_run);
+    let mid: u64 = out.iter().map(|o| o.stats.mid_rekey_commands).sum();
+    eprintln!("clear_mid_rekey: {mid} clears issued right after a CREATE_CHILD_SA request");
+    if out.len() >= 100 {
+        assert!(mid > out.len() as u64, "mid-rekey clears must actually happen: {mid}");
+    }
 }
 
 /// Found by a 1500-seed sweep: B clears its IKE SA while its re-initiation is half-open at
