@@ -47,6 +47,7 @@ pub struct Endpoint {
     tstate: Vec<TunnelState>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    encap_changes: VecDeque<crate::EncapChange>,
     cookie_secret: [u8; 32],
     last_now: Option<Instant>,
     /// Certificate material per tunnel (same index as `tunnels`); `None` = PSK both ways.
@@ -343,6 +344,7 @@ impl Endpoint {
             tstate,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            encap_changes: VecDeque::new(),
             cookie_secret,
             last_now: None,
             cert: vec![None; n_tunnels],
@@ -405,7 +407,8 @@ impl Endpoint {
                             sa.queue.push_back(Req::DeleteIke);
                             self.schedule_reinit(now, sa.tunnel);
                         } else if matches!(sa.state, State::InitSent | State::InitDone | State::AuthSent) {
-                            self.kill(now, &mut sa, DownReason::Cleared, false);
+                            // Like an established SA: a tunnel we initiate comes back.
+                            self.kill(now, &mut sa, DownReason::Cleared, true);
                         }
                     }
                     self.pump(now, &mut sa);
@@ -507,6 +510,12 @@ impl Endpoint {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The peer's address or UDP port changed (a NAT rebinding, RFC 7296 §2.23): the ESP of
+    /// these CHILD_SAs must go to the new `encap` from now on. Drain after `poll_event`.
+    pub fn poll_encap_change(&mut self) -> Option<crate::EncapChange> {
+        self.encap_changes.pop_front()
     }
 
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
@@ -801,7 +810,9 @@ impl Endpoint {
         }
         sa.dead = true;
         sa.out = None;
-        if reinit && (sa.initiator || sa.state == State::Established) && !matches!(sa.state, State::Rekeyed | State::Deleting) {
+        // A half-open responder SA counts too: while it existed our own attempts were held back
+        // (`initiate`), so when it dies somebody has to try again.
+        if reinit && (sa.initiator || matches!(sa.state, State::Established | State::InitDone)) && !matches!(sa.state, State::Rekeyed | State::Deleting) {
             // Every tunnel we initiate to this peer comes back through one new IKE SA (the first
             // attempt creates it, the others add their CHILD_SAs to it).
             let peer = sa.path.remote.ip();
@@ -1125,6 +1136,12 @@ impl Endpoint {
                 if sa.is_up() && !has_child && !pending {
                     sa.queue.push_back(Req::NewChild(idx));
                     self.pump(now, &mut sa);
+                }
+                if !sa.is_up() && self.tunnels[idx].connection_type != ConnectionType::AnswerOnly {
+                    // Held back by a negotiation that may still fail (e.g. the peer's attempt,
+                    // half-open here): look again later rather than rely on it.
+                    let d = self.jitter(REINIT_BACKOFF_MAX, 0.8, 1.2);
+                    self.tstate[idx].reinit_at = Some(now + d);
                 }
                 self.put_back(sa);
             }
@@ -1568,7 +1585,15 @@ impl Endpoint {
         } else {
             // RFC 7296 §2.23: follow the peer to its new address/port once it authenticated.
             if path.remote != sa.path.remote || path.local.port() != sa.path.local.port() {
+                let moved = sa.path.remote != path.remote && sa.is_up();
                 sa.path = path;
+                if moved {
+                    let spi_in: Vec<u32> = sa.children.iter().filter(|c| !c.reported_down).map(|c| c.spi_in).collect();
+                    if !spi_in.is_empty() {
+                        let tunnel = self.tunnels[sa.tunnel].name.clone();
+                        self.encap_changes.push_back(crate::EncapChange { tunnel, peer: path.remote, spi_in, encap: self.encap(sa) });
+                    }
+                }
             }
             sa.peer_mid = sa.peer_mid.wrapping_add(1);
             if let Some(t) = critical_unknown(&inner_ps) {

@@ -130,6 +130,16 @@ pub enum DownReason {
     Redundant,
 }
 
+/// From [`Endpoint::poll_encap_change`]: the peer moved (NAT rebinding); send the ESP of these
+/// CHILD_SAs (by inbound SPI) with this encapsulation to `peer` from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncapChange {
+    pub tunnel: String,
+    pub peer: SocketAddr,
+    pub spi_in: Vec<u32>,
+    pub encap: esp::Encap,
+}
+
 /// Why `poll_timeout` wants a wake-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TimerReason {

@@ -90,6 +90,11 @@ struct Net {
     /// Random loss in per mille, from a deterministic generator.
     loss: u64,
     lfsr: u64,
+    /// Drop every response (requests still arrive): half-open SAs pile up.
+    drop_responses: bool,
+    /// A NAT in front of B rewrites B's source port to this.
+    b_nat_port: Option<u16>,
+    encap_changes: Vec<(IpAddr, ike::EncapChange)>,
 }
 
 impl Net {
@@ -103,7 +108,7 @@ impl Net {
         eps.insert(ip(B), Endpoint::new(tb, gb, Box::new(crypto::SeededRandom::new(2))));
         #[allow(clippy::disallowed_methods)] // the virtual clock needs some starting Instant
         let start = Instant::now();
-        Self { now: start, eps, events: HashMap::new(), down: vec![], log: vec![], seed: 3, loss: 0, lfsr: 0x9e3779b97f4a7c15 }
+        Self { now: start, eps, events: HashMap::new(), down: vec![], log: vec![], seed: 3, loss: 0, lfsr: 0x9e3779b97f4a7c15, drop_responses: false, b_nat_port: None, encap_changes: vec![] }
     }
 
     fn pair(a: &Algs) -> Self {
@@ -135,10 +140,16 @@ impl Net {
                 while let Some(e) = ep.poll_event() {
                     self.events.entry(k).or_default().push(e);
                 }
+                while let Some(c) = ep.poll_encap_change() {
+                    self.encap_changes.push((k, c));
+                }
                 for t in out {
                     moved = true;
                     self.log.push((k, t.clone()));
                     if self.down.contains(&k) || self.down.contains(&t.path.remote.ip()) {
+                        continue;
+                    }
+                    if self.drop_responses && wire::ike::Header::parse(&t.data).is_ok_and(|h| h.is_response()) {
                         continue;
                     }
                     if self.loss > 0 {
@@ -151,7 +162,10 @@ impl Net {
                     }
                     assert_eq!(t.path.local.ip(), k, "sent from the tunnel's address");
                     if let Some(dst) = self.eps.get_mut(&t.path.remote.ip()) {
-                        let p = Path { local: t.path.remote, remote: t.path.local };
+                        let mut p = Path { local: t.path.remote, remote: t.path.local };
+                        if let (Some(port), true) = (self.b_nat_port, k == ip(B)) {
+                            p.remote.set_port(port);
+                        }
                         let _ = dst.handle_datagram(self.now, p, &t.data);
                     }
                 }
@@ -848,4 +862,40 @@ mod certificates {
         n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
         assert!(n.ups(B).is_empty());
     }
+}
+
+/// Both gateways initiate while every response is lost: each holds a half-open responder SA for
+/// the other's attempt. Once the network is clean the tunnel must come back without traffic.
+#[test]
+fn crossed_attempts_with_lost_responses_recover() {
+    let mut n = Net::pair(&gcm_x25519());
+    n.drop_responses = true;
+    let now = n.now;
+    n.eps.get_mut(&ip(A)).unwrap().handle_command(now, Command::Initiate { tunnel: format!("MAP:{B}") });
+    n.eps.get_mut(&ip(B)).unwrap().handle_command(now, Command::Initiate { tunnel: format!("MAP:{A}") });
+    n.run();
+    n.advance(Duration::from_secs(12));
+    n.drop_responses = false;
+    n.advance(Duration::from_secs(60));
+    assert_eq!(n.live(A).len(), 1, "{:?}", n.ev(A));
+    assert_matching(&n);
+}
+
+/// A NAT in front of B forgets its mapping: B's next request comes from a new port; A follows
+/// (RFC 7296 §2.23) and tells the daemon where ESP must go now.
+#[test]
+fn nat_rebinding_moves_esp_destination() {
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    ta.force_udp_encap = true;
+    let tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert_matching(&n);
+    n.b_nat_port = Some(61000);
+    // B's liveness check goes out after its DPD threshold and arrives from the new port.
+    n.advance(Duration::from_secs(12));
+    let (_, c) = n.encap_changes.iter().find(|(who, _)| *who == ip(A)).expect("A reports the move");
+    assert_eq!(c.encap, esp::Encap::Udp { local_port: 4500, remote_port: 61000 });
+    assert_eq!(c.spi_in, vec![n.live(A)[0].inbound.spi]);
+    assert_eq!(n.eps[&ip(A)].ike_sas()[0].remote.port(), 61000);
 }
