@@ -232,6 +232,8 @@ pub struct Stats {
     pub outbound_switches: u64,
     /// Commands fired right after a CREATE_CHILD_SA request ([`Action::OnNextCreateChild`]).
     pub mid_rekey_commands: u64,
+    /// `poll_encap_change` reports (NAT rebindings followed).
+    pub encap_changes: u64,
     pub ike_rekeys: u64,
     pub ike_ups: u64,
     /// CREATE_CHILD_SA requests of both sides in flight at once (a rekey collision candidate).
@@ -618,8 +620,12 @@ impl World {
                 self.send_ike(gw, t);
                 continue;
             }
-            match ep.poll_event() {
-                Some(e) => self.on_event(gw, e),
+            if let Some(e) = ep.poll_event() {
+                self.on_event(gw, e);
+                continue;
+            }
+            match ep.poll_encap_change() {
+                Some(c) => self.on_encap_change(gw, c),
                 None => return,
             }
         }
@@ -703,6 +709,19 @@ impl World {
             Event::ChildSaFailed { reason, .. } => self.note(format!("{name} ChildSaFailed {reason}")),
         }
         self.gws[gw].events.push((t, e));
+    }
+
+    /// The peer moved (NAT rebinding): the daemon sends these SAs' ESP to the new place.
+    fn on_encap_change(&mut self, gw: usize, c: ike::EncapChange) {
+        let name = self.gws[gw].name.clone();
+        self.stats.encap_changes += 1;
+        self.note(format!("{name} EncapChange {} {:?} for {:08x?}", c.peer, c.encap, c.spi_in));
+        for spi in &c.spi_in {
+            if let Some(child) = self.gws[gw].sad.children.get_mut(spi) {
+                child.up.encap = c.encap;
+                child.up.peer = c.peer.ip();
+            }
+        }
     }
 
     fn gw_by_addr(&self, ip: IpAddr) -> Option<usize> {
