@@ -40,6 +40,9 @@ pub enum CertAuthError {
     /// Signing with our own key failed: our bug (the key was checked at load time).
     #[error("signing failed: {0}")]
     Sign(SigError),
+    /// [`install`] was given a tunnel the engine was not built with (our bug).
+    #[error("tunnel {0} is not known to the IKE engine")]
+    UnknownTunnel(String),
 }
 
 impl CertAuthError {
@@ -48,7 +51,7 @@ impl CertAuthError {
     pub fn notify(&self) -> Option<NotifyType> {
         match self {
             CertAuthError::Peer(_) => Some(NotifyType::AuthenticationFailed),
-            CertAuthError::Config { .. } | CertAuthError::Sign(_) => None,
+            CertAuthError::Config { .. } | CertAuthError::Sign(_) | CertAuthError::UnknownTunnel(_) => None,
         }
     }
 
@@ -102,6 +105,27 @@ impl CertAuth {
         };
         Ok(CertAuth { local, remote })
     }
+}
+
+/// The daemon's one call for certificates: loads the trustpoint files of every tunnel that
+/// uses a certificate in either direction and hands them to the engine
+/// ([`crate::Endpoint::set_cert_auth`]). `tunnels` is what `Config::tunnels_with_auth` returned
+/// and the engine must have been built from their `policy` values. Returns how many tunnels
+/// got certificate material.
+///
+/// Call it before the first `handle_*`, together with `Endpoint::set_wall_clock`: for a
+/// certificate direction, `ResolvedTunnel::policy` carries an empty pre-shared key, and an
+/// engine without the tunnel's `CertAuth` would fall back to that key.
+pub fn install(endpoint: &mut crate::Endpoint, tunnels: &[policy::ResolvedTunnel]) -> Result<usize, CertAuthError> {
+    let mut n = 0;
+    for t in tunnels.iter().filter(|t| t.auth.uses_certificates()) {
+        let material = CertAuth::load(&t.auth)?;
+        if !endpoint.set_cert_auth(&t.policy.name, material) {
+            return Err(CertAuthError::UnknownTunnel(t.policy.name.clone()));
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Our certificate and key, ready to sign AUTH payloads.
@@ -515,6 +539,67 @@ mod tests {
         assert_eq!(peer_signature_hashes(&ps[1..]), None);
         assert_eq!(peer_signature_hashes(&[Payload::notify(NotifyType::SignatureHashAlgorithms, &[0, 2, 0])]), None);
         assert!(!peer_requested_certificate(&[]));
+    }
+
+    fn tunnel_policy(name: &str) -> policy::TunnelPolicy {
+        use policy::*;
+        TunnelPolicy {
+            name: name.into(),
+            local_addr: "192.0.2.1".parse().unwrap(),
+            peer_addr: "192.0.2.2".parse().unwrap(),
+            outside_ifname: "o".into(),
+            local_ts: vec![TrafficSelector::from_net(Ipv4Net::new(Ipv4Addr::new(10, 1, 0, 0), 24), None)],
+            remote_ts: vec![TrafficSelector::from_net(Ipv4Net::new(Ipv4Addr::new(10, 2, 0, 0), 24), None)],
+            ike_policies: vec![Ikev2Policy {
+                priority: 1,
+                encryption: vec![Encryption::AesGcm256],
+                integrity: vec![Integrity::Null],
+                groups: vec![DhGroup::Ecp256],
+                prf: vec![Prf::Sha256],
+                lifetime: Some(Duration::from_secs(600)),
+            }],
+            esp_proposals: vec![IpsecProposal { name: "P".into(), encryption: vec![Encryption::AesGcm256], integrity: vec![] }],
+            pfs: None,
+            child_lifetime: Duration::from_secs(300),
+            child_lifetime_kilobytes: None,
+            local_psk: Secret(String::new()),
+            remote_psk: Secret(String::new()),
+            dpd: None,
+            nat_t_disable: false,
+            force_udp_encap: false,
+            connection_type: ConnectionType::Bidirectional,
+        }
+    }
+
+    #[test]
+    fn install_hands_material_to_the_engine() {
+        let (ca, a, ..) = fixture();
+        let dir = std::env::temp_dir().join(format!("holdfast-cert-install-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = |n: &str| dir.join(n).display().to_string();
+        std::fs::write(f("a.crt"), &a.cert_pem).unwrap();
+        std::fs::write(f("a.key"), &a.key_pem).unwrap();
+        std::fs::write(f("ca.crt"), ca.cert_pem()).unwrap();
+        let cert = TunnelAuth {
+            local: LocalAuth::Certificate { trustpoint: "GW-A".into(), certificate_file: f("a.crt"), key_file: f("a.key") },
+            remote: RemoteAuth::Certificate { cas: vec![("GW-A".into(), f("ca.crt"))] },
+        };
+        let psk = TunnelAuth { local: LocalAuth::Psk(policy::Secret("k".into())), remote: RemoteAuth::Psk(policy::Secret("k".into())) };
+        let resolved = vec![
+            policy::ResolvedTunnel { policy: tunnel_policy("MAP:10"), auth: cert.clone() },
+            policy::ResolvedTunnel { policy: tunnel_policy("MAP:20"), auth: psk },
+        ];
+        let policies = resolved.iter().map(|t| t.policy.clone()).collect();
+        let mut ep = crate::Endpoint::new(policies, policy::Ikev2Globals::default(), Box::new(crypto::SeededRandom::new(1)));
+        assert_eq!(install(&mut ep, &resolved), Ok(1));
+        let stranger = [policy::ResolvedTunnel { policy: tunnel_policy("OTHER:1"), auth: cert.clone() }];
+        assert_eq!(install(&mut ep, &stranger), Err(CertAuthError::UnknownTunnel("OTHER:1".into())));
+        let missing = [policy::ResolvedTunnel {
+            policy: tunnel_policy("MAP:10"),
+            auth: TunnelAuth { remote: RemoteAuth::Certificate { cas: vec![("GW-A".into(), f("gone.crt"))] }, ..cert },
+        }];
+        assert!(matches!(install(&mut ep, &missing), Err(CertAuthError::Config { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -553,9 +553,10 @@ impl Config {
     /// `config` validates references with spans first; this is the engine-facing view.
     ///
     /// A tunnel that uses certificate authentication in either direction is refused here: a
-    /// `TunnelPolicy` can only carry pre-shared keys, and an engine that reads only this must
-    /// never run such a tunnel with PSKs. Engines that implement certificates read
-    /// [`Config::tunnels_with_auth`].
+    /// `TunnelPolicy` can only carry pre-shared keys, and a caller that reads only this must
+    /// never run such a tunnel with PSKs. Callers that load certificates read
+    /// [`Config::tunnels_with_auth`] (and hand the material to the engine with
+    /// `ike::cert_auth::install`).
     pub fn tunnels(&self) -> Result<Vec<TunnelPolicy>, ResolveError> {
         let mut out = Vec::new();
         for t in self.tunnels_with_auth()? {
@@ -565,7 +566,7 @@ impl Config {
                     map: map.to_string(),
                     seq: seq.parse().unwrap_or(0),
                     what: format!(
-                        "tunnel-group {} uses certificate authentication, which the IKE engine does not run yet (use pre-shared-key for now)",
+                        "tunnel-group {} uses certificate authentication, which this holdfast build does not load yet (use pre-shared-key for now)",
                         t.policy.peer_addr
                     ),
                 });
