@@ -118,6 +118,8 @@ enum Req {
     Rekey(u32),
     /// Create a CHILD_SA for this tunnel.
     NewChild(usize),
+    /// Delete CHILD_SAs by inbound SPI that we never installed (the peer may have them).
+    DeleteRaw(Vec<u32>),
     /// Replace a CHILD_SA the peer no longer knows (CHILD_SA_NOT_FOUND on rekey) with a new
     /// one negotiated without REKEY_SA; the old one is deleted afterwards.
     Recreate(u32),
@@ -959,7 +961,16 @@ impl Endpoint {
                         tracing::warn!("CREATE_CHILD_SA not started: {e}");
                     }
                 }
+                Req::DeleteRaw(spis) => {
+                    let bytes: Vec<[u8; 4]> = spis.iter().map(|s| s.to_be_bytes()).collect();
+                    let d = Payload::Delete(Delete { protocol: ProtocolId::Esp, spi_size: 4, spis: bytes.iter().map(|b| &b[..]).collect() });
+                    self.send_request(now, sa, ExchangeType::Informational, &[d], Pending::DeleteChildren(spis));
+                }
                 Req::NewChild(tunnel) => {
+                    // The peer may have created one for this tunnel meanwhile (shared IKE SA).
+                    if sa.children.iter().any(|c| c.tunnel == tunnel && !c.reported_down) {
+                        continue;
+                    }
                     if let Err(e) = self.start_child(now, sa, None, true, tunnel) {
                         tracing::warn!("CREATE_CHILD_SA not started: {e}");
                     }
@@ -968,6 +979,14 @@ impl Endpoint {
                     let Some(tunnel) = sa.children.iter().find(|c| c.spi_in == old && !c.reported_down).map(|c| c.tunnel) else {
                         continue;
                     };
+                    // Another live SA of the tunnel makes the replacement unnecessary: just
+                    // drop the one the peer no longer knows.
+                    if sa.children.iter().any(|c| c.tunnel == tunnel && c.spi_in != old && !c.reported_down && c.state != ChildState::Deleting) {
+                        if let Some(c) = sa.child_by_in(old) {
+                            c.state = ChildState::Rekeyed { until: now };
+                        }
+                        continue;
+                    }
                     if let Err(e) = self.start_child(now, sa, Some(old), false, tunnel) {
                         tracing::warn!("CREATE_CHILD_SA not started: {e}");
                     }
@@ -2230,6 +2249,15 @@ impl Endpoint {
             }
             return Err(Drop::Rejected(reason));
         }
+        if let Some(o) = old {
+            if sa.child_by_in(o).is_none() && !sa.collisions.iter().any(|c| c.0 == o) {
+                // The SA we rekeyed was deleted by the peer while this exchange ran (a clear,
+                // say): its replacement is an orphan. Do not install it; tell the peer to drop
+                // its half if it still has one.
+                sa.queue.push_back(Req::DeleteRaw(vec![spi_in]));
+                return Err(Drop::Unexpected("rekeyed CHILD_SA deleted meanwhile"));
+            }
+        }
         let nr = match nonce_of(ps) {
             Ok(n) => n.to_vec(),
             Err(e) => {
@@ -2528,7 +2556,7 @@ impl Endpoint {
         old.state = State::Rekeyed;
         old.rekey_at = None;
         old.successor = Some(new.our_spi());
-        old.queue.retain(|r| matches!(r, Req::DeleteIke | Req::DeleteChildren(_) | Req::NewChild(_) | Req::Recreate(_)));
+        old.queue.retain(|r| matches!(r, Req::DeleteIke | Req::DeleteChildren(_) | Req::DeleteRaw(_) | Req::NewChild(_) | Req::Recreate(_)));
         old.deadline = Some(now + REKEYED_GRACE);
         self.sas.insert(new.our_spi(), new);
     }
