@@ -657,52 +657,21 @@ pub fn parse_flow(p: &[u8]) -> Option<Flow> {
     Some(Flow { src, dst, proto, sport, dport })
 }
 
-/// Lowers the MSS option of a TCP SYN to `mss` (ASA `sysopt connection tcpmss`), fixing the TCP
-/// checksum incrementally (RFC 1624 eqn. 3). Anything else is left untouched.
+/// Lowers the MSS option of a TCP SYN to `mss` (ASA `sysopt connection tcpmss`). The option
+/// walk and the incremental checksum update (RFC 1624, byte-swapped when the option value sits
+/// at an odd offset) are `wire::ip::TcpPacket::clamp_mss`; this only picks the segments: IPv4,
+/// TCP, first fragment, SYN. Anything else is left untouched.
 pub fn clamp_mss(p: &mut [u8], mss: u16) {
     if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 6 {
         return;
     }
     let ihl = usize::from(p[0] & 0x0f) * 4;
-    if u16::from_be_bytes([p[6], p[7]]) & 0x1fff != 0 || p.len() < ihl + 20 {
+    if ihl < 20 || u16::from_be_bytes([p[6], p[7]]) & 0x1fff != 0 || p.len() < ihl + 20 {
         return;
     }
-    let tcp = &mut p[ihl..];
-    if tcp[13] & 0x02 == 0 {
-        return; // not a SYN
-    }
-    let doff = usize::from(tcp[12] >> 4) * 4;
-    if doff < 20 || tcp.len() < doff {
-        return;
-    }
-    let mut i = 20;
-    while i < doff {
-        match tcp[i] {
-            0 => return,
-            1 => i += 1,
-            kind => {
-                let Some(&l) = tcp.get(i + 1) else { return };
-                let l = usize::from(l);
-                if l < 2 || i + l > doff {
-                    return;
-                }
-                if kind == 2 && l == 4 {
-                    let old = u16::from_be_bytes([tcp[i + 2], tcp[i + 3]]);
-                    if old > mss {
-                        tcp[i + 2..i + 4].copy_from_slice(&mss.to_be_bytes());
-                        let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
-                        // HC' = ~(~HC + ~m + m')
-                        let mut sum = u32::from(!ck) + u32::from(!old) + u32::from(mss);
-                        sum = (sum & 0xffff) + (sum >> 16);
-                        sum = (sum & 0xffff) + (sum >> 16);
-                        let new = !(sum as u16);
-                        tcp[16..18].copy_from_slice(&new.to_be_bytes());
-                    }
-                    return;
-                }
-                i += l;
-            }
-        }
+    let Ok(mut tcp) = wire::ip::TcpPacket::new_checked(&mut p[ihl..]) else { return };
+    if tcp.syn() {
+        tcp.clamp_mss(mss);
     }
 }
 
@@ -778,6 +747,46 @@ mod tests {
             clamp_mss(&mut t, 1000);
             let _ = parse_flow(&t);
         }
+    }
+
+    /// The MSS value at an odd offset (one NOP before the option): its bytes straddle two
+    /// checksum words, which a naive incremental update gets wrong.
+    #[test]
+    fn mss_clamp_at_odd_offset_keeps_checksum_valid() {
+        let mut p = syn(1460);
+        // Options: NOP, MSS(4), NOP, NOP, NOP (still 24 bytes of TCP header); recompute checksum.
+        p[40..44].copy_from_slice(&[1, 2, 4, 0x05]);
+        p.extend_from_slice(&[0xb4, 1, 1, 1]);
+        p[2..4].copy_from_slice(&48u16.to_be_bytes());
+        p[32] = 7 << 4;
+        p[36..38].copy_from_slice(&[0, 0]);
+        let mut sum: u32 = 0;
+        for c in p[12..20].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        sum += 6 + 28;
+        for c in p[20..].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let ck = !(sum as u16);
+        p[36..38].copy_from_slice(&ck.to_be_bytes());
+        assert!(tcp_checksum_ok(&p));
+        assert_eq!(u16::from_be_bytes([p[43], p[44]]), 1460);
+        for mss in [1360u16, 1000, 1359, 536] {
+            let mut q = p.clone();
+            clamp_mss(&mut q, mss);
+            assert_eq!(u16::from_be_bytes([q[43], q[44]]), mss);
+            assert!(tcp_checksum_ok(&q), "checksum wrong after clamping to {mss}");
+        }
+        // Not a SYN: untouched.
+        let mut r = p.clone();
+        r[33] = 0x10;
+        let before = r.clone();
+        clamp_mss(&mut r, 1000);
+        assert_eq!(r, before);
     }
 
     #[test]
