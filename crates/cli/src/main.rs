@@ -88,7 +88,9 @@ fn load(path: &Path) -> Option<policy::Config> {
                     eprintln!();
                 }
             }
-            if let Err(e) = loaded.config.tunnels() {
+            // Resolves the tunnels and loads every certificate/key/CA file they name, so a
+            // missing or mismatched file is reported here rather than at `run`.
+            if let Err(e) = gateway::daemon::check_certificates(&loaded.config) {
                 eprintln!("{}: error: {e}", path.display());
                 return None;
             }

@@ -89,6 +89,17 @@ impl Lab {
         }
         panic!("daemon did not exit on SIGTERM");
     }
+
+    /// SIGKILL and reap: the daemon gets no chance to clean up.
+    fn kill_hard(&mut self, idx: usize) {
+        let c = &mut self.daemons[idx];
+        sh(&format!("kill -KILL {}", c.id()));
+        let _ = c.wait();
+        // The kernel tears the TUN down asynchronously after the last fd closes.
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Lab {
@@ -146,9 +157,13 @@ fn run_show_and_clean_exit() {
     assert!(text.contains("crypto map MAP 10 set peer 192.0.2.2"), "{text}");
     assert!(!text.contains("lab-key-from-gw-a"), "secrets must be masked:\n{text}");
 
-    // The TUN exists and the peer's protected network is routed into it.
+    // The TUN exists and the peer's protected network is routed into it, with the fail-closed
+    // blackhole route (higher metric) and the inbound drop table beside it.
     let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
     assert!(routes.contains("dev hf0"), "{routes}");
+    assert!(routes.contains("blackhole 10.2.0.0/24"), "{routes}");
+    let (has_table, rules, _) = sh_out(&format!("ip netns exec {ns} nft list table ip holdfast_hf0"));
+    assert!(has_table && rules.contains("10.2.0.0/24") && rules.contains("10.1.0.0/24") && rules.contains("drop"), "{rules}");
 
     // No peer answers: no IPsec SA, and the ASA's error for unknown input (exit status 1).
     let (ok, text) = show(&sock, "show crypto ipsec sa");
@@ -178,10 +193,34 @@ fn run_show_and_clean_exit() {
         .unwrap_or(0);
     assert!(missing >= 2, "protected packets without an SA must be counted as dropped:\n{stats}");
 
-    // SIGTERM: clean exit, route, TUN and socket file gone.
+    // SIGTERM: clean exit, routes (TUN and blackhole), nftables table, TUN and socket file gone.
     assert!(lab.stop(d));
+    assert_clean(&ns, &sock);
+
+    // SIGKILL: the kernel removes the TUN and its route, but the blackhole route and the drop
+    // table stay, so protected traffic cannot fall through to another route in clear.
+    let d = lab.start(&ns, &cfg, &sock);
+    lab.kill_hard(d);
+    let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
+    assert!(!routes.contains("dev hf0"), "{routes}");
+    assert!(routes.contains("blackhole 10.2.0.0/24"), "blackhole route must survive SIGKILL: {routes}");
+    let (has_table, _, _) = sh_out(&format!("ip netns exec {ns} nft list table ip holdfast_hf0"));
+    assert!(has_table, "inbound drop table must survive SIGKILL");
+    // A restarted daemon adopts them (one blackhole route, not two) and removes them on a clean exit.
+    let _ = std::fs::remove_file(&sock);
+    let d = lab.start(&ns, &cfg, &sock);
+    let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
+    assert_eq!(routes.matches("blackhole").count(), 1, "{routes}");
+    assert!(routes.contains("dev hf0"), "{routes}");
+    assert!(lab.stop(d));
+    assert_clean(&ns, &sock);
+}
+
+fn assert_clean(ns: &str, sock: &Path) {
     let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
     assert!(routes.trim().is_empty(), "route left behind: {routes}");
+    let (has_table, _, _) = sh_out(&format!("ip netns exec {ns} nft list table ip holdfast_hf0"));
+    assert!(!has_table, "nftables table left behind");
     let (has_tun, _, _) = sh_out(&format!("ip -n {ns} link show hf0"));
     assert!(!has_tun, "TUN left behind");
     assert!(!sock.exists(), "socket file left behind");
@@ -214,6 +253,11 @@ fn bad_config_fails_before_touching_the_system() {
 
 /// host-a -- gw-a == gw-b -- host-b, both gateways holdfast (examples/gw-a.cfg, gw-b.cfg).
 fn two_gateways(extra: &str) {
+    two_gateways_with(|_, _| extra.to_string(), !extra.is_empty());
+}
+
+/// Like [`two_gateways`], with `extra(side, lab_dir)` appended to each side's configuration.
+fn two_gateways_with(extra: impl Fn(&str, &Path) -> String, udp: bool) {
     let mut lab = Lab::new();
     let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
     sh(&format!(
@@ -230,7 +274,7 @@ fn two_gateways(extra: &str) {
     let mut cfgs = Vec::new();
     for side in ["a", "b"] {
         let mut text = std::fs::read_to_string(examples().join(format!("gw-{side}.cfg"))).unwrap();
-        text.push_str(extra);
+        text.push_str(&extra(side, &lab.dir));
         let p = lab.dir.join(format!("gw-{side}.cfg"));
         std::fs::write(&p, text).unwrap();
         cfgs.push(p);
@@ -258,7 +302,6 @@ fn two_gateways(extra: &str) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     assert!(encaps >= 5, "{text}");
-    let udp = !extra.is_empty();
     assert_eq!(text.contains("NAT-T-Encaps"), udp, "{text}");
     let (_, ike) = show(&sa, "show crypto ikev2 sa");
     assert!(ike.contains("READY"), "{ike}");
@@ -290,4 +333,38 @@ fn holdfast_to_holdfast_forced_udp_encapsulation() {
         return;
     }
     two_gateways("crypto map MAP 10 set udp-encapsulation force\n");
+}
+
+/// Both gateways authenticate with ECDSA certificates from `scripts/lab-certs` (the pre-shared
+/// keys of the example configurations are overridden: the last line per direction wins), and
+/// `holdfast check` reports a missing certificate file.
+#[test]
+fn holdfast_to_holdfast_ecdsa_certificates() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let pki = std::env::temp_dir().join(format!("gwtest-pki-{}", std::process::id()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lab-certs");
+    sh(&format!("sh {} {} >/dev/null 2>&1", script.display(), pki.display()));
+    let section = |side: &str, pki: &Path| {
+        let peer = if side == "a" { "192.0.2.2" } else { "192.0.2.1" };
+        let tp = format!("GW-{}", side.to_uppercase());
+        let d = pki.display();
+        format!(
+            "crypto ca trustpoint {tp}\n certificate-file {d}/gw-{side}-ecdsa.crt\n key-file {d}/gw-{side}-ecdsa.key\n ca-file {d}/ca.crt\n\
+             tunnel-group {peer} ipsec-attributes\n ikev2 remote-authentication certificate\n ikev2 local-authentication certificate {tp}\n"
+        )
+    };
+    // `check` loads the files: a missing key file is an error naming it.
+    let cfg = std::env::temp_dir().join(format!("gwtest-pki-{}.cfg", std::process::id()));
+    let mut text = std::fs::read_to_string(examples().join("gw-a.cfg")).unwrap();
+    text.push_str(&section("a", &pki).replace("gw-a-ecdsa.key", "missing.key"));
+    std::fs::write(&cfg, &text).unwrap();
+    let (ok, _, err) = sh_out(&format!("{BIN} check --config {}", cfg.display()));
+    let _ = std::fs::remove_file(&cfg);
+    assert!(!ok && err.contains("missing.key"), "{err}");
+    let pki2 = pki.clone();
+    two_gateways_with(move |side, _| section(side, &pki2), false);
+    let _ = std::fs::remove_dir_all(&pki);
 }

@@ -10,7 +10,14 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
-/// Seconds since the Unix epoch, for syslog timestamps only.
+/// The wall clock, for certificate validity checks (handed to the IKE engine with the
+/// monotonic instant it was read at).
+#[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
+pub fn wall_now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// Seconds since the Unix epoch, for syslog timestamps.
 #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
 pub fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

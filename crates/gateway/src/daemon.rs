@@ -58,6 +58,8 @@ pub enum DaemonError {
     Io { what: String, err: io::Error },
     #[error("TUN MTU {0} out of range (576..={MAX_TUN_MTU})")]
     Mtu(u16),
+    #[error("certificate authentication: {0}")]
+    CertAuth(#[from] ike::cert_auth::CertAuthError),
     #[error("control socket {0} is in use by a running daemon")]
     AlreadyRunning(PathBuf),
 }
@@ -76,18 +78,56 @@ pub struct ControlRequest {
 /// Runs the gateway in the foreground until SIGINT/SIGTERM. Everything it adds to the system
 /// (routes, TUN, forwarding, socket file) is removed on return, also on error.
 pub fn run(cfg: policy::Config, opts: Options) -> Result<(), DaemonError> {
-    let tunnels = cfg.tunnels()?;
+    let resolved = cfg.tunnels_with_auth()?;
+    let tunnels: Vec<TunnelPolicy> = resolved.iter().map(|t| t.policy.clone()).collect();
     if !(576..=MAX_TUN_MTU).contains(&opts.tun_mtu) {
         return Err(DaemonError::Mtu(opts.tun_mtu));
     }
+    // The engine and its certificate material before anything in the system changes: a
+    // missing or mismatched trustpoint file is a configuration error (docs/certificates.md §4).
+    let mut endpoint = ike::Endpoint::new(tunnels.clone(), cfg.ikev2.clone(), Box::new(crypto::OsRandom::default()));
+    ike::cert_auth::install(&mut endpoint, &resolved)?;
+    warn_identity(&resolved);
+    endpoint.set_wall_clock(clock::now(), clock::wall_now());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io_ctx("tokio runtime"))?;
-    rt.block_on(async_run(cfg, tunnels, opts))
+    rt.block_on(async_run(cfg, tunnels, endpoint, opts))
 }
 
-async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, opts: Options) -> Result<(), DaemonError> {
+/// `holdfast check`: resolves the tunnels with their authentication and loads every
+/// certificate, key and CA file they name, as `run` would. Returns how many tunnels use
+/// certificates, and the identity warnings.
+pub fn check_certificates(cfg: &policy::Config) -> Result<usize, DaemonError> {
+    let resolved = cfg.tunnels_with_auth()?;
+    let mut n = 0;
+    for t in resolved.iter().filter(|t| t.auth.uses_certificates()) {
+        ike::cert_auth::CertAuth::load(&t.auth)?;
+        n += 1;
+    }
+    warn_identity(&resolved);
+    Ok(n)
+}
+
+/// The engine sends ID_IPV4_ADDR with our outside address; a peer validating our certificate
+/// refuses it unless the certificate names that address (docs/certificates.md §4).
+fn warn_identity(resolved: &[policy::ResolvedTunnel]) {
+    for t in resolved.iter().filter(|t| t.auth.uses_certificates()) {
+        let Ok(material) = ike::cert_auth::CertAuth::load(&t.auth) else { continue };
+        if let Some(signer) = &material.local {
+            let id = crypto::sig::Identity::Ipv4(match t.policy.local_addr {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => continue,
+            });
+            if let Err(e) = signer.check_own_identity(&id) {
+                eprintln!("holdfast: warning: tunnel {}: {e}", t.policy.name);
+            }
+        }
+    }
+}
+
+async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ike::Endpoint, opts: Options) -> Result<(), DaemonError> {
     let syslog = Arc::new(Syslog::new(SyslogConfig::from_policy(&cfg.logging)));
     let mut guard = SystemGuard::default();
 
@@ -127,6 +167,29 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, opts: Option
         };
         ike500.push((*a, s500));
         outsides.push(Outside { local: *a, udp4500: Arc::new(s4500), udp_state: Arc::new(state), raw });
+    }
+
+    // Fail closed before anything can route protected traffic: blackhole routes for the
+    // remote networks and the drop of clear inbound protected traffic, both surviving a
+    // SIGKILL of this process (see SystemGuard::add_blackhole / install_inbound_drop).
+    let mut pairs = Vec::new();
+    for t in &tunnels {
+        let prefixes = |v: &[TrafficSelector]| -> Vec<(Ipv4Addr, u8)> {
+            v.iter().flat_map(|ts| range_to_prefixes(ts.start_addr, ts.end_addr)).collect()
+        };
+        let remote = prefixes(&t.remote_ts);
+        for (net_addr, len) in &remote {
+            guard.add_blackhole(*net_addr, *len).map_err(io_ctx("blackhole route"))?;
+        }
+        let fmt = |v: Vec<(Ipv4Addr, u8)>| v.into_iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>();
+        pairs.push((fmt(remote), fmt(prefixes(&t.local_ts))));
+    }
+    match guard.install_inbound_drop(&opts.tun_name, &pairs) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            eprintln!("holdfast: nft not found; clear inbound traffic for the protected networks is not dropped");
+        }
+        Err(e) => return Err(DaemonError::Io { what: "nftables".into(), err: e }),
     }
 
     // TUN, routes of the remote protected networks, forwarding.
@@ -187,7 +250,6 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, opts: Option
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlRequest>(64);
     tokio::spawn(serve_control(listener, ctl_tx));
 
-    let endpoint = ike::Endpoint::new(tunnels.clone(), cfg.ikev2.clone(), Box::new(crypto::OsRandom::default()));
     let mut d = Daemon {
         running_config: config::running_config(&cfg),
         cfg,
@@ -245,6 +307,8 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, opts: Option
             }
             _ = tick.tick() => {
                 d.report_traffic();
+                // Follow wall-clock steps (NTP) for certificate validity checks.
+                d.endpoint.set_wall_clock(clock::now(), clock::wall_now());
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
@@ -461,9 +525,7 @@ impl Daemon {
                 self.syslog.log(syslog::connection_terminated(&Self::group(peer), peer, why, remote, local));
             }
             ike::Event::IkeSaRekeyed { .. } => {}
-            // (added by the IKE engineer) `ChildSaUp.outbound_now == false` asks to keep sending on the
-            // replaced SA until this event; `install` still switches at once for now.
-            ike::Event::ChildSaOutbound { .. } => {}
+            ike::Event::ChildSaOutbound { tunnel, spi_in } => self.switch_outbound(&tunnel, spi_in, now),
             ike::Event::IkeNegotiationFailed { tunnel, peer, reason } | ike::Event::ChildSaFailed { tunnel, peer, reason } => {
                 let local = self.tunnels.iter().find(|t| t.name == tunnel).map(|t| t.local_addr);
                 let local = local.map(|l| l.to_string()).unwrap_or_default();
@@ -522,23 +584,30 @@ impl Daemon {
             out: outbound.clone(),
         };
         let replaces = up.replaces_spi_in;
+        // RFC 7296 §2.8: the rekey responder must keep sending on the replaced SA until the
+        // initiator has installed the new one (ChildSaUp.outbound_now == false, then
+        // Event::ChildSaOutbound). Only then does the old SA leave the SPD.
+        let switch_now = up.outbound_now || replaces.is_none();
         // One publish: the new inbound SA becomes visible no later than the outbound switch,
         // so the peer's first packets on the new SA always find it.
         self.sad.update(|s| {
             s.inbound.insert(inbound.spi, inbound.clone());
             if let Some(e) = s.spd.iter_mut().find(|e| *e.tunnel == *tunnel) {
-                if let Some(old) = replaces {
-                    e.children.retain(|c| c.spi_in != old);
+                if switch_now {
+                    if let Some(old) = replaces {
+                        e.children.retain(|c| c.spi_in != old);
+                    }
+                    e.children.insert(0, child);
+                } else {
+                    // Behind the replaced SA: lookups keep choosing the old one until the switch.
+                    let at = e.children.iter().position(|c| Some(c.spi_in) == replaces).map(|i| i + 1).unwrap_or(0);
+                    e.children.insert(at, child);
                 }
-                e.children.insert(0, child);
             }
         });
-        if let Some(old) = replaces {
-            if let Some(r) = self.children.get_mut(&old) {
-                if !r.draining {
-                    r.draining = true;
-                    self.removals.push((now + INBOUND_LINGER, old));
-                }
+        if switch_now {
+            if let Some(old) = replaces {
+                self.retire(old, now);
             }
         }
         let g = Self::group(up.peer);
@@ -560,6 +629,36 @@ impl Daemon {
                 reported_packets: 0,
             },
         );
+    }
+
+    /// Event::ChildSaOutbound: the deferred switch of a rekey responder. The new SA goes to the
+    /// front of its tunnel's SPD entry and the SA it replaced stops sending (its inbound lingers).
+    fn switch_outbound(&mut self, tunnel: &str, spi_in: u32, now: Instant) {
+        let replaces = self.children.get(&spi_in).and_then(|r| r.up.replaces_spi_in);
+        self.sad.update(|s| {
+            if let Some(e) = s.spd.iter_mut().find(|e| *e.tunnel == *tunnel) {
+                if let Some(old) = replaces {
+                    e.children.retain(|c| c.spi_in != old);
+                }
+                if let Some(i) = e.children.iter().position(|c| c.spi_in == spi_in) {
+                    let c = e.children.remove(i);
+                    e.children.insert(0, c);
+                }
+            }
+        });
+        if let Some(old) = replaces {
+            self.retire(old, now);
+        }
+    }
+
+    /// Marks a replaced SA as draining and schedules its inbound removal.
+    fn retire(&mut self, old: u32, now: Instant) {
+        if let Some(r) = self.children.get_mut(&old) {
+            if !r.draining {
+                r.draining = true;
+                self.removals.push((now + INBOUND_LINGER, old));
+            }
+        }
     }
 
     /// Periodic: traffic totals and inbound activity to the engine, delayed inbound removals.

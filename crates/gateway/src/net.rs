@@ -52,6 +52,8 @@ fn quiet_ipv6(dev: &str) {
 #[derive(Debug, Default)]
 pub struct SystemGuard {
     routes: Vec<(String, String)>,
+    blackholes: Vec<String>,
+    nft_table: Option<String>,
     ip_forward_before: Option<String>,
     socket_file: Option<std::path::PathBuf>,
 }
@@ -67,6 +69,52 @@ impl SystemGuard {
         }
         ip(&args)?;
         self.routes.push((dst, dev.to_string()));
+        Ok(())
+    }
+
+    /// `ip route replace blackhole NET/LEN metric BLACKHOLE_METRIC`, removed only by
+    /// [`SystemGuard::cleanup`] (a clean exit). Fail closed (issue 2: "while no SA exists for
+    /// protected traffic, nothing leaves the outside interface in clear"): the route into the
+    /// TUN has metric 0 and wins while the TUN exists; when the daemon dies without cleaning up
+    /// (SIGKILL, crash) the kernel deletes the TUN and its routes, and this route keeps the
+    /// protected traffic from falling through to the default route in clear. `replace` is
+    /// idempotent, so a restarted daemon adopts the routes a killed one left behind.
+    pub fn add_blackhole(&mut self, net: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+        let dst = format!("{net}/{prefix_len}");
+        ip(&["route".into(), "replace".into(), "blackhole".into(), dst.clone(), "metric".into(), BLACKHOLE_METRIC.to_string()])?;
+        if !self.blackholes.contains(&dst) {
+            self.blackholes.push(dst);
+        }
+        Ok(())
+    }
+
+    /// Installs (atomically replacing any table a killed daemon left) the nftables table
+    /// `ip holdfast_<tun>` that drops forwarded packets which did not come out of the TUN but
+    /// carry a remote protected source and a local protected destination: traffic the peer's
+    /// networks must send through the tunnel may not reach the inside in clear (the inbound
+    /// half of issue 2's fail-closed rule; RFC 4301 §5.2 discards unprotected inbound traffic
+    /// that matches a PROTECT policy). Like the blackhole routes it survives SIGKILL and is
+    /// removed only on a clean exit. `pairs` is (remote prefixes, local prefixes) per tunnel.
+    pub fn install_inbound_drop(&mut self, tun: &str, pairs: &[(Vec<String>, Vec<String>)]) -> io::Result<()> {
+        let table = nft_table_name(tun);
+        let mut rules = String::new();
+        for (remote, local) in pairs {
+            if remote.is_empty() || local.is_empty() {
+                continue;
+            }
+            rules.push_str(&format!(
+                "    iifname != \"{tun}\" ip saddr {{ {} }} ip daddr {{ {} }} counter drop\n",
+                remote.join(", "),
+                local.join(", ")
+            ));
+        }
+        // `add` then `delete` makes the delete succeed whether or not the table exists; the
+        // whole script is one nftables transaction, so no moment passes without the rules.
+        let script = format!(
+            "add table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n{rules}  }}\n}}\n"
+        );
+        nft(&script)?;
+        self.nft_table = Some(table);
         Ok(())
     }
 
@@ -91,6 +139,12 @@ impl SystemGuard {
             // The route may already be gone with the TUN device; that is fine.
             let _ = ip(&["route".into(), "del".into(), dst, "dev".into(), dev]);
         }
+        for dst in self.blackholes.drain(..).rev() {
+            let _ = ip(&["route".into(), "del".into(), "blackhole".into(), dst, "metric".into(), BLACKHOLE_METRIC.to_string()]);
+        }
+        if let Some(t) = self.nft_table.take() {
+            let _ = nft(&format!("delete table ip {t}\n"));
+        }
         if let Some(v) = self.ip_forward_before.take() {
             let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", v);
         }
@@ -103,6 +157,35 @@ impl SystemGuard {
 impl Drop for SystemGuard {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// Metric of the fail-closed blackhole routes: far above the TUN routes' 0, so longest-prefix
+/// match with the lowest metric keeps choosing the TUN while it exists.
+pub const BLACKHOLE_METRIC: u32 = 4_242_000;
+
+/// Name of the nftables table (family `ip`) holding a daemon's inbound fail-closed rules.
+pub fn nft_table_name(tun: &str) -> String {
+    let clean: String = tun.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("holdfast_{clean}")
+}
+
+fn nft(script: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 

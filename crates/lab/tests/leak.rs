@@ -45,7 +45,6 @@ fn nothing_in_clear_while_sas_are_deleted_and_renegotiated() {
 /// A crashed daemon must not turn the gateway into a cleartext router for the protected
 /// networks (an ASA that loses its SAs drops crypto-ACL traffic; it never sends it in clear).
 #[test]
-#[ignore = "fails today: on SIGKILL holdfast's TUN and its routes vanish, so with a default route the kernel forwards 10.1/24 -> 10.2/24 in clear until holdfast restarts; needs a crash-proof drop (e.g. a blackhole route or nftables rule for the remote selectors) in crates/gateway"]
 fn nothing_in_clear_after_holdfast_is_sigkilled() {
     require_root();
     let t = Topology::new().expect("topology");
