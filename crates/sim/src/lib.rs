@@ -239,7 +239,7 @@ pub fn summary(outcomes: &[Outcome]) -> String {
     let encap: u64 = outcomes.iter().map(|o| o.stats.encap_disagreements).sum();
     let note = outcomes.iter().flat_map(|o| o.stats.notes.first()).next().cloned().unwrap_or_default();
     format!(
-        "encap disagreements {encap} ({note}), IkeSaDown reasons {reasons:?}, IKE datagrams {} (lost {}, dup {}), ESP {} ok / {} no-SA / {} lost, IKE SAs up {}, CHILD_SAs up {} (rekeys {}), IKE rekeys {}, crossing CREATE_CHILD_SA {}, crossing IKE rekeys {}, delayed outbound switches {}, longest handover {:.2} s, longest orphan {:.2} s, slowest convergence {:.2} s",
+        "encap disagreements {encap} ({note}), IkeSaDown reasons {reasons:?}, IKE datagrams {} (lost {}, dup {}), ESP {} ok / {} no-SA / {} lost, IKE SAs up {}, CHILD_SAs up {} (rekeys {}), IKE rekeys {}, crossing CREATE_CHILD_SA {}, crossing IKE rekeys {}, delayed outbound switches {}, longest handover {:.2} s, longest orphan {:.2} s, longest replaced-SA life {:.2} s, slowest convergence {:.2} s",
         sum(&|s| s.ike_sent),
         sum(&|s| s.ike_dropped),
         sum(&|s| s.ike_duplicated),
@@ -255,6 +255,7 @@ pub fn summary(outcomes: &[Outcome]) -> String {
         sum(&|s| s.outbound_switches),
         max(&|s| s.longest_handover),
         max(&|s| s.longest_orphan),
+        max(&|s| s.max_replaced_lifetime),
         max(&|s| s.converged_after.unwrap_or(0.0)),
     )
 }

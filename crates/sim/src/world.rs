@@ -244,6 +244,8 @@ pub struct Stats {
     /// Longest mismatch (handover) window seen, in seconds.
     pub longest_handover: f64,
     pub longest_orphan: f64,
+    /// Longest time from a `ChildSaUp` replacing an SA to that SA's `ChildSaDown`.
+    pub max_replaced_lifetime: f64,
     /// `IkeSaDown` reasons seen, e.g. "PeerRestarted" (INITIAL_CONTACT) or "PeerDead" (DPD).
     pub ike_down_reasons: BTreeMap<String, u64>,
     /// SAs one side sends UDP-encapsulated and the other installed as native (or vice versa).
@@ -679,6 +681,10 @@ impl World {
             }
             Event::ChildSaDown { tunnel, spi_in, spi_out, reason } => {
                 self.note(format!("{name} ChildSaDown in={spi_in:08x} out={spi_out:08x} {reason:?}"));
+                if let Some(t) = self.gws[gw].replaced_at.get(spi_in) {
+                    // How long a replaced SA stayed in the engine before its Delete completed.
+                    self.stats.max_replaced_lifetime = self.stats.max_replaced_lifetime.max((now - *t).as_secs_f64());
+                }
                 let known = self.gws[gw].sad.child_down(now, tunnel, *spi_in);
                 if !known {
                     self.note(format!("{name}   (Down for an SPI never installed)"));
