@@ -8,7 +8,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use policy::{ConnectionType, TrafficSelector, TunnelPolicy};
@@ -462,6 +462,24 @@ impl Daemon {
                 self.transmit(t);
             }
         }
+        while let Some(c) = self.endpoint.poll_encap_change() {
+            self.change_encap(c);
+        }
+    }
+
+    /// The peer moved (NAT rebinding, RFC 3948 / RFC 7296 §2.23): its CHILD_SAs keep their keys
+    /// and sequence numbers, only the outer destination changes.
+    fn change_encap(&mut self, c: ike::EncapChange) {
+        for spi_in in &c.spi_in {
+            let Some(r) = self.children.get_mut(spi_in) else { continue };
+            let outside = self.shared.outsides.iter().position(|o| IpAddr::V4(o.local) == r.up.local).unwrap_or(0);
+            let dest = match c.encap {
+                esp::Encap::Native => Dest::Native { outside, to: c.peer.ip() },
+                esp::Encap::Udp { remote_port, .. } => Dest::Udp { outside, to: SocketAddr::new(c.peer.ip(), remote_port) },
+            };
+            r.outbound.set_dest(dest);
+            r.up.encap = c.encap;
+        }
     }
 
     fn outside_index(&self, local: IpAddr) -> usize {
@@ -576,7 +594,7 @@ impl Daemon {
             remote_ts: up.remote_ts.clone(),
             counters: Counters::default(),
         });
-        let outbound = Arc::new(OutboundEntry { spi: up.outbound.spi, sa: Mutex::new(outbound_sa), dest, counters: Counters::default() });
+        let outbound = Arc::new(OutboundEntry { spi: up.outbound.spi, sa: Mutex::new(outbound_sa), dest: RwLock::new(dest), counters: Counters::default() });
         let child = ChildOut {
             spi_in: up.inbound.spi,
             local_ts: up.local_ts.clone(),

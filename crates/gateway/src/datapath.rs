@@ -131,7 +131,7 @@ fn tx_loop(sh: &Shared) {
                     if sh.mss != 0 {
                         clamp_mss(pkt, sh.mss);
                     }
-                    match out.dest {
+                    match out.dest() {
                         Dest::Udp { outside, to } => batch.push(sh, out, outside, to, pkt),
                         Dest::Native { outside, to } => native.push(sh, out, outside, to, pkt),
                     }

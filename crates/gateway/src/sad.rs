@@ -57,8 +57,20 @@ pub enum Dest {
 pub struct OutboundEntry {
     pub spi: u32,
     pub sa: Mutex<esp::OutboundSa>,
-    pub dest: Dest,
+    /// Behind a lock because a NAT rebinding (ike `EncapChange`) moves a live SA to the peer's
+    /// new address or port without resetting its sequence numbers.
+    pub dest: RwLock<Dest>,
     pub counters: Counters,
+}
+
+impl OutboundEntry {
+    pub fn dest(&self) -> Dest {
+        *self.dest.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_dest(&self, dest: Dest) {
+        *self.dest.write().unwrap_or_else(|p| p.into_inner()) = dest;
+    }
 }
 
 /// A negotiated CHILD_SA usable for outbound traffic of a tunnel.
