@@ -566,7 +566,7 @@ impl Config {
                     map: map.to_string(),
                     seq: seq.parse().unwrap_or(0),
                     what: format!(
-                        "tunnel-group {} uses certificate authentication, which this holdfast build does not load yet (use pre-shared-key for now)",
+                        "tunnel-group {} uses certificate authentication, which a pre-shared-key-only view cannot carry (read it with Config::tunnels_with_auth)",
                         t.policy.peer_addr
                     ),
                 });
