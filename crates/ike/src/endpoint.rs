@@ -1718,6 +1718,11 @@ impl Endpoint {
         if method != AuthMethod::SharedKeyMic {
             return Err(format!("peer used AUTH method {} but a pre-shared key is configured", method.value()));
         }
+        // Fail closed: an empty key means this direction was meant for certificates whose
+        // validator was never installed; a MAC under an empty key proves nothing.
+        if t.remote_psk.0.is_empty() {
+            return Err("no pre-shared key and no certificate validator for the peer".into());
+        }
         let expected = psk_auth(prf, t.remote_psk.0.as_bytes(), real_message, nonce, sk_p, &id_payload_body(id));
         if !ct_eq(&expected, data) {
             return Err("peer authentication failed (PSK mismatch)".into());

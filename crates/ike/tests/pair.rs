@@ -343,6 +343,22 @@ fn psk_mismatch_fails_authentication() {
 }
 
 #[test]
+fn empty_psk_never_authenticates() {
+    // A direction meant for certificates whose validator was never installed carries an empty
+    // key; both sides computing the same MAC under it must still not authenticate.
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    for t in [&mut ta, &mut tb] {
+        t.local_psk = Secret(String::new());
+        t.remote_psk = Secret(String::new());
+    }
+    let mut n = Net::new(ta, tb, globals(), globals());
+    n.cmd(A, Command::Initiate { tunnel: format!("MAP:{B}") });
+    assert!(n.ups(A).is_empty() && n.ups(B).is_empty());
+    assert!(n.ev(A).iter().any(|e| matches!(e, Event::IkeNegotiationFailed { .. })));
+}
+
+#[test]
 fn responder_narrows_traffic_selectors() {
     let ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
     let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
