@@ -156,7 +156,13 @@ struct Outstanding {
     pending: Pending,
     tries: u32,
     next: Instant,
+    /// When the datagrams last left (first send, timed retransmission or knock).
+    sent: Instant,
 }
+
+/// Shortest gap between two traffic-driven extra transmissions of an outstanding request
+/// (`Command::Initiate` on a negotiating SA, `Command::CheckLiveness`).
+pub const KNOCK_INTERVAL: Duration = Duration::from_millis(500);
 
 struct Reassembly {
     mid: u32,
@@ -196,6 +202,8 @@ struct IkeSa {
     started: Instant,
     established: Option<Instant>,
     last_rx: Instant,
+    /// A `Command::CheckLiveness` asked about this SA and nothing has been heard since.
+    liveness_asked: bool,
     lifetime: Option<Duration>,
     rekey_at: Option<Instant>,
     deadline: Option<Instant>,
@@ -398,6 +406,24 @@ impl Endpoint {
                     self.initiate(now, idx);
                 }
             }
+            Command::CheckLiveness { tunnel } => {
+                let Some(idx) = self.tunnels.iter().position(|t| t.name == tunnel) else { return };
+                for spi in self.spis() {
+                    let Some(mut sa) = self.sas.remove(&spi) else { continue };
+                    let carries = sa.tunnel == idx || sa.children.iter().any(|c| c.tunnel == idx && !c.reported_down);
+                    if sa.is_up() && !sa.dead && carries {
+                        sa.liveness_asked = true;
+                        if sa.out.is_some() {
+                            // Any outstanding request proves liveness when answered.
+                            self.knock(now, &mut sa);
+                        } else if !sa.queue.iter().any(|r| matches!(r, Req::Dpd)) {
+                            sa.queue.push_back(Req::Dpd);
+                        }
+                    }
+                    self.pump(now, &mut sa);
+                    self.put_back(sa);
+                }
+            }
             Command::ClearIkeSa { peer } => {
                 for spi in self.spis() {
                     let Some(mut sa) = self.sas.remove(&spi) else { continue };
@@ -556,6 +582,18 @@ impl Endpoint {
             }
         }
         best
+    }
+
+    /// When an authenticated IKE message from the peer of `tunnel` was last processed, over
+    /// the established IKE SAs carrying it (None when there is none). The daemon compares it
+    /// with the time it sent `Command::CheckLiveness` to learn that a silent path is back.
+    pub fn last_heard(&self, tunnel: &str) -> Option<Instant> {
+        let idx = self.tunnels.iter().position(|t| t.name == tunnel)?;
+        self.sas
+            .values()
+            .filter(|sa| sa.is_up() && !sa.dead && (sa.tunnel == idx || sa.children.iter().any(|c| c.tunnel == idx && !c.reported_down)))
+            .map(|sa| sa.last_rx)
+            .max()
     }
 
     pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
@@ -894,7 +932,22 @@ impl Endpoint {
             self.transmit(sa.path, d.clone());
         }
         let first_timeout = self.retransmit_interval(sa, &pending, 0);
-        sa.out = Some(Outstanding { mid, datagrams, pending, tries: 0, next: now + first_timeout });
+        sa.out = Some(Outstanding { mid, datagrams, pending, tries: 0, next: now + first_timeout, sent: now });
+    }
+
+    /// Sends the outstanding request again if it last left at least `KNOCK_INTERVAL` ago,
+    /// without touching its retransmission schedule or try count (RFC 7296 §2.1 lets the
+    /// initiator retransmit at any time; the message is identical).
+    fn knock(&mut self, now: Instant, sa: &mut IkeSa) {
+        let Some(o) = sa.out.as_mut() else { return };
+        if now.saturating_duration_since(o.sent) < KNOCK_INTERVAL {
+            return;
+        }
+        o.sent = now;
+        let datagrams = o.datagrams.clone();
+        for d in datagrams {
+            self.transmit(sa.path, d);
+        }
     }
 
     fn retransmit_interval(&self, sa: &IkeSa, pending: &Pending, tries: u32) -> Duration {
@@ -1037,6 +1090,7 @@ impl Endpoint {
                 if let Some(o) = sa.out.as_mut() {
                     o.tries = tries;
                     o.next = now + iv;
+                    o.sent = now;
                 }
             }
         }
@@ -1156,6 +1210,13 @@ impl Endpoint {
                     sa.queue.push_back(Req::NewChild(idx));
                     self.pump(now, &mut sa);
                 }
+                if !sa.is_up() && sa.initiator {
+                    // Traffic is waiting for this tunnel: send the pending request again now
+                    // instead of at its backed-off retransmission time, so a path that just
+                    // came back is used within a knock interval (issue 3: resume <= 2 s after
+                    // a silent outage). Extra sends do not count as retransmission tries.
+                    self.knock(now, &mut sa);
+                }
                 if !sa.is_up() && self.tunnels[idx].connection_type != ConnectionType::AnswerOnly {
                     // Held back by a negotiation that may still fail (e.g. the peer's attempt,
                     // half-open here): look again later rather than rely on it.
@@ -1197,6 +1258,7 @@ impl Endpoint {
             started: now,
             established: None,
             last_rx: now,
+            liveness_asked: false,
             lifetime: None,
             rekey_at: None,
             deadline: None,
@@ -1247,7 +1309,7 @@ impl Endpoint {
         self.transmit(sa.path, msg.clone());
         let pending = Pending::Init { dh: Some(dh), group, cookie, restarts };
         let iv = self.retransmit_interval(sa, &pending, 0);
-        sa.out = Some(Outstanding { mid: 0, datagrams: vec![msg], pending, tries: 0, next: now + iv });
+        sa.out = Some(Outstanding { mid: 0, datagrams: vec![msg], pending, tries: 0, next: now + iv, sent: now });
         Ok(())
     }
 
@@ -1489,6 +1551,7 @@ impl Endpoint {
             started: now,
             established: None,
             last_rx: now,
+            liveness_asked: false,
             lifetime: offers.get(oi).and_then(|o| o.lifetime),
             rekey_at: None,
             deadline: Some(now + HALF_OPEN_TIMEOUT),
@@ -1587,6 +1650,7 @@ impl Endpoint {
             _ => return Err(Drop::Unexpected("no encrypted payload")),
         };
         sa.last_rx = now;
+        sa.liveness_asked = false;
         let inner_ps = match parse_chain(first_inner, &inner) {
             Ok(p) => p,
             Err(e) => {
@@ -2542,6 +2606,7 @@ impl Endpoint {
             started: now,
             established: Some(now),
             last_rx: now,
+            liveness_asked: false,
             lifetime,
             rekey_at,
             deadline: None,

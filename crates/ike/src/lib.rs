@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, KNOCK_INTERVAL};
 pub use error::Drop;
 pub use proposal::{EspSuite, IkeSuite};
 
@@ -67,6 +67,12 @@ pub enum Command {
     ChildSaBytes { spi_in: u32, bytes: u64 },
     /// ESP arrived on this SA: the peer is alive, no liveness check needed.
     InboundActivity { spi_in: u32 },
+    /// Traffic suggests the path to the tunnel's peer may be broken (we send, nothing comes
+    /// back): check liveness now (RFC 7296 §2.4) rather than after the idle threshold. If a
+    /// request is already outstanding it is sent again (at most every `KNOCK_INTERVAL`,
+    /// without counting as a retransmission). `Endpoint::last_heard` tells when the peer
+    /// answered.
+    CheckLiveness { tunnel: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -915,3 +915,64 @@ fn nat_rebinding_moves_esp_destination() {
     assert_eq!(c.spi_in, vec![n.live(A)[0].inbound.spi]);
     assert_eq!(n.eps[&ip(A)].ike_sas()[0].remote.port(), 61000);
 }
+
+/// Issue 3: while traffic waits for a tunnel, `Initiate` sends the pending IKE_SA_INIT again at
+/// once (at most every KNOCK_INTERVAL) instead of at its backed-off retransmission time, and
+/// those extra sends do not use up retransmission tries.
+#[test]
+fn initiate_knocks_a_pending_negotiation_without_using_tries() {
+    let mut ta = tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519());
+    ta.connection_type = ConnectionType::Bidirectional;
+    let mut tb = tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519());
+    tb.connection_type = ConnectionType::AnswerOnly;
+    let g = Ikev2Globals { retransmit_base: Duration::from_secs(4), retransmit_tries: 3, ..Default::default() };
+    let mut n = Net::new(ta, tb, g.clone(), g);
+    n.down.push(ip(B));
+    let name = format!("MAP:{B}");
+    n.cmd(A, Command::Initiate { tunnel: name.clone() });
+    let sent = |n: &Net| n.log.iter().filter(|(k, _)| *k == ip(A)).count();
+    assert_eq!(sent(&n), 1);
+    // Too soon after the first send: no knock.
+    n.advance(Duration::from_millis(200));
+    n.cmd(A, Command::Initiate { tunnel: name.clone() });
+    assert_eq!(sent(&n), 1, "a knock within KNOCK_INTERVAL of the last send is suppressed");
+    // Five knocks 600 ms apart: each one leaves at once, the 4 s retransmission has not fired.
+    for i in 0..5 {
+        n.advance(Duration::from_millis(600));
+        n.cmd(A, Command::Initiate { tunnel: name.clone() });
+        assert_eq!(sent(&n), 2 + i, "knock {i}");
+    }
+    // The path comes back: the next knock completes the exchange at once.
+    n.down.clear();
+    n.advance(Duration::from_millis(600));
+    n.cmd(A, Command::Initiate { tunnel: name });
+    assert_eq!(n.live(A).len(), 1, "up right after the knock: {:?}", n.ev(A));
+    assert_matching(&n);
+    assert!(!n.ev(A).iter().any(|e| matches!(e, Event::IkeNegotiationFailed { .. })), "knocks did not exhaust the tries");
+}
+
+/// Issue 3: `CheckLiveness` sends a liveness check at once on a silent path, knocks it while it
+/// stays unanswered, and `last_heard` moves as soon as the peer answers.
+#[test]
+fn check_liveness_probes_now_and_last_heard_moves_when_the_path_returns() {
+    let mut n = up_pair(&gcm_x25519());
+    let name = format!("MAP:{B}");
+    let t0 = n.now;
+    assert!(n.eps[&ip(A)].last_heard(&name).is_some_and(|t| t <= t0));
+    assert!(n.eps[&ip(A)].last_heard("nope").is_none());
+    n.down.push(ip(B));
+    n.advance(Duration::from_secs(1));
+    let before = n.log.len();
+    n.cmd(A, Command::CheckLiveness { tunnel: name.clone() });
+    assert_eq!(n.log.len(), before + 1, "a liveness check left at once, long before the 10 s idle threshold");
+    n.advance(Duration::from_millis(700));
+    n.cmd(A, Command::CheckLiveness { tunnel: name.clone() });
+    assert_eq!(n.log.len(), before + 2, "the unanswered check is knocked again");
+    let asked = n.now;
+    n.down.clear();
+    n.advance(Duration::from_millis(600));
+    n.cmd(A, Command::CheckLiveness { tunnel: name.clone() });
+    let heard = n.eps[&ip(A)].last_heard(&name).expect("still up");
+    assert!(heard > asked, "the answer to the knock was heard");
+    assert!(!n.ev(A).iter().any(|e| matches!(e, Event::IkeSaDown { .. })));
+}
