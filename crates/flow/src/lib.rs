@@ -341,6 +341,8 @@ pub struct Stats {
     pub flows_tunnel_torn_down: u64,
     /// Non-first fragments carry no ports; they are passed through uncounted.
     pub untracked_fragments: u64,
+    /// Segments held while their tunnel was suspended ([`Engine::tunnel_suspend`]).
+    pub held_suspended: u64,
 }
 
 impl Stats {
@@ -450,6 +452,8 @@ struct TunnelState {
     /// ASA enabling preserve-vpn-flows affects only tunnels established afterwards (asa.md §1).
     preserve_tcp: bool,
     preserve_udp: bool,
+    /// The tunnel still has its SAs but its path looks broken ([`Engine::tunnel_suspend`]).
+    suspended: bool,
 }
 
 #[derive(Debug)]
@@ -584,6 +588,7 @@ impl Engine {
             up: false,
             preserve_tcp: self.cfg.sysopt.preserve_vpn_flows,
             preserve_udp: self.cfg.sysopt.preserve_vpn_flows && self.cfg.sysopt.preserve_vpn_flows_udp,
+            suspended: false,
         });
         Ok(TunnelId(self.tunnels.len() as u16))
     }
@@ -777,6 +782,11 @@ impl Engine {
         if tunnel_down {
             return self.tunnel_down_packet(i, now_ms, &p, data);
         }
+        if into_tunnel && self.tunnel_state(rt).is_some_and(|s| s.suspended) {
+            if let Some(v) = self.suspended_packet(i, now_ms, &p, data) {
+                return v;
+            }
+        }
 
         if let Kind::IcmpError = p.kind {
             // Relates to the conn; does not refresh it.
@@ -897,6 +907,7 @@ impl Engine {
         let now_ms = self.ms(now);
         let Some(ts) = self.tunnel_state_mut(tunnel.0) else { return };
         ts.up = false;
+        ts.suspended = false;
         let (ptcp, pudp) = (ts.preserve_tcp, ts.preserve_udp);
         let mut members: Vec<u32> = self.table.live().filter(|&i| self.table.get(i).tunnel == tunnel.0).collect();
         members.sort_unstable_by_key(|&i| self.table.get(i).id);
@@ -931,6 +942,7 @@ impl Engine {
             (self.cfg.sysopt.preserve_vpn_flows, self.cfg.sysopt.preserve_vpn_flows && self.cfg.sysopt.preserve_vpn_flows_udp);
         let Some(ts) = self.tunnel_state_mut(tunnel.0) else { return };
         let was_up = ts.up;
+        let was_suspended = std::mem::take(&mut ts.suspended);
         ts.up = true;
         if !was_up {
             // Fixed for this tunnel's lifetime: a rekey does not re-establish it.
@@ -942,6 +954,9 @@ impl Engine {
             // A rekey or a second CHILD_SA: nothing was orphaned, and clear conns the
             // selectors cover were already moved when the tunnel came up (a full scan per rekey
             // would cost O(conns) for nothing).
+            if was_suspended {
+                self.replay_held(tunnel);
+            }
             return;
         }
         let mut replay: Vec<(ConnId, u32)> = Vec::new();
@@ -963,6 +978,58 @@ impl Engine {
             }
         }
         // Replay oldest conns first (by id) for determinism.
+        replay.sort_unstable();
+        for (_, i) in replay {
+            if let Some(h) = self.held.remove(&i) {
+                self.held_bytes -= h.packet.capacity();
+                if !h.packet.is_empty() {
+                    self.stats.replayed += 1;
+                    self.transmits.push_back(Transmit { tunnel, packet: h.packet });
+                }
+            }
+        }
+    }
+
+    /// holdfast extension for fast resumption after a *silent* path outage: the tunnel keeps
+    /// its SAs, but traffic goes out and nothing comes back (the daemon's liveness check is
+    /// unanswered). Until [`Engine::tunnel_resume`] (or `tunnel_up`/`tunnel_down`), segments of
+    /// the tunnel's established TCP conns are held and answered with rate-limited ICMP
+    /// unreachable, as while a preserved tunnel is down (RFC 6069 keeps the sender's RTO near
+    /// its base), so the latest one can be replayed the moment the path is back. Nothing is torn
+    /// down and no flag changes: the tunnel has not dropped. Only for tunnels that came up with
+    /// `preserve-vpn-flows` (otherwise a no-op, returning false): holding traffic is part of
+    /// preserving it.
+    pub fn tunnel_suspend(&mut self, _now: Instant, tunnel: TunnelId) -> bool {
+        let Some(ts) = self.tunnel_state_mut(tunnel.0) else { return false };
+        if !ts.up || !ts.preserve_tcp {
+            return false;
+        }
+        ts.suspended = true;
+        true
+    }
+
+    /// The suspended tunnel's path answers again: replay the held segments
+    /// ([`Engine::poll_transmit`]). A no-op for a tunnel that is not suspended.
+    pub fn tunnel_resume(&mut self, _now: Instant, tunnel: TunnelId) {
+        let Some(ts) = self.tunnel_state_mut(tunnel.0) else { return };
+        if std::mem::take(&mut ts.suspended) {
+            self.replay_held(tunnel);
+        }
+    }
+
+    /// Whether [`Engine::tunnel_suspend`] is in effect for the tunnel.
+    pub fn tunnel_is_suspended(&self, t: TunnelId) -> bool {
+        self.tunnel_state(t.0).is_some_and(|s| s.suspended)
+    }
+
+    /// Queues the held segments of the tunnel's conns for replay, oldest conn first.
+    fn replay_held(&mut self, tunnel: TunnelId) {
+        let mut replay: Vec<(ConnId, u32)> = self
+            .held
+            .iter()
+            .filter(|(&i, _)| self.table.get(i).tunnel == tunnel.0)
+            .map(|(&i, h)| (h.id, i))
+            .collect();
         replay.sort_unstable();
         for (_, i) in replay {
             if let Some(h) = self.held.remove(&i) {
@@ -1241,6 +1308,20 @@ impl Engine {
             }
         }
         self.drop(DropReason::IpsecTunDown)
+    }
+
+    /// A packet into a suspended tunnel: an established TCP conn's data or ACK is held (and
+    /// answered with rate-limited ICMP) exactly as while the tunnel is down, but nothing is
+    /// torn down or flagged; everything else goes on as usual (`None`).
+    fn suspended_packet(&mut self, i: u32, now_ms: u64, p: &Parsed, data: &[u8]) -> Option<Verdict> {
+        let Kind::Tcp { flags, .. } = p.kind else { return None };
+        let e = *self.table.get(i);
+        let established = e.flags & fl::U != 0 && e.flags & fl::HANDSHAKE == 0;
+        if !established || flags & (tcp_flags::RST | tcp_flags::SYN | tcp_flags::FIN) != 0 {
+            return None;
+        }
+        self.stats.held_suspended += 1;
+        Some(self.hold(i, e.id, e.tunnel, now_ms, data))
     }
 
     fn hold(&mut self, i: u32, id: ConnId, tunnel: u16, now_ms: u64, data: &[u8]) -> Verdict {

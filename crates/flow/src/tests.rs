@@ -443,6 +443,55 @@ fn preserved_flow_holds_answers_icmp_and_replays() {
 }
 
 #[test]
+fn suspended_tunnel_holds_established_tcp_without_tearing_anything_down() {
+    let to_cfg = |preserve: bool| if preserve { preserve_cfg(false) } else { Config::default() };
+    // Without preserve-vpn-flows a suspension is refused and changes nothing.
+    let mut off = Rig::new(to_cfg(false));
+    off.up(0);
+    off.handshake(0);
+    assert!(!off.e.tunnel_suspend(off.at(100), off.tun));
+    let seg = tcp("10.1.0.5", 40000, "10.2.0.9", 80, ACK | PSH, 101, 501, b"data");
+    let to = Route::ToTunnel(off.tun);
+    assert_eq!(off.out(200, to, &seg), Verdict::Forward);
+
+    let mut r = Rig::new(to_cfg(true));
+    r.up(0);
+    r.handshake(0);
+    r.out(5, to, &udp("10.1.0.5", 5000, "10.2.0.9", 5001, b"x"));
+    r.out(6, to, &tcp("10.1.0.5", 40001, "10.2.0.9", 80, SYN, 7, 0, b""));
+    r.events();
+    assert!(r.e.tunnel_suspend(r.at(1000), r.tun));
+    assert!(r.e.tunnel_is_suspended(r.tun));
+    let to = Route::ToTunnel(r.tun);
+    let seg1 = tcp("10.1.0.5", 40000, "10.2.0.9", 80, ACK | PSH, 101, 501, b"first");
+    let seg2 = tcp("10.1.0.5", 40000, "10.2.0.9", 80, ACK | PSH, 101, 501, b"first+more");
+    assert_eq!(r.out(1100, to, &seg1), Verdict::Hold { icmp: true });
+    assert_eq!(r.out(1150, to, &seg2), Verdict::Hold { icmp: false });
+    // UDP and a conn still in its handshake are not held.
+    assert_eq!(r.out(1200, to, &udp("10.1.0.5", 5000, "10.2.0.9", 5001, b"y")), Verdict::Forward);
+    assert_eq!(r.out(1250, to, &tcp("10.1.0.5", 40001, "10.2.0.9", 80, SYN, 7, 0, b"")), Verdict::Forward);
+    // Nothing torn down, no V flag: the tunnel has not dropped.
+    assert!(r.events().is_empty());
+    assert!(r.flags(1300).iter().all(|f| !f.contains('V')), "{:?}", r.flags(1300));
+    assert!(r.e.poll_transmit().is_none());
+    r.e.tunnel_resume(r.at(2000), r.tun);
+    assert!(!r.e.tunnel_is_suspended(r.tun));
+    let t = r.e.poll_transmit().expect("held segment replayed on resume");
+    assert_eq!((t.tunnel, &t.packet), (r.tun, &seg2));
+    assert!(r.e.poll_transmit().is_none());
+    assert_eq!(r.out(2001, to, &seg2), Verdict::Forward);
+    assert_eq!(r.e.stats().held_suspended, 2);
+    // A suspension that ends in a real drop: held segments wait for the new tunnel.
+    assert!(r.e.tunnel_suspend(r.at(3000), r.tun));
+    assert_eq!(r.out(3100, to, &seg1), Verdict::Hold { icmp: true });
+    r.down(3500);
+    assert!(!r.e.tunnel_is_suspended(r.tun));
+    assert!(r.e.poll_transmit().is_none());
+    r.up(9000);
+    assert_eq!(r.e.poll_transmit().map(|t| t.packet), Some(seg1));
+}
+
+#[test]
 fn preserved_udp_with_holdfast_extension() {
     let mut r = Rig::new(preserve_cfg(true));
     r.up(0);
