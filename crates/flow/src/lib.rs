@@ -1017,6 +1017,11 @@ impl Engine {
         }
     }
 
+    /// How many segments are held for the tunnel's conns (waiting for it to come back).
+    pub fn held_for(&self, t: TunnelId) -> usize {
+        self.held.iter().filter(|(&i, h)| !h.packet.is_empty() && self.table.get(i).tunnel == t.0).count()
+    }
+
     /// Whether [`Engine::tunnel_suspend`] is in effect for the tunnel.
     pub fn tunnel_is_suspended(&self, t: TunnelId) -> bool {
         self.tunnel_state(t.0).is_some_and(|s| s.suspended)

@@ -474,7 +474,9 @@ fn suspended_tunnel_holds_established_tcp_without_tearing_anything_down() {
     assert!(r.events().is_empty());
     assert!(r.flags(1300).iter().all(|f| !f.contains('V')), "{:?}", r.flags(1300));
     assert!(r.e.poll_transmit().is_none());
+    assert_eq!(r.e.held_for(r.tun), 1);
     r.e.tunnel_resume(r.at(2000), r.tun);
+    assert_eq!(r.e.held_for(r.tun), 0);
     assert!(!r.e.tunnel_is_suspended(r.tun));
     let t = r.e.poll_transmit().expect("held segment replayed on resume");
     assert_eq!((t.tunnel, &t.packet), (r.tun, &seg2));

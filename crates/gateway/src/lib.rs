@@ -31,3 +31,4 @@ pub mod net;
 pub mod sad;
 pub mod show;
 pub mod syslog;
+pub mod watch;
