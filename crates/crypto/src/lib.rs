@@ -13,6 +13,7 @@ mod dh;
 mod mac;
 mod random;
 pub mod sig;
+pub mod password;
 
 pub use cipher::{AesCbc, AesGcm, GCM_NONCE_LEN, GCM_TAG_LEN};
 pub use dh::{public_value_len, shared_secret_len, DhPrivate};

@@ -34,6 +34,12 @@ pub struct Config {
     pub logging: Logging,
     pub sysopt: Sysopt,
     pub timeouts: Timeouts,
+    /// AnyConnect / SSL VPN remote access (`webvpn`, `ip local pool`, `group-policy`,
+    /// remote-access `tunnel-group` attributes, `username`, `ssl trust-point`). `None` when the
+    /// configuration has none of these lines. See [`RemoteAccess`] and
+    /// [`Config::anyconnect_group`] for the resolved, engine-facing view.
+    #[serde(default)]
+    pub remote_access: Option<RemoteAccess>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -693,6 +699,548 @@ impl Config {
             }
         };
         Ok(TunnelAuth { local, remote })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Remote access (AnyConnect / SSL VPN). Raw settings as configured (`None` = not written, so
+// inherited), then resolved views with ASA defaults for the gateway and the AnyConnect engine.
+// ASA references: asa.md §6 and the ASA `group-policy` / `tunnel-group` / `webvpn` commands.
+
+/// Everything remote-access, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RemoteAccess {
+    /// The global `webvpn` mode.
+    pub webvpn: WebVpn,
+    /// `ip local pool NAME A-B mask M`, in configuration order.
+    pub pools: Vec<AddressPool>,
+    /// `group-policy NAME internal` + `group-policy NAME attributes`. `DfltGrpPolicy` appears
+    /// here only when its attributes were changed; its built-in values are
+    /// [`GroupPolicyAttributes::asa_defaults`].
+    pub group_policies: Vec<GroupPolicy>,
+    /// Attributes of every `tunnel-group NAME type remote-access` (the `type` line itself is
+    /// also in [`Config::tunnel_groups`], as before). The ASA's built-in `DefaultWEBVPNGroup`
+    /// and `DefaultRAGroup` appear only when configured.
+    pub tunnel_groups: Vec<RaTunnelGroup>,
+    /// The local user database (`username NAME password ...`).
+    pub users: Vec<LocalUser>,
+    /// `ssl trust-point TP [NAMEIF]`: the certificate TLS (and DTLS) present on an interface.
+    /// `nameif: None` is the fallback for interfaces without their own line.
+    pub ssl_trustpoints: Vec<SslTrustpoint>,
+}
+
+/// The global `webvpn` mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebVpn {
+    /// `enable NAMEIF`: interfaces that accept TLS (and DTLS) connections.
+    pub enabled_on: Vec<String>,
+    /// `port N`: TCP port for HTTPS / CSTP (ASA default 443).
+    pub port: u16,
+    /// `dtls port N`: UDP port for DTLS (ASA default 443).
+    pub dtls_port: u16,
+    /// `anyconnect enable`: full-tunnel clients are accepted (without it only the clientless
+    /// portal would run, which holdfast does not offer: no tunnels are built).
+    pub anyconnect_enable: bool,
+    /// `tunnel-group-list enable`: offer the group-alias list (`<select name="group_list">`)
+    /// in the authentication form.
+    pub tunnel_group_list: bool,
+}
+
+impl Default for WebVpn {
+    fn default() -> Self {
+        Self { enabled_on: Vec::new(), port: 443, dtls_port: 443, anyconnect_enable: false, tunnel_group_list: false }
+    }
+}
+
+/// `ip local pool NAME START-END mask MASK`: addresses leased to remote-access clients. The
+/// client is told `MASK` (X-CSTP-Netmask); `config` checks that START and END lie in one
+/// MASK-sized subnet and that pools do not overlap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressPool {
+    pub name: String,
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    /// Prefix length of `mask` (contiguous masks only).
+    pub prefix_len: u8,
+}
+
+impl AddressPool {
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Net::new(self.start, self.prefix_len).mask()
+    }
+    /// Number of addresses in the range (inclusive).
+    pub fn len(&self) -> u32 {
+        u32::from(self.end).saturating_sub(u32::from(self.start)).saturating_add(1)
+    }
+    pub fn is_empty(&self) -> bool {
+        u32::from(self.end) < u32::from(self.start)
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.start <= ip && ip <= self.end
+    }
+    /// The `index`-th address of the range, if there is one.
+    pub fn nth(&self, index: u32) -> Option<Ipv4Addr> {
+        (index < self.len()).then(|| Ipv4Addr::from(u32::from(self.start).wrapping_add(index)))
+    }
+    pub fn overlaps(&self, other: &AddressPool) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+}
+
+/// A group policy: the per-session settings a tunnel group hands its users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPolicy {
+    pub name: String,
+    pub attributes: GroupPolicyAttributes,
+}
+
+/// Name of the ASA's built-in default group policy, which every other policy inherits from.
+pub const DEFAULT_GROUP_POLICY: &str = "DfltGrpPolicy";
+/// The ASA's built-in tunnel groups that exist without a `type` line.
+pub const BUILTIN_RA_TUNNEL_GROUPS: [&str; 2] = ["DefaultWEBVPNGroup", "DefaultRAGroup"];
+
+/// `group-policy NAME attributes`. Each field is `None` when not written: the value is then
+/// inherited from `DfltGrpPolicy`, and from the ASA default if that does not set it either
+/// (resolved by [`Config::effective_group_policy`]). `Some(None)` is an explicit `none`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GroupPolicyAttributes {
+    /// `vpn-tunnel-protocol ssl-client ikev2 ...`: AnyConnect needs `ssl-client`.
+    pub vpn_tunnel_protocols: Option<Vec<VpnTunnelProtocol>>,
+    /// `split-tunnel-policy tunnelall|tunnelspecified|excludespecified`.
+    pub split_tunnel_policy: Option<SplitTunnelPolicy>,
+    /// `split-tunnel-network-list value ACL` / `split-tunnel-network-list none`: a standard ACL
+    /// whose permit lines are the split networks.
+    pub split_tunnel_network_list: Option<Option<String>>,
+    /// `dns-server value A [B]` / `dns-server none`.
+    pub dns_servers: Option<Vec<Ipv4Addr>>,
+    /// `default-domain value NAME` / `default-domain none`.
+    pub default_domain: Option<Option<String>>,
+    /// `vpn-idle-timeout MINUTES|none` (ASA default 30 minutes).
+    pub vpn_idle_timeout: Option<Option<Duration>>,
+    /// `vpn-session-timeout MINUTES|none` (ASA default none).
+    pub vpn_session_timeout: Option<Option<Duration>>,
+    /// `address-pools value POOL [POOL...]` / `address-pools none`: overrides the tunnel
+    /// group's `address-pool` (ASA precedence: group policy pools win).
+    pub address_pools: Option<Vec<String>>,
+    /// The nested `webvpn` mode (`anyconnect ...` lines).
+    pub anyconnect: AnyConnectAttributes,
+}
+
+/// `group-policy NAME attributes` / `webvpn` / `anyconnect ...`. `None` = inherited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AnyConnectAttributes {
+    /// `anyconnect mtu 576-1462` (ASA default 1406): the largest inner packet the client is
+    /// told to send, on either channel.
+    pub mtu: Option<u16>,
+    /// holdfast extension `anyconnect mtu-policy common|split` (default `common`).
+    pub mtu_policy: Option<MtuPolicy>,
+    /// `anyconnect ssl dtls enable|none` (ASA default enable).
+    pub dtls: Option<bool>,
+    /// `anyconnect ssl df-bit-ignore enable|disable` (ASA default disable): fragment packets
+    /// too large for the channel instead of dropping them with ICMP fragmentation-needed.
+    pub df_bit_ignore: Option<bool>,
+    /// `anyconnect dpd-interval client SECONDS|none` (ASA default 30): X-CSTP-DPD / X-DTLS-DPD
+    /// told to the client.
+    pub dpd_client: Option<Option<Duration>>,
+    /// `anyconnect dpd-interval gateway SECONDS|none` (ASA default 30): the gateway's own DPD.
+    pub dpd_gateway: Option<Option<Duration>>,
+    /// `anyconnect ssl keepalive SECONDS|none` (ASA default 20; `anyconnect keepalive N` is
+    /// accepted as a spelling of the same): X-CSTP-Keepalive.
+    pub keepalive: Option<Option<Duration>>,
+    /// `anyconnect ssl rekey time MINUTES|none` (ASA default none): X-CSTP-Rekey-Time.
+    pub rekey_time: Option<Option<Duration>>,
+    /// `anyconnect ssl rekey method ssl|new-tunnel|none` (ASA default none).
+    pub rekey_method: Option<RekeyMethod>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VpnTunnelProtocol {
+    /// `ssl-client`: AnyConnect / openconnect full tunnel (CSTP + DTLS).
+    SslClient,
+    /// `ssl-clientless`: the web portal (not offered by holdfast; accepted and shown).
+    SslClientless,
+    Ikev1,
+    Ikev2,
+    L2tpIpsec,
+}
+
+impl VpnTunnelProtocol {
+    /// The ASA keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Self::SslClient => "ssl-client",
+            Self::SslClientless => "ssl-clientless",
+            Self::Ikev1 => "ikev1",
+            Self::Ikev2 => "ikev2",
+            Self::L2tpIpsec => "l2tp-ipsec",
+        }
+    }
+}
+
+/// `split-tunnel-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum SplitTunnelPolicy {
+    /// Everything through the tunnel (ASA default); no split headers are sent.
+    #[default]
+    TunnelAll,
+    /// Only the split networks through the tunnel (X-CSTP-Split-Include).
+    TunnelSpecified,
+    /// Everything except the split networks (X-CSTP-Split-Exclude).
+    ExcludeSpecified,
+}
+
+/// holdfast extension `anyconnect mtu-policy` (group-policy `webvpn` mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum MtuPolicy {
+    /// Advertise one MTU that both the TLS and the DTLS channel can carry, so losing DTLS never
+    /// leaves the client with packets the TLS channel cannot take (holdfast default).
+    #[default]
+    Common,
+    /// The ASA's behaviour: X-CSTP-MTU from the TLS overhead and X-DTLS-MTU from the DTLS
+    /// overhead, separately (asa.md §6; the source of the 1418-vs-1347 black hole).
+    Split,
+}
+
+/// `anyconnect ssl rekey method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum RekeyMethod {
+    #[default]
+    None,
+    Ssl,
+    NewTunnel,
+}
+
+impl RekeyMethod {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Ssl => "ssl",
+            Self::NewTunnel => "new-tunnel",
+        }
+    }
+}
+
+/// `tunnel-group NAME general-attributes` and `webvpn-attributes` of a remote-access group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaTunnelGroup {
+    pub name: String,
+    /// `address-pool POOL [POOL...]` (general-attributes), tried in order.
+    pub address_pools: Vec<String>,
+    /// `default-group-policy NAME`; `None` = `DfltGrpPolicy`.
+    pub default_group_policy: Option<String>,
+    /// `authentication aaa|certificate|aaa certificate` (webvpn-attributes; ASA default aaa).
+    /// With `LOCAL` (the only server group holdfast has), aaa = the local user database.
+    pub authentication: RaAuthentication,
+    /// `group-alias NAME enable|disable` (webvpn-attributes): names shown in the group list.
+    pub group_aliases: Vec<GroupAlias>,
+}
+
+impl RaTunnelGroup {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            address_pools: Vec::new(),
+            default_group_policy: None,
+            authentication: RaAuthentication::default(),
+            group_aliases: Vec::new(),
+        }
+    }
+}
+
+/// How a remote-access user proves who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum RaAuthentication {
+    /// Username and password against the local user database.
+    #[default]
+    Aaa,
+    /// A client certificate that chains to a trustpoint's `ca-file`; no password.
+    Certificate,
+    /// Both: a valid client certificate and then username/password.
+    AaaCertificate,
+}
+
+impl RaAuthentication {
+    pub fn needs_password(self) -> bool {
+        matches!(self, Self::Aaa | Self::AaaCertificate)
+    }
+    pub fn needs_certificate(self) -> bool {
+        matches!(self, Self::Certificate | Self::AaaCertificate)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupAlias {
+    pub alias: String,
+    pub enabled: bool,
+}
+
+/// `username NAME password ...` / `username NAME nopassword`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalUser {
+    pub name: String,
+    /// The salted hash in `crypto::password` form (`$pbkdf2-sha256$ITER$SALT$HASH`); a clear
+    /// password in the configuration is hashed at load and never kept. Verify with
+    /// `crypto::password::verify(hash.0.as_str(), typed)`. `None` = `nopassword`: password
+    /// login is refused for this user (certificate login may still map to it).
+    pub password_hash: Option<Secret>,
+    /// `privilege 0-15` (ASA default 2). Not used for remote access; kept and shown.
+    pub privilege: u8,
+}
+
+/// ASA default user privilege level.
+pub const DEFAULT_USER_PRIVILEGE: u8 = 2;
+
+/// `ssl trust-point TRUSTPOINT [NAMEIF]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SslTrustpoint {
+    pub trustpoint: String,
+    /// `None`: every interface without its own `ssl trust-point ... NAMEIF` line.
+    pub nameif: Option<String>,
+}
+
+/// A group policy with inheritance and ASA defaults applied: what one session gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveGroupPolicy {
+    pub name: String,
+    /// `vpn-tunnel-protocol` includes `ssl-client`: AnyConnect sessions may use this policy.
+    pub ssl_client: bool,
+    pub split_tunnel_policy: SplitTunnelPolicy,
+    /// The permit lines of the split-tunnel ACL (empty with `tunnelall`).
+    pub split_networks: Vec<Ipv4Net>,
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub default_domain: Option<String>,
+    /// `None` = no limit.
+    pub idle_timeout: Option<Duration>,
+    pub session_timeout: Option<Duration>,
+    /// Pools from the policy's `address-pools`, if it sets any (they override the tunnel
+    /// group's).
+    pub address_pools: Option<Vec<String>>,
+    pub mtu: u16,
+    pub mtu_policy: MtuPolicy,
+    pub dtls: bool,
+    pub df_bit_ignore: bool,
+    pub dpd_client: Option<Duration>,
+    pub dpd_gateway: Option<Duration>,
+    pub keepalive: Option<Duration>,
+    pub rekey_time: Option<Duration>,
+    pub rekey_method: RekeyMethod,
+}
+
+impl GroupPolicyAttributes {
+    /// The ASA's built-in `DfltGrpPolicy` values (`show run all group-policy DfltGrpPolicy`).
+    /// *(inferred)* `vpn-tunnel-protocol ikev1 ikev2 l2tp-ipsec`: as on ASA 9.x, a policy must
+    /// list `ssl-client` (or inherit it from a changed DfltGrpPolicy) to admit AnyConnect.
+    pub fn asa_defaults() -> Self {
+        let min = |m: u64| Some(Some(Duration::from_secs(m * 60)));
+        let sec = |s: u64| Some(Some(Duration::from_secs(s)));
+        Self {
+            vpn_tunnel_protocols: Some(vec![VpnTunnelProtocol::Ikev1, VpnTunnelProtocol::Ikev2, VpnTunnelProtocol::L2tpIpsec]),
+            split_tunnel_policy: Some(SplitTunnelPolicy::TunnelAll),
+            split_tunnel_network_list: Some(None),
+            dns_servers: Some(Vec::new()),
+            default_domain: Some(None),
+            vpn_idle_timeout: min(30),
+            vpn_session_timeout: Some(None),
+            address_pools: None,
+            anyconnect: AnyConnectAttributes {
+                mtu: Some(1406),
+                mtu_policy: Some(MtuPolicy::Common),
+                dtls: Some(true),
+                df_bit_ignore: Some(false),
+                dpd_client: sec(30),
+                dpd_gateway: sec(30),
+                keepalive: sec(20),
+                rekey_time: Some(None),
+                rekey_method: Some(RekeyMethod::None),
+            },
+        }
+    }
+
+    /// `self` with every unset field taken from `parent`.
+    pub fn inherit(&self, parent: &GroupPolicyAttributes) -> GroupPolicyAttributes {
+        let a = &self.anyconnect;
+        let p = &parent.anyconnect;
+        GroupPolicyAttributes {
+            vpn_tunnel_protocols: self.vpn_tunnel_protocols.clone().or_else(|| parent.vpn_tunnel_protocols.clone()),
+            split_tunnel_policy: self.split_tunnel_policy.or(parent.split_tunnel_policy),
+            split_tunnel_network_list: self.split_tunnel_network_list.clone().or_else(|| parent.split_tunnel_network_list.clone()),
+            dns_servers: self.dns_servers.clone().or_else(|| parent.dns_servers.clone()),
+            default_domain: self.default_domain.clone().or_else(|| parent.default_domain.clone()),
+            vpn_idle_timeout: self.vpn_idle_timeout.or(parent.vpn_idle_timeout),
+            vpn_session_timeout: self.vpn_session_timeout.or(parent.vpn_session_timeout),
+            address_pools: self.address_pools.clone().or_else(|| parent.address_pools.clone()),
+            anyconnect: AnyConnectAttributes {
+                mtu: a.mtu.or(p.mtu),
+                mtu_policy: a.mtu_policy.or(p.mtu_policy),
+                dtls: a.dtls.or(p.dtls),
+                df_bit_ignore: a.df_bit_ignore.or(p.df_bit_ignore),
+                dpd_client: a.dpd_client.or(p.dpd_client),
+                dpd_gateway: a.dpd_gateway.or(p.dpd_gateway),
+                keepalive: a.keepalive.or(p.keepalive),
+                rekey_time: a.rekey_time.or(p.rekey_time),
+                rekey_method: a.rekey_method.or(p.rekey_method),
+            },
+        }
+    }
+}
+
+/// One remote-access tunnel group, resolved for the AnyConnect engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnyConnectGroup {
+    pub name: String,
+    /// Enabled group aliases (what the client may send as its group).
+    pub aliases: Vec<String>,
+    pub authentication: RaAuthentication,
+    /// Pools to lease from, in order (the group policy's `address-pools` if set, else the
+    /// tunnel group's `address-pool`).
+    pub pools: Vec<AddressPool>,
+    pub policy: EffectiveGroupPolicy,
+    /// PEM CA files a client certificate may chain to (every trustpoint's `ca-file`), for
+    /// `authentication certificate` / `aaa certificate`.
+    pub client_ca_files: Vec<String>,
+}
+
+/// Where and with which certificate TLS/DTLS listen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnyConnectListener {
+    pub nameif: String,
+    /// Linux interface name.
+    pub ifname: String,
+    pub addr: Ipv4Addr,
+    pub tls_port: u16,
+    pub dtls_port: u16,
+    pub trustpoint: String,
+    pub certificate_file: String,
+    pub key_file: String,
+}
+
+impl RemoteAccess {
+    pub fn pool(&self, name: &str) -> Option<&AddressPool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+    pub fn group_policy(&self, name: &str) -> Option<&GroupPolicy> {
+        self.group_policies.iter().find(|p| p.name == name)
+    }
+    pub fn tunnel_group(&self, name: &str) -> Option<&RaTunnelGroup> {
+        self.tunnel_groups.iter().find(|t| t.name == name)
+    }
+    pub fn user(&self, name: &str) -> Option<&LocalUser> {
+        self.users.iter().find(|u| u.name == name)
+    }
+    /// The tunnel group a client's group selection names: an enabled `group-alias` first,
+    /// then a tunnel-group name (as the ASA matches `group-url`/group-list choices).
+    pub fn tunnel_group_by_alias(&self, alias: &str) -> Option<&RaTunnelGroup> {
+        self.tunnel_groups
+            .iter()
+            .find(|t| t.group_aliases.iter().any(|a| a.enabled && a.alias == alias))
+            .or_else(|| self.tunnel_group(alias))
+    }
+    /// The trustpoint name for TLS on `nameif`: its own `ssl trust-point` line, else the
+    /// line without an interface.
+    pub fn ssl_trustpoint_for(&self, nameif: &str) -> Option<&str> {
+        self.ssl_trustpoints
+            .iter()
+            .find(|t| t.nameif.as_deref() == Some(nameif))
+            .or_else(|| self.ssl_trustpoints.iter().find(|t| t.nameif.is_none()))
+            .map(|t| t.trustpoint.as_str())
+    }
+}
+
+impl Config {
+    /// `name` with `DfltGrpPolicy` and ASA defaults applied, and its split ACL resolved.
+    /// `None` if no such group policy exists (`DfltGrpPolicy` always exists).
+    pub fn effective_group_policy(&self, name: &str) -> Option<EffectiveGroupPolicy> {
+        let ra = self.remote_access.as_ref();
+        let dflt = ra.and_then(|r| r.group_policy(DEFAULT_GROUP_POLICY)).map(|g| g.attributes.clone()).unwrap_or_default();
+        let base = dflt.inherit(&GroupPolicyAttributes::asa_defaults());
+        let attrs = if name == DEFAULT_GROUP_POLICY {
+            base
+        } else {
+            ra?.group_policy(name)?.attributes.inherit(&base)
+        };
+        let split_tunnel_policy = attrs.split_tunnel_policy.unwrap_or_default();
+        let split_networks = match (&attrs.split_tunnel_network_list, split_tunnel_policy) {
+            (_, SplitTunnelPolicy::TunnelAll) => Vec::new(),
+            (Some(Some(acl)), _) => self
+                .access_list(acl)
+                .map(|a| a.entries.iter().filter(|e| e.action == AclAction::Permit).map(|e| e.destination).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let ac = &attrs.anyconnect;
+        Some(EffectiveGroupPolicy {
+            name: name.to_string(),
+            ssl_client: attrs.vpn_tunnel_protocols.as_ref().is_some_and(|v| v.contains(&VpnTunnelProtocol::SslClient)),
+            split_tunnel_policy,
+            split_networks,
+            dns_servers: attrs.dns_servers.clone().unwrap_or_default(),
+            default_domain: attrs.default_domain.clone().flatten(),
+            idle_timeout: attrs.vpn_idle_timeout.flatten(),
+            session_timeout: attrs.vpn_session_timeout.flatten(),
+            address_pools: attrs.address_pools.clone(),
+            mtu: ac.mtu.unwrap_or(1406),
+            mtu_policy: ac.mtu_policy.unwrap_or_default(),
+            dtls: ac.dtls.unwrap_or(true),
+            df_bit_ignore: ac.df_bit_ignore.unwrap_or(false),
+            dpd_client: ac.dpd_client.flatten(),
+            dpd_gateway: ac.dpd_gateway.flatten(),
+            keepalive: ac.keepalive.flatten(),
+            rekey_time: ac.rekey_time.flatten(),
+            rekey_method: ac.rekey_method.unwrap_or_default(),
+        })
+    }
+
+    /// A remote-access tunnel group resolved for the engine (pools, effective policy, client
+    /// CAs). `config` has checked every reference; `None` only for an unknown group name.
+    pub fn anyconnect_group(&self, name: &str) -> Option<AnyConnectGroup> {
+        let ra = self.remote_access.as_ref()?;
+        let tg = ra.tunnel_group(name)?;
+        let policy = self.effective_group_policy(tg.default_group_policy.as_deref().unwrap_or(DEFAULT_GROUP_POLICY))?;
+        let pool_names = policy.address_pools.clone().unwrap_or_else(|| tg.address_pools.clone());
+        let pools = pool_names.iter().filter_map(|p| ra.pool(p).cloned()).collect();
+        Some(AnyConnectGroup {
+            name: tg.name.clone(),
+            aliases: tg.group_aliases.iter().filter(|a| a.enabled).map(|a| a.alias.clone()).collect(),
+            authentication: tg.authentication,
+            pools,
+            policy,
+            client_ca_files: self.trustpoints.iter().filter_map(|t| t.ca_file.clone()).collect(),
+        })
+    }
+
+    /// Every remote-access tunnel group, resolved, in configuration order.
+    pub fn anyconnect_groups(&self) -> Vec<AnyConnectGroup> {
+        let Some(ra) = &self.remote_access else { return Vec::new() };
+        ra.tunnel_groups.iter().filter_map(|t| self.anyconnect_group(&t.name)).collect()
+    }
+
+    /// The TLS/DTLS listeners: one per `webvpn` / `enable NAMEIF`, when `anyconnect enable` is
+    /// set. Errors name what is missing (`config` reports the same with spans first).
+    pub fn anyconnect_listeners(&self) -> Result<Vec<AnyConnectListener>, String> {
+        let Some(ra) = &self.remote_access else { return Ok(Vec::new()) };
+        if !ra.webvpn.anyconnect_enable {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for nameif in &ra.webvpn.enabled_on {
+            let iface = self.interface_by_nameif(nameif).ok_or_else(|| format!("webvpn: no interface has nameif {nameif}"))?;
+            let addr = iface.address.ok_or_else(|| format!("webvpn: interface {} (nameif {nameif}) has no ip address", iface.name))?.addr;
+            let tp_name = ra.ssl_trustpoint_for(nameif).ok_or_else(|| format!("webvpn: no `ssl trust-point TRUSTPOINT {nameif}`"))?;
+            let tp = self.trustpoint(tp_name).ok_or_else(|| format!("ssl trust-point: crypto ca trustpoint {tp_name} is not defined"))?;
+            let certificate_file = tp.certificate_file.clone().ok_or_else(|| format!("crypto ca trustpoint {tp_name} has no certificate-file"))?;
+            let key_file = tp.key_file.clone().ok_or_else(|| format!("crypto ca trustpoint {tp_name} has no key-file"))?;
+            out.push(AnyConnectListener {
+                nameif: nameif.clone(),
+                ifname: iface.name.clone(),
+                addr,
+                tls_port: ra.webvpn.port,
+                dtls_port: ra.webvpn.dtls_port,
+                trustpoint: tp_name.to_string(),
+                certificate_file,
+                key_file,
+            });
+        }
+        Ok(out)
     }
 }
 
