@@ -16,6 +16,7 @@
 pub mod capture;
 pub mod cmd;
 pub mod holdfast;
+pub mod resume;
 pub mod strongswan;
 pub mod topo;
 pub mod xfer;
