@@ -20,9 +20,23 @@ pub struct Capture {
 impl Capture {
     /// Starts capturing `br0` in the wan namespace into `<run dir>/<name>.pcapng`.
     pub fn start(topo: &Topology, name: &str) -> Result<Capture> {
+        Self::start_snaplen(topo, name, None)
+    }
+
+    /// Like [`Self::start`], keeping only the first `snaplen` bytes of each frame (when given):
+    /// enough for every header a cleartext check needs, and long transfers stay cheap to store
+    /// and dissect. tshark reports cut frames as "Packet size limited during capture", never as
+    /// "Malformed Packet".
+    pub fn start_snaplen(topo: &Topology, name: &str, snaplen: Option<u32>) -> Result<Capture> {
         let file = topo.path(&format!("{name}.pcapng"));
         let f = file.to_string_lossy().into_owned();
-        let cmd = in_ns(&topo.wan, &["dumpcap", "-q", "-i", "br0", "-B", "64", "-w", &f]);
+        let snap = snaplen.map(|s| s.to_string());
+        let mut argv = vec!["dumpcap", "-q", "-i", "br0", "-B", "64"];
+        if let Some(s) = &snap {
+            argv.extend(["-s", s.as_str()]);
+        }
+        argv.extend(["-w", &f]);
+        let cmd = in_ns(&topo.wan, &argv);
         let proc = Proc::spawn("dumpcap", cmd, &topo.path(&format!("{name}-dumpcap.log")))?;
         let cap = Capture { file, proc: Some(proc) };
         // dumpcap writes the pcapng section header as soon as the interface is open.

@@ -172,6 +172,9 @@ pub struct Holdfast {
     pub config: PathBuf,
     pub control: PathBuf,
     pub bin: PathBuf,
+    /// `--state-dir` (the daemon snapshots its connection table there and restores it after a
+    /// restart); `None` runs without one.
+    pub state_dir: Option<PathBuf>,
     proc: Option<Proc>,
     log: PathBuf,
 }
@@ -180,6 +183,21 @@ impl Holdfast {
     /// Writes `<run dir>/<name>.conf`, validates it with `holdfast check`, starts the daemon in
     /// `ns` and waits until its control socket answers `show running-config`.
     pub fn start(topo: &Topology, ns: &str, name: &str, params: &HoldfastParams) -> Result<Holdfast> {
+        Self::start_with_state(topo, ns, name, params, None)
+    }
+
+    /// Like [`Self::start`], with `holdfast run --state-dir DIR` (created if missing) so that a
+    /// [`Self::restart`] restores the connection table.
+    pub fn start_with_state(
+        topo: &Topology,
+        ns: &str,
+        name: &str,
+        params: &HoldfastParams,
+        state_dir: Option<&std::path::Path>,
+    ) -> Result<Holdfast> {
+        if let Some(d) = state_dir {
+            std::fs::create_dir_all(d).map_err(io_err(format!("creating state dir {}", d.display())))?;
+        }
         let bin = crate::holdfast_bin();
         if !bin.exists() {
             return Err(LabError::Check(format!("{} does not exist (run `cargo build --release`)", bin.display())));
@@ -193,6 +211,7 @@ impl Holdfast {
             log: topo.path(&format!("{name}.log")),
             config,
             bin,
+            state_dir: state_dir.map(|d| d.to_path_buf()),
             proc: None,
         };
         let check = run(
@@ -216,7 +235,12 @@ impl Holdfast {
         let bin = self.bin.to_string_lossy().into_owned();
         let cfg = self.config.to_string_lossy().into_owned();
         let sock = self.control.to_string_lossy().into_owned();
-        let mut cmd = in_ns(&self.ns, &[&bin, "run", "--config", &cfg, "--control", &sock]);
+        let state = self.state_dir.as_ref().map(|d| d.to_string_lossy().into_owned());
+        let mut argv = vec![bin.as_str(), "run", "--config", &cfg, "--control", &sock];
+        if let Some(d) = &state {
+            argv.extend(["--state-dir", d.as_str()]);
+        }
+        let mut cmd = in_ns(&self.ns, &argv);
         cmd.env("RUST_BACKTRACE", "1");
         let mut p = Proc::spawn(&self.name, cmd, &self.log)?;
         p.grace = Duration::from_secs(5);
@@ -302,6 +326,13 @@ impl Drop for Holdfast {
         }
         self.stop();
     }
+}
+
+/// Whether the holdfast binary under test knows `run --state-dir` (from its `run --help`).
+pub fn supports_state_dir() -> bool {
+    run(Command::new(crate::holdfast_bin()).args(["run", "--help"]), Duration::from_secs(10))
+        .map(|o| o.stdout.contains("--state-dir") || o.stderr.contains("--state-dir"))
+        .unwrap_or(false)
 }
 
 /// One IKE SA as `show crypto ikev2 sa detail` reports it.

@@ -16,7 +16,9 @@
 pub mod capture;
 pub mod cmd;
 pub mod holdfast;
+pub mod http;
 pub mod resume;
+pub mod scenario;
 pub mod strongswan;
 pub mod topo;
 pub mod xfer;

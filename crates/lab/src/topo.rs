@@ -151,6 +151,14 @@ impl Topology {
         Ok(())
     }
 
+    /// [`Self::add_wan_default_routes`] for one gateway only (`'a'` or `'b'`), e.g. only where
+    /// holdfast runs, when the other gateway is a peer whose own leaks are not under test.
+    pub fn add_wan_default_route(&self, side: char) -> Result<()> {
+        let via = if side == 'a' { GW_B_WAN_IP } else { GW_A_WAN_IP };
+        sh(Some(self.gw(side)), &["ip", "route", "add", "default", "via", via], T)?;
+        Ok(())
+    }
+
     /// A path in the run directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
