@@ -1,15 +1,24 @@
-//! Storage: a slab of small fixed-size entries in fixed-size chunks, indexed by an
-//! open-addressing table of 8-byte buckets, plus a hashed timer wheel threaded through the entries.
+//! Storage: a slab of cache-line-sized entries in fixed-size chunks, indexed by an
+//! open-addressing table of 8-byte buckets, plus a hashed timer wheel whose links sit in a
+//! parallel array.
 //!
-//! Why this shape: an entry is 72 bytes and the index costs 8 bytes per bucket at a load factor
-//! between 3/8 and 3/4, so a flow costs 83-93 bytes including the table, against 128 targeted
-//! (DESIGN.md §Habits 6). A lookup touches two cache lines (bucket, entry) and nothing else. Chunks of 16384 entries bound the slack of
-//! slab growth to one chunk instead of the 2x of a doubling `Vec`, and entries never move, so a
-//! slab index is a stable handle. The wheel's links live inside the entries: arming a timer never
-//! allocates.
+//! Why this shape: an entry is exactly one 64-byte cache line (aligned), its wheel links are
+//! 8 bytes elsewhere, and the index costs 8 bytes per bucket at a load factor between 3/8 and
+//! 3/4, so a flow costs 83-94 bytes including the table, against 128 targeted (DESIGN.md
+//! §Habits 6). A packet of an existing conn touches two cache lines: the bucket line (a probe run
+//! rarely crosses into the next one) and the entry line; the links are only read when a timer is
+//! re-armed (setup, teardown, a shorter timeout). Random-conn lookups on a big table are bound by
+//! memory latency, so `Table::prefetch_home`/`prefetch_entry` let a batch issue its misses ahead
+//! of processing (see `Engine::handle_batch`), and the big arrays ask for transparent huge pages
+//! (a TLB miss on every random access otherwise: the table is far larger than the TLB reach of
+//! 4 KiB pages).
+//!
+//! Chunks of 32768 entries (2 MiB, one huge page) bound the slack of slab growth to one chunk
+//! instead of the 2x of a doubling `Vec`, and entries never move, so a slab index is a stable
+//! handle. Arming a timer never allocates.
 
 pub(crate) const NIL: u32 = u32::MAX;
-const CHUNK_BITS: u32 = 14;
+const CHUNK_BITS: u32 = 15;
 const CHUNK: usize = 1 << CHUNK_BITS;
 
 /// The 5-tuple plus interface pair, normalised so both directions of a flow share one key:
@@ -37,8 +46,9 @@ impl Key {
     }
 }
 
-/// One connection. Times are engine milliseconds (see `Engine::ms`).
+/// One connection, one cache line. Times are engine milliseconds (see `Engine::ms`).
 #[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
 pub(crate) struct Entry {
     pub key: Key,
     pub id: u64,
@@ -46,9 +56,6 @@ pub(crate) struct Entry {
     pub last_ms: u64,
     /// Engine seconds at build time (uptime/duration need no finer grain).
     pub created_s: u32,
-    /// Timer wheel links; `next` doubles as the free-list link of a free slot.
-    pub prev: u32,
-    pub next: u32,
     /// Wheel tick the entry is armed for; `NIL` = not in the wheel (no timeout).
     pub armed: u32,
     /// Sequence number of the FIN sent by [inside, outside] (valid once `f`/`F` is set).
@@ -61,6 +68,9 @@ pub(crate) struct Entry {
     pub icmp_code: u8,
 }
 
+// One entry = one cache line: the layout above uses 63 of its 64 bytes.
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
+
 impl Entry {
     pub const FREE: Entry = Entry {
         key: Key { out_ip: 0, in_ip: 0, out_port: 0, in_port: 0, proto: 0, ifc_out: 0, ifc_in: 0 },
@@ -68,8 +78,6 @@ impl Entry {
         bytes: 0,
         last_ms: 0,
         created_s: 0,
-        prev: NIL,
-        next: NIL,
         armed: NIL,
         fin_seq: [0; 2],
         flags: 0,
@@ -79,6 +87,16 @@ impl Entry {
         icmp_code: 0,
     };
 }
+
+/// Timer wheel links of an entry; `next` doubles as the free-list link of a free slot. Kept out
+/// of the entry so that the entry fits one cache line: only timer (re-)arming reads them.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+}
+
+const NO_LINK: Link = Link { prev: NIL, next: NIL };
 
 /// Keyed hash of a flow key. Attackers choose ports and (spoofed) addresses, so the hash is
 /// keyed with a per-engine seed to keep them from aiming many flows at one probe sequence.
@@ -107,17 +125,114 @@ fn expand_seed(seed: u64) -> [u64; 4] {
     [next(), next(), next(), next()]
 }
 
+/// Asks the CPU to start loading the cache line holding `p` (a hint: no fault, no stall, no
+/// architectural effect). Elsewhere than x86_64 it does nothing: lookups stay correct, only the
+/// overlap of a batch's misses is lost.
+#[inline(always)]
+fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 never faults and changes no architectural state, whatever the address
+    // (here: a live reference); SSE, which provides it, is part of the x86_64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>((p as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Fixed-length arrays for the big tables, allocated 2 MiB-aligned when they are at least 2 MiB
+/// and offered to the kernel's transparent huge pages before their first touch (see `mem`).
+mod mem {
+    use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+    use std::ops::{Deref, DerefMut};
+    use std::ptr::NonNull;
+
+    pub const HUGE_PAGE: usize = 2 << 20;
+
+    /// Owns `len` initialised `T`s (like `Box<[T]>`, which cannot carry a larger alignment than
+    /// `T`'s own: its deallocation would use the wrong layout).
+    pub struct Buf<T: Copy> {
+        ptr: NonNull<T>,
+        len: usize,
+        layout: Layout,
+    }
+
+    // SAFETY: `Buf` owns its memory exclusively, exactly like `Box<[T]>`; it is Send/Sync when
+    // `T` is.
+    unsafe impl<T: Copy + Send> Send for Buf<T> {}
+    // SAFETY: as above; shared access only hands out `&[T]`.
+    unsafe impl<T: Copy + Sync> Sync for Buf<T> {}
+
+    impl<T: Copy> Buf<T> {
+        pub fn filled(len: usize, value: T) -> Self {
+            let size = std::mem::size_of::<T>().checked_mul(len.max(1)).expect("table size overflow");
+            let align = if size >= HUGE_PAGE { HUGE_PAGE } else { std::mem::align_of::<T>() };
+            let layout = Layout::from_size_align(size, align).expect("table size overflow");
+            // SAFETY: `layout` has a non-zero size (len.max(1) elements of a non-ZST; the
+            // table's element types are all non-zero-sized).
+            let raw = unsafe { alloc(layout) };
+            let Some(ptr) = NonNull::new(raw.cast::<T>()) else { handle_alloc_error(layout) };
+            if size >= HUGE_PAGE {
+                advise_huge(raw, size);
+            }
+            for k in 0..len {
+                // SAFETY: `k < len` and the allocation holds `len` properly aligned `T`s.
+                unsafe { ptr.as_ptr().add(k).write(value) };
+            }
+            Buf { ptr, len, layout }
+        }
+    }
+
+    impl<T: Copy> Deref for Buf<T> {
+        type Target = [T];
+        fn deref(&self) -> &[T] {
+            // SAFETY: `ptr` points to `len` initialised `T`s owned by `self` (see `filled`).
+            unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        }
+    }
+
+    impl<T: Copy> DerefMut for Buf<T> {
+        fn deref_mut(&mut self) -> &mut [T] {
+            // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        }
+    }
+
+    impl<T: Copy> Drop for Buf<T> {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `filled` with exactly this layout; `T: Copy` needs no drop.
+            unsafe { dealloc(self.ptr.as_ptr().cast(), self.layout) }
+        }
+    }
+
+    /// Asks Linux for transparent huge pages on a fresh, untouched, 2 MiB-aligned allocation
+    /// (THP in `madvise` mode does nothing otherwise). Best effort: if the kernel says no, the
+    /// memory simply stays on 4 KiB pages.
+    #[cfg(target_os = "linux")]
+    fn advise_huge(p: *mut u8, size: usize) {
+        // SAFETY: [p, p + size) is one allocation we own and have not handed out; MADV_HUGEPAGE
+        // changes only how the kernel backs it, never its contents or validity.
+        let _ = unsafe { libc::madvise(p.cast(), size, libc::MADV_HUGEPAGE) };
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn advise_huge(_p: *mut u8, _size: usize) {}
+}
+
+use mem::Buf;
+
 /// Open-addressing index over the slab: linear probing, no tombstones (backward-shift deletion,
 /// Knuth vol. 3 §6.4 Algorithm R). A bucket is one `u64`: the low 32 bits of the key's hash
 /// (the tag) above the slab index + 1 (0 = empty). The home bucket is `tag & mask`, so growth
 /// and deletion never touch the slab; a full tag compare filters almost every foreign key before
 /// the slab is read (keys sharing a home bucket still differ in 32 - log2(buckets) tag bits).
 /// Maximum load 3/4 keeps probe runs short (Knuth: ~2.5 probes per hit, ~8.5 per miss, in
-/// adjacent words).
+/// adjacent words: eight buckets share a cache line).
 pub(crate) struct Table {
-    buckets: Vec<u64>,
+    buckets: Buf<u64>,
     mask: usize,
-    chunks: Vec<Box<[Entry]>>,
+    chunks: Vec<Buf<Entry>>,
+    links: Vec<Box<[Link]>>,
     free: u32,
     /// Slots handed out at least once (the high-water mark of the slab).
     hi: u32,
@@ -127,7 +242,7 @@ pub(crate) struct Table {
 
 const MIN_BUCKETS: usize = 64;
 
-fn slot(chunks: &[Box<[Entry]>], i: u32) -> &Entry {
+fn slot(chunks: &[Buf<Entry>], i: u32) -> &Entry {
     &chunks[(i >> CHUNK_BITS) as usize][(i as usize) & (CHUNK - 1)]
 }
 
@@ -138,9 +253,10 @@ fn bucket_of(tag: u32, i: u32) -> u64 {
 impl Table {
     pub fn new(seed: u64) -> Self {
         Self {
-            buckets: vec![0; MIN_BUCKETS],
+            buckets: Buf::filled(MIN_BUCKETS, 0),
             mask: MIN_BUCKETS - 1,
             chunks: Vec::new(),
+            links: Vec::new(),
             free: NIL,
             hi: 0,
             len: 0,
@@ -152,7 +268,6 @@ impl Table {
         self.len
     }
 
-
     /// Slab indices are only produced by this table, so indexing cannot go out of bounds.
     pub fn get(&self, i: u32) -> &Entry {
         slot(&self.chunks, i)
@@ -160,6 +275,14 @@ impl Table {
 
     pub fn get_mut(&mut self, i: u32) -> &mut Entry {
         &mut self.chunks[(i >> CHUNK_BITS) as usize][(i as usize) & (CHUNK - 1)]
+    }
+
+    fn link(&self, i: u32) -> &Link {
+        &self.links[(i >> CHUNK_BITS) as usize][(i as usize) & (CHUNK - 1)]
+    }
+
+    fn link_mut(&mut self, i: u32) -> &mut Link {
+        &mut self.links[(i >> CHUNK_BITS) as usize][(i as usize) & (CHUNK - 1)]
     }
 
     pub fn hash(&self, k: &Key) -> u64 {
@@ -188,21 +311,34 @@ impl Table {
         }
     }
 
-    /// The bucket word at the key's home position: reading it for a batch of packets before
-    /// processing them lets their cache misses overlap.
-    pub fn home_word(&self, h: u64) -> u64 {
-        self.buckets[(h as u32 as usize) & self.mask]
+    /// Batch stage 1: starts loading the key's home bucket line, and the next line too when the
+    /// home bucket sits near the end of its line (a probe run may continue there).
+    pub fn prefetch_home(&self, h: u64) {
+        let pos = (h as u32 as usize) & self.mask;
+        prefetch(&self.buckets[pos]);
+        prefetch(&self.buckets[(pos + 2) & self.mask]);
     }
 
-    /// Reads the first and last word of the entry a bucket word names (0 if none), to pull
-    /// both cache lines it may straddle into the cache.
-    pub fn touch(&self, b: u64) -> u64 {
-        match (b as u32).checked_sub(1) {
-            Some(i) if i < self.hi => {
-                let e = self.get(i);
-                u64::from(e.key.out_ip) ^ u64::from(e.icmp_code)
+    /// Batch stage 2 (once the bucket line has had time to arrive): starts loading the entry of
+    /// the first bucket in the key's probe run whose tag matches. Only a cache hint: the real
+    /// lookup comes later and repeats the probe (the table may change in between).
+    pub fn prefetch_entry(&self, h: u64) {
+        let tag = h as u32;
+        let mut pos = (tag as usize) & self.mask;
+        // Bounded: a hint need not chase a rare long run.
+        for _ in 0..8 {
+            let b = self.buckets[pos];
+            if b == 0 {
+                return;
             }
-            _ => 0,
+            if (b >> 32) as u32 == tag {
+                let i = (b as u32) - 1;
+                if i < self.hi {
+                    prefetch(self.get(i));
+                }
+                return;
+            }
+            pos = (pos + 1) & self.mask;
         }
     }
 
@@ -214,17 +350,19 @@ impl Table {
         }
         let i = if self.free != NIL {
             let i = self.free;
-            self.free = self.get(i).next;
+            self.free = self.link(i).next;
             i
         } else {
             let i = self.hi;
             if (i as usize) >> CHUNK_BITS >= self.chunks.len() {
-                self.chunks.push(vec![Entry::FREE; CHUNK].into_boxed_slice());
+                self.chunks.push(Buf::filled(CHUNK, Entry::FREE));
+                self.links.push(vec![NO_LINK; CHUNK].into_boxed_slice());
             }
             self.hi += 1;
             i
         };
         *self.get_mut(i) = e;
+        *self.link_mut(i) = NO_LINK;
         let tag = self.hash(&e.key) as u32;
         self.place(bucket_of(tag, i));
         self.len += 1;
@@ -240,10 +378,10 @@ impl Table {
     }
 
     fn grow(&mut self) {
-        let doubled = vec![0; self.buckets.len() * 2];
+        let doubled = Buf::filled(self.buckets.len() * 2, 0);
         let old = std::mem::replace(&mut self.buckets, doubled);
         self.mask = self.buckets.len() - 1;
-        for b in old {
+        for &b in old.iter() {
             if b != 0 {
                 self.place(b);
             }
@@ -263,10 +401,9 @@ impl Table {
         if self.buckets[pos] == want {
             self.delete_at(pos);
         }
+        *self.get_mut(i) = Entry::FREE;
         let free = self.free;
-        let s = self.get_mut(i);
-        *s = Entry::FREE;
-        s.next = free;
+        *self.link_mut(i) = Link { prev: NIL, next: free };
         self.free = i;
         self.len -= 1;
         e
@@ -305,11 +442,13 @@ impl Table {
         self.buckets.iter().filter(|&&b| b != 0).count()
     }
 
-    /// Heap bytes held by the table (slab chunks + index), for `show` and the benchmark.
+    /// Heap bytes held by the table (slab chunks, their links, index), for `show` and the
+    /// benchmark.
     pub fn heap_bytes(&self) -> usize {
-        self.chunks.len() * CHUNK * std::mem::size_of::<Entry>()
-            + self.chunks.capacity() * std::mem::size_of::<Box<[Entry]>>()
-            + self.buckets.capacity() * 8
+        self.chunks.len() * CHUNK * (std::mem::size_of::<Entry>() + std::mem::size_of::<Link>())
+            + self.chunks.capacity() * std::mem::size_of::<Buf<Entry>>()
+            + self.links.capacity() * std::mem::size_of::<Box<[Link]>>()
+            + self.buckets.len() * 8
     }
 }
 
@@ -342,27 +481,21 @@ impl Wheel {
         let tick = deadline_ms.div_ceil(TICK_MS).max(self.cursor + 1);
         let s = (tick as usize) % WHEEL_SLOTS;
         let head = self.heads[s];
-        {
-            let e = t.get_mut(i);
-            e.armed = u32::try_from(tick).unwrap_or(u32::MAX - 1);
-            e.prev = NIL;
-            e.next = head;
-        }
+        t.get_mut(i).armed = u32::try_from(tick).unwrap_or(u32::MAX - 1);
+        *t.link_mut(i) = Link { prev: NIL, next: head };
         if head != NIL {
-            t.get_mut(head).prev = i;
+            t.link_mut(head).prev = i;
         }
         self.heads[s] = i;
         self.bitmap[s / 64] |= 1 << (s % 64);
     }
 
     pub fn unlink(&mut self, t: &mut Table, i: u32) {
-        let (prev, next, armed) = {
-            let e = t.get(i);
-            (e.prev, e.next, e.armed)
-        };
+        let armed = t.get(i).armed;
         if armed == NIL {
             return;
         }
+        let Link { prev, next } = *t.link(i);
         let s = (armed as usize) % WHEEL_SLOTS;
         if prev == NIL {
             self.heads[s] = next;
@@ -370,19 +503,28 @@ impl Wheel {
                 self.bitmap[s / 64] &= !(1 << (s % 64));
             }
         } else {
-            t.get_mut(prev).next = next;
+            t.link_mut(prev).next = next;
         }
         if next != NIL {
-            t.get_mut(next).prev = prev;
+            t.link_mut(next).prev = prev;
         }
+        t.get_mut(i).armed = NIL;
+        *t.link_mut(i) = NO_LINK;
+    }
+
+    /// For a member of a list detached by `take_slot`: returns (the next member, the tick it
+    /// was armed for) and marks it unarmed, so the caller can re-arm or free it.
+    pub fn release(&mut self, t: &mut Table, i: u32) -> (u32, u64) {
+        let next = t.link(i).next;
         let e = t.get_mut(i);
-        e.prev = NIL;
-        e.next = NIL;
+        let armed = u64::from(e.armed);
         e.armed = NIL;
+        *t.link_mut(i) = NO_LINK;
+        (next, armed)
     }
 
     /// Detaches and returns the list of slot `s` (its members keep stale links; the caller
-    /// walks `next` first and re-arms or frees every member).
+    /// walks them with `release` and re-arms or frees every member).
     pub fn take_slot(&mut self, s: usize) -> u32 {
         let h = self.heads[s];
         self.heads[s] = NIL;
@@ -422,7 +564,7 @@ impl Wheel {
             let mut i = h;
             while i != NIL {
                 n += 1;
-                i = t.get(i).next;
+                i = t.link(i).next;
             }
         }
         n
