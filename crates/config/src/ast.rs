@@ -3,8 +3,8 @@
 //! Lowering ([`crate::lower`]) resolves references and defaults into a `policy::Config`.
 
 use crate::diag::Span;
-use policy::{AclAction, ConnectionType, DhGroup, Dpd, Encryption, Integrity, Ipv4Net, Prf, Secret, TunnelGroupKind};
-use std::net::IpAddr;
+use policy::{AclAction, MtuPolicy, RaAuthentication, RekeyMethod, SplitTunnelPolicy, VpnTunnelProtocol, ConnectionType, DhGroup, Dpd, Encryption, Integrity, Ipv4Net, Prf, Secret, TunnelGroupKind};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +72,24 @@ pub enum ItemKind {
     CryptoMapInterface { map: Spanned<String>, nameif: Spanned<String> },
     TunnelGroupType { name: Spanned<String>, kind: Spanned<TunnelGroupKind> },
     TunnelGroupIpsec { name: Spanned<String>, body: Vec<Spanned<TgIpsecCmd>> },
-    /// `tunnel-group X general-attributes`: its lines are outside holdfast's scope for now.
-    TunnelGroupGeneral { name: Spanned<String> },
+    /// `tunnel-group X general-attributes`. Used for remote-access groups; for `ipsec-l2l`
+    /// groups the lines are outside holdfast's scope and `raw` says how to report them.
+    TunnelGroupGeneral { name: Spanned<String>, body: Vec<Spanned<TgGeneralCmd>>, raw: Vec<Ignored> },
+    /// `tunnel-group X webvpn-attributes` (remote access).
+    TunnelGroupWebvpn { name: Spanned<String>, body: Vec<Spanned<TgWebvpnCmd>> },
+    /// `ip local pool NAME START-END mask MASK`.
+    IpLocalPool { name: Spanned<String>, start: Ipv4Addr, end: Ipv4Addr, range: Span, prefix_len: u8, mask_span: Span },
+    /// The global `webvpn` mode.
+    WebVpn { body: Vec<Spanned<WebVpnCmd>> },
+    /// `group-policy NAME internal`.
+    GroupPolicyInternal { name: Spanned<String> },
+    /// `group-policy NAME attributes` with its lines (the nested `webvpn` mode flattened).
+    GroupPolicyAttributes { name: Spanned<String>, body: Vec<Spanned<GpCmd>> },
+    /// `username NAME password ... [privilege N]` / `username NAME nopassword`. A clear password
+    /// is already hashed here.
+    Username { name: Spanned<String>, password: UserPassword, privilege: Option<u8> },
+    /// `ssl trust-point TP [NAMEIF]`.
+    SslTrustpoint { trustpoint: Spanned<String>, nameif: Option<Spanned<String>> },
     /// `crypto ca trustpoint NAME` with its holdfast file lines.
     Trustpoint { name: Spanned<String>, body: Vec<Spanned<TrustpointCmd>> },
 }
@@ -208,4 +224,66 @@ pub enum TgIpsecCmd {
     LocalCert(Spanned<String>),
     /// `isakmp keepalive threshold T retry R` = `Some`, `isakmp keepalive disable` = `None`.
     Keepalive(Option<Dpd>),
+}
+
+/// `webvpn` (global) lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebVpnCmd {
+    Enable(Spanned<String>),
+    Port(u16),
+    DtlsPort(u16),
+    AnyconnectEnable,
+    TunnelGroupList(bool),
+}
+
+/// `group-policy NAME attributes` lines, and its nested `webvpn` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpCmd {
+    VpnTunnelProtocol(Vec<VpnTunnelProtocol>),
+    SplitTunnelPolicy(SplitTunnelPolicy),
+    /// `value ACL` = `Some`, `none` = `None`.
+    SplitTunnelNetworkList(Option<Spanned<String>>),
+    DnsServers(Vec<Ipv4Addr>),
+    DefaultDomain(Option<String>),
+    /// `None` = `none`.
+    IdleTimeout(Option<Duration>),
+    SessionTimeout(Option<Duration>),
+    /// `address-pools value P...`; empty = `address-pools none`.
+    AddressPools(Vec<Spanned<String>>),
+    Mtu(u16),
+    /// holdfast extension `anyconnect mtu-policy common|split`.
+    MtuPolicy(MtuPolicy),
+    Dtls(bool),
+    DfBitIgnore(bool),
+    DpdClient(Option<Duration>),
+    DpdGateway(Option<Duration>),
+    Keepalive(Option<Duration>),
+    RekeyTime(Option<Duration>),
+    RekeyMethod(RekeyMethod),
+}
+
+/// `tunnel-group NAME general-attributes` lines holdfast uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TgGeneralCmd {
+    AddressPools(Vec<Spanned<String>>),
+    DefaultGroupPolicy(Spanned<String>),
+}
+
+/// `tunnel-group NAME webvpn-attributes` lines holdfast uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TgWebvpnCmd {
+    GroupAlias { alias: Spanned<String>, enabled: bool },
+    Authentication(RaAuthentication),
+}
+
+/// A user's password as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserPassword {
+    /// A `$pbkdf2-sha256$` hash: made at load from a clear password, or given with `pbkdf2`.
+    Hash(Secret),
+    /// `nopassword`.
+    None,
+    /// Masked (`*****`) or an ASA hash holdfast cannot verify: the user is not loaded (the
+    /// parser has said so in a warning).
+    Unusable,
 }

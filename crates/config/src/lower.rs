@@ -8,6 +8,10 @@ use policy::{
     AccessList, AclAction, AclEntry, ClientServices, Config, CryptoMapBinding, CryptoMapEntry, Dpd, Encryption, Ikev2Policy,
     Integrity, Interface, IpsecProposal, LoggingHost, Prf, Secret, TunnelGroup, TunnelGroupKind,
 };
+use policy::{
+    AddressPool, GroupAlias, GroupPolicy, GroupPolicyAttributes, Ipv4Net, LocalUser, RaAuthentication, RaTunnelGroup, RemoteAccess,
+    SplitTunnelPolicy, SslTrustpoint, WebVpn, DEFAULT_GROUP_POLICY,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -44,6 +48,7 @@ pub(crate) fn lower(ast: &Ast) -> Lowered {
         bindings: Vec::new(),
         tgs: Vec::new(),
         trustpoints: Vec::new(),
+        ra: RaAcc::default(),
     };
     l.run();
     Lowered { config: l.cfg, issues: l.issues, ignored: l.ignored }
@@ -121,6 +126,7 @@ struct Lowerer<'a> {
     bindings: Vec<(Spanned<String>, Spanned<String>)>,
     tgs: Vec<(String, TgAcc)>,
     trustpoints: Vec<(String, TrustpointAcc)>,
+    ra: RaAcc,
 }
 
 impl<'a> Lowerer<'a> {
@@ -134,6 +140,7 @@ impl<'a> Lowerer<'a> {
         self.finish_trustpoints();
         self.finish_tunnel_groups();
         self.finish_crypto_maps();
+        self.finish_remote_access();
         self.check_nameifs();
         self.check_tunnels();
     }
@@ -385,9 +392,15 @@ impl<'a> Lowerer<'a> {
                     }
                 }
             }
-            ItemKind::TunnelGroupGeneral { name } => {
-                let acc = self.tg(name);
-                acc.attr_span.get_or_insert(name.span);
+            ItemKind::TunnelGroupGeneral { .. }
+            | ItemKind::TunnelGroupWebvpn { .. }
+            | ItemKind::IpLocalPool { .. }
+            | ItemKind::WebVpn { .. }
+            | ItemKind::GroupPolicyInternal { .. }
+            | ItemKind::GroupPolicyAttributes { .. }
+            | ItemKind::Username { .. }
+            | ItemKind::SslTrustpoint { .. } => {
+                self.ra_item(item);
             }
             ItemKind::Trustpoint { name, body } => {
                 // Re-entering `crypto ca trustpoint X` modifies it.
@@ -606,10 +619,14 @@ impl<'a> Lowerer<'a> {
                     ));
                 }
             }
-            let Some(kind) = acc.kind else {
+            // The ASA's built-in remote-access groups exist without a `type` line.
+            let builtin = policy::BUILTIN_RA_TUNNEL_GROUPS.contains(&name.as_str());
+            let Some(kind) = acc.kind.or(builtin.then_some(TunnelGroupKind::RemoteAccess)) else {
                 if !self.failed(name) {
                     let span = acc.attr_span.unwrap_or(acc.span);
-                    self.issues.push(Issue::error(span, format!("tunnel-group {name} has no `tunnel-group {name} type ipsec-l2l`")));
+                    let ra_attrs = self.ra.tgs.iter().any(|(n, t)| n == name && (t.webvpn_span.is_some() || !t.pools.is_empty() || t.default_gp.is_some()));
+                    let kind = if ra_attrs { "remote-access" } else { "ipsec-l2l" };
+                    self.issues.push(Issue::error(span, format!("tunnel-group {name} has no `tunnel-group {name} type {kind}`")));
                 }
                 continue;
             };
@@ -783,6 +800,467 @@ impl<'a> Lowerer<'a> {
             let span = self.maps.get(&(map.clone(), seq)).map_or(Span { start: 0, end: 0, line: 1, col: 1 }, |m| m.span);
             self.issues.push(Issue::error(span, format!("crypto map {map} {seq}: {what}")));
         }
+    }
+}
+
+// --- remote access ---------------------------------------------------------------------------
+
+/// Remote-access lines as written, with the spans later checks point at.
+#[derive(Default)]
+pub(crate) struct RaAcc {
+    /// Any remote-access line was seen.
+    seen: bool,
+    pools: Vec<(Spanned<String>, AddressPool, Span, Span)>,
+    webvpn: WebVpn,
+    webvpn_enable: Vec<Spanned<String>>,
+    anyconnect_enable: Option<Span>,
+    gp_internal: Vec<Spanned<String>>,
+    gp_attrs: Vec<(Spanned<String>, GroupPolicyAttributes, GpRefs)>,
+    tgs: Vec<(String, RaTgAcc)>,
+    users: Vec<LocalUser>,
+    ssl_tps: Vec<(Spanned<String>, Option<Spanned<String>>)>,
+}
+
+#[derive(Default, Clone)]
+struct GpRefs {
+    split_list: Option<Spanned<String>>,
+    pools: Vec<Spanned<String>>,
+    split_policy: Option<Span>,
+}
+
+#[derive(Default)]
+struct RaTgAcc {
+    pools: Vec<Spanned<String>>,
+    default_gp: Option<Spanned<String>>,
+    authentication: RaAuthentication,
+    auth_span: Option<Span>,
+    aliases: Vec<(Spanned<String>, bool)>,
+    /// general-attributes lines, reported as ignored if the group is ipsec-l2l.
+    raw_general: Vec<Ignored>,
+    webvpn_span: Option<Span>,
+}
+
+impl RaAcc {
+    fn tg(&mut self, name: &str) -> &mut RaTgAcc {
+        let idx = match self.tgs.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                self.tgs.push((name.to_string(), RaTgAcc::default()));
+                self.tgs.len() - 1
+            }
+        };
+        &mut self.tgs[idx].1
+    }
+    fn gp(&mut self, name: &Spanned<String>) -> (&mut GroupPolicyAttributes, &mut GpRefs) {
+        let idx = match self.gp_attrs.iter().position(|(n, _, _)| n.node == name.node) {
+            Some(i) => i,
+            None => {
+                self.gp_attrs.push((name.clone(), GroupPolicyAttributes::default(), GpRefs::default()));
+                self.gp_attrs.len() - 1
+            }
+        };
+        let (_, a, r) = &mut self.gp_attrs[idx];
+        (a, r)
+    }
+}
+
+impl<'a> Lowerer<'a> {
+    /// One remote-access item (re-entered modes modify, as on the ASA). Returns false for items
+    /// that are not remote access.
+    fn ra_item(&mut self, item: &Item) -> bool {
+        let ra = &mut self.ra;
+        match &item.kind {
+            ItemKind::IpLocalPool { name, start, end, range, prefix_len, mask_span } => {
+                let pool = AddressPool { name: name.node.clone(), start: *start, end: *end, prefix_len: *prefix_len };
+                ra.pools.push((name.clone(), pool, *range, *mask_span));
+            }
+            ItemKind::WebVpn { body } => {
+                for cmd in body {
+                    match &cmd.node {
+                        WebVpnCmd::Enable(n) => {
+                            if !ra.webvpn.enabled_on.contains(&n.node) {
+                                ra.webvpn.enabled_on.push(n.node.clone());
+                                ra.webvpn_enable.push(n.clone());
+                            }
+                        }
+                        WebVpnCmd::Port(p) => ra.webvpn.port = *p,
+                        WebVpnCmd::DtlsPort(p) => ra.webvpn.dtls_port = *p,
+                        WebVpnCmd::AnyconnectEnable => {
+                            ra.webvpn.anyconnect_enable = true;
+                            ra.anyconnect_enable = Some(cmd.span);
+                        }
+                        WebVpnCmd::TunnelGroupList(b) => ra.webvpn.tunnel_group_list = *b,
+                    }
+                }
+            }
+            ItemKind::GroupPolicyInternal { name } => {
+                if !ra.gp_internal.iter().any(|n| n.node == name.node) {
+                    ra.gp_internal.push(name.clone());
+                }
+            }
+            ItemKind::GroupPolicyAttributes { name, body } => {
+                let (a, r) = ra.gp(name);
+                for cmd in body {
+                    let ac = &mut a.anyconnect;
+                    match &cmd.node {
+                        GpCmd::VpnTunnelProtocol(v) => a.vpn_tunnel_protocols = Some(v.clone()),
+                        GpCmd::SplitTunnelPolicy(p) => {
+                            a.split_tunnel_policy = Some(*p);
+                            r.split_policy = Some(cmd.span);
+                        }
+                        GpCmd::SplitTunnelNetworkList(l) => {
+                            a.split_tunnel_network_list = Some(l.as_ref().map(|l| l.node.clone()));
+                            r.split_list = l.clone();
+                        }
+                        GpCmd::DnsServers(v) => a.dns_servers = Some(v.clone()),
+                        GpCmd::DefaultDomain(d) => a.default_domain = Some(d.clone()),
+                        GpCmd::IdleTimeout(t) => a.vpn_idle_timeout = Some(*t),
+                        GpCmd::SessionTimeout(t) => a.vpn_session_timeout = Some(*t),
+                        GpCmd::AddressPools(v) => {
+                            a.address_pools = Some(v.iter().map(|p| p.node.clone()).collect());
+                            r.pools = v.clone();
+                        }
+                        GpCmd::Mtu(m) => ac.mtu = Some(*m),
+                        GpCmd::MtuPolicy(p) => ac.mtu_policy = Some(*p),
+                        GpCmd::Dtls(b) => ac.dtls = Some(*b),
+                        GpCmd::DfBitIgnore(b) => ac.df_bit_ignore = Some(*b),
+                        GpCmd::DpdClient(d) => ac.dpd_client = Some(*d),
+                        GpCmd::DpdGateway(d) => ac.dpd_gateway = Some(*d),
+                        GpCmd::Keepalive(d) => ac.keepalive = Some(*d),
+                        GpCmd::RekeyTime(d) => ac.rekey_time = Some(*d),
+                        GpCmd::RekeyMethod(m) => ac.rekey_method = Some(*m),
+                    }
+                }
+            }
+            ItemKind::TunnelGroupGeneral { name, body, raw } => {
+                let t = ra.tg(&name.node);
+                t.raw_general.extend(raw.iter().cloned());
+                for cmd in body {
+                    match &cmd.node {
+                        TgGeneralCmd::AddressPools(v) => t.pools = v.clone(),
+                        TgGeneralCmd::DefaultGroupPolicy(g) => t.default_gp = Some(g.clone()),
+                    }
+                }
+                self.tg(name).attr_span.get_or_insert(name.span);
+                // `seen` is decided once the group's type is known (ipsec-l2l groups have
+                // general-attributes too).
+                return true;
+            }
+            ItemKind::TunnelGroupWebvpn { name, body } => {
+                let t = ra.tg(&name.node);
+                t.webvpn_span.get_or_insert(name.span);
+                for cmd in body {
+                    match &cmd.node {
+                        TgWebvpnCmd::GroupAlias { alias, enabled } => {
+                            t.aliases.retain(|(a, _)| a.node != alias.node);
+                            t.aliases.push((alias.clone(), *enabled));
+                        }
+                        TgWebvpnCmd::Authentication(m) => {
+                            t.authentication = *m;
+                            t.auth_span = Some(cmd.span);
+                        }
+                    }
+                }
+                self.tg(name).attr_span.get_or_insert(name.span);
+            }
+            ItemKind::Username { name, password, privilege } => {
+                let password_hash = match password {
+                    UserPassword::Hash(h) => Some(h.clone()),
+                    UserPassword::None => None,
+                    UserPassword::Unusable => {
+                        // Warned in the parser; a user nobody can log in as is not kept.
+                        ra.users.retain(|u| u.name != name.node);
+                        return true;
+                    }
+                };
+                let privilege = privilege.unwrap_or(policy::DEFAULT_USER_PRIVILEGE);
+                match ra.users.iter_mut().find(|u| u.name == name.node) {
+                    Some(u) => {
+                        u.password_hash = password_hash;
+                        u.privilege = privilege;
+                    }
+                    None => ra.users.push(LocalUser { name: name.node.clone(), password_hash, privilege }),
+                }
+            }
+            ItemKind::SslTrustpoint { trustpoint, nameif } => {
+                let key = nameif.as_ref().map(|n| n.node.clone());
+                ra.ssl_tps.retain(|(_, n)| n.as_ref().map(|n| n.node.clone()) != key);
+                ra.ssl_tps.push((trustpoint.clone(), nameif.clone()));
+            }
+            _ => return false,
+        }
+        self.ra.seen = true;
+        true
+    }
+
+    /// Builds `cfg.remote_access` and checks every remote-access reference. Runs after tunnel
+    /// groups, ACLs and trustpoints are final.
+    fn finish_remote_access(&mut self) {
+        let mut ra = std::mem::take(&mut self.ra);
+        let mut out = RemoteAccess { webvpn: ra.webvpn.clone(), ..Default::default() };
+
+        // Pools: unique names, START-END inside one MASK subnet that excludes its network and
+        // broadcast addresses, no overlap with another pool or an interface address.
+        for (name, pool, range, mask_span) in &ra.pools {
+            if out.pools.iter().any(|p| p.name == name.node) {
+                self.issues.push(Issue::error(name.span, format!("ip local pool {} is already defined", name.node)));
+                continue;
+            }
+            let net = Ipv4Net::new(pool.start, pool.prefix_len);
+            let mask = pool.mask();
+            if !net.contains(pool.end) {
+                self.issues.push(Issue::error(
+                    *mask_span,
+                    format!("ip local pool {}: {}-{} does not fit in one subnet with mask {mask} ({} is in {}/{}, {} is not)", name.node, pool.start, pool.end, pool.start, net.network(), pool.prefix_len, pool.end),
+                ));
+                continue;
+            }
+            if pool.prefix_len < 31 && (pool.contains(net.network()) || pool.contains(net.broadcast())) {
+                let which = if pool.contains(net.network()) { net.network() } else { net.broadcast() };
+                self.issues.push(Issue::error(
+                    *range,
+                    format!("ip local pool {}: range includes {which}, the network or broadcast address of {}/{}; clients cannot use it", name.node, net.network(), pool.prefix_len),
+                ));
+                continue;
+            }
+            if let Some(other) = out.pools.iter().find(|p| p.overlaps(pool)) {
+                self.issues.push(Issue::error(
+                    *range,
+                    format!("ip local pool {} ({}-{}) overlaps pool {} ({}-{})", name.node, pool.start, pool.end, other.name, other.start, other.end),
+                ));
+                continue;
+            }
+            if let Some(i) = self.cfg.interfaces.iter().find(|i| i.address.is_some_and(|a| pool.contains(a.addr))) {
+                let a = i.address.map(|a| a.addr).unwrap_or(pool.start);
+                self.issues.push(Issue::error(*range, format!("ip local pool {} contains {a}, the address of interface {}", name.node, i.name)));
+                continue;
+            }
+            out.pools.push(pool.clone());
+        }
+        let pool_known = |ra: &RaAcc, n: &str| ra.pools.iter().any(|(p, _, _, _)| p.node == n);
+
+        // Group policies: DfltGrpPolicy first (as the ASA prints it), then in `internal` order.
+        let known_gp = |ra: &RaAcc, n: &str| n == DEFAULT_GROUP_POLICY || ra.gp_internal.iter().any(|g| g.node == n);
+        for (name, _, _) in &ra.gp_attrs {
+            if !known_gp(&ra, &name.node) && !self.failed(&name.node) {
+                self.issues.push(Issue::error(name.span, format!("group-policy {} is not defined (add `group-policy {} internal` before its attributes)", name.node, name.node)));
+            }
+        }
+        let attrs_of = |ra: &RaAcc, n: &str| ra.gp_attrs.iter().find(|(g, _, _)| g.node == n).map(|(_, a, r)| (a.clone(), r.clone()));
+        let mut order: Vec<String> = Vec::new();
+        if ra.gp_attrs.iter().any(|(g, _, _)| g.node == DEFAULT_GROUP_POLICY) {
+            order.push(DEFAULT_GROUP_POLICY.to_string());
+        }
+        order.extend(ra.gp_internal.iter().filter(|g| g.node != DEFAULT_GROUP_POLICY).map(|g| g.node.clone()));
+        for name in order {
+            let (attributes, refs) = attrs_of(&ra, &name).unwrap_or_default();
+            if let Some(l) = &refs.split_list {
+                self.check_split_acl(&name, l);
+            }
+            for p in &refs.pools {
+                if !pool_known(&ra, &p.node) && !self.failed(&p.node) {
+                    self.issues.push(Issue::error(p.span, format!("ip local pool {} is not defined", p.node)));
+                }
+            }
+            out.group_policies.push(GroupPolicy { name, attributes });
+        }
+
+        // Tunnel groups: remote-access ones get their attributes; ipsec-l2l ones keep the old
+        // treatment (general-attributes outside scope).
+        let mut alias_owner: Vec<(String, String)> = Vec::new();
+        for (name, t) in std::mem::take(&mut ra.tgs) {
+            let kind = self.cfg.tunnel_group(&name).map(|g| g.kind);
+            match kind {
+                Some(TunnelGroupKind::RemoteAccess) => {}
+                Some(TunnelGroupKind::IpsecL2l) => {
+                    self.ignored.extend(t.raw_general);
+                    if let Some(span) = t.webvpn_span {
+                        self.issues.push(Issue::error(span, format!("tunnel-group {name} is ipsec-l2l; `webvpn-attributes` belong to remote-access groups")));
+                    }
+                    continue;
+                }
+                // No type: reported by finish_tunnel_groups.
+                None => continue,
+            }
+            let mut g = RaTunnelGroup::new(&name);
+            for p in &t.pools {
+                if !pool_known(&ra, &p.node) && !self.failed(&p.node) {
+                    self.issues.push(Issue::error(p.span, format!("ip local pool {} is not defined", p.node)));
+                }
+            }
+            g.address_pools = t.pools.iter().map(|p| p.node.clone()).collect();
+            if let Some(gp) = &t.default_gp {
+                if !known_gp(&ra, &gp.node) && !self.failed(&gp.node) {
+                    self.issues.push(Issue::error(gp.span, format!("group-policy {} is not defined (add `group-policy {} internal`)", gp.node, gp.node)));
+                }
+                g.default_group_policy = Some(gp.node.clone());
+            }
+            g.authentication = t.authentication;
+            if let Some(span) = t.auth_span {
+                if t.authentication.needs_certificate() && !self.cfg.trustpoints.iter().any(|tp| tp.ca_file.is_some()) {
+                    self.issues.push(Issue::error(span, format!("tunnel-group {name}: certificate authentication needs a `crypto ca trustpoint` with a `ca-file` (the CA that issues client certificates)")));
+                }
+            }
+            for (alias, enabled) in &t.aliases {
+                if let Some((_, owner)) = alias_owner.iter().find(|(a, _)| *a == alias.node) {
+                    self.issues.push(Issue::error(alias.span, format!("group-alias {} is already used by tunnel-group {owner}", alias.node)));
+                    continue;
+                }
+                alias_owner.push((alias.node.clone(), name.clone()));
+                g.group_aliases.push(GroupAlias { alias: alias.node.clone(), enabled: *enabled });
+            }
+            out.tunnel_groups.push(g);
+        }
+        // Remote-access groups with only a `type` line.
+        for tg in self.cfg.tunnel_groups.iter().filter(|t| t.kind == TunnelGroupKind::RemoteAccess) {
+            if out.tunnel_group(&tg.name).is_none() {
+                out.tunnel_groups.push(RaTunnelGroup::new(&tg.name));
+            }
+        }
+        if !out.tunnel_groups.is_empty() {
+            ra.seen = true;
+        }
+        // Keep configuration order of the `tunnel-group` lines.
+        let tg_order: Vec<&str> = self.cfg.tunnel_groups.iter().map(|t| t.name.as_str()).collect();
+        out.tunnel_groups.sort_by_key(|g| tg_order.iter().position(|n| *n == g.name).unwrap_or(usize::MAX));
+
+        // ssl trust-point: the trustpoint must sign (certificate and key files).
+        let no_iface_note = "TLS and DTLS listen on all addresses (0.0.0.0) until an `interface` with this nameif and an `ip address` is configured";
+        for (tp, nameif) in &ra.ssl_tps {
+            if let Some(n) = nameif.as_ref().filter(|n| self.cfg.interface_by_nameif(&n.node).is_none() && !self.failed(&n.node)) {
+                if !ra.webvpn_enable.iter().any(|e| e.node == n.node) {
+                    self.issues.push(Issue::warning(n.span, format!("no interface has `nameif {}`, and webvpn is not enabled on it: this trust-point is unused", n.node)));
+                }
+            }
+            if !self.failed(&tp.node) {
+                if let Some(msg) = signing_trustpoint_problem(&self.cfg, &tp.node) {
+                    self.issues.push(Issue::error(tp.span, msg));
+                }
+            }
+            out.ssl_trustpoints.push(SslTrustpoint { trustpoint: tp.node.clone(), nameif: nameif.as_ref().map(|n| n.node.clone()) });
+        }
+        // webvpn interfaces: known nameif with an address and a certificate.
+        // A configuration fragment without `interface` lines (the Linux interfaces set up
+        // outside holdfast) is accepted: the listeners then bind the wildcard address
+        // (policy::Config::anyconnect_listeners).
+        for n in &ra.webvpn_enable {
+            if !out.webvpn.anyconnect_enable {
+                continue;
+            }
+            match self.cfg.interface_by_nameif(&n.node) {
+                None if !self.failed(&n.node) => {
+                    self.issues.push(Issue::warning(n.span, format!("no interface has `nameif {}`: {no_iface_note}", n.node)));
+                }
+                Some(iface) if iface.address.is_none() => {
+                    self.issues.push(Issue::warning(n.span, format!("interface {} (nameif {}) has no `ip address`: {no_iface_note}", iface.name, n.node)));
+                }
+                _ => {}
+            }
+            if out.ssl_trustpoint_for(&n.node).is_none() {
+                self.issues.push(Issue::error(
+                    n.span,
+                    format!("no certificate for TLS on {0}: add `ssl trust-point TRUSTPOINT {0}` naming a `crypto ca trustpoint` with `certificate-file` and `key-file`", n.node),
+                ));
+            }
+        }
+        if let Some(span) = ra.anyconnect_enable {
+            if out.webvpn.enabled_on.is_empty() {
+                self.issues.push(Issue::warning(span, "`anyconnect enable` without `enable NAMEIF` in `webvpn`: no interface accepts remote-access clients"));
+            }
+        }
+        out.users = std::mem::take(&mut ra.users);
+
+        let ra_tgs: Vec<(String, Span)> = self
+            .tgs
+            .iter()
+            .filter(|(n, _)| out.tunnel_group(n).is_some())
+            .map(|(n, a)| (n.clone(), a.span))
+            .collect();
+        let default_gp_spans: Vec<(String, Span)> = self
+            .ast
+            .items
+            .iter()
+            .filter_map(|i| match &i.kind {
+                ItemKind::TunnelGroupGeneral { name, body, .. } => body.iter().find_map(|c| match &c.node {
+                    TgGeneralCmd::DefaultGroupPolicy(g) => Some((name.node.clone(), g.span)),
+                    TgGeneralCmd::AddressPools(_) => None,
+                }),
+                _ => None,
+            })
+            .collect();
+        self.cfg.remote_access = (ra.seen && out != RemoteAccess::default()).then_some(out);
+
+        // Advice that needs the resolved view: a group AnyConnect cannot use, or that has no
+        // addresses to lease, or a split policy without networks.
+        if self.issues.iter().any(|i| i.severity == crate::diag::Severity::Error) {
+            return;
+        }
+        let Some(ra_cfg) = self.cfg.remote_access.clone() else { return };
+        if !ra_cfg.webvpn.anyconnect_enable {
+            return;
+        }
+        for (name, span) in ra_tgs {
+            let Some(g) = self.cfg.anyconnect_group(&name) else { continue };
+            let span = default_gp_spans.iter().rev().find(|(n, _)| *n == name).map_or(span, |(_, s)| *s);
+            if !g.policy.ssl_client {
+                self.issues.push(Issue::warning(
+                    span,
+                    format!("tunnel-group {name}: group-policy {} does not allow AnyConnect (add `vpn-tunnel-protocol ssl-client` to its attributes; the ASA default is ikev1 ikev2 l2tp-ipsec), so its logins are refused", g.policy.name),
+                ));
+            }
+            if g.pools.is_empty() {
+                self.issues.push(Issue::warning(span, format!("tunnel-group {name} has no `address-pool`: its clients cannot be given an address")));
+            }
+        }
+        for gp in &ra_cfg.group_policies {
+            let Some(e) = self.cfg.effective_group_policy(&gp.name) else { continue };
+            if e.split_tunnel_policy != SplitTunnelPolicy::TunnelAll && e.split_networks.is_empty() {
+                let span = ra
+                    .gp_attrs
+                    .iter()
+                    .find(|(g, _, _)| g.node == gp.name)
+                    .map(|(g, _, r)| r.split_policy.unwrap_or(g.span));
+                if let Some(span) = span {
+                    self.issues.push(Issue::warning(
+                        span,
+                        format!("group-policy {}: split-tunnel-policy {} without networks (`split-tunnel-network-list value ACL` with permit lines)", gp.name, split_kw(e.split_tunnel_policy)),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The split-tunnel list must be a standard ACL (its permit lines are the networks).
+    fn check_split_acl(&mut self, gp: &str, l: &Spanned<String>) {
+        if self.failed(&l.node) {
+            return;
+        }
+        match self.cfg.access_list(&l.node) {
+            None if !self.acl_seen.contains(&l.node) => {
+                self.issues.push(Issue::error(l.span, format!("access-list {} is not defined (group-policy {gp} split-tunnel-network-list)", l.node)));
+            }
+            None => {
+                self.issues.push(Issue::error(l.span, format!("access-list {} has no usable line for a split-tunnel list", l.node)));
+            }
+            Some(acl) if acl.entries.iter().any(|e| !e.standard) => {
+                self.issues.push(Issue::error(
+                    l.span,
+                    format!("access-list {} is an extended ACL; split-tunnel-network-list needs a standard one (`access-list {} standard permit 10.1.0.0 255.255.255.0`)", l.node, l.node),
+                ));
+            }
+            Some(acl) if acl.entries.iter().any(|e| e.action == AclAction::Deny) => {
+                self.issues.push(Issue::warning(l.span, format!("deny lines in access-list {} are not sent to clients: the split-tunnel list is its permit lines", l.node)));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+pub(crate) fn split_kw(p: SplitTunnelPolicy) -> &'static str {
+    match p {
+        SplitTunnelPolicy::TunnelAll => "tunnelall",
+        SplitTunnelPolicy::TunnelSpecified => "tunnelspecified",
+        SplitTunnelPolicy::ExcludeSpecified => "excludespecified",
     }
 }
 

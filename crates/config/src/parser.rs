@@ -7,7 +7,7 @@
 use crate::ast::*;
 use crate::diag::{Issue, Span};
 use crate::lexer::{self, Block, Line, Token};
-use policy::{AclAction, ConnectionType, DhGroup, Dpd, Encryption, Integrity, Ipv4Net, Prf, Secret, TunnelGroupKind};
+use policy::{AclAction, MtuPolicy, RaAuthentication, RekeyMethod, SplitTunnelPolicy, VpnTunnelProtocol, ConnectionType, DhGroup, Dpd, Encryption, Integrity, Ipv4Net, Prf, Secret, TunnelGroupKind};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -59,6 +59,11 @@ impl Parser {
             "sysopt" => self.no_children(b).and_then(|_| self.sysopt(head, &mut c, false)),
             "crypto" => self.crypto(b, &mut c, false),
             "tunnel-group" => self.tunnel_group(b, &mut c),
+            "ip" => self.ip(b, &mut c),
+            "webvpn" => self.webvpn(b, &mut c).map(Some),
+            "group-policy" => self.group_policy(b, &mut c),
+            "username" => self.username(b, &mut c),
+            "ssl" => self.ssl(b, &mut c),
             "no" => self.no_command(b, &mut c),
             // File furniture written by `show running-config` / `write net`, not configuration.
             "asa" | "end" | "cryptochecksum" => Ok(None),
@@ -664,10 +669,40 @@ impl Parser {
             }
             "general-attributes" => {
                 c.end()?;
+                let mut body = Vec::new();
+                let mut raw = Vec::new();
                 for l in &b.children {
-                    self.ignore_line(l, 0);
+                    let ignored_before = self.ast.ignored.len();
+                    match tg_general_cmd(self, l) {
+                        Ok(Some(cmd)) => {
+                            // Kept for a remote-access group; outside scope for ipsec-l2l.
+                            if let Some(tok) = l.tokens.first() {
+                                raw.push(Ignored { span: tok.span, what: format!("`{}`", tok.text) });
+                            }
+                            body.push(Spanned::new(cmd, l.span()));
+                        }
+                        Ok(None) if self.ast.ignored.len() == ignored_before => {
+                            if let Some(tok) = l.tokens.first() {
+                                raw.push(Ignored { span: tok.span, what: format!("`{}`", tok.text) });
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.issues.push(e),
+                    }
                 }
-                Ok(Some(ItemKind::TunnelGroupGeneral { name }))
+                Ok(Some(ItemKind::TunnelGroupGeneral { name, body, raw }))
+            }
+            "webvpn-attributes" => {
+                c.end()?;
+                let mut body = Vec::new();
+                for l in &b.children {
+                    match tg_webvpn_cmd(self, l) {
+                        Ok(Some(cmd)) => body.push(Spanned::new(cmd, l.span())),
+                        Ok(None) => {}
+                        Err(e) => self.issues.push(e),
+                    }
+                }
+                Ok(Some(ItemKind::TunnelGroupWebvpn { name, body }))
             }
             _ => {
                 self.ignore_block(b, c.pos.saturating_sub(1));
@@ -1165,6 +1200,502 @@ fn port_op(c: &mut Cur<'_, '_>, protocol: Option<u8>) -> R<Option<Unsupported>> 
     Ok(None)
 }
 
+// --- remote access ---------------------------------------------------------------------------
+
+/// ASA limit for `vpn-idle-timeout` / `vpn-session-timeout` (minutes).
+const MAX_VPN_MINUTES: u64 = 35_791_394;
+/// ASA range for `anyconnect mtu`.
+pub(crate) const AC_MTU_MIN: u64 = 576;
+pub(crate) const AC_MTU_MAX: u64 = 1462;
+
+impl Parser {
+    /// `ip local pool NAME A-B mask M`; every other `ip ...` command is outside holdfast's scope.
+    fn ip(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let is_pool = c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("local"))
+            && b.head.tokens.get(2).is_some_and(|t| t.text.eq_ignore_ascii_case("pool"));
+        if !is_pool {
+            self.ignore_block(b, c.pos.min(1));
+            return Ok(None);
+        }
+        self.no_children(b)?;
+        c.next();
+        c.next();
+        let name = c.name("a pool name")?;
+        let r = c.next().ok_or_else(|| c.missing("an address range (`START-END`)"))?;
+        let (start, end) = match r.text.split_once('-') {
+            Some((a, z)) => (a.parse::<Ipv4Addr>().ok(), z.parse::<Ipv4Addr>().ok()),
+            None => (r.text.parse::<Ipv4Addr>().ok(), None),
+        };
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(Issue::error(r.span, format!("expected an IPv4 range `START-END` (for example 10.99.0.100-10.99.0.199), found `{}`", r.text)));
+        };
+        if u32::from(start) > u32::from(end) {
+            return Err(Issue::error(r.span, format!("pool range starts at {start}, after its end {end}")));
+        }
+        if c.peek().is_none() {
+            return Err(c.missing("`mask M` (the netmask clients are given)"));
+        }
+        c.keyword(&["mask"])?;
+        let mask = c.ipv4("a netmask")?;
+        let prefix_len = Ipv4Net::prefix_from_mask(mask.node)
+            .ok_or_else(|| Issue::error(mask.span, format!("netmask {} is not contiguous", mask.node)))?;
+        c.end()?;
+        Ok(Some(ItemKind::IpLocalPool { name, start, end, range: r.span, prefix_len, mask_span: mask.span }))
+    }
+
+    /// The global `webvpn` mode. Cosmetic and portal lines (`anyconnect image`, `anyconnect
+    /// profiles`, `cache`, `hsts`, ...) are outside holdfast's scope.
+    fn webvpn(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<ItemKind> {
+        c.end()?;
+        let mut body = Vec::new();
+        let base = b.children.iter().map(|l| l.indent).min().unwrap_or(0);
+        for l in &b.children {
+            if l.indent > base {
+                // Sub-mode of an ignored webvpn line (`cache` / ` disable`, ...).
+                self.ignore_line(l, 0);
+                continue;
+            }
+            let mut c = Cur::new(l);
+            match self.webvpn_cmd(l, &mut c) {
+                Ok(Some(cmd)) => body.push(Spanned::new(cmd, l.span())),
+                Ok(None) => {}
+                Err(e) => self.issues.push(e),
+            }
+        }
+        Ok(ItemKind::WebVpn { body })
+    }
+
+    fn webvpn_cmd(&mut self, l: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<WebVpnCmd>> {
+        let Some(t) = c.next() else { return Ok(None) };
+        let cmd = match lower(t.text).as_str() {
+            "enable" => WebVpnCmd::Enable(c.name("an interface name (nameif)")?),
+            "port" => WebVpnCmd::Port(c.number::<u16>("a TCP port", 1, 65535)?.node),
+            "dtls" => {
+                if !c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("port")) {
+                    self.ignore_line(l, 1);
+                    return Ok(None);
+                }
+                c.next();
+                WebVpnCmd::DtlsPort(c.number::<u16>("a UDP port", 1, 65535)?.node)
+            }
+            "anyconnect" | "svc" => {
+                if !c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("enable")) {
+                    // `anyconnect image`, `anyconnect profiles`: client packages, not served by holdfast.
+                    self.ignore_line(l, 1);
+                    return Ok(None);
+                }
+                c.next();
+                WebVpnCmd::AnyconnectEnable
+            }
+            "tunnel-group-list" => {
+                c.keyword(&["enable"])?;
+                WebVpnCmd::TunnelGroupList(true)
+            }
+            "no" if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("tunnel-group-list")) => {
+                c.next();
+                c.keyword(&["enable"])?;
+                WebVpnCmd::TunnelGroupList(false)
+            }
+            _ => {
+                self.ignore_line(l, 0);
+                return Ok(None);
+            }
+        };
+        c.end()?;
+        Ok(Some(cmd))
+    }
+
+    /// `group-policy NAME internal|attributes`.
+    fn group_policy(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let name = c.name("a group-policy name")?;
+        let (i, k) = c.keyword(&["internal", "attributes", "external"])?;
+        match i {
+            0 => {
+                self.no_children(b)?;
+                // `internal [from OTHER]` copies another policy; holdfast has no such copy.
+                if let Some(t) = c.peek() {
+                    return Err(Issue::error(t.span, "`group-policy NAME internal` takes no further words in holdfast (write the attributes instead of `from`)"));
+                }
+                Ok(Some(ItemKind::GroupPolicyInternal { name }))
+            }
+            1 => {
+                c.end()?;
+                let mut body = Vec::new();
+                let base = b.children.iter().map(|l| l.indent).min().unwrap_or(0);
+                // Indent of the open nested `webvpn` line, if any.
+                let mut webvpn: Option<usize> = None;
+                let mut other_mode: Option<usize> = None;
+                for l in &b.children {
+                    if webvpn.is_some_and(|i| l.indent <= i) {
+                        webvpn = None;
+                    }
+                    if other_mode.is_some_and(|i| l.indent <= i) {
+                        other_mode = None;
+                    }
+                    let res = if webvpn.is_some() {
+                        self.gp_webvpn_cmd(l)
+                    } else if other_mode.is_some() || l.indent > base {
+                        self.ignore_line(l, 0);
+                        Ok(None)
+                    } else if l.tokens.len() == 1 && l.tokens[0].text.eq_ignore_ascii_case("webvpn") {
+                        webvpn = Some(l.indent);
+                        Ok(None)
+                    } else {
+                        let r = self.gp_cmd(l);
+                        if matches!(r, Ok(None)) {
+                            // An ignored line may open its own sub-mode.
+                            other_mode = Some(l.indent);
+                        }
+                        r
+                    };
+                    match res {
+                        Ok(Some(cmd)) => body.push(Spanned::new(cmd, l.span())),
+                        Ok(None) => {}
+                        Err(e) => self.issues.push(e),
+                    }
+                }
+                Ok(Some(ItemKind::GroupPolicyAttributes { name, body }))
+            }
+            _ => Err(Issue::error(k.span, "external group policies (RADIUS/LDAP server groups) are not supported; use `group-policy NAME internal`")),
+        }
+    }
+
+    fn gp_cmd(&mut self, l: &Line<'_>) -> R<Option<GpCmd>> {
+        let mut c = Cur::new(l);
+        let Some(t) = c.next() else { return Ok(None) };
+        let cmd = match lower(t.text).as_str() {
+            "vpn-tunnel-protocol" => {
+                let mut v = Vec::new();
+                while let Some(p) = c.next() {
+                    let proto = match lower(p.text).as_str() {
+                        "ssl-client" | "svc" => VpnTunnelProtocol::SslClient,
+                        "ssl-clientless" | "webvpn" => VpnTunnelProtocol::SslClientless,
+                        "ikev1" | "ipsec" => VpnTunnelProtocol::Ikev1,
+                        "ikev2" => VpnTunnelProtocol::Ikev2,
+                        "l2tp-ipsec" => VpnTunnelProtocol::L2tpIpsec,
+                        other => {
+                            return Err(Issue::error(p.span, format!("unknown vpn-tunnel-protocol `{other}` (expected ssl-client, ssl-clientless, ikev1, ikev2 or l2tp-ipsec)")))
+                        }
+                    };
+                    if !v.contains(&proto) {
+                        v.push(proto);
+                    }
+                }
+                if v.is_empty() {
+                    return Err(c.missing("a protocol (for example `ssl-client`)"));
+                }
+                GpCmd::VpnTunnelProtocol(v)
+            }
+            "split-tunnel-policy" => match c.keyword(&["tunnelall", "tunnelspecified", "excludespecified"])?.0 {
+                0 => GpCmd::SplitTunnelPolicy(SplitTunnelPolicy::TunnelAll),
+                1 => GpCmd::SplitTunnelPolicy(SplitTunnelPolicy::TunnelSpecified),
+                _ => GpCmd::SplitTunnelPolicy(SplitTunnelPolicy::ExcludeSpecified),
+            },
+            "split-tunnel-network-list" => match c.keyword(&["value", "none"])?.0 {
+                0 => GpCmd::SplitTunnelNetworkList(Some(c.name("an access-list name")?)),
+                _ => GpCmd::SplitTunnelNetworkList(None),
+            },
+            "dns-server" => match c.keyword(&["value", "none"])?.0 {
+                0 => {
+                    let mut v = Vec::new();
+                    while c.peek().is_some() {
+                        v.push(c.ipv4("a DNS server IPv4 address")?.node);
+                    }
+                    if v.is_empty() {
+                        return Err(c.missing("a DNS server address"));
+                    }
+                    if v.len() > 2 {
+                        // ASA: a primary and a secondary server.
+                        return Err(Issue::error(l.span(), "at most two DNS servers (`dns-server value A B`)"));
+                    }
+                    GpCmd::DnsServers(v)
+                }
+                _ => GpCmd::DnsServers(Vec::new()),
+            },
+            "default-domain" => match c.keyword(&["value", "none"])?.0 {
+                0 => {
+                    let d = c.name("a domain name")?;
+                    if d.node.len() > 63 || !d.node.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.') {
+                        return Err(Issue::error(d.span, "domain name must be up to 63 letters, digits, `-` or `.`"));
+                    }
+                    GpCmd::DefaultDomain(Some(d.node))
+                }
+                _ => GpCmd::DefaultDomain(None),
+            },
+            kw @ ("vpn-idle-timeout" | "vpn-session-timeout") => {
+                if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("alert-interval")) {
+                    self.ignore_line(l, 1);
+                    return Ok(None);
+                }
+                let v = minutes_or_none(&mut c, "a time in minutes", 1, MAX_VPN_MINUTES)?;
+                if kw == "vpn-idle-timeout" { GpCmd::IdleTimeout(v) } else { GpCmd::SessionTimeout(v) }
+            }
+            "address-pools" => match c.keyword(&["value", "none"])?.0 {
+                0 => {
+                    let mut v = Vec::new();
+                    while c.peek().is_some() {
+                        v.push(c.name("a pool name")?);
+                    }
+                    if v.is_empty() {
+                        return Err(c.missing("a pool name"));
+                    }
+                    GpCmd::AddressPools(v)
+                }
+                _ => GpCmd::AddressPools(Vec::new()),
+            },
+            "anyconnect" | "svc" => {
+                return Err(Issue::error(t.span, format!("`{}` lines belong in the group policy's `webvpn` sub-mode (indent them under ` webvpn`)", t.text)));
+            }
+            _ => {
+                // banner, wins-server, vpn-filter, split-dns, vpn-simultaneous-logins, ...
+                self.ignore_line(l, 0);
+                return Ok(None);
+            }
+        };
+        c.end()?;
+        Ok(Some(cmd))
+    }
+
+    /// A line of the group policy's nested `webvpn` mode.
+    fn gp_webvpn_cmd(&mut self, l: &Line<'_>) -> R<Option<GpCmd>> {
+        let mut c = Cur::new(l);
+        let Some(t) = c.next() else { return Ok(None) };
+        if !matches!(lower(t.text).as_str(), "anyconnect" | "svc") {
+            // customization, url-list, homepage, ...: clientless portal settings.
+            self.ignore_line(l, 0);
+            return Ok(None);
+        }
+        let Some(k) = c.next() else { return Err(c.missing("an anyconnect setting")) };
+        let cmd = match lower(k.text).as_str() {
+            "mtu" => GpCmd::Mtu(c.number::<u16>("an MTU in bytes", AC_MTU_MIN, AC_MTU_MAX)?.node),
+            // holdfast extension (see README): one MTU for both channels, or the ASA's split.
+            "mtu-policy" => match c.keyword(&["common", "split"])?.0 {
+                0 => GpCmd::MtuPolicy(MtuPolicy::Common),
+                _ => GpCmd::MtuPolicy(MtuPolicy::Split),
+            },
+            "keepalive" => GpCmd::Keepalive(seconds_or_none(&mut c, "a keepalive interval in seconds", 15, 600)?),
+            "dpd-interval" => {
+                let (i, _) = c.keyword(&["client", "gateway"])?;
+                let v = seconds_or_none(&mut c, "a DPD interval in seconds", 5, 3600)?;
+                if i == 0 { GpCmd::DpdClient(v) } else { GpCmd::DpdGateway(v) }
+            }
+            "ssl" => {
+                let Some(s) = c.next() else { return Err(c.missing("an `anyconnect ssl` setting")) };
+                match lower(s.text).as_str() {
+                    "dtls" => GpCmd::Dtls(c.keyword(&["enable", "none"])?.0 == 0),
+                    "df-bit-ignore" => GpCmd::DfBitIgnore(c.keyword(&["enable", "disable"])?.0 == 0),
+                    "keepalive" => GpCmd::Keepalive(seconds_or_none(&mut c, "a keepalive interval in seconds", 15, 600)?),
+                    "rekey" => match c.keyword(&["time", "method"])?.0 {
+                        0 => GpCmd::RekeyTime(minutes_or_none(&mut c, "a rekey time in minutes", 4, 10_080)?),
+                        _ => match c.keyword(&["ssl", "new-tunnel", "none"])?.0 {
+                            0 => GpCmd::RekeyMethod(RekeyMethod::Ssl),
+                            1 => GpCmd::RekeyMethod(RekeyMethod::NewTunnel),
+                            _ => GpCmd::RekeyMethod(RekeyMethod::None),
+                        },
+                    },
+                    // `anyconnect ssl compression`: CSTP compression is never negotiated by holdfast.
+                    _ => {
+                        self.ignore_line(l, 2);
+                        return Ok(None);
+                    }
+                }
+            }
+            // keep-installer, profiles, modules, ask, firewall-rule, dtls compression, ...
+            _ => {
+                self.ignore_line(l, 1);
+                return Ok(None);
+            }
+        };
+        c.end()?;
+        Ok(Some(cmd))
+    }
+
+    /// `username NAME password P [pbkdf2|encrypted|nt-encrypted] [privilege N]`,
+    /// `username NAME nopassword [privilege N]`; `username NAME attributes` is outside scope.
+    fn username(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let name = c.name("a user name")?;
+        let Some(k) = c.next() else { return Err(c.missing("`password` or `nopassword`")) };
+        let password = match lower(k.text).as_str() {
+            "attributes" => {
+                self.ignore_block(b, c.pos.saturating_sub(1));
+                return Ok(None);
+            }
+            "nopassword" => UserPassword::None,
+            "password" => {
+                let p = c.next().ok_or_else(|| c.missing("a password"))?;
+                let form = c.peek().filter(|t| matches!(lower(t.text).as_str(), "pbkdf2" | "encrypted" | "nt-encrypted"));
+                if form.is_some() {
+                    c.next();
+                }
+                let masked = p.text.chars().all(|ch| ch == '*');
+                match form.map(|t| lower(t.text)) {
+                    _ if masked => {
+                        self.issues.push(Issue::warning(
+                            p.span,
+                            format!("user {}: the password is masked (`show running-config` output), so the user is not loaded; write the password or its `$pbkdf2-sha256$` hash with `pbkdf2`", name.node),
+                        ));
+                        UserPassword::Unusable
+                    }
+                    Some(f) if f == "pbkdf2" && p.text.starts_with(crypto::password::PREFIX) => {
+                        crypto::password::PasswordHash::parse(p.text)
+                            .map_err(|e| Issue::error(p.span, format!("user {}: {e}", name.node)))?;
+                        UserPassword::Hash(Secret(p.text.to_string()))
+                    }
+                    Some(f) => {
+                        let kind = if f == "pbkdf2" { "an ASA PBKDF2 hash" } else { "an ASA legacy hash" };
+                        self.issues.push(Issue::warning(
+                            p.span,
+                            format!("user {}: the password is {kind}, which holdfast cannot verify, so the user is not loaded; write the password in clear once (holdfast stores it as a salted `$pbkdf2-sha256$` hash)", name.node),
+                        ));
+                        UserPassword::Unusable
+                    }
+                    None => {
+                        if p.text.starts_with(crypto::password::PREFIX) {
+                            return Err(Issue::error(p.span, format!("user {}: this looks like a password hash; add `pbkdf2` after it (`password HASH pbkdf2`), or write the password itself", name.node)));
+                        }
+                        let n = p.text.chars().count();
+                        if !(3..=127).contains(&n) {
+                            return Err(Issue::error(p.span, format!("user {}: a password must be 3 to 127 characters", name.node)));
+                        }
+                        // The clear text is hashed here and dropped: only the salted hash is kept.
+                        let h = crypto::password::hash(p.text, &mut crypto::OsRandom::default());
+                        UserPassword::Hash(Secret(h.encode()))
+                    }
+                }
+            }
+            _ => return Err(Issue::error(k.span, format!("expected `password`, `nopassword` or `attributes`, found `{}`", k.text))),
+        };
+        self.no_children(b)?;
+        let mut privilege = None;
+        if c.peek().is_some() {
+            c.keyword(&["privilege"])?;
+            privilege = Some(c.number::<u8>("a privilege level", 0, 15)?.node);
+        }
+        c.end()?;
+        Ok(Some(ItemKind::Username { name, password, privilege }))
+    }
+
+    /// `ssl trust-point TP [NAMEIF]`; other `ssl` settings (ciphers, versions) are outside scope.
+    fn ssl(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        if !c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("trust-point")) {
+            self.ignore_block(b, c.pos);
+            return Ok(None);
+        }
+        self.no_children(b)?;
+        c.next();
+        let trustpoint = c.name("a trustpoint name")?;
+        let nameif = match c.peek() {
+            Some(_) => Some(c.name("an interface name (nameif)")?),
+            None => None,
+        };
+        c.end()?;
+        Ok(Some(ItemKind::SslTrustpoint { trustpoint, nameif }))
+    }
+}
+
+fn tg_general_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgGeneralCmd>> {
+    let mut c = Cur::new(l);
+    let Some(t) = c.next() else { return Ok(None) };
+    let cmd = match lower(t.text).as_str() {
+        "address-pool" => {
+            // `address-pool (nameif) POOL...`: the interface restriction is not modelled.
+            if c.peek().is_some_and(|t| t.text.starts_with('(')) {
+                c.next();
+            }
+            let mut v = Vec::new();
+            while c.peek().is_some() {
+                v.push(c.name("a pool name")?);
+            }
+            if v.is_empty() {
+                return Err(c.missing("a pool name"));
+            }
+            if v.len() > 6 {
+                return Err(Issue::error(l.span(), "at most 6 address pools per tunnel group"));
+            }
+            TgGeneralCmd::AddressPools(v)
+        }
+        "default-group-policy" => TgGeneralCmd::DefaultGroupPolicy(c.name("a group-policy name")?),
+        "authentication-server-group" => {
+            let g = c.next().ok_or_else(|| c.missing("a server group"))?;
+            if !g.text.eq_ignore_ascii_case("LOCAL") {
+                return Err(Issue::error(g.span, format!("authentication server group `{}` is not supported: holdfast authenticates against the local user database (`LOCAL`)", g.text)));
+            }
+            c.end()?;
+            // LOCAL is the default: nothing to keep.
+            return Ok(None);
+        }
+        _ => {
+            p.ignore_line(l, 0);
+            return Ok(None);
+        }
+    };
+    c.end()?;
+    Ok(Some(cmd))
+}
+
+fn tg_webvpn_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgWebvpnCmd>> {
+    let mut c = Cur::new(l);
+    let Some(t) = c.next() else { return Ok(None) };
+    let cmd = match lower(t.text).as_str() {
+        "group-alias" => {
+            let alias = c.name("an alias")?;
+            let enabled = c.keyword(&["enable", "disable"])?.0 == 0;
+            TgWebvpnCmd::GroupAlias { alias, enabled }
+        }
+        "authentication" => {
+            let (mut aaa, mut cert) = (false, false);
+            while let Some(m) = c.next() {
+                match lower(m.text).as_str() {
+                    "aaa" => aaa = true,
+                    "certificate" => cert = true,
+                    "saml" => return Err(Issue::error(m.span, "SAML authentication is not supported; use aaa, certificate or aaa certificate")),
+                    other => return Err(Issue::error(m.span, format!("unknown authentication method `{other}` (expected aaa, certificate or aaa certificate)"))),
+                }
+            }
+            TgWebvpnCmd::Authentication(match (aaa, cert) {
+                (true, true) => RaAuthentication::AaaCertificate,
+                (false, true) => RaAuthentication::Certificate,
+                (true, false) => RaAuthentication::Aaa,
+                (false, false) => return Err(c.missing("`aaa`, `certificate` or `aaa certificate`")),
+            })
+        }
+        _ => {
+            // group-url, customization, dns-group, ...
+            p.ignore_line(l, 0);
+            return Ok(None);
+        }
+    };
+    c.end()?;
+    Ok(Some(cmd))
+}
+
+/// `N|none` in minutes.
+fn minutes_or_none(c: &mut Cur<'_, '_>, what: &str, min: u64, max: u64) -> R<Option<Duration>> {
+    if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("none")) {
+        c.next();
+        return Ok(None);
+    }
+    if c.peek().is_none() {
+        return Err(c.missing(&format!("{what} or `none`")));
+    }
+    Ok(Some(Duration::from_secs(c.number::<u64>(what, min, max)?.node * 60)))
+}
+
+/// `N|none` in seconds (also `seconds N`).
+fn seconds_or_none(c: &mut Cur<'_, '_>, what: &str, min: u64, max: u64) -> R<Option<Duration>> {
+    if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("none")) {
+        c.next();
+        return Ok(None);
+    }
+    if c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("seconds")) {
+        c.next();
+    }
+    if c.peek().is_none() {
+        return Err(c.missing(&format!("{what} or `none`")));
+    }
+    Ok(Some(Duration::from_secs(c.number::<u64>(what, min, max)?.node)))
+}
+
 // --- token cursor ----------------------------------------------------------------------------
 
 struct Cur<'l, 'a> {
@@ -1282,7 +1813,8 @@ impl<'l, 'a> Cur<'l, 'a> {
 }
 
 /// Top-level commands holdfast parses.
-const COMMANDS: [&str; 8] = ["hostname", "interface", "access-list", "logging", "timeout", "sysopt", "crypto", "tunnel-group"];
+const COMMANDS: [&str; 11] =
+    ["hostname", "interface", "access-list", "logging", "timeout", "sysopt", "crypto", "tunnel-group", "webvpn", "group-policy", "username"];
 
 /// A supported command within edit distance 2 of `word` (only for words of 5+ letters, so short
 /// ASA commands are not mistaken for typos).

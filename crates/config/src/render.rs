@@ -2,7 +2,7 @@
 //! with secrets masked as the ASA masks them. The output parses back to the same `Config`
 //! (the unmasked form exactly; the masked form is refused by the parser on purpose).
 
-use crate::lower::{enc_name, DEFAULT_SA_KILOBYTES, DEFAULT_SA_SECONDS};
+use crate::lower::{enc_name, split_kw, DEFAULT_SA_KILOBYTES, DEFAULT_SA_SECONDS};
 use crate::parser::{fmt_hms, LEVELS};
 use policy::{AclAction, Config, ConnectionType, Dpd, Integrity, Ipv4Net, Prf, TunnelGroupKind};
 use std::fmt::Write as _;
@@ -118,6 +118,7 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
         let port = if h.port == 514 { String::new() } else { format!(" udp/{}", h.port) };
         v.push(Block::line(format!("logging host {} {}{port}", h.nameif, h.addr)));
     }
+    pool_lines(cfg, &mut v);
     let t = &cfg.timeouts;
     let secs = |d: Option<std::time::Duration>| fmt_hms(d.map_or(0, |d| d.as_secs()));
     v.push(Block::line(format!(
@@ -235,12 +236,18 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
     if g.retransmit_base != dg.retransmit_base || g.retransmit_tries != dg.retransmit_tries {
         v.push(Block::line(format!("crypto ikev2 retransmit {} {}", g.retransmit_base.as_millis(), g.retransmit_tries)));
     }
+    remote_access_blocks(cfg, opts, &mut v);
     for tg in &cfg.tunnel_groups {
         let kind = match tg.kind {
             TunnelGroupKind::IpsecL2l => "ipsec-l2l",
             TunnelGroupKind::RemoteAccess => "remote-access",
         };
-        v.push(Block::line(format!("tunnel-group {} type {kind}", tg.name)));
+        // The ASA's built-in groups have no `type` line.
+        if !(tg.kind == TunnelGroupKind::RemoteAccess && policy::BUILTIN_RA_TUNNEL_GROUPS.contains(&tg.name.as_str())) {
+            v.push(Block::line(format!("tunnel-group {} type {kind}", tg.name)));
+        }
+        let (general, webvpn) = ra_tunnel_group_blocks(cfg, &tg.name);
+        v.extend(general);
         let mut b = Block::line(format!("tunnel-group {} ipsec-attributes", tg.name));
         match tg.dpd {
             None => b.children.push("isakmp keepalive disable".into()),
@@ -263,6 +270,7 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
         if !b.children.is_empty() {
             v.push(b);
         }
+        v.extend(webvpn);
     }
     v
 }
@@ -307,6 +315,159 @@ fn sysopt_lines(cfg: &Config, all: bool) -> Vec<String> {
         flag(&mut out, on, false, &format!("sysopt noproxyarp {n}"));
     }
     out
+}
+
+/// `ip local pool` lines (printed after logging, where the ASA prints them).
+fn pool_lines(cfg: &Config, v: &mut Vec<Block>) {
+    let Some(ra) = &cfg.remote_access else { return };
+    for p in &ra.pools {
+        v.push(Block::line(format!("ip local pool {} {}-{} mask {}", p.name, p.start, p.end, p.mask())));
+    }
+}
+
+/// `ssl trust-point`, `webvpn`, `group-policy` and `username`, in the ASA's order (after the
+/// crypto section, before the tunnel groups).
+fn remote_access_blocks(cfg: &Config, opts: &ShowOptions, v: &mut Vec<Block>) {
+    let Some(ra) = &cfg.remote_access else { return };
+    for t in &ra.ssl_trustpoints {
+        match &t.nameif {
+            Some(n) => v.push(Block::line(format!("ssl trust-point {} {n}", t.trustpoint))),
+            None => v.push(Block::line(format!("ssl trust-point {}", t.trustpoint))),
+        }
+    }
+    let w = &ra.webvpn;
+    let dw = policy::WebVpn::default();
+    let mut b = Block { head: "webvpn".into(), children: Vec::new(), bang: false };
+    if w.port != dw.port {
+        b.children.push(format!("port {}", w.port));
+    }
+    for n in &w.enabled_on {
+        b.children.push(format!("enable {n}"));
+    }
+    if w.dtls_port != dw.dtls_port {
+        b.children.push(format!("dtls port {}", w.dtls_port));
+    }
+    if w.anyconnect_enable {
+        b.children.push("anyconnect enable".into());
+    }
+    if w.tunnel_group_list {
+        b.children.push("tunnel-group-list enable".into());
+    }
+    if !b.children.is_empty() {
+        v.push(b);
+    }
+    for gp in &ra.group_policies {
+        if gp.name != policy::DEFAULT_GROUP_POLICY {
+            v.push(Block::line(format!("group-policy {} internal", gp.name)));
+        }
+        let children = group_policy_lines(&gp.attributes);
+        if !children.is_empty() {
+            v.push(Block { head: format!("group-policy {} attributes", gp.name), children, bang: false });
+        }
+    }
+    for u in &ra.users {
+        let pw = match &u.password_hash {
+            Some(h) if opts.unmasked => format!("password {} pbkdf2", h.0),
+            Some(_) => "password ***** pbkdf2".to_string(),
+            None => "nopassword".to_string(),
+        };
+        let privilege = if u.privilege == policy::DEFAULT_USER_PRIVILEGE { String::new() } else { format!(" privilege {}", u.privilege) };
+        v.push(Block::line(format!("username {} {pw}{privilege}", u.name)));
+    }
+}
+
+fn group_policy_lines(a: &policy::GroupPolicyAttributes) -> Vec<String> {
+    let mut out = Vec::new();
+    let minutes = |d: Option<std::time::Duration>| d.map_or("none".to_string(), |d| (d.as_secs() / 60).to_string());
+    let seconds = |d: Option<std::time::Duration>| d.map_or("none".to_string(), |d| d.as_secs().to_string());
+    if let Some(d) = &a.dns_servers {
+        out.push(if d.is_empty() { "dns-server none".into() } else { format!("dns-server value {}", join(d.iter().map(|x| x.to_string()))) });
+    }
+    if let Some(t) = a.vpn_idle_timeout {
+        out.push(format!("vpn-idle-timeout {}", minutes(t)));
+    }
+    if let Some(t) = a.vpn_session_timeout {
+        out.push(format!("vpn-session-timeout {}", minutes(t)));
+    }
+    if let Some(p) = &a.vpn_tunnel_protocols {
+        out.push(format!("vpn-tunnel-protocol {}", join(p.iter().map(|p| p.keyword()))));
+    }
+    if let Some(p) = a.split_tunnel_policy {
+        out.push(format!("split-tunnel-policy {}", split_kw(p)));
+    }
+    if let Some(l) = &a.split_tunnel_network_list {
+        out.push(match l {
+            Some(acl) => format!("split-tunnel-network-list value {acl}"),
+            None => "split-tunnel-network-list none".into(),
+        });
+    }
+    if let Some(d) = &a.default_domain {
+        out.push(match d {
+            Some(d) => format!("default-domain value {d}"),
+            None => "default-domain none".into(),
+        });
+    }
+    if let Some(p) = &a.address_pools {
+        out.push(if p.is_empty() { "address-pools none".into() } else { format!("address-pools value {}", p.join(" ")) });
+    }
+    let ac = &a.anyconnect;
+    let mut w = Vec::new();
+    if let Some(m) = ac.mtu {
+        w.push(format!("anyconnect mtu {m}"));
+    }
+    // holdfast extension.
+    if let Some(p) = ac.mtu_policy {
+        w.push(format!("anyconnect mtu-policy {}", if p == policy::MtuPolicy::Split { "split" } else { "common" }));
+    }
+    if let Some(d) = ac.dtls {
+        w.push(format!("anyconnect ssl dtls {}", if d { "enable" } else { "none" }));
+    }
+    if let Some(d) = ac.df_bit_ignore {
+        w.push(format!("anyconnect ssl df-bit-ignore {}", if d { "enable" } else { "disable" }));
+    }
+    if let Some(k) = ac.keepalive {
+        w.push(format!("anyconnect ssl keepalive {}", seconds(k)));
+    }
+    if let Some(t) = ac.rekey_time {
+        w.push(format!("anyconnect ssl rekey time {}", minutes(t)));
+    }
+    if let Some(m) = ac.rekey_method {
+        w.push(format!("anyconnect ssl rekey method {}", m.keyword()));
+    }
+    if let Some(d) = ac.dpd_client {
+        w.push(format!("anyconnect dpd-interval client {}", seconds(d)));
+    }
+    if let Some(d) = ac.dpd_gateway {
+        w.push(format!("anyconnect dpd-interval gateway {}", seconds(d)));
+    }
+    if !w.is_empty() {
+        out.push("webvpn".into());
+        // Block children get one space; the nested mode gets a second.
+        out.extend(w.into_iter().map(|l| format!(" {l}")));
+    }
+    out
+}
+
+/// `tunnel-group NAME general-attributes` / `webvpn-attributes` of a remote-access group.
+fn ra_tunnel_group_blocks(cfg: &Config, name: &str) -> (Option<Block>, Option<Block>) {
+    let Some(t) = cfg.remote_access.as_ref().and_then(|r| r.tunnel_group(name)) else { return (None, None) };
+    let mut g = Block::line(format!("tunnel-group {name} general-attributes"));
+    if !t.address_pools.is_empty() {
+        g.children.push(format!("address-pool {}", t.address_pools.join(" ")));
+    }
+    if let Some(p) = &t.default_group_policy {
+        g.children.push(format!("default-group-policy {p}"));
+    }
+    let mut w = Block::line(format!("tunnel-group {name} webvpn-attributes"));
+    match t.authentication {
+        policy::RaAuthentication::Aaa => {}
+        policy::RaAuthentication::Certificate => w.children.push("authentication certificate".into()),
+        policy::RaAuthentication::AaaCertificate => w.children.push("authentication aaa certificate".into()),
+    }
+    for a in &t.group_aliases {
+        w.children.push(format!("group-alias {} {}", a.alias, if a.enabled { "enable" } else { "disable" }));
+    }
+    ((!g.children.is_empty()).then_some(g), (!w.children.is_empty()).then_some(w))
 }
 
 fn join<I: IntoIterator<Item = S>, S: AsRef<str>>(it: I) -> String {

@@ -43,7 +43,7 @@ pub enum PasswordHashError {
     BadIterations(String),
     #[error("password hash iteration count {got} is out of range ({MIN_ITERATIONS} to {MAX_ITERATIONS})")]
     IterationsOutOfRange { got: u64 },
-    #[error("password hash {field} is not valid base64 (standard alphabet, no padding)")]
+    #[error("the {field} field of the password hash is not valid base64 (standard alphabet, no padding)")]
     BadBase64 { field: &'static str },
     #[error("password hash salt is {got} bytes, expected 8 to 64")]
     SaltLength { got: usize },

@@ -1104,8 +1104,11 @@ pub struct AnyConnectGroup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnyConnectListener {
     pub nameif: String,
-    /// Linux interface name.
-    pub ifname: String,
+    /// Linux interface name; `None` when no `interface` has this nameif (a configuration
+    /// fragment whose interfaces are set up outside holdfast).
+    pub ifname: Option<String>,
+    /// The interface's address to bind; `0.0.0.0` (all addresses) when the interface is not
+    /// configured or has no `ip address` (`config` warns about both).
     pub addr: Ipv4Addr,
     pub tls_port: u16,
     pub dtls_port: u16,
@@ -1215,7 +1218,7 @@ impl Config {
     }
 
     /// The TLS/DTLS listeners: one per `webvpn` / `enable NAMEIF`, when `anyconnect enable` is
-    /// set. Errors name what is missing (`config` reports the same with spans first).
+    /// set. Errors name a missing certificate (`config` reports the same with spans first).
     pub fn anyconnect_listeners(&self) -> Result<Vec<AnyConnectListener>, String> {
         let Some(ra) = &self.remote_access else { return Ok(Vec::new()) };
         if !ra.webvpn.anyconnect_enable {
@@ -1223,15 +1226,15 @@ impl Config {
         }
         let mut out = Vec::new();
         for nameif in &ra.webvpn.enabled_on {
-            let iface = self.interface_by_nameif(nameif).ok_or_else(|| format!("webvpn: no interface has nameif {nameif}"))?;
-            let addr = iface.address.ok_or_else(|| format!("webvpn: interface {} (nameif {nameif}) has no ip address", iface.name))?.addr;
+            let iface = self.interface_by_nameif(nameif);
+            let addr = iface.and_then(|i| i.address).map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr);
             let tp_name = ra.ssl_trustpoint_for(nameif).ok_or_else(|| format!("webvpn: no `ssl trust-point TRUSTPOINT {nameif}`"))?;
             let tp = self.trustpoint(tp_name).ok_or_else(|| format!("ssl trust-point: crypto ca trustpoint {tp_name} is not defined"))?;
             let certificate_file = tp.certificate_file.clone().ok_or_else(|| format!("crypto ca trustpoint {tp_name} has no certificate-file"))?;
             let key_file = tp.key_file.clone().ok_or_else(|| format!("crypto ca trustpoint {tp_name} has no key-file"))?;
             out.push(AnyConnectListener {
                 nameif: nameif.clone(),
-                ifname: iface.name.clone(),
+                ifname: iface.map(|i| i.name.clone()),
                 addr,
                 tls_port: ra.webvpn.port,
                 dtls_port: ra.webvpn.dtls_port,
