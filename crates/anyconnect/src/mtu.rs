@@ -1,0 +1,271 @@
+//! MTU arithmetic for both channels, from the negotiated ciphers.
+//!
+//! TLS (asa.md §6): the ASA derives the CSTP MTU from `sysopt connection tcpmss`, assuming one
+//! TLS record per TCP segment: `tcpmss - 5 (TLS header) - 8 (CSTP header) - padding - hash`,
+//! e.g. RC4-SHA `1380 - 5 - 8 - 0 - 20 = 1347`. We generalise "padding" and "hash" to the
+//! record expansion of the negotiated cipher (explicit IV/nonce, worst-case CBC padding, MAC or
+//! AEAD tag, TLS 1.3 inner content type).
+//!
+//! DTLS (anyconnect.md §4, as ocserv computes it): `link MTU - DTLS record overhead - 1 (type
+//! byte) - 28 (IPv4 + UDP)`, e.g. AES-GCM `1500 - 37 - 1 - 28 = 1434`, AES-CBC-SHA1
+//! `1500 - 65 - 1 - 28 = 1406`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::MtuPolicy;
+use crate::TlsVersion;
+
+/// TLS record header (RFC 5246 §6.2, RFC 8446 §5.1).
+pub const TLS_HEADER: u16 = 5;
+/// DTLS record header (RFC 6347 §4.1: type, version, epoch, sequence number, length).
+pub const DTLS_HEADER: u16 = 13;
+/// CSTP frame header.
+pub const CSTP_HEADER: u16 = 8;
+/// IPv4 + UDP headers under a DTLS record.
+pub const IPV4_UDP: u16 = 28;
+/// The smallest MTU we ever advertise (IPv4 minimum reassembly size, RFC 791; also the ASA's
+/// `anyconnect mtu` lower bound).
+pub const MIN_MTU: u16 = 576;
+
+/// Per-record expansion of a cipher, in the ASA's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordOverhead {
+    /// Record header (5 TLS, 13 DTLS).
+    pub header: u16,
+    /// Explicit IV (CBC, TLS >= 1.1) or explicit nonce (AES-GCM/CCM in TLS 1.2).
+    pub iv: u16,
+    /// Worst-case CBC padding including the length byte, or TLS 1.3's inner content type.
+    pub padding: u16,
+    /// MAC or AEAD tag.
+    pub hash: u16,
+    /// False when the cipher name was not recognised and a conservative guess was used.
+    pub known: bool,
+}
+
+impl RecordOverhead {
+    pub fn total(&self) -> u16 {
+        self.header + self.iv + self.padding + self.hash
+    }
+}
+
+/// Record expansion of a TLS cipher, by OpenSSL name (`SSL_CIPHER_get_name`).
+pub fn tls_overhead(version: TlsVersion, cipher: &str) -> RecordOverhead {
+    let mut o = cipher_expansion(cipher);
+    o.header = TLS_HEADER;
+    if version == TlsVersion::Tls13 {
+        // RFC 8446 §5.2: no explicit nonce, one inner content-type byte, AEAD tag.
+        o.iv = 0;
+        o.padding = 1;
+    }
+    o
+}
+
+/// Record expansion of a DTLS cipher, by OpenSSL name or Cisco/OpenConnect name.
+pub fn dtls_overhead(cipher: &str) -> RecordOverhead {
+    let mut o = cipher_expansion(cipher);
+    o.header = DTLS_HEADER;
+    o
+}
+
+/// Classifies a cipher suite name. AEAD: GCM/CCM carry an 8-byte explicit nonce in (D)TLS 1.2
+/// (RFC 5288 §3, RFC 6655 §3), ChaCha20-Poly1305 none (RFC 7905 §2); CBC: a block-sized IV
+/// (RFC 5246 §6.2.3.2) and up to one block of padding including the length byte; stream (RC4):
+/// MAC only.
+fn cipher_expansion(name: &str) -> RecordOverhead {
+    let n = name.to_ascii_uppercase();
+    let mac = if n.ends_with("SHA384") {
+        48
+    } else if n.ends_with("SHA256") {
+        32
+    } else if n.ends_with("MD5") {
+        16
+    } else {
+        20 // "-SHA" suffix = HMAC-SHA1
+    };
+    let ro = |iv, padding, hash, known| RecordOverhead { header: 0, iv, padding, hash, known };
+    if n.contains("CHACHA20") {
+        ro(0, 0, 16, true)
+    } else if n.contains("GCM") {
+        ro(8, 0, 16, true)
+    } else if n.contains("CCM8") || n.contains("CCM_8") {
+        ro(8, 0, 8, true)
+    } else if n.contains("CCM") {
+        ro(8, 0, 16, true)
+    } else if n.contains("RC4") {
+        ro(0, 0, mac, true)
+    } else if n.contains("AES") || n.contains("CAMELLIA") || n.contains("ARIA") {
+        ro(16, 16, mac, true)
+    } else if n.contains("DES") {
+        ro(8, 8, mac, true)
+    } else {
+        // Unknown: assume the largest common expansion so the MTU is never too big.
+        ro(16, 16, 48, false)
+    }
+}
+
+/// The ASA's TLS (CSTP) MTU: `tcpmss - header - CSTP header - iv - padding - hash`.
+pub fn tls_mtu(tcpmss: u16, o: &RecordOverhead) -> u16 {
+    tcpmss.saturating_sub(CSTP_HEADER + o.total())
+}
+
+/// The DTLS data MTU for a link (path) MTU: `link - overhead - 1 - 28`.
+pub fn dtls_mtu(link_mtu: u16, o: &RecordOverhead) -> u16 {
+    link_mtu.saturating_sub(o.total() + 1 + IPV4_UDP)
+}
+
+/// The MTUs of one tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MtuPlan {
+    /// Largest packet the TLS channel takes (the 722036 threshold on TLS).
+    pub tls: u16,
+    /// Largest packet the DTLS channel takes (None: no DTLS offered).
+    pub dtls: Option<u16>,
+    /// X-CSTP-MTU.
+    pub advertised_cstp: u16,
+    /// X-DTLS-MTU.
+    pub advertised_dtls: Option<u16>,
+    /// X-CSTP-Base-MTU we answer with (the path MTU we assumed).
+    pub base: u16,
+}
+
+/// Inputs of [`plan`].
+#[derive(Debug, Clone, Copy)]
+pub struct MtuInputs {
+    pub policy: MtuPolicy,
+    pub tcpmss: u16,
+    pub tls: RecordOverhead,
+    /// `None`: DTLS not offered to this client.
+    pub dtls: Option<RecordOverhead>,
+    /// X-CSTP-Base-MTU from the client, if any.
+    pub client_base_mtu: Option<u16>,
+    /// Our outside interface MTU.
+    pub link_mtu: u16,
+    /// `anyconnect mtu`.
+    pub configured: Option<u16>,
+}
+
+/// Computes both channel MTUs, honours `anyconnect mtu` (a cap on both, as on the ASA where
+/// `anyconnect mtu 1300` makes TLS and DTLS equal) and chooses what to advertise.
+pub fn plan(i: &MtuInputs) -> MtuPlan {
+    let base = i.client_base_mtu.map_or(i.link_mtu, |b| b.min(i.link_mtu)).max(MIN_MTU);
+    let cap = |m: u16| i.configured.map_or(m, |c| m.min(c)).max(MIN_MTU);
+    let tls = cap(tls_mtu(i.tcpmss, &i.tls));
+    let dtls = i.dtls.map(|o| cap(dtls_mtu(base, &o)));
+    let (advertised_cstp, advertised_dtls) = match (i.policy, dtls) {
+        (_, None) => (tls, None),
+        (MtuPolicy::Split, Some(d)) => (tls, Some(d)),
+        (MtuPolicy::Common, Some(d)) => {
+            let m = tls.min(d);
+            (m, Some(m))
+        }
+    };
+    MtuPlan { tls, dtls, advertised_cstp, advertised_dtls, base }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asa_tls_examples() {
+        // asa.md §6: RC4-SHA, tcpmss 1380 -> 1380 - 5 - 8 - 0 - 20 = 1347.
+        let rc4 = tls_overhead(TlsVersion::Tls12, "RC4-SHA");
+        assert_eq!((rc4.header, rc4.iv, rc4.padding, rc4.hash), (5, 0, 0, 20));
+        assert_eq!(tls_mtu(1380, &rc4), 1347);
+        // asa.md §6 fix 3: tcpmss 1460 -> 1427 with RC4/SHA1.
+        assert_eq!(tls_mtu(1460, &rc4), 1427);
+    }
+
+    #[test]
+    fn tls_cipher_table() {
+        let t12 = TlsVersion::Tls12;
+        let t13 = TlsVersion::Tls13;
+        let cases: &[(TlsVersion, &str, u16)] = &[
+            // 1380 - 8 - (5 + 8 + 16)
+            (t12, "ECDHE-RSA-AES256-GCM-SHA384", 1343),
+            (t12, "AES128-GCM-SHA256", 1343),
+            // 1380 - 8 - (5 + 16)
+            (t12, "ECDHE-RSA-CHACHA20-POLY1305", 1351),
+            // 1380 - 8 - (5 + 16 + 16 + 20)
+            (t12, "ECDHE-RSA-AES256-SHA", 1315),
+            (t12, "AES256-SHA", 1315),
+            // 1380 - 8 - (5 + 16 + 16 + 32)
+            (t12, "ECDHE-RSA-AES128-SHA256", 1303),
+            // 1380 - 8 - (5 + 16 + 16 + 48)
+            (t12, "ECDHE-ECDSA-AES256-SHA384", 1287),
+            // TLS 1.3: 1380 - 8 - (5 + 1 + 16)
+            (t13, "TLS_AES_256_GCM_SHA384", 1350),
+            (t13, "TLS_CHACHA20_POLY1305_SHA256", 1350),
+            (t13, "TLS_AES_128_GCM_SHA256", 1350),
+            // 1380 - 8 - (5 + 8 + 8 + 20)
+            (t12, "DES-CBC3-SHA", 1331),
+        ];
+        for &(v, c, want) in cases {
+            assert_eq!(tls_mtu(1380, &tls_overhead(v, c)), want, "{c}");
+            assert!(tls_overhead(v, c).known);
+        }
+        assert!(!tls_overhead(t12, "MYSTERY").known);
+        assert_eq!(tls_mtu(1380, &tls_overhead(t12, "MYSTERY")), 1380 - 8 - 5 - 16 - 16 - 48);
+    }
+
+    #[test]
+    fn dtls_cipher_table() {
+        let cases: &[(&str, u16)] = &[
+            ("OC-DTLS1_2-AES256-GCM", 1434), // anyconnect.md: 1500 - 38 - 28
+            ("OC-DTLS1_2-AES128-GCM", 1434),
+            ("AES256-GCM-SHA384", 1434),
+            ("PSK-AES256-GCM-SHA384", 1434),
+            ("OC2-DTLS1_2-CHACHA20-POLY1305", 1442), // 1500 - 29 - 1 - 28
+            ("AES256-SHA", 1406),                    // the classic AnyConnect default
+            ("AES128-SHA", 1406),
+            ("ECDHE-RSA-AES256-SHA384", 1378), // 1500 - (13+16+16+48) - 1 - 28
+        ];
+        for &(c, want) in cases {
+            assert_eq!(dtls_mtu(1500, &dtls_overhead(c)), want, "{c}");
+        }
+    }
+
+    fn inputs(policy: MtuPolicy) -> MtuInputs {
+        MtuInputs {
+            policy,
+            tcpmss: 1380,
+            tls: tls_overhead(TlsVersion::Tls12, "ECDHE-RSA-AES256-GCM-SHA384"),
+            dtls: Some(dtls_overhead("OC-DTLS1_2-AES256-GCM")),
+            client_base_mtu: Some(1500),
+            link_mtu: 1500,
+            configured: None,
+        }
+    }
+
+    #[test]
+    fn plans() {
+        let s = plan(&inputs(MtuPolicy::Split));
+        assert_eq!((s.tls, s.dtls, s.advertised_cstp, s.advertised_dtls), (1343, Some(1434), 1343, Some(1434)));
+        let c = plan(&inputs(MtuPolicy::Common));
+        assert_eq!((c.tls, c.dtls, c.advertised_cstp, c.advertised_dtls), (1343, Some(1434), 1343, Some(1343)));
+        // `anyconnect mtu 1300` caps both: equal, whatever the policy (Cisco's preferred fix).
+        let mut i = inputs(MtuPolicy::Split);
+        i.configured = Some(1300);
+        let p = plan(&i);
+        assert_eq!((p.tls, p.dtls, p.advertised_cstp, p.advertised_dtls), (1300, Some(1300), 1300, Some(1300)));
+        // Client path MTU 1400 lowers DTLS only.
+        let mut i = inputs(MtuPolicy::Split);
+        i.client_base_mtu = Some(1400);
+        assert_eq!(plan(&i).dtls, Some(1334));
+        assert_eq!(plan(&i).base, 1400);
+        // Base MTU above our link is capped by the link; absurdly small base is floored.
+        i.client_base_mtu = Some(9000);
+        assert_eq!(plan(&i).base, 1500);
+        i.client_base_mtu = Some(100);
+        assert_eq!(plan(&i).dtls, Some(MIN_MTU));
+        // No DTLS: only the TLS MTU.
+        let mut i = inputs(MtuPolicy::Common);
+        i.dtls = None;
+        let p = plan(&i);
+        assert_eq!((p.advertised_cstp, p.advertised_dtls), (1343, None));
+        // tcpmss 1460 with GCM: TLS 1423 < DTLS 1434, Common advertises 1423.
+        let mut i = inputs(MtuPolicy::Common);
+        i.tcpmss = 1460;
+        assert_eq!(plan(&i).advertised_dtls, Some(1423));
+    }
+}

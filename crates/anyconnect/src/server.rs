@@ -1,0 +1,1499 @@
+//! The engine: sessions, the HTTP exchange, the tunnel data path and timers.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use wire::ip::{proto, Ipv4Packet, TcpPacket};
+
+use crate::auth::{self, AuthForm, AuthKind, ClientAuth};
+use crate::config::{AuthMethod, Config, TunnelGroup};
+use crate::connect::{self, ConnectRequest, Connected, DtlsKeying};
+use crate::cstp::{self, FrameType, DISCONNECT_LOGOUT};
+use crate::http::{self, Request, Response};
+use crate::mtu::{self, MtuInputs};
+use crate::session::{DtlsChannel, Fallback, Phase, Session, SessionSnapshot, TlsChannel};
+use crate::text::{self, syslog, DisconnectReason, SessionInfo, Who};
+use crate::{
+    Channel, ConnInfo, Event, HttpOutcome, HttpReject, Logoff, SessionId, TimerReason, Transmit,
+    TunDrop, TunPacket, TunnelError,
+};
+
+/// Engine counters (for `show` and metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub http_requests: u64,
+    pub http_malformed: u64,
+    pub auth_success: u64,
+    pub auth_failures: u64,
+    pub auth_unknown_group: u64,
+    pub auth_pending_refused: u64,
+    pub cookie_rejected: u64,
+    pub tunnels: u64,
+    pub reconnects: u64,
+    pub cstp_errors: u64,
+    pub dtls_bad_records: u64,
+    pub packets_from_clients: u64,
+    pub packets_to_clients: u64,
+    pub fragmented: u64,
+    pub too_big_dropped: u64,
+    pub icmp_sent: u64,
+    pub sent_on_tls_too_big_for_dtls: u64,
+    pub tun_no_session: u64,
+    pub tun_no_channel: u64,
+    pub fallbacks_to_tls: u64,
+    pub returns_to_dtls: u64,
+    pub mss_clamped: u64,
+}
+
+/// Everything needed to carry sessions across a restart or failover.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub cookie_key: [u8; 32],
+    pub next_index: u32,
+    pub sessions: Vec<SessionSnapshot>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("sessions", &self.sessions.len()).finish_non_exhaustive()
+    }
+}
+
+struct Pending {
+    peer: IpAddr,
+    group: String,
+    failures: u32,
+    expires: Instant,
+}
+
+/// The remote-access engine. See the crate docs and README.md for how to drive it.
+pub struct Server {
+    config: Config,
+    rng: Box<dyn crypto::Random>,
+    cookie_key_bytes: [u8; 32],
+    cookie_key: hmac::Key,
+    next_index: u32,
+    sessions: HashMap<SessionId, Session>,
+    by_cookie: HashMap<[u8; 8], SessionId>,
+    by_addr: HashMap<Ipv4Addr, SessionId>,
+    by_demux: HashMap<[u8; 32], SessionId>,
+    pending: HashMap<String, Pending>,
+    pending_by_peer: HashMap<IpAddr, usize>,
+    timers: BTreeSet<(Instant, SessionId)>,
+    tx_buf: Vec<u8>,
+    tx_q: VecDeque<(SessionId, Channel, usize, usize)>,
+    pkt_buf: Vec<u8>,
+    pkt_q: VecDeque<(SessionId, usize, usize)>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+/// Control frames seen while decoding a TLS input (rare; data frames are handled inline).
+enum Control {
+    DpdReq(usize, usize),
+    DpdReqOwned(Vec<u8>),
+    DpdResp,
+    Disconnect(Option<u8>),
+    Terminate,
+    Dropped,
+}
+
+impl Server {
+    /// Creates the engine. `rng` keys cookies, auth handles, App-IDs and DTLS session IDs.
+    pub fn new(now: Instant, config: Config, mut rng: Box<dyn crypto::Random>) -> Self {
+        let _ = now;
+        let mut key = [0u8; 32];
+        rng.fill(&mut key);
+        Self::with_key(config, rng, key, 1)
+    }
+
+    fn with_key(config: Config, rng: Box<dyn crypto::Random>, key: [u8; 32], next_index: u32) -> Self {
+        Self {
+            config,
+            rng,
+            cookie_key_bytes: key,
+            cookie_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+            next_index,
+            sessions: HashMap::new(),
+            by_cookie: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_demux: HashMap::new(),
+            pending: HashMap::new(),
+            pending_by_peer: HashMap::new(),
+            timers: BTreeSet::new(),
+            tx_buf: Vec::with_capacity(64 * 1024),
+            tx_q: VecDeque::new(),
+            pkt_buf: Vec::with_capacity(64 * 1024),
+            pkt_q: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Replaces the configuration (reload). Existing sessions keep the group policy they
+    /// logged in with until they reconnect.
+    pub fn set_config(&mut self, now: Instant, config: Config) {
+        let _ = now;
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    // -----------------------------------------------------------------------------------
+    // HTTP phase
+
+    /// Feeds the buffered plaintext of a TLS connection that is not (yet) a tunnel. Call again
+    /// after every read with the whole unconsumed buffer.
+    pub fn handle_http(&mut self, now: Instant, conn: &ConnInfo, buf: &[u8]) -> Result<HttpOutcome, HttpReject> {
+        self.reset_output();
+        self.expire_pending(now);
+        let req = match http::parse(buf) {
+            Ok(None) => return Ok(HttpOutcome::NeedMore),
+            Ok(Some(r)) => r,
+            Err(error) => {
+                self.stats.http_malformed += 1;
+                self.refused(conn.peer, format!("malformed HTTP request: {error}"));
+                let response = http::error_response(&error);
+                return Err(HttpReject { error, response });
+            }
+        };
+        self.stats.http_requests += 1;
+        let consumed = req.len;
+        let keep_close = req.wants_close();
+        let respond = |r: Response, close: bool| HttpOutcome::Respond {
+            consumed,
+            bytes: r.to_bytes(),
+            close: close || keep_close,
+        };
+        if req.method == "CONNECT" {
+            return Ok(self.handle_connect(now, conn, &req));
+        }
+        if req.method == "POST" && !req.body.is_empty() {
+            return Ok(self.handle_auth_post(now, conn, &req));
+        }
+        if req.method == "GET" || req.method == "HEAD" || req.method == "POST" {
+            // No clientless portal: anything but the XML exchange gets a plain 404.
+            return Ok(respond(Response::new(404, "Not Found").body("text/plain", "Not Found\n"), false));
+        }
+        Ok(respond(Response::new(405, "Method Not Allowed").body("text/plain", "Method Not Allowed\n"), true))
+    }
+
+    fn handle_auth_post(&mut self, now: Instant, conn: &ConnInfo, req: &Request<'_>) -> HttpOutcome {
+        let consumed = req.len;
+        let close = req.wants_close();
+        let msg = match auth::parse_client_auth(req.body) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.http_malformed += 1;
+                self.refused(conn.peer, format!("bad aggregate-auth XML: {e}"));
+                let r = Response::new(400, "Bad Request").header("Connection", "close").body("text/plain", format!("{e}\n"));
+                return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+            }
+        };
+        // The pending login this post continues (cookie first, then the echoed opaque handle).
+        let handle = req
+            .cookie("webvpncontext")
+            .map(str::to_string)
+            .filter(|h| self.pending.contains_key(h))
+            .or_else(|| msg.handle.clone().filter(|h| self.pending.contains_key(h)));
+        // Group: explicit selection, else the pending login's, else the URL path, else default.
+        let requested = msg
+            .group_select
+            .clone()
+            .or_else(|| handle.as_ref().and_then(|h| self.pending.get(h)).map(|p| p.group.clone()))
+            .or_else(|| url_group(msg.group_access.as_deref()).filter(|g| self.config.group(g).is_some()))
+            .or_else(|| url_group(Some(req.target)).filter(|g| self.config.group(g).is_some()));
+        let (group, unknown) = match requested {
+            Some(g) => match self.config.group(&g) {
+                Some(tg) => (Some(tg.clone()), None),
+                None => (self.default_group().cloned(), Some(g)),
+            },
+            None => (self.default_group().cloned(), None),
+        };
+        let Some(group) = group else {
+            self.refused(conn.peer, "login refused: no tunnel group configured".into());
+            let r = Response::new(503, "Service Unavailable").header("Connection", "close").body("text/plain", "no tunnel group\n");
+            return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+        };
+        let shown = self.shown_name(&group);
+
+        if let Some(bad) = unknown {
+            self.stats.auth_unknown_group += 1;
+            self.refused(conn.peer, format!("login: unknown group '{bad}'"));
+            let h = match self.pending_for(now, conn.peer.ip(), handle.clone(), &group.name) {
+                Ok(h) => h,
+                Err(o) => return o(consumed),
+            };
+            let err = format!("Group '{bad}' is not a valid group.");
+            return self.form(consumed, close, &h, &shown, Some(&err));
+        }
+
+        if group.authentication == AuthMethod::Certificate {
+            if let Some(h) = &handle {
+                self.drop_pending(h);
+            }
+            return match &conn.client_cert {
+                Some(cert) => {
+                    let user = cert.common_name.clone();
+                    self.complete_login(now, conn, &group, &user, consumed, close)
+                }
+                None => {
+                    self.stats.auth_failures += 1;
+                    self.refused(conn.peer, format!("login refused: group '{}' needs a client certificate", group.name));
+                    let r = Response::new(401, "Unauthorized").header("Connection", "close").body("text/plain", "client certificate required\n");
+                    HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true }
+                }
+            };
+        }
+
+        let credentials = matches!(msg.kind, AuthKind::AuthReply) && msg.username.is_some();
+        if !credentials {
+            // init (or a reply without credentials, e.g. after a group change): show the form.
+            let h = match self.pending_for(now, conn.peer.ip(), handle.clone(), &group.name) {
+                Ok(h) => h,
+                Err(o) => return o(consumed),
+            };
+            return self.form(consumed, close, &h, &shown, None);
+        }
+        self.check_password(now, conn, &msg, handle, &group, &shown, consumed, close)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_password(
+        &mut self,
+        now: Instant,
+        conn: &ConnInfo,
+        msg: &ClientAuth,
+        handle: Option<String>,
+        group: &TunnelGroup,
+        shown: &str,
+        consumed: usize,
+        close: bool,
+    ) -> HttpOutcome {
+        // A reply must continue a login we started (bounded pre-auth state and failure count).
+        let h = match self.pending_for(now, conn.peer.ip(), handle, &group.name) {
+            Ok(h) => h,
+            Err(o) => return o(consumed),
+        };
+        let user = msg.username.clone().unwrap_or_default();
+        let pw = msg.password.clone().unwrap_or_default();
+        let ok = match self.config.user(&user) {
+            Some(u) => (self.config.verifier)(&u.password_hash, pw.as_bytes()),
+            None => {
+                // Same work for unknown users, so timing does not reveal which names exist.
+                let _ = (self.config.verifier)("", pw.as_bytes());
+                false
+            }
+        };
+        if ok {
+            self.drop_pending(&h);
+            self.events.push_back(Event::Syslog(syslog::auth_ok_113012(&user)));
+            return self.complete_login(now, conn, group, &user, consumed, close);
+        }
+        self.stats.auth_failures += 1;
+        let reason = if self.config.user(&user).is_some() { "Invalid password" } else { "Invalid username" };
+        self.events.push_back(Event::Syslog(syslog::auth_rejected_113015(&user, reason, conn.peer.ip())));
+        self.refused(conn.peer, format!("login failed for user '{user}' ({reason})"));
+        let max = self.config.limits.max_auth_failures;
+        let failures = match self.pending.get_mut(&h) {
+            Some(p) => {
+                p.failures += 1;
+                p.expires = now + self.config.limits.pending_auth_lifetime;
+                p.failures
+            }
+            None => max,
+        };
+        if failures >= max {
+            self.drop_pending(&h);
+            let r = Response::new(401, "Unauthorized").header("Connection", "close").body("text/plain", "too many failed logins\n");
+            return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+        }
+        self.form(consumed, close, &h, shown, Some("Login failed."))
+    }
+
+    fn complete_login(
+        &mut self,
+        now: Instant,
+        conn: &ConnInfo,
+        group: &TunnelGroup,
+        user: &str,
+        consumed: usize,
+        close: bool,
+    ) -> HttpOutcome {
+        let limit = self.config.limits.max_sessions;
+        if limit != 0 && self.sessions.len() >= limit {
+            self.refused(conn.peer, format!("login for '{user}' refused: session limit {limit} reached"));
+            let r = Response::new(503, "Service Unavailable").header("Connection", "close").body("text/plain", "session limit reached\n");
+            return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+        }
+        self.stats.auth_success += 1;
+        let mut cookie = [0u8; 32];
+        self.rng.fill(&mut cookie);
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&cookie[..8]);
+        if self.by_cookie.contains_key(&prefix) {
+            // 2^-64 chance; refuse rather than alias two sessions.
+            let r = Response::new(503, "Service Unavailable").body("text/plain", "retry\n");
+            return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+        }
+        let mut tag = [0u8; 32];
+        tag.copy_from_slice(hmac::sign(&self.cookie_key, &cookie).as_ref());
+        let id = self.alloc_index();
+        let policy = self.config.policy_of(group);
+        let s = Session {
+            id,
+            cookie_prefix: prefix,
+            cookie_tag: tag,
+            user: user.to_string(),
+            tunnel_group: group.name.clone(),
+            group_policy: group.default_group_policy.clone(),
+            policy,
+            peer: conn.peer,
+            address: None,
+            netmask: Ipv4Addr::UNSPECIFIED,
+            created: now,
+            last_data: now,
+            phase: Phase::AwaitingConnect { expires: now + self.config.cookie_unused_lifetime },
+            tls: None,
+            dtls: DtlsChannel::default(),
+            tx: Channel::Tls,
+            fallback: Fallback::new(&self.config.fallback),
+            mtu: None,
+            bytes_tx: 0,
+            bytes_rx: 0,
+            reconnects: 0,
+            fallbacks: 0,
+            ever_connected: false,
+            wake: None,
+        };
+        self.events.push_back(Event::Syslog(syslog::session_started_716001(who(&s))));
+        self.by_cookie.insert(prefix, id);
+        self.sessions.insert(id, s);
+        self.reschedule(id);
+        let cookie_hex = hex::encode_upper(cookie);
+        let r = Response::new(200, "OK")
+            .header("Set-Cookie", format!("webvpn={cookie_hex}; Secure; HttpOnly"))
+            .header("Set-Cookie", "webvpncontext=; expires=Thu, 01 Jan 1970 22:00:00 GMT; path=/; Secure")
+            .header("X-Transcend-Version", "1")
+            .header("Cache-Control", "no-store")
+            .body("text/xml", auth::complete_xml(&cookie_hex, id.0));
+        HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close }
+    }
+
+    fn form(&self, consumed: usize, close: bool, handle: &str, group: &str, error: Option<&str>) -> HttpOutcome {
+        let list: Vec<&str> = self.config.group_list().into_iter().map(|(a, _)| a).collect();
+        let xml = auth::auth_request_xml(&AuthForm { handle, group, group_list: &list, error });
+        let r = Response::new(200, "OK")
+            .header("Set-Cookie", format!("webvpncontext={handle}; path=/; Secure; HttpOnly"))
+            .header("X-Transcend-Version", "1")
+            .header("Cache-Control", "no-store")
+            .body("text/xml", xml);
+        HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close }
+    }
+
+    /// Finds or creates the pending login (bounded per peer and in total).
+    #[allow(clippy::type_complexity)]
+    fn pending_for(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        handle: Option<String>,
+        group: &str,
+    ) -> Result<String, Box<dyn FnOnce(usize) -> HttpOutcome>> {
+        let life = self.config.limits.pending_auth_lifetime;
+        if let Some(h) = handle {
+            if let Some(p) = self.pending.get_mut(&h) {
+                p.group = group.to_string();
+                p.expires = now + life;
+                return Ok(h);
+            }
+        }
+        let per_peer = self.pending_by_peer.get(&peer).copied().unwrap_or(0);
+        if per_peer >= self.config.limits.pending_auth_per_peer || self.pending.len() >= self.config.limits.pending_auth_total {
+            self.stats.auth_pending_refused += 1;
+            self.refused(SocketAddr::new(peer, 0), "login refused: too many unfinished logins".into());
+            return Err(Box::new(|consumed| {
+                let r = Response::new(503, "Service Unavailable")
+                    .header("Connection", "close")
+                    .header("Retry-After", "30")
+                    .body("text/plain", "too many unfinished logins\n");
+                HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true }
+            }));
+        }
+        let mut raw = [0u8; 16];
+        self.rng.fill(&mut raw);
+        let h = hex::encode_upper(raw);
+        self.pending.insert(h.clone(), Pending { peer, group: group.to_string(), failures: 0, expires: now + life });
+        *self.pending_by_peer.entry(peer).or_insert(0) += 1;
+        Ok(h)
+    }
+
+    fn drop_pending(&mut self, h: &str) {
+        if let Some(p) = self.pending.remove(h) {
+            if let Some(n) = self.pending_by_peer.get_mut(&p.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.pending_by_peer.remove(&p.peer);
+                }
+            }
+        }
+    }
+
+    fn expire_pending(&mut self, now: Instant) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let dead: Vec<String> = self.pending.iter().filter(|(_, p)| p.expires <= now).map(|(h, _)| h.clone()).collect();
+        for h in dead {
+            self.drop_pending(&h);
+        }
+    }
+
+    fn default_group(&self) -> Option<&TunnelGroup> {
+        // The first group with an alias (what the list shows first), else the first group.
+        self.config.group_list().first().map(|(_, g)| *g).or_else(|| self.config.tunnel_groups.first())
+    }
+
+    fn shown_name(&self, g: &TunnelGroup) -> String {
+        g.aliases.first().cloned().unwrap_or_else(|| g.name.clone())
+    }
+
+    /// The session a `webvpn` cookie belongs to, if the cookie is genuine and current.
+    fn session_by_cookie(&self, cookie: &str) -> Option<SessionId> {
+        let mut raw = [0u8; 32];
+        hex::decode_to_slice(cookie, &mut raw).ok()?;
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&raw[..8]);
+        let id = *self.by_cookie.get(&prefix)?;
+        let s = self.sessions.get(&id)?;
+        // ring's constant-time tag check: the comparison leaks nothing about the cookie.
+        hmac::verify(&self.cookie_key, &raw, &s.cookie_tag).ok()?;
+        Some(id)
+    }
+
+    fn handle_connect(&mut self, now: Instant, conn: &ConnInfo, req: &Request<'_>) -> HttpOutcome {
+        let consumed = req.len;
+        let fail = |code: u16, reason: &'static str, body: &str| HttpOutcome::Respond {
+            consumed,
+            bytes: Response::new(code, reason).header("Connection", "close").body("text/plain", format!("{body}\n")).to_bytes(),
+            close: true,
+        };
+        if req.target != connect::TUNNEL_PATH {
+            self.refused(conn.peer, format!("CONNECT to unknown path {}", req.target));
+            return fail(404, "Not Found", "Not Found");
+        }
+        let creq = match ConnectRequest::parse(req) {
+            Ok(c) => c,
+            Err(e) => {
+                self.stats.http_malformed += 1;
+                self.events.push_back(Event::Syslog(text::SyslogLine {
+                    severity: 4,
+                    id: 722001,
+                    text: format!("IP <{}> Error parsing SVC connect request.", conn.peer.ip()),
+                }));
+                self.refused(conn.peer, format!("tunnel request: {e}"));
+                return fail(400, "Bad Request", &e.to_string());
+            }
+        };
+        let Some(id) = creq.cookie.as_deref().and_then(|c| self.session_by_cookie(c)) else {
+            self.stats.cookie_rejected += 1;
+            let why = if creq.cookie.is_some() { "invalid or expired session cookie" } else { "no session cookie" };
+            self.refused(conn.peer, format!("tunnel refused: {why}"));
+            return fail(401, "Unauthorized", "Cookie is not acceptable");
+        };
+        let grace = self.config.reconnect_grace;
+        let (replacing, after_drop, first) = {
+            let s = &self.sessions[&id];
+            (
+                matches!(s.phase, Phase::Connected),
+                matches!(s.phase, Phase::Disconnected { .. }),
+                !s.ever_connected,
+            )
+        };
+        // Address: keep the session's lease; a client asking for another one is refused (it
+        // would abort on a different address anyway, anyconnect.md §5).
+        let existing = self.sessions[&id].address;
+        let address = match (existing, creq.address) {
+            (Some(a), Some(want)) if a != want => {
+                self.refused(conn.peer, format!("tunnel refused: client asks for {want}, session {} holds {a}", id.0));
+                return fail(409, "Conflict", "requested address is not this session's address");
+            }
+            (Some(a), _) => a,
+            (None, want) => match self.lease(id, want) {
+                Some(a) => a,
+                None => {
+                    let s = &self.sessions[&id];
+                    self.events.push_back(Event::Syslog(text::SyslogLine {
+                        severity: 4,
+                        id: 722004,
+                        text: format!("Group <{}> User <{}> IP <{}> Error responding to SVC connect request.", s.group_policy, s.user, conn.peer.ip()),
+                    }));
+                    self.refused(conn.peer, format!("tunnel refused: no free address in the pools of '{}'", s.tunnel_group));
+                    return fail(503, "Service Unavailable", "no address available");
+                }
+            },
+        };
+        let netmask = self.netmask_for(id, address);
+
+        // Close what the old connection had (DTLS is never resumed across a reconnect).
+        self.drop_dtls(id, true);
+        let policy = self.sessions[&id].policy.clone();
+        let dtls = if policy.dtls {
+            if creq.offers_psk() {
+                let mut app_id = [0u8; 32];
+                self.rng.fill(&mut app_id);
+                Some(DtlsKeying::Psk { app_id })
+            } else if let (Some(ms), Some(cipher)) =
+                (creq.master_secret, connect::choose_legacy(&creq, &self.config.legacy_dtls_ciphers))
+            {
+                let mut session_id = [0u8; 32];
+                self.rng.fill(&mut session_id);
+                Some(DtlsKeying::Legacy { session_id, master_secret: ms, cipher })
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let dtls_overhead = dtls.as_ref().map(|k| match k {
+            // PSK suite is negotiated later; the I/O layer offers AES-GCM PSK suites only.
+            DtlsKeying::Psk { .. } => mtu::dtls_overhead("PSK-AES256-GCM-SHA384"),
+            DtlsKeying::Legacy { cipher, .. } => mtu::dtls_overhead(cipher.openssl_name()),
+        });
+        let plan = mtu::plan(&MtuInputs {
+            policy: self.config.mtu_policy,
+            tcpmss: if self.config.tcpmss == 0 { 1380 } else { self.config.tcpmss },
+            tls: mtu::tls_overhead(conn.tls_version, &conn.tls_cipher),
+            dtls: dtls_overhead,
+            client_base_mtu: creq.base_mtu,
+            link_mtu: self.config.link_mtu,
+            configured: policy.mtu,
+        });
+        let session_left = policy.session_timeout.map(|t| t.saturating_sub(now - self.sessions[&id].created));
+        let bytes = connect::connected_response(&Connected {
+            address,
+            netmask,
+            policy: &policy,
+            mtu: plan,
+            dtls: dtls.as_ref(),
+            dtls_port: self.config.dtls_port,
+            disconnected_timeout: grace,
+            session_timeout_left: session_left,
+        });
+        if let Some(k) = &dtls {
+            self.by_demux.insert(*k.demux_id(), id);
+        }
+        self.stats.tunnels += 1;
+        let s = self.sessions.get_mut(&id).expect("session checked above");
+        let w_peer = conn.peer;
+        s.peer = w_peer;
+        s.tls = Some(TlsChannel {
+            decoder: cstp::CstpDecoder::new(),
+            version: conn.tls_version,
+            cipher: conn.tls_cipher.clone(),
+            last_rx: now,
+            dpd_sent: None,
+        });
+        s.dtls = DtlsChannel { keying: dtls.clone(), up: false, last_rx: None };
+        s.tx = Channel::Tls;
+        s.fallback = Fallback::new(&self.config.fallback);
+        s.mtu = Some(plan);
+        s.phase = Phase::Connected;
+        s.last_data = now;
+        s.ever_connected = true;
+        if !first {
+            s.reconnects += 1;
+        }
+        let w = who(s);
+        let mut ev = Vec::new();
+        if first {
+            ev.push(syslog::address_722051(w, address));
+            ev.push(syslog::first_722033(w, Channel::Tls));
+        } else if replacing {
+            ev.push(syslog::replacing_722032(w, Channel::Tls));
+            ev.push(syslog::stale_722028(w));
+        } else if after_drop {
+            ev.push(syslog::new_no_existing_722034(w, Channel::Tls));
+        }
+        ev.push(syslog::svc_established_722022(w, Channel::Tls));
+        let up = Event::SessionUp {
+            session: id,
+            user: s.user.clone(),
+            tunnel_group: s.tunnel_group.clone(),
+            group_policy: s.group_policy.clone(),
+            address,
+            reconnect: !first,
+        };
+        if !first {
+            self.stats.reconnects += 1;
+        }
+        self.events.extend(ev.into_iter().map(Event::Syslog));
+        self.events.push_back(up);
+        self.reschedule(id);
+        HttpOutcome::Tunnel { consumed, bytes, session: id, dtls }
+    }
+
+    fn lease(&mut self, id: SessionId, want: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let tg = self.sessions.get(&id)?.tunnel_group.clone();
+        let group = self.config.group(&tg)?.clone();
+        let pools: Vec<_> = group.address_pools.iter().filter_map(|p| self.config.pools.get(p)).cloned().collect();
+        let free = |a: Ipv4Addr, by: &HashMap<Ipv4Addr, SessionId>| !by.contains_key(&a);
+        let mut pick = None;
+        if let Some(w) = want {
+            if pools.iter().any(|p| u32::from(p.first) <= u32::from(w) && u32::from(w) <= u32::from(p.last)) && free(w, &self.by_addr) {
+                pick = Some(w);
+            }
+        }
+        if pick.is_none() {
+            'outer: for p in &pools {
+                for a in u32::from(p.first)..=u32::from(p.last) {
+                    let a = Ipv4Addr::from(a);
+                    if free(a, &self.by_addr) {
+                        pick = Some(a);
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        let a = pick?;
+        self.by_addr.insert(a, id);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.address = Some(a);
+        }
+        Some(a)
+    }
+
+    fn netmask_for(&mut self, id: SessionId, a: Ipv4Addr) -> Ipv4Addr {
+        let Some(s) = self.sessions.get(&id) else { return Ipv4Addr::BROADCAST };
+        let mask = self
+            .config
+            .group(&s.tunnel_group)
+            .and_then(|g| {
+                g.address_pools.iter().filter_map(|p| self.config.pools.get(p)).find(|p| {
+                    u32::from(p.first) <= u32::from(a) && u32::from(a) <= u32::from(p.last)
+                })
+            })
+            .map_or(Ipv4Addr::BROADCAST, |p| p.mask);
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.netmask = mask;
+        }
+        mask
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Tunnel phase
+
+    /// CSTP bytes from the session's TLS connection (any split). Data packets appear on
+    /// [`Server::poll_packet`]; DPD answers on [`Server::poll_transmit`].
+    pub fn handle_tls_data(&mut self, now: Instant, session: SessionId, data: &[u8]) -> Result<(), TunnelError> {
+        self.reset_output();
+        let tcpmss = self.config.tcpmss;
+        let Server { sessions, pkt_buf, pkt_q, stats, .. } = self;
+        let s = sessions.get_mut(&session).ok_or(TunnelError::UnknownSession(session))?;
+        let Some(tls) = s.tls.as_mut() else { return Err(TunnelError::UnknownSession(session)) };
+        tls.last_rx = now;
+        tls.dpd_sent = None;
+        let clamp = clamp_value(tcpmss, s.mtu.map(|m| m.advertised_cstp));
+        let mut controls: Vec<Control> = Vec::new();
+        let mut rx_bytes = 0u64;
+        let mut rx_pkts = 0u64;
+        let base = data.as_ptr() as usize;
+        let r = tls.decoder.feed(data, |f| match f.ty {
+            FrameType::Data => {
+                if !f.payload.is_empty() {
+                    let start = pkt_buf.len();
+                    pkt_buf.extend_from_slice(f.payload);
+                    clamp_syn(&mut pkt_buf[start..], clamp);
+                    pkt_q.push_back((session, start, pkt_buf.len()));
+                    rx_bytes += f.payload.len() as u64;
+                    rx_pkts += 1;
+                }
+            }
+            FrameType::DpdReq => {
+                // Echo the payload: a view into `data` when possible, else copy it aside.
+                let p = f.payload.as_ptr() as usize;
+                if p >= base && p + f.payload.len() <= base + data.len() {
+                    controls.push(Control::DpdReq(p - base, f.payload.len()));
+                } else {
+                    controls.push(Control::DpdReqOwned(f.payload.to_vec()));
+                }
+            }
+            FrameType::DpdResp => controls.push(Control::DpdResp),
+            FrameType::Keepalive => {}
+            FrameType::Disconnect => controls.push(Control::Disconnect(f.payload.first().copied())),
+            FrameType::Terminate => controls.push(Control::Terminate),
+            FrameType::Compressed | FrameType::Unknown(_) => controls.push(Control::Dropped),
+        });
+        stats.packets_from_clients += rx_pkts;
+        s.bytes_rx += rx_bytes;
+        if rx_pkts > 0 {
+            s.last_data = now;
+        }
+        if let Err(e) = r {
+            stats.cstp_errors += 1;
+            let w = who(s);
+            let line = syslog::closing_722037(w, &format!("CSTP framing error ({e})"));
+            self.events.push_back(Event::Syslog(line));
+            self.reschedule(session);
+            return Err(TunnelError::Cstp(e));
+        }
+        for c in controls {
+            match c {
+                Control::DpdReq(off, len) => {
+                    self.queue_frame(session, Channel::Tls, FrameType::DpdResp, &data[off..off + len]);
+                }
+                Control::DpdReqOwned(p) => self.queue_frame(session, Channel::Tls, FrameType::DpdResp, &p),
+                Control::DpdResp | Control::Dropped => {}
+                Control::Disconnect(code) => {
+                    self.client_disconnect(now, session, code == Some(DISCONNECT_LOGOUT));
+                    return Ok(());
+                }
+                Control::Terminate => {
+                    self.client_disconnect(now, session, true);
+                    return Ok(());
+                }
+            }
+        }
+        self.reschedule(session);
+        Ok(())
+    }
+
+    /// The session's TLS connection closed (EOF, error, or after [`TunnelError::Cstp`]). The
+    /// session waits `reconnect_grace` for a CONNECT with its cookie.
+    pub fn handle_tls_closed(&mut self, now: Instant, session: SessionId) {
+        self.reset_output();
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        if s.tls.take().is_none() {
+            return;
+        }
+        s.phase = Phase::Disconnected { since: now };
+        let w = who(s);
+        self.events.push_back(Event::Syslog(syslog::svc_terminated_722023(w, Channel::Tls)));
+        self.drop_dtls(session, true);
+        self.reschedule(session);
+    }
+
+    /// The DTLS handshake for `session` completed: DTLS becomes the server->client channel.
+    pub fn handle_dtls_up(&mut self, now: Instant, session: SessionId) {
+        self.reset_output();
+        let ft = self.config.fallback.clone();
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        if !matches!(s.phase, Phase::Connected) || s.dtls.keying.is_none() {
+            return;
+        }
+        s.dtls.up = true;
+        s.dtls.last_rx = Some(now);
+        s.fallback = Fallback::new(&ft);
+        s.fallback.last_confirmed = Some(now);
+        let w = who(s);
+        self.events.push_back(Event::Syslog(syslog::svc_established_722022(w, Channel::Dtls)));
+        if s.tx != Channel::Dtls {
+            s.tx = Channel::Dtls;
+            self.events.push_back(Event::ChannelChange { session, channel: Channel::Dtls });
+        }
+        self.reschedule(session);
+    }
+
+    /// One decrypted DTLS record (type byte + payload) from the session's client.
+    pub fn handle_dtls_record(&mut self, now: Instant, session: SessionId, record: &[u8]) -> Result<(), TunnelError> {
+        self.reset_output();
+        let tcpmss = self.config.tcpmss;
+        let s = self.sessions.get_mut(&session).ok_or(TunnelError::UnknownSession(session))?;
+        if !s.dtls.up {
+            return Err(TunnelError::UnknownSession(session));
+        }
+        let Some((&ty, payload)) = record.split_first() else {
+            self.stats.dtls_bad_records += 1;
+            return Err(TunnelError::BadDtlsRecord);
+        };
+        s.dtls.last_rx = Some(now);
+        s.fallback.unconfirmed_since = None;
+        match FrameType::from_u8(ty) {
+            FrameType::Data => {
+                if payload.is_empty() {
+                    return Ok(());
+                }
+                let clamp = clamp_value(tcpmss, s.mtu.map(|m| m.advertised_cstp));
+                let start = self.pkt_buf.len();
+                self.pkt_buf.extend_from_slice(payload);
+                clamp_syn(&mut self.pkt_buf[start..], clamp);
+                self.pkt_q.push_back((session, start, self.pkt_buf.len()));
+                s.bytes_rx += payload.len() as u64;
+                s.last_data = now;
+                self.stats.packets_from_clients += 1;
+                // The client is using DTLS; if we had fallen back, check the way back now.
+                if s.tx == Channel::Tls && s.fallback.probe_deadline.is_none() {
+                    self.send_probe(now, session);
+                }
+            }
+            FrameType::DpdReq => {
+                self.queue_frame(session, Channel::Dtls, FrameType::DpdResp, payload);
+            }
+            FrameType::DpdResp => {
+                let s = self.sessions.get_mut(&session).expect("checked");
+                s.fallback.probe_deadline = None;
+                s.fallback.last_confirmed = Some(now);
+                s.fallback.next_reprobe = None;
+                s.fallback.reprobe_interval = self.config.fallback.reprobe_min;
+                if s.tx == Channel::Tls {
+                    s.tx = Channel::Dtls;
+                    self.stats.returns_to_dtls += 1;
+                    self.events.push_back(Event::ChannelChange { session, channel: Channel::Dtls });
+                }
+            }
+            FrameType::Keepalive => {}
+            FrameType::Disconnect => {
+                let logout = payload.first() == Some(&DISCONNECT_LOGOUT);
+                self.client_disconnect(now, session, logout);
+                return Ok(());
+            }
+            FrameType::Terminate => {
+                self.client_disconnect(now, session, true);
+                return Ok(());
+            }
+            FrameType::Compressed | FrameType::Unknown(_) => {
+                self.stats.dtls_bad_records += 1;
+                self.reschedule(session);
+                return Err(TunnelError::BadDtlsRecord);
+            }
+        }
+        self.reschedule(session);
+        Ok(())
+    }
+
+    /// The session's DTLS association ended (alert, error, client gave up).
+    pub fn handle_dtls_closed(&mut self, now: Instant, session: SessionId) {
+        self.reset_output();
+        let _ = now;
+        self.drop_dtls(session, false);
+        self.reschedule(session);
+    }
+
+    /// An IPv4 packet from the TUN. `pkt` may be modified in place (MSS clamp). On success the
+    /// framed packet (or its fragments) is on [`Server::poll_transmit`]; an ICMP
+    /// fragmentation-needed answer, if any, is on [`Server::poll_packet`].
+    pub fn handle_tun_packet(&mut self, now: Instant, pkt: &mut [u8]) -> Result<(), TunDrop> {
+        self.reset_output();
+        let (dst, src, df, total, protocol) = match Ipv4Packet::new_checked(&pkt[..]) {
+            Ok(ip) => (ip.dst(), ip.src(), ip.dont_frag(), ip.total_len(), ip.protocol()),
+            Err(_) => {
+                self.stats.tun_no_session += 1;
+                return Err(TunDrop::Malformed);
+            }
+        };
+        let pkt = &mut pkt[..total];
+        let Some(&id) = self.by_addr.get(&dst) else {
+            self.stats.tun_no_session += 1;
+            return Err(TunDrop::NoSession);
+        };
+        let tcpmss = self.config.tcpmss;
+        let s = self.sessions.get_mut(&id).ok_or(TunDrop::NoSession)?;
+        let Some(plan) = s.mtu else {
+            self.stats.tun_no_channel += 1;
+            return Err(TunDrop::NoChannel);
+        };
+        if s.tls.is_none() {
+            self.stats.tun_no_channel += 1;
+            return Err(TunDrop::NoChannel);
+        }
+        clamp_syn(pkt, clamp_value(tcpmss, Some(plan.advertised_cstp)));
+        let mut ch = if s.dtls.up { s.tx } else { Channel::Tls };
+        let threshold = |c: Channel| match c {
+            Channel::Dtls => plan.dtls.unwrap_or(plan.tls),
+            Channel::Tls => plan.tls,
+        };
+        let len = pkt.len();
+        // A packet too big for DTLS but fitting TLS goes on TLS as it is (ocserv does the same).
+        if ch == Channel::Dtls && len > threshold(Channel::Dtls) as usize && len <= plan.tls as usize {
+            ch = Channel::Tls;
+            self.stats.sent_on_tls_too_big_for_dtls += 1;
+        }
+        let th = threshold(ch);
+        s.last_data = now;
+        s.bytes_tx += len as u64;
+        if ch == Channel::Dtls && s.fallback.unconfirmed_since.is_none() {
+            s.fallback.unconfirmed_since = Some(now);
+        }
+        if len <= th as usize {
+            let ty = FrameType::Data;
+            self.queue_frame(id, ch, ty, pkt);
+            self.stats.packets_to_clients += 1;
+            self.reschedule(id);
+            return Ok(());
+        }
+        if !df || s.policy.df_bit_ignore {
+            let Server { tx_buf, tx_q, stats, .. } = self;
+            let r = crate::frag::fragment_ipv4(pkt, th, |h, b| {
+                let start = tx_buf.len();
+                match ch {
+                    Channel::Tls => {
+                        let mut hd = [0u8; cstp::HEADER_LEN];
+                        cstp::write_header(&mut hd, FrameType::Data, (h.len() + b.len()) as u16);
+                        tx_buf.extend_from_slice(&hd);
+                    }
+                    Channel::Dtls => tx_buf.push(FrameType::Data.to_u8()),
+                }
+                tx_buf.extend_from_slice(h);
+                tx_buf.extend_from_slice(b);
+                tx_q.push_back((id, ch, start, tx_buf.len()));
+                stats.packets_to_clients += 1;
+            });
+            self.reschedule(id);
+            return match r {
+                Ok(_) => {
+                    self.stats.fragmented += 1;
+                    Ok(())
+                }
+                Err(_) => Err(TunDrop::Malformed),
+            };
+        }
+        // DF set and df-bit-ignore off: drop, tell the sender (RFC 1191), log like the ASA.
+        s.bytes_tx -= len as u64;
+        self.stats.too_big_dropped += 1;
+        let w = who(s);
+        self.events.push_back(Event::Syslog(syslog::large_packet_722036(w, len, th)));
+        let from = self.config.icmp_source.unwrap_or(dst);
+        let start = self.pkt_buf.len();
+        self.pkt_buf.resize(start + wire::ip::ICMP_ERROR_MAX_LEN, 0);
+        match wire::ip::build_dest_unreachable(pkt, wire::ip::unreach_code::FRAG_NEEDED, th, from, &mut self.pkt_buf[start..]) {
+            Some(n) => {
+                self.pkt_buf.truncate(start + n);
+                self.pkt_q.push_back((id, start, start + n));
+                self.stats.icmp_sent += 1;
+                self.events.push_back(Event::Syslog(syslog::pmtud_602101(len, th, src, dst, protocol)));
+            }
+            None => self.pkt_buf.truncate(start),
+        }
+        self.reschedule(id);
+        Err(TunDrop::TooBig)
+    }
+
+    /// Runs everything due at `now` (DTLS probes and fallback, DPD, timeouts, grace expiry).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.reset_output();
+        self.expire_pending(now);
+        while let Some(&(t, id)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.remove(&(t, id));
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.wake = None;
+            }
+            self.on_timer(now, id);
+            self.reschedule(id);
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, id: SessionId) {
+        let grace = self.config.reconnect_grace;
+        let ft = self.config.fallback.clone();
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        match s.phase {
+            Phase::AwaitingConnect { expires } => {
+                if now >= expires {
+                    self.end_session(now, id, DisconnectReason::IdleTimeout, None);
+                }
+                return;
+            }
+            Phase::Disconnected { since } => {
+                if now >= since + grace {
+                    self.end_session(now, id, DisconnectReason::IdleTimeout, None);
+                }
+                return;
+            }
+            Phase::Connected => {}
+        }
+        if let Some(i) = s.policy.idle_timeout {
+            if now >= s.last_data + i {
+                self.end_session(now, id, DisconnectReason::IdleTimeout, Some(FrameType::Disconnect));
+                return;
+            }
+        }
+        if let Some(t) = s.policy.session_timeout {
+            if now >= s.created + t {
+                self.end_session(now, id, DisconnectReason::MaxTimeExceeded, Some(FrameType::Disconnect));
+                return;
+            }
+        }
+        if let (Some(tls), Some(dpd)) = (s.tls.as_mut(), s.policy.dpd_gateway) {
+            if now >= tls.last_rx + dpd * 3 {
+                // Gateway DPD failed: the TLS connection is dead; keep the session for a reconnect.
+                let w = who(s);
+                self.events.push_back(Event::Syslog(syslog::closing_722037(w, "DPD failure")));
+                self.events.push_back(Event::CloseTls { session: id });
+                self.handle_tls_closed_inner(now, id);
+                return;
+            }
+            if tls.dpd_sent.is_none() && now >= tls.last_rx + dpd {
+                tls.dpd_sent = Some(now);
+                self.queue_frame(id, Channel::Tls, FrameType::DpdReq, &[]);
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if !s.dtls.up {
+            return;
+        }
+        if let Some(d) = s.fallback.probe_deadline {
+            if now >= d {
+                s.fallback.probe_deadline = None;
+                s.fallback.unconfirmed_since = None;
+                if s.tx == Channel::Dtls {
+                    // DTLS stopped delivering: move server->client traffic to TLS now.
+                    s.tx = Channel::Tls;
+                    s.fallbacks += 1;
+                    s.fallback.reprobe_interval = ft.reprobe_min;
+                    s.fallback.next_reprobe = Some(now + ft.reprobe_min);
+                    self.stats.fallbacks_to_tls += 1;
+                    self.events.push_back(Event::ChannelChange { session: id, channel: Channel::Tls });
+                } else {
+                    let next = (s.fallback.reprobe_interval * 2).min(ft.reprobe_max);
+                    s.fallback.reprobe_interval = next;
+                    s.fallback.next_reprobe = Some(now + next);
+                }
+            }
+            return;
+        }
+        if s.tx == Channel::Dtls {
+            let stale_confirm = s.fallback.last_confirmed.is_none_or(|c| now >= c + ft.verify_interval);
+            if s.fallback.unconfirmed_since.is_some_and(|u| now >= u + ft.probe_after) || (stale_confirm && s.fallback.unconfirmed_since.is_some()) {
+                self.send_probe(now, id);
+            }
+        } else if s.fallback.next_reprobe.is_some_and(|r| now >= r) {
+            s.fallback.next_reprobe = None;
+            self.send_probe(now, id);
+        }
+    }
+
+    fn send_probe(&mut self, now: Instant, id: SessionId) {
+        let to = self.config.fallback.probe_timeout;
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        s.fallback.probe_seq = s.fallback.probe_seq.wrapping_add(1);
+        s.fallback.probe_deadline = Some(now + to);
+        let seq = s.fallback.probe_seq.to_be_bytes();
+        self.queue_frame(id, Channel::Dtls, FrameType::DpdReq, &seq);
+    }
+
+    fn handle_tls_closed_inner(&mut self, now: Instant, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.tls.take().is_none() {
+            return;
+        }
+        s.phase = Phase::Disconnected { since: now };
+        let w = who(s);
+        self.events.push_back(Event::Syslog(syslog::svc_terminated_722023(w, Channel::Tls)));
+        self.drop_dtls(id, true);
+    }
+
+    /// DISCONNECT/TERMINATE from the client. Logout ends the session; otherwise the client
+    /// intends to reconnect: the session waits in its grace period.
+    fn client_disconnect(&mut self, now: Instant, id: SessionId, logout: bool) {
+        if logout {
+            self.end_session(now, id, DisconnectReason::UserRequested, None);
+        } else {
+            self.events.push_back(Event::CloseTls { session: id });
+            self.handle_tls_closed_inner(now, id);
+            self.reschedule(id);
+        }
+    }
+
+    fn drop_dtls(&mut self, id: SessionId, tell_io: bool) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let was_up = s.dtls.up;
+        if let Some(k) = s.dtls.keying.take() {
+            self.by_demux.remove(k.demux_id());
+        }
+        s.dtls = DtlsChannel::default();
+        s.fallback.probe_deadline = None;
+        s.fallback.unconfirmed_since = None;
+        s.fallback.next_reprobe = None;
+        let moved = s.tx == Channel::Dtls;
+        s.tx = Channel::Tls;
+        if was_up {
+            let w = who(s);
+            self.events.push_back(Event::Syslog(syslog::svc_terminated_722023(w, Channel::Dtls)));
+            if tell_io {
+                self.events.push_back(Event::CloseDtls { session: id });
+            }
+            if moved {
+                self.events.push_back(Event::ChannelChange { session: id, channel: Channel::Tls });
+            }
+        }
+    }
+
+    /// Ends a session: optional final CSTP frame, close events, syslog, lease release.
+    fn end_session(&mut self, now: Instant, id: SessionId, reason: DisconnectReason, notify: Option<FrameType>) {
+        let Some(s) = self.sessions.get(&id) else { return };
+        let tls_up = s.tls.is_some();
+        if tls_up {
+            if let Some(ty) = notify {
+                let payload: &[u8] = match ty {
+                    FrameType::Disconnect => &[0x00],
+                    _ => &[],
+                };
+                let mut p = payload.to_vec();
+                if ty == FrameType::Disconnect {
+                    p.extend_from_slice(reason.text().as_bytes());
+                }
+                self.queue_frame(id, Channel::Tls, ty, &p);
+                let w = who(&self.sessions[&id]);
+                self.events.push_back(Event::Syslog(syslog::closing_722037(w, reason.text())));
+            }
+        }
+        self.drop_dtls(id, true);
+        let Some(s) = self.sessions.remove(&id) else { return };
+        if let Some(t) = s.wake {
+            self.timers.remove(&(t, id));
+        }
+        let w = who(&s);
+        if s.tls.is_some() {
+            self.events.push_back(Event::Syslog(syslog::svc_terminated_722023(w, Channel::Tls)));
+            self.events.push_back(Event::CloseTls { session: id });
+        }
+        self.events.push_back(Event::Syslog(syslog::session_terminated_716002(w, reason)));
+        self.events.push_back(Event::Syslog(syslog::disconnected_113019(
+            &s.group_policy,
+            &s.user,
+            s.peer.ip(),
+            now.saturating_duration_since(s.created),
+            s.bytes_tx,
+            s.bytes_rx,
+            reason,
+        )));
+        self.by_cookie.remove(&s.cookie_prefix);
+        if let Some(a) = s.address {
+            if self.by_addr.get(&a) == Some(&id) {
+                self.by_addr.remove(&a);
+            }
+        }
+        self.events.push_back(Event::SessionDown { session: id, address: s.address, reason });
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Output
+
+    /// Next bytes for a client. Borrowed until the next call into the engine.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        match self.tx_q.pop_front() {
+            Some((session, channel, a, b)) => Some(Transmit { session, channel, data: &self.tx_buf[a..b] }),
+            None => {
+                self.tx_buf.clear();
+                None
+            }
+        }
+    }
+
+    /// Next IP packet for the TUN (from a client, or an ICMP error we generated).
+    pub fn poll_packet(&mut self) -> Option<TunPacket<'_>> {
+        match self.pkt_q.pop_front() {
+            Some((session, a, b)) => Some(TunPacket { session, data: &self.pkt_buf[a..b] }),
+            None => {
+                self.pkt_buf.clear();
+                None
+            }
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Server::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        self.timers.first().map(|&(t, id)| (t, TimerReason::Session(id)))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Lookups and operator commands
+
+    /// DTLS demultiplexing: the session whose X-DTLS-App-ID (PSK mode) is `id`.
+    pub fn session_by_app_id(&self, id: &[u8]) -> Option<SessionId> {
+        let s = self.session_by_demux(id)?;
+        matches!(self.sessions.get(&s)?.dtls.keying, Some(DtlsKeying::Psk { .. })).then_some(s)
+    }
+
+    /// DTLS demultiplexing: the session whose X-DTLS-Session-ID (legacy mode) is `id`.
+    pub fn session_by_dtls_session_id(&self, id: &[u8]) -> Option<SessionId> {
+        let s = self.session_by_demux(id)?;
+        matches!(self.sessions.get(&s)?.dtls.keying, Some(DtlsKeying::Legacy { .. })).then_some(s)
+    }
+
+    fn session_by_demux(&self, id: &[u8]) -> Option<SessionId> {
+        let k: [u8; 32] = id.try_into().ok()?;
+        self.by_demux.get(&k).copied()
+    }
+
+    /// How to key the DTLS channel of a session (after a demux lookup).
+    pub fn dtls_keying(&self, session: SessionId) -> Option<&DtlsKeying> {
+        self.sessions.get(&session)?.dtls.keying.as_ref()
+    }
+
+    /// The session leasing `addr`.
+    pub fn session_by_address(&self, addr: Ipv4Addr) -> Option<SessionId> {
+        self.by_addr.get(&addr).copied()
+    }
+
+    /// `vpn-sessiondb logoff name USER | index N | all`: returns how many sessions ended. The
+    /// clients get a CSTP DISCONNECT (they do not reconnect) and the connections close.
+    pub fn logoff(&mut self, now: Instant, target: Logoff) -> usize {
+        self.reset_output();
+        let ids: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| match &target {
+                Logoff::Name(n) => &s.user == n,
+                Logoff::Index(i) => s.id.0 == *i,
+                Logoff::All => true,
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in &ids {
+            self.end_session(now, *id, DisconnectReason::AdministratorReset, Some(FrameType::Disconnect));
+        }
+        ids.len()
+    }
+
+    /// Gateway shutdown: TERMINATE to every client, end every session.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.reset_output();
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.end_session(now, id, DisconnectReason::AdministratorReboot, Some(FrameType::Terminate));
+        }
+    }
+
+    /// All sessions, by index.
+    pub fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
+        let mut v: Vec<SessionInfo> = self.sessions.values().map(|s| info(s, now)).collect();
+        v.sort_by_key(|s| s.index);
+        v
+    }
+
+    /// `show vpn-sessiondb anyconnect` (only sessions with an address, as the ASA lists
+    /// tunnels, not pending cookies).
+    pub fn show_vpn_sessiondb_anyconnect(&self, now: Instant, wall_now: SystemTime) -> String {
+        let v: Vec<SessionInfo> = self.sessions(now).into_iter().filter(|s| s.assigned_ip != Ipv4Addr::UNSPECIFIED).collect();
+        text::show_vpn_sessiondb_anyconnect(&v, wall_now)
+    }
+
+    /// Sessions for a restart or failover. Connections are not carried: after [`Server::restore`]
+    /// every session waits for its client to reconnect with the cookie.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut sessions: Vec<SessionSnapshot> = self
+            .sessions
+            .values()
+            .map(|s| SessionSnapshot {
+                index: s.id.0,
+                cookie_prefix: s.cookie_prefix,
+                cookie_tag: s.cookie_tag,
+                user: s.user.clone(),
+                tunnel_group: s.tunnel_group.clone(),
+                group_policy: s.group_policy.clone(),
+                policy: s.policy.clone(),
+                peer: s.peer,
+                address: s.address,
+                netmask: s.netmask,
+                age: now.saturating_duration_since(s.created),
+                bytes_tx: s.bytes_tx,
+                bytes_rx: s.bytes_rx,
+                reconnects: s.reconnects,
+                ever_connected: s.ever_connected,
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.index);
+        Snapshot { cookie_key: self.cookie_key_bytes, next_index: self.next_index, sessions }
+    }
+
+    /// Rebuilds an engine from a [`Snapshot`]: cookies stay valid, leases stay held, and each
+    /// session gets a fresh reconnect grace from `now`.
+    pub fn restore(now: Instant, config: Config, rng: Box<dyn crypto::Random>, snap: &Snapshot) -> Self {
+        let mut srv = Self::with_key(config, rng, snap.cookie_key, snap.next_index);
+        for p in &snap.sessions {
+            let id = SessionId(p.index);
+            let created = now.checked_sub(p.age).unwrap_or(now);
+            let s = Session {
+                id,
+                cookie_prefix: p.cookie_prefix,
+                cookie_tag: p.cookie_tag,
+                user: p.user.clone(),
+                tunnel_group: p.tunnel_group.clone(),
+                group_policy: p.group_policy.clone(),
+                policy: p.policy.clone(),
+                peer: p.peer,
+                address: p.address,
+                netmask: p.netmask,
+                created,
+                last_data: now,
+                phase: if p.ever_connected {
+                    Phase::Disconnected { since: now }
+                } else {
+                    Phase::AwaitingConnect { expires: now + srv.config.cookie_unused_lifetime }
+                },
+                tls: None,
+                dtls: DtlsChannel::default(),
+                tx: Channel::Tls,
+                fallback: Fallback::new(&srv.config.fallback),
+                mtu: None,
+                bytes_tx: p.bytes_tx,
+                bytes_rx: p.bytes_rx,
+                reconnects: p.reconnects,
+                fallbacks: 0,
+                ever_connected: p.ever_connected,
+                wake: None,
+            };
+            srv.by_cookie.insert(p.cookie_prefix, id);
+            if let Some(a) = p.address {
+                srv.by_addr.insert(a, id);
+            }
+            srv.sessions.insert(id, s);
+            srv.reschedule(id);
+        }
+        srv
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Helpers
+
+    fn alloc_index(&mut self) -> SessionId {
+        loop {
+            let i = self.next_index;
+            self.next_index = self.next_index.wrapping_add(1).max(1);
+            if !self.sessions.contains_key(&SessionId(i)) {
+                return SessionId(i);
+            }
+        }
+    }
+
+    fn refused(&mut self, peer: SocketAddr, reason: String) {
+        self.events.push_back(Event::Refused { peer, reason });
+    }
+
+    /// Output buffers are reused: once everything queued was drained, start them over.
+    fn reset_output(&mut self) {
+        if self.tx_q.is_empty() {
+            self.tx_buf.clear();
+        }
+        if self.pkt_q.is_empty() {
+            self.pkt_buf.clear();
+        }
+    }
+
+    fn queue_frame(&mut self, id: SessionId, ch: Channel, ty: FrameType, payload: &[u8]) {
+        let start = self.tx_buf.len();
+        match ch {
+            Channel::Tls => cstp::encode_into(&mut self.tx_buf, ty, payload),
+            Channel::Dtls => {
+                self.tx_buf.push(ty.to_u8());
+                self.tx_buf.extend_from_slice(payload);
+            }
+        }
+        self.tx_q.push_back((id, ch, start, self.tx_buf.len()));
+    }
+
+    fn reschedule(&mut self, id: SessionId) {
+        let grace = self.config.reconnect_grace;
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let next = s.next_deadline(grace, &self.config.fallback);
+        if next == s.wake {
+            return;
+        }
+        if let Some(old) = s.wake {
+            self.timers.remove(&(old, id));
+        }
+        s.wake = next;
+        if let Some(t) = next {
+            self.timers.insert((t, id));
+        }
+    }
+}
+
+fn who(s: &Session) -> Who<'_> {
+    Who { group_policy: &s.group_policy, user: &s.user, peer: s.peer.ip() }
+}
+
+fn info(s: &Session, now: Instant) -> SessionInfo {
+    let dtls_cipher = match &s.dtls.keying {
+        Some(DtlsKeying::Legacy { cipher, .. }) => {
+            let (e, h) = cipher.show_names();
+            Some((e.to_string(), h.to_string()))
+        }
+        Some(DtlsKeying::Psk { .. }) => Some(("AES-GCM-256".to_string(), "SHA384".to_string())),
+        None => None,
+    };
+    let inactivity = match s.phase {
+        Phase::Disconnected { since } => now.saturating_duration_since(since),
+        _ => Duration::ZERO,
+    };
+    SessionInfo {
+        index: s.id,
+        username: s.user.clone(),
+        assigned_ip: s.address.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        public_ip: s.peer,
+        tunnel_group: s.tunnel_group.clone(),
+        group_policy: s.group_policy.clone(),
+        tls_up: s.tls.is_some(),
+        dtls_up: s.dtls.up,
+        tx_channel: s.tls.as_ref().map(|_| if s.dtls.up { s.tx } else { Channel::Tls }),
+        tls_cipher: s.tls.as_ref().map_or_else(|| ("none".into(), "none".into()), |t| text::show_cipher_names(&t.cipher)),
+        dtls_cipher,
+        bytes_tx: s.bytes_tx,
+        bytes_rx: s.bytes_rx,
+        duration: now.saturating_duration_since(s.created),
+        inactivity,
+        mtu_tls: s.mtu.map_or(0, |m| m.tls),
+        mtu_dtls: s.mtu.and_then(|m| m.dtls),
+        mtu_advertised: s.mtu.map_or(0, |m| m.advertised_dtls.unwrap_or(m.advertised_cstp)),
+        reconnects: s.reconnects,
+        fallbacks: s.fallbacks,
+    }
+}
+
+/// The MSS a tunnelled SYN may carry: `sysopt connection tcpmss` and, so that a full segment
+/// fits the client's adapter, the advertised MTU minus 40 (IPv4 + TCP headers).
+fn clamp_value(tcpmss: u16, advertised: Option<u16>) -> Option<u16> {
+    let by_mtu = advertised.map(|m| m.saturating_sub(40));
+    match (tcpmss, by_mtu) {
+        (0, m) => m,
+        (t, Some(m)) => Some(t.min(m)),
+        (t, None) => Some(t),
+    }
+}
+
+/// Lowers the MSS option of a TCP SYN in place (crates/wire's clamp keeps the checksum right).
+fn clamp_syn(pkt: &mut [u8], max: Option<u16>) -> bool {
+    let Some(max) = max else { return false };
+    let Ok(ip) = Ipv4Packet::new_checked(&*pkt) else { return false };
+    if ip.protocol() != proto::TCP || ip.frag_offset() != 0 {
+        return false;
+    }
+    let (hl, tl) = (ip.header_len(), ip.total_len());
+    let Some(seg) = pkt.get_mut(hl..tl) else { return false };
+    let Ok(mut tcp) = TcpPacket::new_checked(seg) else { return false };
+    if !tcp.syn() {
+        return false;
+    }
+    tcp.clamp_mss(max).is_some()
+}
+
+/// The first path segment of a URL or request target (`https://gw/RA` -> `RA`).
+fn url_group(url: Option<&str>) -> Option<String> {
+    let u = url?;
+    let path = match u.find("://") {
+        Some(i) => {
+            let rest = &u[i + 3..];
+            &rest[rest.find('/').unwrap_or(rest.len())..]
+        }
+        None => u,
+    };
+    let seg = path.trim_start_matches('/').split(['/', '?']).next()?;
+    (!seg.is_empty()).then(|| seg.to_string())
+}
