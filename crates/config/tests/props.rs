@@ -50,6 +50,10 @@ const WORDS: &[&str] = &[
     "255.255.255.0", "10.1.0.0", "sysopt", "connection", "preserve-vpn-flows", "timeout", "conn", "1:00:00", "no",
     "logging", "host", "trap", "7", "aes-gcm-256", "sha-256", "sha256", "19", "2", "3des", "md5", "\u{e9}", "\t", "!",
     "match", "pfs", "group19", "enable", "outside", "isakmp", "keepalive", "threshold", "retry", "*****", "",
+    "webvpn", "group-policy", "attributes", "internal", "anyconnect", "mtu", "1300", "username", "password", "pbkdf2",
+    "nopassword", "privilege", "local", "pool", "10.99.0.1-10.99.0.9", "mask", "ssl", "trust-point", "general-attributes",
+    "webvpn-attributes", "address-pool", "default-group-policy", "split-tunnel-network-list", "split-tunnel-policy",
+    "tunnelspecified", "value", "dpd-interval", "client", "none", "remote-access", "group-alias", "DfltGrpPolicy",
 ];
 
 fn line_strategy() -> impl Strategy<Value = String> {
