@@ -15,6 +15,11 @@
 //! - `sysopt connection preserve-vpn-flows udp`: preserve UDP flows as well as TCP.
 //! - `crypto ca trustpoint NAME` lines `certificate-file PATH`, `key-file PATH`, `ca-file PATH`:
 //!   PEM files instead of the ASA's certificate import.
+//! - `group-policy NAME attributes` / ` webvpn` / `  anyconnect mtu-policy common|split`: one MTU
+//!   for both AnyConnect channels (default) or the ASA's separate TLS and DTLS MTUs.
+//!
+//! Remote-access passwords (`username NAME password P`) are hashed while parsing
+//! (`crypto::password`, PBKDF2-HMAC-SHA256); only the salted hash reaches `policy::Config`.
 //!
 //! Lines for ASA features outside holdfast's scope (nat, snmp-server, http, object, route, ...)
 //! are summarised in one warning, or refused one by one in strict mode.
