@@ -64,7 +64,8 @@ pub fn hash(password: &str, rng: &mut dyn Random) -> PasswordHash {
     hash_with(password, rng, DEFAULT_ITERATIONS)
 }
 
-/// Hashes with an explicit iteration count (clamped to the accepted range).
+/// Hashes with an explicit iteration count, clamped to [`MIN_ITERATIONS`]..=[`MAX_ITERATIONS`]
+/// (so a test asking for 1000 still gets a hash that [`PasswordHash::parse`] accepts).
 pub fn hash_with(password: &str, rng: &mut dyn Random, iterations: u32) -> PasswordHash {
     let iterations = iterations.clamp(MIN_ITERATIONS, MAX_ITERATIONS);
     let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
@@ -79,6 +80,12 @@ pub fn hash_with(password: &str, rng: &mut dyn Random, iterations: u32) -> Passw
 /// A malformed hash is an error, never a silent mismatch.
 pub fn verify(encoded: &str, password: &str) -> Result<bool, PasswordHashError> {
     Ok(PasswordHash::parse(encoded)?.verify(password))
+}
+
+/// Like [`verify`] for a password received as bytes (a login form need not be UTF-8; the
+/// bytes are hashed as they are, so a UTF-8 password matches its own `&str` form).
+pub fn verify_bytes(encoded: &str, password: &[u8]) -> Result<bool, PasswordHashError> {
+    Ok(PasswordHash::parse(encoded)?.verify_bytes(password))
 }
 
 impl PasswordHash {
@@ -111,7 +118,12 @@ impl PasswordHash {
     /// True when `password` is the one this hash was made from. `ring::pbkdf2::verify`
     /// compares the derived key in constant time.
     pub fn verify(&self, password: &str) -> bool {
-        ring::pbkdf2::verify(ring::pbkdf2::PBKDF2_HMAC_SHA256, self.iterations, &self.salt, password.as_bytes(), &self.hash).is_ok()
+        self.verify_bytes(password.as_bytes())
+    }
+
+    /// [`PasswordHash::verify`] for raw bytes.
+    pub fn verify_bytes(&self, password: &[u8]) -> bool {
+        ring::pbkdf2::verify(ring::pbkdf2::PBKDF2_HMAC_SHA256, self.iterations, &self.salt, password, &self.hash).is_ok()
     }
 
     pub fn iterations(&self) -> u32 {
@@ -205,6 +217,8 @@ mod tests {
         assert!(!verify(&s, "correct horsE").unwrap());
         assert!(!verify(&s, "").unwrap());
         assert!(!verify(&s, "correct horse ").unwrap());
+        assert!(verify_bytes(&s, b"correct horse").unwrap());
+        assert!(!verify_bytes(&s, b"correct horse\xff").unwrap());
         let parsed = PasswordHash::parse(&s).unwrap();
         assert_eq!(parsed, h);
         assert_eq!(parsed.encode(), s, "encoding is canonical");
@@ -230,6 +244,14 @@ mod tests {
         assert!(!h.verify("Passwort"));
         // The textual form of the same hash is refused only for its low iteration count.
         assert_eq!(PasswordHash::parse(&h.encode()), Err(PasswordHashError::IterationsOutOfRange { got: 80_000 }));
+    }
+
+    #[test]
+    fn iteration_count_is_clamped_to_what_parse_accepts() {
+        let low = hash_with("pw", &mut SeededRandom::new(9), 1000);
+        assert_eq!(low.iterations(), MIN_ITERATIONS);
+        assert_eq!(PasswordHash::parse(&low.encode()).unwrap(), low);
+        assert!(low.verify("pw"));
     }
 
     #[test]
