@@ -199,7 +199,7 @@ pub struct WanPkt {
     pub child_resp: bool,
 }
 
-/// tshark `-T fields -e frame.time_epoch -e esp.spi -e isakmp.ispi -e isakmp.exch_type -e
+/// tshark `-T fields -e frame.time_epoch -e esp.spi -e isakmp.ispi -e isakmp.exchangetype -e
 /// isakmp.flags` (separator `;`, all occurrences joined with `,`).
 pub fn parse_wan_fields(text: &str) -> Vec<WanPkt> {
     text.lines()
@@ -580,7 +580,7 @@ pub fn run_case(imp: Imp, metric: Metric, outage: Duration, port: u16, o: &Opts)
 
     let log = std::fs::read_to_string(&rlog).map_err(io_err("reading the receiver log"))?;
     r.bytes = log.lines().filter_map(parse_recv_line).last().map_or(0, |l| l.1);
-    let wan_pkts = parse_wan_fields(&tshark_fields(&wan_file, "a", &["frame.time_epoch", "esp.spi", "isakmp.ispi", "isakmp.exch_type", "isakmp.flags"], "esp or isakmp")?);
+    let wan_pkts = parse_wan_fields(&tshark_fields(&wan_file, "a", &["frame.time_epoch", "esp.spi", "isakmp.ispi", "isakmp.exchangetype", "isakmp.flags"], "esp or isakmp")?);
     let wan = wan_summary(&wan_pkts, r.t_break, r.t_unblock);
     let t_ref = match metric {
         Metric::PathBack => Some(r.t_unblock),
@@ -642,6 +642,15 @@ pub fn describe(metric: Metric, r: &CaseResult) -> String {
     );
     if metric == Metric::TunnelBack {
         s.push_str(&format!("; metric A {} s (from the new SPI: {} s)", f(r.resume_secs), f(r.from_new_spi)));
+    }
+    // A first byte that reached host-b before host-a sent anything after the reference moment
+    // cannot be the sender's: the gateway replayed a segment it held.
+    if let (Some((t_first, _)), Some(t_sent)) = (r.recv.and_then(|x| x.first_after), r.sender.first_sent_after_ref) {
+        if t_first < t_sent {
+            s.push_str(&format!("; first byte {:.3} s before the sender's next segment (replayed by the gateway)", t_sent - t_first));
+        }
+    } else if r.recv.and_then(|x| x.first_after).is_some() && r.sender.first_sent_after_ref.is_none() {
+        s.push_str("; first byte without any sender segment after ref (replayed by the gateway)");
     }
     for n in &r.notes {
         s.push_str("; NOTE ");

@@ -175,7 +175,23 @@ fn report(rows: &[Row], rate: f64, start_load: &str, secs: f64) {
         );
     }
     println!();
-    println!("Reading of the captures per case (times in seconds after the block ended; 'ref' = new SPI for A, block end for B):");
+    println!("Whole stall seen by the user: from the end of the block to the first new byte (A includes the IKE re-establishment):");
+    println!();
+    println!("| outage | metric | strongSwan (s) | holdfast (s) |");
+    println!("|---|---|---|---|");
+    for (d, m) in &keys {
+        let total = |imp: Imp| {
+            rows.iter()
+                .find(|r| r.outage == *d && r.metric == *m && r.imp == imp)
+                .map_or("-".to_string(), |r| match &r.result {
+                    Ok(c) => fmt(c.total_after_unblock),
+                    Err(_) => "FAILED".into(),
+                })
+        };
+        println!("| {d} s | {} | {} | {} |", short(*m), total(Imp::StrongSwan), total(Imp::Holdfast));
+    }
+    println!();
+    println!("Reading of the captures per case (times in seconds after the block ended; 'ref' = CHILD_SA up for A, block end for B):");
     for r in rows {
         match &r.result {
             Ok(c) => println!("- {} {} s {}: {} (load {})", r.imp.label(), r.outage, short(r.metric), describe(r.metric, c), r.load),
