@@ -29,6 +29,9 @@ enum Cmd {
         /// Disable TUN GSO/GRO offload.
         #[arg(long)]
         no_offload: bool,
+        /// Directory for state kept across restarts (the connection table); created mode 0700.
+        #[arg(long, value_name = "DIR", default_value = gateway::flows::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Validate a configuration and print its diagnostics.
     Check {
@@ -61,9 +64,9 @@ fn main() -> ExitCode {
             }
             None => ExitCode::FAILURE,
         },
-        Cmd::Run { config, control, tun, mtu, no_offload } => {
+        Cmd::Run { config, control, tun, mtu, no_offload, state_dir } => {
             let Some(cfg) = load(&config) else { return ExitCode::FAILURE };
-            let opts = gateway::daemon::Options { control, tun_name: tun, tun_mtu: mtu, offload: !no_offload };
+            let opts = gateway::daemon::Options { control, tun_name: tun, tun_mtu: mtu, offload: !no_offload, state_dir };
             match gateway::daemon::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -62,6 +62,9 @@ impl Lab {
             .arg(config)
             .arg("--control")
             .arg(sock)
+            // Each daemon its own connection-table state, never the system's /var/lib/holdfast.
+            .arg("--state-dir")
+            .arg(self.dir.join(format!("{ns}.state")))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -41,6 +41,16 @@ pub fn asa_timestamp(unix: u64) -> String {
     )
 }
 
+/// The ASA's `Last clearing:` time: `10:43:33 UTC Nov 23 2026`.
+pub fn asa_clearing_time(unix: u64) -> String {
+    // asa_timestamp is `Mon DD YYYY HH:MM:SS`.
+    let t = asa_timestamp(unix);
+    match t.rsplit_once(' ') {
+        Some((date, time)) => format!("{time} UTC {date}"),
+        None => t,
+    }
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month 1..=12, day 1..=31), using the
 /// era-based algorithm (400-year cycles of 146097 days).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -67,5 +77,6 @@ mod tests {
         assert_eq!(asa_timestamp(1_795_417_434), "Nov 23 2026 07:03:54");
         // Leap day 2024-02-29T23:59:59Z
         assert_eq!(asa_timestamp(1_709_251_199), "Feb 29 2024 23:59:59");
+        assert_eq!(asa_clearing_time(1_795_417_434), "07:03:54 UTC Nov 23 2026");
     }
 }

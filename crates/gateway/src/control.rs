@@ -5,7 +5,7 @@
 //! under the first offending word, and `ERROR: % Invalid input detected at '^' marker.`
 
 use std::io::{Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -22,12 +22,28 @@ pub enum Request {
     ShowIkev2Sa { detail: bool },
     ShowIpsecSa { peer: Option<IpAddr>, detail: bool },
     ShowIpsecStats,
-    ShowRunningConfig,
+    /// `show running-config [all] [COMMAND...]`; `show run` is the usual abbreviation.
+    ShowRunningConfig { all: bool, filter: Vec<String> },
     ShowLogging,
     ShowVersion,
+    /// `show conn [address IP] [long|detail]` / `show conn count`.
+    ShowConn { view: ConnView, address: Option<Ipv4Addr> },
+    ShowAspDrop,
+    /// `show asp table vpn-context [detail]`.
+    ShowVpnContext { detail: bool },
     ClearIkev2Sa { peer: Option<IpAddr> },
     ClearIpsecSa { peer: Option<IpAddr> },
+    /// `clear conn [address IP]`.
+    ClearConn { address: Option<Ipv4Addr> },
+    ClearAspDrop,
 }
+
+pub use flow::text::ConnView;
+
+/// Top-level configuration commands `show running-config` can be narrowed to (the ASA accepts
+/// any command word; these are the ones holdfast's configuration has).
+const RUNNING_CONFIG_FILTERS: &[&str] =
+    &["access-list", "crypto", "hostname", "interface", "logging", "sysopt", "timeout", "tunnel-group"];
 
 /// Why a command line was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +72,7 @@ pub fn parse(line: &str) -> Result<Request, ParseError> {
     let verb = p.keyword(&["show", "clear"])?;
     match verb {
         "show" => {
-            let what = p.keyword(&["crypto", "running-config", "logging", "version"])?;
+            let what = p.keyword(&["crypto", "running-config", "logging", "version", "conn", "asp"])?;
             let req = match what {
                 "crypto" => match p.keyword(&["ikev2", "ipsec"])? {
                     "ikev2" => {
@@ -81,7 +97,48 @@ pub fn parse(line: &str) -> Result<Request, ParseError> {
                         Request::ShowIpsecSa { peer, detail }
                     }
                 },
-                "running-config" => Request::ShowRunningConfig,
+                "running-config" => {
+                    let mut all = false;
+                    let mut filter = Vec::new();
+                    let first = if p.at_end() { None } else { Some(p.keyword(&with_all(RUNNING_CONFIG_FILTERS))?) };
+                    let first = match first {
+                        Some("all") => {
+                            all = true;
+                            p.optional_keyword(RUNNING_CONFIG_FILTERS)?
+                        }
+                        other => other,
+                    };
+                    if let Some(w) = first {
+                        filter.push(w.to_string());
+                        // Further words narrow the command (`crypto map`), taken as written.
+                        while let Some(w) = p.word() {
+                            filter.push(w.to_ascii_lowercase());
+                        }
+                    }
+                    Request::ShowRunningConfig { all, filter }
+                }
+                "conn" => {
+                    let mut address = None;
+                    let mut view = None;
+                    while let Some(k) = p.optional_keyword(&["address", "long", "detail", "count"])? {
+                        match k {
+                            "address" if address.is_none() && view != Some(ConnView::Count) => address = Some(p.ipv4()?),
+                            "long" if view.is_none() => view = Some(ConnView::Long),
+                            "detail" if view.is_none() => view = Some(ConnView::Detail),
+                            "count" if view.is_none() && address.is_none() => view = Some(ConnView::Count),
+                            _ => return Err(p.invalid_prev()),
+                        }
+                    }
+                    Request::ShowConn { view: view.unwrap_or(ConnView::Brief), address }
+                }
+                "asp" => match p.keyword(&["drop", "table"])? {
+                    "drop" => Request::ShowAspDrop,
+                    _ => {
+                        p.keyword(&["vpn-context"])?;
+                        let detail = p.optional_keyword(&["detail"])?.is_some();
+                        Request::ShowVpnContext { detail }
+                    }
+                },
                 "logging" => Request::ShowLogging,
                 _ => Request::ShowVersion,
             };
@@ -89,26 +146,44 @@ pub fn parse(line: &str) -> Result<Request, ParseError> {
             Ok(req)
         }
         _ => {
-            p.keyword(&["crypto"])?;
-            let req = match p.keyword(&["ikev2", "ipsec"])? {
-                "ikev2" => {
-                    p.keyword(&["sa"])?;
-                    let peer = if p.at_end() { None } else { Some(p.ip()?) };
-                    Request::ClearIkev2Sa { peer }
-                }
-                _ => {
-                    p.keyword(&["sa"])?;
-                    let peer = match p.optional_keyword(&["peer"])? {
-                        Some(_) => Some(p.ip()?),
+            let req = match p.keyword(&["crypto", "conn", "asp"])? {
+                "conn" => {
+                    let address = match p.optional_keyword(&["address"])? {
+                        Some(_) => Some(p.ipv4()?),
                         None => None,
                     };
-                    Request::ClearIpsecSa { peer }
+                    Request::ClearConn { address }
                 }
+                "asp" => {
+                    p.keyword(&["drop"])?;
+                    Request::ClearAspDrop
+                }
+                _ => match p.keyword(&["ikev2", "ipsec"])? {
+                    "ikev2" => {
+                        p.keyword(&["sa"])?;
+                        let peer = if p.at_end() { None } else { Some(p.ip()?) };
+                        Request::ClearIkev2Sa { peer }
+                    }
+                    _ => {
+                        p.keyword(&["sa"])?;
+                        let peer = match p.optional_keyword(&["peer"])? {
+                            Some(_) => Some(p.ip()?),
+                            None => None,
+                        };
+                        Request::ClearIpsecSa { peer }
+                    }
+                },
             };
             p.end()?;
             Ok(req)
         }
     }
+}
+
+fn with_all(filters: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec!["all"];
+    v.extend_from_slice(filters);
+    v
 }
 
 /// Sends one command to a running daemon and returns its answer.
@@ -192,6 +267,20 @@ impl<'a> Parser<'a> {
         Ok(ip)
     }
 
+    fn ipv4(&mut self) -> Result<Ipv4Addr, ParseError> {
+        let Some(&(col, word)) = self.words.get(self.pos) else { return Err(ParseError::Incomplete) };
+        let ip = word.parse().map_err(|_| ParseError::Invalid { col })?;
+        self.pos += 1;
+        Ok(ip)
+    }
+
+    /// The next word as written (free-form arguments).
+    fn word(&mut self) -> Option<&'a str> {
+        let &(_, w) = self.words.get(self.pos)?;
+        self.pos += 1;
+        Some(w)
+    }
+
     fn invalid_prev(&self) -> ParseError {
         ParseError::Invalid { col: self.words[self.pos.saturating_sub(1)].0 }
     }
@@ -217,7 +306,7 @@ mod tests {
             parse("show crypto ipsec sa peer 192.0.2.2"),
             Ok(Request::ShowIpsecSa { peer: Some("192.0.2.2".parse().unwrap()), detail: false })
         );
-        assert_eq!(parse("show running-config"), Ok(Request::ShowRunningConfig));
+        assert_eq!(parse("show running-config"), Ok(Request::ShowRunningConfig { all: false, filter: vec![] }));
         assert_eq!(parse("show crypto ipsec stats"), Ok(Request::ShowIpsecStats));
         assert_eq!(parse("show crypto ipsec stats x"), Err(ParseError::Invalid { col: 24 }));
         assert_eq!(parse("show logging"), Ok(Request::ShowLogging));
@@ -236,7 +325,7 @@ mod tests {
     #[test]
     fn abbreviations_like_the_asa() {
         assert_eq!(parse("sh cry ipsec sa"), Ok(Request::ShowIpsecSa { peer: None, detail: false }));
-        assert_eq!(parse("sh run"), Ok(Request::ShowRunningConfig));
+        assert_eq!(parse("sh run"), Ok(Request::ShowRunningConfig { all: false, filter: vec![] }));
         assert_eq!(parse("  SHOW   Crypto IKEV2 sa det "), Ok(Request::ShowIkev2Sa { detail: true }));
         // `i` is ambiguous between ikev2 and ipsec.
         assert_eq!(parse("show crypto i sa"), Err(ParseError::Invalid { col: 12 }));
@@ -259,5 +348,48 @@ mod tests {
         assert_eq!(format_error("show crypto", &ParseError::Incomplete), "ERROR: % Incomplete command\n");
         assert!(is_error(&format_error(line, &err)));
         assert!(!is_error("IKEv2 SAs:\n"));
+    }
+
+    #[test]
+    fn connection_table_commands() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(parse("show conn"), Ok(Request::ShowConn { view: ConnView::Brief, address: None }));
+        assert_eq!(parse("show conn long"), Ok(Request::ShowConn { view: ConnView::Long, address: None }));
+        assert_eq!(parse("sh conn det"), Ok(Request::ShowConn { view: ConnView::Detail, address: None }));
+        assert_eq!(parse("show conn count"), Ok(Request::ShowConn { view: ConnView::Count, address: None }));
+        assert_eq!(
+            parse("show conn address 10.1.0.10 long"),
+            Ok(Request::ShowConn { view: ConnView::Long, address: Some(ip("10.1.0.10")) })
+        );
+        assert_eq!(parse("show conn long long"), Err(ParseError::Invalid { col: 15 }));
+        assert_eq!(parse("show conn count address 10.1.0.1"), Err(ParseError::Invalid { col: 16 }));
+        assert_eq!(parse("show conn address 10.1.0"), Err(ParseError::Invalid { col: 18 }));
+        assert_eq!(parse("show conn address"), Err(ParseError::Incomplete));
+        // `c` alone is ambiguous (crypto, conn), as on the ASA.
+        assert_eq!(parse("show c"), Err(ParseError::Invalid { col: 5 }));
+        assert_eq!(parse("clear conn"), Ok(Request::ClearConn { address: None }));
+        assert_eq!(parse("clear conn address 10.2.0.10"), Ok(Request::ClearConn { address: Some(ip("10.2.0.10")) }));
+        assert_eq!(parse("clear conn 10.2.0.10"), Err(ParseError::Invalid { col: 11 }));
+        assert_eq!(parse("show asp drop"), Ok(Request::ShowAspDrop));
+        assert_eq!(parse("clear asp drop"), Ok(Request::ClearAspDrop));
+        assert_eq!(parse("clear asp"), Err(ParseError::Incomplete));
+        assert_eq!(parse("show asp table vpn-context"), Ok(Request::ShowVpnContext { detail: false }));
+        assert_eq!(parse("show asp table vpn-context detail"), Ok(Request::ShowVpnContext { detail: true }));
+        assert_eq!(parse("sh asp tab vpn det"), Ok(Request::ShowVpnContext { detail: true }));
+        assert_eq!(parse("show asp table routing"), Err(ParseError::Invalid { col: 15 }));
+        assert_eq!(parse("show asp drop frame"), Err(ParseError::Invalid { col: 14 }));
+    }
+
+    #[test]
+    fn running_config_all_and_filters() {
+        let run = |all: bool, f: &[&str]| Ok(Request::ShowRunningConfig { all, filter: f.iter().map(|s| s.to_string()).collect() });
+        assert_eq!(parse("show running-config all sysopt"), run(true, &["sysopt"]));
+        assert_eq!(parse("show run all sysopt"), run(true, &["sysopt"]));
+        assert_eq!(parse("sh run all"), run(true, &[]));
+        assert_eq!(parse("show run sysopt"), run(false, &["sysopt"]));
+        assert_eq!(parse("show run crypto map"), run(false, &["crypto", "map"]));
+        assert_eq!(parse("show run time"), run(false, &["timeout"]));
+        assert_eq!(parse("show run all bogus"), Err(ParseError::Invalid { col: 13 }));
+        assert_eq!(parse("show run all all"), Err(ParseError::Invalid { col: 13 }));
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock;
 use crate::control::{self, Request};
 use crate::datapath::{self, Outside, Shared, ToControl};
+use crate::flows::{self, SharedEngine, StateDir};
 use crate::net::{self, SystemGuard};
 use crate::sad::{ChildOut, Counters, Dest, InboundEntry, OutboundEntry, Sad, SadCell, SpdEntry};
 use crate::show::{self, ChildSummary, IkeSaView, IpsecSaView};
@@ -35,6 +36,10 @@ pub const NAT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// an inner packet of at most this size (and the outside links are Ethernet-sized anyway).
 pub const MAX_TUN_MTU: u16 = 1800;
 
+/// How often the control task runs the connection table's timers, the tunnel-down grace
+/// timers and the periodic snapshot.
+pub const FLOW_TICK: Duration = Duration::from_millis(100);
+
 /// `holdfast run` options besides the configuration.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -42,11 +47,19 @@ pub struct Options {
     pub tun_name: String,
     pub tun_mtu: u16,
     pub offload: bool,
+    /// Where the connection table is saved across restarts (created mode 0700).
+    pub state_dir: PathBuf,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { control: PathBuf::from(control::DEFAULT_SOCKET), tun_name: "hf0".into(), tun_mtu: 1400, offload: true }
+        Self {
+            control: PathBuf::from(control::DEFAULT_SOCKET),
+            tun_name: "hf0".into(),
+            tun_mtu: 1400,
+            offload: true,
+            state_dir: PathBuf::from(flows::DEFAULT_STATE_DIR),
+        }
     }
 }
 
@@ -204,16 +217,62 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
     }
     guard.enable_ip_forward().map_err(io_ctx("ip_forward"))?;
 
-    let spd = tunnels
-        .iter()
-        .map(|t| SpdEntry {
+    // The connection table: restored from the state directory when a snapshot is there.
+    let state = match StateDir::open(&opts.state_dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("holdfast: warning: state directory {}: {e}; the connection table will not survive a restart", opts.state_dir.display());
+            None
+        }
+    };
+    let (mut engine, start) = flows::start_engine(clock::now(), &cfg, flows::random_seed(), state.as_ref(), unix_ms());
+    match &start {
+        flows::Start::Fresh => {}
+        flows::Start::Restored { flows, downtime } => {
+            eprintln!("holdfast: connection table restored: {flows} conns saved {:.1} s ago", downtime.as_secs_f64())
+        }
+        flows::Start::Unreadable(e) => eprintln!("holdfast: warning: connection table snapshot unusable ({e}); starting with an empty table"),
+    }
+    let mut spd = Vec::new();
+    let mut flow_tunnels = HashMap::new();
+    let mut default_ifcs = None;
+    for t in &tunnels {
+        let outside = flows::outside_nameif(&cfg, &t.name);
+        let inside = flows::inside_nameif(&cfg, &t.local_ts, &outside);
+        let ifcs = match (engine.interface(&outside), engine.interface(&inside)) {
+            (Ok(o), Ok(i)) => flow::IfcPair { outside: o, inside: i },
+            _ => return Err(DaemonError::Io { what: "connection table".into(), err: io::Error::other("too many interfaces") }),
+        };
+        let ft = engine
+            .tunnel(&t.name)
+            .map_err(|e| DaemonError::Io { what: "connection table".into(), err: io::Error::other(e.to_string()) })?;
+        default_ifcs.get_or_insert(ifcs);
+        flow_tunnels.insert(t.name.clone(), ft);
+        spd.push(SpdEntry {
             tunnel: Arc::from(t.name.as_str()),
+            flow_tunnel: ft,
+            ifcs,
+            icmp_from: flows::icmp_source(inside_source(&cfg, &t.local_ts), t.local_addr),
             local_ts: t.local_ts.clone(),
             remote_ts: t.remote_ts.clone(),
             children: Vec::new(),
             last_acquire: Arc::new(AtomicU64::new(0)),
-        })
-        .collect();
+        });
+    }
+    let default_ifcs = match default_ifcs {
+        Some(i) => i,
+        None => flow::IfcPair {
+            outside: engine.interface("outside").map_err(|e| DaemonError::Io { what: "connection table".into(), err: io::Error::other(e.to_string()) })?,
+            inside: engine.interface("inside").map_err(|e| DaemonError::Io { what: "connection table".into(), err: io::Error::other(e.to_string()) })?,
+        },
+    };
+    // A restore tears down unpreserved tunnelled conns (their tunnels start down): log them.
+    let mut restored_msgs = Vec::new();
+    flows::collect_events(&mut engine, &mut restored_msgs);
+    for m in restored_msgs {
+        syslog.log(m);
+    }
+    let flow_engine: SharedEngine = Arc::new(Mutex::new(engine));
     let sad = Arc::new(SadCell::new(Sad { inbound: HashMap::new(), spd }));
     let mss = if cfg.sysopt.tcpmss == 0 { 0 } else { cfg.sysopt.tcpmss.min(opts.tun_mtu.saturating_sub(40)) };
     let shared = Arc::new(Shared {
@@ -227,6 +286,8 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
         mss,
         stats: Default::default(),
         epoch: clock::now(),
+        flows: flow_engine.clone(),
+        default_ifcs,
     });
     datapath::spawn(shared.clone()).map_err(io_ctx("data path threads"))?;
 
@@ -265,6 +326,14 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
         tun_mtu: opts.tun_mtu,
         last_keepalive: clock::now(),
         retired: Default::default(),
+        flows: flow_engine,
+        flow_tunnels,
+        down_pending: HashMap::new(),
+        deliberate: false,
+        state,
+        snapshot_mark: None,
+        last_snapshot: clock::now(),
+        flow_msgs: Vec::new(),
     };
     eprintln!(
         "holdfast: running; TUN {} (mtu {}, offload {}), control socket {}",
@@ -283,6 +352,8 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io_ctx("signal"))?;
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    let mut flow_tick = tokio::time::interval(FLOW_TICK);
+    flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = d.endpoint.poll_timeout().map(|(t, _)| t);
         let sleep = async {
@@ -305,6 +376,9 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
             _ = sleep => {
                 d.endpoint.handle_timeout(clock::now());
             }
+            _ = flow_tick.tick() => {
+                d.flow_timers(clock::now());
+            }
             _ = tick.tick() => {
                 d.report_traffic();
                 // Follow wall-clock steps (NTP) for certificate validity checks.
@@ -319,6 +393,9 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
     // Deleting our SAs tells the peer at once instead of letting it wait for liveness to fail.
     d.endpoint.handle_command(clock::now(), ike::Command::ClearIkeSa { peer: None });
     d.drain();
+    // The table as it is now, for the next start (the tunnels' teardown above is not a drop the
+    // flows should pay for: the engine only learns of it at the next start, as a restore).
+    d.save_snapshot(clock::now(), true);
     tokio::time::sleep(Duration::from_millis(100)).await;
     guard.cleanup();
     Ok(())
@@ -420,6 +497,17 @@ struct Daemon {
     last_keepalive: Instant,
     /// Counters of SAs already removed, for `show crypto ipsec stats`.
     retired: show::IpsecStats,
+    flows: SharedEngine,
+    flow_tunnels: HashMap<String, flow::TunnelId>,
+    /// Tunnels left without an outbound CHILD_SA, and when the grace period ends.
+    down_pending: HashMap<String, Instant>,
+    /// An operator's `clear crypto ...` is being carried out: its tunnels go down at once.
+    deliberate: bool,
+    state: Option<StateDir>,
+    /// What the table looked like at the last snapshot (changes trigger the next one).
+    snapshot_mark: Option<(u64, u64, u64)>,
+    last_snapshot: Instant,
+    flow_msgs: Vec<syslog::Message>,
 }
 
 fn add_counters(s: &mut show::IpsecStats, r: &ChildRecord) {
@@ -526,11 +614,13 @@ impl Daemon {
                     self.syslog.log(syslog::sa_deleted(Direction::Inbound, spi_in, local, peer, &g));
                     let _ = reason;
                 }
+                self.check_tunnel_left(&tunnel, now);
             }
             ike::Event::IkeSaUp { peer, .. } => {
                 self.syslog.log(syslog::phase1_completed(&Self::group(peer), peer));
             }
             ike::Event::IkeSaDown { tunnel, peer, reason } => {
+                self.check_tunnel_left(&tunnel, now);
                 let (remote, local) = self.proxies(&tunnel);
                 let why = match reason {
                     ike::DownReason::Cleared => "Administrator Reset",
@@ -585,10 +675,16 @@ impl Daemon {
             esp::Encap::Udp { remote_port, .. } => Dest::Udp { outside, to: SocketAddr::new(up.peer, remote_port) },
         };
         let tunnel: Arc<str> = Arc::from(up.tunnel.as_str());
+        let Some((flow_tunnel, ifcs)) = self.sad.load().spd.iter().find(|e| *e.tunnel == *tunnel).map(|e| (e.flow_tunnel, e.ifcs)) else {
+            eprintln!("holdfast: CHILD_SA for unknown tunnel {tunnel}");
+            return;
+        };
         let inbound = Arc::new(InboundEntry {
             spi: up.inbound.spi,
             sa: Mutex::new(inbound_sa),
             tunnel: tunnel.clone(),
+            flow_tunnel,
+            ifcs,
             peer: up.peer,
             local_ts: up.local_ts.clone(),
             remote_ts: up.remote_ts.clone(),
@@ -627,6 +723,22 @@ impl Daemon {
             if let Some(old) = replaces {
                 self.retire(old, now);
             }
+        }
+        // The SA is in the SAD: the tunnel is up for the connection table (idempotent for a
+        // rekey), and the segments it held go out on the new SA right away.
+        self.down_pending.remove(&up.tunnel);
+        if let Some(&t) = self.flow_tunnels.get(&up.tunnel) {
+            let mut replay = Vec::new();
+            {
+                let mut eng = flows::lock(&self.flows);
+                eng.tunnel_up(now, t, &up.local_ts, &up.remote_ts);
+                while let Some(tx) = eng.poll_transmit() {
+                    replay.push(tx);
+                }
+                flows::collect_events(&mut eng, &mut self.flow_msgs);
+            }
+            self.send_replays(replay);
+            self.log_flow_msgs();
         }
         let g = Self::group(up.peer);
         self.syslog.log(syslog::sa_created(Direction::Inbound, up.inbound.spi, up.local, up.peer, &g));
@@ -752,21 +864,190 @@ impl Daemon {
     fn on_request(&mut self, req: &Request) -> String {
         let now = clock::now();
         match req {
-            Request::ShowRunningConfig => self.running_config.clone(),
+            Request::ShowRunningConfig { all: false, filter } if filter.is_empty() => self.running_config.clone(),
+            Request::ShowRunningConfig { all, filter } => {
+                config::show_running_config(&self.cfg, &config::ShowOptions { all: *all, filter: filter.clone(), unmasked: false })
+            }
+            Request::ShowConn { view, address } => flows::lock(&self.flows).show_conn_address(now, *view, *address),
+            Request::ShowAspDrop => flows::lock(&self.flows).show_asp_drop(),
+            Request::ShowVpnContext { detail } => flows::format_vpn_context(&self.vpn_contexts(), *detail),
+            Request::ClearConn { address } => {
+                let n = {
+                    let mut eng = flows::lock(&self.flows);
+                    let n = eng.clear_conn(now, *address);
+                    flows::collect_events(&mut eng, &mut self.flow_msgs);
+                    n
+                };
+                self.log_flow_msgs();
+                format!("{n} connection(s) deleted.\n")
+            }
+            Request::ClearAspDrop => {
+                let when = clock::asa_clearing_time(clock::unix_seconds());
+                flows::lock(&self.flows).clear_asp_drop(&format!("{when} by admin"));
+                String::new()
+            }
             Request::ShowLogging => self.syslog.show_logging(),
             Request::ShowVersion => format!("holdfast Version {}\n", env!("CARGO_PKG_VERSION")),
             Request::ShowIkev2Sa { detail } => show::ikev2_sa(&self.ike_views(), *detail),
             Request::ShowIpsecSa { peer, .. } => show::ipsec_sa(&self.ipsec_views(*peer, now)),
             Request::ShowIpsecStats => show::ipsec_stats(&self.stats()),
+            // A deliberate teardown: the tunnels it empties go down for the connection table at
+            // once, without the grace a rekey gets (the ASA tears the flows down immediately).
             Request::ClearIkev2Sa { peer } => {
+                self.deliberate = true;
                 self.endpoint.handle_command(now, ike::Command::ClearIkeSa { peer: *peer });
+                self.drain();
+                self.deliberate = false;
                 String::new()
             }
             Request::ClearIpsecSa { peer } => {
+                self.deliberate = true;
                 self.endpoint.handle_command(now, ike::Command::ClearChildSas { peer: *peer });
+                self.drain();
+                self.deliberate = false;
                 String::new()
             }
         }
+    }
+
+    /// A CHILD_SA of `tunnel` went away: if none is left to send on, the tunnel is down for the
+    /// connection table — at once for an operator's clear, else after the grace period (a
+    /// rekey or a break-before-make reauthentication brings a new one within it).
+    fn check_tunnel_left(&mut self, tunnel: &str, now: Instant) {
+        if self.tunnel_has_sa(tunnel) {
+            return;
+        }
+        if self.deliberate {
+            self.down_pending.remove(tunnel);
+            self.flow_tunnel_down(tunnel, now);
+        } else {
+            self.down_pending.entry(tunnel.to_string()).or_insert(now + flows::TUNNEL_DOWN_GRACE);
+        }
+    }
+
+    fn tunnel_has_sa(&self, tunnel: &str) -> bool {
+        self.sad.load().spd.iter().any(|e| *e.tunnel == *tunnel && !e.children.is_empty())
+    }
+
+    fn flow_tunnel_down(&mut self, tunnel: &str, now: Instant) {
+        let Some(&t) = self.flow_tunnels.get(tunnel) else { return };
+        {
+            let mut eng = flows::lock(&self.flows);
+            if !eng.tunnel_is_up(t) {
+                return;
+            }
+            eng.tunnel_down(now, t);
+            flows::collect_events(&mut eng, &mut self.flow_msgs);
+        }
+        self.log_flow_msgs();
+    }
+
+    /// Every [`FLOW_TICK`]: connection timeouts, expired tunnel-down grace periods, and the
+    /// periodic snapshot.
+    fn flow_timers(&mut self, now: Instant) {
+        let replay = {
+            let mut eng = flows::lock(&self.flows);
+            eng.handle_timeout(now);
+            let mut replay = Vec::new();
+            while let Some(tx) = eng.poll_transmit() {
+                replay.push(tx);
+            }
+            flows::collect_events(&mut eng, &mut self.flow_msgs);
+            replay
+        };
+        self.send_replays(replay);
+        self.log_flow_msgs();
+        let due: Vec<String> = self.down_pending.iter().filter(|(_, &t)| t <= now).map(|(n, _)| n.clone()).collect();
+        for tunnel in due {
+            self.down_pending.remove(&tunnel);
+            if !self.tunnel_has_sa(&tunnel) {
+                self.flow_tunnel_down(&tunnel, now);
+            }
+        }
+        if now.saturating_duration_since(self.last_snapshot) >= flows::SNAPSHOT_INTERVAL {
+            self.save_snapshot(now, false);
+        }
+    }
+
+    /// Writes the table to the state directory if it changed since the last write (or always,
+    /// with `force`). The engine is locked only to take the snapshot, not to write it.
+    fn save_snapshot(&mut self, now: Instant, force: bool) {
+        self.last_snapshot = now;
+        let Some(state) = &self.state else { return };
+        let snap = {
+            let eng = flows::lock(&self.flows);
+            let st = eng.stats();
+            let mark = (st.built, st.torn_down, st.packets);
+            if !force && self.snapshot_mark == Some(mark) {
+                return;
+            }
+            self.snapshot_mark = Some(mark);
+            eng.snapshot(now)
+        };
+        if let Err(e) = state.save(snap, unix_ms()) {
+            eprintln!("holdfast: warning: cannot save the connection table to {}: {e}", state.file().display());
+        }
+    }
+
+    /// Held segments of a tunnel that came back, sealed with its current outbound SA.
+    fn send_replays(&self, replay: Vec<flow::Transmit>) {
+        if replay.is_empty() {
+            return;
+        }
+        let sad = self.sad.load();
+        for tx in replay {
+            let out = sad.spd.iter().find(|e| e.flow_tunnel == tx.tunnel).and_then(|e| e.children.first());
+            if let Some(c) = out {
+                datapath::send_one(&self.shared, &c.out, &tx.packet);
+            }
+        }
+    }
+
+    fn log_flow_msgs(&mut self) {
+        for m in self.flow_msgs.drain(..) {
+            self.syslog.log(m);
+        }
+    }
+
+    /// `show asp table vpn-context`: both directions of every live CHILD_SA.
+    fn vpn_contexts(&self) -> Vec<flows::VpnContext> {
+        let eng = flows::lock(&self.flows);
+        let mut out = Vec::new();
+        for r in self.children.values().filter(|r| !r.draining) {
+            let t = self.flow_tunnels.get(&r.up.tunnel).copied();
+            let preserve = t.and_then(|t| eng.tunnel_info(t)).is_some_and(|i| i.preserve_tcp);
+            let natt = matches!(r.up.encap, esp::Encap::Udp { .. });
+            let group = t.map(|t| u32::from(t.index())).unwrap_or(0);
+            let (i, o) = (&r.inbound.counters, &r.outbound.counters);
+            let rekeys = u64::from(r.up.replaces_spi_in.is_some());
+            out.push(flows::VpnContext {
+                ctx: r.conn_id * 2 - 1,
+                peer: r.up.peer,
+                decrypt: true,
+                spi: r.up.inbound.spi,
+                natt,
+                preserve,
+                group,
+                packets: Counters::get(&i.packets),
+                bad_packets: Counters::get(&i.errors) + Counters::get(&i.replay),
+                bad_crypto: Counters::get(&i.auth),
+                rekeys,
+            });
+            out.push(flows::VpnContext {
+                ctx: r.conn_id * 2,
+                peer: r.up.peer,
+                decrypt: false,
+                spi: r.up.outbound.spi,
+                natt,
+                preserve,
+                group,
+                packets: Counters::get(&o.packets),
+                bad_packets: Counters::get(&o.errors),
+                bad_crypto: 0,
+                rekeys,
+            });
+        }
+        out
     }
 
     fn ike_views(&self) -> Vec<IkeSaView> {
@@ -891,6 +1172,11 @@ fn inside_source(cfg: &policy::Config, local_ts: &[TrafficSelector]) -> Option<I
         .iter()
         .filter_map(|i| i.address.map(|a| a.addr))
         .find(|a| local_ts.iter().any(|t| t.contains_addr(*a)))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (snapshot ages across a restart).
+fn unix_ms() -> u64 {
+    clock::wall_now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Splits an address range into the CIDR prefixes covering exactly it.

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock;
-use crate::sad::{flow_matches, Counters, Dest, Flow, Lookup, OutboundEntry, SadCell, SadReader};
+use crate::flows::{self, SharedEngine};
+use crate::sad::{flow_matches, Counters, Dest, Flow, Lookup, OutboundEntry, SadCell, SadReader, SpdEntry};
 use crate::syslog::{esp_dropped, EspDrop, RateLimiter, Syslog};
 
 /// Minimum time between two initiate requests for the same tunnel caused by traffic.
@@ -73,6 +74,10 @@ pub struct Shared {
     pub mss: u16,
     pub stats: GlobalStats,
     pub epoch: Instant,
+    /// The connection table (issue 3), locked once per batch.
+    pub flows: SharedEngine,
+    /// Any valid interface pair (placeholder for unused batch slots).
+    pub default_ifcs: flow::IfcPair,
 }
 
 /// Starts the TX and RX threads.
@@ -95,6 +100,8 @@ fn tx_loop(sh: &Shared) {
     let mut sizes = vec![0usize; n_bufs];
     let mut batch = UdpBatch::new();
     let mut native = NativeBatch::new();
+    let mut events: Vec<crate::syslog::Message> = Vec::with_capacity(64);
+    let mut icmp = IcmpOut::new(sh.offload);
     loop {
         let got = if sh.offload {
             sh.tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
@@ -105,7 +112,7 @@ fn tx_loop(sh: &Shared) {
             })
         };
         let n = match got {
-            Ok(n) => n,
+            Ok(n) => n.min(BATCH),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 Counters::add(&sh.stats.tun_errors, 1);
@@ -118,16 +125,44 @@ fn tx_loop(sh: &Shared) {
             }
         };
         let sad = reader.get().clone();
-        for i in 0..n {
-            let len = sizes[i].min(bufs[i].len());
-            let pkt = &mut bufs[i][..len];
-            let Some(flow) = parse_flow(pkt) else {
+        // Pass 1: the SPD decides which tunnel covers each packet (SA or not); the connection
+        // table then judges every covered packet of the batch under one lock.
+        let mut plan: [Plan<'_>; BATCH] = [Plan::Unprotected; BATCH];
+        let mut verdicts = [flow::Verdict::Forward; BATCH];
+        {
+            let mut pk = [flow::Packet { dir: flow::Dir::Outbound, ifcs: sh.default_ifcs, route: flow::Route::Clear, data: &[] }; BATCH];
+            let mut k = 0;
+            for i in 0..n {
+                let len = sizes[i].min(bufs[i].len());
+                let pkt = &bufs[i][..len];
                 // Not IPv4 (the kernel's own IPv6 chatter on the device): no tunnel covers it.
+                let Some(f) = parse_flow(pkt) else { continue };
+                let (entry, out) = match sad.lookup_out(&f) {
+                    Lookup::Sa(e, out) => (e, Some(out)),
+                    Lookup::NoSa(e) => (e, None),
+                    Lookup::Unprotected => continue,
+                };
+                plan[i] = Plan::Tunnel { entry, out, slot: k };
+                pk[k] = flow::Packet { dir: flow::Dir::Outbound, ifcs: entry.ifcs, route: flow::Route::ToTunnel(entry.flow_tunnel), data: pkt };
+                k += 1;
+            }
+            if k > 0 {
+                let now = clock::now();
+                let mut eng = flows::lock(&sh.flows);
+                eng.handle_batch(now, &pk[..k], &mut verdicts[..k]);
+                flows::collect_events(&mut eng, &mut events);
+            }
+        }
+        // Pass 2: act on the verdicts.
+        for i in 0..n {
+            let Plan::Tunnel { entry, out, slot } = plan[i] else {
                 Counters::add(&sh.stats.unprotected, 1);
                 continue;
             };
-            match sad.lookup_out(&flow) {
-                Lookup::Sa(out) => {
+            let len = sizes[i].min(bufs[i].len());
+            let pkt = &mut bufs[i][..len];
+            match (verdicts[slot], out) {
+                (flow::Verdict::Forward, Some(out)) => {
                     if sh.mss != 0 {
                         clamp_mss(pkt, sh.mss);
                     }
@@ -136,21 +171,102 @@ fn tx_loop(sh: &Shared) {
                         Dest::Native { outside, to } => native.push(sh, out, outside, to, pkt),
                     }
                 }
-                Lookup::NoSa(entry) => {
-                    Counters::add(&sh.stats.no_sa, 1);
-                    let now_ms = clock::now().saturating_duration_since(sh.epoch).as_millis() as u64 + 1;
-                    let last = entry.last_acquire.load(Ordering::Relaxed);
-                    if now_ms.saturating_sub(last) >= ACQUIRE_INTERVAL.as_millis() as u64
-                        && entry.last_acquire.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-                    {
-                        let _ = sh.to_control.send(ToControl::Acquire { tunnel: entry.tunnel.clone() });
+                (v, out) => {
+                    if let flow::Verdict::Hold { icmp: true } = v {
+                        // RFC 6069: the sender of a preserved flow undoes one RTO backoff per
+                        // host unreachable, so it retries at its base RTO while we hold on.
+                        icmp.send(sh, pkt, entry.icmp_from);
+                    }
+                    if out.is_none() {
+                        // The tunnel must come back, whatever the table said about the packet.
+                        Counters::add(&sh.stats.no_sa, 1);
+                        acquire(sh, entry);
                     }
                 }
-                Lookup::Unprotected => Counters::add(&sh.stats.unprotected, 1),
             }
         }
         batch.flush(sh);
         native.flush(sh);
+        log_all(sh, &mut events);
+    }
+}
+
+/// Most packets one TUN read hands the TX thread (tun-rs's batch size).
+const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+
+/// Pass-1 result for one packet of a TX batch.
+#[derive(Clone, Copy)]
+enum Plan<'a> {
+    Unprotected,
+    Tunnel { entry: &'a SpdEntry, out: Option<&'a Arc<OutboundEntry>>, slot: usize },
+}
+
+/// Asks the control task to bring a tunnel up, at most once per [`ACQUIRE_INTERVAL`].
+fn acquire(sh: &Shared, entry: &SpdEntry) {
+    let now_ms = clock::now().saturating_duration_since(sh.epoch).as_millis() as u64 + 1;
+    let last = entry.last_acquire.load(Ordering::Relaxed);
+    if now_ms.saturating_sub(last) >= ACQUIRE_INTERVAL.as_millis() as u64
+        && entry.last_acquire.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        let _ = sh.to_control.send(ToControl::Acquire { tunnel: entry.tunnel.clone() });
+    }
+}
+
+/// Logs collected connection-table messages (after the engine lock is released).
+fn log_all(sh: &Shared, events: &mut Vec<crate::syslog::Message>) {
+    for m in events.drain(..) {
+        sh.syslog.log(m);
+    }
+}
+
+/// The ICMP unreachables the TX thread writes back into the TUN (toward the inside sender).
+struct IcmpOut {
+    buf: [u8; tun_rs::VIRTIO_NET_HDR_LEN + 576],
+    offset: usize,
+}
+
+impl IcmpOut {
+    fn new(offload: bool) -> Self {
+        // With offload the TUN expects a virtio-net header first; all-zero means "no GSO, no
+        // checksum offload", which is what a complete ICMP packet needs.
+        Self { buf: [0u8; tun_rs::VIRTIO_NET_HDR_LEN + 576], offset: if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 } }
+    }
+
+    fn send(&mut self, sh: &Shared, offending: &[u8], from: Ipv4Addr) {
+        let off = self.offset;
+        let Some(n) = flow::icmp_host_unreachable(offending, from, &mut self.buf[off..]) else { return };
+        if sh.tun.send(&self.buf[..off + n]).is_err() {
+            Counters::add(&sh.stats.tun_errors, 1);
+        }
+    }
+}
+
+/// Seals one inner packet with `out` and sends it: for the control task (held segments
+/// replayed when their tunnel returns), not the per-packet path.
+pub fn send_one(sh: &Shared, out: &OutboundEntry, inner: &[u8]) {
+    let mut buf = [0u8; SLOT];
+    let sealed = { out.sa.lock().unwrap_or_else(|p| p.into_inner()).seal(inner, 4, &mut buf) };
+    let n = match sealed {
+        Ok(n) => n,
+        Err(_) => {
+            Counters::add(&out.counters.errors, 1);
+            return;
+        }
+    };
+    let ok = match out.dest() {
+        Dest::Udp { outside, to } => sh.outsides.get(outside).is_some_and(|o| o.udp4500.send_to(&buf[..n], to).is_ok()),
+        Dest::Native { outside, to: IpAddr::V4(to) } => sh
+            .outsides
+            .get(outside)
+            .and_then(|o| o.raw.as_ref())
+            .is_some_and(|raw| sendmmsg_v4(raw.as_raw_fd(), &buf, SLOT, &[n], to) == 1),
+        Dest::Native { .. } => false,
+    };
+    if ok {
+        Counters::add(&out.counters.packets, 1);
+        Counters::add(&out.counters.bytes, inner.len() as u64);
+    } else {
+        Counters::add(&out.counters.errors, 1);
     }
 }
 
@@ -381,24 +497,30 @@ const RX_BUF_LEN: usize = 64 * 1024;
 
 struct TunOut {
     bufs: Vec<Vec<u8>>,
+    /// The tunnel and interfaces each buffered packet came through, for the connection table.
+    routes: Vec<(flow::TunnelId, flow::IfcPair)>,
     n: usize,
     gro: tun_rs::GROTable,
     offset: usize,
+    events: Vec<crate::syslog::Message>,
 }
 
 impl TunOut {
     fn new(offload: bool) -> Self {
         let offset = if offload { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
-        let bufs = (0..tun_rs::IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(offset + 65536)).collect();
-        Self { bufs, n: 0, gro: tun_rs::GROTable::default(), offset }
+        let bufs = (0..BATCH).map(|_| Vec::with_capacity(offset + 65536)).collect();
+        Self { bufs, routes: Vec::with_capacity(BATCH), n: 0, gro: tun_rs::GROTable::default(), offset, events: Vec::with_capacity(64) }
     }
 
-    /// Appends a packet; returns the copy so the caller can still edit it (MSS clamp).
-    fn push(&mut self, pkt: &[u8]) -> &mut [u8] {
+    /// Appends a packet decrypted from `tunnel`; returns the copy so the caller can still edit
+    /// it (MSS clamp).
+    fn push(&mut self, pkt: &[u8], tunnel: flow::TunnelId, ifcs: flow::IfcPair) -> &mut [u8] {
         let b = &mut self.bufs[self.n];
         b.clear();
         b.resize(self.offset, 0);
         b.extend_from_slice(pkt);
+        self.routes.truncate(self.n);
+        self.routes.push((tunnel, ifcs));
         self.n += 1;
         &mut b[self.offset..]
     }
@@ -407,22 +529,47 @@ impl TunOut {
         self.n == self.bufs.len()
     }
 
+    /// Runs the batch through the connection table (one lock), keeps what it forwards and
+    /// writes that to the TUN.
     fn flush(&mut self, sh: &Shared) {
         if self.n == 0 {
             return;
         }
-        if sh.offload {
-            if sh.tun.send_multiple(&mut self.gro, &mut self.bufs[..self.n], self.offset).is_err() {
-                Counters::add(&sh.stats.tun_errors, 1);
+        let mut verdicts = [flow::Verdict::Forward; BATCH];
+        {
+            let mut pk = [flow::Packet { dir: flow::Dir::Inbound, ifcs: sh.default_ifcs, route: flow::Route::Clear, data: &[] }; BATCH];
+            for (k, (b, &(t, ifcs))) in self.bufs[..self.n].iter().zip(self.routes.iter()).enumerate() {
+                pk[k] = flow::Packet { dir: flow::Dir::Inbound, ifcs, route: flow::Route::FromTunnel(t), data: &b[self.offset..] };
             }
-        } else {
-            for b in &self.bufs[..self.n] {
-                if sh.tun.send(b).is_err() {
+            let now = clock::now();
+            let mut eng = flows::lock(&sh.flows);
+            eng.handle_batch(now, &pk[..self.n], &mut verdicts[..self.n]);
+            flows::collect_events(&mut eng, &mut self.events);
+        }
+        // Keep the forwarded packets, in order, at the front.
+        let mut kept = 0;
+        for (k, v) in verdicts.iter().enumerate().take(self.n) {
+            if *v == flow::Verdict::Forward {
+                self.bufs.swap(kept, k);
+                kept += 1;
+            }
+        }
+        if kept > 0 {
+            if sh.offload {
+                if sh.tun.send_multiple(&mut self.gro, &mut self.bufs[..kept], self.offset).is_err() {
                     Counters::add(&sh.stats.tun_errors, 1);
+                }
+            } else {
+                for b in &self.bufs[..kept] {
+                    if sh.tun.send(b).is_err() {
+                        Counters::add(&sh.stats.tun_errors, 1);
+                    }
                 }
             }
         }
         self.n = 0;
+        self.routes.clear();
+        log_all(sh, &mut self.events);
     }
 }
 
@@ -608,7 +755,7 @@ fn handle_esp(sh: &Shared, sad: &crate::sad::Sad, pkt: &mut [u8], from: IpAddr, 
             let total = usize::from(u16::from_be_bytes([inner[2], inner[3]])).min(inner.len());
             Counters::add(&entry.counters.packets, 1);
             Counters::add(&entry.counters.bytes, total as u64);
-            let copy = tun_out.push(&inner[..total]);
+            let copy = tun_out.push(&inner[..total], entry.flow_tunnel, entry.ifcs);
             if sh.mss != 0 {
                 clamp_mss(copy, sh.mss);
             }

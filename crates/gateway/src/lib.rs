@@ -19,6 +19,8 @@
 //!   loop, teardown on SIGINT/SIGTERM (IKE deletes sent, everything added removed).
 //! * [`datapath`]: the two packet threads.
 //! * [`sad`]: the SA database shared between them and the control task.
+//! * [`flows`]: the connection table (`flow::Engine`) shared by both threads and the control
+//!   task: engine set-up, syslog of its events, the state file, `show asp table vpn-context`.
 //! * [`control`]: the control-socket command grammar and client.
 //! * [`show`] and [`syslog`]: ASA-format text.
 //! * [`net`]: the kernel edge (TUN, routes, sockets); [`clock`]: the only clock reads.
@@ -27,7 +29,9 @@ pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod flows;
 pub mod net;
+pub mod ra;
 pub mod sad;
 pub mod show;
 pub mod syslog;

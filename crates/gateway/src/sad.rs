@@ -37,6 +37,10 @@ pub struct InboundEntry {
     pub spi: u32,
     pub sa: Mutex<esp::InboundSa>,
     pub tunnel: Arc<str>,
+    /// The tunnel as the connection table knows it (interned once, so the data path never
+    /// hashes names).
+    pub flow_tunnel: flow::TunnelId,
+    pub ifcs: flow::IfcPair,
     pub peer: IpAddr,
     /// RFC 4301 §5.2: a decrypted packet must match the SA's selectors (source in the peer's
     /// networks, destination in ours) or it is dropped.
@@ -86,6 +90,12 @@ pub struct ChildOut {
 #[derive(Clone)]
 pub struct SpdEntry {
     pub tunnel: Arc<str>,
+    /// See [`InboundEntry::flow_tunnel`].
+    pub flow_tunnel: flow::TunnelId,
+    pub ifcs: flow::IfcPair,
+    /// Source of the ICMP unreachables answering held segments (RFC 6069): the gateway's
+    /// inside address within the protected networks, else its outside address.
+    pub icmp_from: std::net::Ipv4Addr,
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
     /// Newest first.
@@ -102,8 +112,8 @@ pub struct Sad {
 
 /// What the data path decides for an inner packet.
 pub enum Lookup<'a> {
-    /// Protected, with an SA to use.
-    Sa(&'a Arc<OutboundEntry>),
+    /// Protected by tunnel `.0`, with an SA to use.
+    Sa(&'a SpdEntry, &'a Arc<OutboundEntry>),
     /// Protected by tunnel `.0`, but no SA is up: drop, and ask IKE to bring it up.
     NoSa(&'a SpdEntry),
     /// Not covered by any tunnel: drop (it only reached the TUN through a stale route).
@@ -139,7 +149,7 @@ impl Sad {
             }
             for c in &e.children {
                 if flow_matches(&c.local_ts, &c.remote_ts, f) {
-                    return Lookup::Sa(&c.out);
+                    return Lookup::Sa(e, &c.out);
                 }
             }
             return Lookup::NoSa(e);
@@ -211,16 +221,27 @@ mod tests {
         TrafficSelector::from_net(Ipv4Net::new(s.parse().unwrap(), len), None)
     }
 
+    /// Flow-table ids for test entries.
+    fn ids(name: &str) -> (flow::TunnelId, flow::IfcPair) {
+        let mut e = flow::Engine::new(crate::clock::now(), flow::Config::default());
+        let ifcs = flow::IfcPair { outside: e.interface("outside").unwrap(), inside: e.interface("inside").unwrap() };
+        (e.tunnel(name).unwrap(), ifcs)
+    }
+
     fn flow(src: &str, dst: &str) -> Flow {
         Flow { src: src.parse().unwrap(), dst: dst.parse().unwrap(), proto: 6, sport: 1000, dport: 80 }
     }
 
     #[test]
     fn spd_lookup_without_sa_asks_for_one() {
+        let (flow_tunnel, ifcs) = ids("MAP:10");
         let sad = Sad {
             inbound: HashMap::new(),
             spd: vec![SpdEntry {
                 tunnel: "MAP:10".into(),
+                flow_tunnel,
+                ifcs,
+                icmp_from: "10.1.0.1".parse().unwrap(),
                 local_ts: vec![ts("10.1.0.0", 24)],
                 remote_ts: vec![ts("10.2.0.0", 24)],
                 children: vec![],
@@ -249,9 +270,13 @@ mod tests {
         let cell = Arc::new(SadCell::new(Sad::default()));
         let mut r = SadReader::new(cell.clone());
         assert!(r.get().spd.is_empty());
+        let (flow_tunnel, ifcs) = ids("T");
         cell.update(|s| {
             s.spd.push(SpdEntry {
                 tunnel: "T".into(),
+                flow_tunnel,
+                ifcs,
+                icmp_from: "10.1.0.1".parse().unwrap(),
                 local_ts: vec![],
                 remote_ts: vec![],
                 children: vec![],

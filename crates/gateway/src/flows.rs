@@ -1,0 +1,390 @@
+//! The daemon's side of the connection table (`flow::Engine`, issue 3): building the engine from
+//! the configuration, naming the interfaces a tunnel's flows cross, turning engine events into
+//! ASA syslog, the state file that carries the table across a restart, and the text of
+//! `show asp table vpn-context`.
+//!
+//! One engine per daemon sits behind a mutex shared by the TX thread, the RX thread and the
+//! control task; each locks it once per batch and never does socket I/O while holding it
+//! (events are collected under the lock and logged after it).
+
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use policy::TrafficSelector;
+use serde::{Deserialize, Serialize};
+
+use crate::syslog::Message;
+
+/// The engine as the threads share it.
+pub type SharedEngine = Arc<Mutex<flow::Engine>>;
+
+/// Locks the engine; a thread that panicked while holding it left a consistent table (every
+/// engine call completes or panics before mutating), so poisoning is ignored.
+pub fn lock(e: &SharedEngine) -> MutexGuard<'_, flow::Engine> {
+    e.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Default `--state-dir` of `holdfast run`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/holdfast";
+/// File name of the connection-table snapshot inside the state directory.
+pub const STATE_FILE: &str = "flows.json";
+/// How often the table is written while it changes.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
+/// After a start, how long a mid-stream TCP segment carried by a tunnel may rebuild a conn the
+/// last snapshot missed (only with `sysopt connection preserve-vpn-flows`).
+pub const PICKUP_WINDOW: Duration = Duration::from_secs(180);
+/// A tunnel without any outbound CHILD_SA is declared down only after this long: a rekey or a
+/// break-before-make reauthentication leaves it without an SA for a moment and is not a drop.
+pub const TUNNEL_DOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The engine's knobs from the configuration, in one place so that a configuration reload can
+/// hand the same values to `flow::Engine::set_policy`.
+pub fn engine_config(cfg: &policy::Config, hash_seed: u64) -> flow::Config {
+    flow::Config { timeouts: cfg.timeouts.clone(), sysopt: cfg.sysopt.clone(), hash_seed, ..Default::default() }
+}
+
+/// A fresh hash seed from the system RNG, so that nobody outside can aim flows at one bucket.
+pub fn random_seed() -> u64 {
+    use crypto::Random as _;
+    let mut b = [0u8; 8];
+    crypto::OsRandom::default().fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// The `nameif` a tunnel's packets leave by: the interface its crypto map is bound to
+/// (`crypto map NAME interface <nameif>`), `outside` when unbound.
+pub fn outside_nameif(cfg: &policy::Config, tunnel: &str) -> String {
+    let map = tunnel.rsplit_once(':').map(|(m, _)| m).unwrap_or(tunnel);
+    cfg.crypto_map_bindings.iter().find(|b| b.map == map).map(|b| b.nameif.clone()).unwrap_or_else(|| "outside".into())
+}
+
+/// The `nameif` of the protected side: the interface whose address lies in the tunnel's local
+/// selectors, else one named `inside`, else the highest-security interface that is not the
+/// outside one, else `inside`.
+pub fn inside_nameif(cfg: &policy::Config, local_ts: &[TrafficSelector], outside: &str) -> String {
+    let named = |i: &policy::Interface| i.nameif.clone().filter(|n| n != outside);
+    if let Some(n) = cfg
+        .interfaces
+        .iter()
+        .filter(|i| i.address.is_some_and(|a| local_ts.iter().any(|t| t.contains_addr(a.addr))))
+        .find_map(named)
+    {
+        return n;
+    }
+    if cfg.interfaces.iter().any(|i| i.nameif.as_deref() == Some("inside")) {
+        return "inside".into();
+    }
+    cfg.interfaces
+        .iter()
+        .filter(|i| named(i).is_some())
+        .max_by_key(|i| i.security_level.unwrap_or(0))
+        .and_then(named)
+        .unwrap_or_else(|| "inside".into())
+}
+
+/// Drains the engine's events into syslog messages (302013-302021). Call with the lock held,
+/// log the messages after releasing it.
+pub fn collect_events(eng: &mut flow::Engine, out: &mut Vec<Message>) {
+    while let Some(ev) = eng.poll_event() {
+        if let Some(l) = eng.syslog(&ev) {
+            out.push(Message { severity: l.severity, id: l.id, text: l.text });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State file
+
+/// What the state file holds: the engine's snapshot and the wall-clock time it was taken, so a
+/// restart can age the flows by the time the daemon was away.
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFileV1 {
+    saved_unix_ms: u64,
+    flows: flow::Snapshot,
+}
+
+/// The connection table's file in the state directory.
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// Creates the directory (mode 0700: the table names every host talking through us).
+    pub fn open(dir: &Path) -> io::Result<StateDir> {
+        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(StateDir { dir: dir.to_path_buf() })
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Writes a snapshot: to a temporary file first, then renamed over the old one, so a crash at
+    /// any point leaves either the previous snapshot or the new one, never half of one.
+    pub fn save(&self, snap: flow::Snapshot, saved_unix_ms: u64) -> io::Result<()> {
+        let body = serde_json::to_vec(&StateFileV1 { saved_unix_ms, flows: snap }).map_err(io::Error::other)?;
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        {
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(&body)?;
+        }
+        std::fs::rename(&tmp, self.file())
+    }
+
+    /// The saved snapshot and how long ago (wall clock) it was taken; `Ok(None)` when there is
+    /// none. A clock that went backwards counts as no downtime.
+    pub fn load(&self, now_unix_ms: u64) -> Result<Option<(flow::Snapshot, Duration)>, String> {
+        let path = self.file();
+        let body = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let f: StateFileV1 = serde_json::from_slice(&body).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Some((f.flows, Duration::from_millis(now_unix_ms.saturating_sub(f.saved_unix_ms)))))
+    }
+}
+
+/// How the engine was started, for the daemon's start-up message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    Fresh,
+    Restored { flows: usize, downtime: Duration },
+    /// The state file could not be used; the table starts empty.
+    Unreadable(String),
+}
+
+/// Builds the engine: restored from the state directory's snapshot when there is a usable one,
+/// fresh otherwise (a corrupt or foreign file is reported, never fatal). With
+/// `sysopt connection preserve-vpn-flows` it also opens the mid-stream pickup window; without it
+/// a restarted gateway must not adopt TCP connections it has no entry for (ASA default).
+pub fn start_engine(now: Instant, cfg: &policy::Config, hash_seed: u64, state: Option<&StateDir>, now_unix_ms: u64) -> (flow::Engine, Start) {
+    let fcfg = engine_config(cfg, hash_seed);
+    let (mut eng, start) = match state.map(|s| s.load(now_unix_ms)) {
+        None | Some(Ok(None)) => (flow::Engine::new(now, fcfg), Start::Fresh),
+        Some(Err(e)) => (flow::Engine::new(now, fcfg), Start::Unreadable(e)),
+        Some(Ok(Some((snap, downtime)))) => match flow::Engine::restore(now, fcfg.clone(), &snap, downtime) {
+            Ok(e) => {
+                let n = snap.flows.len();
+                (e, Start::Restored { flows: n, downtime })
+            }
+            Err(e) => (flow::Engine::new(now, fcfg), Start::Unreadable(e.to_string())),
+        },
+    };
+    if cfg.sysopt.preserve_vpn_flows {
+        eng.allow_pickup_until(now + PICKUP_WINDOW);
+    }
+    (eng, start)
+}
+
+// ---------------------------------------------------------------------------------------------
+// show asp table vpn-context
+
+/// One direction of one CHILD_SA, as `show asp table vpn-context` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpnContext {
+    /// Context number (the ASA's is an internal handle; ours numbers SA directions).
+    pub ctx: u32,
+    pub peer: IpAddr,
+    /// `true` for the inbound (DECR) direction.
+    pub decrypt: bool,
+    pub spi: u32,
+    /// UDP-encapsulated (RFC 3948): `+NATT`.
+    pub natt: bool,
+    /// The tunnel came up with preserve-vpn-flows on: `+PRESERVE`.
+    pub preserve: bool,
+    /// Tunnel index (the ASA's `Group`).
+    pub group: u32,
+    pub packets: u64,
+    pub bad_packets: u64,
+    pub bad_crypto: u64,
+    pub rekeys: u64,
+}
+
+impl VpnContext {
+    fn flags(&self) -> String {
+        let mut f = String::from(if self.decrypt { "DECR+ESP" } else { "ENCR+ESP" });
+        if self.natt {
+            f.push_str("+NATT");
+        }
+        if self.preserve {
+            f.push_str("+PRESERVE");
+        }
+        f
+    }
+}
+
+/// `show asp table vpn-context [detail]` (asa.md §1).
+pub fn format_vpn_context(ctxs: &[VpnContext], detail: bool) -> String {
+    let mut out = String::new();
+    for c in ctxs {
+        if detail {
+            let _ = writeln!(out, "VPN CTX  = 0x{:08X}", c.ctx);
+            out.push('\n');
+            let _ = writeln!(out, "Peer IP  = {}", c.peer);
+            let _ = writeln!(out, "Pointer  = 0x{:08X}", c.spi);
+            let _ = writeln!(out, "State    = UP");
+            let _ = writeln!(out, "Flags    = {}", c.flags());
+            let _ = writeln!(out, "SA   = 0x{:08X}", c.ctx);
+            let _ = writeln!(out, "SPI  = 0x{:08X}", c.spi);
+            let _ = writeln!(out, "Group    = {}", c.group);
+            let _ = writeln!(out, "Pkts     = {}", c.packets);
+            let _ = writeln!(out, "Bad Pkts = {}", c.bad_packets);
+            let _ = writeln!(out, "Bad SPI  = 0");
+            let _ = writeln!(out, "Spoof    = 0");
+            let _ = writeln!(out, "Bad Crypto = {}", c.bad_crypto);
+            let _ = writeln!(out, "Rekey Pkt  = {}", c.rekeys);
+            let _ = writeln!(out, "Rekey Call = {}", c.rekeys);
+            out.push('\n');
+        } else {
+            let _ = writeln!(
+                out,
+                "VPN CTX=0x{:08X}, Ptr=0x{:08X}, {}, UP, pk={:010}, rk={:010}, gc=0",
+                c.ctx,
+                c.spi,
+                c.flags(),
+                c.packets,
+                c.rekeys
+            );
+        }
+    }
+    out
+}
+
+/// The ICMP source for held segments of a tunnel: our inside address within its protected
+/// networks (the ASA answers from the interface toward the sender), else the outside address.
+pub fn icmp_source(inside: Option<Ipv4Addr>, outside: IpAddr) -> Ipv4Addr {
+    inside.unwrap_or(match outside {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(decrypt: bool, natt: bool, preserve: bool) -> VpnContext {
+        VpnContext {
+            ctx: 3,
+            peer: "192.0.2.2".parse().unwrap(),
+            decrypt,
+            spi: 0x0F51782D,
+            natt,
+            preserve,
+            group: 1,
+            packets: 27257,
+            bad_packets: 0,
+            bad_crypto: 0,
+            rekeys: 5,
+        }
+    }
+
+    #[test]
+    fn vpn_context_golden() {
+        let v = [ctx(true, false, true), ctx(false, true, true), ctx(true, true, false)];
+        assert_eq!(
+            format_vpn_context(&v, false),
+            "VPN CTX=0x00000003, Ptr=0x0F51782D, DECR+ESP+PRESERVE, UP, pk=0000027257, rk=0000000005, gc=0\n\
+             VPN CTX=0x00000003, Ptr=0x0F51782D, ENCR+ESP+NATT+PRESERVE, UP, pk=0000027257, rk=0000000005, gc=0\n\
+             VPN CTX=0x00000003, Ptr=0x0F51782D, DECR+ESP+NATT, UP, pk=0000027257, rk=0000000005, gc=0\n"
+        );
+        assert_eq!(
+            format_vpn_context(&v[..1], true),
+            "VPN CTX  = 0x00000003\n\nPeer IP  = 192.0.2.2\nPointer  = 0x0F51782D\nState    = UP\n\
+             Flags    = DECR+ESP+PRESERVE\nSA   = 0x00000003\nSPI  = 0x0F51782D\nGroup    = 1\nPkts     = 27257\n\
+             Bad Pkts = 0\nBad SPI  = 0\nSpoof    = 0\nBad Crypto = 0\nRekey Pkt  = 5\nRekey Call = 5\n\n"
+        );
+        assert_eq!(format_vpn_context(&[], false), "");
+    }
+
+    fn cfg(text: &str) -> policy::Config {
+        config::parse("t.cfg", text).map_err(|d| d.to_string()).unwrap().config
+    }
+
+    /// examples/gw-a.cfg with the outside interface named `wan` and a `dmz` interface added.
+    fn base() -> policy::Config {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/gw-a.cfg"))
+            .unwrap()
+            .replace("nameif outside", "nameif wan")
+            .replace("crypto map MAP interface outside", "crypto map MAP interface wan")
+            .replace("crypto ikev2 enable outside", "crypto ikev2 enable wan")
+            .replace("nameif inside", "nameif lan")
+            + "interface e2\n nameif dmz\n security-level 50\n ip address 172.16.0.1 255.255.255.0\n";
+        cfg(&text)
+    }
+
+    #[test]
+    fn interfaces_of_a_tunnel() {
+        let c = base();
+        assert_eq!(outside_nameif(&c, "MAP:10"), "wan");
+        assert_eq!(outside_nameif(&c, "OTHER:1"), "outside");
+        let ts = TrafficSelector::from_net(policy::Ipv4Net::new("172.16.0.0".parse().unwrap(), 24), None);
+        assert_eq!(inside_nameif(&c, &[ts], "wan"), "dmz");
+        // No interface inside the selectors: the highest security level wins.
+        let ts = TrafficSelector::from_net(policy::Ipv4Net::new("10.9.0.0".parse().unwrap(), 24), None);
+        assert_eq!(inside_nameif(&c, &[ts], "wan"), "lan");
+        let mut bare = c.clone();
+        bare.interfaces.clear();
+        assert_eq!(inside_nameif(&bare, &[ts], "outside"), "inside");
+    }
+
+    #[test]
+    fn state_file_round_trip_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("hf-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sd = StateDir::open(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(sd.load(0), Ok(None));
+        let now = crate::clock::now();
+        let c = base();
+        let mut e = flow::Engine::new(now, engine_config(&c, 7));
+        let ifcs = flow::IfcPair { outside: e.interface("wan").unwrap(), inside: e.interface("lan").unwrap() };
+        let t = e.tunnel("MAP:10").unwrap();
+        e.tunnel_up(now, t, &[], &[]);
+        let syn = tcp_syn();
+        assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::ToTunnel(t), &syn), flow::Verdict::Forward);
+        sd.save(e.snapshot(now), 10_000).unwrap();
+        let (snap, down) = sd.load(12_500).unwrap().unwrap();
+        assert_eq!(down, Duration::from_millis(2_500));
+        assert_eq!(snap.flows.len(), 1);
+        let (r, start) = start_engine(now, &c, 7, Some(&sd), 12_500);
+        // preserve-vpn-flows is off: the restored tunnelled conn is torn down, with a 302014.
+        assert_eq!(start, Start::Restored { flows: 1, downtime: Duration::from_millis(2_500) });
+        let mut r = r;
+        let mut msgs = Vec::new();
+        collect_events(&mut r, &mut msgs);
+        assert!(msgs.iter().any(|m| m.id == 302014 && m.text.ends_with("Tunnel has been torn down")), "{msgs:?}");
+        assert_eq!(r.len(), 0);
+        // A corrupt file: a fresh table and a reason, never a panic.
+        std::fs::write(sd.file(), b"{not json").unwrap();
+        let (e2, start) = start_engine(now, &c, 7, Some(&sd), 0);
+        assert!(matches!(start, Start::Unreadable(ref m) if m.contains("flows.json")), "{start:?}");
+        assert!(e2.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tcp_syn() -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 1, 0, 5]);
+        p[16..20].copy_from_slice(&[10, 2, 0, 9]);
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x02;
+        p
+    }
+}
