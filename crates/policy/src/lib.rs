@@ -1265,4 +1265,35 @@ mod tests {
         assert_eq!(Ipv4Net::prefix_from_mask("255.0.255.0".parse().unwrap()), None);
         assert_eq!(Ipv4Net::new("0.0.0.0".parse().unwrap(), 0).broadcast(), Ipv4Addr::BROADCAST);
     }
+
+    #[test]
+    fn pool_math() {
+        let p = |n: &str, a: &str, b: &str| AddressPool { name: n.into(), start: a.parse().unwrap(), end: b.parse().unwrap(), prefix_len: 24 };
+        let a = p("A", "10.0.0.10", "10.0.0.19");
+        assert_eq!(a.len(), 10);
+        assert_eq!(a.mask(), "255.255.255.0".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(a.nth(0), Some("10.0.0.10".parse().unwrap()));
+        assert_eq!(a.nth(9), Some("10.0.0.19".parse().unwrap()));
+        assert_eq!(a.nth(10), None);
+        assert!(a.contains("10.0.0.15".parse().unwrap()) && !a.contains("10.0.0.20".parse().unwrap()));
+        assert!(a.overlaps(&p("B", "10.0.0.19", "10.0.0.30")));
+        assert!(!a.overlaps(&p("C", "10.0.0.20", "10.0.0.30")));
+        assert!(!a.is_empty());
+    }
+
+    #[test]
+    fn group_policy_inheritance_prefers_own_then_parent() {
+        let mut own = GroupPolicyAttributes::default();
+        own.anyconnect.mtu = Some(1300);
+        own.vpn_idle_timeout = Some(None); // explicit `none` beats the parent's 30 minutes
+        let eff = own.inherit(&GroupPolicyAttributes::asa_defaults());
+        assert_eq!(eff.anyconnect.mtu, Some(1300));
+        assert_eq!(eff.vpn_idle_timeout, Some(None));
+        assert_eq!(eff.anyconnect.keepalive, Some(Some(Duration::from_secs(20))));
+        assert_eq!(eff.split_tunnel_policy, Some(SplitTunnelPolicy::TunnelAll));
+        // DfltGrpPolicy always resolves, even with no remote access configured.
+        let d = Config::default().effective_group_policy(DEFAULT_GROUP_POLICY).unwrap();
+        assert_eq!((d.mtu, d.dtls, d.ssl_client), (1406, true, false));
+        assert!(Config::default().effective_group_policy("nope").is_none());
+    }
 }
