@@ -66,7 +66,8 @@ pub enum AuthXmlError {
 
 /// Parses a `<config-auth>` document.
 pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
-    let text = std::str::from_utf8(body).map_err(|_| AuthXmlError::Malformed("not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| AuthXmlError::Malformed("not UTF-8".into()))?;
     let mut r = Reader::from_str(text);
     r.config_mut().trim_text(true);
     let mut out = ClientAuth {
@@ -80,7 +81,9 @@ pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
     let mut path: Vec<String> = Vec::new();
     let mut saw_root = false;
     for _ in 0..MAX_EVENTS {
-        let ev = r.read_event().map_err(|e| AuthXmlError::Malformed(e.to_string()))?;
+        let ev = r
+            .read_event()
+            .map_err(|e| AuthXmlError::Malformed(e.to_string()))?;
         match ev {
             XmlEvent::Start(ref e) | XmlEvent::Empty(ref e) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
@@ -92,7 +95,9 @@ pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
                     for a in e.attributes() {
                         let a = a.map_err(|e| AuthXmlError::Malformed(e.to_string()))?;
                         if a.key.local_name().as_ref() == b"type" {
-                            let v = a.unescape_value().map_err(|e| AuthXmlError::Malformed(e.to_string()))?;
+                            let v = a
+                                .unescape_value()
+                                .map_err(|e| AuthXmlError::Malformed(e.to_string()))?;
                             out.kind = match v.as_ref() {
                                 "init" => AuthKind::Init,
                                 "auth-reply" => AuthKind::AuthReply,
@@ -112,7 +117,9 @@ pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
                 path.pop();
             }
             XmlEvent::Text(t) => {
-                let v = t.unescape().map_err(|e| AuthXmlError::Malformed(e.to_string()))?;
+                let v = t
+                    .unescape()
+                    .map_err(|e| AuthXmlError::Malformed(e.to_string()))?;
                 store(&mut out, &path, &v)?;
             }
             XmlEvent::CData(c) => {
@@ -121,7 +128,11 @@ pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
             }
             XmlEvent::DocType(_) => return Err(AuthXmlError::Doctype),
             XmlEvent::Eof => {
-                return if saw_root { Ok(out) } else { Err(AuthXmlError::NotConfigAuth) };
+                return if saw_root {
+                    Ok(out)
+                } else {
+                    Err(AuthXmlError::NotConfigAuth)
+                };
             }
             _ => {}
         }
@@ -194,7 +205,10 @@ pub fn auth_request_xml(f: &AuthForm<'_>) -> String {
     x += "<auth id=\"main\">\n<title>Login</title>\n";
     x += "<message>Please enter your username and password.</message>\n";
     if let Some(e) = f.error {
-        x += &format!("<error id=\"88\" param1=\"\" param2=\"\">{}</error>\n", escape(e));
+        x += &format!(
+            "<error id=\"88\" param1=\"\" param2=\"\">{}</error>\n",
+            escape(e)
+        );
     }
     x += "<form method=\"post\" action=\"/\">\n";
     x += "<input type=\"text\" name=\"username\" label=\"Username:\"></input>\n";
@@ -202,7 +216,11 @@ pub fn auth_request_xml(f: &AuthForm<'_>) -> String {
     if f.group_list.len() > 1 {
         x += "<select name=\"group_list\" label=\"GROUP:\">\n";
         for g in f.group_list {
-            let sel = if *g == f.group { " selected=\"true\"" } else { "" };
+            let sel = if *g == f.group {
+                " selected=\"true\""
+            } else {
+                ""
+            };
             x += &format!("<option{sel}>{}</option>\n", escape(g));
         }
         x += "</select>\n";
@@ -245,7 +263,9 @@ pub(crate) mod tests {
 
     /// The auth-reply in openconnect 9.01's shape, with `{user}`, `{pass}`, `{group}`, `{handle}`.
     pub fn oc_reply(user: &str, pass: &str, group: Option<&str>, handle: &str) -> String {
-        let g = group.map(|g| format!("<group-select>{}</group-select>\n", escape(g))).unwrap_or_default();
+        let g = group
+            .map(|g| format!("<group-select>{}</group-select>\n", escape(g)))
+            .unwrap_or_default();
         format!(
             r#"<?xml version="1.0" encoding="UTF-8"?>
 <config-auth client="vpn" type="auth-reply" aggregate-auth-version="2">
@@ -271,21 +291,34 @@ pub(crate) mod tests {
         assert_eq!(i.kind, AuthKind::Init);
         assert_eq!(i.group_access.as_deref(), Some("https://192.0.2.1/"));
         assert_eq!(i.username, None);
-        let r = parse_client_auth(oc_reply("vpn", "p<&>'\"w", Some("RA"), "h1").as_bytes()).unwrap();
+        let r =
+            parse_client_auth(oc_reply("vpn", "p<&>'\"w", Some("RA"), "h1").as_bytes()).unwrap();
         assert_eq!(r.kind, AuthKind::AuthReply);
         assert_eq!(r.username.as_deref(), Some("vpn"));
         assert_eq!(r.password.as_deref(), Some("p<&>'\"w"));
         assert_eq!(r.group_select.as_deref(), Some("RA"));
         assert_eq!(r.handle.as_deref(), Some("h1"));
-        assert!(!format!("{r:?}").contains("p<&>"), "password never in Debug");
+        assert!(
+            !format!("{r:?}").contains("p<&>"),
+            "password never in Debug"
+        );
     }
 
     #[test]
     fn refuses_bad_documents() {
-        assert!(matches!(parse_client_auth(b"<config-auth type=\"init\">"), Ok(_) | Err(AuthXmlError::Malformed(_))));
-        assert_eq!(parse_client_auth(b"<other/>"), Err(AuthXmlError::NotConfigAuth));
+        assert!(matches!(
+            parse_client_auth(b"<config-auth type=\"init\">"),
+            Ok(_) | Err(AuthXmlError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_client_auth(b"<other/>"),
+            Err(AuthXmlError::NotConfigAuth)
+        );
         assert_eq!(parse_client_auth(b""), Err(AuthXmlError::NotConfigAuth));
-        assert!(matches!(parse_client_auth(b"<config-auth><a></b></config-auth>"), Err(AuthXmlError::Malformed(_))));
+        assert!(matches!(
+            parse_client_auth(b"<config-auth><a></b></config-auth>"),
+            Err(AuthXmlError::Malformed(_))
+        ));
         assert_eq!(
             parse_client_auth(b"<!DOCTYPE x [<!ENTITY a \"aaaa\">]><config-auth>&a;</config-auth>"),
             Err(AuthXmlError::Doctype)
@@ -295,11 +328,23 @@ pub(crate) mod tests {
             Err(AuthXmlError::Malformed(_))
         ));
         let deep = format!("<config-auth>{}", "<a>".repeat(40));
-        assert_eq!(parse_client_auth(deep.as_bytes()), Err(AuthXmlError::TooComplex));
-        let long = format!("<config-auth><auth><username>{}</username></auth></config-auth>", "u".repeat(600));
-        assert_eq!(parse_client_auth(long.as_bytes()), Err(AuthXmlError::ValueTooLong));
+        assert_eq!(
+            parse_client_auth(deep.as_bytes()),
+            Err(AuthXmlError::TooComplex)
+        );
+        let long = format!(
+            "<config-auth><auth><username>{}</username></auth></config-auth>",
+            "u".repeat(600)
+        );
+        assert_eq!(
+            parse_client_auth(long.as_bytes()),
+            Err(AuthXmlError::ValueTooLong)
+        );
         assert!(parse_client_auth(b"\xff\xfe").is_err());
-        assert_eq!(parse_client_auth(b"<config-auth/><config-auth/>"), Err(AuthXmlError::NotConfigAuth));
+        assert_eq!(
+            parse_client_auth(b"<config-auth/><config-auth/>"),
+            Err(AuthXmlError::NotConfigAuth)
+        );
     }
 
     #[test]
@@ -335,7 +380,12 @@ pub(crate) mod tests {
 "#;
         assert_eq!(x, want);
         // A single group: no select.
-        let one = auth_request_xml(&AuthForm { handle: "h", group: "RA", group_list: &["RA"], error: None });
+        let one = auth_request_xml(&AuthForm {
+            handle: "h",
+            group: "RA",
+            group_list: &["RA"],
+            error: None,
+        });
         assert!(!one.contains("<select"));
         assert!(!one.contains("<error"));
         // Our own output is well-formed XML (round trip through the same parser shape).

@@ -116,7 +116,9 @@ pub struct User {
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -284,11 +286,14 @@ impl Default for FallbackTiming {
 impl Config {
     pub(crate) fn group(&self, name: &str) -> Option<&TunnelGroup> {
         // Exact name first, then alias (case-insensitive as the ASA matches aliases).
-        self.tunnel_groups.iter().find(|g| g.name == name).or_else(|| {
-            self.tunnel_groups
-                .iter()
-                .find(|g| g.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
-        })
+        self.tunnel_groups
+            .iter()
+            .find(|g| g.name == name)
+            .or_else(|| {
+                self.tunnel_groups
+                    .iter()
+                    .find(|g| g.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
+            })
     }
 
     /// Group names shown in the login form's group list: every alias, in configuration order.
@@ -307,6 +312,9 @@ impl Config {
     }
 
     pub(crate) fn policy_of(&self, g: &TunnelGroup) -> GroupPolicy {
-        self.group_policies.get(&g.default_group_policy).cloned().unwrap_or_default()
+        self.group_policies
+            .get(&g.default_group_policy)
+            .cloned()
+            .unwrap_or_default()
     }
 }

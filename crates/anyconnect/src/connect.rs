@@ -44,17 +44,31 @@ impl ConnectRequest {
     pub fn parse(req: &Request<'_>) -> Result<Self, ConnectError> {
         let num = |name: &'static str| -> Result<Option<u16>, ConnectError> {
             req.header(name)
-                .map(|v| v.trim().parse::<u16>().map_err(|_| ConnectError::BadHeader(name)))
+                .map(|v| {
+                    v.trim()
+                        .parse::<u16>()
+                        .map_err(|_| ConnectError::BadHeader(name))
+                })
                 .transpose()
         };
         let list = |name: &str| -> Vec<String> {
             req.header(name)
-                .map(|v| v.split(':').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+                .map(|v| {
+                    v.split(':')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let address = req
             .header("X-CSTP-Address")
-            .map(|v| v.trim().parse::<Ipv4Addr>().map_err(|_| ConnectError::BadHeader("X-CSTP-Address")))
+            .map(|v| {
+                v.trim()
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| ConnectError::BadHeader("X-CSTP-Address"))
+            })
             .transpose()?;
         let master_secret = match req.header("X-DTLS-Master-Secret") {
             None => None,
@@ -146,7 +160,10 @@ impl LegacyCipher {
     /// Offered in X-DTLS12-CipherSuite (answered with the same header name) rather than
     /// X-DTLS-CipherSuite.
     pub fn in_dtls12_header(self) -> bool {
-        matches!(self, Self::Dtls12EcdheRsaAes256Gcm | Self::Dtls12EcdheRsaAes128Gcm)
+        matches!(
+            self,
+            Self::Dtls12EcdheRsaAes256Gcm | Self::Dtls12EcdheRsaAes128Gcm
+        )
     }
 
     /// Name for the `show vpn-sessiondb` Encryption/Hashing columns.
@@ -164,7 +181,11 @@ impl LegacyCipher {
 /// cipher belongs to.
 pub fn choose_legacy(req: &ConnectRequest, allowed: &[LegacyCipher]) -> Option<LegacyCipher> {
     allowed.iter().copied().find(|c| {
-        let list = if c.in_dtls12_header() { &req.dtls12_ciphers } else { &req.dtls_ciphers };
+        let list = if c.in_dtls12_header() {
+            &req.dtls12_ciphers
+        } else {
+            &req.dtls_ciphers
+        };
         list.iter().any(|o| o == c.client_name())
     })
 }
@@ -178,7 +199,11 @@ pub enum DtlsKeying {
     Psk { app_id: [u8; 32] },
     /// Legacy: accept an abbreviated handshake resuming `session_id` with the client's
     /// `master_secret` and `cipher`.
-    Legacy { session_id: [u8; 32], master_secret: [u8; 48], cipher: LegacyCipher },
+    Legacy {
+        session_id: [u8; 32],
+        master_secret: [u8; 48],
+        cipher: LegacyCipher,
+    },
 }
 
 impl std::fmt::Debug for DtlsKeying {
@@ -217,7 +242,8 @@ pub struct Connected<'a> {
 
 /// Builds `HTTP/1.1 200 CONNECTED` with the X-CSTP-/X-DTLS- headers (anyconnect.md §2).
 pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
-    let secs = |d: Option<Duration>| d.map_or_else(|| "none".to_string(), |d| d.as_secs().to_string());
+    let secs =
+        |d: Option<Duration>| d.map_or_else(|| "none".to_string(), |d| d.as_secs().to_string());
     let p = c.policy;
     let mut r = Response::new(200, "CONNECTED")
         .without_content_length()
@@ -233,17 +259,26 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
         r = r.header("X-CSTP-Default-Domain", dom);
     }
     for n in &p.split_include {
-        r = r.header("X-CSTP-Split-Include", format!("{}/{}", n.addr, n.netmask()));
+        r = r.header(
+            "X-CSTP-Split-Include",
+            format!("{}/{}", n.addr, n.netmask()),
+        );
     }
     for n in &p.split_exclude {
-        r = r.header("X-CSTP-Split-Exclude", format!("{}/{}", n.addr, n.netmask()));
+        r = r.header(
+            "X-CSTP-Split-Exclude",
+            format!("{}/{}", n.addr, n.netmask()),
+        );
     }
     let idle = secs(p.idle_timeout);
     r = r
         .header("X-CSTP-Lease-Duration", "1209600")
         .header("X-CSTP-Session-Timeout", secs(c.session_timeout_left))
         .header("X-CSTP-Idle-Timeout", &idle)
-        .header("X-CSTP-Disconnected-Timeout", c.disconnected_timeout.as_secs().to_string())
+        .header(
+            "X-CSTP-Disconnected-Timeout",
+            c.disconnected_timeout.as_secs().to_string(),
+        )
         .header("X-CSTP-Keep", "true")
         .header("X-CSTP-Tunnel-All-DNS", "false")
         .header("X-CSTP-Rekey-Time", "172800")
@@ -262,11 +297,19 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
             .header("X-DTLS-MTU", dmtu.to_string());
         match k {
             DtlsKeying::Psk { app_id } => {
-                r = r.header("X-DTLS-App-ID", hex::encode(app_id)).header("X-DTLS-CipherSuite", "PSK-NEGOTIATE");
+                r = r
+                    .header("X-DTLS-App-ID", hex::encode(app_id))
+                    .header("X-DTLS-CipherSuite", "PSK-NEGOTIATE");
             }
-            DtlsKeying::Legacy { session_id, cipher, .. } => {
+            DtlsKeying::Legacy {
+                session_id, cipher, ..
+            } => {
                 r = r.header("X-DTLS-Session-ID", hex::encode_upper(session_id));
-                let h = if cipher.in_dtls12_header() { "X-DTLS12-CipherSuite" } else { "X-DTLS-CipherSuite" };
+                let h = if cipher.in_dtls12_header() {
+                    "X-DTLS12-CipherSuite"
+                } else {
+                    "X-DTLS-CipherSuite"
+                };
                 r = r.header(h, cipher.client_name());
             }
         }
@@ -304,7 +347,10 @@ X-CSTP-Accept-Encoding: oc-lz4,lzs\r\n\r\n";
         assert_eq!(c.master_secret.unwrap()[47], 0x30);
         assert_eq!(c.cookie.as_deref().map(str::len), Some(64));
         assert_eq!(c.address, None);
-        assert_eq!(choose_legacy(&c, &LegacyCipher::DEFAULT_PREFERENCE), Some(LegacyCipher::OcDtls12Aes256Gcm));
+        assert_eq!(
+            choose_legacy(&c, &LegacyCipher::DEFAULT_PREFERENCE),
+            Some(LegacyCipher::OcDtls12Aes256Gcm)
+        );
         // Server preference order wins over client order.
         let pref = [LegacyCipher::Aes128Sha, LegacyCipher::OcDtls12Aes256Gcm];
         assert_eq!(choose_legacy(&c, &pref), Some(LegacyCipher::Aes128Sha));
@@ -316,7 +362,10 @@ X-CSTP-Accept-Encoding: oc-lz4,lzs\r\n\r\n";
             Some(LegacyCipher::Dtls12EcdheRsaAes256Gcm)
         );
         cisco.dtls12_ciphers.clear();
-        assert_eq!(choose_legacy(&cisco, &LegacyCipher::DEFAULT_PREFERENCE), None);
+        assert_eq!(
+            choose_legacy(&cisco, &LegacyCipher::DEFAULT_PREFERENCE),
+            None
+        );
     }
 
     #[test]
@@ -330,7 +379,10 @@ X-CSTP-Accept-Encoding: oc-lz4,lzs\r\n\r\n";
         ] {
             let s = format!("CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\n{h}\r\n\r\n");
             let req = parse(s.as_bytes()).unwrap().unwrap();
-            assert_eq!(ConnectRequest::parse(&req), Err(ConnectError::BadHeader(name)));
+            assert_eq!(
+                ConnectRequest::parse(&req),
+                Err(ConnectError::BadHeader(name))
+            );
         }
     }
 }

@@ -179,7 +179,9 @@ impl CstpDecoder {
                     return Ok(());
                 }
             }
-            let Some((ty, len)) = parse_header(&self.partial)? else { return Ok(()) };
+            let Some((ty, len)) = parse_header(&self.partial)? else {
+                return Ok(());
+            };
             let need = HEADER_LEN + len - self.partial.len();
             let take = need.min(input.len());
             self.partial.extend_from_slice(&input[..take]);
@@ -187,14 +189,20 @@ impl CstpDecoder {
             if self.partial.len() < HEADER_LEN + len {
                 return Ok(());
             }
-            on_frame(Frame { ty, payload: &self.partial[HEADER_LEN..] });
+            on_frame(Frame {
+                ty,
+                payload: &self.partial[HEADER_LEN..],
+            });
             self.partial.clear();
         }
         // 2. Whole frames straight out of the input.
         loop {
             match parse_header(input)? {
                 Some((ty, len)) if input.len() >= HEADER_LEN + len => {
-                    on_frame(Frame { ty, payload: &input[HEADER_LEN..HEADER_LEN + len] });
+                    on_frame(Frame {
+                        ty,
+                        payload: &input[HEADER_LEN..HEADER_LEN + len],
+                    });
                     *input = &input[HEADER_LEN + len..];
                 }
                 _ => {
@@ -243,15 +251,25 @@ mod tests {
     fn bad_magic_fails_fast_and_sticks() {
         let mut d = CstpDecoder::new();
         assert_eq!(d.feed(b"GET", |_| {}), Err(CstpError::BadMagic(*b"GET\0")));
-        assert!(d.feed(b"STF\x01\x00\x00\x07\x00", |_| panic!("no frame after failure")).is_err());
+        assert!(d
+            .feed(b"STF\x01\x00\x00\x07\x00", |_| panic!(
+                "no frame after failure"
+            ))
+            .is_err());
     }
 
     #[test]
     fn oversize_and_reserved() {
         let mut d = CstpDecoder::new();
-        assert_eq!(d.feed(b"STF\x01\x40\x01\x00\x00", |_| {}), Err(CstpError::Oversize(0x4001)));
+        assert_eq!(
+            d.feed(b"STF\x01\x40\x01\x00\x00", |_| {}),
+            Err(CstpError::Oversize(0x4001))
+        );
         let mut d = CstpDecoder::new();
-        assert_eq!(d.feed(b"STF\x01\x00\x00\x07\x01", |_| {}), Err(CstpError::BadReserved(1)));
+        assert_eq!(
+            d.feed(b"STF\x01\x00\x00\x07\x01", |_| {}),
+            Err(CstpError::BadReserved(1))
+        );
     }
 
     #[test]

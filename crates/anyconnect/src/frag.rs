@@ -70,7 +70,10 @@ where
     let mut hdr = [0u8; 60];
     while off < payload.len() {
         let hl = if off == 0 { first_hdr.len() } else { later_len };
-        let room = mtu.checked_sub(hl).filter(|r| *r >= 8).ok_or(FragError::MtuTooSmall(mtu as u16))?;
+        let room = mtu
+            .checked_sub(hl)
+            .filter(|r| *r >= 8)
+            .ok_or(FragError::MtuTooSmall(mtu as u16))?;
         let chunk = (room / 8 * 8).min(payload.len() - off);
         let last = off + chunk >= payload.len();
         if off == 0 {
@@ -158,8 +161,14 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(fragment_ipv4(&p, 1500, |h, b| out = [h, b].concat()), Ok(1));
         assert_eq!(out, p);
-        assert_eq!(fragment_ipv4(&packet(200, false, 1), 27, |_, _| {}), Err(FragError::MtuTooSmall(27)));
-        assert_eq!(fragment_ipv4(&[0x45, 0], 576, |_, _| {}), Err(FragError::Malformed));
+        assert_eq!(
+            fragment_ipv4(&packet(200, false, 1), 27, |_, _| {}),
+            Err(FragError::MtuTooSmall(27))
+        );
+        assert_eq!(
+            fragment_ipv4(&[0x45, 0], 576, |_, _| {}),
+            Err(FragError::Malformed)
+        );
     }
 
     proptest! {

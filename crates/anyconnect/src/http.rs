@@ -66,7 +66,10 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     /// First header field named `name` (case-insensitive, RFC 9110 §5.1).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
     }
 
     /// The value of cookie `name` from any Cookie header (RFC 6265 §5.4 `a=b; c=d`).
@@ -238,7 +241,13 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16, reason: &'static str) -> Self {
-        Self { status, reason, headers: Vec::new(), body: Vec::new(), content_length: true }
+        Self {
+            status,
+            reason,
+            headers: Vec::new(),
+            body: Vec::new(),
+            content_length: true,
+        }
     }
 
     /// Adds a header. CR, LF and other controls are removed from the value so nothing taken
@@ -331,18 +340,39 @@ mod tests {
         assert_eq!(err(b"POST / FTP/1.1\r\n\r\n"), BadRequestLine);
         assert_eq!(err(b"POST / HTTP/1.1\r\nNoColon\r\n\r\n"), BadHeader);
         assert_eq!(err(b"POST / HTTP/1.1\r\nBad Name: x\r\n\r\n"), BadHeader);
-        assert_eq!(err(b"POST / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n"), BadHeader);
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n"),
+            BadHeader
+        );
         assert_eq!(err(b"POST / HTTP/1.1\r\n: empty\r\n\r\n"), BadHeader);
-        assert_eq!(err(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), BadContentLength);
-        assert_eq!(err(b"POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n"), BadContentLength);
-        assert_eq!(err(b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n"), BadContentLength);
-        assert_eq!(err(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"), BadContentLength);
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            BadContentLength
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n"),
+            BadContentLength
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n"),
+            BadContentLength
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"),
+            BadContentLength
+        );
         assert_eq!(
             err(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             ConflictingContentLength
         );
-        assert_eq!(err(b"POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"), BodyTooLarge(65537));
-        assert_eq!(err(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), TransferEncoding);
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n"),
+            BodyTooLarge(65537)
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            TransferEncoding
+        );
         assert_eq!(err(b"POST / HTTP/1.1\r\nA: \x01\r\n\r\n"), ControlChar);
         assert_eq!(err(b"\x16\x03\x01\x02\x00"), ControlChar); // a TLS ClientHello in the clear
         assert_eq!(err(b"\xff\xfe"), BadRequestLine);
@@ -355,7 +385,9 @@ mod tests {
         assert_eq!(err(&many), TooManyHeaders);
         let mut big = b"GET / HTTP/1.1\r\n".to_vec();
         while big.len() < MAX_HEAD {
-            big.extend_from_slice(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+            big.extend_from_slice(
+                b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+            );
         }
         assert_eq!(err(&big), HeadTooLarge);
         big.extend_from_slice(b"\r\n");
@@ -374,7 +406,10 @@ mod tests {
 
     #[test]
     fn response_strips_crlf_injection() {
-        let b = Response::new(200, "OK").header("X-A", "v\r\nInjected: 1").body("text/plain", "hi").to_bytes();
+        let b = Response::new(200, "OK")
+            .header("X-A", "v\r\nInjected: 1")
+            .body("text/plain", "hi")
+            .to_bytes();
         assert_eq!(b, b"HTTP/1.1 200 OK\r\nX-A: vInjected: 1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi");
     }
 

@@ -79,13 +79,22 @@ pub enum HttpOutcome {
     NeedMore,
     /// Write `bytes` to the TLS connection and drop `consumed` bytes from the input buffer;
     /// then close the connection if `close`, else wait for the next request.
-    Respond { consumed: usize, bytes: Vec<u8>, close: bool },
+    Respond {
+        consumed: usize,
+        bytes: Vec<u8>,
+        close: bool,
+    },
     /// Write `bytes` (the `200 CONNECTED` head); from here on the connection carries CSTP for
     /// `session`: pass any bytes after `consumed` (and all later ones) to
     /// [`Server::handle_tls_data`]. If you already hold a TLS connection for `session` (a
     /// reconnect), close the old one WITHOUT calling [`Server::handle_tls_closed`] for it.
     /// `dtls` says how to key the DTLS channel (None: DTLS not offered).
-    Tunnel { consumed: usize, bytes: Vec<u8>, session: SessionId, dtls: Option<DtlsKeying> },
+    Tunnel {
+        consumed: usize,
+        bytes: Vec<u8>,
+        session: SessionId,
+        dtls: Option<DtlsKeying>,
+    },
 }
 
 /// A request the engine refuses at the HTTP level: write `response`, then close.
@@ -134,9 +143,16 @@ pub enum Event {
     },
     /// The session is gone (logout, logoff, timeout, grace expired): remove the route, close
     /// any remaining connection.
-    SessionDown { session: SessionId, address: Option<Ipv4Addr>, reason: DisconnectReason },
+    SessionDown {
+        session: SessionId,
+        address: Option<Ipv4Addr>,
+        reason: DisconnectReason,
+    },
     /// Server->client traffic now goes on `channel`.
-    ChannelChange { session: SessionId, channel: Channel },
+    ChannelChange {
+        session: SessionId,
+        channel: Channel,
+    },
     /// Close this session's TLS connection once the pending transmits are written. Do not call
     /// [`Server::handle_tls_closed`] for it (the engine already knows).
     CloseTls { session: SessionId },

@@ -82,7 +82,13 @@ fn cipher_expansion(name: &str) -> RecordOverhead {
     } else {
         20 // "-SHA" suffix = HMAC-SHA1
     };
-    let ro = |iv, padding, hash, known| RecordOverhead { header: 0, iv, padding, hash, known };
+    let ro = |iv, padding, hash, known| RecordOverhead {
+        header: 0,
+        iv,
+        padding,
+        hash,
+        known,
+    };
     if n.contains("CHACHA20") {
         ro(0, 0, 16, true)
     } else if n.contains("GCM") {
@@ -147,7 +153,10 @@ pub struct MtuInputs {
 /// Computes both channel MTUs, honours `anyconnect mtu` (a cap on both, as on the ASA where
 /// `anyconnect mtu 1300` makes TLS and DTLS equal) and chooses what to advertise.
 pub fn plan(i: &MtuInputs) -> MtuPlan {
-    let base = i.client_base_mtu.map_or(i.link_mtu, |b| b.min(i.link_mtu)).max(MIN_MTU);
+    let base = i
+        .client_base_mtu
+        .map_or(i.link_mtu, |b| b.min(i.link_mtu))
+        .max(MIN_MTU);
     let cap = |m: u16| i.configured.map_or(m, |c| m.min(c)).max(MIN_MTU);
     let tls = cap(tls_mtu(i.tcpmss, &i.tls));
     let dtls = i.dtls.map(|o| cap(dtls_mtu(base, &o)));
@@ -159,7 +168,13 @@ pub fn plan(i: &MtuInputs) -> MtuPlan {
             (m, Some(m))
         }
     };
-    MtuPlan { tls, dtls, advertised_cstp, advertised_dtls, base }
+    MtuPlan {
+        tls,
+        dtls,
+        advertised_cstp,
+        advertised_dtls,
+        base,
+    }
 }
 
 #[cfg(test)]
@@ -205,7 +220,10 @@ mod tests {
             assert!(tls_overhead(v, c).known);
         }
         assert!(!tls_overhead(t12, "MYSTERY").known);
-        assert_eq!(tls_mtu(1380, &tls_overhead(t12, "MYSTERY")), 1380 - 8 - 5 - 16 - 16 - 48);
+        assert_eq!(
+            tls_mtu(1380, &tls_overhead(t12, "MYSTERY")),
+            1380 - 8 - 5 - 16 - 16 - 48
+        );
     }
 
     #[test]
@@ -240,14 +258,23 @@ mod tests {
     #[test]
     fn plans() {
         let s = plan(&inputs(MtuPolicy::Split));
-        assert_eq!((s.tls, s.dtls, s.advertised_cstp, s.advertised_dtls), (1343, Some(1434), 1343, Some(1434)));
+        assert_eq!(
+            (s.tls, s.dtls, s.advertised_cstp, s.advertised_dtls),
+            (1343, Some(1434), 1343, Some(1434))
+        );
         let c = plan(&inputs(MtuPolicy::Common));
-        assert_eq!((c.tls, c.dtls, c.advertised_cstp, c.advertised_dtls), (1343, Some(1434), 1343, Some(1343)));
+        assert_eq!(
+            (c.tls, c.dtls, c.advertised_cstp, c.advertised_dtls),
+            (1343, Some(1434), 1343, Some(1343))
+        );
         // `anyconnect mtu 1300` caps both: equal, whatever the policy (Cisco's preferred fix).
         let mut i = inputs(MtuPolicy::Split);
         i.configured = Some(1300);
         let p = plan(&i);
-        assert_eq!((p.tls, p.dtls, p.advertised_cstp, p.advertised_dtls), (1300, Some(1300), 1300, Some(1300)));
+        assert_eq!(
+            (p.tls, p.dtls, p.advertised_cstp, p.advertised_dtls),
+            (1300, Some(1300), 1300, Some(1300))
+        );
         // Client path MTU 1400 lowers DTLS only.
         let mut i = inputs(MtuPolicy::Split);
         i.client_base_mtu = Some(1400);

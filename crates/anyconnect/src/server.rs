@@ -58,7 +58,9 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("sessions", &self.sessions.len()).finish_non_exhaustive()
+        f.debug_struct("Snapshot")
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,7 +112,12 @@ impl Server {
         Self::with_key(config, rng, key, 1)
     }
 
-    fn with_key(config: Config, rng: Box<dyn crypto::Random>, key: [u8; 32], next_index: u32) -> Self {
+    fn with_key(
+        config: Config,
+        rng: Box<dyn crypto::Random>,
+        key: [u8; 32],
+        next_index: u32,
+    ) -> Self {
         Self {
             config,
             rng,
@@ -153,7 +160,12 @@ impl Server {
 
     /// Feeds the buffered plaintext of a TLS connection that is not (yet) a tunnel. Call again
     /// after every read with the whole unconsumed buffer.
-    pub fn handle_http(&mut self, now: Instant, conn: &ConnInfo, buf: &[u8]) -> Result<HttpOutcome, HttpReject> {
+    pub fn handle_http(
+        &mut self,
+        now: Instant,
+        conn: &ConnInfo,
+        buf: &[u8],
+    ) -> Result<HttpOutcome, HttpReject> {
         self.reset_output();
         self.expire_pending(now);
         let req = match http::parse(buf) {
@@ -182,12 +194,23 @@ impl Server {
         }
         if req.method == "GET" || req.method == "HEAD" || req.method == "POST" {
             // No clientless portal: anything but the XML exchange gets a plain 404.
-            return Ok(respond(Response::new(404, "Not Found").body("text/plain", "Not Found\n"), false));
+            return Ok(respond(
+                Response::new(404, "Not Found").body("text/plain", "Not Found\n"),
+                false,
+            ));
         }
-        Ok(respond(Response::new(405, "Method Not Allowed").body("text/plain", "Method Not Allowed\n"), true))
+        Ok(respond(
+            Response::new(405, "Method Not Allowed").body("text/plain", "Method Not Allowed\n"),
+            true,
+        ))
     }
 
-    fn handle_auth_post(&mut self, now: Instant, conn: &ConnInfo, req: &Request<'_>) -> HttpOutcome {
+    fn handle_auth_post(
+        &mut self,
+        now: Instant,
+        conn: &ConnInfo,
+        req: &Request<'_>,
+    ) -> HttpOutcome {
         let consumed = req.len;
         let close = req.wants_close();
         let msg = match auth::parse_client_auth(req.body) {
@@ -195,8 +218,14 @@ impl Server {
             Err(e) => {
                 self.stats.http_malformed += 1;
                 self.refused(conn.peer, format!("bad aggregate-auth XML: {e}"));
-                let r = Response::new(400, "Bad Request").header("Connection", "close").body("text/plain", format!("{e}\n"));
-                return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+                let r = Response::new(400, "Bad Request")
+                    .header("Connection", "close")
+                    .body("text/plain", format!("{e}\n"));
+                return HttpOutcome::Respond {
+                    consumed,
+                    bytes: r.to_bytes(),
+                    close: true,
+                };
             }
         };
         // The pending login this post continues (cookie first, then the echoed opaque handle).
@@ -209,8 +238,15 @@ impl Server {
         let requested = msg
             .group_select
             .clone()
-            .or_else(|| handle.as_ref().and_then(|h| self.pending.get(h)).map(|p| p.group.clone()))
-            .or_else(|| url_group(msg.group_access.as_deref()).filter(|g| self.config.group(g).is_some()))
+            .or_else(|| {
+                handle
+                    .as_ref()
+                    .and_then(|h| self.pending.get(h))
+                    .map(|p| p.group.clone())
+            })
+            .or_else(|| {
+                url_group(msg.group_access.as_deref()).filter(|g| self.config.group(g).is_some())
+            })
             .or_else(|| url_group(Some(req.target)).filter(|g| self.config.group(g).is_some()));
         let (group, unknown) = match requested {
             Some(g) => match self.config.group(&g) {
@@ -220,9 +256,18 @@ impl Server {
             None => (self.default_group().cloned(), None),
         };
         let Some(group) = group else {
-            self.refused(conn.peer, "login refused: no tunnel group configured".into());
-            let r = Response::new(503, "Service Unavailable").header("Connection", "close").body("text/plain", "no tunnel group\n");
-            return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+            self.refused(
+                conn.peer,
+                "login refused: no tunnel group configured".into(),
+            );
+            let r = Response::new(503, "Service Unavailable")
+                .header("Connection", "close")
+                .body("text/plain", "no tunnel group\n");
+            return HttpOutcome::Respond {
+                consumed,
+                bytes: r.to_bytes(),
+                close: true,
+            };
         };
         let shown = self.shown_name(&group);
 
@@ -248,9 +293,21 @@ impl Server {
                 }
                 None => {
                     self.stats.auth_failures += 1;
-                    self.refused(conn.peer, format!("login refused: group '{}' needs a client certificate", group.name));
-                    let r = Response::new(401, "Unauthorized").header("Connection", "close").body("text/plain", "client certificate required\n");
-                    HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true }
+                    self.refused(
+                        conn.peer,
+                        format!(
+                            "login refused: group '{}' needs a client certificate",
+                            group.name
+                        ),
+                    );
+                    let r = Response::new(401, "Unauthorized")
+                        .header("Connection", "close")
+                        .body("text/plain", "client certificate required\n");
+                    HttpOutcome::Respond {
+                        consumed,
+                        bytes: r.to_bytes(),
+                        close: true,
+                    }
                 }
             };
         }
@@ -296,13 +353,26 @@ impl Server {
         };
         if ok {
             self.drop_pending(&h);
-            self.events.push_back(Event::Syslog(syslog::auth_ok_113012(&user)));
+            self.events
+                .push_back(Event::Syslog(syslog::auth_ok_113012(&user)));
             return self.complete_login(now, conn, group, &user, consumed, close);
         }
         self.stats.auth_failures += 1;
-        let reason = if self.config.user(&user).is_some() { "Invalid password" } else { "Invalid username" };
-        self.events.push_back(Event::Syslog(syslog::auth_rejected_113015(&user, reason, conn.peer.ip())));
-        self.refused(conn.peer, format!("login failed for user '{user}' ({reason})"));
+        let reason = if self.config.user(&user).is_some() {
+            "Invalid password"
+        } else {
+            "Invalid username"
+        };
+        self.events
+            .push_back(Event::Syslog(syslog::auth_rejected_113015(
+                &user,
+                reason,
+                conn.peer.ip(),
+            )));
+        self.refused(
+            conn.peer,
+            format!("login failed for user '{user}' ({reason})"),
+        );
         let max = self.config.limits.max_auth_failures;
         let failures = match self.pending.get_mut(&h) {
             Some(p) => {
@@ -314,8 +384,14 @@ impl Server {
         };
         if failures >= max {
             self.drop_pending(&h);
-            let r = Response::new(401, "Unauthorized").header("Connection", "close").body("text/plain", "too many failed logins\n");
-            return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+            let r = Response::new(401, "Unauthorized")
+                .header("Connection", "close")
+                .body("text/plain", "too many failed logins\n");
+            return HttpOutcome::Respond {
+                consumed,
+                bytes: r.to_bytes(),
+                close: true,
+            };
         }
         self.form(consumed, close, &h, shown, Some("Login failed."))
     }
@@ -331,9 +407,18 @@ impl Server {
     ) -> HttpOutcome {
         let limit = self.config.limits.max_sessions;
         if limit != 0 && self.sessions.len() >= limit {
-            self.refused(conn.peer, format!("login for '{user}' refused: session limit {limit} reached"));
-            let r = Response::new(503, "Service Unavailable").header("Connection", "close").body("text/plain", "session limit reached\n");
-            return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+            self.refused(
+                conn.peer,
+                format!("login for '{user}' refused: session limit {limit} reached"),
+            );
+            let r = Response::new(503, "Service Unavailable")
+                .header("Connection", "close")
+                .body("text/plain", "session limit reached\n");
+            return HttpOutcome::Respond {
+                consumed,
+                bytes: r.to_bytes(),
+                close: true,
+            };
         }
         self.stats.auth_success += 1;
         let mut cookie = [0u8; 32];
@@ -343,7 +428,11 @@ impl Server {
         if self.by_cookie.contains_key(&prefix) {
             // 2^-64 chance; refuse rather than alias two sessions.
             let r = Response::new(503, "Service Unavailable").body("text/plain", "retry\n");
-            return HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true };
+            return HttpOutcome::Respond {
+                consumed,
+                bytes: r.to_bytes(),
+                close: true,
+            };
         }
         let mut tag = [0u8; 32];
         tag.copy_from_slice(hmac::sign(&self.cookie_key, &cookie).as_ref());
@@ -362,7 +451,9 @@ impl Server {
             netmask: Ipv4Addr::UNSPECIFIED,
             created: now,
             last_data: now,
-            phase: Phase::AwaitingConnect { expires: now + self.config.cookie_unused_lifetime },
+            phase: Phase::AwaitingConnect {
+                expires: now + self.config.cookie_unused_lifetime,
+            },
             tls: None,
             dtls: DtlsChannel::default(),
             tx: Channel::Tls,
@@ -375,29 +466,64 @@ impl Server {
             ever_connected: false,
             wake: None,
         };
-        self.events.push_back(Event::Syslog(syslog::session_started_716001(who(&s))));
+        self.events
+            .push_back(Event::Syslog(syslog::session_started_716001(who(&s))));
         self.by_cookie.insert(prefix, id);
         self.sessions.insert(id, s);
         self.reschedule(id);
         let cookie_hex = hex::encode_upper(cookie);
         let r = Response::new(200, "OK")
-            .header("Set-Cookie", format!("webvpn={cookie_hex}; Secure; HttpOnly"))
-            .header("Set-Cookie", "webvpncontext=; expires=Thu, 01 Jan 1970 22:00:00 GMT; path=/; Secure")
+            .header(
+                "Set-Cookie",
+                format!("webvpn={cookie_hex}; Secure; HttpOnly"),
+            )
+            .header(
+                "Set-Cookie",
+                "webvpncontext=; expires=Thu, 01 Jan 1970 22:00:00 GMT; path=/; Secure",
+            )
             .header("X-Transcend-Version", "1")
             .header("Cache-Control", "no-store")
             .body("text/xml", auth::complete_xml(&cookie_hex, id.0));
-        HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close }
+        HttpOutcome::Respond {
+            consumed,
+            bytes: r.to_bytes(),
+            close,
+        }
     }
 
-    fn form(&self, consumed: usize, close: bool, handle: &str, group: &str, error: Option<&str>) -> HttpOutcome {
-        let list: Vec<&str> = self.config.group_list().into_iter().map(|(a, _)| a).collect();
-        let xml = auth::auth_request_xml(&AuthForm { handle, group, group_list: &list, error });
+    fn form(
+        &self,
+        consumed: usize,
+        close: bool,
+        handle: &str,
+        group: &str,
+        error: Option<&str>,
+    ) -> HttpOutcome {
+        let list: Vec<&str> = self
+            .config
+            .group_list()
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        let xml = auth::auth_request_xml(&AuthForm {
+            handle,
+            group,
+            group_list: &list,
+            error,
+        });
         let r = Response::new(200, "OK")
-            .header("Set-Cookie", format!("webvpncontext={handle}; path=/; Secure; HttpOnly"))
+            .header(
+                "Set-Cookie",
+                format!("webvpncontext={handle}; path=/; Secure; HttpOnly"),
+            )
             .header("X-Transcend-Version", "1")
             .header("Cache-Control", "no-store")
             .body("text/xml", xml);
-        HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close }
+        HttpOutcome::Respond {
+            consumed,
+            bytes: r.to_bytes(),
+            close,
+        }
     }
 
     /// Finds or creates the pending login (bounded per peer and in total).
@@ -418,21 +544,38 @@ impl Server {
             }
         }
         let per_peer = self.pending_by_peer.get(&peer).copied().unwrap_or(0);
-        if per_peer >= self.config.limits.pending_auth_per_peer || self.pending.len() >= self.config.limits.pending_auth_total {
+        if per_peer >= self.config.limits.pending_auth_per_peer
+            || self.pending.len() >= self.config.limits.pending_auth_total
+        {
             self.stats.auth_pending_refused += 1;
-            self.refused(SocketAddr::new(peer, 0), "login refused: too many unfinished logins".into());
+            self.refused(
+                SocketAddr::new(peer, 0),
+                "login refused: too many unfinished logins".into(),
+            );
             return Err(Box::new(|consumed| {
                 let r = Response::new(503, "Service Unavailable")
                     .header("Connection", "close")
                     .header("Retry-After", "30")
                     .body("text/plain", "too many unfinished logins\n");
-                HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close: true }
+                HttpOutcome::Respond {
+                    consumed,
+                    bytes: r.to_bytes(),
+                    close: true,
+                }
             }));
         }
         let mut raw = [0u8; 16];
         self.rng.fill(&mut raw);
         let h = hex::encode_upper(raw);
-        self.pending.insert(h.clone(), Pending { peer, group: group.to_string(), failures: 0, expires: now + life });
+        self.pending.insert(
+            h.clone(),
+            Pending {
+                peer,
+                group: group.to_string(),
+                failures: 0,
+                expires: now + life,
+            },
+        );
         *self.pending_by_peer.entry(peer).or_insert(0) += 1;
         Ok(h)
     }
@@ -452,7 +595,12 @@ impl Server {
         if self.pending.is_empty() {
             return;
         }
-        let dead: Vec<String> = self.pending.iter().filter(|(_, p)| p.expires <= now).map(|(h, _)| h.clone()).collect();
+        let dead: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.expires <= now)
+            .map(|(h, _)| h.clone())
+            .collect();
         for h in dead {
             self.drop_pending(&h);
         }
@@ -460,7 +608,11 @@ impl Server {
 
     fn default_group(&self) -> Option<&TunnelGroup> {
         // The first group with an alias (what the list shows first), else the first group.
-        self.config.group_list().first().map(|(_, g)| *g).or_else(|| self.config.tunnel_groups.first())
+        self.config
+            .group_list()
+            .first()
+            .map(|(_, g)| *g)
+            .or_else(|| self.config.tunnel_groups.first())
     }
 
     fn shown_name(&self, g: &TunnelGroup) -> String {
@@ -484,7 +636,10 @@ impl Server {
         let consumed = req.len;
         let fail = |code: u16, reason: &'static str, body: &str| HttpOutcome::Respond {
             consumed,
-            bytes: Response::new(code, reason).header("Connection", "close").body("text/plain", format!("{body}\n")).to_bytes(),
+            bytes: Response::new(code, reason)
+                .header("Connection", "close")
+                .body("text/plain", format!("{body}\n"))
+                .to_bytes(),
             close: true,
         };
         if req.target != connect::TUNNEL_PATH {
@@ -504,9 +659,17 @@ impl Server {
                 return fail(400, "Bad Request", &e.to_string());
             }
         };
-        let Some(id) = creq.cookie.as_deref().and_then(|c| self.session_by_cookie(c)) else {
+        let Some(id) = creq
+            .cookie
+            .as_deref()
+            .and_then(|c| self.session_by_cookie(c))
+        else {
             self.stats.cookie_rejected += 1;
-            let why = if creq.cookie.is_some() { "invalid or expired session cookie" } else { "no session cookie" };
+            let why = if creq.cookie.is_some() {
+                "invalid or expired session cookie"
+            } else {
+                "no session cookie"
+            };
             self.refused(conn.peer, format!("tunnel refused: {why}"));
             return fail(401, "Unauthorized", "Cookie is not acceptable");
         };
@@ -524,23 +687,41 @@ impl Server {
         let existing = self.sessions[&id].address;
         let address = match (existing, creq.address) {
             (Some(a), Some(want)) if a != want => {
-                self.refused(conn.peer, format!("tunnel refused: client asks for {want}, session {} holds {a}", id.0));
-                return fail(409, "Conflict", "requested address is not this session's address");
+                self.refused(
+                    conn.peer,
+                    format!(
+                        "tunnel refused: client asks for {want}, session {} holds {a}",
+                        id.0
+                    ),
+                );
+                return fail(
+                    409,
+                    "Conflict",
+                    "requested address is not this session's address",
+                );
             }
             (Some(a), _) => a,
-            (None, want) => match self.lease(id, want) {
-                Some(a) => a,
-                None => {
-                    let s = &self.sessions[&id];
-                    self.events.push_back(Event::Syslog(text::SyslogLine {
+            (None, want) => {
+                match self.lease(id, want) {
+                    Some(a) => a,
+                    None => {
+                        let s = &self.sessions[&id];
+                        self.events.push_back(Event::Syslog(text::SyslogLine {
                         severity: 4,
                         id: 722004,
                         text: format!("Group <{}> User <{}> IP <{}> Error responding to SVC connect request.", s.group_policy, s.user, conn.peer.ip()),
                     }));
-                    self.refused(conn.peer, format!("tunnel refused: no free address in the pools of '{}'", s.tunnel_group));
-                    return fail(503, "Service Unavailable", "no address available");
+                        self.refused(
+                            conn.peer,
+                            format!(
+                                "tunnel refused: no free address in the pools of '{}'",
+                                s.tunnel_group
+                            ),
+                        );
+                        return fail(503, "Service Unavailable", "no address available");
+                    }
                 }
-            },
+            }
         };
         let netmask = self.netmask_for(id, address);
 
@@ -552,12 +733,17 @@ impl Server {
                 let mut app_id = [0u8; 32];
                 self.rng.fill(&mut app_id);
                 Some(DtlsKeying::Psk { app_id })
-            } else if let (Some(ms), Some(cipher)) =
-                (creq.master_secret, connect::choose_legacy(&creq, &self.config.legacy_dtls_ciphers))
-            {
+            } else if let (Some(ms), Some(cipher)) = (
+                creq.master_secret,
+                connect::choose_legacy(&creq, &self.config.legacy_dtls_ciphers),
+            ) {
                 let mut session_id = [0u8; 32];
                 self.rng.fill(&mut session_id);
-                Some(DtlsKeying::Legacy { session_id, master_secret: ms, cipher })
+                Some(DtlsKeying::Legacy {
+                    session_id,
+                    master_secret: ms,
+                    cipher,
+                })
             } else {
                 None
             }
@@ -571,14 +757,20 @@ impl Server {
         });
         let plan = mtu::plan(&MtuInputs {
             policy: self.config.mtu_policy,
-            tcpmss: if self.config.tcpmss == 0 { 1380 } else { self.config.tcpmss },
+            tcpmss: if self.config.tcpmss == 0 {
+                1380
+            } else {
+                self.config.tcpmss
+            },
             tls: mtu::tls_overhead(conn.tls_version, &conn.tls_cipher),
             dtls: dtls_overhead,
             client_base_mtu: creq.base_mtu,
             link_mtu: self.config.link_mtu,
             configured: policy.mtu,
         });
-        let session_left = policy.session_timeout.map(|t| t.saturating_sub(now - self.sessions[&id].created));
+        let session_left = policy
+            .session_timeout
+            .map(|t| t.saturating_sub(now - self.sessions[&id].created));
         let bytes = connect::connected_response(&Connected {
             address,
             netmask,
@@ -603,7 +795,11 @@ impl Server {
             last_rx: now,
             dpd_sent: None,
         });
-        s.dtls = DtlsChannel { keying: dtls.clone(), up: false, last_rx: None };
+        s.dtls = DtlsChannel {
+            keying: dtls.clone(),
+            up: false,
+            last_rx: None,
+        };
         s.tx = Channel::Tls;
         s.fallback = Fallback::new(&self.config.fallback);
         s.mtu = Some(plan);
@@ -639,17 +835,31 @@ impl Server {
         self.events.extend(ev.into_iter().map(Event::Syslog));
         self.events.push_back(up);
         self.reschedule(id);
-        HttpOutcome::Tunnel { consumed, bytes, session: id, dtls }
+        HttpOutcome::Tunnel {
+            consumed,
+            bytes,
+            session: id,
+            dtls,
+        }
     }
 
     fn lease(&mut self, id: SessionId, want: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
         let tg = self.sessions.get(&id)?.tunnel_group.clone();
         let group = self.config.group(&tg)?.clone();
-        let pools: Vec<_> = group.address_pools.iter().filter_map(|p| self.config.pools.get(p)).cloned().collect();
+        let pools: Vec<_> = group
+            .address_pools
+            .iter()
+            .filter_map(|p| self.config.pools.get(p))
+            .cloned()
+            .collect();
         let free = |a: Ipv4Addr, by: &HashMap<Ipv4Addr, SessionId>| !by.contains_key(&a);
         let mut pick = None;
         if let Some(w) = want {
-            if pools.iter().any(|p| u32::from(p.first) <= u32::from(w) && u32::from(w) <= u32::from(p.last)) && free(w, &self.by_addr) {
+            if pools
+                .iter()
+                .any(|p| u32::from(p.first) <= u32::from(w) && u32::from(w) <= u32::from(p.last))
+                && free(w, &self.by_addr)
+            {
                 pick = Some(w);
             }
         }
@@ -673,14 +883,19 @@ impl Server {
     }
 
     fn netmask_for(&mut self, id: SessionId, a: Ipv4Addr) -> Ipv4Addr {
-        let Some(s) = self.sessions.get(&id) else { return Ipv4Addr::BROADCAST };
+        let Some(s) = self.sessions.get(&id) else {
+            return Ipv4Addr::BROADCAST;
+        };
         let mask = self
             .config
             .group(&s.tunnel_group)
             .and_then(|g| {
-                g.address_pools.iter().filter_map(|p| self.config.pools.get(p)).find(|p| {
-                    u32::from(p.first) <= u32::from(a) && u32::from(a) <= u32::from(p.last)
-                })
+                g.address_pools
+                    .iter()
+                    .filter_map(|p| self.config.pools.get(p))
+                    .find(|p| {
+                        u32::from(p.first) <= u32::from(a) && u32::from(a) <= u32::from(p.last)
+                    })
             })
             .map_or(Ipv4Addr::BROADCAST, |p| p.mask);
         if let Some(s) = self.sessions.get_mut(&id) {
@@ -694,12 +909,27 @@ impl Server {
 
     /// CSTP bytes from the session's TLS connection (any split). Data packets appear on
     /// [`Server::poll_packet`]; DPD answers on [`Server::poll_transmit`].
-    pub fn handle_tls_data(&mut self, now: Instant, session: SessionId, data: &[u8]) -> Result<(), TunnelError> {
+    pub fn handle_tls_data(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        data: &[u8],
+    ) -> Result<(), TunnelError> {
         self.reset_output();
         let tcpmss = self.config.tcpmss;
-        let Server { sessions, pkt_buf, pkt_q, stats, .. } = self;
-        let s = sessions.get_mut(&session).ok_or(TunnelError::UnknownSession(session))?;
-        let Some(tls) = s.tls.as_mut() else { return Err(TunnelError::UnknownSession(session)) };
+        let Server {
+            sessions,
+            pkt_buf,
+            pkt_q,
+            stats,
+            ..
+        } = self;
+        let s = sessions
+            .get_mut(&session)
+            .ok_or(TunnelError::UnknownSession(session))?;
+        let Some(tls) = s.tls.as_mut() else {
+            return Err(TunnelError::UnknownSession(session));
+        };
         tls.last_rx = now;
         tls.dpd_sent = None;
         let clamp = clamp_value(tcpmss, s.mtu.map(|m| m.advertised_cstp));
@@ -749,9 +979,16 @@ impl Server {
         for c in controls {
             match c {
                 Control::DpdReq(off, len) => {
-                    self.queue_frame(session, Channel::Tls, FrameType::DpdResp, &data[off..off + len]);
+                    self.queue_frame(
+                        session,
+                        Channel::Tls,
+                        FrameType::DpdResp,
+                        &data[off..off + len],
+                    );
                 }
-                Control::DpdReqOwned(p) => self.queue_frame(session, Channel::Tls, FrameType::DpdResp, &p),
+                Control::DpdReqOwned(p) => {
+                    self.queue_frame(session, Channel::Tls, FrameType::DpdResp, &p)
+                }
                 Control::DpdResp | Control::Dropped => {}
                 Control::Disconnect(code) => {
                     self.client_disconnect(now, session, code == Some(DISCONNECT_LOGOUT));
@@ -771,13 +1008,19 @@ impl Server {
     /// session waits `reconnect_grace` for a CONNECT with its cookie.
     pub fn handle_tls_closed(&mut self, now: Instant, session: SessionId) {
         self.reset_output();
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         if s.tls.take().is_none() {
             return;
         }
         s.phase = Phase::Disconnected { since: now };
         let w = who(s);
-        self.events.push_back(Event::Syslog(syslog::svc_terminated_722023(w, Channel::Tls)));
+        self.events
+            .push_back(Event::Syslog(syslog::svc_terminated_722023(
+                w,
+                Channel::Tls,
+            )));
         self.drop_dtls(session, true);
         self.reschedule(session);
     }
@@ -786,7 +1029,9 @@ impl Server {
     pub fn handle_dtls_up(&mut self, now: Instant, session: SessionId) {
         self.reset_output();
         let ft = self.config.fallback.clone();
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         if !matches!(s.phase, Phase::Connected) || s.dtls.keying.is_none() {
             return;
         }
@@ -795,19 +1040,34 @@ impl Server {
         s.fallback = Fallback::new(&ft);
         s.fallback.last_confirmed = Some(now);
         let w = who(s);
-        self.events.push_back(Event::Syslog(syslog::svc_established_722022(w, Channel::Dtls)));
+        self.events
+            .push_back(Event::Syslog(syslog::svc_established_722022(
+                w,
+                Channel::Dtls,
+            )));
         if s.tx != Channel::Dtls {
             s.tx = Channel::Dtls;
-            self.events.push_back(Event::ChannelChange { session, channel: Channel::Dtls });
+            self.events.push_back(Event::ChannelChange {
+                session,
+                channel: Channel::Dtls,
+            });
         }
         self.reschedule(session);
     }
 
     /// One decrypted DTLS record (type byte + payload) from the session's client.
-    pub fn handle_dtls_record(&mut self, now: Instant, session: SessionId, record: &[u8]) -> Result<(), TunnelError> {
+    pub fn handle_dtls_record(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        record: &[u8],
+    ) -> Result<(), TunnelError> {
         self.reset_output();
         let tcpmss = self.config.tcpmss;
-        let s = self.sessions.get_mut(&session).ok_or(TunnelError::UnknownSession(session))?;
+        let s = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(TunnelError::UnknownSession(session))?;
         if !s.dtls.up {
             return Err(TunnelError::UnknownSession(session));
         }
@@ -847,7 +1107,10 @@ impl Server {
                 if s.tx == Channel::Tls {
                     s.tx = Channel::Dtls;
                     self.stats.returns_to_dtls += 1;
-                    self.events.push_back(Event::ChannelChange { session, channel: Channel::Dtls });
+                    self.events.push_back(Event::ChannelChange {
+                        session,
+                        channel: Channel::Dtls,
+                    });
                 }
             }
             FrameType::Keepalive => {}
@@ -884,7 +1147,13 @@ impl Server {
     pub fn handle_tun_packet(&mut self, now: Instant, pkt: &mut [u8]) -> Result<(), TunDrop> {
         self.reset_output();
         let (dst, src, df, total, protocol) = match Ipv4Packet::new_checked(&pkt[..]) {
-            Ok(ip) => (ip.dst(), ip.src(), ip.dont_frag(), ip.total_len(), ip.protocol()),
+            Ok(ip) => (
+                ip.dst(),
+                ip.src(),
+                ip.dont_frag(),
+                ip.total_len(),
+                ip.protocol(),
+            ),
             Err(_) => {
                 self.stats.tun_no_session += 1;
                 return Err(TunDrop::Malformed);
@@ -913,15 +1182,21 @@ impl Server {
         };
         let len = pkt.len();
         // A packet too big for DTLS but fitting TLS goes on TLS as it is (ocserv does the same).
-        if ch == Channel::Dtls && len > threshold(Channel::Dtls) as usize && len <= plan.tls as usize {
+        if ch == Channel::Dtls
+            && len > threshold(Channel::Dtls) as usize
+            && len <= plan.tls as usize
+        {
             ch = Channel::Tls;
             self.stats.sent_on_tls_too_big_for_dtls += 1;
         }
         let th = threshold(ch);
         s.last_data = now;
         s.bytes_tx += len as u64;
-        if ch == Channel::Dtls && s.fallback.unconfirmed_since.is_none() {
-            s.fallback.unconfirmed_since = Some(now);
+        if ch == Channel::Dtls {
+            s.fallback.last_tx = Some(now);
+            if s.fallback.unconfirmed_since.is_none() {
+                s.fallback.unconfirmed_since = Some(now);
+            }
         }
         if len <= th as usize {
             let ty = FrameType::Data;
@@ -931,7 +1206,12 @@ impl Server {
             return Ok(());
         }
         if !df || s.policy.df_bit_ignore {
-            let Server { tx_buf, tx_q, stats, .. } = self;
+            let Server {
+                tx_buf,
+                tx_q,
+                stats,
+                ..
+            } = self;
             let r = crate::frag::fragment_ipv4(pkt, th, |h, b| {
                 let start = tx_buf.len();
                 match ch {
@@ -960,16 +1240,25 @@ impl Server {
         s.bytes_tx -= len as u64;
         self.stats.too_big_dropped += 1;
         let w = who(s);
-        self.events.push_back(Event::Syslog(syslog::large_packet_722036(w, len, th)));
+        self.events
+            .push_back(Event::Syslog(syslog::large_packet_722036(w, len, th)));
         let from = self.config.icmp_source.unwrap_or(dst);
         let start = self.pkt_buf.len();
         self.pkt_buf.resize(start + wire::ip::ICMP_ERROR_MAX_LEN, 0);
-        match wire::ip::build_dest_unreachable(pkt, wire::ip::unreach_code::FRAG_NEEDED, th, from, &mut self.pkt_buf[start..]) {
+        match wire::ip::build_dest_unreachable(
+            pkt,
+            wire::ip::unreach_code::FRAG_NEEDED,
+            th,
+            from,
+            &mut self.pkt_buf[start..],
+        ) {
             Some(n) => {
                 self.pkt_buf.truncate(start + n);
                 self.pkt_q.push_back((id, start, start + n));
                 self.stats.icmp_sent += 1;
-                self.events.push_back(Event::Syslog(syslog::pmtud_602101(len, th, src, dst, protocol)));
+                self.events.push_back(Event::Syslog(syslog::pmtud_602101(
+                    len, th, src, dst, protocol,
+                )));
             }
             None => self.pkt_buf.truncate(start),
         }
@@ -997,7 +1286,9 @@ impl Server {
     fn on_timer(&mut self, now: Instant, id: SessionId) {
         let grace = self.config.reconnect_grace;
         let ft = self.config.fallback.clone();
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         match s.phase {
             Phase::AwaitingConnect { expires } => {
                 if now >= expires {
@@ -1015,13 +1306,23 @@ impl Server {
         }
         if let Some(i) = s.policy.idle_timeout {
             if now >= s.last_data + i {
-                self.end_session(now, id, DisconnectReason::IdleTimeout, Some(FrameType::Disconnect));
+                self.end_session(
+                    now,
+                    id,
+                    DisconnectReason::IdleTimeout,
+                    Some(FrameType::Disconnect),
+                );
                 return;
             }
         }
         if let Some(t) = s.policy.session_timeout {
             if now >= s.created + t {
-                self.end_session(now, id, DisconnectReason::MaxTimeExceeded, Some(FrameType::Disconnect));
+                self.end_session(
+                    now,
+                    id,
+                    DisconnectReason::MaxTimeExceeded,
+                    Some(FrameType::Disconnect),
+                );
                 return;
             }
         }
@@ -1029,7 +1330,8 @@ impl Server {
             if now >= tls.last_rx + dpd * 3 {
                 // Gateway DPD failed: the TLS connection is dead; keep the session for a reconnect.
                 let w = who(s);
-                self.events.push_back(Event::Syslog(syslog::closing_722037(w, "DPD failure")));
+                self.events
+                    .push_back(Event::Syslog(syslog::closing_722037(w, "DPD failure")));
                 self.events.push_back(Event::CloseTls { session: id });
                 self.handle_tls_closed_inner(now, id);
                 return;
@@ -1039,7 +1341,9 @@ impl Server {
                 self.queue_frame(id, Channel::Tls, FrameType::DpdReq, &[]);
             }
         }
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if !s.dtls.up {
             return;
         }
@@ -1054,7 +1358,10 @@ impl Server {
                     s.fallback.reprobe_interval = ft.reprobe_min;
                     s.fallback.next_reprobe = Some(now + ft.reprobe_min);
                     self.stats.fallbacks_to_tls += 1;
-                    self.events.push_back(Event::ChannelChange { session: id, channel: Channel::Tls });
+                    self.events.push_back(Event::ChannelChange {
+                        session: id,
+                        channel: Channel::Tls,
+                    });
                 } else {
                     let next = (s.fallback.reprobe_interval * 2).min(ft.reprobe_max);
                     s.fallback.reprobe_interval = next;
@@ -1064,8 +1371,12 @@ impl Server {
             return;
         }
         if s.tx == Channel::Dtls {
-            let stale_confirm = s.fallback.last_confirmed.is_none_or(|c| now >= c + ft.verify_interval);
-            if s.fallback.unconfirmed_since.is_some_and(|u| now >= u + ft.probe_after) || (stale_confirm && s.fallback.unconfirmed_since.is_some()) {
+            let silent = s
+                .fallback
+                .unconfirmed_since
+                .is_some_and(|u| now >= u + ft.probe_after);
+            let verify = s.fallback.verify_due(&ft).is_some_and(|v| now >= v);
+            if silent || verify {
                 self.send_probe(now, id);
             }
         } else if s.fallback.next_reprobe.is_some_and(|r| now >= r) {
@@ -1076,7 +1387,9 @@ impl Server {
 
     fn send_probe(&mut self, now: Instant, id: SessionId) {
         let to = self.config.fallback.probe_timeout;
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         s.fallback.probe_seq = s.fallback.probe_seq.wrapping_add(1);
         s.fallback.probe_deadline = Some(now + to);
         let seq = s.fallback.probe_seq.to_be_bytes();
@@ -1084,13 +1397,19 @@ impl Server {
     }
 
     fn handle_tls_closed_inner(&mut self, now: Instant, id: SessionId) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if s.tls.take().is_none() {
             return;
         }
         s.phase = Phase::Disconnected { since: now };
         let w = who(s);
-        self.events.push_back(Event::Syslog(syslog::svc_terminated_722023(w, Channel::Tls)));
+        self.events
+            .push_back(Event::Syslog(syslog::svc_terminated_722023(
+                w,
+                Channel::Tls,
+            )));
         self.drop_dtls(id, true);
     }
 
@@ -1107,7 +1426,9 @@ impl Server {
     }
 
     fn drop_dtls(&mut self, id: SessionId, tell_io: bool) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let was_up = s.dtls.up;
         if let Some(k) = s.dtls.keying.take() {
             self.by_demux.remove(k.demux_id());
@@ -1120,19 +1441,34 @@ impl Server {
         s.tx = Channel::Tls;
         if was_up {
             let w = who(s);
-            self.events.push_back(Event::Syslog(syslog::svc_terminated_722023(w, Channel::Dtls)));
+            self.events
+                .push_back(Event::Syslog(syslog::svc_terminated_722023(
+                    w,
+                    Channel::Dtls,
+                )));
             if tell_io {
                 self.events.push_back(Event::CloseDtls { session: id });
             }
             if moved {
-                self.events.push_back(Event::ChannelChange { session: id, channel: Channel::Tls });
+                self.events.push_back(Event::ChannelChange {
+                    session: id,
+                    channel: Channel::Tls,
+                });
             }
         }
     }
 
     /// Ends a session: optional final CSTP frame, close events, syslog, lease release.
-    fn end_session(&mut self, now: Instant, id: SessionId, reason: DisconnectReason, notify: Option<FrameType>) {
-        let Some(s) = self.sessions.get(&id) else { return };
+    fn end_session(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        reason: DisconnectReason,
+        notify: Option<FrameType>,
+    ) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
         let tls_up = s.tls.is_some();
         if tls_up {
             if let Some(ty) = notify {
@@ -1146,36 +1482,49 @@ impl Server {
                 }
                 self.queue_frame(id, Channel::Tls, ty, &p);
                 let w = who(&self.sessions[&id]);
-                self.events.push_back(Event::Syslog(syslog::closing_722037(w, reason.text())));
+                self.events
+                    .push_back(Event::Syslog(syslog::closing_722037(w, reason.text())));
             }
         }
         self.drop_dtls(id, true);
-        let Some(s) = self.sessions.remove(&id) else { return };
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
         if let Some(t) = s.wake {
             self.timers.remove(&(t, id));
         }
         let w = who(&s);
         if s.tls.is_some() {
-            self.events.push_back(Event::Syslog(syslog::svc_terminated_722023(w, Channel::Tls)));
+            self.events
+                .push_back(Event::Syslog(syslog::svc_terminated_722023(
+                    w,
+                    Channel::Tls,
+                )));
             self.events.push_back(Event::CloseTls { session: id });
         }
-        self.events.push_back(Event::Syslog(syslog::session_terminated_716002(w, reason)));
-        self.events.push_back(Event::Syslog(syslog::disconnected_113019(
-            &s.group_policy,
-            &s.user,
-            s.peer.ip(),
-            now.saturating_duration_since(s.created),
-            s.bytes_tx,
-            s.bytes_rx,
-            reason,
-        )));
+        self.events
+            .push_back(Event::Syslog(syslog::session_terminated_716002(w, reason)));
+        self.events
+            .push_back(Event::Syslog(syslog::disconnected_113019(
+                &s.group_policy,
+                &s.user,
+                s.peer.ip(),
+                now.saturating_duration_since(s.created),
+                s.bytes_tx,
+                s.bytes_rx,
+                reason,
+            )));
         self.by_cookie.remove(&s.cookie_prefix);
         if let Some(a) = s.address {
             if self.by_addr.get(&a) == Some(&id) {
                 self.by_addr.remove(&a);
             }
         }
-        self.events.push_back(Event::SessionDown { session: id, address: s.address, reason });
+        self.events.push_back(Event::SessionDown {
+            session: id,
+            address: s.address,
+            reason,
+        });
     }
 
     // -----------------------------------------------------------------------------------
@@ -1184,7 +1533,11 @@ impl Server {
     /// Next bytes for a client. Borrowed until the next call into the engine.
     pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
         match self.tx_q.pop_front() {
-            Some((session, channel, a, b)) => Some(Transmit { session, channel, data: &self.tx_buf[a..b] }),
+            Some((session, channel, a, b)) => Some(Transmit {
+                session,
+                channel,
+                data: &self.tx_buf[a..b],
+            }),
             None => {
                 self.tx_buf.clear();
                 None
@@ -1195,7 +1548,10 @@ impl Server {
     /// Next IP packet for the TUN (from a client, or an ICMP error we generated).
     pub fn poll_packet(&mut self) -> Option<TunPacket<'_>> {
         match self.pkt_q.pop_front() {
-            Some((session, a, b)) => Some(TunPacket { session, data: &self.pkt_buf[a..b] }),
+            Some((session, a, b)) => Some(TunPacket {
+                session,
+                data: &self.pkt_buf[a..b],
+            }),
             None => {
                 self.pkt_buf.clear();
                 None
@@ -1209,7 +1565,9 @@ impl Server {
 
     /// When to call [`Server::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
-        self.timers.first().map(|&(t, id)| (t, TimerReason::Session(id)))
+        self.timers
+            .first()
+            .map(|&(t, id)| (t, TimerReason::Session(id)))
     }
 
     // -----------------------------------------------------------------------------------
@@ -1218,13 +1576,21 @@ impl Server {
     /// DTLS demultiplexing: the session whose X-DTLS-App-ID (PSK mode) is `id`.
     pub fn session_by_app_id(&self, id: &[u8]) -> Option<SessionId> {
         let s = self.session_by_demux(id)?;
-        matches!(self.sessions.get(&s)?.dtls.keying, Some(DtlsKeying::Psk { .. })).then_some(s)
+        matches!(
+            self.sessions.get(&s)?.dtls.keying,
+            Some(DtlsKeying::Psk { .. })
+        )
+        .then_some(s)
     }
 
     /// DTLS demultiplexing: the session whose X-DTLS-Session-ID (legacy mode) is `id`.
     pub fn session_by_dtls_session_id(&self, id: &[u8]) -> Option<SessionId> {
         let s = self.session_by_demux(id)?;
-        matches!(self.sessions.get(&s)?.dtls.keying, Some(DtlsKeying::Legacy { .. })).then_some(s)
+        matches!(
+            self.sessions.get(&s)?.dtls.keying,
+            Some(DtlsKeying::Legacy { .. })
+        )
+        .then_some(s)
     }
 
     fn session_by_demux(&self, id: &[u8]) -> Option<SessionId> {
@@ -1257,7 +1623,12 @@ impl Server {
             .map(|s| s.id)
             .collect();
         for id in &ids {
-            self.end_session(now, *id, DisconnectReason::AdministratorReset, Some(FrameType::Disconnect));
+            self.end_session(
+                now,
+                *id,
+                DisconnectReason::AdministratorReset,
+                Some(FrameType::Disconnect),
+            );
         }
         ids.len()
     }
@@ -1267,7 +1638,12 @@ impl Server {
         self.reset_output();
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
-            self.end_session(now, id, DisconnectReason::AdministratorReboot, Some(FrameType::Terminate));
+            self.end_session(
+                now,
+                id,
+                DisconnectReason::AdministratorReboot,
+                Some(FrameType::Terminate),
+            );
         }
     }
 
@@ -1281,7 +1657,11 @@ impl Server {
     /// `show vpn-sessiondb anyconnect` (only sessions with an address, as the ASA lists
     /// tunnels, not pending cookies).
     pub fn show_vpn_sessiondb_anyconnect(&self, now: Instant, wall_now: SystemTime) -> String {
-        let v: Vec<SessionInfo> = self.sessions(now).into_iter().filter(|s| s.assigned_ip != Ipv4Addr::UNSPECIFIED).collect();
+        let v: Vec<SessionInfo> = self
+            .sessions(now)
+            .into_iter()
+            .filter(|s| s.assigned_ip != Ipv4Addr::UNSPECIFIED)
+            .collect();
         text::show_vpn_sessiondb_anyconnect(&v, wall_now)
     }
 
@@ -1310,12 +1690,21 @@ impl Server {
             })
             .collect();
         sessions.sort_by_key(|s| s.index);
-        Snapshot { cookie_key: self.cookie_key_bytes, next_index: self.next_index, sessions }
+        Snapshot {
+            cookie_key: self.cookie_key_bytes,
+            next_index: self.next_index,
+            sessions,
+        }
     }
 
     /// Rebuilds an engine from a [`Snapshot`]: cookies stay valid, leases stay held, and each
     /// session gets a fresh reconnect grace from `now`.
-    pub fn restore(now: Instant, config: Config, rng: Box<dyn crypto::Random>, snap: &Snapshot) -> Self {
+    pub fn restore(
+        now: Instant,
+        config: Config,
+        rng: Box<dyn crypto::Random>,
+        snap: &Snapshot,
+    ) -> Self {
         let mut srv = Self::with_key(config, rng, snap.cookie_key, snap.next_index);
         for p in &snap.sessions {
             let id = SessionId(p.index);
@@ -1336,7 +1725,9 @@ impl Server {
                 phase: if p.ever_connected {
                     Phase::Disconnected { since: now }
                 } else {
-                    Phase::AwaitingConnect { expires: now + srv.config.cookie_unused_lifetime }
+                    Phase::AwaitingConnect {
+                        expires: now + srv.config.cookie_unused_lifetime,
+                    }
                 },
                 tls: None,
                 dtls: DtlsChannel::default(),
@@ -1401,7 +1792,9 @@ impl Server {
 
     fn reschedule(&mut self, id: SessionId) {
         let grace = self.config.reconnect_grace;
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let next = s.next_deadline(grace, &self.config.fallback);
         if next == s.wake {
             return;
@@ -1417,7 +1810,11 @@ impl Server {
 }
 
 fn who(s: &Session) -> Who<'_> {
-    Who { group_policy: &s.group_policy, user: &s.user, peer: s.peer.ip() }
+    Who {
+        group_policy: &s.group_policy,
+        user: &s.user,
+        peer: s.peer.ip(),
+    }
 }
 
 fn info(s: &Session, now: Instant) -> SessionInfo {
@@ -1442,8 +1839,14 @@ fn info(s: &Session, now: Instant) -> SessionInfo {
         group_policy: s.group_policy.clone(),
         tls_up: s.tls.is_some(),
         dtls_up: s.dtls.up,
-        tx_channel: s.tls.as_ref().map(|_| if s.dtls.up { s.tx } else { Channel::Tls }),
-        tls_cipher: s.tls.as_ref().map_or_else(|| ("none".into(), "none".into()), |t| text::show_cipher_names(&t.cipher)),
+        tx_channel: s
+            .tls
+            .as_ref()
+            .map(|_| if s.dtls.up { s.tx } else { Channel::Tls }),
+        tls_cipher: s.tls.as_ref().map_or_else(
+            || ("none".into(), "none".into()),
+            |t| text::show_cipher_names(&t.cipher),
+        ),
         dtls_cipher,
         bytes_tx: s.bytes_tx,
         bytes_rx: s.bytes_rx,
@@ -1451,7 +1854,9 @@ fn info(s: &Session, now: Instant) -> SessionInfo {
         inactivity,
         mtu_tls: s.mtu.map_or(0, |m| m.tls),
         mtu_dtls: s.mtu.and_then(|m| m.dtls),
-        mtu_advertised: s.mtu.map_or(0, |m| m.advertised_dtls.unwrap_or(m.advertised_cstp)),
+        mtu_advertised: s
+            .mtu
+            .map_or(0, |m| m.advertised_dtls.unwrap_or(m.advertised_cstp)),
         reconnects: s.reconnects,
         fallbacks: s.fallbacks,
     }
@@ -1471,13 +1876,19 @@ fn clamp_value(tcpmss: u16, advertised: Option<u16>) -> Option<u16> {
 /// Lowers the MSS option of a TCP SYN in place (crates/wire's clamp keeps the checksum right).
 fn clamp_syn(pkt: &mut [u8], max: Option<u16>) -> bool {
     let Some(max) = max else { return false };
-    let Ok(ip) = Ipv4Packet::new_checked(&*pkt) else { return false };
+    let Ok(ip) = Ipv4Packet::new_checked(&*pkt) else {
+        return false;
+    };
     if ip.protocol() != proto::TCP || ip.frag_offset() != 0 {
         return false;
     }
     let (hl, tl) = (ip.header_len(), ip.total_len());
-    let Some(seg) = pkt.get_mut(hl..tl) else { return false };
-    let Ok(mut tcp) = TcpPacket::new_checked(seg) else { return false };
+    let Some(seg) = pkt.get_mut(hl..tl) else {
+        return false;
+    };
+    let Ok(mut tcp) = TcpPacket::new_checked(seg) else {
+        return false;
+    };
     if !tcp.syn() {
         return false;
     }

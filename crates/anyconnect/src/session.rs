@@ -50,6 +50,8 @@ pub(crate) struct Fallback {
     pub probe_deadline: Option<Instant>,
     /// Last DPD-RESP received on DTLS.
     pub last_confirmed: Option<Instant>,
+    /// Last data sent on DTLS.
+    pub last_tx: Option<Instant>,
     /// While on TLS with DTLS open: when to probe DTLS again, and the current backoff.
     pub next_reprobe: Option<Instant>,
     pub reprobe_interval: Duration,
@@ -57,11 +59,23 @@ pub(crate) struct Fallback {
 }
 
 impl Fallback {
+    /// When a DPD answer is next required although DTLS records keep arriving: only while we
+    /// are sending on DTLS and have not had an answer since (catches one-way loss).
+    pub fn verify_due(&self, ft: &FallbackTiming) -> Option<Instant> {
+        let tx = self.last_tx?;
+        match self.last_confirmed {
+            Some(c) if c >= tx => None,
+            Some(c) => Some(c + ft.verify_interval),
+            None => Some(tx),
+        }
+    }
+
     pub fn new(t: &FallbackTiming) -> Self {
         Self {
             unconfirmed_since: None,
             probe_deadline: None,
             last_confirmed: None,
+            last_tx: None,
             next_reprobe: None,
             reprobe_interval: t.reprobe_min,
             probe_seq: 0,
@@ -129,6 +143,9 @@ impl Session {
                     } else if self.tx == Channel::Dtls {
                         if let Some(u) = f.unconfirmed_since {
                             at(u + ft.probe_after);
+                        }
+                        if let Some(v) = f.verify_due(ft) {
+                            at(v);
                         }
                     } else if let Some(r) = f.next_reprobe {
                         at(r);

@@ -73,7 +73,10 @@ pub struct Who<'a> {
 
 impl Who<'_> {
     fn prefix(&self) -> String {
-        format!("Group <{}> User <{}> IP <{}>", self.group_policy, self.user, self.peer)
+        format!(
+            "Group <{}> User <{}> IP <{}>",
+            self.group_policy, self.user, self.peer
+        )
     }
 }
 
@@ -94,7 +97,11 @@ pub mod syslog {
 
     /// 113012: local-database authentication success.
     pub fn auth_ok_113012(user: &str) -> SyslogLine {
-        line(6, 113012, format!("AAA user authentication Successful : local database : user = {user}"))
+        line(
+            6,
+            113012,
+            format!("AAA user authentication Successful : local database : user = {user}"),
+        )
     }
 
     /// 113015: local-database authentication rejected.
@@ -113,56 +120,132 @@ pub mod syslog {
 
     /// 716002: the (parent) session ended.
     pub fn session_terminated_716002(w: Who<'_>, reason: DisconnectReason) -> SyslogLine {
-        line(6, 716002, format!("{} WebVPN session terminated: {}.", w.prefix(), reason.text()))
+        line(
+            6,
+            716002,
+            format!(
+                "{} WebVPN session terminated: {}.",
+                w.prefix(),
+                reason.text()
+            ),
+        )
     }
 
     /// 722022: a channel came up.
     pub fn svc_established_722022(w: Who<'_>, ch: Channel) -> SyslogLine {
-        line(6, 722022, format!("{} {} SVC connection established without compression", w.prefix(), proto(ch)))
+        line(
+            6,
+            722022,
+            format!(
+                "{} {} SVC connection established without compression",
+                w.prefix(),
+                proto(ch)
+            ),
+        )
     }
 
     /// 722023: a channel went down.
     pub fn svc_terminated_722023(w: Who<'_>, ch: Channel) -> SyslogLine {
-        line(6, 722023, format!("{} {} SVC connection terminated without compression", w.prefix(), proto(ch)))
+        line(
+            6,
+            722023,
+            format!(
+                "{} {} SVC connection terminated without compression",
+                w.prefix(),
+                proto(ch)
+            ),
+        )
     }
 
     /// 722028: a connection we no longer use was closed (replaced by a reconnect).
     pub fn stale_722028(w: Who<'_>) -> SyslogLine {
-        line(5, 722028, format!("{} Stale SVC connection closed.", w.prefix()))
+        line(
+            5,
+            722028,
+            format!("{} Stale SVC connection closed.", w.prefix()),
+        )
     }
 
     /// 722032: a reconnect replaced a still-open connection.
     pub fn replacing_722032(w: Who<'_>, ch: Channel) -> SyslogLine {
-        line(5, 722032, format!("{} New {} SVC connection replacing old connection.", w.prefix(), proto(ch)))
+        line(
+            5,
+            722032,
+            format!(
+                "{} New {} SVC connection replacing old connection.",
+                w.prefix(),
+                proto(ch)
+            ),
+        )
     }
 
     /// 722033: the session's first connection.
     pub fn first_722033(w: Who<'_>, ch: Channel) -> SyslogLine {
-        line(5, 722033, format!("{} First {} SVC connection established for SVC session.", w.prefix(), proto(ch)))
+        line(
+            5,
+            722033,
+            format!(
+                "{} First {} SVC connection established for SVC session.",
+                w.prefix(),
+                proto(ch)
+            ),
+        )
     }
 
     /// 722034: a connection of an existing session after the previous one had gone.
     pub fn new_no_existing_722034(w: Who<'_>, ch: Channel) -> SyslogLine {
-        line(5, 722034, format!("{} New {} SVC connection, no existing connection.", w.prefix(), proto(ch)))
+        line(
+            5,
+            722034,
+            format!(
+                "{} New {} SVC connection, no existing connection.",
+                w.prefix(),
+                proto(ch)
+            ),
+        )
     }
 
     /// 722036: a packet larger than the channel's threshold.
     pub fn large_packet_722036(w: Who<'_>, len: usize, threshold: u16) -> SyslogLine {
-        line(6, 722036, format!("{} Transmitting large packet {len} (threshold {threshold}).", w.prefix()))
+        line(
+            6,
+            722036,
+            format!(
+                "{} Transmitting large packet {len} (threshold {threshold}).",
+                w.prefix()
+            ),
+        )
     }
 
     /// 722037: we are closing a connection, with the reason.
     pub fn closing_722037(w: Who<'_>, reason: &str) -> SyslogLine {
-        line(4, 722037, format!("{} SVC closing connection: {reason}.", w.prefix()))
+        line(
+            4,
+            722037,
+            format!("{} SVC closing connection: {reason}.", w.prefix()),
+        )
     }
 
     /// 722051: the address assigned to the session.
     pub fn address_722051(w: Who<'_>, addr: Ipv4Addr) -> SyslogLine {
-        line(4, 722051, format!("{} IPv4 Address <{addr}> IPv6 address <::> assigned to session", w.prefix()))
+        line(
+            4,
+            722051,
+            format!(
+                "{} IPv4 Address <{addr}> IPv6 address <::> assigned to session",
+                w.prefix()
+            ),
+        )
     }
 
     /// 602101: ICMP fragmentation-needed sent for an oversize DF packet.
-    pub fn pmtud_602101(len: usize, mtu: u16, dst: Ipv4Addr, src: Ipv4Addr, protocol: u8) -> SyslogLine {
+    pub fn pmtud_602101(
+        len: usize,
+        mtu: u16,
+        dst: Ipv4Addr,
+        src: Ipv4Addr,
+        protocol: u8,
+    ) -> SyslogLine {
         let p = match protocol {
             1 => "ICMP".to_string(),
             6 => "TCP".to_string(),
@@ -268,10 +351,16 @@ pub fn show_vpn_sessiondb_anyconnect(sessions: &[SessionInfo], wall_now: SystemT
         return out;
     }
     for s in sessions {
-        let two = |l1: &str, v1: &str, l2: &str, v2: &str| format!("{l1:<13}: {v1:<23}{l2:<13}: {v2}\n");
+        let two =
+            |l1: &str, v1: &str, l2: &str, v2: &str| format!("{l1:<13}: {v1:<23}{l2:<13}: {v2}\n");
         let one = |l: &str, v: &str| format!("{l:<13}: {v}\n");
         out += &two("Username", &s.username, "Index", &s.index.0.to_string());
-        out += &two("Assigned IP", &s.assigned_ip.to_string(), "Public IP", &s.public_ip.ip().to_string());
+        out += &two(
+            "Assigned IP",
+            &s.assigned_ip.to_string(),
+            "Public IP",
+            &s.public_ip.ip().to_string(),
+        );
         let mut proto = String::from("AnyConnect-Parent");
         let mut enc = String::from("AnyConnect-Parent: (1)none");
         let mut hash = String::from("AnyConnect-Parent: (1)none");
@@ -289,14 +378,27 @@ pub fn show_vpn_sessiondb_anyconnect(sessions: &[SessionInfo], wall_now: SystemT
         out += &one("License", "AnyConnect Premium");
         out += &one("Encryption", &enc);
         out += &one("Hashing", &hash);
-        out += &two("Bytes Tx", &s.bytes_tx.to_string(), "Bytes Rx", &s.bytes_rx.to_string());
-        out += &two("Group Policy", &s.group_policy, "Tunnel Group", &s.tunnel_group);
+        out += &two(
+            "Bytes Tx",
+            &s.bytes_tx.to_string(),
+            "Bytes Rx",
+            &s.bytes_rx.to_string(),
+        );
+        out += &two(
+            "Group Policy",
+            &s.group_policy,
+            "Tunnel Group",
+            &s.tunnel_group,
+        );
         let login = wall_now.checked_sub(s.duration).unwrap_or(UNIX_EPOCH);
         out += &one("Login Time", &asa_time(login));
         out += &one("Duration", &hms(s.duration));
         out += &one("Inactivity", &hms(s.inactivity));
         out += &two("VLAN Mapping", "N/A", "VLAN", "none");
-        out += &one("Audit Sess ID", &format!("{:08x}{:08x}", u32::from(s.assigned_ip), s.index.0));
+        out += &one(
+            "Audit Sess ID",
+            &format!("{:08x}{:08x}", u32::from(s.assigned_ip), s.index.0),
+        );
         out += &one("Security Grp", "none");
         out.push('\n');
     }
@@ -310,7 +412,9 @@ pub fn asa_time(t: SystemTime) -> String {
     let tod = secs % 86400;
     let (y, m, d) = civil_from_days(days);
     const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MO: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MO: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{:02}:{:02}:{:02} UTC {} {} {} {}",
         tod / 3600,
@@ -343,7 +447,11 @@ mod tests {
     use super::*;
 
     fn who() -> Who<'static> {
-        Who { group_policy: "ac_users_group", user: "vpn", peer: "10.1.75.111".parse().unwrap() }
+        Who {
+            group_policy: "ac_users_group",
+            user: "vpn",
+            peer: "10.1.75.111".parse().unwrap(),
+        }
     }
 
     #[test]
@@ -409,15 +517,30 @@ mod tests {
     fn asa_time_known_dates() {
         assert_eq!(asa_time(UNIX_EPOCH), "00:00:00 UTC Thu Jan 1 1970");
         // 2026-11-23 11:08:03 UTC is a Monday.
-        assert_eq!(asa_time(UNIX_EPOCH + Duration::from_secs(1_795_432_083)), "11:08:03 UTC Mon Nov 23 2026");
+        assert_eq!(
+            asa_time(UNIX_EPOCH + Duration::from_secs(1_795_432_083)),
+            "11:08:03 UTC Mon Nov 23 2026"
+        );
         // 2024-02-29 (leap day) 23:59:59, a Thursday.
-        assert_eq!(asa_time(UNIX_EPOCH + Duration::from_secs(1_709_251_199)), "23:59:59 UTC Thu Feb 29 2024");
+        assert_eq!(
+            asa_time(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
+            "23:59:59 UTC Thu Feb 29 2024"
+        );
     }
 
     #[test]
     fn cipher_show_names() {
-        assert_eq!(show_cipher_names("ECDHE-RSA-AES256-GCM-SHA384"), ("AES-GCM-256".into(), "SHA384".into()));
-        assert_eq!(show_cipher_names("TLS_AES_128_GCM_SHA256"), ("AES-GCM-128".into(), "SHA256".into()));
-        assert_eq!(show_cipher_names("AES256-SHA"), ("AES256".into(), "SHA1".into()));
+        assert_eq!(
+            show_cipher_names("ECDHE-RSA-AES256-GCM-SHA384"),
+            ("AES-GCM-256".into(), "SHA384".into())
+        );
+        assert_eq!(
+            show_cipher_names("TLS_AES_128_GCM_SHA256"),
+            ("AES-GCM-128".into(), "SHA256".into())
+        );
+        assert_eq!(
+            show_cipher_names("AES256-SHA"),
+            ("AES256".into(), "SHA1".into())
+        );
     }
 }
