@@ -216,7 +216,7 @@ impl Scenario {
             Break::ClearIke(side) => self.clear(side, "crypto ikev2 sa", &["--terminate", "--ike", "l2l", "--force"])?,
             Break::WanBlock(_) => {
                 self.topo.wan_nft(
-                    "table bridge lab_block {\n  chain fwd {\n    type filter hook forward priority -200; policy accept;\n    drop\n  }\n}\n",
+                    "table bridge lab_block {\n  chain cut {\n    type filter hook forward priority -200; policy accept;\n    drop\n  }\n}\n",
                 )?;
                 self.block_began = Some(std::time::Instant::now());
             }
