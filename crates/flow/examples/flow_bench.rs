@@ -251,21 +251,22 @@ fn bare_lookup(n: u64) {
     let one = start.rate(iters);
     // The same stream through the prefetch pipeline `handle_batch` uses (distance 8).
     const AHEAD: usize = 8;
-    let mut ring = [(table::Key::default(), 0u64); 32];
+    let mut ring = [(table::Key::default(), 0u64, table::NIL); 32];
     let start = Clock::start();
     for step in 0..iters as usize + 2 * AHEAD {
         if step < iters as usize {
             let key = key_of(pick(&mut s, n));
             let h = t.hash(&key);
             t.prefetch_home(h);
-            ring[step % 32] = (key, h);
+            ring[step % 32] = (key, h, table::NIL);
         }
         if step >= AHEAD && step - AHEAD < iters as usize {
-            t.prefetch_entry(ring[(step - AHEAD) % 32].1);
+            let r = &mut ring[(step - AHEAD) % 32];
+            r.2 = t.prefetch_entry(r.1);
         }
         if step >= 2 * AHEAD {
-            let (key, h) = ring[(step - 2 * AHEAD) % 32];
-            hits += u64::from(t.find_hashed(&key, h).is_some());
+            let (key, h, hint) = ring[(step - 2 * AHEAD) % 32];
+            hits += u64::from(t.find_hinted(&key, h, hint).is_some());
         }
     }
     let piped = start.rate(iters);

@@ -696,6 +696,7 @@ impl Engine {
         let n = packets.len().min(out.len());
         let mut parsed: [Result<Parsed, DropReason>; RING] = [Err(DropReason::InvalidIpHeader); RING];
         let mut hashes = [0u64; RING];
+        let mut hints = [NIL; RING];
         for step in 0..n + 2 * AHEAD {
             if step < n {
                 let pk = &packets[step];
@@ -709,7 +710,7 @@ impl Engine {
             }
             if let Some(k) = step.checked_sub(AHEAD).filter(|&k| k < n) {
                 if parsed[k % RING].is_ok() {
-                    self.table.prefetch_entry(hashes[k % RING]);
+                    hints[k % RING] = self.table.prefetch_entry(hashes[k % RING]);
                 }
             }
             if let Some(k) = step.checked_sub(2 * AHEAD).filter(|&k| k < n) {
@@ -722,7 +723,7 @@ impl Engine {
                         let f = if matches!(p.kind, Kind::Fragment) {
                             None
                         } else {
-                            self.table.find_hashed(&p.key, hashes[k % RING])
+                            self.table.find_hinted(&p.key, hashes[k % RING], hints[k % RING])
                         };
                         self.process(now_ms, packets[k].route, p, f, packets[k].data)
                     }
@@ -795,8 +796,10 @@ impl Engine {
             return Verdict::Forward;
         }
 
-        let old_timeout = self.timeout_ms(self.table.get(i));
         let e = self.table.get_mut(i);
+        // A conn's timeout depends only on its protocol and flags: keep the flags to tell
+        // whether it may have changed (rare: handshake, FIN) without computing it per packet.
+        let flags_before = e.flags;
         e.last_ms = now_ms;
         e.bytes += p.payload;
         let mut end = None;
@@ -814,6 +817,10 @@ impl Engine {
             }
         }
         // Lazy timers: only a *shorter* timeout needs the entry moved now.
+        if self.table.get(i).flags == flags_before {
+            return Verdict::Forward;
+        }
+        let old_timeout = self.timeout_ms(&Entry { flags: flags_before, ..*self.table.get(i) });
         let new_timeout = self.timeout_ms(self.table.get(i));
         if new_timeout != old_timeout {
             let e = self.table.get(i);
@@ -1550,6 +1557,7 @@ fn covers(k: &Key, local: &[TrafficSelector], remote: &[TrafficSelector]) -> boo
     local.iter().any(|l| m(l, k.in_ip, k.in_port)) && remote.iter().any(|r| m(r, k.out_ip, k.out_port))
 }
 
+#[inline(always)]
 fn parse(dir: Dir, ifcs: IfcPair, data: &[u8]) -> Result<Parsed, DropReason> {
     let ip = Ipv4Packet::new_checked(data).map_err(|e| match e {
         WireError::BadTotalLen | WireError::Truncated => DropReason::InvalidIpLength,

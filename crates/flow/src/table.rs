@@ -319,27 +319,45 @@ impl Table {
         prefetch(&self.buckets[(pos + 2) & self.mask]);
     }
 
-    /// Batch stage 2 (once the bucket line has had time to arrive): starts loading the entry of
-    /// the first bucket in the key's probe run whose tag matches. Only a cache hint: the real
-    /// lookup comes later and repeats the probe (the table may change in between).
-    pub fn prefetch_entry(&self, h: u64) {
+    /// Batch stage 2 (once the bucket line has had time to arrive): finds the entry of the first
+    /// bucket in the key's probe run whose tag matches, starts loading its line, and returns it
+    /// as a hint for `find_hinted` (`NIL` if none). Only a hint: the table may change before the
+    /// real lookup, which checks it.
+    #[inline]
+    pub fn prefetch_entry(&self, h: u64) -> u32 {
         let tag = h as u32;
         let mut pos = (tag as usize) & self.mask;
         // Bounded: a hint need not chase a rare long run.
         for _ in 0..8 {
             let b = self.buckets[pos];
             if b == 0 {
-                return;
+                return NIL;
             }
             if (b >> 32) as u32 == tag {
                 let i = (b as u32) - 1;
                 if i < self.hi {
                     prefetch(self.get(i));
+                    return i;
                 }
-                return;
+                return NIL;
             }
             pos = (pos + 1) & self.mask;
         }
+        NIL
+    }
+
+    /// `find_hashed` that first tries the slab index `hint` (from `prefetch_entry`): keys are
+    /// unique among live entries, so a live entry holding `k` is the one the index names, and
+    /// the probe is skipped. Any other hint (stale, tag collision, `NIL`) falls back to the probe.
+    #[inline]
+    pub fn find_hinted(&self, k: &Key, h: u64, hint: u32) -> Option<u32> {
+        if hint < self.hi {
+            let e = self.get(hint);
+            if e.live && e.key == *k {
+                return Some(hint);
+            }
+        }
+        self.find_hashed(k, h)
     }
 
     /// Stores a new live entry whose key is not present (the caller looked it up first).
