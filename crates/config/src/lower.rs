@@ -49,6 +49,7 @@ pub(crate) fn lower(ast: &Ast) -> Lowered {
         tgs: Vec::new(),
         trustpoints: Vec::new(),
         ra: RaAcc::default(),
+        ra_webvpn_span: None,
     };
     l.run();
     Lowered { config: l.cfg, issues: l.issues, ignored: l.ignored }
@@ -127,6 +128,8 @@ struct Lowerer<'a> {
     tgs: Vec<(String, TgAcc)>,
     trustpoints: Vec<(String, TrustpointAcc)>,
     ra: RaAcc,
+    /// First `webvpn` `enable NAMEIF`, where a listener problem is reported.
+    ra_webvpn_span: Option<Span>,
 }
 
 impl<'a> Lowerer<'a> {
@@ -800,6 +803,11 @@ impl<'a> Lowerer<'a> {
             let span = self.maps.get(&(map.clone(), seq)).map_or(Span { start: 0, end: 0, line: 1, col: 1 }, |m| m.span);
             self.issues.push(Issue::error(span, format!("crypto map {map} {seq}: {what}")));
         }
+        // Same for the remote-access listeners the gateway starts.
+        if let Err(e) = self.cfg.anyconnect_listeners() {
+            let span = self.ra_webvpn_span.unwrap_or(Span { start: 0, end: 0, line: 1, col: 1 });
+            self.issues.push(Issue::error(span, e.to_string()));
+        }
     }
 }
 
@@ -1169,6 +1177,7 @@ impl<'a> Lowerer<'a> {
             }
         }
         out.users = std::mem::take(&mut ra.users);
+        self.ra_webvpn_span = ra.webvpn_enable.first().map(|n| n.span);
 
         let ra_tgs: Vec<(String, Span)> = self
             .tgs

@@ -536,6 +536,9 @@ pub struct TunnelPolicy {
 pub enum ResolveError {
     #[error("crypto map {map} {seq}: {what}")]
     CryptoMap { map: String, seq: u32, what: String },
+    /// Remote access cannot be started as configured (e.g. no certificate for an interface).
+    #[error("remote access: {what}")]
+    RemoteAccess { what: String },
 }
 
 impl Config {
@@ -1219,7 +1222,7 @@ impl Config {
 
     /// The TLS/DTLS listeners: one per `webvpn` / `enable NAMEIF`, when `anyconnect enable` is
     /// set. Errors name a missing certificate (`config` reports the same with spans first).
-    pub fn anyconnect_listeners(&self) -> Result<Vec<AnyConnectListener>, String> {
+    pub fn anyconnect_listeners(&self) -> Result<Vec<AnyConnectListener>, ResolveError> {
         let Some(ra) = &self.remote_access else { return Ok(Vec::new()) };
         if !ra.webvpn.anyconnect_enable {
             return Ok(Vec::new());
@@ -1228,10 +1231,11 @@ impl Config {
         for nameif in &ra.webvpn.enabled_on {
             let iface = self.interface_by_nameif(nameif);
             let addr = iface.and_then(|i| i.address).map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr);
-            let tp_name = ra.ssl_trustpoint_for(nameif).ok_or_else(|| format!("webvpn: no `ssl trust-point TRUSTPOINT {nameif}`"))?;
-            let tp = self.trustpoint(tp_name).ok_or_else(|| format!("ssl trust-point: crypto ca trustpoint {tp_name} is not defined"))?;
-            let certificate_file = tp.certificate_file.clone().ok_or_else(|| format!("crypto ca trustpoint {tp_name} has no certificate-file"))?;
-            let key_file = tp.key_file.clone().ok_or_else(|| format!("crypto ca trustpoint {tp_name} has no key-file"))?;
+            let err = |what: String| ResolveError::RemoteAccess { what };
+            let tp_name = ra.ssl_trustpoint_for(nameif).ok_or_else(|| err(format!("webvpn: no `ssl trust-point TRUSTPOINT {nameif}`")))?;
+            let tp = self.trustpoint(tp_name).ok_or_else(|| err(format!("ssl trust-point: crypto ca trustpoint {tp_name} is not defined")))?;
+            let certificate_file = tp.certificate_file.clone().ok_or_else(|| err(format!("crypto ca trustpoint {tp_name} has no certificate-file")))?;
+            let key_file = tp.key_file.clone().ok_or_else(|| err(format!("crypto ca trustpoint {tp_name} has no key-file")))?;
             out.push(AnyConnectListener {
                 nameif: nameif.clone(),
                 ifname: iface.map(|i| i.name.clone()),
