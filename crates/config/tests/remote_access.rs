@@ -97,6 +97,8 @@ fn inheritance_defaults_and_extensions() {
     let ra = cfg.remote_access.as_ref().expect("ra");
     assert!(ra.webvpn.tunnel_group_list);
     assert_eq!(ra.group_policies[0].name, "DfltGrpPolicy", "printed first, as on the ASA");
+    let all: Vec<String> = cfg.effective_group_policies().into_iter().map(|p| p.name).collect();
+    assert_eq!(all, vec!["DfltGrpPolicy", "ac_users_group", "cert_users"]);
 
     let a = cfg.anyconnect_group("RA").expect("RA");
     assert_eq!(a.aliases, vec!["RA".to_string(), "Staff".to_string()], "disabled alias not offered");

@@ -1196,6 +1196,16 @@ impl Config {
         })
     }
 
+    /// Every group policy resolved, `DfltGrpPolicy` first (always present), then the
+    /// configured ones in order: what an engine keyed by policy name needs.
+    pub fn effective_group_policies(&self) -> Vec<EffectiveGroupPolicy> {
+        let mut names = vec![DEFAULT_GROUP_POLICY.to_string()];
+        if let Some(ra) = &self.remote_access {
+            names.extend(ra.group_policies.iter().map(|g| g.name.clone()).filter(|n| n != DEFAULT_GROUP_POLICY));
+        }
+        names.iter().filter_map(|n| self.effective_group_policy(n)).collect()
+    }
+
     /// A remote-access tunnel group resolved for the engine (pools, effective policy, client
     /// CAs). `config` has checked every reference; `None` only for an unknown group name.
     pub fn anyconnect_group(&self, name: &str) -> Option<AnyConnectGroup> {
@@ -1299,5 +1309,6 @@ mod tests {
         let d = Config::default().effective_group_policy(DEFAULT_GROUP_POLICY).unwrap();
         assert_eq!((d.mtu, d.dtls, d.ssl_client), (1406, true, false));
         assert!(Config::default().effective_group_policy("nope").is_none());
+        assert_eq!(Config::default().effective_group_policies().len(), 1);
     }
 }
