@@ -23,8 +23,12 @@ pub struct Config {
     /// `sysopt connection tcpmss N` (ASA default 1380; 0 = no clamp). Also the base of the
     /// ASA's TLS MTU arithmetic (asa.md §6).
     pub tcpmss: u16,
-    /// How the advertised MTU is chosen (see [`MtuPolicy`]).
+    /// How the advertised MTU is chosen (see [`MtuPolicy`]) when the group policy does not
+    /// say (`GroupPolicy::mtu_policy`).
     pub mtu_policy: MtuPolicy,
+    /// Show the `group_list` select in the login form (`webvpn / tunnel-group-list enable`)
+    /// when two or more aliases exist.
+    pub group_list: bool,
     /// `webvpn / dtls port N`: announced as X-DTLS-Port.
     pub dtls_port: u16,
     /// The MTU of the outside interface, caps the client's X-CSTP-Base-MTU (default 1500).
@@ -44,8 +48,8 @@ pub struct Config {
     pub limits: Limits,
     /// Server->client channel choice timing (see README "Fallback").
     pub fallback: FallbackTiming,
-    /// Verifies a password against the stored hash. The daemon sets this to
-    /// `crypto::password::verify` once that exists; tests use [`plain_verifier`].
+    /// Verifies a password against the stored hash: [`pbkdf2_verifier`] by default
+    /// (`crypto::password`); tests may use [`plain_verifier`].
     #[serde(skip, default = "default_verifier")]
     pub verifier: PasswordVerifier,
 }
@@ -54,9 +58,14 @@ pub struct Config {
 /// (PBKDF2 verification is). Returns `true` only for a match.
 pub type PasswordVerifier = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
 
+/// The real verifier: `crypto::password` PBKDF2-HMAC-SHA256 hashes (`$pbkdf2-sha256$...`),
+/// constant-time comparison. A malformed hash never matches.
+pub fn pbkdf2_verifier() -> PasswordVerifier {
+    Arc::new(|hash: &str, pw: &[u8]| crypto::password::verify_bytes(hash, pw).unwrap_or(false))
+}
+
 fn default_verifier() -> PasswordVerifier {
-    // Fail closed until the daemon installs the real verifier.
-    Arc::new(|_, _| false)
+    pbkdf2_verifier()
 }
 
 /// Test/simulation verifier: a hash string of the form `plain:<password>` matches that
@@ -94,6 +103,7 @@ impl Default for Config {
             pools: BTreeMap::new(),
             tcpmss: 1380,
             mtu_policy: MtuPolicy::Common,
+            group_list: true,
             dtls_port: 443,
             link_mtu: 1500,
             reconnect_grace: Duration::from_secs(300),
@@ -129,6 +139,8 @@ pub enum AuthMethod {
     Aaa,
     /// A client certificate verified by the TLS layer; the username is its subject CN.
     Certificate,
+    /// Both: a verified client certificate is required, then username/password.
+    AaaCertificate,
 }
 
 /// `tunnel-group NAME type remote-access`.
@@ -172,6 +184,14 @@ pub struct GroupPolicy {
     pub idle_timeout: Option<Duration>,
     /// `vpn-session-timeout N` minutes (`None` = none).
     pub session_timeout: Option<Duration>,
+    /// holdfast `anyconnect mtu-policy common|split` (`None`: `Config::mtu_policy`).
+    pub mtu_policy: Option<MtuPolicy>,
+    /// `vpn-tunnel-protocol` includes `ssl-client`; logins to a policy without it are refused.
+    pub ssl_client: bool,
+    /// `anyconnect ssl rekey time` (X-CSTP-Rekey-Time; `None` = none).
+    pub rekey_time: Option<Duration>,
+    /// `anyconnect ssl rekey method` as the header value: `none`, `ssl` or `new-tunnel`.
+    pub rekey_method: String,
 }
 
 impl Default for GroupPolicy {
@@ -191,6 +211,10 @@ impl Default for GroupPolicy {
             keepalive: Some(Duration::from_secs(20)),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             session_timeout: None,
+            mtu_policy: None,
+            ssl_client: true,
+            rekey_time: None,
+            rekey_method: "none".to_string(),
         }
     }
 }

@@ -281,8 +281,11 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
         )
         .header("X-CSTP-Keep", "true")
         .header("X-CSTP-Tunnel-All-DNS", "false")
-        .header("X-CSTP-Rekey-Time", "172800")
-        .header("X-CSTP-Rekey-Method", "none")
+        .header(
+            "X-CSTP-Rekey-Time",
+            p.rekey_time.map_or(0, |t| t.as_secs()).to_string(),
+        )
+        .header("X-CSTP-Rekey-Method", &p.rekey_method)
         .header("X-CSTP-DPD", secs(p.dpd_client).replace("none", "0"))
         .header("X-CSTP-Keepalive", secs(p.keepalive).replace("none", "0"))
         .header("X-CSTP-Base-MTU", c.mtu.base.to_string())
@@ -292,8 +295,11 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
             .header("X-DTLS-Port", c.dtls_port.to_string())
             .header("X-DTLS-DPD", secs(p.dpd_client).replace("none", "0"))
             .header("X-DTLS-Keepalive", secs(p.keepalive).replace("none", "0"))
-            .header("X-DTLS-Rekey-Time", "172800")
-            .header("X-DTLS-Rekey-Method", "none")
+            .header(
+                "X-DTLS-Rekey-Time",
+                p.rekey_time.map_or(0, |t| t.as_secs()).to_string(),
+            )
+            .header("X-DTLS-Rekey-Method", &p.rekey_method)
             .header("X-DTLS-MTU", dmtu.to_string());
         match k {
             DtlsKeying::Psk { app_id } => {

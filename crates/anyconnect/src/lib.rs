@@ -20,6 +20,7 @@ pub mod config;
 pub mod connect;
 pub mod cstp;
 pub mod frag;
+mod from_policy;
 pub mod http;
 pub mod mtu;
 mod server;
@@ -31,11 +32,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    plain_verifier, AddressPool, AuthMethod, Config, FallbackTiming, GroupPolicy, Ipv4Net, Limits,
-    MtuPolicy, PasswordVerifier, TunnelGroup, User,
+    pbkdf2_verifier, plain_verifier, AddressPool, AuthMethod, Config, FallbackTiming, GroupPolicy,
+    Ipv4Net, Limits, MtuPolicy, PasswordVerifier, TunnelGroup, User,
 };
 pub use connect::{DtlsKeying, LegacyCipher};
 pub use cstp::{CstpDecoder, CstpError, FrameType};
+pub use from_policy::config_from_policy;
 pub use http::HttpError;
 pub use server::{Server, Snapshot, Stats};
 pub use text::{DisconnectReason, SessionInfo, SyslogLine};

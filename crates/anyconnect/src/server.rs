@@ -282,6 +282,44 @@ impl Server {
             return self.form(consumed, close, &h, &shown, Some(&err));
         }
 
+        if !self.config.policy_of(&group).ssl_client {
+            if let Some(h) = &handle {
+                self.drop_pending(h);
+            }
+            self.refused(
+                conn.peer,
+                format!(
+                    "login refused: group policy of '{}' lacks vpn-tunnel-protocol ssl-client",
+                    group.name
+                ),
+            );
+            let r = Response::new(403, "Forbidden")
+                .header("Connection", "close")
+                .body("text/plain", "AnyConnect is not permitted for this group\n");
+            return HttpOutcome::Respond {
+                consumed,
+                bytes: r.to_bytes(),
+                close: true,
+            };
+        }
+        if group.authentication == AuthMethod::AaaCertificate && conn.client_cert.is_none() {
+            self.stats.auth_failures += 1;
+            self.refused(
+                conn.peer,
+                format!(
+                    "login refused: group '{}' needs a client certificate",
+                    group.name
+                ),
+            );
+            let r = Response::new(401, "Unauthorized")
+                .header("Connection", "close")
+                .body("text/plain", "client certificate required\n");
+            return HttpOutcome::Respond {
+                consumed,
+                bytes: r.to_bytes(),
+                close: true,
+            };
+        }
         if group.authentication == AuthMethod::Certificate {
             if let Some(h) = &handle {
                 self.drop_pending(h);
@@ -346,8 +384,11 @@ impl Server {
         let ok = match self.config.user(&user) {
             Some(u) => (self.config.verifier)(&u.password_hash, pw.as_bytes()),
             None => {
-                // Same work for unknown users, so timing does not reveal which names exist.
-                let _ = (self.config.verifier)("", pw.as_bytes());
+                // Same work for unknown users (one real verification against some configured
+                // user's hash, result ignored), so timing does not reveal which names exist.
+                if let Some(u) = self.config.users.first() {
+                    let _ = (self.config.verifier)(&u.password_hash, pw.as_bytes());
+                }
                 false
             }
         };
@@ -499,12 +540,15 @@ impl Server {
         group: &str,
         error: Option<&str>,
     ) -> HttpOutcome {
-        let list: Vec<&str> = self
-            .config
-            .group_list()
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect();
+        let list: Vec<&str> = if self.config.group_list {
+            self.config
+                .group_list()
+                .into_iter()
+                .map(|(a, _)| a)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let xml = auth::auth_request_xml(&AuthForm {
             handle,
             group,
@@ -756,7 +800,7 @@ impl Server {
             DtlsKeying::Legacy { cipher, .. } => mtu::dtls_overhead(cipher.openssl_name()),
         });
         let plan = mtu::plan(&MtuInputs {
-            policy: self.config.mtu_policy,
+            policy: policy.mtu_policy.unwrap_or(self.config.mtu_policy),
             tcpmss: if self.config.tcpmss == 0 {
                 1380
             } else {

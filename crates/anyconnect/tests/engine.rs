@@ -1412,3 +1412,39 @@ fn verification_answered_keeps_dtls() {
     // answered; no fallback.
     assert!(probes >= 3, "{probes}");
 }
+
+#[test]
+fn policy_without_ssl_client_and_aaa_certificate_groups() {
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.group_policies
+        .get_mut("ac_users_group")
+        .unwrap()
+        .ssl_client = false;
+    let mut s = server(t0, cfg);
+    let (r, close) = respond(s.handle_http(t0, &conn(1), &post(OC_INIT, &[])));
+    assert!(r.starts_with("HTTP/1.1 403") && close, "{r}");
+    assert!(drain_events(&mut s)
+        .iter()
+        .any(|e| matches!(e, Event::Refused { reason, .. } if reason.contains("ssl-client"))));
+
+    let mut cfg = config();
+    cfg.tunnel_groups[0].authentication = AuthMethod::AaaCertificate;
+    cfg.group_list = false;
+    let mut s = server(t0, cfg);
+    let (r, close) = respond(s.handle_http(t0, &conn(1), &post(OC_INIT, &[])));
+    assert!(r.starts_with("HTTP/1.1 401") && close, "{r}");
+    let mut c = conn(1);
+    c.client_cert = Some(ClientCert {
+        common_name: "vpn".into(),
+    });
+    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
+    assert!(
+        form.contains("name=\"password\"") && !form.contains("<select"),
+        "{form}"
+    );
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let (done, _) =
+        respond(s.handle_http(t0, &c, &post(&oc_reply("vpn", "secret", None, &h), &[])));
+    assert!(done.contains("type=\"complete\""));
+}
