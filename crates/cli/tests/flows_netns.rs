@@ -147,7 +147,18 @@ impl Lab {
     /// `rate` bytes/s. Returns the client's process index.
     fn transfer(&mut self, total: u64, rate: u64) -> usize {
         let progress = self.dir.join("progress");
-        self.endpoint("ha", &[("HF_ROLE", "server".into()), ("HF_TOTAL", total.to_string()), ("HF_RATE", rate.to_string())]);
+        let ready = self.dir.join("server-ready");
+        self.endpoint(
+            "ha",
+            &[
+                ("HF_ROLE", "server".into()),
+                ("HF_TOTAL", total.to_string()),
+                ("HF_RATE", rate.to_string()),
+                ("HF_READY", ready.display().to_string()),
+            ],
+        );
+        // The client must not race the server's bind (a SYN answered by RST is a conn of its own).
+        assert!(wait_for(Duration::from_secs(10), || ready.exists()), "server did not start");
         self.endpoint(
             "hb",
             &[("HF_ROLE", "client".into()), ("HF_TOTAL", total.to_string()), ("HF_PROGRESS", progress.display().to_string())],
@@ -297,7 +308,7 @@ fn transfer_shows_in_show_conn_and_clear_without_preserve_tears_it_down() {
         .lines()
         .find(|l| l.contains("%ASA-6-302014: Teardown TCP connection") && l.contains("10.1.0.10/5001"))
         .unwrap_or_else(|| panic!("no 302014:\n{log_a}"));
-    assert!(teardown.ends_with("Tunnel has been torn down"), "{teardown}");
+    assert!(teardown.ends_with("Tunnel has been torn down"), "{teardown}\n{log_a}");
     // The tunnel comes back (gw-a negotiates a new CHILD_SA), but the flow's later packets find
     // no conn: dropped as the first packet of a flow that is not a SYN; the client stalls.
     std::thread::sleep(Duration::from_millis(1500));
@@ -360,6 +371,37 @@ fn preserved_flow_waits_with_flag_v_and_completes() {
     assert!(bytes >= total && bytes < total + total / 5, "{fins}");
 }
 
+/// A silent 8 s cut of the wan (no SA is deleted): the path watch notices that nothing comes
+/// back, holds the flow's segments and answers them with ICMP unreachable (so Linux keeps its
+/// RTO near the base instead of backing off to ~6 s), and replays when the peer answers again.
+/// Without that the sender's next retransmission would come ~4.6 s after the cut ends.
+#[test]
+fn silent_cut_resumes_within_two_seconds() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let mut lab = Lab::new("sysopt connection preserve-vpn-flows\n");
+    let sa = lab.sock("a");
+    lab.transfer(8 << 20, 300 << 10);
+    assert!(wait_for(Duration::from_secs(15), || lab.progress() >= 300 << 10), "transfer did not start");
+    lab.block_wan(true);
+    std::thread::sleep(Duration::from_secs(8));
+    let before = lab.progress();
+    lab.block_wan(false);
+    let t0 = gateway::clock::now();
+    assert!(wait_for(Duration::from_secs(10), || lab.progress() > before), "transfer did not resume");
+    let resumed = t0.elapsed();
+    eprintln!("resumed {:.2} s after the cut ended", resumed.as_secs_f64());
+    assert!(resumed <= Duration::from_millis(2000), "resumed only {resumed:?} after the cut ended");
+    // Nothing was torn down: the same SAs, the same conn, no V flag.
+    let conns = show(&sa, "show conn");
+    let line = conn_line(&conns, SERVER).unwrap_or_else(|| panic!("conn missing:\n{conns}"));
+    assert!(!bytes_flags(&line).1.contains('V'), "{line}");
+    let log_a = show(&sa, "show logging");
+    assert!(!log_a.contains("302014"), "{log_a}\n{}", lab.log("a"));
+}
+
 #[test]
 fn conn_survives_sigkill_and_restart_of_a_gateway() {
     if !is_root() {
@@ -409,6 +451,7 @@ fn endpoint_helper() {
         "server" => {
             let rate: u64 = std::env::var("HF_RATE").expect("HF_RATE").parse().unwrap();
             let l = TcpListener::bind(SERVER).unwrap();
+            std::fs::write(std::env::var("HF_READY").expect("HF_READY"), b"").unwrap();
             let (mut s, _) = l.accept().unwrap();
             let mut req = [0u8; 4];
             s.read_exact(&mut req).unwrap();

@@ -18,6 +18,7 @@ use crate::clock;
 use crate::control::{self, Request};
 use crate::datapath::{self, Outside, Shared, ToControl};
 use crate::flows::{self, SharedEngine, StateDir};
+use crate::watch;
 use crate::net::{self, SystemGuard};
 use crate::sad::{ChildOut, Counters, Dest, InboundEntry, OutboundEntry, Sad, SadCell, SpdEntry};
 use crate::show::{self, ChildSummary, IkeSaView, IpsecSaView};
@@ -272,7 +273,7 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
     for m in restored_msgs {
         syslog.log(m);
     }
-    let flow_engine: SharedEngine = Arc::new(Mutex::new(engine));
+    let flow_engine: SharedEngine = Arc::new(flows::Shared::new(engine));
     let sad = Arc::new(SadCell::new(Sad { inbound: HashMap::new(), spd }));
     let mss = if cfg.sysopt.tcpmss == 0 { 0 } else { cfg.sysopt.tcpmss.min(opts.tun_mtu.saturating_sub(40)) };
     let shared = Arc::new(Shared {
@@ -334,6 +335,8 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
         snapshot_mark: None,
         last_snapshot: clock::now(),
         flow_msgs: Vec::new(),
+        watch: watch::PathWatch::new(),
+        last_watch: clock::now(),
     };
     eprintln!(
         "holdfast: running; TUN {} (mtu {}, offload {}), control socket {}",
@@ -508,6 +511,9 @@ struct Daemon {
     snapshot_mark: Option<(u64, u64, u64)>,
     last_snapshot: Instant,
     flow_msgs: Vec<syslog::Message>,
+    /// Silent-path detection and knocks for the fast resumption of preserved flows.
+    watch: watch::PathWatch,
+    last_watch: Instant,
 }
 
 fn add_counters(s: &mut show::IpsecStats, r: &ChildRecord) {
@@ -729,16 +735,15 @@ impl Daemon {
         self.down_pending.remove(&up.tunnel);
         if let Some(&t) = self.flow_tunnels.get(&up.tunnel) {
             let mut replay = Vec::new();
-            {
-                let mut eng = flows::lock(&self.flows);
-                eng.tunnel_up(now, t, &up.local_ts, &up.remote_ts);
-                while let Some(tx) = eng.poll_transmit() {
-                    replay.push(tx);
-                }
-                flows::collect_events(&mut eng, &mut self.flow_msgs);
+            let mut eng = flows::lock(&self.flows);
+            eng.tunnel_up(now, t, &up.local_ts, &up.remote_ts);
+            while let Some(tx) = eng.poll_transmit() {
+                replay.push(tx);
             }
+            drop(eng);
+            // The replays first: they leave within microseconds of the SA install.
             self.send_replays(replay);
-            self.log_flow_msgs();
+            self.flows.release_and_log(flows::lock(&self.flows), &mut self.flow_msgs, &self.syslog);
         }
         let g = Self::group(up.peer);
         self.syslog.log(syslog::sa_created(Direction::Inbound, up.inbound.spi, up.local, up.peer, &g));
@@ -872,13 +877,9 @@ impl Daemon {
             Request::ShowAspDrop => flows::lock(&self.flows).show_asp_drop(),
             Request::ShowVpnContext { detail } => flows::format_vpn_context(&self.vpn_contexts(), *detail),
             Request::ClearConn { address } => {
-                let n = {
-                    let mut eng = flows::lock(&self.flows);
-                    let n = eng.clear_conn(now, *address);
-                    flows::collect_events(&mut eng, &mut self.flow_msgs);
-                    n
-                };
-                self.log_flow_msgs();
+                let mut eng = flows::lock(&self.flows);
+                let n = eng.clear_conn(now, *address);
+                self.flows.release_and_log(eng, &mut self.flow_msgs, &self.syslog);
                 format!("{n} connection(s) deleted.\n")
             }
             Request::ClearAspDrop => {
@@ -931,32 +932,26 @@ impl Daemon {
 
     fn flow_tunnel_down(&mut self, tunnel: &str, now: Instant) {
         let Some(&t) = self.flow_tunnels.get(tunnel) else { return };
-        {
-            let mut eng = flows::lock(&self.flows);
-            if !eng.tunnel_is_up(t) {
-                return;
-            }
-            eng.tunnel_down(now, t);
-            flows::collect_events(&mut eng, &mut self.flow_msgs);
+        let mut eng = flows::lock(&self.flows);
+        if !eng.tunnel_is_up(t) {
+            return;
         }
-        self.log_flow_msgs();
+        eng.tunnel_down(now, t);
+        self.flows.release_and_log(eng, &mut self.flow_msgs, &self.syslog);
+        self.watch.reset(tunnel);
     }
 
     /// Every [`FLOW_TICK`]: connection timeouts, expired tunnel-down grace periods, and the
     /// periodic snapshot.
     fn flow_timers(&mut self, now: Instant) {
-        let replay = {
-            let mut eng = flows::lock(&self.flows);
-            eng.handle_timeout(now);
-            let mut replay = Vec::new();
-            while let Some(tx) = eng.poll_transmit() {
-                replay.push(tx);
-            }
-            flows::collect_events(&mut eng, &mut self.flow_msgs);
-            replay
-        };
+        let mut eng = flows::lock(&self.flows);
+        eng.handle_timeout(now);
+        let mut replay = Vec::new();
+        while let Some(tx) = eng.poll_transmit() {
+            replay.push(tx);
+        }
+        self.flows.release_and_log(eng, &mut self.flow_msgs, &self.syslog);
         self.send_replays(replay);
-        self.log_flow_msgs();
         let due: Vec<String> = self.down_pending.iter().filter(|(_, &t)| t <= now).map(|(n, _)| n.clone()).collect();
         for tunnel in due {
             self.down_pending.remove(&tunnel);
@@ -964,8 +959,67 @@ impl Daemon {
                 self.flow_tunnel_down(&tunnel, now);
             }
         }
+        if now.saturating_duration_since(self.last_watch) >= watch::TICK {
+            self.last_watch = now;
+            self.path_watch(now);
+        }
         if now.saturating_duration_since(self.last_snapshot) >= flows::SNAPSHOT_INTERVAL {
             self.save_snapshot(now, false);
+        }
+    }
+
+    /// Samples every tunnel for the path watch and carries out what it asks: a liveness check
+    /// when traffic goes out and nothing comes back, suspending (hold + ICMP) and resuming the
+    /// tunnel's preserved flows, and knocks (re-sent negotiation) while held segments wait for
+    /// a tunnel without SA (tcp-resume.md).
+    fn path_watch(&mut self, now: Instant) {
+        let sad = self.sad.load();
+        let mut todo = Vec::new();
+        {
+            let eng = flows::lock(&self.flows);
+            for t in &self.tunnels {
+                let Some(&ft) = self.flow_tunnels.get(&t.name) else { continue };
+                let (mut out_packets, mut in_packets) = (0u64, 0u64);
+                for r in self.children.values().filter(|r| r.up.tunnel == t.name) {
+                    in_packets += Counters::get(&r.inbound.counters.packets);
+                    if !r.draining {
+                        out_packets += Counters::get(&r.outbound.counters.packets);
+                    }
+                }
+                let has_sa = sad.spd.iter().any(|e| e.flow_tunnel == ft && !e.children.is_empty());
+                let sample = watch::Sample {
+                    out_packets,
+                    in_packets,
+                    has_sa,
+                    last_heard: self.endpoint.last_heard(&t.name),
+                    held: eng.held_for(ft) > 0,
+                };
+                for a in self.watch.tick(now, &t.name, sample) {
+                    todo.push((t.name.clone(), ft, t.connection_type != ConnectionType::AnswerOnly, a));
+                }
+            }
+        }
+        for (tunnel, ft, initiates, action) in todo {
+            match action {
+                watch::Action::CheckLiveness => self.endpoint.handle_command(now, ike::Command::CheckLiveness { tunnel }),
+                watch::Action::Knock if initiates => self.endpoint.handle_command(now, ike::Command::Initiate { tunnel }),
+                watch::Action::Knock => {}
+                watch::Action::Suspend => {
+                    flows::lock(&self.flows).tunnel_suspend(now, ft);
+                }
+                watch::Action::Resume => {
+                    let replay = {
+                        let mut eng = flows::lock(&self.flows);
+                        eng.tunnel_resume(now, ft);
+                        let mut v = Vec::new();
+                        while let Some(tx) = eng.poll_transmit() {
+                            v.push(tx);
+                        }
+                        v
+                    };
+                    self.send_replays(replay);
+                }
+            }
         }
     }
 
@@ -1000,12 +1054,6 @@ impl Daemon {
             if let Some(c) = out {
                 datapath::send_one(&self.shared, &c.out, &tx.packet);
             }
-        }
-    }
-
-    fn log_flow_msgs(&mut self) {
-        for m in self.flow_msgs.drain(..) {
-            self.syslog.log(m);
         }
     }
 

@@ -150,7 +150,7 @@ fn tx_loop(sh: &Shared) {
                 let now = clock::now();
                 let mut eng = flows::lock(&sh.flows);
                 eng.handle_batch(now, &pk[..k], &mut verdicts[..k]);
-                flows::collect_events(&mut eng, &mut events);
+                sh.flows.release_and_log(eng, &mut events, &sh.syslog);
             }
         }
         // Pass 2: act on the verdicts.
@@ -187,7 +187,6 @@ fn tx_loop(sh: &Shared) {
         }
         batch.flush(sh);
         native.flush(sh);
-        log_all(sh, &mut events);
     }
 }
 
@@ -209,13 +208,6 @@ fn acquire(sh: &Shared, entry: &SpdEntry) {
         && entry.last_acquire.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     {
         let _ = sh.to_control.send(ToControl::Acquire { tunnel: entry.tunnel.clone() });
-    }
-}
-
-/// Logs collected connection-table messages (after the engine lock is released).
-fn log_all(sh: &Shared, events: &mut Vec<crate::syslog::Message>) {
-    for m in events.drain(..) {
-        sh.syslog.log(m);
     }
 }
 
@@ -544,7 +536,7 @@ impl TunOut {
             let now = clock::now();
             let mut eng = flows::lock(&sh.flows);
             eng.handle_batch(now, &pk[..self.n], &mut verdicts[..self.n]);
-            flows::collect_events(&mut eng, &mut self.events);
+            sh.flows.release_and_log(eng, &mut self.events, &sh.syslog);
         }
         // Keep the forwarded packets, in order, at the front.
         let mut kept = 0;
@@ -569,7 +561,6 @@ impl TunOut {
         }
         self.n = 0;
         self.routes.clear();
-        log_all(sh, &mut self.events);
     }
 }
 

@@ -20,12 +20,11 @@ use serde::{Deserialize, Serialize};
 use crate::syslog::Message;
 
 /// The engine as the threads share it.
-pub type SharedEngine = Arc<Mutex<flow::Engine>>;
+pub type SharedEngine = Arc<Shared>;
 
-/// Locks the engine; a thread that panicked while holding it left a consistent table (every
-/// engine call completes or panics before mutating), so poisoning is ignored.
+/// Locks the engine (see [`Shared::lock`]).
 pub fn lock(e: &SharedEngine) -> MutexGuard<'_, flow::Engine> {
-    e.lock().unwrap_or_else(|p| p.into_inner())
+    e.lock()
 }
 
 /// Default `--state-dir` of `holdfast run`.
@@ -87,12 +86,48 @@ pub fn inside_nameif(cfg: &policy::Config, local_ts: &[TrafficSelector], outside
 }
 
 /// Drains the engine's events into syslog messages (302013-302021). Call with the lock held,
-/// log the messages after releasing it.
+/// log the messages after releasing it (see [`Shared::log_in_order`]).
 pub fn collect_events(eng: &mut flow::Engine, out: &mut Vec<Message>) {
     while let Some(ev) = eng.poll_event() {
         if let Some(l) = eng.syslog(&ev) {
             out.push(Message { severity: l.severity, id: l.id, text: l.text });
         }
+    }
+}
+
+/// The engine and the order its events are logged in, shared by the threads.
+pub struct Shared {
+    pub engine: Mutex<flow::Engine>,
+    /// Taken before the engine lock is released by a thread that has events to log, and held
+    /// while it logs them: events reach syslog in the order the engine produced them (a conn's
+    /// Built before its Teardown, even when two threads saw its packets), while packets
+    /// without events never wait for anybody's socket I/O.
+    order: Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(engine: flow::Engine) -> Self {
+        Self { engine: Mutex::new(engine), order: Mutex::new(()) }
+    }
+
+    /// Locks the engine; a thread that panicked while holding it left a consistent table (every
+    /// engine call completes or panics before mutating), so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, flow::Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Collects the engine's events, releases the engine, then logs them in order.
+    pub fn release_and_log(&self, mut eng: MutexGuard<'_, flow::Engine>, buf: &mut Vec<Message>, syslog: &crate::syslog::Syslog) {
+        collect_events(&mut eng, buf);
+        if buf.is_empty() {
+            return;
+        }
+        let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        drop(eng);
+        for m in buf.drain(..) {
+            syslog.log(m);
+        }
+        drop(order);
     }
 }
 
