@@ -404,11 +404,22 @@ fn silent_cut_resumes_within_two_seconds() {
 
 #[test]
 fn conn_survives_sigkill_and_restart_of_a_gateway() {
+    sigkill_and_restart(true);
+}
+
+/// The ASA default after a restart: the restored tunnelled conn is torn down (302014 `Tunnel
+/// has been torn down`), no mid-stream pickup, the flow's later packets are `tcp-not-syn`.
+#[test]
+fn conn_dies_after_sigkill_and_restart_without_preserve() {
+    sigkill_and_restart(false);
+}
+
+fn sigkill_and_restart(preserve: bool) {
     if !is_root() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
-    let mut lab = Lab::new("sysopt connection preserve-vpn-flows\n");
+    let mut lab = Lab::new(if preserve { "sysopt connection preserve-vpn-flows\n" } else { "" });
     let sa = lab.sock("a");
     let total: u64 = 3 << 20;
     let client = lab.transfer(total, 300 << 10);
@@ -426,12 +437,33 @@ fn conn_survives_sigkill_and_restart_of_a_gateway() {
     let _ = std::fs::remove_file(&sa);
     lab.start_gw("a");
     assert!(lab.log("a").contains("holdfast: connection table restored: 1 conns"), "{}", lab.log("a"));
-    let conns = show(&sa, "show conn");
-    assert!(conn_line(&conns, SERVER).is_some(), "restored conn missing:\n{conns}");
-    let done = lab.wait(client, Duration::from_secs(45));
-    let out = std::fs::read_to_string(lab.dir.join("hb.out")).unwrap_or_default();
-    assert_eq!(done, Some(true), "transfer did not complete (client got {} bytes): {out}\n{}", lab.progress(), lab.log("a"));
-    assert!(!show(&sa, "show logging").contains("Tunnel has been torn down"));
+    if preserve {
+        let conns = show(&sa, "show conn");
+        assert!(conn_line(&conns, SERVER).is_some(), "restored conn missing:\n{conns}");
+        let done = lab.wait(client, Duration::from_secs(45));
+        let out = std::fs::read_to_string(lab.dir.join("hb.out")).unwrap_or_default();
+        assert_eq!(done, Some(true), "transfer did not complete (client got {} bytes): {out}\n{}", lab.progress(), lab.log("a"));
+        assert!(!show(&sa, "show logging").contains("Tunnel has been torn down"));
+    } else {
+        let log_a = show(&sa, "show logging");
+        let teardown = log_a
+            .lines()
+            .find(|l| l.contains("%ASA-6-302014: Teardown TCP connection") && l.contains("10.1.0.10/5001"))
+            .unwrap_or_else(|| panic!("no 302014 after the restore:\n{log_a}"));
+        assert!(teardown.ends_with("Tunnel has been torn down"), "{teardown}");
+        assert!(conn_line(&show(&sa, "show conn"), SERVER).is_none());
+        // The senders retransmit into a table that no longer knows them.
+        assert!(
+            wait_for(Duration::from_secs(10), || asp_drop(&show(&sa, "show asp drop"), "tcp-not-syn") >= 1),
+            "{}",
+            show(&sa, "show asp drop")
+        );
+        let p1 = lab.progress();
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(lab.progress(), p1, "data still flowing");
+        assert!(p1 < total);
+        assert!(conn_line(&show(&sa, "show conn"), SERVER).is_none(), "a mid-stream segment rebuilt the conn");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
