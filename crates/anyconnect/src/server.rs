@@ -40,6 +40,8 @@ pub struct Stats {
     pub fragmented: u64,
     pub too_big_dropped: u64,
     pub icmp_sent: u64,
+    pub icmp_suppressed: u64,
+    pub too_big_logs_suppressed: u64,
     pub sent_on_tls_too_big_for_dtls: u64,
     pub tun_no_session: u64,
     pub tun_no_channel: u64,
@@ -47,6 +49,11 @@ pub struct Stats {
     pub returns_to_dtls: u64,
     pub mss_clamped: u64,
 }
+
+/// Minimum spacing of ICMP fragmentation-needed answers per session.
+const TOO_BIG_ICMP_INTERVAL: Duration = Duration::from_millis(10);
+/// Minimum spacing of 722036/602101 log pairs per session.
+const TOO_BIG_LOG_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything needed to carry sessions across a restart or failover.
 #[derive(Clone, Serialize, Deserialize)]
@@ -506,6 +513,8 @@ impl Server {
             fallbacks: 0,
             ever_connected: false,
             wake: None,
+            too_big_icmp: None,
+            too_big_log: None,
         };
         self.events
             .push_back(Event::Syslog(syslog::session_started_716001(who(&s))));
@@ -1281,30 +1290,45 @@ impl Server {
             };
         }
         // DF set and df-bit-ignore off: drop, tell the sender (RFC 1191), log like the ASA.
+        // Both are rate limited per session (RFC 1812 §4.3.2.8 for the ICMP): a sender
+        // bursting oversize packets gets at most 100 ICMP/s and 10 log pairs/s.
         s.bytes_tx -= len as u64;
         self.stats.too_big_dropped += 1;
-        let w = who(s);
-        self.events
-            .push_back(Event::Syslog(syslog::large_packet_722036(w, len, th)));
-        let from = self.config.icmp_source.unwrap_or(dst);
-        let start = self.pkt_buf.len();
-        self.pkt_buf.resize(start + wire::ip::ICMP_ERROR_MAX_LEN, 0);
-        match wire::ip::build_dest_unreachable(
-            pkt,
-            wire::ip::unreach_code::FRAG_NEEDED,
-            th,
-            from,
-            &mut self.pkt_buf[start..],
-        ) {
-            Some(n) => {
-                self.pkt_buf.truncate(start + n);
-                self.pkt_q.push_back((id, start, start + n));
-                self.stats.icmp_sent += 1;
-                self.events.push_back(Event::Syslog(syslog::pmtud_602101(
-                    len, th, src, dst, protocol,
-                )));
+        let icmp_ok = s
+            .too_big_icmp
+            .is_none_or(|t| now >= t + TOO_BIG_ICMP_INTERVAL);
+        let log_ok = s
+            .too_big_log
+            .is_none_or(|t| now >= t + TOO_BIG_LOG_INTERVAL);
+        if log_ok {
+            s.too_big_log = Some(now);
+            let w = who(s);
+            self.events
+                .push_back(Event::Syslog(syslog::large_packet_722036(w, len, th)));
+        } else {
+            self.stats.too_big_logs_suppressed += 1;
+        }
+        if !icmp_ok {
+            self.stats.icmp_suppressed += 1;
+        } else {
+            s.too_big_icmp = Some(now);
+            let from = self.config.icmp_source.unwrap_or(dst);
+            let start = self.pkt_buf.len();
+            self.pkt_buf.resize(start + wire::ip::ICMP_ERROR_MAX_LEN, 0);
+            let code = wire::ip::unreach_code::FRAG_NEEDED;
+            match wire::ip::build_dest_unreachable(pkt, code, th, from, &mut self.pkt_buf[start..])
+            {
+                Some(n) => {
+                    self.pkt_buf.truncate(start + n);
+                    self.pkt_q.push_back((id, start, start + n));
+                    self.stats.icmp_sent += 1;
+                    if log_ok {
+                        let line = syslog::pmtud_602101(len, th, src, dst, protocol);
+                        self.events.push_back(Event::Syslog(line));
+                    }
+                }
+                None => self.pkt_buf.truncate(start),
             }
-            None => self.pkt_buf.truncate(start),
         }
         self.reschedule(id);
         Err(TunDrop::TooBig)
@@ -1784,6 +1808,8 @@ impl Server {
                 fallbacks: 0,
                 ever_connected: p.ever_connected,
                 wake: None,
+                too_big_icmp: None,
+                too_big_log: None,
             };
             srv.by_cookie.insert(p.cookie_prefix, id);
             if let Some(a) = p.address {

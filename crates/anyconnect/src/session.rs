@@ -112,6 +112,9 @@ pub(crate) struct Session {
     pub ever_connected: bool,
     /// The key this session currently has in the server's timer set.
     pub wake: Option<Instant>,
+    /// Last ICMP fragmentation-needed / last 722036 log for this session (rate limits).
+    pub too_big_icmp: Option<Instant>,
+    pub too_big_log: Option<Instant>,
 }
 
 impl Session {

@@ -1448,3 +1448,29 @@ fn policy_without_ssl_client_and_aaa_certificate_groups() {
         respond(s.handle_http(t0, &c, &post(&oc_reply("vpn", "secret", None, &h), &[])));
     assert!(done.contains("type=\"complete\""));
 }
+
+#[test]
+fn too_big_answers_are_rate_limited() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let cookie = login(&mut s, t0, "vpn", "secret");
+    connect(&mut s, t0, &cookie, PSK_SUITES, "");
+    drain_events(&mut s);
+    let mut icmp = 0;
+    let mut logs = 0;
+    // 1000 oversize DF packets within one second (1 ms apart).
+    for k in 0..1000u64 {
+        let now = t0 + Duration::from_millis(k);
+        let mut big = ip_packet("10.10.10.1", CLIENT, 1418, true);
+        assert_eq!(s.handle_tun_packet(now, &mut big), Err(TunDrop::TooBig));
+        icmp += packets(&mut s).len();
+        logs += syslog(&drain_events(&mut s))
+            .iter()
+            .filter(|l| l.contains("722036"))
+            .count();
+    }
+    assert_eq!(icmp, 100);
+    assert_eq!(logs, 10);
+    assert_eq!(s.stats().too_big_dropped, 1000);
+    assert_eq!(s.stats().icmp_suppressed, 900);
+}
