@@ -310,7 +310,7 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
             DtlsKeying::Legacy {
                 session_id, cipher, ..
             } => {
-                r = r.header("X-DTLS-Session-ID", hex::encode_upper(session_id));
+                r = r.header("X-DTLS-Session-ID", hex::encode(session_id));
                 let h = if cipher.in_dtls12_header() {
                     "X-DTLS12-CipherSuite"
                 } else {

@@ -1474,3 +1474,38 @@ fn too_big_answers_are_rate_limited() {
     assert_eq!(s.stats().too_big_dropped, 1000);
     assert_eq!(s.stats().icmp_suppressed, 900);
 }
+
+/// The three POST bodies exactly as openconnect 9.01 sent them to this engine (captured with
+/// `--dump-http-traffic`, `--authgroup RA`, README "Checked against openconnect 9.01"): init,
+/// init again with the group selection, then the reply echoing our opaque block.
+#[test]
+fn captured_openconnect_901_exchange() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let c = conn(46676);
+    let hdr = |len: usize, cookie: Option<&str>| {
+        let ck = cookie.map(|v| format!("Cookie: webvpncontext={v}\r\n")).unwrap_or_default();
+        format!("POST / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: Open AnyConnect VPN Agent v9.01-3\r\n{ck}Accept: */*\r\nAccept-Encoding: identity\r\nX-Transcend-Version: 1\r\nX-Aggregate-Auth: 1\r\nX-Support-HTTP-Auth: true\r\nX-AnyConnect-STRAP-Pubkey: MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\r\nContent-Type: application/xml; charset=utf-8\r\nContent-Length: {len}\r\n\r\n")
+    };
+    let init = r#"<?xml version="1.0" encoding="UTF-8"?>
+<config-auth client="vpn" type="init" aggregate-auth-version="2"><version who="vpn">v9.01-3</version><device-id>linux-64</device-id><capabilities><auth-method>single-sign-on-v2</auth-method><auth-method>single-sign-on-external-browser</auth-method></capabilities><group-access>https://127.0.0.1:8443/</group-access></config-auth>"#;
+    let req = [hdr(init.len(), None).as_bytes(), init.as_bytes()].concat();
+    let (form, _) = respond(s.handle_http(t0, &c, &req));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let init2 = init.replace("</group-access></config-auth>", "</group-access><group-select>RA</group-select></config-auth>");
+    let req = [hdr(init2.len(), Some(&h)).as_bytes(), init2.as_bytes()].concat();
+    let (form2, _) = respond(s.handle_http(t0, &c, &req));
+    assert_eq!(set_cookie(&form2, "webvpncontext").as_deref(), Some(h.as_str()), "same login context");
+    assert!(form2.contains("<option selected=\"true\">RA</option>"));
+    let reply = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"auth-reply\" aggregate-auth-version=\"2\"><version who=\"vpn\">v9.01-3</version><device-id>linux-64</device-id><capabilities><auth-method>single-sign-on-v2</auth-method><auth-method>single-sign-on-external-browser</auth-method></capabilities><opaque is-for=\"sg\">\n<tunnel-group>RA</tunnel-group>\n<group-alias>RA</group-alias>\n<aggauth-handle>{h}</aggauth-handle>\n</opaque><auth><username>vpn</username><password>secret</password></auth><group-select>RA</group-select></config-auth>"
+    );
+    let req = [hdr(reply.len(), Some(&h)).as_bytes(), reply.as_bytes()].concat();
+    let (done, _) = respond(s.handle_http(t0, &c, &req));
+    assert!(done.contains("type=\"complete\""), "{done}");
+    // Exactly one half-open login was used for the whole exchange, and it is gone now.
+    assert_eq!(s.stats().auth_pending_refused, 0);
+    let cookie = set_cookie(&done, "webvpn").unwrap();
+    let t = connect(&mut s, t0, &cookie, PSK_SUITES, "");
+    assert_eq!(header(&t.head, "X-CSTP-Address"), Some(CLIENT));
+}
