@@ -388,6 +388,16 @@ fn silent_cut_resumes_within_two_seconds() {
     lab.block_wan(true);
     std::thread::sleep(Duration::from_secs(8));
     let before = lab.progress();
+    // The sender got the gateway's host unreachables (RFC 6069) while its segments were held.
+    let nstat = Command::new("ip").args(["netns", "exec", &lab.name("ha"), "nstat", "-az", "IcmpInDestUnreachs"]).output().unwrap();
+    let nstat = String::from_utf8_lossy(&nstat.stdout).into_owned();
+    let unreach: u64 = nstat
+        .lines()
+        .find_map(|l| l.strip_prefix("IcmpInDestUnreachs"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(unreach >= 1, "no ICMP unreachable reached the sender: {nstat}");
     lab.block_wan(false);
     let t0 = gateway::clock::now();
     assert!(wait_for(Duration::from_secs(10), || lab.progress() > before), "transfer did not resume");

@@ -46,6 +46,10 @@ pub fn create_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(tun_rs::Sy
 /// reports into the TUN (the device disappears with the daemon, and the setting with it).
 fn quiet_ipv6(dev: &str) {
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
+    // The ICMP unreachables answering held segments (RFC 6069) are written into the TUN with
+    // our own inside address as source; without accept_local the kernel drops them as
+    // martians instead of forwarding them to the sender.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/accept_local"), "1");
 }
 
 /// What the daemon changed in the system, undone by [`SystemGuard::cleanup`] (also on drop).
