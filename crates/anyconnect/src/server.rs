@@ -1866,8 +1866,15 @@ impl Server {
             return;
         };
         let next = s.next_deadline(grace, &self.config.fallback);
-        if next == s.wake {
-            return;
+        // Timers only ever move earlier here. A deadline that moved later (every data packet
+        // pushes the idle deadline) keeps the earlier wake-up: `on_timer` re-checks every
+        // condition against `now`, so an early wake costs one check and the data path never
+        // touches the timer set.
+        match (s.wake, next) {
+            (Some(old), Some(n)) if n >= old => return,
+            (Some(_), None) => return,
+            (None, None) => return,
+            _ => {}
         }
         if let Some(old) = s.wake {
             self.timers.remove(&(old, id));
