@@ -177,6 +177,43 @@ pub fn plan(i: &MtuInputs) -> MtuPlan {
     }
 }
 
+/// The MTUs told to a client (X-CSTP-MTU, X-DTLS-MTU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advertised {
+    pub cstp: u16,
+    pub dtls: Option<u16>,
+}
+
+impl Advertised {
+    pub fn of(p: &MtuPlan) -> Self {
+        Self {
+            cstp: p.advertised_cstp,
+            dtls: p.advertised_dtls,
+        }
+    }
+
+    /// The MTU the client's adapter uses (openconnect: the larger of the two).
+    pub fn adapter(&self) -> u16 {
+        self.dtls.map_or(self.cstp, |d| d.max(self.cstp))
+    }
+}
+
+/// A reconnect's plan that repeats what the session was first told: the same X-CSTP-MTU and
+/// the same X-DTLS-MTU when DTLS is offered again. Under [`MtuPolicy::Common`] the TLS
+/// threshold is also kept no smaller than the adapter MTU (a CSTP frame can carry up to
+/// 16 KiB; only the ASA's arithmetic limits it), preserving Common's promise that TLS carries
+/// whatever the adapter sends; [`MtuPolicy::Split`] keeps the ASA's thresholds.
+pub fn sticky(mut p: MtuPlan, prev: Advertised, policy: MtuPolicy) -> MtuPlan {
+    p.advertised_cstp = prev.cstp;
+    if p.advertised_dtls.is_some() {
+        p.advertised_dtls = Some(prev.dtls.unwrap_or(prev.cstp));
+    }
+    if policy == MtuPolicy::Common {
+        p.tls = p.tls.max(prev.adapter());
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +290,38 @@ mod tests {
             link_mtu: 1500,
             configured: None,
         }
+    }
+
+    #[test]
+    fn sticky_reconnect_plan() {
+        let first = plan(&inputs(MtuPolicy::Common));
+        let prev = Advertised::of(&first);
+        // Reconnect over TLS 1.2 CBC-SHA384 with a smaller client path MTU: the computed plan
+        // is smaller, but the client is told the same and TLS carries the adapter MTU.
+        let mut i = inputs(MtuPolicy::Common);
+        i.tls = tls_overhead(TlsVersion::Tls12, "ECDHE-RSA-AES256-SHA384");
+        i.client_base_mtu = Some(1300);
+        let again = sticky(plan(&i), prev, MtuPolicy::Common);
+        assert_eq!(
+            (again.advertised_cstp, again.advertised_dtls),
+            (1343, Some(1343))
+        );
+        assert_eq!(again.tls, 1343);
+        assert_eq!(again.dtls, Some(1234)); // the real DTLS limit stays: bigger goes on TLS
+                                            // Reconnect without DTLS.
+        i.dtls = None;
+        let again = sticky(plan(&i), prev, MtuPolicy::Common);
+        assert_eq!((again.advertised_cstp, again.advertised_dtls), (1343, None));
+        // Split keeps the ASA's thresholds, only the advertisement is repeated.
+        let prev = Advertised::of(&plan(&inputs(MtuPolicy::Split)));
+        let mut i = inputs(MtuPolicy::Split);
+        i.client_base_mtu = Some(1400);
+        let again = sticky(plan(&i), prev, MtuPolicy::Split);
+        assert_eq!(
+            (again.advertised_cstp, again.advertised_dtls, again.tls),
+            (1343, Some(1434), 1343)
+        );
+        assert_eq!(again.dtls, Some(1334));
     }
 
     #[test]

@@ -515,6 +515,7 @@ impl Server {
             wake: None,
             too_big_icmp: None,
             too_big_log: None,
+            advertised: None,
         };
         self.events
             .push_back(Event::Syslog(syslog::session_started_716001(who(&s))));
@@ -808,8 +809,9 @@ impl Server {
             DtlsKeying::Psk { .. } => mtu::dtls_overhead("PSK-AES256-GCM-SHA384"),
             DtlsKeying::Legacy { cipher, .. } => mtu::dtls_overhead(cipher.openssl_name()),
         });
-        let plan = mtu::plan(&MtuInputs {
-            policy: policy.mtu_policy.unwrap_or(self.config.mtu_policy),
+        let mtu_policy = policy.mtu_policy.unwrap_or(self.config.mtu_policy);
+        let mut plan = mtu::plan(&MtuInputs {
+            policy: mtu_policy,
             tcpmss: if self.config.tcpmss == 0 {
                 1380
             } else {
@@ -821,6 +823,13 @@ impl Server {
             link_mtu: self.config.link_mtu,
             configured: policy.mtu,
         });
+        // A reconnect never changes the advertised MTU: openconnect keeps its tun MTU from the
+        // first CONNECT (anyconnect.md §2) and Cisco's client would reconnect again to apply a
+        // new one (asa.md §6). The TLS channel can physically carry frames that large, so its
+        // threshold is raised to match; a DTLS path that shrank sends the excess over TLS.
+        if let Some(prev) = self.sessions[&id].advertised {
+            plan = mtu::sticky(plan, prev, mtu_policy);
+        }
         let session_left = policy
             .session_timeout
             .map(|t| t.saturating_sub(now - self.sessions[&id].created));
@@ -856,6 +865,9 @@ impl Server {
         s.tx = Channel::Tls;
         s.fallback = Fallback::new(&self.config.fallback);
         s.mtu = Some(plan);
+        if s.advertised.is_none() {
+            s.advertised = Some(mtu::Advertised::of(&plan));
+        }
         s.phase = Phase::Connected;
         s.last_data = now;
         s.ever_connected = true;
@@ -985,7 +997,7 @@ impl Server {
         };
         tls.last_rx = now;
         tls.dpd_sent = None;
-        let clamp = clamp_value(tcpmss, s.mtu.map(|m| m.advertised_cstp));
+        let clamp = clamp_value(tcpmss, s.mtu.map(|m| adapter_mtu(&m)));
         let mut controls: Vec<Control> = Vec::new();
         let mut rx_bytes = 0u64;
         let mut rx_pkts = 0u64;
@@ -1135,7 +1147,7 @@ impl Server {
                 if payload.is_empty() {
                     return Ok(());
                 }
-                let clamp = clamp_value(tcpmss, s.mtu.map(|m| m.advertised_cstp));
+                let clamp = clamp_value(tcpmss, s.mtu.map(|m| adapter_mtu(&m)));
                 let start = self.pkt_buf.len();
                 self.pkt_buf.extend_from_slice(payload);
                 clamp_syn(&mut self.pkt_buf[start..], clamp);
@@ -1227,7 +1239,10 @@ impl Server {
             self.stats.tun_no_channel += 1;
             return Err(TunDrop::NoChannel);
         }
-        clamp_syn(pkt, clamp_value(tcpmss, Some(plan.advertised_cstp)));
+        let clamped = clamp_syn(pkt, clamp_value(tcpmss, Some(adapter_mtu(&plan))));
+        if clamped {
+            self.stats.mss_clamped += 1;
+        }
         let mut ch = if s.dtls.up { s.tx } else { Channel::Tls };
         let threshold = |c: Channel| match c {
             Channel::Dtls => plan.dtls.unwrap_or(plan.tls),
@@ -1755,6 +1770,7 @@ impl Server {
                 bytes_rx: s.bytes_rx,
                 reconnects: s.reconnects,
                 ever_connected: s.ever_connected,
+                advertised: s.advertised,
             })
             .collect();
         sessions.sort_by_key(|s| s.index);
@@ -1810,6 +1826,7 @@ impl Server {
                 wake: None,
                 too_big_icmp: None,
                 too_big_log: None,
+                advertised: p.advertised,
             };
             srv.by_cookie.insert(p.cookie_prefix, id);
             if let Some(a) = p.address {
@@ -1937,6 +1954,12 @@ fn info(s: &Session, now: Instant) -> SessionInfo {
         reconnects: s.reconnects,
         fallbacks: s.fallbacks,
     }
+}
+
+/// The MTU of the client's adapter: openconnect uses the larger of X-CSTP-MTU and X-DTLS-MTU.
+fn adapter_mtu(p: &mtu::MtuPlan) -> u16 {
+    p.advertised_dtls
+        .map_or(p.advertised_cstp, |d| d.max(p.advertised_cstp))
 }
 
 /// The MSS a tunnelled SYN may carry: `sysopt connection tcpmss` and, so that a full segment

@@ -115,6 +115,8 @@ pub(crate) struct Session {
     /// Last ICMP fragmentation-needed / last 722036 log for this session (rate limits).
     pub too_big_icmp: Option<Instant>,
     pub too_big_log: Option<Instant>,
+    /// What the first CONNECT advertised; reconnects repeat it.
+    pub advertised: Option<crate::mtu::Advertised>,
 }
 
 impl Session {
@@ -179,4 +181,7 @@ pub struct SessionSnapshot {
     pub bytes_rx: u64,
     pub reconnects: u32,
     pub ever_connected: bool,
+    /// The MTUs the client was told at its first CONNECT (kept across reconnects).
+    #[serde(default)]
+    pub advertised: Option<crate::mtu::Advertised>,
 }

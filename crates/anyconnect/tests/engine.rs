@@ -1490,7 +1490,9 @@ fn captured_openconnect_901_exchange() {
     let mut s = server(t0, config());
     let c = conn(46676);
     let hdr = |len: usize, cookie: Option<&str>| {
-        let ck = cookie.map(|v| format!("Cookie: webvpncontext={v}\r\n")).unwrap_or_default();
+        let ck = cookie
+            .map(|v| format!("Cookie: webvpncontext={v}\r\n"))
+            .unwrap_or_default();
         format!("POST / HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: Open AnyConnect VPN Agent v9.01-3\r\n{ck}Accept: */*\r\nAccept-Encoding: identity\r\nX-Transcend-Version: 1\r\nX-Aggregate-Auth: 1\r\nX-Support-HTTP-Auth: true\r\nX-AnyConnect-STRAP-Pubkey: MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\r\nContent-Type: application/xml; charset=utf-8\r\nContent-Length: {len}\r\n\r\n")
     };
     let init = r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -1498,10 +1500,17 @@ fn captured_openconnect_901_exchange() {
     let req = [hdr(init.len(), None).as_bytes(), init.as_bytes()].concat();
     let (form, _) = respond(s.handle_http(t0, &c, &req));
     let h = set_cookie(&form, "webvpncontext").unwrap();
-    let init2 = init.replace("</group-access></config-auth>", "</group-access><group-select>RA</group-select></config-auth>");
+    let init2 = init.replace(
+        "</group-access></config-auth>",
+        "</group-access><group-select>RA</group-select></config-auth>",
+    );
     let req = [hdr(init2.len(), Some(&h)).as_bytes(), init2.as_bytes()].concat();
     let (form2, _) = respond(s.handle_http(t0, &c, &req));
-    assert_eq!(set_cookie(&form2, "webvpncontext").as_deref(), Some(h.as_str()), "same login context");
+    assert_eq!(
+        set_cookie(&form2, "webvpncontext").as_deref(),
+        Some(h.as_str()),
+        "same login context"
+    );
     assert!(form2.contains("<option selected=\"true\">RA</option>"));
     let reply = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"auth-reply\" aggregate-auth-version=\"2\"><version who=\"vpn\">v9.01-3</version><device-id>linux-64</device-id><capabilities><auth-method>single-sign-on-v2</auth-method><auth-method>single-sign-on-external-browser</auth-method></capabilities><opaque is-for=\"sg\">\n<tunnel-group>RA</tunnel-group>\n<group-alias>RA</group-alias>\n<aggauth-handle>{h}</aggauth-handle>\n</opaque><auth><username>vpn</username><password>secret</password></auth><group-select>RA</group-select></config-auth>"
@@ -1514,4 +1523,72 @@ fn captured_openconnect_901_exchange() {
     let cookie = set_cookie(&done, "webvpn").unwrap();
     let t = connect(&mut s, t0, &cookie, PSK_SUITES, "");
     assert_eq!(header(&t.head, "X-CSTP-Address"), Some(CLIENT));
+}
+
+#[test]
+fn reconnect_repeats_the_first_mtu() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let cookie = login(&mut s, t0, "vpn", "secret");
+    let first = connect(&mut s, t0, &cookie, PSK_SUITES, "");
+    assert_eq!(header(&first.head, "X-CSTP-MTU"), Some("1343"));
+    s.handle_tls_closed(t0, first.session);
+    // The reconnect lands on a TLS 1.2 AES-CBC-SHA384 connection (TLS MTU 1287) from a path
+    // with Base-MTU 1300: the client is still told 1343 (it would not apply a change anyway).
+    let mut c = conn(40002);
+    c.tls_cipher = "ECDHE-RSA-AES256-SHA384".into();
+    let req = String::from_utf8(connect_req(&cookie, PSK_SUITES, ""))
+        .unwrap()
+        .replace("Base-MTU: 1500", "Base-MTU: 1300");
+    let head = match s.handle_http(t0, &c, req.as_bytes()) {
+        Ok(HttpOutcome::Tunnel { bytes, .. }) => String::from_utf8(bytes).unwrap(),
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(header(&head, "X-CSTP-MTU"), Some("1343"));
+    assert_eq!(header(&head, "X-DTLS-MTU"), Some("1343"));
+    // ...and a full-size DF packet for the client still gets through on TLS, no ICMP.
+    let mut p = ip_packet("10.1.0.5", CLIENT, 1343, true);
+    s.handle_tun_packet(t0, &mut p).unwrap();
+    assert_eq!(transmits(&mut s)[0].1, Channel::Tls);
+    assert!(packets(&mut s).is_empty());
+}
+
+/// asa.md §6 reproduced with `MtuPolicy::Split` (RC4-SHA TLS, DTLS never comes up): the
+/// adapter gets 1434 (1418 on the ASA's CBC default), a SYN's MSS 1378 passes the tcpmss
+/// clamp, the server's 1418-byte segments exceed the TLS threshold 1347 -> dropped with
+/// ICMP + 722036. The same client under `MtuPolicy::Common` is told 1347 and its SYNs are
+/// clamped to 1307, so no segment ever exceeds the threshold.
+#[test]
+fn asa_black_hole_split_vs_common() {
+    for (policy, adapter, mss, too_big) in [
+        (MtuPolicy::Split, "1434", 1378, true),
+        (MtuPolicy::Common, "1347", 1307, false),
+    ] {
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.mtu_policy = policy;
+        let mut s = server(t0, cfg);
+        let cookie = login(&mut s, t0, "vpn", "secret");
+        let mut c = conn(40001);
+        c.tls_cipher = "RC4-SHA".into();
+        let head = match s.handle_http(t0, &c, &connect_req(&cookie, PSK_SUITES, "")) {
+            Ok(HttpOutcome::Tunnel { bytes, .. }) => String::from_utf8(bytes).unwrap(),
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(header(&head, "X-DTLS-MTU"), Some(adapter));
+        // The browser's SYN (MSS from a 1418-byte adapter: 1378) through the tunnel.
+        s.handle_tls_data(t0, SessionId(1), &cstp(0, &syn(CLIENT, "10.10.10.1", 1378)))
+            .unwrap();
+        let p = packets(&mut s).remove(0);
+        assert_eq!(
+            TcpPacket::new_checked(&p[20..]).unwrap().mss(),
+            Some(mss),
+            "{policy:?}"
+        );
+        // The server answers with full segments (MSS + 40) and DF.
+        let mut seg = ip_packet("10.10.10.1", CLIENT, usize::from(mss) + 40, true);
+        let r = s.handle_tun_packet(t0, &mut seg);
+        assert_eq!(r.is_err(), too_big, "{policy:?}");
+        assert_eq!(s.stats().icmp_sent, u64::from(too_big));
+    }
 }
