@@ -264,6 +264,10 @@ pub struct Limits {
     pub pending_auth_lifetime: Duration,
     /// Wrong passwords in one login before it is refused outright.
     pub max_auth_failures: u32,
+    /// Failed logins allowed per client address within `auth_failure_window`; beyond it,
+    /// replies get 429 without any password hashing.
+    pub auth_failures_per_peer: u32,
+    pub auth_failure_window: Duration,
     /// Sessions in total (0 = unlimited).
     pub max_sessions: usize,
 }
@@ -275,6 +279,8 @@ impl Default for Limits {
             pending_auth_total: 4096,
             pending_auth_lifetime: Duration::from_secs(120),
             max_auth_failures: 3,
+            auth_failures_per_peer: 10,
+            auth_failure_window: Duration::from_secs(60),
             max_sessions: 0,
         }
     }

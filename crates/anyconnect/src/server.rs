@@ -30,6 +30,7 @@ pub struct Stats {
     pub auth_failures: u64,
     pub auth_unknown_group: u64,
     pub auth_pending_refused: u64,
+    pub auth_rate_limited: u64,
     pub cookie_rejected: u64,
     pub tunnels: u64,
     pub reconnects: u64,
@@ -91,6 +92,9 @@ pub struct Server {
     by_demux: HashMap<[u8; 32], SessionId>,
     pending: HashMap<String, Pending>,
     pending_by_peer: HashMap<IpAddr, usize>,
+    /// Failed logins per client address: (window start, count).
+    failures_by_peer: HashMap<IpAddr, (Instant, u32)>,
+    last_sweep: Option<Instant>,
     timers: BTreeSet<(Instant, SessionId)>,
     tx_buf: Vec<u8>,
     tx_q: VecDeque<(SessionId, Channel, usize, usize)>,
@@ -137,6 +141,8 @@ impl Server {
             by_demux: HashMap::new(),
             pending: HashMap::new(),
             pending_by_peer: HashMap::new(),
+            failures_by_peer: HashMap::new(),
+            last_sweep: None,
             timers: BTreeSet::new(),
             tx_buf: Vec::with_capacity(64 * 1024),
             tx_q: VecDeque::new(),
@@ -388,6 +394,32 @@ impl Server {
         };
         let user = msg.username.clone().unwrap_or_default();
         let pw = msg.password.clone().unwrap_or_default();
+        // Per-address failure budget, checked before any hashing: password guessing and
+        // PBKDF2 CPU burn are bounded per client address whatever the number of contexts.
+        let limits = self.config.limits.clone();
+        let peer = conn.peer.ip();
+        if let Some((start, n)) = self.failures_by_peer.get(&peer) {
+            if now < *start + limits.auth_failure_window && *n >= limits.auth_failures_per_peer {
+                self.stats.auth_rate_limited += 1;
+                self.drop_pending(&h);
+                self.refused(
+                    conn.peer,
+                    format!("login for '{user}' refused: too many failed logins from this address"),
+                );
+                let r = Response::new(429, "Too Many Requests")
+                    .header("Connection", "close")
+                    .header(
+                        "Retry-After",
+                        limits.auth_failure_window.as_secs().to_string(),
+                    )
+                    .body("text/plain", "too many failed logins\n");
+                return HttpOutcome::Respond {
+                    consumed,
+                    bytes: r.to_bytes(),
+                    close: true,
+                };
+            }
+        }
         let ok = match self.config.user(&user) {
             Some(u) => (self.config.verifier)(&u.password_hash, pw.as_bytes()),
             None => {
@@ -406,6 +438,16 @@ impl Server {
             return self.complete_login(now, conn, group, &user, consumed, close);
         }
         self.stats.auth_failures += 1;
+        if self.failures_by_peer.len() < self.config.limits.pending_auth_total
+            || self.failures_by_peer.contains_key(&peer)
+        {
+            let window = self.config.limits.auth_failure_window;
+            let e = self.failures_by_peer.entry(peer).or_insert((now, 0));
+            if now >= e.0 + window {
+                *e = (now, 0);
+            }
+            e.1 += 1;
+        }
         let reason = if self.config.user(&user).is_some() {
             "Invalid password"
         } else {
@@ -646,6 +688,17 @@ impl Server {
     }
 
     fn expire_pending(&mut self, now: Instant) {
+        // Sweep at most once a second: the scan is over up to `pending_auth_total` entries.
+        if self
+            .last_sweep
+            .is_some_and(|t| now < t + Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let window = self.config.limits.auth_failure_window;
+        self.failures_by_peer
+            .retain(|_, (start, _)| now < *start + window);
         if self.pending.is_empty() {
             return;
         }

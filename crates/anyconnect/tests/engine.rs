@@ -1592,3 +1592,66 @@ fn asa_black_hole_split_vs_common() {
         assert_eq!(s.stats().icmp_sent, u64::from(too_big));
     }
 }
+
+#[test]
+fn failed_logins_are_limited_per_address() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let c = conn(7);
+    let mut now = t0;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let (form, _) = respond(s.handle_http(now, &c, &post(OC_INIT, &[])));
+        let h = set_cookie(&form, "webvpncontext").unwrap();
+        for _ in 0..3 {
+            now += Duration::from_millis(500);
+            let (r, _) = respond(s.handle_http(
+                now,
+                &c,
+                &post(
+                    &oc_reply("vpn", "guess", None, &h),
+                    &[("webvpncontext", &h)],
+                ),
+            ));
+            codes.push(r[9..12].to_string());
+            if !r.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+    }
+    // 10 failures are answered (each 3rd with 401), then every reply gets 429 unhashed.
+    assert_eq!(s.stats().auth_failures, 10);
+    assert_eq!(
+        codes[..10].iter().filter(|c| *c == "401").count(),
+        3,
+        "{codes:?}"
+    );
+    assert_eq!(codes[10..], ["429", "429", "429"], "{codes:?}");
+    // Even the right password is refused from this address until the window passes...
+    let (form, _) = respond(s.handle_http(now, &c, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let (r, _) = respond(s.handle_http(now, &c, &post(&oc_reply("vpn", "secret", None, &h), &[])));
+    assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+    // ...while another address logs in normally, and this one can again a minute later.
+    let other = ConnInfo {
+        peer: "198.51.100.9:5".parse().unwrap(),
+        ..conn(7)
+    };
+    let (form, _) = respond(s.handle_http(now, &other, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    assert!(respond(s.handle_http(
+        now,
+        &other,
+        &post(&oc_reply("vpn", "secret", None, &h), &[])
+    ))
+    .0
+    .contains("complete"));
+    let later = t0 + Duration::from_secs(61);
+    let (form, _) = respond(s.handle_http(later, &c, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    assert!(
+        respond(s.handle_http(later, &c, &post(&oc_reply("vpn", "secret", None, &h), &[])))
+            .0
+            .contains("complete")
+    );
+}
