@@ -291,7 +291,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// A UDP syslog receiver (`lab-http syslog`) on port 514 in a namespace; every datagram is one
-/// line of `<run dir>/<tag>.syslog`.
+/// line of `<run dir>/<tag>.syslog`: `UNIXTIME SENDER:PORT MESSAGE`.
 #[derive(Debug)]
 pub struct SyslogSink {
     pub out: PathBuf,

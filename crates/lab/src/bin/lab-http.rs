@@ -22,7 +22,8 @@
 //! bytes so far) at most every 10 ms and always after a pause, and finally
 //! `done bytes=N sha256=HEX` or `error bytes=N: ...`. The body is hashed, not stored.
 //!
-//! `syslog` appends every UDP datagram it receives to `--out`, one line each, flushed at once.
+//! `syslog` appends every UDP datagram it receives to `--out`, one line each
+//! (`UNIXTIME SENDER:PORT MESSAGE`), flushed at once.
 
 use ring::digest::{Context, SHA256};
 use std::fs::File;
@@ -281,6 +282,6 @@ fn syslog(args: &[String]) -> Result<(), String> {
     loop {
         let (n, from) = sock.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
         let text = String::from_utf8_lossy(&buf[..n]);
-        writeln!(f, "{from} {}", text.trim_end()).and_then(|_| f.flush()).map_err(|e| e.to_string())?;
+        writeln!(f, "{:.6} {from} {}", unix_now(), text.trim_end()).and_then(|_| f.flush()).map_err(|e| e.to_string())?;
     }
 }
