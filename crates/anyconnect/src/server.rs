@@ -561,6 +561,8 @@ impl Server {
         };
         self.events
             .push_back(Event::Syslog(syslog::session_started_716001(who(&s))));
+        self.events
+            .push_back(Event::Syslog(syslog::parent_started_113039(who(&s))));
         self.by_cookie.insert(prefix, id);
         self.sessions.insert(id, s);
         self.reschedule(id);
@@ -936,6 +938,7 @@ impl Server {
             ev.push(syslog::replacing_722032(w, Channel::Tls));
             ev.push(syslog::stale_722028(w));
         } else if after_drop {
+            ev.push(syslog::resumed_716059(w, w.peer));
             ev.push(syslog::new_no_existing_722034(w, Channel::Tls));
         }
         ev.push(syslog::svc_established_722022(w, Channel::Tls));
@@ -1126,20 +1129,7 @@ impl Server {
     /// session waits `reconnect_grace` for a CONNECT with its cookie.
     pub fn handle_tls_closed(&mut self, now: Instant, session: SessionId) {
         self.reset_output();
-        let Some(s) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        if s.tls.take().is_none() {
-            return;
-        }
-        s.phase = Phase::Disconnected { since: now };
-        let w = who(s);
-        self.events
-            .push_back(Event::Syslog(syslog::svc_terminated_722023(
-                w,
-                Channel::Tls,
-            )));
-        self.drop_dtls(session, true);
+        self.handle_tls_closed_inner(now, session);
         self.reschedule(session);
     }
 
@@ -1547,6 +1537,10 @@ impl Server {
                 Channel::Tls,
             )));
         self.drop_dtls(id, true);
+        if let Some(s) = self.sessions.get(&id) {
+            let line = syslog::waiting_to_resume_716058(who(s));
+            self.events.push_back(Event::Syslog(line));
+        }
     }
 
     /// DISCONNECT/TERMINATE from the client. Logout ends the session; otherwise the client

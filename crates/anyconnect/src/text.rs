@@ -131,6 +131,39 @@ pub mod syslog {
         )
     }
 
+    /// 113039: the AnyConnect parent session started (at login, with 716001).
+    pub fn parent_started_113039(w: Who<'_>) -> SyslogLine {
+        line(
+            6,
+            113039,
+            format!("{} AnyConnect parent session started.", w.prefix()),
+        )
+    }
+
+    /// 716058: the session lost its TLS connection and waits for the client to resume.
+    pub fn waiting_to_resume_716058(w: Who<'_>) -> SyslogLine {
+        line(
+            6,
+            716058,
+            format!(
+                "{} AnyConnect session lost connection. Waiting to resume.",
+                w.prefix()
+            ),
+        )
+    }
+
+    /// 716059: the client came back with the session cookie (from `from`).
+    pub fn resumed_716059(w: Who<'_>, from: std::net::IpAddr) -> SyslogLine {
+        line(
+            6,
+            716059,
+            format!(
+                "{} AnyConnect session resumed connection from IP <{from}>.",
+                w.prefix()
+            ),
+        )
+    }
+
     /// 722022: a channel came up.
     pub fn svc_established_722022(w: Who<'_>, ch: Channel) -> SyslogLine {
         line(
@@ -481,6 +514,9 @@ mod tests {
             closing_722037(w, "User Requested").asa(),
             address_722051(w, "10.99.0.100".parse().unwrap()).asa(),
             session_started_716001(w).asa(),
+            parent_started_113039(w).asa(),
+            waiting_to_resume_716058(w).asa(),
+            resumed_716059(w, "198.51.100.7".parse().unwrap()).asa(),
             session_terminated_716002(w, DisconnectReason::IdleTimeout).asa(),
             auth_ok_113012("vpn").asa(),
             auth_rejected_113015("vpn", "Invalid password", w.peer).asa(),
@@ -506,6 +542,9 @@ mod tests {
 %ASA-4-722037: Group <ac_users_group> User <vpn> IP <10.1.75.111> SVC closing connection: User Requested.
 %ASA-4-722051: Group <ac_users_group> User <vpn> IP <10.1.75.111> IPv4 Address <10.99.0.100> IPv6 address <::> assigned to session
 %ASA-6-716001: Group <ac_users_group> User <vpn> IP <10.1.75.111> WebVPN session started.
+%ASA-6-113039: Group <ac_users_group> User <vpn> IP <10.1.75.111> AnyConnect parent session started.
+%ASA-6-716058: Group <ac_users_group> User <vpn> IP <10.1.75.111> AnyConnect session lost connection. Waiting to resume.
+%ASA-6-716059: Group <ac_users_group> User <vpn> IP <10.1.75.111> AnyConnect session resumed connection from IP <198.51.100.7>.
 %ASA-6-716002: Group <ac_users_group> User <vpn> IP <10.1.75.111> WebVPN session terminated: Idle Timeout.
 %ASA-6-113012: AAA user authentication Successful : local database : user = vpn
 %ASA-6-113015: AAA user authentication Rejected : reason = Invalid password : local database : user = vpn : user IP = 10.1.75.111

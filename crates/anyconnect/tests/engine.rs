@@ -332,6 +332,7 @@ fn password_login_then_psk_tunnel() {
         [
             "%ASA-6-113012: AAA user authentication Successful : local database : user = vpn",
             "%ASA-6-716001: Group <ac_users_group> User <vpn> IP <203.0.113.10> WebVPN session started.",
+            "%ASA-6-113039: Group <ac_users_group> User <vpn> IP <203.0.113.10> AnyConnect parent session started.",
         ]
     );
 
@@ -1032,6 +1033,8 @@ fn reconnect_keeps_address_and_refuses_another() {
         syslog(&ev),
         [
             "%ASA-6-722023: Group <ac_users_group> User <vpn> IP <203.0.113.10> TCP SVC connection terminated without compression",
+            "%ASA-6-716058: Group <ac_users_group> User <vpn> IP <203.0.113.10> AnyConnect session lost connection. Waiting to resume.",
+            "%ASA-6-716059: Group <ac_users_group> User <vpn> IP <203.0.113.10> AnyConnect session resumed connection from IP <203.0.113.10>.",
             "%ASA-5-722034: Group <ac_users_group> User <vpn> IP <203.0.113.10> New TCP SVC connection, no existing connection.",
             "%ASA-6-722022: Group <ac_users_group> User <vpn> IP <203.0.113.10> TCP SVC connection established without compression",
         ]
