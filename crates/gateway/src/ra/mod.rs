@@ -1,0 +1,800 @@
+//! Remote access (AnyConnect / openconnect, issue 5): the I/O around the sans-IO
+//! [`anyconnect::Server`] engine.
+//!
+//! ```text
+//!   tcp/443 ─► accept (handshake slots + deadline) ─► per-connection task:
+//!                HTTP phase: buffered bytes ─► Server::handle_http
+//!                tunnel phase: TLS reader ─► Server::handle_tls_data;  writer task ◄─ frames
+//!   udp/443 ─► rx thread: ClientHello session_id / source address ─► per-session DTLS Ssl
+//!                ─► Server::handle_dtls_record
+//!   TUN (hfra0) ─► rx thread ─► Server::handle_tun_packet
+//!   after every handle_*: poll_transmit (TLS writer / DTLS Ssl ─► udp), poll_packet (─► TUN),
+//!                         poll_event (syslog, closes); a timer task drives handle_timeout
+//! ```
+//!
+//! The engine and every session's I/O handles sit behind one mutex ([`Core`]). Each input is
+//! one short critical section (engine call + drain, including DTLS encryption and TUN/UDP
+//! writes, which never block), so there is no lock ordering to get wrong. TLS encryption and
+//! socket writes happen outside it, in the per-connection writer task.
+//!
+//! [`spawn`] starts everything on its own threads and tokio runtime and returns a [`RaHandle`]
+//! whose [`RaHandle::shutdown`] stops it and removes the routes it added.
+
+pub mod dtls;
+mod legacy;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyconnect::{Channel, DtlsKeying, Event, HttpOutcome, SessionId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::clock;
+use crate::net::{self, SystemGuard};
+use crate::syslog::{Message, Syslog};
+
+use dtls::{DtlsConn, DtlsKey, DtlsServer};
+use tls::{Admission, HandshakeLimits};
+
+/// Everything the remote-access service needs.
+pub struct RaConfig {
+    /// Address of the TLS listener; DTLS listens on the same address with UDP port
+    /// `engine.dtls_port` (anyconnect.md §4: the same port by default).
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA for client certificates (`ca-file`); `None` = no certificate request.
+    pub ca_file: Option<PathBuf>,
+    /// The remote-access TUN (kept apart from the site-to-site one).
+    pub tun_name: String,
+    pub engine: anyconnect::Config,
+    pub handshake: HandshakeLimits,
+    /// How long a connection may stay in the HTTP (pre-tunnel) phase without sending a
+    /// byte.
+    pub http_idle: Duration,
+    pub syslog: Arc<Syslog>,
+}
+
+/// Errors at start (configuration or system); nothing at run time is fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum RaError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    #[error(transparent)]
+    Dtls(#[from] dtls::DtlsError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RaError {
+    let what = what.into();
+    move |source| RaError::Io { what, source }
+}
+
+/// A running remote-access service.
+pub struct RaHandle {
+    core: Arc<Core>,
+    runtime: Option<tokio::runtime::Runtime>,
+    threads: Vec<JoinHandle<()>>,
+    guard: SystemGuard,
+    tls_local: SocketAddr,
+}
+
+impl RaHandle {
+    /// The bound TLS address (the port is useful when `listen` asked for port 0).
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_local
+    }
+
+    /// Runs `f` on the engine (for `show vpn-sessiondb`, logoff, ...), then drains what it
+    /// produced.
+    pub fn with_engine<T>(&self, f: impl FnOnce(&mut anyconnect::Server, Instant) -> T) -> T {
+        let mut g = self.core.lock();
+        let now = clock::now();
+        let r = f(&mut g.server, now);
+        self.core.drain(&mut g);
+        r
+    }
+
+    /// Transport counters.
+    pub fn io_stats(&self) -> IoStats {
+        self.core.stats.snapshot()
+    }
+
+    /// Stops every task and thread, closes the sessions' connections and removes the routes.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.core.stop.store(true, Ordering::SeqCst);
+        {
+            let mut g = self.core.lock();
+            let now = clock::now();
+            // TERMINATE to every client (they do not reconnect), then close the channels.
+            g.server.shutdown(now);
+            self.core.drain(&mut g);
+            for (_, io) in g.io.iter_mut() {
+                if let Some(c) = io.dtls.as_mut() {
+                    c.close();
+                }
+                io.tls = None;
+            }
+        }
+        // Let the writers put the TERMINATE frames on the wire before the tasks stop.
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.guard.cleanup();
+    }
+}
+
+impl Drop for RaHandle {
+    fn drop(&mut self) {
+        if !self.core.stop.load(Ordering::SeqCst) || !self.threads.is_empty() {
+            self.stop();
+        }
+    }
+}
+
+/// Counters of the I/O layer (the engine keeps its own).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoStats {
+    pub tls_accepted: u64,
+    pub tls_handshake_failures: u64,
+    pub dtls_associations: u64,
+    pub dtls_handshake_failures: u64,
+    pub udp_unmatched: u64,
+    pub tls_send_overflow: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    tls_accepted: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+    dtls_associations: AtomicU64,
+    dtls_handshake_failures: AtomicU64,
+    udp_unmatched: AtomicU64,
+    tls_send_overflow: AtomicU64,
+}
+
+impl Stats {
+    fn snapshot(&self) -> IoStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IoStats {
+            tls_accepted: l(&self.tls_accepted),
+            tls_handshake_failures: l(&self.tls_handshake_failures),
+            dtls_associations: l(&self.dtls_associations),
+            dtls_handshake_failures: l(&self.dtls_handshake_failures),
+            udp_unmatched: l(&self.udp_unmatched),
+            tls_send_overflow: l(&self.tls_send_overflow),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Starts the service: TUN + pool routes, TCP and UDP listeners, threads and tasks.
+pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
+    let tls_ctx = tls::server_context(&cfg.cert_file, &cfg.key_file, cfg.ca_file.as_deref())?;
+    let dtls_server = DtlsServer::new(&cfg.cert_file, &cfg.key_file)?;
+
+    let udp_addr = SocketAddr::new(cfg.listen.ip(), cfg.engine.dtls_port);
+    let udp = net::udp_socket(udp_addr).map_err(io_err(format!("binding udp {udp_addr}")))?;
+    udp.set_read_timeout(Some(POLL_EVERY)).map_err(io_err("udp read timeout"))?;
+    let udp = Arc::new(udp);
+
+    let tcp = std::net::TcpListener::bind(cfg.listen).map_err(io_err(format!("binding tcp {}", cfg.listen)))?;
+    tcp.set_nonblocking(true).map_err(io_err("tcp nonblocking"))?;
+    let tls_local = tcp.local_addr().map_err(io_err("tcp local address"))?;
+
+    // The TUN carries at most the largest packet a client may send (X-CSTP-MTU is at most
+    // the link MTU minus overheads); the engine enforces the per-session MTU.
+    let (tun, _) = net::create_tun(&cfg.tun_name, cfg.engine.link_mtu, false)
+        .map_err(io_err(format!("creating TUN {}", cfg.tun_name)))?;
+    let mut guard = SystemGuard::default();
+    for pool in cfg.engine.pools.values() {
+        let (netw, len) = pool_prefix(pool);
+        guard.add_route(netw, len, &cfg.tun_name, None).map_err(io_err(format!("route {netw}/{len}")))?;
+    }
+    guard.enable_ip_forward().map_err(io_err("ip_forward"))?;
+
+    let server = anyconnect::Server::new(clock::now(), cfg.engine, Box::new(crypto::OsRandom::new()));
+    let core = Arc::new(Core {
+        state: Mutex::new(State { server, io: HashMap::new(), by_addr: HashMap::new(), next_conn: 1, touched: Vec::new() }),
+        dtls: dtls_server,
+        udp: udp.clone(),
+        tun: Arc::new(tun),
+        syslog: cfg.syslog.clone(),
+        stop: AtomicBool::new(false),
+        stats: Stats::default(),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("hf-ra")
+        .enable_all()
+        .build()
+        .map_err(io_err("tokio runtime"))?;
+    let admission = Arc::new(Admission::new(tls_ctx, cfg.handshake));
+    {
+        let core = core.clone();
+        let http_idle = cfg.http_idle;
+        runtime.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(tcp) {
+                Ok(l) => l,
+                Err(e) => {
+                    core.log(3, 725014, format!("SSL lib error. Function: TCP listener Reason: {e}"));
+                    return;
+                }
+            };
+            accept_loop(core, listener, admission, http_idle).await;
+        });
+    }
+    {
+        let core = core.clone();
+        runtime.spawn(async move { timer_loop(core).await });
+    }
+    let mut threads = Vec::new();
+    {
+        let core = core.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("hf-ra-udp".into())
+                .spawn(move || udp_loop(core))
+                .map_err(io_err("udp thread"))?,
+        );
+    }
+    {
+        let core = core.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("hf-ra-tun".into())
+                .spawn(move || tun_loop(core))
+                .map_err(io_err("tun thread"))?,
+        );
+    }
+    Ok(RaHandle { core, runtime: Some(runtime), threads, guard, tls_local })
+}
+
+/// Network and prefix length of a pool's subnet (the pool's mask applied to its first
+/// address).
+fn pool_prefix(pool: &anyconnect::AddressPool) -> (Ipv4Addr, u8) {
+    let mask = u32::from(pool.mask);
+    (Ipv4Addr::from(u32::from(pool.first) & mask), mask.count_ones() as u8)
+}
+
+/// How often blocking threads look at the stop flag, and the longest the timer sleeps.
+const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// Largest TLS batch handed to one connection's writer before it is sent.
+const TLS_BATCH: usize = 64 * 1024;
+
+/// Batches queued towards one connection's writer; beyond this the client is not reading
+/// and whole batches (always whole CSTP frames) are dropped.
+const TLS_QUEUE: usize = 512;
+
+/// The engine, the I/O handles of its sessions, and the shared sockets.
+struct Core {
+    state: Mutex<State>,
+    dtls: DtlsServer,
+    udp: Arc<UdpSocket>,
+    tun: Arc<tun_rs::SyncDevice>,
+    syslog: Arc<Syslog>,
+    stop: AtomicBool,
+    stats: Stats,
+}
+
+struct State {
+    server: anyconnect::Server,
+    io: HashMap<SessionId, SessionIo>,
+    /// DTLS source address -> session.
+    by_addr: HashMap<SocketAddr, SessionId>,
+    next_conn: u64,
+    /// Sessions with TLS bytes batched during the current drain.
+    touched: Vec<SessionId>,
+}
+
+#[derive(Default)]
+struct SessionIo {
+    tls: Option<TlsLink>,
+    /// How this session's DTLS is keyed (from its latest CONNECT).
+    dtls_key: Option<DtlsKey>,
+    dtls: Option<DtlsConn>,
+}
+
+/// The writer side of a session's current TLS connection.
+struct TlsLink {
+    conn: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    batch: Vec<u8>,
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is our bug; the state is still the best there is.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log(&self, severity: u8, id: u32, text: String) {
+        self.syslog.log(Message { severity, id, text });
+    }
+
+    /// Drains everything the engine produced after an input (DESIGN: transmits, then
+    /// events; the timer task asks for the next deadline on its own).
+    fn drain(&self, st: &mut State) {
+        let State { server, io, by_addr, touched, .. } = st;
+        while let Some(t) = server.poll_transmit() {
+            let Some(sio) = io.get_mut(&t.session) else { continue };
+            match t.channel {
+                Channel::Tls => {
+                    if let Some(link) = sio.tls.as_mut() {
+                        if link.batch.is_empty() {
+                            touched.push(t.session);
+                        }
+                        link.batch.extend_from_slice(t.data);
+                        if link.batch.len() >= TLS_BATCH {
+                            flush_link(link, &self.stats);
+                        }
+                    }
+                }
+                Channel::Dtls => {
+                    if let Some(c) = sio.dtls.as_mut() {
+                        // A write error leaves the association for the engine's liveness
+                        // logic to judge (it falls back to TLS when DTLS stops delivering).
+                        let _ = c.send(t.data);
+                    }
+                }
+            }
+        }
+        for s in touched.drain(..) {
+            if let Some(link) = io.get_mut(&s).and_then(|x| x.tls.as_mut()) {
+                flush_link(link, &self.stats);
+            }
+        }
+        while let Some(p) = server.poll_packet() {
+            // The TUN queue is large; a full one drops like any router would.
+            let _ = self.tun.send(p.data);
+        }
+        while let Some(ev) = server.poll_event() {
+            match ev {
+                Event::Syslog(line) => self.log(line.severity, line.id, line.text),
+                Event::SessionDown { session, .. } => {
+                    if let Some(mut sio) = io.remove(&session) {
+                        if let Some(mut c) = sio.dtls.take() {
+                            by_addr.remove(&c.peer());
+                            c.close();
+                        }
+                        if let Some(mut link) = sio.tls.take() {
+                            flush_link(&mut link, &self.stats);
+                        }
+                    }
+                }
+                Event::CloseTls { session } => {
+                    if let Some(sio) = io.get_mut(&session) {
+                        if let Some(mut link) = sio.tls.take() {
+                            // Dropping the sender ends the writer after what is queued,
+                            // which then closes the connection.
+                            flush_link(&mut link, &self.stats);
+                        }
+                    }
+                }
+                Event::CloseDtls { session } => {
+                    if let Some(sio) = io.get_mut(&session) {
+                        if let Some(mut c) = sio.dtls.take() {
+                            by_addr.remove(&c.peer());
+                            c.close();
+                        }
+                    }
+                }
+                Event::Refused { peer, reason } => self.log(
+                    4,
+                    716039,
+                    format!("IP <{}> Authentication: rejected, Session Type: AnyConnect. Reason: {reason}", peer.ip()),
+                ),
+                Event::SessionUp { .. } | Event::ChannelChange { .. } => {}
+            }
+        }
+    }
+}
+
+fn flush_link(link: &mut TlsLink, stats: &Stats) {
+    if link.batch.is_empty() {
+        return;
+    }
+    let batch = std::mem::replace(&mut link.batch, Vec::with_capacity(4096));
+    if link.tx.try_send(batch).is_err() {
+        bump(&stats.tls_send_overflow);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS
+
+async fn accept_loop(core: Arc<Core>, listener: tokio::net::TcpListener, admission: Arc<Admission>, http_idle: Duration) {
+    loop {
+        if core.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        // Take a handshake slot before accepting: while all slots are busy, new connections
+        // wait in the kernel's accept queue instead of costing memory or CPU here.
+        let slot = match admission.slot().await {
+            Some(s) => s,
+            None => return,
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let _ = tcp.set_nodelay(true);
+        let core = core.clone();
+        let admission = admission.clone();
+        tokio::spawn(async move {
+            match admission.handshake(slot, tcp, peer).await {
+                Ok((stream, info)) => {
+                    bump(&core.stats.tls_accepted);
+                    serve_connection(core, stream, info, http_idle).await;
+                }
+                Err(e) => {
+                    bump(&core.stats.tls_handshake_failures);
+                    // 725006-style: the ASA logs failed SSL handshakes with the peer.
+                    core.log(6, 725006, format!("Device failed SSL handshake with client outside:{}/{} ({e})", peer.ip(), peer.port()));
+                }
+            }
+        });
+    }
+}
+
+/// Largest pre-tunnel request buffer; the engine refuses oversized requests itself, this is
+/// only the backstop against a client that never finishes a request.
+const HTTP_BUFFER_MAX: usize = 64 * 1024;
+
+async fn serve_connection(core: Arc<Core>, mut stream: tokio_openssl::SslStream<tokio::net::TcpStream>, info: anyconnect::ConnInfo, http_idle: Duration) {
+    let peer = info.peer;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    // HTTP phase: requests until the engine accepts a CONNECT.
+    let (session, rest, conn, rx) = 'http: loop {
+        let n = match tokio::time::timeout(http_idle, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let (reply, close, tunnel) = {
+                let mut g = core.lock();
+                let now = clock::now();
+                let out = g.server.handle_http(now, &info, &buf);
+                let r = match out {
+                    Ok(HttpOutcome::NeedMore) => {
+                        if buf.len() > HTTP_BUFFER_MAX {
+                            (None, true, None)
+                        } else {
+                            (None, false, None)
+                        }
+                    }
+                    Ok(HttpOutcome::Respond { consumed, bytes, close }) => {
+                        buf.drain(..consumed.min(buf.len()));
+                        (Some(bytes), close, None)
+                    }
+                    Ok(HttpOutcome::Tunnel { consumed, bytes, session, dtls }) => {
+                        let rest = buf.split_off(consumed.min(buf.len()));
+                        let key = dtls.map(|k| dtls_key(&k, stream.ssl()));
+                        let (tx, rx) = mpsc::channel(TLS_QUEUE);
+                        let conn = g.next_conn;
+                        g.next_conn += 1;
+                        // The CONNECT answer is the first thing the writer sends; frames the
+                        // engine queues from now on follow it.
+                        let _ = tx.try_send(bytes);
+                        let sio = g.io.entry(session).or_default();
+                        // A reconnect replaces the old connection: dropping its link closes
+                        // it, and its reader sees it is no longer current.
+                        sio.tls = Some(TlsLink { conn, tx, batch: Vec::with_capacity(4096) });
+                        match key {
+                            Some(Ok(k)) => sio.dtls_key = Some(k),
+                            Some(Err(e)) => {
+                                sio.dtls_key = None;
+                                core.log(3, 725014, format!("SSL lib error. Function: DTLS keying of session {} Reason: {e}", session.0));
+                            }
+                            None => sio.dtls_key = None,
+                        }
+                        (None, false, Some((session, rest, conn, rx)))
+                    }
+                    Err(reject) => {
+                        // The engine reports the refusal as an Event::Refused (logged in drain).
+                        let _ = peer;
+                        (Some(reject.response), true, None)
+                    }
+                };
+                core.drain(&mut g);
+                r
+            };
+            if let Some(t) = tunnel {
+                break 'http t;
+            }
+            if let Some(bytes) = &reply {
+                if stream.write_all(bytes).await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+            }
+            if close {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            if reply.is_none() || buf.is_empty() {
+                break;
+            }
+        }
+    };
+    run_tunnel(core, stream, peer, session, rest, conn, rx).await;
+}
+
+fn dtls_key(k: &DtlsKeying, ssl: &openssl::ssl::SslRef) -> Result<DtlsKey, openssl::error::ErrorStack> {
+    Ok(match k {
+        DtlsKeying::Psk { .. } => DtlsKey::Psk(tls::dtls_psk(ssl)?),
+        DtlsKeying::Legacy { session_id, master_secret, cipher } => {
+            DtlsKey::Legacy { session_id: *session_id, master_secret: *master_secret, cipher: *cipher }
+        }
+    })
+}
+
+async fn run_tunnel(
+    core: Arc<Core>,
+    stream: tokio_openssl::SslStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    session: SessionId,
+    rest: Vec<u8>,
+    conn: u64,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            // Coalesce what is already queued into one TLS write.
+            let mut out = first;
+            while out.len() < TLS_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => out.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+            if wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut closed_by_engine = false;
+    if !rest.is_empty() {
+        closed_by_engine = !feed_tls(&core, peer, session, conn, &rest);
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    while !closed_by_engine {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !feed_tls(&core, peer, session, conn, &buf[..n]) {
+            closed_by_engine = true;
+        }
+    }
+    {
+        let mut g = core.lock();
+        let current = g.io.get(&session).and_then(|s| s.tls.as_ref()).map(|l| l.conn) == Some(conn);
+        if current {
+            if let Some(sio) = g.io.get_mut(&session) {
+                sio.tls = None;
+            }
+            let now = clock::now();
+            g.server.handle_tls_closed(now, session);
+            core.drain(&mut g);
+        }
+    }
+    let _ = writer.await;
+}
+
+/// Feeds TLS bytes of `session`'s connection `conn` to the engine; false when the
+/// connection must close (framing error, or it is no longer the session's connection).
+fn feed_tls(core: &Core, peer: SocketAddr, session: SessionId, conn: u64, data: &[u8]) -> bool {
+    let mut g = core.lock();
+    let current = g.io.get(&session).and_then(|s| s.tls.as_ref()).map(|l| l.conn) == Some(conn);
+    if !current {
+        return false;
+    }
+    let now = clock::now();
+    let ok = match g.server.handle_tls_data(now, session, data) {
+        Ok(()) => true,
+        Err(e) => {
+            core.log(4, 722037, format!("Session {} IP <{}> SVC closing connection: {e}.", session.0, peer.ip()));
+            false
+        }
+    };
+    core.drain(&mut g);
+    ok
+}
+
+// ---------------------------------------------------------------------------------------
+// Timer
+
+async fn timer_loop(core: Arc<Core>) {
+    loop {
+        if core.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let deadline = {
+            let g = core.lock();
+            g.server.poll_timeout().map(|(t, _)| t)
+        };
+        let now = clock::now();
+        let wake = match deadline {
+            Some(t) if t <= now => now,
+            Some(t) => t.min(now + POLL_EVERY),
+            None => now + POLL_EVERY,
+        };
+        if wake > now {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+        }
+        let mut g = core.lock();
+        let now = clock::now();
+        if matches!(g.server.poll_timeout(), Some((t, _)) if t <= now) {
+            g.server.handle_timeout(now);
+            core.drain(&mut g);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// UDP / DTLS
+
+fn udp_loop(core: Arc<Core>) {
+    let mut buf = vec![0u8; 65536];
+    let mut scratch = vec![0u8; 65536];
+    let mut last_unmatched_log: Option<Instant> = None;
+    while !core.stop.load(Ordering::Relaxed) {
+        let (n, peer) = match core.udp.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
+            Err(_) => continue,
+        };
+        let d = &buf[..n];
+        let mut g = core.lock();
+        let now = clock::now();
+        let known = g.by_addr.get(&peer).copied();
+        let hello_sid = dtls::client_hello_session_id(d);
+        let session = match (known, hello_sid) {
+            // A ClientHello always starts a new association, also from a known address
+            // (the client retrying DTLS from the same port).
+            (_, Some(sid)) => match new_association(&core, &mut g, sid, peer) {
+                Some(s) => s,
+                None => {
+                    bump(&core.stats.udp_unmatched);
+                    if rate_ok(&mut last_unmatched_log, now) {
+                        core.log(4, 710005, format!("UDP request discarded from {}/{} to outside: DTLS ClientHello names no session", peer.ip(), peer.port()));
+                    }
+                    continue;
+                }
+            },
+            (Some(s), None) => s,
+            (None, None) => {
+                bump(&core.stats.udp_unmatched);
+                if rate_ok(&mut last_unmatched_log, now) {
+                    core.log(4, 710005, format!("UDP request discarded from {}/{} to outside: {n} bytes, not DTLS of any session", peer.ip(), peer.port()));
+                }
+                continue;
+            }
+        };
+        let st = &mut *g;
+        let Some(conn) = st.io.get_mut(&session).and_then(|s| s.dtls.as_mut()) else { continue };
+        let server = &mut st.server;
+        let result = conn.handle_datagram(d, &mut scratch, |rec| {
+            let _ = server.handle_dtls_record(now, session, rec);
+        });
+        let (legacy, cipher) = (conn.is_legacy(), conn.cipher_name());
+        match result {
+            Ok(p) => {
+                if p.established_now {
+                    st.server.handle_dtls_up(now, session);
+                    let cipher = cipher.unwrap_or("?");
+                    let mode = if legacy { "legacy" } else { "PSK" };
+                    core.log(6, 725002, format!("Device completed DTLS handshake with client outside:{}/{} for session {} ({mode} keying, cipher {cipher})", peer.ip(), peer.port(), session.0));
+                }
+                if p.closed {
+                    drop_association(st, session, peer);
+                    st.server.handle_dtls_closed(now, session);
+                }
+            }
+            Err(e) => {
+                bump(&core.stats.dtls_handshake_failures);
+                core.log(6, 725006, format!("Device failed DTLS handshake with client outside:{}/{} for session {} ({e})", peer.ip(), peer.port(), session.0));
+                drop_association(st, session, peer);
+                st.server.handle_dtls_closed(now, session);
+            }
+        }
+        core.drain(st);
+    }
+}
+
+fn rate_ok(last: &mut Option<Instant>, now: Instant) -> bool {
+    match last {
+        Some(t) if now.duration_since(*t) < Duration::from_secs(1) => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
+    }
+}
+
+/// Creates the association a ClientHello with session id `sid` asks for, replacing the
+/// session's previous one. `None` when no session announced that id.
+fn new_association(core: &Core, st: &mut State, sid: &[u8], peer: SocketAddr) -> Option<SessionId> {
+    let session = st.server.session_by_app_id(sid).or_else(|| st.server.session_by_dtls_session_id(sid))?;
+    let key = st.io.get(&session)?.dtls_key.clone()?;
+    let conn = match core.dtls.new_conn(&key, core.udp.clone(), peer) {
+        Ok(c) => c,
+        Err(e) => {
+            core.log(3, 725014, format!("SSL lib error. Function: DTLS association for session {} Reason: {e}", session.0));
+            return None;
+        }
+    };
+    bump(&core.stats.dtls_associations);
+    let sio = st.io.get_mut(&session)?;
+    if let Some(old) = sio.dtls.replace(conn) {
+        st.by_addr.remove(&old.peer());
+    }
+    st.by_addr.insert(peer, session);
+    Some(session)
+}
+
+fn drop_association(st: &mut State, session: SessionId, peer: SocketAddr) {
+    st.by_addr.remove(&peer);
+    if let Some(sio) = st.io.get_mut(&session) {
+        sio.dtls = None;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TUN
+
+fn tun_loop(core: Arc<Core>) {
+    let mut buf = vec![0u8; 65536];
+    let fd = core.tun.as_raw_fd();
+    while !core.stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: `pfd` is one valid pollfd on the stack; `fd` stays open while `core` lives.
+        let rc = unsafe { libc::poll(&mut pfd, 1, POLL_EVERY.as_millis() as libc::c_int) };
+        if rc <= 0 {
+            continue;
+        }
+        let n = match core.tun.recv(&mut buf) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let mut g = core.lock();
+        let now = clock::now();
+        let _ = g.server.handle_tun_packet(now, &mut buf[..n]);
+        core.drain(&mut g);
+    }
+}
