@@ -1241,7 +1241,9 @@ impl Server {
         Ok(())
     }
 
-    /// The session's DTLS association ended (alert, error, client gave up).
+    /// The session's DTLS association ended (alert, error, client gave up). Traffic moves to
+    /// TLS; the keying stays, so the client's next DTLS handshake (same App-ID or session ID)
+    /// still demultiplexes to this session, and `handle_dtls_up` moves traffic back.
     pub fn handle_dtls_closed(&mut self, now: Instant, session: SessionId) {
         self.reset_output();
         let _ = now;
@@ -1555,15 +1557,25 @@ impl Server {
         }
     }
 
+    /// The DTLS association is gone. `tell_io`: the engine decided it (the I/O layer must
+    /// close it); otherwise the I/O layer reported it and the keying (App-ID / session ID and
+    /// master secret) stays, because the client re-handshakes with the same keying for as
+    /// long as its CSTP connection lives (openconnect retries DTLS every 60 s). The keying is
+    /// forgotten only with the TLS connection it was issued on.
     fn drop_dtls(&mut self, id: SessionId, tell_io: bool) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
         let was_up = s.dtls.up;
-        if let Some(k) = s.dtls.keying.take() {
-            self.by_demux.remove(k.demux_id());
+        if tell_io {
+            if let Some(k) = s.dtls.keying.take() {
+                self.by_demux.remove(k.demux_id());
+            }
+            s.dtls = DtlsChannel::default();
+        } else {
+            s.dtls.up = false;
+            s.dtls.last_rx = None;
         }
-        s.dtls = DtlsChannel::default();
         s.fallback.probe_deadline = None;
         s.fallback.unconfirmed_since = None;
         s.fallback.next_reprobe = None;

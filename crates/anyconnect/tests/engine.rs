@@ -965,6 +965,22 @@ fn client_dtls_dpd_answered_and_dtls_close_falls_back() {
         s.handle_dtls_record(t0, id, &[0x00, 0x45]),
         Err(TunnelError::UnknownSession(id))
     );
+    // openconnect retries DTLS with the same App-ID while its CSTP connection lives.
+    let Some(DtlsKeying::Psk { app_id }) = s.dtls_keying(id).cloned() else {
+        panic!("keying kept")
+    };
+    assert_eq!(s.session_by_app_id(&app_id), Some(id));
+    let t1 = t0 + Duration::from_secs(60);
+    s.handle_dtls_up(t1, id);
+    assert!(drain_events(&mut s).contains(&Event::ChannelChange {
+        session: id,
+        channel: Channel::Dtls
+    }));
+    assert_eq!(send_down(&mut s, t1, 500)[0].1, Channel::Dtls);
+    // A CSTP reconnect forgets it (DTLS is never resumed across one, anyconnect.md §5).
+    s.handle_tls_closed(t1, id);
+    assert_eq!(s.session_by_app_id(&app_id), None);
+    assert!(drain_events(&mut s).contains(&Event::CloseDtls { session: id }));
 }
 
 #[test]
