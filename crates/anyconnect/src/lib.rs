@@ -204,6 +204,17 @@ pub enum TunDrop {
     TooBig,
 }
 
+/// `show vpn-sessiondb anyconnect filter ...` selections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShowFilter {
+    /// `filter name USER`
+    Name(String),
+    /// `filter ipaddress IP`: the assigned or the public address.
+    IpAddress(Ipv4Addr),
+    /// The session index.
+    Index(u32),
+}
+
 /// `vpn-sessiondb logoff ...` targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Logoff {

@@ -205,7 +205,14 @@ impl Server {
         if req.method == "POST" && !req.body.is_empty() {
             return Ok(self.handle_auth_post(now, conn, &req));
         }
-        if req.method == "GET" || req.method == "HEAD" || req.method == "POST" {
+        if req.method == "HEAD" {
+            // RFC 9110 §9.3.2: same status and headers as GET, no content.
+            return Ok(respond(
+                Response::new(404, "Not Found").body("text/plain", ""),
+                false,
+            ));
+        }
+        if req.method == "GET" || req.method == "POST" {
             // No clientless portal: anything but the XML exchange gets a plain 404.
             return Ok(respond(
                 Response::new(404, "Not Found").body("text/plain", "Not Found\n"),
@@ -1803,6 +1810,28 @@ impl Server {
             .sessions(now)
             .into_iter()
             .filter(|s| s.assigned_ip != Ipv4Addr::UNSPECIFIED)
+            .collect();
+        text::show_vpn_sessiondb_anyconnect(&v, wall_now)
+    }
+
+    /// `show vpn-sessiondb anyconnect filter name USER | ipaddress IP` (an index filter too).
+    pub fn show_vpn_sessiondb_anyconnect_filter(
+        &self,
+        now: Instant,
+        wall_now: SystemTime,
+        filter: &crate::ShowFilter,
+    ) -> String {
+        let v: Vec<SessionInfo> = self
+            .sessions(now)
+            .into_iter()
+            .filter(|s| s.assigned_ip != Ipv4Addr::UNSPECIFIED)
+            .filter(|s| match filter {
+                crate::ShowFilter::Name(n) => &s.username == n,
+                crate::ShowFilter::IpAddress(a) => {
+                    s.assigned_ip == *a || s.public_ip.ip() == IpAddr::V4(*a)
+                }
+                crate::ShowFilter::Index(i) => s.index.0 == *i,
+            })
             .collect();
         text::show_vpn_sessiondb_anyconnect(&v, wall_now)
     }

@@ -586,6 +586,11 @@ fn garbage_before_the_tunnel_is_refused() {
         b"GET /+CSCOE+/logon.html HTTP/1.1\r\nHost: x\r\n\r\n",
     ));
     assert!(r.starts_with("HTTP/1.1 404"));
+    let (r, _) = respond(s.handle_http(t0, &conn(6), b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(
+        r.starts_with("HTTP/1.1 404") && r.ends_with("Content-Length: 0\r\n\r\n"),
+        "{r}"
+    );
     let (r, _) = respond(s.handle_http(t0, &conn(6), b"CONNECT /other HTTP/1.1\r\n\r\n"));
     assert!(r.starts_with("HTTP/1.1 404"));
     assert!(matches!(
@@ -1305,6 +1310,28 @@ Security Grp : none
 
 ";
     assert_eq!(got, want);
+    assert_eq!(
+        s.show_vpn_sessiondb_anyconnect_filter(now, wall, &ShowFilter::Name("vpn".into())),
+        want
+    );
+    assert_eq!(
+        s.show_vpn_sessiondb_anyconnect_filter(
+            now,
+            wall,
+            &ShowFilter::IpAddress(CLIENT.parse().unwrap())
+        ),
+        want
+    );
+    assert_eq!(
+        s.show_vpn_sessiondb_anyconnect_filter(
+            now,
+            wall,
+            &ShowFilter::IpAddress("203.0.113.10".parse().unwrap())
+        ),
+        want
+    );
+    let none = s.show_vpn_sessiondb_anyconnect_filter(now, wall, &ShowFilter::Name("alice".into()));
+    assert!(none.ends_with("INFO: There are presently no active sessions\n"));
     let empty = server(t0, config()).show_vpn_sessiondb_anyconnect(now, wall);
     assert_eq!(
         empty,
