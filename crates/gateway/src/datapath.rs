@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::flows::{self, SharedEngine};
-use crate::sad::{flow_matches, Counters, Dest, Flow, Lookup, OutboundEntry, SadCell, SadReader, SpdEntry};
+use crate::sad::{flow_matches, Counters, Dest, Flow, OutboundEntry, SadCell, SadReader, SpdEntry};
 use crate::syslog::{esp_dropped, EspDrop, RateLimiter, Syslog};
 
 /// Minimum time between two initiate requests for the same tunnel caused by traffic.
@@ -127,41 +127,56 @@ fn tx_loop(sh: &Shared) {
         let sad = reader.get().clone();
         // Pass 1: the SPD decides which tunnel covers each packet (SA or not); the connection
         // table then judges every covered packet of the batch under one lock.
-        let mut plan: [Plan<'_>; BATCH] = [Plan::Unprotected; BATCH];
+        let mut plan = [NO_TUNNEL; BATCH];
         let mut verdicts = [flow::Verdict::Forward; BATCH];
-        {
-            let mut pk = [flow::Packet { dir: flow::Dir::Outbound, ifcs: sh.default_ifcs, route: flow::Route::Clear, data: &[] }; BATCH];
-            let mut k = 0;
-            for i in 0..n {
-                let len = sizes[i].min(bufs[i].len());
-                let pkt = &bufs[i][..len];
-                // Not IPv4 (the kernel's own IPv6 chatter on the device): no tunnel covers it.
-                let Some(f) = parse_flow(pkt) else { continue };
-                let (entry, out) = match sad.lookup_out(&f) {
-                    Lookup::Sa(e, out) => (e, Some(out)),
-                    Lookup::NoSa(e) => (e, None),
-                    Lookup::Unprotected => continue,
-                };
-                plan[i] = Plan::Tunnel { entry, out, slot: k };
-                pk[k] = flow::Packet { dir: flow::Dir::Outbound, ifcs: entry.ifcs, route: flow::Route::ToTunnel(entry.flow_tunnel), data: pkt };
-                k += 1;
+        let mut covered = false;
+        for (i, p) in plan.iter_mut().enumerate().take(n) {
+            let len = sizes[i].min(bufs[i].len());
+            // Not IPv4 (the kernel's own IPv6 chatter on the device): no tunnel covers it.
+            let Some(f) = parse_flow(&bufs[i][..len]) else { continue };
+            if let Some((e, c)) = sad.lookup_out_index(&f) {
+                *p = pack_plan(e, c);
+                covered = true;
             }
-            if k > 0 {
-                let now = clock::now();
-                let mut eng = flows::lock(&sh.flows);
-                eng.handle_batch(now, &pk[..k], &mut verdicts[..k]);
-                sh.flows.release_and_log(eng, &mut events, &sh.syslog);
+        }
+        if covered {
+            let now = clock::now();
+            let mut eng = flows::lock(&sh.flows);
+            // In chunks of the engine's own group size: small stack arrays, rebuilt per chunk.
+            let mut i = 0;
+            while i < n {
+                let mut pk = [flow::Packet { dir: flow::Dir::Outbound, ifcs: sh.default_ifcs, route: flow::Route::Clear, data: &[] }; CHUNK];
+                let mut at = [0usize; CHUNK];
+                let mut k = 0;
+                while i < n && k < CHUNK {
+                    if plan[i] != NO_TUNNEL {
+                        let e = &sad.spd[(plan[i] >> 16) as usize];
+                        let len = sizes[i].min(bufs[i].len());
+                        pk[k] = flow::Packet { dir: flow::Dir::Outbound, ifcs: e.ifcs, route: flow::Route::ToTunnel(e.flow_tunnel), data: &bufs[i][..len] };
+                        at[k] = i;
+                        k += 1;
+                    }
+                    i += 1;
+                }
+                let mut v = [flow::Verdict::Forward; CHUNK];
+                eng.handle_batch(now, &pk[..k], &mut v[..k]);
+                for (j, &i) in at[..k].iter().enumerate() {
+                    verdicts[i] = v[j];
+                }
             }
+            sh.flows.release_and_log(eng, &mut events, &sh.syslog);
         }
         // Pass 2: act on the verdicts.
         for i in 0..n {
-            let Plan::Tunnel { entry, out, slot } = plan[i] else {
+            if plan[i] == NO_TUNNEL {
                 Counters::add(&sh.stats.unprotected, 1);
                 continue;
-            };
+            }
+            let entry = &sad.spd[(plan[i] >> 16) as usize];
+            let out = entry.children.get((plan[i] & 0xffff) as usize).map(|c| &c.out);
             let len = sizes[i].min(bufs[i].len());
             let pkt = &mut bufs[i][..len];
-            match (verdicts[slot], out) {
+            match (verdicts[i], out) {
                 (flow::Verdict::Forward, Some(out)) => {
                     if sh.mss != 0 {
                         clamp_mss(pkt, sh.mss);
@@ -193,11 +208,17 @@ fn tx_loop(sh: &Shared) {
 /// Most packets one TUN read hands the TX thread (tun-rs's batch size).
 const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
 
-/// Pass-1 result for one packet of a TX batch.
-#[derive(Clone, Copy)]
-enum Plan<'a> {
-    Unprotected,
-    Tunnel { entry: &'a SpdEntry, out: Option<&'a Arc<OutboundEntry>>, slot: usize },
+/// Packets handed to the connection table per call (its internal group size).
+const CHUNK: usize = 16;
+
+/// Pass-1 result for a packet no tunnel covers.
+const NO_TUNNEL: u32 = u32::MAX;
+
+/// Pass-1 result for a covered packet: SPD entry index (high 16 bits) and the index of the
+/// child SA to use (low 16 bits; 0xffff = none).
+fn pack_plan(entry: usize, child: Option<usize>) -> u32 {
+    let c = child.filter(|&c| c < 0xffff).unwrap_or(0xffff) as u32;
+    ((entry.min(0xfffe) as u32) << 16) | c
 }
 
 /// Asks the control task to bring a tunnel up, at most once per [`ACQUIRE_INTERVAL`].
@@ -529,13 +550,18 @@ impl TunOut {
         }
         let mut verdicts = [flow::Verdict::Forward; BATCH];
         {
-            let mut pk = [flow::Packet { dir: flow::Dir::Inbound, ifcs: sh.default_ifcs, route: flow::Route::Clear, data: &[] }; BATCH];
-            for (k, (b, &(t, ifcs))) in self.bufs[..self.n].iter().zip(self.routes.iter()).enumerate() {
-                pk[k] = flow::Packet { dir: flow::Dir::Inbound, ifcs, route: flow::Route::FromTunnel(t), data: &b[self.offset..] };
-            }
             let now = clock::now();
             let mut eng = flows::lock(&sh.flows);
-            eng.handle_batch(now, &pk[..self.n], &mut verdicts[..self.n]);
+            let mut start = 0;
+            while start < self.n {
+                let m = CHUNK.min(self.n - start);
+                let mut pk = [flow::Packet { dir: flow::Dir::Inbound, ifcs: sh.default_ifcs, route: flow::Route::Clear, data: &[] }; CHUNK];
+                for (k, (b, &(t, ifcs))) in self.bufs[start..start + m].iter().zip(self.routes[start..start + m].iter()).enumerate() {
+                    pk[k] = flow::Packet { dir: flow::Dir::Inbound, ifcs, route: flow::Route::FromTunnel(t), data: &b[self.offset..] };
+                }
+                eng.handle_batch(now, &pk[..m], &mut verdicts[start..start + m]);
+                start += m;
+            }
             sh.flows.release_and_log(eng, &mut self.events, &sh.syslog);
         }
         // Keep the forwarded packets, in order, at the front.

@@ -143,18 +143,23 @@ pub fn flow_matches(local: &[TrafficSelector], remote: &[TrafficSelector], f: &F
 impl Sad {
     /// Outbound policy lookup for a packet leaving through the TUN (src = our side).
     pub fn lookup_out(&self, f: &Flow) -> Lookup<'_> {
-        for e in &self.spd {
-            if !flow_matches(&e.local_ts, &e.remote_ts, f) {
-                continue;
-            }
-            for c in &e.children {
-                if flow_matches(&c.local_ts, &c.remote_ts, f) {
-                    return Lookup::Sa(e, &c.out);
+        match self.lookup_out_index(f) {
+            None => Lookup::Unprotected,
+            Some((e, c)) => {
+                let entry = &self.spd[e];
+                match c.and_then(|c| entry.children.get(c)) {
+                    Some(c) => Lookup::Sa(entry, &c.out),
+                    None => Lookup::NoSa(entry),
                 }
             }
-            return Lookup::NoSa(e);
         }
-        Lookup::Unprotected
+    }
+
+    /// The same decision as indices: (SPD entry, its child to use if an SA covers the flow).
+    /// The data path keeps these per packet of a batch (small, `Copy`).
+    pub fn lookup_out_index(&self, f: &Flow) -> Option<(usize, Option<usize>)> {
+        let (i, e) = self.spd.iter().enumerate().find(|(_, e)| flow_matches(&e.local_ts, &e.remote_ts, f))?;
+        Some((i, e.children.iter().position(|c| flow_matches(&c.local_ts, &c.remote_ts, f))))
     }
 }
 
