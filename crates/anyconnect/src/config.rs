@@ -44,6 +44,12 @@ pub struct Config {
     /// ASA uses its inside interface address). `None`: the client's tunnel address, i.e.
     /// the error appears to come from the last hop, which PMTUD accepts as well.
     pub icmp_source: Option<Ipv4Addr>,
+    /// holdfast: the longest X-DTLS-DPD told to clients (default 3 s; `None` = the ASA's
+    /// behaviour, the group policy's `dpd-interval client` for both channels). openconnect
+    /// gives up on DTLS after 2 x X-DTLS-DPD of silence and only then sends over TLS; with 30 s
+    /// that is a minute of lost client->server traffic when UDP is blocked mid-session, with
+    /// 3 s it is about 6 s. Costs one tiny DTLS DPD per idle client every few seconds.
+    pub dtls_dpd_max: Option<Duration>,
     /// Pre-authentication bounds.
     pub limits: Limits,
     /// Server->client channel choice timing (see README "Fallback").
@@ -110,6 +116,7 @@ impl Default for Config {
             cookie_unused_lifetime: Duration::from_secs(300),
             legacy_dtls_ciphers: crate::connect::LegacyCipher::DEFAULT_PREFERENCE.to_vec(),
             icmp_source: None,
+            dtls_dpd_max: Some(Duration::from_secs(3)),
             limits: Limits::default(),
             fallback: FallbackTiming::default(),
             verifier: default_verifier(),

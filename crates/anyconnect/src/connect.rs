@@ -236,6 +236,8 @@ pub struct Connected<'a> {
     pub dtls_port: u16,
     /// Seconds the session survives a dropped connection (X-CSTP-Disconnected-Timeout).
     pub disconnected_timeout: Duration,
+    /// Cap on X-DTLS-DPD (see `Config::dtls_dpd_max`).
+    pub dtls_dpd_max: Option<Duration>,
     /// Seconds left until the session timeout (X-CSTP-Session-Timeout; None = none).
     pub session_timeout_left: Option<Duration>,
 }
@@ -293,7 +295,10 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
     if let (Some(k), Some(dmtu)) = (c.dtls, c.mtu.advertised_dtls) {
         r = r
             .header("X-DTLS-Port", c.dtls_port.to_string())
-            .header("X-DTLS-DPD", secs(p.dpd_client).replace("none", "0"))
+            .header(
+                "X-DTLS-DPD",
+                secs(dtls_dpd(p.dpd_client, c.dtls_dpd_max)).replace("none", "0"),
+            )
             .header("X-DTLS-Keepalive", secs(p.keepalive).replace("none", "0"))
             .header(
                 "X-DTLS-Rekey-Time",
@@ -321,6 +326,18 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
         }
     }
     r.to_bytes()
+}
+
+/// The DTLS DPD interval told to the client: the policy's client DPD, capped. openconnect
+/// declares DTLS dead after 2 x this interval without a DTLS datagram (anyconnect.md §5) and
+/// only then sends its own traffic over TLS; a short DTLS DPD is what moves the client->server
+/// direction to TLS quickly (the server->client direction is the engine's own fallback).
+/// A disabled client DPD stays disabled.
+fn dtls_dpd(client: Option<Duration>, cap: Option<Duration>) -> Option<Duration> {
+    match (client, cap) {
+        (Some(c), Some(m)) => Some(c.min(m)),
+        (c, _) => c,
+    }
 }
 
 #[cfg(test)]

@@ -903,6 +903,7 @@ impl Server {
             dtls: dtls.as_ref(),
             dtls_port: self.config.dtls_port,
             disconnected_timeout: grace,
+            dtls_dpd_max: self.config.dtls_dpd_max,
             session_timeout_left: session_left,
         });
         if let Some(k) = &dtls {

@@ -348,6 +348,8 @@ fn password_login_then_psk_tunnel() {
         Some("10.1.0.0/255.255.255.0")
     );
     assert_eq!(header(h, "X-CSTP-DPD"), Some("30"));
+    // DTLS DPD capped at 3 s so openconnect leaves a dead DTLS channel within ~6 s.
+    assert_eq!(header(h, "X-DTLS-DPD"), Some("3"));
     assert_eq!(header(h, "X-CSTP-Disconnected-Timeout"), Some("300"));
     // Common policy: TLS 1380-5-8-8-16 = 1343 < DTLS 1434 -> both 1343.
     assert_eq!(header(h, "X-CSTP-MTU"), Some("1343"));
@@ -640,6 +642,31 @@ fn legacy_dtls_and_split_mtu() {
     assert_eq!(header(&t.head, "X-DTLS-MTU"), Some("1434"));
     assert_eq!(s.session_by_dtls_session_id(session_id), Some(t.session));
     assert_eq!(s.session_by_app_id(session_id), None);
+}
+
+#[test]
+fn dtls_dpd_cap_can_be_turned_off() {
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.dtls_dpd_max = None; // the ASA: X-DTLS-DPD = dpd-interval client
+    let mut s = server(t0, cfg);
+    let cookie = login(&mut s, t0, "vpn", "secret");
+    let t = connect(&mut s, t0, &cookie, PSK_SUITES, "");
+    assert_eq!(header(&t.head, "X-DTLS-DPD"), Some("30"));
+    let mut cfg = config();
+    cfg.group_policies
+        .get_mut("ac_users_group")
+        .unwrap()
+        .dpd_client = None;
+    let mut s = server(t0, cfg);
+    let cookie = login(&mut s, t0, "vpn", "secret");
+    let t = connect(&mut s, t0, &cookie, PSK_SUITES, "");
+    assert_eq!(
+        header(&t.head, "X-DTLS-DPD"),
+        Some("0"),
+        "disabled stays disabled"
+    );
+    assert_eq!(header(&t.head, "X-CSTP-DPD"), Some("0"));
 }
 
 #[test]

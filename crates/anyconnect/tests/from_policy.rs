@@ -122,6 +122,7 @@ fn issue_configuration_end_to_end() {
         "X-CSTP-MTU: 1300",
         "X-DTLS-MTU: 1300",
         "X-CSTP-DPD: 30",
+        "X-DTLS-DPD: 3",
         "X-CSTP-Keepalive: 20",
         "X-CSTP-Idle-Timeout: 1800",
         "X-DTLS-CipherSuite: PSK-NEGOTIATE",
