@@ -298,8 +298,10 @@ impl Default for Limits {
 pub struct FallbackTiming {
     /// Data sent on DTLS and nothing received on DTLS for this long -> DTLS DPD probe.
     pub probe_after: Duration,
-    /// No DTLS answer this long after the probe -> send on TLS.
+    /// No DTLS answer this long after the probe -> send on TLS. Once probe answers were
+    /// timed, the wait is 4 x their smoothed RTT within `[probe_timeout, probe_timeout_max]`.
     pub probe_timeout: Duration,
+    pub probe_timeout_max: Duration,
     /// While on TLS with DTLS still open: first re-probe interval (doubles up to `reprobe_max`).
     pub reprobe_min: Duration,
     pub reprobe_max: Duration,
@@ -313,6 +315,7 @@ impl Default for FallbackTiming {
         Self {
             probe_after: Duration::from_millis(1000),
             probe_timeout: Duration::from_millis(700),
+            probe_timeout_max: Duration::from_millis(1000),
             reprobe_min: Duration::from_millis(1000),
             reprobe_max: Duration::from_secs(8),
             verify_interval: Duration::from_secs(10),

@@ -1216,6 +1216,16 @@ impl Server {
             }
             FrameType::DpdResp => {
                 let s = self.sessions.get_mut(&session).expect("checked");
+                // RTT sample only from the answer to the outstanding probe (payload = its seq).
+                if let Some(sent) = s.fallback.probe_sent.take() {
+                    if payload == s.fallback.probe_seq.to_be_bytes() {
+                        let sample = now.saturating_duration_since(sent);
+                        s.fallback.srtt = Some(match s.fallback.srtt {
+                            None => sample,
+                            Some(r) => (r * 7 + sample) / 8, // RFC 6298 §2.3, alpha = 1/8
+                        });
+                    }
+                }
                 s.fallback.probe_deadline = None;
                 s.fallback.last_confirmed = Some(now);
                 s.fallback.next_reprobe = None;
@@ -1522,12 +1532,18 @@ impl Server {
     }
 
     fn send_probe(&mut self, now: Instant, id: SessionId) {
-        let to = self.config.fallback.probe_timeout;
+        let ft = &self.config.fallback;
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        // Wait 4 x the smoothed probe RTT, within [probe_timeout, probe_timeout_max]: a slow
+        // path is not mistaken for a dead one, and detection stays within 2 s.
+        let to = s.fallback.srtt.map_or(ft.probe_timeout, |r| {
+            (r * 4).clamp(ft.probe_timeout, ft.probe_timeout_max.max(ft.probe_timeout))
+        });
         s.fallback.probe_seq = s.fallback.probe_seq.wrapping_add(1);
         s.fallback.probe_deadline = Some(now + to);
+        s.fallback.probe_sent = Some(now);
         let seq = s.fallback.probe_seq.to_be_bytes();
         self.queue_frame(id, Channel::Dtls, FrameType::DpdReq, &seq);
     }

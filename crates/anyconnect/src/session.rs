@@ -56,6 +56,9 @@ pub(crate) struct Fallback {
     pub next_reprobe: Option<Instant>,
     pub reprobe_interval: Duration,
     pub probe_seq: u32,
+    /// When the outstanding probe was sent, and the smoothed probe round-trip time.
+    pub probe_sent: Option<Instant>,
+    pub srtt: Option<Duration>,
 }
 
 impl Fallback {
@@ -79,6 +82,8 @@ impl Fallback {
             next_reprobe: None,
             reprobe_interval: t.reprobe_min,
             probe_seq: 0,
+            probe_sent: None,
+            srtt: None,
         }
     }
 }

@@ -1728,3 +1728,49 @@ fn failed_logins_are_limited_per_address() {
             .contains("complete")
     );
 }
+
+/// A slow but working DTLS path (probe answers take `delay`) is not mistaken for a dead one:
+/// the probe wait adapts to the measured RTT (4 x srtt, 0.7-1.0 s).
+#[test]
+fn slow_dtls_path_is_not_declared_dead() {
+    for (delay_ms, max_fallbacks) in [(400u64, 0u32), (900, 1)] {
+        let t0 = Instant::now();
+        let mut s = server(t0, config());
+        let id = dtls_session(&mut s, t0);
+        let delay = Duration::from_millis(delay_ms);
+        let mut inflight: Vec<(Instant, Vec<u8>)> = Vec::new();
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(20) {
+            now += Duration::from_millis(50);
+            let mut p = ip_packet("10.1.0.5", CLIENT, 500, true);
+            s.handle_tun_packet(now, &mut p).unwrap();
+            if s.poll_timeout().is_some_and(|(t, _)| t <= now) {
+                s.handle_timeout(now);
+            }
+            while let Some(t) = s.poll_transmit() {
+                if t.channel == Channel::Dtls && t.data[0] == 0x03 {
+                    let mut r = t.data.to_vec();
+                    r[0] = 0x04;
+                    inflight.push((now + delay, r));
+                }
+            }
+            let due: Vec<Vec<u8>> = inflight
+                .iter()
+                .filter(|(t, _)| *t <= now)
+                .map(|(_, r)| r.clone())
+                .collect();
+            inflight.retain(|(t, _)| *t > now);
+            for r in due {
+                s.handle_dtls_record(now, id, &r).unwrap();
+            }
+            drain_events(&mut s);
+        }
+        let info = &s.sessions(now)[0];
+        assert!(
+            info.fallbacks <= max_fallbacks,
+            "{delay_ms} ms: {} fallbacks",
+            info.fallbacks
+        );
+        assert_eq!(info.tx_channel, Some(Channel::Dtls), "{delay_ms} ms");
+    }
+}
