@@ -1,0 +1,269 @@
+//! Issue 5 with the real openconnect 9.01 client against holdfast's remote-access service
+//! (`holdfast-ra`, crates/gateway/src/ra): client ns -- gateway ns -- server ns, see
+//! `lab::openconnect`. Every step is bounded in time; namespaces and processes are removed by
+//! `Drop`, also when a test fails.
+#![allow(clippy::disallowed_methods)] // the lab measures wall-clock times
+
+use lab::cmd::{in_ns, run, sh};
+use lab::openconnect::*;
+use std::time::{Duration, Instant};
+
+const MB: u64 = 1024 * 1024;
+const PASSWORD: &str = "lab-secret-5";
+
+fn require_tools() {
+    assert!(lab::is_root(), "lab tests need root (network namespaces); run them via `sudo bash scripts/test`");
+    let oc = run(&mut std::process::Command::new("openconnect").arg("--version"), Duration::from_secs(10));
+    assert!(
+        oc.as_ref().is_ok_and(|o| o.stdout.contains("OpenConnect version")),
+        "openconnect is not installed (apt-get install openconnect)"
+    );
+}
+
+struct Up {
+    lab: RaLab,
+    cert: ServerCert,
+    server: RaServer,
+    client: OpenConnect,
+    address: String,
+}
+
+/// Gateway + client up to the point where the tun is configured.
+fn connect(server_args: &[&str], client_args: &[&str]) -> Up {
+    require_tools();
+    let lab = RaLab::new().expect("lab");
+    let cert = make_server_cert(&lab.dir).expect("certificate");
+    let server = RaServer::start(&lab, &cert, PASSWORD, server_args).expect("holdfast-ra starts");
+    let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", client_args).expect("openconnect starts");
+    let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| {
+        panic!("openconnect did not connect: {e}\n--- openconnect ---\n{}\n--- holdfast-ra ---\n{}", client.proc.log_tail(40), server.proc.log_tail(40))
+    });
+    eprintln!("lab: openconnect connected with address {address}");
+    Up { lab, cert, server, client, address }
+}
+
+fn routes(ns: &str) -> String {
+    sh(Some(ns), &["ip", "route"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
+}
+
+/// The first ping may race the tun's routes; then all of `count` must answer.
+fn ping_ok(ns: &str, dst: &str, count: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ping(ns, dst, 1, None).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no ping reply from {dst} within 15 s");
+    }
+    assert_eq!(ping(ns, dst, count, None).unwrap(), count, "all {count} pings to {dst} answered");
+}
+
+fn transfer(up: &Up, from_ns: &str, to_ns: &str, to_ip: &str, port: u16, bytes: u64) -> Xfer {
+    let mut rx = xfer_listen(&up.lab, to_ns, port, Duration::from_secs(60)).expect("receiver");
+    let r = xfer_send(&mut rx, from_ns, &format!("{to_ip}:{port}"), bytes, Duration::from_secs(300)).expect("transfer");
+    eprintln!(
+        "lab: {} MB {from_ns} -> {to_ns}: {:.2} s, {:.1} Mbit/s, max stall {:.0} ms, sha256 {}",
+        bytes / MB,
+        r.secs,
+        r.mbit,
+        r.max_stall_ms,
+        if r.sha_sent == r.sha_received { "match" } else { "MISMATCH" }
+    );
+    assert!(r.intact(bytes), "transfer damaged: {r:?}");
+    r
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// Password login, PSK-NEGOTIATE DTLS, split-include route, ping, 100 MB each way over DTLS.
+#[test]
+fn password_login_psk_dtls_split_route_ping_and_100mb() {
+    let up = connect(&[], &[]);
+    let (l, s) = (&up.lab, &up.server);
+    // Split include: only the server's network goes into the tunnel.
+    let r = routes(&l.client);
+    assert!(r.contains("10.1.0.0/24 dev octun0"), "split-include route installed: {r}");
+    assert!(!r.contains("default dev octun0"), "no default route into the tunnel: {r}");
+    assert_eq!(up.address, FIRST_POOL_IP, "first pool address");
+    let dtls = up.client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
+    eprintln!("lab: {dtls}");
+    assert!(s.log().contains("PSK keying"), "server side: PSK-NEGOTIATE association: {}", s.proc.log_tail(20));
+    ping_ok(&l.client, SERVER_IP, 5);
+    let up_r = transfer(&up, &l.client, &l.server, SERVER_IP, 5001, 100 * MB);
+    let down_r = transfer(&up, &l.server, &l.client, &up.address, 5002, 100 * MB);
+    eprintln!("lab: DTLS (PSK) throughput: client->server {:.0} Mbit/s, server->client {:.0} Mbit/s", up_r.mbit, down_r.mbit);
+    let log = up.client.log();
+    assert_eq!(count(&log, "Established DTLS connection"), 1, "DTLS stayed up (one handshake): {}", up.client.proc.log_tail(30));
+    let _ = &up.cert;
+}
+
+/// Legacy (Cisco) DTLS keying: openconnect with `--dtls-ciphers=OC-DTLS1_2-AES256-GCM` resumes
+/// the session built from its X-DTLS-Master-Secret.
+#[test]
+fn legacy_dtls_resumption_ping_and_transfer() {
+    let up = connect(&[], &["--dtls-ciphers=OC-DTLS1_2-AES256-GCM"]);
+    let (l, s) = (&up.lab, &up.server);
+    let dtls = up.client.wait_dtls(Duration::from_secs(20)).expect("legacy DTLS up");
+    eprintln!("lab: {dtls}");
+    assert!(s.log().contains("legacy keying, cipher AES256-GCM-SHA384"), "server side: legacy association: {}", s.proc.log_tail(20));
+    ping_ok(&l.client, SERVER_IP, 5);
+    transfer(&up, &l.client, &l.server, SERVER_IP, 5001, 100 * MB);
+    transfer(&up, &l.server, &l.client, &up.address, 5002, 20 * MB);
+}
+
+/// `--no-dtls`: everything over CSTP/TLS (throughput figure for TLS).
+#[test]
+fn tls_only_ping_and_transfer() {
+    let up = connect(&[], &["--no-dtls"]);
+    let l = &up.lab;
+    ping_ok(&l.client, SERVER_IP, 5);
+    let a = transfer(&up, &l.client, &l.server, SERVER_IP, 5001, 100 * MB);
+    let b = transfer(&up, &l.server, &l.client, &up.address, 5002, 100 * MB);
+    eprintln!("lab: TLS throughput: client->server {:.0} Mbit/s, server->client {:.0} Mbit/s", a.mbit, b.mbit);
+    assert!(!up.client.log().contains("Established DTLS connection"));
+}
+
+/// UDP blocked by nftables before the client connects: DTLS never comes up, the tunnel works
+/// over TLS, the largest packets the tun accepts get through, and the client never reconnects.
+#[test]
+fn udp_blocked_from_the_start() {
+    require_tools();
+    let lab = RaLab::new().expect("lab");
+    let cert = make_server_cert(&lab.dir).expect("certificate");
+    let server = RaServer::start(&lab, &cert, PASSWORD, &[]).expect("holdfast-ra");
+    lab.block_udp().unwrap();
+    let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect");
+    let address = client.wait_connected(Duration::from_secs(30)).expect("connected over TLS");
+    let up = Up { lab, cert, server, client, address };
+    let l = &up.lab;
+    ping_ok(&l.client, SERVER_IP, 3);
+    // Full-size packets with DF: the tun MTU (what the client believes) must fit the channel
+    // that carries them (TLS here), or this is the 1418-vs-1347 black hole.
+    let mtu: u32 = sh(Some(&l.client), &["cat", "/sys/class/net/octun0/mtu"], Duration::from_secs(5))
+        .unwrap()
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(ping(&l.client, SERVER_IP, 3, Some(mtu - 28)).unwrap(), 3, "full-size ({mtu}) DF pings over TLS");
+    transfer(&up, &l.client, &l.server, SERVER_IP, 5001, 50 * MB);
+    transfer(&up, &l.server, &l.client, &up.address, 5002, 50 * MB);
+    assert!(l.udp_blocked_packets() > 0, "the nftables rule saw the DTLS attempts");
+    let log = up.client.log();
+    assert!(!log.contains("Established DTLS connection"), "DTLS must not come up through the block");
+    assert_eq!(count(&log, "reconnect"), 0, "openconnect never reconnects: {}", up.client.proc.log_tail(30));
+}
+
+/// UDP blocked in the middle of a transfer over DTLS: the transfer completes (server->client
+/// traffic moves to TLS without waiting for the client's DPD), and openconnect never
+/// reconnects.
+#[test]
+fn udp_blocked_mid_transfer() {
+    let up = connect(&[], &[]);
+    let l = &up.lab;
+    up.client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
+    ping_ok(&l.client, SERVER_IP, 2);
+    let mut rx = xfer_listen(l, &l.client, 5002, Duration::from_secs(120)).expect("receiver");
+    let (from, to) = (l.server.clone(), format!("{}:5002", up.address));
+    let blocker = std::thread::spawn({
+        let gw = l.gw.clone();
+        let dir = l.dir.clone();
+        move || {
+            std::thread::sleep(Duration::from_secs(2));
+            let rules = "table inet hfra_block {\n  chain input { type filter hook input priority -50; policy accept;\n    iifname \"out\" udp dport 443 counter drop\n  }\n  chain output { type filter hook output priority -50; policy accept;\n    oifname \"out\" udp sport 443 counter drop\n  }\n}\n";
+            let f = dir.join("block-mid.nft");
+            std::fs::write(&f, rules).unwrap();
+            sh(Some(&gw), &["nft", "-f", &f.to_string_lossy()], Duration::from_secs(10)).expect("block udp");
+            eprintln!("lab: UDP blocked mid-transfer");
+        }
+    });
+    // Paced so that the block lands mid-transfer: 40 MB at ~100 Mbit/s ~ 3.4 s, plus the
+    // fallback time.
+    let bin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
+    let n = (40 * MB).to_string();
+    let start = Instant::now();
+    let out = run(
+        &mut in_ns(&from, &[&bin, "send", "--connect", &to, "--bytes", &n, "--seed", "3", "--rate-mbit", "100"]),
+        Duration::from_secs(200),
+    )
+    .unwrap();
+    blocker.join().unwrap();
+    assert!(out.success(), "sender finished: {} {}", out.stdout, out.stderr);
+    eprintln!("lab: paced transfer across the UDP block took {:?}", start.elapsed());
+    let _ = &mut rx;
+    // Client->server too, after the block.
+    transfer(&up, &l.client, &l.server, SERVER_IP, 5001, 20 * MB);
+    assert!(l.udp_blocked_packets() > 0, "the block dropped DTLS packets");
+    let log = up.client.log();
+    assert_eq!(count(&log, "reconnect"), 0, "openconnect never reconnects: {}", up.client.proc.log_tail(30));
+}
+
+/// SIGUSR2 makes openconnect reconnect now: it keeps its address and a transfer across the
+/// reconnect completes.
+#[test]
+fn sigusr2_reconnect_keeps_the_address() {
+    let mut up = connect(&[], &[]);
+    up.client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
+    let l = &up.lab;
+    ping_ok(&l.client, SERVER_IP, 2);
+    let mut rx = xfer_listen(l, &l.server, 5001, Duration::from_secs(120)).expect("receiver");
+    let pid = up.client.proc.pid().unwrap();
+    let kicker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        // SAFETY: kill(2) of our own still-running openconnect child.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGUSR2);
+        }
+        eprintln!("lab: SIGUSR2 sent to openconnect");
+    });
+    let bin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
+    let n = (40 * MB).to_string();
+    let to = format!("{SERVER_IP}:5001");
+    let out = run(
+        &mut in_ns(&l.client, &[&bin, "send", "--connect", &to, "--bytes", &n, "--seed", "4", "--rate-mbit", "100"]),
+        Duration::from_secs(200),
+    )
+    .unwrap();
+    kicker.join().unwrap();
+    assert!(out.success(), "transfer across the reconnect: {} {}", out.stdout, out.stderr);
+    assert_eq!(rx_wait(&mut rx), 40 * MB);
+    let script = std::fs::read_to_string(&up.client.script_out).unwrap_or_default();
+    let addrs: Vec<&str> = script.lines().filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("ip4="))).collect();
+    assert!(script.contains("reason=reconnect"), "the client did reconnect: {script}");
+    assert!(addrs.iter().all(|a| *a == up.address), "same address across the reconnect: {addrs:?}");
+    ping_ok(&l.client, SERVER_IP, 3);
+    up.client.proc.signal(libc::SIGINT);
+}
+
+fn rx_wait(rx: &mut XferRecv) -> u64 {
+    rx.wait_bytes(Duration::from_secs(60))
+}
+
+/// A wrong password gets no tunnel and a log line; garbage on the TLS and UDP ports is
+/// refused with a log line; a session that is up keeps working through all of it.
+#[test]
+fn wrong_password_and_garbage_are_refused() {
+    let up = connect(&[], &[]);
+    let l = &up.lab;
+    up.client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
+    // Wrong password (a second client instance with its own script output).
+    let mut bad = OpenConnect::start(l, &up.cert, "vpn", "not-the-password", "-bad", &[]).expect("second openconnect");
+    let code = bad.proc.wait_exit(Duration::from_secs(30));
+    assert!(code.is_some_and(|c| c != 0), "openconnect with a wrong password fails: {:?}\n{}", code, bad.proc.log_tail(20));
+    // Garbage on TCP 443 (not TLS) and UDP 443 (not DTLS), from the client namespace.
+    let _ = run(
+        &mut in_ns(&l.client, &["bash", "-c", &format!("exec 3<>/dev/tcp/{GW_OUTSIDE_IP}/443; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; timeout 3 cat <&3")]),
+        Duration::from_secs(10),
+    );
+    let _ = run(
+        &mut in_ns(&l.client, &["bash", "-c", &format!("printf 'garbage-datagram' > /dev/udp/{GW_OUTSIDE_IP}/443")]),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let log = up.server.log();
+    assert!(log.contains("113015") || log.contains("716039"), "wrong password logged: {}", up.server.proc.log_tail(30));
+    assert!(log.contains("725006"), "TLS garbage logged as a failed handshake: {}", up.server.proc.log_tail(30));
+    assert!(log.contains("710005"), "UDP garbage logged: {}", up.server.proc.log_tail(30));
+    // The established session is untouched.
+    ping_ok(&l.client, SERVER_IP, 3);
+    assert_eq!(count(&up.client.log(), "Established DTLS connection"), 1);
+}
