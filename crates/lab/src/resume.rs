@@ -356,6 +356,8 @@ pub struct Opts {
     pub warmup: Duration,
     /// The `lab-resume` binary (for the recv/send roles).
     pub tool: PathBuf,
+    /// Copy each case's captures, receiver log and gateway logs into `<keep>/<case>/`.
+    pub keep: Option<PathBuf>,
 }
 
 /// Everything measured in one case.
@@ -402,8 +404,10 @@ fn start_pair(t: &Topology, imp: Imp) -> Result<Pair> {
             // The feature measured (issue 3): flows survive the tunnel and resume at once.
             pa.extra.push("sysopt connection preserve-vpn-flows".into());
             pb.extra.push("sysopt connection preserve-vpn-flows".into());
-            let hb = Holdfast::start(t, &t.gw_b, "hf-b", &pb)?;
-            let ha = Holdfast::start(t, &t.gw_a, "hf-a", &pa)?;
+            // Each daemon its own state directory: the default one is shared by every daemon on
+            // the machine, and a table restored from another daemon's snapshot would skew the run.
+            let hb = Holdfast::start_with_state(t, &t.gw_b, "hf-b", &pb, Some(&t.path("hf-b-state")))?;
+            let ha = Holdfast::start_with_state(t, &t.gw_a, "hf-a", &pa, Some(&t.path("hf-a-state")))?;
             Ok(Pair::Hf(ha, hb))
         }
     }
@@ -508,6 +512,7 @@ fn read_new(path: &Path, pos: &mut u64, carry: &mut String) -> String {
 
 /// Runs one case on a fresh topology and a fresh gateway pair.
 pub fn run_case(imp: Imp, metric: Metric, outage: Duration, port: u16, o: &Opts) -> Result<CaseResult> {
+    let case_name = format!("{}-{}-{}s", imp.label(), if metric == Metric::TunnelBack { "A" } else { "B" }, outage.as_secs());
     let t = Topology::new()?;
     let pair = start_pair(&t, imp)?;
     crate::wait_ping(&t.host_a, HOST_B_IP, Duration::from_secs(30))?;
@@ -544,6 +549,9 @@ pub fn run_case(imp: Imp, metric: Metric, outage: Duration, port: u16, o: &Opts)
             keep = Some(swan_keep_initiating(a));
         }
     }
+    // Halfway through the outage, note what the gateways hold (kept with --keep).
+    std::thread::sleep(Duration::from_secs_f64((outage.as_secs_f64() / 2.0 - (epoch_now() - r.t_break)).max(0.0)));
+    snapshot(&t, &pair, "mid-outage");
     let elapsed = epoch_now() - r.t_break;
     std::thread::sleep(Duration::from_secs_f64((outage.as_secs_f64() - elapsed).max(0.0)));
     r.t_unblock = epoch_now();
@@ -566,6 +574,7 @@ pub fn run_case(imp: Imp, metric: Metric, outage: Duration, port: u16, o: &Opts)
         r.notes.push(format!("no new byte within {} s after the block ended", limit.as_secs()));
     }
     std::thread::sleep(Duration::from_secs(2));
+    snapshot(&t, &pair, "after");
     if let Some(k) = keep {
         k.store(true, Ordering::SeqCst);
     }
@@ -619,9 +628,55 @@ pub fn run_case(imp: Imp, metric: Metric, outage: Duration, port: u16, o: &Opts)
         r.sender = sender_summary(&host_pkts, r.t_break, r.t_unblock, t_ref, after.first_after.map_or(t_end, |f| f.0));
     }
     r.wan = Some(wan);
+    if let Some(k) = &o.keep {
+        keep_files(&t.dir, &k.join(&case_name));
+    }
     drop(pair);
     drop(t);
     Ok(r)
+}
+
+/// Appends the gateways' view (`show conn detail`, `show asp drop`, SAs) to `<run dir>/show.log`.
+fn snapshot(t: &Topology, p: &Pair, when: &str) {
+    let mut out = format!("===== {when} at {:.6} =====\n", epoch_now());
+    match p {
+        Pair::Hf(a, b) => {
+            for h in [a, b] {
+                for what in ["conn detail", "asp drop", "crypto ipsec sa"] {
+                    out.push_str(&format!("--- {} show {what}\n{}\n", h.name, h.show(what).unwrap_or_else(|e| e.to_string())));
+                }
+            }
+        }
+        Pair::Swan(a, b) => {
+            for s in [a, b] {
+                out.push_str(&format!("--- {} --list-sas\n{}\n", s.name, s.list_sas().unwrap_or_else(|e| e.to_string())));
+            }
+        }
+    }
+    let f = t.path("show.log");
+    let old = std::fs::read_to_string(&f).unwrap_or_default();
+    let _ = std::fs::write(&f, old + &out);
+}
+
+/// Copies the run directory's captures and logs (not sockets) for a later reading.
+fn keep_files(from: &Path, to: &Path) {
+    let _ = std::fs::create_dir_all(to);
+    let walk = |d: &Path, sub: &Path| {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ok = p.extension().is_some_and(|x| x == "pcapng" || x == "log" || x == "conf");
+            if ok && p.is_file() {
+                let _ = std::fs::create_dir_all(sub);
+                let _ = std::fs::copy(&p, sub.join(e.file_name()));
+            }
+        }
+    };
+    walk(from, to);
+    for s in ["swan-a", "swan-b"] {
+        walk(&from.join(s), &to.join(s));
+    }
+    eprintln!("lab-resume: kept captures and logs in {}", to.display());
 }
 
 /// A compact line of the reading for one case.

@@ -3,7 +3,7 @@
 //! and what is measured.
 //!
 //! ```text
-//! lab-resume [--only strongswan|holdfast] [--metric a|b] [--rate-mbit R] [OUTAGE_SECS ...]
+//! lab-resume [--only strongswan|holdfast] [--metric a|b] [--rate-mbit R] [--keep DIR] [OUTAGE_SECS ...]
 //! lab-resume recv --listen ADDR:PORT --log FILE            (role on host-b)
 //! lab-resume send --connect ADDR:PORT --rate-mbit R        (role on host-a)
 //! ```
@@ -62,6 +62,7 @@ fn bench(args: &[String]) -> ExitCode {
     let mut only = None;
     let mut metrics = vec![Metric::TunnelBack, Metric::PathBack];
     let mut rate = 60.0;
+    let mut keep = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -77,6 +78,10 @@ fn bench(args: &[String]) -> ExitCode {
                 };
                 i += 1;
             }
+            "--keep" => {
+                keep = args.get(i + 1).map(std::path::PathBuf::from);
+                i += 1;
+            }
             "--rate-mbit" => {
                 rate = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(rate);
                 i += 1;
@@ -84,7 +89,7 @@ fn bench(args: &[String]) -> ExitCode {
             a => match a.parse::<u64>() {
                 Ok(n) if n > 0 => outages.push(n),
                 _ => {
-                    eprintln!("usage: lab-resume [--only strongswan|holdfast] [--metric a|b] [--rate-mbit R] [OUTAGE_SECS ...]");
+                    eprintln!("usage: lab-resume [--only strongswan|holdfast] [--metric a|b] [--rate-mbit R] [--keep DIR] [OUTAGE_SECS ...]");
                     return ExitCode::from(2);
                 }
             },
@@ -99,7 +104,7 @@ fn bench(args: &[String]) -> ExitCode {
         .filter(|i| only.as_deref().is_none_or(|o| o == i.label().to_ascii_lowercase()))
         .collect();
     let tool = std::env::current_exe().unwrap_or_default();
-    let o = Opts { rate_mbit: rate, warmup: Duration::from_secs(4), tool };
+    let o = Opts { rate_mbit: rate, warmup: Duration::from_secs(4), tool, keep };
     let start_load = loadavg();
     let started = lab::resume::epoch_now();
     let mut rows = Vec::new();
