@@ -428,9 +428,15 @@ pub fn show_vpn_sessiondb_anyconnect(sessions: &[SessionInfo], wall_now: SystemT
         out += &one("Duration", &hms(s.duration));
         out += &one("Inactivity", &hms(s.inactivity));
         out += &two("VLAN Mapping", "N/A", "VLAN", "none");
+        // The ASA's 24 hex digits: address, index, login time (UNIX seconds).
+        let login_secs = login.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as u32;
         out += &one(
             "Audit Sess ID",
-            &format!("{:08x}{:08x}", u32::from(s.assigned_ip), s.index.0),
+            &format!(
+                "{:08x}{:08x}{login_secs:08x}",
+                u32::from(s.assigned_ip),
+                s.index.0
+            ),
         );
         out += &one("Security Grp", "none");
         out.push('\n');

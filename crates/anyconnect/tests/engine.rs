@@ -1332,7 +1332,7 @@ Login Time   : 11:08:03 UTC Mon Nov 23 2026
 Duration     : 0h:05m:12s
 Inactivity   : 0h:00m:00s
 VLAN Mapping : N/A                    VLAN         : none
-Audit Sess ID: 0a63006400000001
+Audit Sess ID: 0a630064000000016b041e93
 Security Grp : none
 
 ";
