@@ -687,9 +687,9 @@ impl Engine {
     pub fn handle_batch(&mut self, now: Instant, packets: &[Packet<'_>], out: &mut [Verdict]) {
         // Pipeline distance, in packets: packet k's home bucket line is requested while packet
         // k - 2*AHEAD is processed, its entry line (found through the then-cached bucket) while
-        // k - AHEAD is. A random-conn lookup on a big table waits ~0.3-0.7 us per miss on the
-        // 2-core VM the figures come from, and one packet's processing takes ~40-60 ns, so a
-        // distance of about 8 hides most of it (measured in examples/flow_bench.rs).
+        // k - AHEAD is. A random-conn lookup on a big table waits ~0.2-0.5 us per miss on the
+        // 2-core VM the figures come from, and one packet's processing takes ~50-75 ns, so a
+        // distance of about 8 hides most of it (4 measured worse, 16 the same: README).
         const AHEAD: usize = 8;
         const RING: usize = 32; // a power of two > 2 * AHEAD
         let now_ms = self.ms(now);
