@@ -464,7 +464,7 @@ async fn accept_loop(core: Arc<Core>, listener: tokio::net::TcpListener, admissi
 /// only the backstop against a client that never finishes a request.
 const HTTP_BUFFER_MAX: usize = 64 * 1024;
 
-async fn serve_connection(core: Arc<Core>, mut stream: tokio_openssl::SslStream<tokio::net::TcpStream>, info: anyconnect::ConnInfo, http_idle: Duration) {
+async fn serve_connection(core: Arc<Core>, mut stream: tokio_openssl::SslStream<tls::Tcp>, info: anyconnect::ConnInfo, http_idle: Duration) {
     let peer = info.peer;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
@@ -560,7 +560,7 @@ fn dtls_key(k: &DtlsKeying, ssl: &openssl::ssl::SslRef) -> Result<DtlsKey, opens
 
 async fn run_tunnel(
     core: Arc<Core>,
-    stream: tokio_openssl::SslStream<tokio::net::TcpStream>,
+    stream: tokio_openssl::SslStream<tls::Tcp>,
     peer: SocketAddr,
     session: SessionId,
     rest: Vec<u8>,
@@ -569,8 +569,18 @@ async fn run_tunnel(
 ) {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
+        // The first message is the `200 CONNECTED` head, raw HTTP.
+        let mut head = true;
         while let Some(first) = rx.recv().await {
-            // Coalesce what is already queued into one TLS write.
+            if head {
+                head = false;
+                if wr.write_all(&first).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            // Coalesce what is already queued; the frames still go out one TLS record each
+            // (below), but the TCP writes are batched by the BufWriter under the TLS stream.
             let mut out = first;
             while out.len() < TLS_BATCH {
                 match rx.try_recv() {
@@ -578,10 +588,7 @@ async fn run_tunnel(
                     Err(_) => break,
                 }
             }
-            if wr.write_all(&out).await.is_err() {
-                return;
-            }
-            if wr.flush().await.is_err() {
+            if write_frames(&mut wr, &out).await.is_err() || wr.flush().await.is_err() {
                 return;
             }
         }
@@ -614,6 +621,24 @@ async fn run_tunnel(
         }
     }
     let _ = writer.await;
+}
+
+/// Writes whole CSTP frames, one TLS record (one `SSL_write`) per frame: openconnect reads
+/// CSTP record by record and drops a record that holds more or less than exactly one frame
+/// ("Unexpected packet length"; seen with openconnect 9.01 in the lab), so frames must not
+/// share records even though the stream framing would allow it.
+async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // CSTP header (anyconnect.md §3): 'S' 'T' 'F' 1, length (u16 BE), type, 0.
+        let len = match data.get(4..6) {
+            Some(l) => 8 + usize::from(u16::from_be_bytes([l[0], l[1]])),
+            None => data.len(),
+        };
+        let (frame, rest) = data.split_at(len.min(data.len()));
+        wr.write_all(frame).await?;
+        data = rest;
+    }
+    Ok(())
 }
 
 /// Feeds TLS bytes of `session`'s connection `conn` to the engine; false when the

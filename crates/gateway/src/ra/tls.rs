@@ -52,6 +52,11 @@ pub fn server_context(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<SslC
     Ok(b.build().into_context())
 }
 
+/// The transport under TLS: a write buffer batches the records of one flush into few TCP
+/// writes (frames go out one record each, see `write_frames` in mod.rs). OpenSSL flushes it
+/// after every handshake flight; the connection code flushes after every batch.
+pub type Tcp = tokio::io::BufWriter<TcpStream>;
+
 /// Bounds on pre-authentication TLS work.
 #[derive(Debug, Clone, Copy)]
 pub struct HandshakeLimits {
@@ -101,10 +106,10 @@ impl Admission {
         slot: OwnedSemaphorePermit,
         tcp: TcpStream,
         peer: SocketAddr,
-    ) -> Result<(SslStream<TcpStream>, ConnInfo), HandshakeError> {
+    ) -> Result<(SslStream<Tcp>, ConnInfo), HandshakeError> {
         let _slot = slot;
         let ssl = Ssl::new(&self.ctx).map_err(|e| HandshakeError::Failed(e.to_string()))?;
-        let mut stream = SslStream::new(ssl, tcp).map_err(|e| HandshakeError::Failed(e.to_string()))?;
+        let mut stream = SslStream::new(ssl, tokio::io::BufWriter::with_capacity(256 * 1024, tcp)).map_err(|e| HandshakeError::Failed(e.to_string()))?;
         match tokio::time::timeout(self.limits.timeout, Pin::new(&mut stream).accept()).await {
             Err(_) => Err(HandshakeError::Timeout(self.limits.timeout)),
             Ok(Err(e)) => Err(HandshakeError::Failed(match e.ssl_error() {
