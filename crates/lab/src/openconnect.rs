@@ -392,12 +392,23 @@ impl XferRecv {
     /// Waits up to `timeout` for the receiver to finish; the bytes it received (0 when it
     /// failed or is still running).
     pub fn wait_bytes(&mut self, timeout: Duration) -> u64 {
+        self.wait_result(timeout).map_or(0, |(b, _, _)| b)
+    }
+
+    /// Waits up to `timeout` for the receiver to finish: (bytes, sha256, max stall in ms).
+    pub fn wait_result(&mut self, timeout: Duration) -> Option<(u64, String, f64)> {
         if self.proc.wait_exit(timeout) != Some(0) {
-            return 0;
+            return None;
         }
         let rl = std::fs::read_to_string(&self.proc.log).unwrap_or_default();
-        rl.lines().find(|l| l.starts_with("recv ")).and_then(|l| field(l, "bytes")).unwrap_or(0)
+        let l = rl.lines().find(|l| l.starts_with("recv "))?;
+        Some((field(l, "bytes")?, field(l, "sha256")?, field(l, "max_stall_ms").unwrap_or(0.0)))
     }
+}
+
+/// The `sha256=` of a `lab-xfer send` output.
+pub fn sent_sha(stdout: &str) -> Option<String> {
+    stdout.lines().find(|l| l.starts_with("sent ")).and_then(|l| field(l, "sha256"))
 }
 
 pub fn xfer_listen(lab: &RaLab, ns: &str, port: u16, idle: Duration) -> Result<XferRecv> {

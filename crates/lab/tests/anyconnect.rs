@@ -188,10 +188,20 @@ fn udp_blocked_mid_transfer() {
     .unwrap();
     blocker.join().unwrap();
     assert!(out.success(), "sender finished: {} {}", out.stdout, out.stderr);
-    eprintln!("lab: paced transfer across the UDP block took {:?}", start.elapsed());
-    let _ = &mut rx;
-    // Client->server too, after the block.
+    let (bytes, sha, stall) = rx.wait_result(Duration::from_secs(30)).expect("receiver finished");
+    eprintln!("lab: paced 40 MB server->client across the UDP block took {:?}, longest stall {stall:.0} ms", start.elapsed());
+    assert_eq!(bytes, 40 * MB, "every byte arrived");
+    assert_eq!(Some(sha), sent_sha(&out.stdout), "SHA-256 matches");
+    // Client->server too, after the block, and the largest packets the client's tun takes
+    // (DF set) still get through on TLS.
     transfer(&up, &l.client, &l.server, SERVER_IP, 5001, 20 * MB);
+    let mtu: u32 = sh(Some(&l.client), &["cat", "/sys/class/net/octun0/mtu"], Duration::from_secs(5))
+        .unwrap()
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(ping(&l.client, SERVER_IP, 3, Some(mtu - 28)).unwrap(), 3, "full-size ({mtu}) DF pings after the block");
     assert!(l.udp_blocked_packets() > 0, "the block dropped DTLS packets");
     let log = up.client.log();
     assert_eq!(count(&log, "reconnect"), 0, "openconnect never reconnects: {}", up.client.proc.log_tail(30));
@@ -225,17 +235,16 @@ fn sigusr2_reconnect_keeps_the_address() {
     .unwrap();
     kicker.join().unwrap();
     assert!(out.success(), "transfer across the reconnect: {} {}", out.stdout, out.stderr);
-    assert_eq!(rx_wait(&mut rx), 40 * MB);
+    let (bytes, sha, stall) = rx.wait_result(Duration::from_secs(60)).expect("receiver finished");
+    eprintln!("lab: 40 MB across the SIGUSR2 reconnect, longest stall {stall:.0} ms");
+    assert_eq!(bytes, 40 * MB, "every byte arrived");
+    assert_eq!(Some(sha), sent_sha(&out.stdout), "SHA-256 matches");
     let script = std::fs::read_to_string(&up.client.script_out).unwrap_or_default();
     let addrs: Vec<&str> = script.lines().filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("ip4="))).collect();
     assert!(script.contains("reason=reconnect"), "the client did reconnect: {script}");
     assert!(addrs.iter().all(|a| *a == up.address), "same address across the reconnect: {addrs:?}");
     ping_ok(&l.client, SERVER_IP, 3);
     up.client.proc.signal(libc::SIGINT);
-}
-
-fn rx_wait(rx: &mut XferRecv) -> u64 {
-    rx.wait_bytes(Duration::from_secs(60))
 }
 
 /// A wrong password gets no tunnel and a log line; garbage on the TLS and UDP ports is
