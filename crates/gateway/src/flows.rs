@@ -148,11 +148,15 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Creates the directory (mode 0700: the table names every host talking through us).
+    /// Creates the directory if missing, mode 0700 (the table names every host talking
+    /// through us). An existing directory keeps its mode: it may be shared (`--state-dir /tmp`
+    /// must not lock everybody else out); the file itself is written 0600.
     pub fn open(dir: &Path) -> io::Result<StateDir> {
-        std::fs::create_dir_all(dir)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         Ok(StateDir { dir: dir.to_path_buf() })
     }
 
@@ -379,6 +383,10 @@ mod tests {
         let sd = StateDir::open(&dir).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        // An existing directory keeps its mode.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sd = StateDir::open(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o755);
         assert_eq!(sd.load(0), Ok(None));
         let now = crate::clock::now();
         let c = base();
@@ -389,6 +397,7 @@ mod tests {
         let syn = tcp_syn();
         assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::ToTunnel(t), &syn), flow::Verdict::Forward);
         sd.save(e.snapshot(now), 10_000).unwrap();
+        assert_eq!(std::fs::metadata(sd.file()).unwrap().permissions().mode() & 0o777, 0o600);
         let (snap, down) = sd.load(12_500).unwrap().unwrap();
         assert_eq!(down, Duration::from_millis(2_500));
         assert_eq!(snap.flows.len(), 1);
