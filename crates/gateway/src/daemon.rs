@@ -331,7 +331,13 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
         flow_tunnels,
         down_pending: HashMap::new(),
         deliberate: false,
-        state,
+        writer: state.and_then(|dir| match flows::SnapshotWriter::spawn(dir) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("holdfast: warning: snapshot writer thread: {e}; the connection table will not survive a restart");
+                None
+            }
+        }),
         snapshot_mark: None,
         last_snapshot: clock::now(),
         flow_msgs: Vec::new(),
@@ -399,6 +405,9 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
     // The table as it is now, for the next start (the tunnels' teardown above is not a drop the
     // flows should pay for: the engine only learns of it at the next start, as a restore).
     d.save_snapshot(clock::now(), true);
+    if let Some(w) = d.writer.take() {
+        w.finish();
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     guard.cleanup();
     Ok(())
@@ -506,7 +515,7 @@ struct Daemon {
     down_pending: HashMap<String, Instant>,
     /// An operator's `clear crypto ...` is being carried out: its tunnels go down at once.
     deliberate: bool,
-    state: Option<StateDir>,
+    writer: Option<flows::SnapshotWriter>,
     /// What the table looked like at the last snapshot (changes trigger the next one).
     snapshot_mark: Option<(u64, u64, u64)>,
     last_snapshot: Instant,
@@ -1027,7 +1036,7 @@ impl Daemon {
     /// with `force`). The engine is locked only to take the snapshot, not to write it.
     fn save_snapshot(&mut self, now: Instant, force: bool) {
         self.last_snapshot = now;
-        let Some(state) = &self.state else { return };
+        let Some(writer) = &self.writer else { return };
         let snap = {
             let eng = flows::lock(&self.flows);
             let st = eng.stats();
@@ -1038,9 +1047,7 @@ impl Daemon {
             self.snapshot_mark = Some(mark);
             eng.snapshot(now)
         };
-        if let Err(e) = state.save(snap, unix_ms()) {
-            eprintln!("holdfast: warning: cannot save the connection table to {}: {e}", state.file().display());
-        }
+        writer.submit(snap, unix_ms());
     }
 
     /// Held segments of a tunnel that came back, sealed with its current outbound SA.

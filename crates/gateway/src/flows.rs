@@ -192,6 +192,46 @@ impl StateDir {
     }
 }
 
+/// Writes snapshots on its own thread, so that serializing a large table never stalls the
+/// control task (IKE). One writer, in submission order; a writer that falls behind skips to
+/// the newest snapshot (older ones are superseded anyway).
+pub struct SnapshotWriter {
+    tx: Option<std::sync::mpsc::Sender<(flow::Snapshot, u64)>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SnapshotWriter {
+    pub fn spawn(dir: StateDir) -> io::Result<SnapshotWriter> {
+        let (tx, rx) = std::sync::mpsc::channel::<(flow::Snapshot, u64)>();
+        let handle = std::thread::Builder::new().name("hf-state".into()).spawn(move || {
+            while let Ok(mut job) = rx.recv() {
+                while let Ok(newer) = rx.try_recv() {
+                    job = newer;
+                }
+                if let Err(e) = dir.save(job.0, job.1) {
+                    eprintln!("holdfast: warning: cannot save the connection table to {}: {e}", dir.file().display());
+                }
+            }
+        })?;
+        Ok(SnapshotWriter { tx: Some(tx), handle: Some(handle) })
+    }
+
+    /// Queues a snapshot taken at wall-clock `saved_unix_ms`.
+    pub fn submit(&self, snap: flow::Snapshot, saved_unix_ms: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((snap, saved_unix_ms));
+        }
+    }
+
+    /// Waits until everything submitted is on disk (shutdown).
+    pub fn finish(mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// How the engine was started, for the daemon's start-up message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
@@ -380,7 +420,7 @@ mod tests {
     fn state_file_round_trip_and_corruption() {
         let dir = std::env::temp_dir().join(format!("hf-state-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let sd = StateDir::open(&dir).unwrap();
+        StateDir::open(&dir).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         // An existing directory keeps its mode.
@@ -409,6 +449,13 @@ mod tests {
         collect_events(&mut r, &mut msgs);
         assert!(msgs.iter().any(|m| m.id == 302014 && m.text.ends_with("Tunnel has been torn down")), "{msgs:?}");
         assert_eq!(r.len(), 0);
+        // The writer thread: the last submitted snapshot is on disk once `finish` returns.
+        let w = SnapshotWriter::spawn(StateDir::open(&dir).unwrap()).unwrap();
+        w.submit(flow::Engine::new(now, engine_config(&c, 7)).snapshot(now), 20_000);
+        w.submit(e.snapshot(now), 30_000);
+        w.finish();
+        let (snap, down) = sd.load(30_500).unwrap().unwrap();
+        assert_eq!((snap.flows.len(), down), (1, Duration::from_millis(500)));
         // A corrupt file: a fresh table and a reason, never a panic.
         std::fs::write(sd.file(), b"{not json").unwrap();
         let (e2, start) = start_engine(now, &c, 7, Some(&sd), 0);
