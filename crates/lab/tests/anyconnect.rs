@@ -276,3 +276,69 @@ fn wrong_password_and_garbage_are_refused() {
     ping_ok(&l.client, SERVER_IP, 3);
     assert_eq!(count(&up.client.log(), "Established DTLS connection"), 1);
 }
+
+/// Runs `f` on a thread that has entered network namespace `ns` (sockets it opens live there).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("namespace file");
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) on this fresh thread only (namespaces are per thread), with an fd
+        // of a namespace file that stays open for the call.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns into {path}");
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Bounded pre-authentication work: 200 TCP connections that never start a TLS handshake
+/// (more than the 64 handshake slots) do not disturb an established session, the stalled
+/// handshakes are logged when they time out or are abandoned, and once the flood is gone a
+/// new TLS handshake completes.
+#[test]
+fn handshake_flood_does_not_starve_the_established_session() {
+    let up = connect(&[], &[]);
+    let l = &up.lab;
+    up.client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
+    ping_ok(&l.client, SERVER_IP, 2);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let flood = std::thread::spawn({
+        let ns = l.client.clone();
+        move || {
+            in_netns(&ns, move || {
+                let addr: std::net::SocketAddr = format!("{GW_OUTSIDE_IP}:443").parse().unwrap();
+                let mut held = Vec::new();
+                for _ in 0..200 {
+                    if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                        held.push(s);
+                    }
+                }
+                let n = held.len();
+                // Hold them (silent) past the 10 s handshake deadline, until told to stop.
+                let _ = rx.recv_timeout(Duration::from_secs(30));
+                drop(held);
+                n
+            })
+        }
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    // The established session is unaffected while the slots are full.
+    assert_eq!(ping(&l.client, SERVER_IP, 10, None).unwrap(), 10, "pings during the flood");
+    std::thread::sleep(Duration::from_secs(9));
+    let _ = tx.send(());
+    let opened = flood.join().unwrap();
+    eprintln!("lab: flood held {opened} idle TCP connections");
+    assert!(opened >= 64, "the flood filled the handshake slots ({opened} connections)");
+    let log = up.server.log();
+    assert!(log.contains("TLS handshake timed out"), "stalled handshakes time out: {}", up.server.proc.log_tail(20));
+    // A real handshake completes afterwards (queued flood connections fail at once on EOF).
+    let out = run(
+        &mut in_ns(&l.client, &["bash", "-c", &format!("echo | timeout 20 openssl s_client -connect {GW_OUTSIDE_IP}:443 -brief")]),
+        Duration::from_secs(25),
+    )
+    .unwrap();
+    assert!(out.stderr.contains("CONNECTION ESTABLISHED") || out.stdout.contains("CONNECTION ESTABLISHED"), "TLS handshake after the flood: {} {}", out.stdout, out.stderr);
+    ping_ok(&l.client, SERVER_IP, 3);
+}

@@ -709,8 +709,17 @@ fn udp_loop(core: Arc<Core>) {
         let now = clock::now();
         let known = g.by_addr.get(&peer).copied();
         let hello_sid = dtls::client_hello_session_id(d);
+        // A retransmitted ClientHello (our first flight was lost or is late) belongs to the
+        // association still in its handshake; OpenSSL answers it there.
+        let handshaking = known.and_then(|s| g.io.get(&s)).and_then(|x| x.dtls.as_ref()).is_some_and(|c| !c.is_established());
         let session = match (known, hello_sid) {
-            // A ClientHello always starts a new association, also from a known address
+            (Some(s), Some(sid))
+                if handshaking
+                    && g.server.session_by_app_id(sid).or_else(|| g.server.session_by_dtls_session_id(sid)) == Some(s) =>
+            {
+                s
+            }
+            // Otherwise a ClientHello starts a new association, also from a known address
             // (the client retrying DTLS from the same port).
             (_, Some(sid)) => match new_association(&core, &mut g, sid, peer) {
                 Some(s) => s,
