@@ -193,6 +193,51 @@ pub fn make_server_cert(dir: &Path) -> Result<ServerCert> {
     Ok(ServerCert { cert, key, pin: format!("pin-sha256:{}", base64(digest.as_ref())) })
 }
 
+/// A client-certificate PKI made with the `openssl` tool: a CA the gateway trusts, a client
+/// certificate it issued (CN `certuser`), and a look-alike (same CN) from an untrusted CA.
+#[derive(Debug, Clone)]
+pub struct ClientPki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+pub fn make_client_pki(dir: &Path) -> Result<ClientPki> {
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let t = Duration::from_secs(60);
+    for ca in ["ca", "rogue-ca"] {
+        sh(
+            None,
+            &["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &p(&format!("{ca}.key")), "-out",
+              &p(&format!("{ca}.pem")), "-days", "2", "-subj", &format!("/CN=lab {ca}")],
+            t,
+        )?;
+    }
+    for (name, ca) in [("client", "ca"), ("rogue", "rogue-ca")] {
+        sh(
+            None,
+            &["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &p(&format!("{name}.key")), "-out",
+              &p(&format!("{name}.csr")), "-subj", "/CN=certuser"],
+            t,
+        )?;
+        sh(
+            None,
+            &["openssl", "x509", "-req", "-in", &p(&format!("{name}.csr")), "-CA", &p(&format!("{ca}.pem")), "-CAkey",
+              &p(&format!("{ca}.key")), "-CAcreateserial", "-out", &p(&format!("{name}.pem")), "-days", "2"],
+            t,
+        )?;
+    }
+    Ok(ClientPki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("client.pem"),
+        key: dir.join("client.key"),
+        rogue_cert: dir.join("rogue.pem"),
+        rogue_key: dir.join("rogue.key"),
+    })
+}
+
 /// RFC 4648 §4 base64 with padding.
 fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -342,3 +342,35 @@ fn handshake_flood_does_not_starve_the_established_session() {
     assert!(out.stderr.contains("CONNECTION ESTABLISHED") || out.stdout.contains("CONNECTION ESTABLISHED"), "TLS handshake after the flood: {} {}", out.stdout, out.stderr);
     ping_ok(&l.client, SERVER_IP, 3);
 }
+
+/// Certificate login: the gateway asks for a client certificate (verified against its
+/// `ca-file`); openconnect with a certificate from that CA and `--authgroup CERT` gets a
+/// tunnel as the certificate's CN without a password; a look-alike certificate from another
+/// CA fails the TLS handshake, with a log line.
+#[test]
+fn certificate_login_and_untrusted_certificate_refused() {
+    require_tools();
+    let lab = RaLab::new().expect("lab");
+    let cert = make_server_cert(&lab.dir).expect("server certificate");
+    let pki = make_client_pki(&lab.dir).expect("client PKI");
+    let ca = pki.ca.to_string_lossy().into_owned();
+    let server = RaServer::start(&lab, &cert, PASSWORD, &["--ca", &ca, "--cert-group"]).expect("holdfast-ra");
+    // The untrusted one first (its failure must not disturb the later login).
+    let (rc, rk) = (pki.rogue_cert.to_string_lossy().into_owned(), pki.rogue_key.to_string_lossy().into_owned());
+    let mut rogue = OpenConnect::start(&lab, &cert, "certuser", "unused", "-rogue", &["-c", &rc, "-k", &rk, "--authgroup", "CERT"])
+        .expect("openconnect");
+    let code = rogue.proc.wait_exit(Duration::from_secs(30));
+    assert!(code.is_some_and(|c| c != 0), "untrusted certificate refused: {code:?}\n{}", rogue.proc.log_tail(20));
+    assert!(server.log().contains("725006"), "failed handshake logged: {}", server.proc.log_tail(20));
+    let (cc, ck) = (pki.cert.to_string_lossy().into_owned(), pki.key.to_string_lossy().into_owned());
+    let mut client = OpenConnect::start(&lab, &cert, "certuser", "unused", "", &["-c", &cc, "-k", &ck, "--authgroup", "CERT"])
+        .expect("openconnect");
+    let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| {
+        panic!("certificate login failed: {e}\n{}\n--- server ---\n{}", client.proc.log_tail(30), server.proc.log_tail(30))
+    });
+    let log = server.log();
+    assert!(log.contains("User <certuser>"), "session belongs to the certificate's CN: {}", server.proc.log_tail(20));
+    let up = Up { lab, cert, server, client, address };
+    up.client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
+    ping_ok(&up.lab.client, SERVER_IP, 3);
+}
