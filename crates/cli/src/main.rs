@@ -32,6 +32,9 @@ enum Cmd {
         /// Directory for state kept across restarts (the connection table); created mode 0700.
         #[arg(long, value_name = "DIR", default_value = gateway::flows::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Name of the remote-access TUN (AnyConnect client addresses are routed into it).
+        #[arg(long, value_name = "NAME", default_value = "hfra0")]
+        ra_tun: String,
     },
     /// Validate a configuration and print its diagnostics.
     Check {
@@ -40,6 +43,15 @@ enum Cmd {
     },
     /// `show ...` on the running gateway (e.g. `show crypto ipsec sa`).
     Show {
+        #[arg(required = true, num_args = 1.., value_name = "WORDS")]
+        words: Vec<String>,
+        #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
+        control: PathBuf,
+    },
+    /// `vpn-sessiondb logoff name USER | index N | all` on the running gateway: ends
+    /// remote-access sessions without asking for confirmation.
+    #[command(name = "vpn-sessiondb")]
+    VpnSessiondb {
         #[arg(required = true, num_args = 1.., value_name = "WORDS")]
         words: Vec<String>,
         #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
@@ -64,9 +76,16 @@ fn main() -> ExitCode {
             }
             None => ExitCode::FAILURE,
         },
-        Cmd::Run { config, control, tun, mtu, no_offload, state_dir } => {
+        Cmd::Run { config, control, tun, mtu, no_offload, state_dir, ra_tun } => {
             let Some(cfg) = load(&config) else { return ExitCode::FAILURE };
-            let opts = gateway::daemon::Options { control, tun_name: tun, tun_mtu: mtu, offload: !no_offload, state_dir };
+            let opts = gateway::daemon::Options {
+                control,
+                tun_name: tun,
+                tun_mtu: mtu,
+                offload: !no_offload,
+                state_dir,
+                ra_tun_name: ra_tun,
+            };
             match gateway::daemon::run(cfg, opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -77,6 +96,7 @@ fn main() -> ExitCode {
         }
         Cmd::Show { words, control } => remote("show", &words, &control),
         Cmd::Clear { words, control } => remote("clear", &words, &control),
+        Cmd::VpnSessiondb { words, control } => remote("vpn-sessiondb", &words, &control),
     }
 }
 

@@ -36,6 +36,27 @@ pub enum Request {
     /// `clear conn [address IP]`.
     ClearConn { address: Option<Ipv4Addr> },
     ClearAspDrop,
+    /// `show vpn-sessiondb anyconnect [filter name USER | filter ipaddress IP]`.
+    ShowVpnSessiondb { filter: Option<SessionFilter> },
+    /// `vpn-sessiondb logoff name USER | index N | all`. The ASA asks "Do you want to logoff
+    /// the VPN session(s)? [confirm]"; the control socket is not interactive, so the command
+    /// is carried out at once.
+    VpnSessiondbLogoff { target: LogoffTarget },
+}
+
+/// `filter ...` of `show vpn-sessiondb anyconnect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionFilter {
+    Name(String),
+    IpAddress(Ipv4Addr),
+}
+
+/// What `vpn-sessiondb logoff` ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogoffTarget {
+    Name(String),
+    Index(u32),
+    All,
 }
 
 pub use flow::text::ConnView;
@@ -69,11 +90,34 @@ pub fn format_error(line: &str, err: &ParseError) -> String {
 pub fn parse(line: &str) -> Result<Request, ParseError> {
     let words = tokenize(line);
     let mut p = Parser { words: &words, pos: 0 };
-    let verb = p.keyword(&["show", "clear"])?;
+    let verb = p.keyword(&["show", "clear", "vpn-sessiondb"])?;
     match verb {
+        "vpn-sessiondb" => {
+            p.keyword(&["logoff"])?;
+            let target = match p.keyword(&["name", "index", "all"])? {
+                "name" => LogoffTarget::Name(p.word().ok_or(ParseError::Incomplete)?.to_string()),
+                "index" => LogoffTarget::Index(p.number()?),
+                _ => LogoffTarget::All,
+            };
+            // The ASA's optional `noconfirm` is accepted (the socket never asks anyway).
+            p.optional_keyword(&["noconfirm"])?;
+            p.end()?;
+            Ok(Request::VpnSessiondbLogoff { target })
+        }
         "show" => {
-            let what = p.keyword(&["crypto", "running-config", "logging", "version", "conn", "asp"])?;
+            let what = p.keyword(&["crypto", "running-config", "logging", "version", "conn", "asp", "vpn-sessiondb"])?;
             let req = match what {
+                "vpn-sessiondb" => {
+                    p.keyword(&["anyconnect"])?;
+                    let filter = match p.optional_keyword(&["filter"])? {
+                        None => None,
+                        Some(_) => match p.keyword(&["name", "ipaddress"])? {
+                            "name" => Some(SessionFilter::Name(p.word().ok_or(ParseError::Incomplete)?.to_string())),
+                            _ => Some(SessionFilter::IpAddress(p.ipv4()?)),
+                        },
+                    };
+                    Request::ShowVpnSessiondb { filter }
+                }
                 "crypto" => match p.keyword(&["ikev2", "ipsec"])? {
                     "ikev2" => {
                         p.keyword(&["sa"])?;
@@ -274,6 +318,14 @@ impl<'a> Parser<'a> {
         Ok(ip)
     }
 
+    /// A decimal number (a session index).
+    fn number(&mut self) -> Result<u32, ParseError> {
+        let Some(&(col, word)) = self.words.get(self.pos) else { return Err(ParseError::Incomplete) };
+        let n = word.parse().map_err(|_| ParseError::Invalid { col })?;
+        self.pos += 1;
+        Ok(n)
+    }
+
     /// The next word as written (free-form arguments).
     fn word(&mut self) -> Option<&'a str> {
         let &(_, w) = self.words.get(self.pos)?;
@@ -391,5 +443,40 @@ mod tests {
         assert_eq!(parse("show run time"), run(false, &["timeout"]));
         assert_eq!(parse("show run all bogus"), Err(ParseError::Invalid { col: 13 }));
         assert_eq!(parse("show run all all"), Err(ParseError::Invalid { col: 13 }));
+    }
+
+    #[test]
+    fn remote_access_commands() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(parse("show vpn-sessiondb anyconnect"), Ok(Request::ShowVpnSessiondb { filter: None }));
+        assert_eq!(parse("sh vpn-s any"), Ok(Request::ShowVpnSessiondb { filter: None }));
+        assert_eq!(
+            parse("show vpn-sessiondb anyconnect filter name Vpn"),
+            Ok(Request::ShowVpnSessiondb { filter: Some(SessionFilter::Name("Vpn".into())) })
+        );
+        assert_eq!(
+            parse("show vpn-sessiondb anyconnect filter ipaddress 10.99.0.100"),
+            Ok(Request::ShowVpnSessiondb { filter: Some(SessionFilter::IpAddress(ip("10.99.0.100"))) })
+        );
+        assert_eq!(parse("show vpn-sessiondb anyconnect filter ipaddress 10.99.0"), Err(ParseError::Invalid { col: 47 }));
+        assert_eq!(parse("show vpn-sessiondb anyconnect filter"), Err(ParseError::Incomplete));
+        assert_eq!(parse("show vpn-sessiondb anyconnect filter name"), Err(ParseError::Incomplete));
+        assert_eq!(parse("show vpn-sessiondb l2l"), Err(ParseError::Invalid { col: 19 }));
+        assert_eq!(parse("show vpn-sessiondb anyconnect x"), Err(ParseError::Invalid { col: 30 }));
+        // `v` is ambiguous between version and vpn-sessiondb.
+        assert_eq!(parse("show v"), Err(ParseError::Invalid { col: 5 }));
+        assert_eq!(parse("show ver"), Ok(Request::ShowVersion));
+        assert_eq!(
+            parse("vpn-sessiondb logoff name vpn"),
+            Ok(Request::VpnSessiondbLogoff { target: LogoffTarget::Name("vpn".into()) })
+        );
+        assert_eq!(parse("vpn-sessiondb logoff index 3"), Ok(Request::VpnSessiondbLogoff { target: LogoffTarget::Index(3) }));
+        assert_eq!(parse("vpn-sessiondb logoff all"), Ok(Request::VpnSessiondbLogoff { target: LogoffTarget::All }));
+        assert_eq!(parse("vpn-sessiondb logoff all noconfirm"), Ok(Request::VpnSessiondbLogoff { target: LogoffTarget::All }));
+        assert_eq!(parse("vpn-sessiondb logoff index x"), Err(ParseError::Invalid { col: 27 }));
+        assert_eq!(parse("vpn-sessiondb logoff name"), Err(ParseError::Incomplete));
+        assert_eq!(parse("vpn-sessiondb logoff bogus"), Err(ParseError::Invalid { col: 21 }));
+        assert_eq!(parse("vpn-sessiondb logoff name a b"), Err(ParseError::Invalid { col: 28 }));
+        assert_eq!(parse("vpn-sessiondb"), Err(ParseError::Incomplete));
     }
 }

@@ -15,9 +15,10 @@ use policy::{ConnectionType, TrafficSelector, TunnelPolicy};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock;
-use crate::control::{self, Request};
+use crate::control::{self, LogoffTarget, Request, SessionFilter};
 use crate::datapath::{self, Outside, Shared, ToControl};
 use crate::flows::{self, SharedEngine, StateDir};
+use crate::ra::{self, RaConfig, RaHandle};
 use crate::watch;
 use crate::net::{self, SystemGuard};
 use crate::sad::{ChildOut, Counters, Dest, InboundEntry, OutboundEntry, Sad, SadCell, SpdEntry};
@@ -50,6 +51,9 @@ pub struct Options {
     pub offload: bool,
     /// Where the connection table is saved across restarts (created mode 0700).
     pub state_dir: PathBuf,
+    /// The remote-access TUN (AnyConnect client addresses are routed into it), kept apart
+    /// from the site-to-site one.
+    pub ra_tun_name: String,
 }
 
 impl Default for Options {
@@ -60,6 +64,7 @@ impl Default for Options {
             tun_mtu: 1400,
             offload: true,
             state_dir: PathBuf::from(flows::DEFAULT_STATE_DIR),
+            ra_tun_name: "hfra0".into(),
         }
     }
 }
@@ -76,6 +81,10 @@ pub enum DaemonError {
     CertAuth(#[from] ike::cert_auth::CertAuthError),
     #[error("control socket {0} is in use by a running daemon")]
     AlreadyRunning(PathBuf),
+    #[error("remote access: {0}")]
+    RemoteAccess(String),
+    #[error("remote access: {0}")]
+    Ra(#[from] ra::RaError),
 }
 
 fn io_ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
@@ -102,12 +111,67 @@ pub fn run(cfg: policy::Config, opts: Options) -> Result<(), DaemonError> {
     let mut endpoint = ike::Endpoint::new(tunnels.clone(), cfg.ikev2.clone(), Box::new(crypto::OsRandom::default()));
     ike::cert_auth::install(&mut endpoint, &resolved)?;
     warn_identity(&resolved);
+    // Remote access: listeners, certificate and key (loaded and matched here, so a bad
+    // trustpoint file stops the start before any TUN, route or socket exists).
+    let ra_plan = plan_remote_access(&cfg)?;
     endpoint.set_wall_clock(clock::now(), clock::wall_now());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io_ctx("tokio runtime"))?;
-    rt.block_on(async_run(cfg, tunnels, endpoint, opts))
+    rt.block_on(async_run(cfg, tunnels, endpoint, opts, ra_plan))
+}
+
+/// What the remote-access service will run with: resolved from the configuration and with
+/// its certificate material already checked.
+pub struct RaPlan {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    pub engine: anyconnect::Config,
+}
+
+/// `webvpn` / `anyconnect enable` / `ssl trust-point` resolved to one TLS+DTLS listener, and
+/// the trustpoint's certificate and key loaded and checked against each other (and the
+/// client CA, when a tunnel group authenticates by certificate). `None` without remote
+/// access. Loads files only; changes nothing in the system.
+pub fn plan_remote_access(cfg: &policy::Config) -> Result<Option<RaPlan>, DaemonError> {
+    let listeners = cfg.anyconnect_listeners()?;
+    let Some(first) = listeners.first() else { return Ok(None) };
+    // One engine serves every session (one address pool space, one session database);
+    // several `enable NAMEIF` lines with different addresses are served on all addresses.
+    let addr = if listeners.iter().all(|l| l.addr == first.addr) { first.addr } else { Ipv4Addr::UNSPECIFIED };
+    for l in &listeners[1..] {
+        if (l.tls_port, l.dtls_port, &l.certificate_file, &l.key_file) != (first.tls_port, first.dtls_port, &first.certificate_file, &first.key_file) {
+            eprintln!(
+                "holdfast: warning: webvpn on {}: one remote-access listener serves every interface; it uses trustpoint {} and the ports of {}",
+                l.nameif, first.trustpoint, first.nameif
+            );
+        }
+    }
+    let cert_file = PathBuf::from(&first.certificate_file);
+    let key_file = PathBuf::from(&first.key_file);
+    let groups = cfg.anyconnect_groups();
+    let wants_certs = groups.iter().any(|g| g.authentication != policy::RaAuthentication::Aaa);
+    let ca_file = if wants_certs {
+        let ca = groups.iter().flat_map(|g| g.client_ca_files.iter()).next().ok_or_else(|| {
+            DaemonError::RemoteAccess("a tunnel group authenticates by certificate but no trustpoint has a ca-file".into())
+        })?;
+        Some(PathBuf::from(ca))
+    } else {
+        None
+    };
+    // The same loads `ra::spawn` does, without binding anything: missing files, unreadable
+    // PEM, and a key that does not belong to the certificate are refused here.
+    ra::tls::server_context(&cert_file, &key_file, ca_file.as_deref()).map_err(ra::RaError::from)?;
+    ra::dtls::DtlsServer::new(&cert_file, &key_file).map_err(ra::RaError::from)?;
+    let mut engine = anyconnect::config_from_policy(cfg);
+    engine.dtls_port = first.dtls_port;
+    if engine.tunnel_groups.is_empty() {
+        return Err(DaemonError::RemoteAccess("anyconnect is enabled but no remote-access tunnel-group is configured".into()));
+    }
+    Ok(Some(RaPlan { listen: SocketAddr::new(IpAddr::V4(addr), first.tls_port), cert_file, key_file, ca_file, engine }))
 }
 
 /// `holdfast check`: resolves the tunnels with their authentication and loads every
@@ -121,6 +185,7 @@ pub fn check_certificates(cfg: &policy::Config) -> Result<usize, DaemonError> {
         n += 1;
     }
     warn_identity(&resolved);
+    plan_remote_access(cfg)?;
     Ok(n)
 }
 
@@ -141,7 +206,13 @@ fn warn_identity(resolved: &[policy::ResolvedTunnel]) {
     }
 }
 
-async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ike::Endpoint, opts: Options) -> Result<(), DaemonError> {
+async fn async_run(
+    cfg: policy::Config,
+    tunnels: Vec<TunnelPolicy>,
+    endpoint: ike::Endpoint,
+    opts: Options,
+    ra_plan: Option<RaPlan>,
+) -> Result<(), DaemonError> {
     let syslog = Arc::new(Syslog::new(SyslogConfig::from_policy(&cfg.logging)));
     let mut guard = SystemGuard::default();
 
@@ -343,7 +414,30 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
         flow_msgs: Vec::new(),
         watch: watch::PathWatch::new(),
         last_watch: clock::now(),
+        ra: None,
     };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io_ctx("signal"))?;
+    // Remote access last: nothing fallible follows, so its handle (which owns a runtime that
+    // must not be dropped inside this one) is only ever stopped by the shutdown below.
+    if let Some(plan) = ra_plan {
+        let rc = RaConfig {
+            listen: plan.listen,
+            cert_file: plan.cert_file,
+            key_file: plan.key_file,
+            ca_file: plan.ca_file,
+            tun_name: opts.ra_tun_name.clone(),
+            engine: plan.engine,
+            handshake: ra::tls::HandshakeLimits::default(),
+            http_idle: Duration::from_secs(30),
+            syslog: d.syslog.clone(),
+        };
+        let started = tokio::task::spawn_blocking(move || ra::spawn(rc))
+            .await
+            .map_err(|e| DaemonError::Io { what: "remote access start".into(), err: io::Error::other(e.to_string()) })?;
+        let h = started?;
+        eprintln!("holdfast: remote access listening on {} (TUN {})", h.tls_addr(), opts.ra_tun_name);
+        d.ra = Some(h);
+    }
     eprintln!(
         "holdfast: running; TUN {} (mtu {}, offload {}), control socket {}",
         opts.tun_name,
@@ -359,7 +453,6 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
     }
     d.drain();
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io_ctx("signal"))?;
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     let mut flow_tick = tokio::time::interval(FLOW_TICK);
     flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -399,6 +492,10 @@ async fn async_run(cfg: policy::Config, tunnels: Vec<TunnelPolicy>, endpoint: ik
         d.drain();
     }
     eprintln!("holdfast: shutting down");
+    // Remote-access clients get TERMINATE (they do not reconnect), then its TUN and routes go.
+    if let Some(h) = d.ra.take() {
+        let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
+    }
     // Deleting our SAs tells the peer at once instead of letting it wait for liveness to fail.
     d.endpoint.handle_command(clock::now(), ike::Command::ClearIkeSa { peer: None });
     d.drain();
@@ -523,6 +620,8 @@ struct Daemon {
     /// Silent-path detection and knocks for the fast resumption of preserved flows.
     watch: watch::PathWatch,
     last_watch: Instant,
+    /// The remote-access service, when the configuration enables AnyConnect.
+    ra: Option<RaHandle>,
 }
 
 fn add_counters(s: &mut show::IpsecStats, r: &ChildRecord) {
@@ -897,6 +996,33 @@ impl Daemon {
                 String::new()
             }
             Request::ShowLogging => self.syslog.show_logging(),
+            Request::ShowVpnSessiondb { filter } => {
+                let Some(ra) = &self.ra else { return show::no_vpn_sessions() };
+                let wall = clock::wall_now();
+                ra.with_engine(|s, now| match filter {
+                    None => s.show_vpn_sessiondb_anyconnect(now, wall),
+                    Some(SessionFilter::Name(u)) => {
+                        s.show_vpn_sessiondb_anyconnect_filter(now, wall, &anyconnect::ShowFilter::Name(u.clone()))
+                    }
+                    Some(SessionFilter::IpAddress(ip)) => {
+                        s.show_vpn_sessiondb_anyconnect_filter(now, wall, &anyconnect::ShowFilter::IpAddress(*ip))
+                    }
+                })
+            }
+            Request::VpnSessiondbLogoff { target } => {
+                let n = match &self.ra {
+                    None => 0,
+                    Some(ra) => ra.with_engine(|s, now| {
+                        let t = match target {
+                            LogoffTarget::Name(u) => anyconnect::Logoff::Name(u.clone()),
+                            LogoffTarget::Index(i) => anyconnect::Logoff::Index(*i),
+                            LogoffTarget::All => anyconnect::Logoff::All,
+                        };
+                        s.logoff(now, t)
+                    }),
+                };
+                show::logoff_result(target, n)
+            }
             Request::ShowVersion => format!("holdfast Version {}\n", env!("CARGO_PKG_VERSION")),
             Request::ShowIkev2Sa { detail } => show::ikev2_sa(&self.ike_views(), *detail),
             Request::ShowIpsecSa { peer, .. } => show::ipsec_sa(&self.ipsec_views(*peer, now)),

@@ -346,6 +346,27 @@ pub fn endpoint(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// `show vpn-sessiondb anyconnect` when remote access is not configured: the ASA's answer
+/// for an empty session database (the engine prints the same when it has no session).
+pub fn no_vpn_sessions() -> String {
+    "\nSession Type: AnyConnect\n\nINFO: There are presently no active sessions\n".to_string()
+}
+
+/// The answer to `vpn-sessiondb logoff ...`. The ASA first asks "Do you want to logoff the VPN
+/// session(s)? [confirm]"; over the control socket the command is already confirmed, so only
+/// the result line is printed.
+pub fn logoff_result(target: &crate::control::LogoffTarget, n: usize) -> String {
+    use crate::control::LogoffTarget;
+    if n == 0 {
+        return "INFO: There are presently no active sessions of the type specified\n".to_string();
+    }
+    match target {
+        LogoffTarget::Name(u) => format!("INFO: Number of sessions with name \"{u}\" logged off : {n}\n"),
+        LogoffTarget::Index(i) => format!("INFO: Number of sessions with index \"{i}\" logged off : {n}\n"),
+        LogoffTarget::All => format!("INFO: Number of sessions logged off : {n}\n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,5 +562,15 @@ Child sa: local selector  10.1.0.0/0 - 10.1.0.255/65535
         assert!(d.contains("      PRF: SHA256\n"), "{d}");
         assert!(d.contains("          Encr: AES-GCM, keysize: 256, esp_hmac: N/A\n"), "{d}");
         assert_eq!(ikev2_sa(&[], false), "IKEv2 SAs:\n\n");
+    }
+
+    #[test]
+    fn logoff_lines() {
+        use crate::control::LogoffTarget;
+        assert_eq!(logoff_result(&LogoffTarget::Name("vpn".into()), 1), "INFO: Number of sessions with name \"vpn\" logged off : 1\n");
+        assert_eq!(logoff_result(&LogoffTarget::Index(4), 1), "INFO: Number of sessions with index \"4\" logged off : 1\n");
+        assert_eq!(logoff_result(&LogoffTarget::All, 3), "INFO: Number of sessions logged off : 3\n");
+        assert_eq!(logoff_result(&LogoffTarget::All, 0), "INFO: There are presently no active sessions of the type specified\n");
+        assert!(no_vpn_sessions().contains("no active sessions"));
     }
 }

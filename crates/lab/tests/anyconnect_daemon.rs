@@ -1,0 +1,204 @@
+//! Issue 5 through the daemon: the real openconnect 9.01 client against `holdfast run` started
+//! from an ASA configuration (webvpn / group-policy / tunnel-group / ip local pool / username
+//! / ssl trust-point), in the `lab::openconnect` namespaces:
+//!
+//! ```text
+//!  client 203.0.113.10 ── out 203.0.113.1 [holdfast run] in 10.1.0.1 ── server 10.1.0.10
+//! ```
+//!
+//! Covered: `holdfast check` / `run` refusing a key that does not match the certificate
+//! before anything changes; password login, DTLS up, ping through the tunnel to the server
+//! behind the gateway; `show vpn-sessiondb anyconnect [filter ...]` with the pool address;
+//! `vpn-sessiondb logoff name vpn` disconnecting the client and logging 113019 (with the
+//! 722xxx/716xxx session lines) in `show logging`; SIGTERM removing the remote-access TUN and
+//! the pool route.
+//!
+//! The daemon binary is `$HOLDFAST_BIN` if set, else `lab::holdfast_bin()` (release build).
+#![allow(clippy::disallowed_methods)] // the lab measures wall-clock times
+
+use lab::cmd::{in_ns, run, sh, wait_for, Proc};
+use lab::openconnect::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "lab-secret-5";
+
+fn bin() -> PathBuf {
+    lab::holdfast_bin()
+}
+
+fn config_text(cert: &Path, key: &Path) -> String {
+    format!(
+        "hostname ra-gw
+interface out
+ nameif outside
+ security-level 0
+ ip address {GW_OUTSIDE_IP} 255.255.255.0
+interface in
+ nameif inside
+ security-level 100
+ ip address {GW_INSIDE_IP} 255.255.255.0
+logging enable
+logging buffered informational
+access-list SPLIT standard permit 10.1.0.0 255.255.255.0
+ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0
+webvpn
+ enable outside
+ anyconnect enable
+ dtls port 443
+group-policy ac_users_group internal
+group-policy ac_users_group attributes
+ vpn-tunnel-protocol ssl-client
+ split-tunnel-policy tunnelspecified
+ split-tunnel-network-list value SPLIT
+ webvpn
+  anyconnect mtu 1300
+  anyconnect ssl dtls enable
+  anyconnect ssl df-bit-ignore enable
+  anyconnect dpd-interval client 30
+  anyconnect dpd-interval gateway 30
+tunnel-group RA type remote-access
+tunnel-group RA general-attributes
+ address-pool VPNPOOL
+ default-group-policy ac_users_group
+tunnel-group RA webvpn-attributes
+ group-alias RA enable
+username vpn password {PASSWORD}
+sysopt connection tcpmss 1380
+crypto ca trustpoint VPN-TP
+ certificate-file {}
+ key-file {}
+ssl trust-point VPN-TP outside
+",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// `holdfast WORDS... --control SOCK` inside the gateway namespace: (success, stdout+stderr).
+fn cli(lab: &RaLab, sock: &Path, words: &[&str]) -> (bool, String) {
+    let b = bin().to_string_lossy().into_owned();
+    let s = sock.to_string_lossy().into_owned();
+    let mut argv = vec![b.as_str()];
+    argv.extend_from_slice(words);
+    argv.extend(["--control", &s]);
+    let out = run(&mut in_ns(&lab.gw, &argv), Duration::from_secs(30)).expect("holdfast cli runs");
+    (out.success(), format!("{}{}", out.stdout, out.stderr))
+}
+
+fn links(ns: &str) -> String {
+    sh(Some(ns), &["ip", "-o", "link"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
+}
+
+fn routes(ns: &str) -> String {
+    sh(Some(ns), &["ip", "route"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
+}
+
+#[test]
+fn openconnect_through_holdfast_run() {
+    let started = Instant::now();
+    assert!(lab::is_root(), "lab tests need root (network namespaces)");
+    let oc = run(&mut std::process::Command::new("openconnect").arg("--version"), Duration::from_secs(10));
+    assert!(oc.as_ref().is_ok_and(|o| o.stdout.contains("OpenConnect version")), "openconnect is not installed");
+    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
+
+    let lab = RaLab::new().expect("lab");
+    let cert = make_server_cert(&lab.dir).expect("certificate");
+    let sock = lab.path("holdfast.sock");
+    let state = lab.path("state");
+
+    // 1. A key that does not belong to the certificate: `check` and `run` refuse it with the
+    //    file named, and `run` changes nothing (no TUN, no socket file).
+    let other_dir = lab.path("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = make_server_cert(&other_dir).expect("second certificate");
+    let bad = lab.path("bad.cfg");
+    std::fs::write(&bad, config_text(&cert.cert, &other.key)).unwrap();
+    let b = bin().to_string_lossy().into_owned();
+    let out = run(&mut in_ns(&lab.gw, &[&b, "check", "--config", &bad.to_string_lossy()]), Duration::from_secs(30)).unwrap();
+    assert!(!out.success(), "check accepted a mismatched key: {}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("key-file"), "check names the key file: {}", out.stderr);
+    let out = run(
+        &mut in_ns(&lab.gw, &[&b, "run", "--config", &bad.to_string_lossy(), "--control", &sock.to_string_lossy(), "--state-dir", &state.to_string_lossy()]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(!out.success(), "run accepted a mismatched key");
+    assert!(out.stderr.contains("key-file"), "run names the key file: {}", out.stderr);
+    assert!(!links(&lab.gw).contains("hfra0") && !links(&lab.gw).contains("hf0"), "nothing created: {}", links(&lab.gw));
+    assert!(!sock.exists(), "no control socket left behind");
+
+    // 2. The good configuration: `check` passes, `run` starts remote access only (no tunnels).
+    let good = lab.path("ra.cfg");
+    std::fs::write(&good, config_text(&cert.cert, &cert.key)).unwrap();
+    let out = run(&mut in_ns(&lab.gw, &[&b, "check", "--config", &good.to_string_lossy()]), Duration::from_secs(30)).unwrap();
+    assert!(out.success(), "check: {}{}", out.stdout, out.stderr);
+    let log = lab.path("holdfast.log");
+    let mut daemon = Proc::spawn(
+        "holdfast",
+        in_ns(&lab.gw, &[&b, "run", "--config", &good.to_string_lossy(), "--control", &sock.to_string_lossy(), "--state-dir", &state.to_string_lossy()]),
+        &log,
+    )
+    .expect("holdfast run");
+    daemon.grace = Duration::from_secs(10);
+    wait_for("holdfast remote access listening", Duration::from_secs(20), Duration::from_millis(50), || {
+        std::fs::read_to_string(&log).ok().filter(|t| t.contains("remote access listening")).map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
+    assert!(links(&lab.gw).contains("hfra0"), "remote-access TUN: {}", links(&lab.gw));
+    assert!(routes(&lab.gw).contains("10.99.0.0/24 dev hfra0"), "pool route: {}", routes(&lab.gw));
+
+    // 3. Login, DTLS, ping to the server behind the gateway.
+    let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
+    let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| {
+        panic!("openconnect did not connect: {e}\n--- openconnect ---\n{}\n--- holdfast ---\n{}", client.proc.log_tail(40), daemon.log_tail(40))
+    });
+    assert_eq!(address, FIRST_POOL_IP, "first pool address");
+    client.wait_dtls(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", client.proc.log_tail(40)));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ping(&lab.client, SERVER_IP, 1, None).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no ping reply from {SERVER_IP} through the tunnel");
+    }
+    assert_eq!(ping(&lab.client, SERVER_IP, 5, None).unwrap(), 5, "all pings through the tunnel answered");
+
+    // 4. Operator view.
+    let (ok, show) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    assert!(ok, "{show}");
+    eprintln!("show vpn-sessiondb anyconnect:\n{show}");
+    let user_line = show.lines().find(|l| l.starts_with("Username")).unwrap_or_else(|| panic!("no session listed:\n{show}"));
+    assert!(user_line.contains(": vpn "), "{user_line}");
+    assert!(show.lines().any(|l| l.starts_with("Assigned IP") && l.contains(&address) && l.contains(CLIENT_IP)), "{show}");
+    assert!(show.contains("DTLS-Tunnel"), "DTLS listed: {show}");
+    let (_, filtered) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "ipaddress", &address]);
+    assert!(filtered.contains(&address) && filtered.contains(": vpn "), "{filtered}");
+    let (_, none) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "name", "nobody"]);
+    assert!(!none.contains(&address), "a filter for another user lists nothing: {none}");
+    let (ok, err) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "bogus"]);
+    assert!(!ok && err.contains("^") && err.contains("Invalid input"), "caret error: {err}");
+
+    // 5. Logoff: the client is told to go and exits; 113019 is logged.
+    let (ok, out) = cli(&lab, &sock, &["vpn-sessiondb", "logoff", "name", "vpn"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("INFO: Number of sessions with name \"vpn\" logged off : 1"), "{out}");
+    let code = client.proc.wait_exit(Duration::from_secs(15));
+    assert!(code.is_some(), "openconnect still running after logoff:\n{}", client.proc.log_tail(30));
+    let (_, after) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    assert!(after.contains("no active sessions"), "{after}");
+    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    let has = |id: &str| logging.lines().any(|l| l.contains(&format!("-{id}:")));
+    assert!(has("113019"), "113019 logged:\n{logging}");
+    assert!(logging.contains("Username = vpn") || logging.contains("User <vpn>") || logging.contains("vpn"), "{logging}");
+    assert!(logging.lines().any(|l| l.contains("%ASA-") && (l.contains("-722") || l.contains("-716"))), "722xxx/716xxx:\n{logging}");
+    eprintln!("show logging (remote access lines):");
+    for l in logging.lines().filter(|l| l.contains("-113") || l.contains("-722") || l.contains("-716")) {
+        eprintln!("  {l}");
+    }
+
+    // 6. SIGTERM: exit 0, the remote-access TUN and the pool route are gone.
+    let code = daemon.stop();
+    assert_eq!(code, Some(0), "holdfast exit: {}", daemon.log_tail(20));
+    assert!(!links(&lab.gw).contains("hfra0"), "TUN removed: {}", links(&lab.gw));
+    assert!(!routes(&lab.gw).contains("10.99.0.0/24"), "pool route removed: {}", routes(&lab.gw));
+    assert!(!sock.exists(), "control socket removed");
+    eprintln!("lab: anyconnect through holdfast run passed in {:.1} s", started.elapsed().as_secs_f64());
+}
