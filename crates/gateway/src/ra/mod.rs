@@ -196,7 +196,8 @@ pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
 
     let udp_addr = SocketAddr::new(cfg.listen.ip(), cfg.engine.dtls_port);
     let udp = net::udp_socket(udp_addr).map_err(io_err(format!("binding udp {udp_addr}")))?;
-    udp.set_read_timeout(Some(POLL_EVERY)).map_err(io_err("udp read timeout"))?;
+    // Nonblocking: the receive thread polls, then drains what is queued in one batch.
+    udp.set_nonblocking(true).map_err(io_err("udp nonblocking"))?;
     let udp = Arc::new(udp);
 
     let tcp = std::net::TcpListener::bind(cfg.listen).map_err(io_err(format!("binding tcp {}", cfg.listen)))?;
@@ -698,76 +699,107 @@ fn udp_loop(core: Arc<Core>) {
     let mut buf = vec![0u8; 65536];
     let mut scratch = vec![0u8; 65536];
     let mut last_unmatched_log: Option<Instant> = None;
+    let fd = core.udp.as_raw_fd();
     while !core.stop.load(Ordering::Relaxed) {
-        let (n, peer) = match core.udp.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
-            Err(_) => continue,
-        };
-        let d = &buf[..n];
+        if !wait_readable(fd) {
+            continue;
+        }
+        // Everything already queued, up to a batch, under one lock.
         let mut g = core.lock();
-        let now = clock::now();
-        let known = g.by_addr.get(&peer).copied();
-        let hello_sid = dtls::client_hello_session_id(d);
-        // A retransmitted ClientHello (our first flight was lost or is late) belongs to the
-        // association still in its handshake; OpenSSL answers it there.
-        let handshaking = known.and_then(|s| g.io.get(&s)).and_then(|x| x.dtls.as_ref()).is_some_and(|c| !c.is_established());
-        let session = match (known, hello_sid) {
-            (Some(s), Some(sid))
-                if handshaking
-                    && g.server.session_by_app_id(sid).or_else(|| g.server.session_by_dtls_session_id(sid)) == Some(s) =>
-            {
-                s
-            }
-            // Otherwise a ClientHello starts a new association, also from a known address
-            // (the client retrying DTLS from the same port).
-            (_, Some(sid)) => match new_association(&core, &mut g, sid, peer) {
-                Some(s) => s,
-                None => {
-                    bump(&core.stats.udp_unmatched);
-                    if rate_ok(&mut last_unmatched_log, now) {
-                        core.log(4, 710005, format!("UDP request discarded from {}/{} to outside: DTLS ClientHello names no session", peer.ip(), peer.port()));
-                    }
-                    continue;
-                }
-            },
-            (Some(s), None) => s,
-            (None, None) => {
+        for _ in 0..BATCH {
+            let (n, peer) = match core.udp.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(_) => break,
+            };
+            let now = clock::now();
+            handle_datagram(&core, &mut g, &buf[..n], peer, now, &mut scratch, &mut last_unmatched_log);
+            core.drain(&mut g);
+        }
+    }
+}
+
+/// Datagrams (and TUN packets) handled per lock acquisition.
+const BATCH: usize = 64;
+
+/// Waits up to [`POLL_EVERY`] for `fd` to become readable.
+fn wait_readable(fd: std::os::fd::RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: `pfd` is one valid pollfd on the stack; the caller keeps `fd` open.
+    let rc = unsafe { libc::poll(&mut pfd, 1, POLL_EVERY.as_millis() as libc::c_int) };
+    rc > 0
+}
+
+/// One UDP datagram from `peer`: demultiplexed to its session's association (by source
+/// address, or for a ClientHello by its session_id), decrypted, records to the engine.
+fn handle_datagram(
+    core: &Core,
+    g: &mut State,
+    d: &[u8],
+    peer: SocketAddr,
+    now: Instant,
+    scratch: &mut [u8],
+    last_unmatched_log: &mut Option<Instant>,
+) {
+    let n = d.len();
+    let known = g.by_addr.get(&peer).copied();
+    let hello_sid = dtls::client_hello_session_id(d);
+    // A retransmitted ClientHello (our first flight was lost or is late) belongs to the
+    // association still in its handshake; OpenSSL answers it there.
+    let handshaking = known.and_then(|s| g.io.get(&s)).and_then(|x| x.dtls.as_ref()).is_some_and(|c| !c.is_established());
+    let session = match (known, hello_sid) {
+        (Some(s), Some(sid))
+            if handshaking
+                && g.server.session_by_app_id(sid).or_else(|| g.server.session_by_dtls_session_id(sid)) == Some(s) =>
+        {
+            s
+        }
+        // Otherwise a ClientHello starts a new association, also from a known address
+        // (the client retrying DTLS from the same port).
+        (_, Some(sid)) => match new_association(core, g, sid, peer) {
+            Some(s) => s,
+            None => {
                 bump(&core.stats.udp_unmatched);
-                if rate_ok(&mut last_unmatched_log, now) {
-                    core.log(4, 710005, format!("UDP request discarded from {}/{} to outside: {n} bytes, not DTLS of any session", peer.ip(), peer.port()));
+                if rate_ok(last_unmatched_log, now) {
+                    core.log(4, 710005, format!("UDP request discarded from {}/{} to outside: DTLS ClientHello names no session", peer.ip(), peer.port()));
                 }
-                continue;
+                return;
             }
-        };
-        let st = &mut *g;
-        let Some(conn) = st.io.get_mut(&session).and_then(|s| s.dtls.as_mut()) else { continue };
-        let server = &mut st.server;
-        let result = conn.handle_datagram(d, &mut scratch, |rec| {
-            let _ = server.handle_dtls_record(now, session, rec);
-        });
-        let (legacy, cipher) = (conn.is_legacy(), conn.cipher_name());
-        match result {
-            Ok(p) => {
-                if p.established_now {
-                    st.server.handle_dtls_up(now, session);
-                    let cipher = cipher.unwrap_or("?");
-                    let mode = if legacy { "legacy" } else { "PSK" };
-                    core.log(6, 725002, format!("Device completed DTLS handshake with client outside:{}/{} for session {} ({mode} keying, cipher {cipher})", peer.ip(), peer.port(), session.0));
-                }
-                if p.closed {
-                    drop_association(st, session, peer);
-                    st.server.handle_dtls_closed(now, session);
-                }
+        },
+        (Some(s), None) => s,
+        (None, None) => {
+            bump(&core.stats.udp_unmatched);
+            if rate_ok(last_unmatched_log, now) {
+                core.log(4, 710005, format!("UDP request discarded from {}/{} to outside: {n} bytes, not DTLS of any session", peer.ip(), peer.port()));
             }
-            Err(e) => {
-                bump(&core.stats.dtls_handshake_failures);
-                core.log(6, 725006, format!("Device failed DTLS handshake with client outside:{}/{} for session {} ({e})", peer.ip(), peer.port(), session.0));
+            return;
+        }
+    };
+    let st = g;
+    let Some(conn) = st.io.get_mut(&session).and_then(|s| s.dtls.as_mut()) else { return };
+    let server = &mut st.server;
+    let result = conn.handle_datagram(d, scratch, |rec| {
+        let _ = server.handle_dtls_record(now, session, rec);
+    });
+    let (legacy, cipher) = (conn.is_legacy(), conn.cipher_name());
+    match result {
+        Ok(p) => {
+            if p.established_now {
+                st.server.handle_dtls_up(now, session);
+                let cipher = cipher.unwrap_or("?");
+                let mode = if legacy { "legacy" } else { "PSK" };
+                core.log(6, 725002, format!("Device completed DTLS handshake with client outside:{}/{} for session {} ({mode} keying, cipher {cipher})", peer.ip(), peer.port(), session.0));
+            }
+            if p.closed {
                 drop_association(st, session, peer);
                 st.server.handle_dtls_closed(now, session);
             }
         }
-        core.drain(st);
+        Err(e) => {
+            bump(&core.stats.dtls_handshake_failures);
+            core.log(6, 725006, format!("Device failed DTLS handshake with client outside:{}/{} for session {} ({e})", peer.ip(), peer.port(), session.0));
+            drop_association(st, session, peer);
+            st.server.handle_dtls_closed(now, session);
+        }
     }
 }
 
@@ -815,20 +847,21 @@ fn drop_association(st: &mut State, session: SessionId, peer: SocketAddr) {
 fn tun_loop(core: Arc<Core>) {
     let mut buf = vec![0u8; 65536];
     let fd = core.tun.as_raw_fd();
+    // Nonblocking, so that a batch ends when the queue is empty.
+    let _ = core.tun.set_nonblocking(true);
     while !core.stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: `pfd` is one valid pollfd on the stack; `fd` stays open while `core` lives.
-        let rc = unsafe { libc::poll(&mut pfd, 1, POLL_EVERY.as_millis() as libc::c_int) };
-        if rc <= 0 {
+        if !wait_readable(fd) {
             continue;
         }
-        let n = match core.tun.recv(&mut buf) {
-            Ok(n) => n,
-            Err(_) => continue,
-        };
         let mut g = core.lock();
-        let now = clock::now();
-        let _ = g.server.handle_tun_packet(now, &mut buf[..n]);
-        core.drain(&mut g);
+        for _ in 0..BATCH {
+            let n = match core.tun.recv(&mut buf) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            let now = clock::now();
+            let _ = g.server.handle_tun_packet(now, &mut buf[..n]);
+            core.drain(&mut g);
+        }
     }
 }
