@@ -13,6 +13,10 @@
 //! 722xxx/716xxx session lines) in `show logging`; SIGTERM removing the remote-access TUN and
 //! the pool route.
 //!
+//! A second test runs remote access next to a site-to-site tunnel in one configuration and
+//! checks that SIGTERM sends the connected client away (TERMINATE: openconnect exits instead
+//! of reconnecting) and removes both TUNs.
+//!
 //! The daemon binary is `$HOLDFAST_BIN` if set, else `lab::holdfast_bin()` (release build).
 #![allow(clippy::disallowed_methods)] // the lab measures wall-clock times
 
@@ -22,6 +26,32 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "lab-secret-5";
+
+/// The tests share the machine's two cores with other builds: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A site-to-site tunnel to a peer that does not exist (203.0.113.2): enough for the daemon to
+/// bind IKE/ESP sockets, create its TUN and blackhole route and keep initiating.
+const SITE_TO_SITE: &str = "access-list L2L extended permit ip 10.1.0.0 255.255.255.0 10.2.0.0 255.255.255.0
+crypto ikev2 policy 10
+ encryption aes-gcm-256
+ integrity null
+ group 19
+ prf sha256
+ lifetime seconds 86400
+crypto ikev2 enable outside
+crypto ipsec ikev2 ipsec-proposal P1
+ protocol esp encryption aes-gcm-256
+ protocol esp integrity null
+crypto map MAP 10 match address L2L
+crypto map MAP 10 set peer 203.0.113.2
+crypto map MAP 10 set ikev2 ipsec-proposal P1
+crypto map MAP interface outside
+tunnel-group 203.0.113.2 type ipsec-l2l
+tunnel-group 203.0.113.2 ipsec-attributes
+ ikev2 remote-authentication pre-shared-key lab-key-remote
+ ikev2 local-authentication pre-shared-key lab-key-local
+";
 
 fn bin() -> PathBuf {
     lab::holdfast_bin()
@@ -94,8 +124,74 @@ fn routes(ns: &str) -> String {
     sh(Some(ns), &["ip", "route"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
 }
 
+/// `holdfast run` in the gateway namespace with `text` as its configuration; waits until the
+/// remote-access service listens.
+fn start_daemon(lab: &RaLab, text: &str, sock: &Path) -> Proc {
+    let cfg = lab.path("daemon.cfg");
+    std::fs::write(&cfg, text).unwrap();
+    let b = bin().to_string_lossy().into_owned();
+    let state = lab.path("state");
+    let log = lab.path("holdfast.log");
+    let mut daemon = Proc::spawn(
+        "holdfast",
+        in_ns(&lab.gw, &[&b, "run", "--config", &cfg.to_string_lossy(), "--control", &sock.to_string_lossy(), "--state-dir", &state.to_string_lossy()]),
+        &log,
+    )
+    .expect("holdfast run");
+    daemon.grace = Duration::from_secs(10);
+    wait_for("holdfast remote access listening", Duration::from_secs(20), Duration::from_millis(50), || {
+        std::fs::read_to_string(&log).ok().filter(|t| t.contains("remote access listening")).map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
+    daemon
+}
+
+#[test]
+fn remote_access_next_to_site_to_site_and_terminate_on_sigterm() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    assert!(lab::is_root(), "lab tests need root (network namespaces)");
+    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
+    let lab = RaLab::new().expect("lab");
+    let cert = make_server_cert(&lab.dir).expect("certificate");
+    let sock = lab.path("holdfast.sock");
+    let text = format!("{}{SITE_TO_SITE}", config_text(&cert.cert, &cert.key));
+    let mut daemon = start_daemon(&lab, &text, &sock);
+    let l = links(&lab.gw);
+    assert!(l.contains("hfra0") && l.contains("hf0"), "both TUNs: {l}");
+
+    let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
+    let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| {
+        panic!("openconnect did not connect: {e}\n--- openconnect ---\n{}\n--- holdfast ---\n{}", client.proc.log_tail(40), daemon.log_tail(40))
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ping(&lab.client, SERVER_IP, 1, None).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no ping reply from {SERVER_IP} through the tunnel");
+    }
+    // Both services answer on the one control socket.
+    let (ok, ike) = cli(&lab, &sock, &["show", "crypto", "ikev2", "sa"]);
+    assert!(ok, "{ike}");
+    let (ok, show) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    assert!(ok && show.contains(&address), "{show}");
+
+    // SIGTERM: the client is terminated (it exits, no reconnect attempt), everything goes.
+    let code = daemon.stop();
+    assert_eq!(code, Some(0), "holdfast exit: {}", daemon.log_tail(20));
+    let exit = client.proc.wait_exit(Duration::from_secs(10));
+    assert!(exit.is_some(), "openconnect still running after the gateway stopped:\n{}", client.proc.log_tail(30));
+    let oc_log = client.log();
+    eprintln!("openconnect after SIGTERM (exit {exit:?}):\n{}", client.proc.log_tail(6));
+    assert!(!oc_log.lines().any(|l| l.to_ascii_lowercase().contains("reconnect")), "openconnect tried to reconnect:\n{}", client.proc.log_tail(30));
+    let l = links(&lab.gw);
+    assert!(!l.contains("hfra0") && !l.contains("hf0"), "TUNs removed: {l}");
+    let r = routes(&lab.gw);
+    assert!(!r.contains("10.99.0.0/24") && !r.contains("10.2.0.0/24"), "routes removed: {r}");
+    eprintln!("lab: remote access + site-to-site through holdfast run passed in {:.1} s", started.elapsed().as_secs_f64());
+}
+
 #[test]
 fn openconnect_through_holdfast_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
     assert!(lab::is_root(), "lab tests need root (network namespaces)");
     let oc = run(&mut std::process::Command::new("openconnect").arg("--version"), Duration::from_secs(10));
