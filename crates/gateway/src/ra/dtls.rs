@@ -413,7 +413,7 @@ mod tests {
     fn psk_association_with_openssl_s_client() {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
-        use std::time::{Duration, Instant};
+        use std::time::Duration;
         if Command::new("openssl").arg("version").output().is_err() {
             eprintln!("openssl tool not installed; skipping");
             return;
@@ -449,8 +449,8 @@ mod tests {
             let mut got: Vec<Vec<u8>> = Vec::new();
             let mut failed = false;
             let mut sent_line = false;
-            let deadline = Instant::now() + Duration::from_secs(if should_work { 10 } else { 3 });
-            while Instant::now() < deadline && got.is_empty() && !failed {
+            let deadline = crate::clock::now() + Duration::from_secs(if should_work { 10 } else { 3 });
+            while crate::clock::now() < deadline && got.is_empty() && !failed {
                 let Ok((n, peer)) = sock.recv_from(&mut buf) else {
                     if conn.as_ref().is_some_and(|c| c.is_established()) && !sent_line {
                         writeln!(stdin, "hello from s_client").unwrap();

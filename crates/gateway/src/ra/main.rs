@@ -85,17 +85,19 @@ fn run() -> Result<(), String> {
     let key = key.ok_or("--key is required")?;
     let pool = pool.ok_or("--pool is required")?;
 
-    let mut engine = anyconnect::Config::default();
-    engine.users = users;
-    engine.pools = BTreeMap::from([("VPNPOOL".to_string(), pool)]);
-    engine.group_policies = BTreeMap::from([("ac_users_group".to_string(), policy)]);
-    engine.tunnel_groups = vec![TunnelGroup {
-        name: "RA".into(),
-        aliases: vec!["RA".into()],
-        default_group_policy: "ac_users_group".into(),
-        address_pools: vec!["VPNPOOL".into()],
-        authentication: AuthMethod::Aaa,
-    }];
+    let mut engine = anyconnect::Config {
+        users,
+        pools: BTreeMap::from([("VPNPOOL".to_string(), pool)]),
+        group_policies: BTreeMap::from([("ac_users_group".to_string(), policy)]),
+        tunnel_groups: vec![TunnelGroup {
+            name: "RA".into(),
+            aliases: vec!["RA".into()],
+            default_group_policy: "ac_users_group".into(),
+            address_pools: vec!["VPNPOOL".into()],
+            authentication: AuthMethod::Aaa,
+        }],
+        ..Default::default()
+    };
     if cert_group {
         engine.tunnel_groups.push(TunnelGroup {
             name: "CERT".into(),
