@@ -162,8 +162,9 @@ pub fn plan_remote_access(cfg: &policy::Config) -> Result<Option<RaPlan>, Daemon
     } else {
         None
     };
-    // The same loads `ra::spawn` does, without binding anything: missing files, unreadable
-    // PEM, and a key that does not belong to the certificate are refused here.
+    check_trustpoint_files(&first.trustpoint, &cert_file, &key_file, ca_file.as_deref())?;
+    // The same loads `ra::spawn` does, without binding anything (anything the readable
+    // checks above let through that OpenSSL still refuses is reported in its words).
     ra::tls::server_context(&cert_file, &key_file, ca_file.as_deref()).map_err(ra::RaError::from)?;
     ra::dtls::DtlsServer::new(&cert_file, &key_file).map_err(ra::RaError::from)?;
     let mut engine = anyconnect::config_from_policy(cfg);
@@ -172,6 +173,32 @@ pub fn plan_remote_access(cfg: &policy::Config) -> Result<Option<RaPlan>, Daemon
         return Err(DaemonError::RemoteAccess("anyconnect is enabled but no remote-access tunnel-group is configured".into()));
     }
     Ok(Some(RaPlan { listen: SocketAddr::new(IpAddr::V4(addr), first.tls_port), cert_file, key_file, ca_file, engine }))
+}
+
+/// The trustpoint's files in the operator's terms: each one readable and PEM of the right
+/// kind, and the key the private half of the certificate's public key.
+fn check_trustpoint_files(tp: &str, cert: &std::path::Path, key: &std::path::Path, ca: Option<&std::path::Path>) -> Result<(), DaemonError> {
+    let err = |what: String| DaemonError::RemoteAccess(format!("crypto ca trustpoint {tp}: {what}"));
+    let read = |kind: &str, p: &std::path::Path| std::fs::read(p).map_err(|e| err(format!("{kind} {}: {e}", p.display())));
+    let cert_pem = read("certificate-file", cert)?;
+    let key_pem = read("key-file", key)?;
+    let chain = openssl::x509::X509::stack_from_pem(&cert_pem)
+        .map_err(|_| err(format!("certificate-file {}: not a PEM certificate", cert.display())))?;
+    let leaf = chain.first().ok_or_else(|| err(format!("certificate-file {}: no certificate in it", cert.display())))?;
+    let pkey = openssl::pkey::PKey::private_key_from_pem(&key_pem)
+        .map_err(|_| err(format!("key-file {}: not a PEM private key (or it is encrypted)", key.display())))?;
+    let public = leaf.public_key().map_err(|e| err(format!("certificate-file {}: {e}", cert.display())))?;
+    if !public.public_eq(&pkey) {
+        return Err(err(format!("key-file {} does not match certificate-file {}", key.display(), cert.display())));
+    }
+    if let Some(ca) = ca {
+        let pem = read("ca-file", ca)?;
+        let cas = openssl::x509::X509::stack_from_pem(&pem).map_err(|_| err(format!("ca-file {}: not a PEM certificate", ca.display())))?;
+        if cas.is_empty() {
+            return Err(err(format!("ca-file {}: no certificate in it", ca.display())));
+        }
+    }
+    Ok(())
 }
 
 /// `holdfast check`: resolves the tunnels with their authentication and loads every

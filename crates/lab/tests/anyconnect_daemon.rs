@@ -213,14 +213,14 @@ fn openconnect_through_holdfast_run() {
     let b = bin().to_string_lossy().into_owned();
     let out = run(&mut in_ns(&lab.gw, &[&b, "check", "--config", &bad.to_string_lossy()]), Duration::from_secs(30)).unwrap();
     assert!(!out.success(), "check accepted a mismatched key: {}{}", out.stdout, out.stderr);
-    assert!(out.stderr.contains("key-file"), "check names the key file: {}", out.stderr);
+    assert!(out.stderr.contains("does not match certificate-file"), "check names the mismatch: {}", out.stderr);
     let out = run(
         &mut in_ns(&lab.gw, &[&b, "run", "--config", &bad.to_string_lossy(), "--control", &sock.to_string_lossy(), "--state-dir", &state.to_string_lossy()]),
         Duration::from_secs(30),
     )
     .unwrap();
     assert!(!out.success(), "run accepted a mismatched key");
-    assert!(out.stderr.contains("key-file"), "run names the key file: {}", out.stderr);
+    assert!(out.stderr.contains("does not match certificate-file"), "run names the mismatch: {}", out.stderr);
     assert!(!links(&lab.gw).contains("hfra0") && !links(&lab.gw).contains("hf0"), "nothing created: {}", links(&lab.gw));
     assert!(!sock.exists(), "no control socket left behind");
 
