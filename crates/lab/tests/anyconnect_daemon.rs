@@ -70,6 +70,8 @@ interface in
  ip address {GW_INSIDE_IP} 255.255.255.0
 logging enable
 logging buffered informational
+logging trap informational
+logging host inside {SERVER_IP}
 access-list SPLIT standard permit 10.1.0.0 255.255.255.0
 ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0
 webvpn
@@ -244,6 +246,14 @@ fn openconnect_through_holdfast_run() {
     assert!(links(&lab.gw).contains("hfra0"), "remote-access TUN: {}", links(&lab.gw));
     assert!(routes(&lab.gw).contains("10.99.0.0/24 dev hfra0"), "pool route: {}", routes(&lab.gw));
 
+    // A syslog collector on the server (the configured `logging host`).
+    let collected = lab.path("syslog-host.txt");
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{SERVER_IP}', 514))\nf = open('{}', 'ab', 0)\nwhile True:\n    d, _ = s.recvfrom(65535)\n    f.write(d + b'\\n')\n",
+        collected.display()
+    );
+    let _collector = Proc::spawn("syslog collector", in_ns(&lab.server, &["python3", "-c", &script]), &lab.path("collector.log")).expect("collector");
+
     // 3. Login, DTLS, ping to the server behind the gateway.
     let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
     let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| {
@@ -285,6 +295,12 @@ fn openconnect_through_holdfast_run() {
     assert!(has("113019"), "113019 logged:\n{logging}");
     assert!(logging.contains("Username = vpn") || logging.contains("User <vpn>") || logging.contains("vpn"), "{logging}");
     assert!(logging.lines().any(|l| l.contains("%ASA-") && (l.contains("-722") || l.contains("-716"))), "722xxx/716xxx:\n{logging}");
+    // The same lines reached the logging host.
+    let remote = wait_for("113019 at the logging host", Duration::from_secs(5), Duration::from_millis(50), || {
+        std::fs::read_to_string(&collected).ok().filter(|t| t.contains("113019") && t.contains("722051"))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&collected).unwrap_or_default()));
+    assert!(remote.contains("Username = vpn"), "{remote}");
     eprintln!("show logging (remote access lines):");
     for l in logging.lines().filter(|l| l.contains("-113") || l.contains("-722") || l.contains("-716")) {
         eprintln!("  {l}");
