@@ -114,6 +114,9 @@ pub fn run(cfg: policy::Config, opts: Options) -> Result<(), DaemonError> {
     // Remote access: listeners, certificate and key (loaded and matched here, so a bad
     // trustpoint file stops the start before any TUN, route or socket exists).
     let ra_plan = plan_remote_access(&cfg)?;
+    if ra_plan.is_some() && opts.ra_tun_name == opts.tun_name {
+        return Err(DaemonError::RemoteAccess(format!("the remote-access TUN must differ from the site-to-site TUN ({})", opts.tun_name)));
+    }
     endpoint.set_wall_clock(clock::now(), clock::wall_now());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1406,6 +1409,70 @@ pub fn range_to_prefixes(start: Ipv4Addr, end: Ipv4Addr) -> Vec<(Ipv4Addr, u8)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed certificate and its key (and a second, unrelated key) in `dir`.
+    fn cert_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+        use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509::X509};
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let other = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "vpn.example").unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(2).unwrap()).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let (c, k, o) = (dir.join("server.pem"), dir.join("server.key"), dir.join("other.key"));
+        std::fs::write(&c, b.build().to_pem().unwrap()).unwrap();
+        std::fs::write(&k, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        std::fs::write(&o, other.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        (c, k, o)
+    }
+
+    fn ra_config(cert: &std::path::Path, key: &std::path::Path) -> policy::Config {
+        let text = format!(
+            "interface out\n nameif outside\n ip address 203.0.113.1 255.255.255.0\n\
+             ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0\n\
+             webvpn\n enable outside\n anyconnect enable\n\
+             group-policy G internal\ngroup-policy G attributes\n vpn-tunnel-protocol ssl-client\n\
+             tunnel-group RA type remote-access\ntunnel-group RA general-attributes\n address-pool VPNPOOL\n default-group-policy G\n\
+             tunnel-group RA webvpn-attributes\n group-alias RA enable\n\
+             username vpn password secret-pw\n\
+             crypto ca trustpoint TP\n certificate-file {}\n key-file {}\nssl trust-point TP outside\n",
+            cert.display(),
+            key.display()
+        );
+        config::parse("ra.cfg", &text).unwrap_or_else(|d| panic!("{d}")).config
+    }
+
+    #[test]
+    fn remote_access_plan_checks_the_trustpoint_files() {
+        let dir = std::env::temp_dir().join(format!("hf-ra-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key, other) = cert_files(&dir);
+
+        let plan = plan_remote_access(&ra_config(&cert, &key)).unwrap().expect("remote access configured");
+        assert_eq!(plan.listen, "203.0.113.1:443".parse().unwrap());
+        assert_eq!(plan.engine.dtls_port, 443);
+        assert_eq!(plan.engine.tunnel_groups.len(), 1);
+        assert!(plan.engine.users.iter().any(|u| u.name == "vpn"));
+        assert!(plan.ca_file.is_none());
+
+        let e = plan_remote_access(&ra_config(&cert, &other)).err().expect("mismatched key refused").to_string();
+        assert!(e.contains("does not match certificate-file"), "{e}");
+        let e = plan_remote_access(&ra_config(&cert, &dir.join("missing.key"))).err().expect("missing key refused").to_string();
+        assert!(e.contains("missing.key") && e.contains("No such file"), "{e}");
+        let e = plan_remote_access(&ra_config(&key, &key)).err().expect("key as certificate refused").to_string();
+        assert!(e.contains("certificate-file"), "{e}");
+
+        // No webvpn: nothing to start.
+        assert!(plan_remote_access(&policy::Config::default()).unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn ranges_become_prefixes() {
