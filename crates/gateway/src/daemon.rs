@@ -30,6 +30,8 @@ use crate::syslog::{self, Direction, RateLimiter, Syslog, SyslogConfig};
 pub const INBOUND_LINGER: Duration = Duration::from_secs(5);
 /// How often traffic totals and inbound activity are reported to the IKE engine.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// See `late_replays`: a few initiator round trips on a WAN, well under the 0.3 s resume target.
+pub const LATE_REPLAY: Duration = Duration::from_millis(150);
 /// RFC 3948 §4: the side behind a NAT sends a one-byte 0xFF keepalive on UDP 4500 so the NAT
 /// mapping survives idle periods; 20 s is the customary interval.
 pub const NAT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -431,6 +433,7 @@ async fn async_run(
         flows: flow_engine,
         flow_tunnels,
         down_pending: HashMap::new(),
+        late_replays: Vec::new(),
         deliberate: false,
         writer: state.and_then(|dir| match flows::SnapshotWriter::spawn(dir) {
             Ok(w) => Some(w),
@@ -640,6 +643,9 @@ struct Daemon {
     flow_tunnels: HashMap<String, flow::TunnelId>,
     /// Tunnels left without an outbound CHILD_SA, and when the grace period ends.
     down_pending: HashMap<String, Instant>,
+    /// Replays sent again a moment later because we answered the exchange that created the
+    /// SA: the initiator may not have installed it when the first copies arrived.
+    late_replays: Vec<(Instant, Vec<flow::Transmit>)>,
     /// An operator's `clear crypto ...` is being carried out: its tunnels go down at once.
     deliberate: bool,
     writer: Option<flows::SnapshotWriter>,
@@ -684,15 +690,15 @@ impl Daemon {
 
     /// Transmits first, then events (DESIGN.md).
     fn drain(&mut self) {
-        while let Some(t) = self.endpoint.poll_transmit() {
-            self.transmit(t);
-        }
+        // Events before transmits: as responder, the ChildSaUp of an exchange is installed
+        // before the response that lets the initiator use it leaves (ipsec-peer.md §2: inbound
+        // first). The other order lost the initiator's first ESP packets — among them the
+        // replayed segment of a preserved flow — as "invalid SPI" (lab, issue 3).
         while let Some(e) = self.endpoint.poll_event() {
             self.on_event(e);
-            // Installing an SA never produces transmits, but a later event might; keep order.
-            while let Some(t) = self.endpoint.poll_transmit() {
-                self.transmit(t);
-            }
+        }
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.transmit(t);
         }
         while let Some(c) = self.endpoint.poll_encap_change() {
             self.change_encap(c);
@@ -879,6 +885,12 @@ impl Daemon {
                 replay.push(tx);
             }
             drop(eng);
+            if !up.initiator && !replay.is_empty() {
+                // We answered: our copies may reach the initiator before it installed the SA
+                // (its IKE response is still on the way). Send them once more a moment later;
+                // a duplicate segment costs the receiver one duplicate ACK.
+                self.late_replays.push((now + LATE_REPLAY, replay.clone()));
+            }
             // The replays first: they leave within microseconds of the SA install.
             self.send_replays(replay);
             self.flows.release_and_log(flows::lock(&self.flows), &mut self.flow_msgs, &self.syslog);
@@ -1117,6 +1129,13 @@ impl Daemon {
         }
         self.flows.release_and_log(eng, &mut self.flow_msgs, &self.syslog);
         self.send_replays(replay);
+        if self.late_replays.iter().any(|(t, _)| *t <= now) {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.late_replays).into_iter().partition(|(t, _)| *t <= now);
+            self.late_replays = later;
+            for (_, r) in due {
+                self.send_replays(r);
+            }
+        }
         let due: Vec<String> = self.down_pending.iter().filter(|(_, &t)| t <= now).map(|(n, _)| n.clone()).collect();
         for tunnel in due {
             self.down_pending.remove(&tunnel);
