@@ -161,7 +161,8 @@ impl Drop for RaLab {
             }
             let _ = sh(None, &["ip", "netns", "del", ns], T);
         }
-        if !failed {
+        // LAB_KEEP=1 keeps the run directory (logs) of passing tests too.
+        if !failed && std::env::var_os("LAB_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -345,7 +346,7 @@ impl OpenConnect {
         let pw = lab.path(&format!("password{tag}"));
         std::fs::write(&pw, format!("{password}\n")).map_err(io_err("writing the password file"))?;
         let mut cmdline = format!(
-            "exec openconnect --non-inter --passwd-on-stdin -v -u {user} --servercert {} -s {} -i octun0",
+            "exec stdbuf -oL -eL openconnect --timestamp --non-inter --passwd-on-stdin -v -u {user} --servercert {} -s {} -i octun0",
             cert.pin,
             script.display()
         );

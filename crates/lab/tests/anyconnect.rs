@@ -20,11 +20,13 @@ fn require_tools() {
     );
 }
 
+/// Fields drop in order: the client stops before the gateway, the gateway before the
+/// namespaces go (otherwise teardown makes the client log a reconnect attempt).
 struct Up {
-    lab: RaLab,
-    cert: ServerCert,
-    server: RaServer,
     client: OpenConnect,
+    server: RaServer,
+    cert: ServerCert,
+    lab: RaLab,
     address: String,
 }
 
@@ -39,7 +41,7 @@ fn connect(server_args: &[&str], client_args: &[&str]) -> Up {
         panic!("openconnect did not connect: {e}\n--- openconnect ---\n{}\n--- holdfast-ra ---\n{}", client.proc.log_tail(40), server.proc.log_tail(40))
     });
     eprintln!("lab: openconnect connected with address {address}");
-    Up { lab, cert, server, client, address }
+    Up { client, server, cert, lab, address }
 }
 
 fn routes(ns: &str) -> String {
@@ -142,7 +144,7 @@ fn udp_blocked_from_the_start() {
     lab.block_udp().unwrap();
     let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect");
     let address = client.wait_connected(Duration::from_secs(30)).expect("connected over TLS");
-    let up = Up { lab, cert, server, client, address };
+    let up = Up { client, server, cert, lab, address };
     let l = &up.lab;
     ping_ok(&l.client, SERVER_IP, 3);
     // Full-size packets with DF: the tun MTU (what the client believes) must fit the channel
@@ -379,7 +381,7 @@ fn certificate_login_and_untrusted_certificate_refused() {
     });
     let log = server.log();
     assert!(log.contains("User <certuser>"), "session belongs to the certificate's CN: {}", server.proc.log_tail(20));
-    let up = Up { lab, cert, server, client, address };
+    let up = Up { client, server, cert, lab, address };
     up.client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
     ping_ok(&up.lab.client, SERVER_IP, 3);
 }
