@@ -253,6 +253,11 @@ fn openconnect_through_holdfast_run() {
         collected.display()
     );
     let _collector = Proc::spawn("syslog collector", in_ns(&lab.server, &["python3", "-c", &script]), &lab.path("collector.log")).expect("collector");
+    wait_for("syslog collector bound", Duration::from_secs(10), Duration::from_millis(50), || {
+        let out = sh(Some(&lab.server), &["ss", "-Hlun"], Duration::from_secs(5)).ok()?;
+        out.stdout.contains(&format!("{SERVER_IP}:514")).then_some(())
+    })
+    .expect("syslog collector listening");
 
     // 3. Login, DTLS, ping to the server behind the gateway.
     let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
