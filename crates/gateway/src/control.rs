@@ -63,8 +63,21 @@ pub use flow::text::ConnView;
 
 /// Top-level configuration commands `show running-config` can be narrowed to (the ASA accepts
 /// any command word; these are the ones holdfast's configuration has).
-const RUNNING_CONFIG_FILTERS: &[&str] =
-    &["access-list", "crypto", "hostname", "interface", "logging", "sysopt", "timeout", "tunnel-group"];
+const RUNNING_CONFIG_FILTERS: &[&str] = &[
+    "access-list",
+    "crypto",
+    "group-policy",
+    "hostname",
+    "interface",
+    "ip",
+    "logging",
+    "ssl",
+    "sysopt",
+    "timeout",
+    "tunnel-group",
+    "username",
+    "webvpn",
+];
 
 /// Why a command line was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -442,6 +455,10 @@ mod tests {
         assert_eq!(parse("show run crypto map"), run(false, &["crypto", "map"]));
         assert_eq!(parse("show run time"), run(false, &["timeout"]));
         assert_eq!(parse("show run all bogus"), Err(ParseError::Invalid { col: 13 }));
+        assert_eq!(parse("show run webvpn"), run(false, &["webvpn"]));
+        assert_eq!(parse("show run group-policy"), run(false, &["group-policy"]));
+        assert_eq!(parse("show run ip local pool"), run(false, &["ip", "local", "pool"]));
+        assert_eq!(parse("show run user"), run(false, &["username"]));
         assert_eq!(parse("show run all all"), Err(ParseError::Invalid { col: 13 }));
     }
 

@@ -287,6 +287,11 @@ fn openconnect_through_holdfast_run() {
     let (ok, err) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "bogus"]);
     assert!(!ok && err.contains("^") && err.contains("Invalid input"), "caret error: {err}");
 
+    let (ok, run_cfg) = cli(&lab, &sock, &["show", "running-config", "webvpn"]);
+    assert!(ok && run_cfg.contains("webvpn") && run_cfg.contains("anyconnect enable"), "{run_cfg}");
+    let (ok, users) = cli(&lab, &sock, &["show", "running-config", "username"]);
+    assert!(ok && users.contains("username vpn password *****") && !users.contains(PASSWORD), "{users}");
+
     // 5. Logoff: the client is told to go and exits; 113019 is logged.
     let (ok, out) = cli(&lab, &sock, &["vpn-sessiondb", "logoff", "name", "vpn"]);
     assert!(ok, "{out}");
