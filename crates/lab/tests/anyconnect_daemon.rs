@@ -316,6 +316,25 @@ fn openconnect_through_holdfast_run() {
         eprintln!("  {l}");
     }
 
+    // 5b. A new login (new session, new index) ended by `logoff index N`, then `logoff all`
+    //     with nothing left.
+    let _ = std::fs::remove_file(&client.script_out);
+    let mut client2 = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "2", &[]).expect("openconnect starts again");
+    client2.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| panic!("second login: {e}\n{}", client2.proc.log_tail(30)));
+    let (_, show) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    let index = show
+        .lines()
+        .find(|l| l.starts_with("Username"))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no index in:\n{show}"));
+    assert!(index >= 2, "a new session gets a new index: {show}");
+    let (ok, out) = cli(&lab, &sock, &["vpn-sessiondb", "logoff", "index", &index.to_string()]);
+    assert!(ok && out.contains(&format!("INFO: Number of sessions with index \"{index}\" logged off : 1")), "{out}");
+    assert!(client2.proc.wait_exit(Duration::from_secs(15)).is_some(), "openconnect still running after logoff index:\n{}", client2.proc.log_tail(30));
+    let (ok, out) = cli(&lab, &sock, &["vpn-sessiondb", "logoff", "all"]);
+    assert!(ok && out.contains("no active sessions"), "{out}");
+
     // 6. SIGTERM: exit 0, the remote-access TUN and the pool route are gone.
     let code = daemon.stop();
     assert_eq!(code, Some(0), "holdfast exit: {}", daemon.log_tail(20));
