@@ -196,7 +196,7 @@ fn openconnect_through_holdfast_run() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
     assert!(lab::is_root(), "lab tests need root (network namespaces)");
-    let oc = run(&mut std::process::Command::new("openconnect").arg("--version"), Duration::from_secs(10));
+    let oc = run(std::process::Command::new("openconnect").arg("--version"), Duration::from_secs(10));
     assert!(oc.as_ref().is_ok_and(|o| o.stdout.contains("OpenConnect version")), "openconnect is not installed");
     assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
 
