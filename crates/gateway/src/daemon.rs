@@ -1100,6 +1100,14 @@ impl Daemon {
             self.flow_tunnel_down(tunnel, now);
         } else {
             self.down_pending.entry(tunnel.to_string()).or_insert(now + flows::TUNNEL_DOWN_GRACE);
+            // During the grace the table still sees the tunnel up, but there is no SA to carry
+            // anything: suspend it (preserve-vpn-flows tunnels only; the engine refuses the
+            // others) so established TCP is held and ICMP-answered rather than silently dropped,
+            // and replayed by `tunnel_up` if the SA returns within the grace — or by the next
+            // `tunnel_up` after a real drop.
+            if let Some(&t) = self.flow_tunnels.get(tunnel) {
+                flows::lock(&self.flows).tunnel_suspend(now, t);
+            }
         }
     }
 

@@ -63,7 +63,14 @@ struct State {
     in_at: Instant,
     asked_at: Option<Instant>,
     suspended: bool,
+    /// Checks answered by the peer while no ESP came back (one-way traffic, or a path that
+    /// carries IKE but not ESP): each one doubles the silence needed before the next check,
+    /// up to `MAX_SILENCE`, so such a tunnel is not probed twice a second forever.
+    quiet_answers: u32,
 }
+
+/// The longest silence the watch waits for before a check (the regular DPD idle threshold).
+pub const MAX_SILENCE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 pub struct PathWatch {
@@ -100,20 +107,24 @@ impl PathWatch {
             in_at: now,
             asked_at: None,
             suspended: false,
+            quiet_answers: 0,
         });
-        if s.out_packets != st.out_packets {
-            st.out_packets = s.out_packets;
+        // Totals only grow, except when the daemon forgets a retired SA: a drop is not traffic.
+        if s.out_packets > st.out_packets {
             st.out_at = now;
         }
-        if s.in_packets != st.in_packets {
-            st.in_packets = s.in_packets;
+        st.out_packets = s.out_packets;
+        if s.in_packets > st.in_packets {
             st.in_at = now;
+            st.quiet_answers = 0;
         }
+        st.in_packets = s.in_packets;
         if !s.has_sa {
             // No SA: the flow engine sees the tunnel as down (or about to be, after the grace
             // period); a suspension has no meaning any more. Knock while segments wait.
             st.asked_at = None;
             st.suspended = false;
+            st.quiet_answers = 0;
             if s.held {
                 actions.push(Action::Knock);
             }
@@ -121,9 +132,15 @@ impl PathWatch {
         }
         match st.asked_at {
             Some(asked) => {
-                let heard = s.last_heard.is_some_and(|h| h > asked) || st.in_at > asked;
+                let esp_back = st.in_at > asked;
+                let heard = s.last_heard.is_some_and(|h| h > asked) || esp_back;
                 if heard {
                     st.asked_at = None;
+                    if !esp_back {
+                        // Alive, but still nothing on ESP: back off before asking again.
+                        st.in_at = now;
+                        st.quiet_answers = st.quiet_answers.saturating_add(1);
+                    }
                     if st.suspended {
                         st.suspended = false;
                         actions.push(Action::Resume);
@@ -137,7 +154,8 @@ impl PathWatch {
                 }
             }
             None => {
-                let silent = now.saturating_duration_since(st.in_at) >= SILENCE;
+                let wait = SILENCE.saturating_mul(1u32 << st.quiet_answers.min(4)).min(MAX_SILENCE);
+                let silent = now.saturating_duration_since(st.in_at) >= wait;
                 let sending = st.out_at > st.in_at && now.saturating_duration_since(st.out_at) < SILENCE;
                 if silent && sending {
                     st.asked_at = Some(now);
@@ -247,6 +265,54 @@ mod tests {
         assert_eq!(r.tick(2500, true, false), vec![Action::CheckLiveness, Action::Suspend]);
         r.inb = 1;
         assert_eq!(r.tick(2750, true, false), vec![Action::Resume]);
+    }
+
+    #[test]
+    fn one_way_traffic_answered_by_ike_backs_off_instead_of_probing_twice_a_second() {
+        let mut r = Rig::new();
+        let mut checks = Vec::new();
+        for ms in (0..60_000).step_by(250) {
+            r.out += 1;
+            let a = r.tick(ms, true, false);
+            if a.contains(&Action::CheckLiveness) {
+                checks.push(ms);
+                // The peer answers every check at once; no ESP ever comes back.
+                r.heard = Some(r.at(ms + 1));
+            }
+            assert!(!a.contains(&Action::Suspend), "answered checks never suspend (at {ms} ms)");
+        }
+        assert!(checks.len() <= 12, "{} checks in 60 s: {checks:?}", checks.len());
+        let gaps: Vec<u64> = checks.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.last().is_some_and(|&g| g >= 10_000), "backed off to the DPD threshold: {gaps:?}");
+        // ESP coming back resets the backoff.
+        r.inb += 1;
+        r.tick(60_000, true, false);
+        r.out += 1;
+        let mut first = None;
+        for ms in (60_250..70_000).step_by(250) {
+            r.out += 1;
+            if r.tick(ms, true, false).contains(&Action::CheckLiveness) {
+                first = Some(ms);
+                break;
+            }
+        }
+        assert_eq!(first, Some(61_500), "back to SILENCE after real inbound traffic");
+    }
+
+    #[test]
+    fn a_shrinking_total_is_not_inbound_traffic() {
+        let mut r = Rig::new();
+        r.out = 1;
+        r.inb = 100;
+        r.tick(0, true, false);
+        r.out = 2;
+        assert_eq!(r.tick(1500, true, false), vec![Action::CheckLiveness]);
+        r.out = 3;
+        assert!(r.tick(2500, true, false).contains(&Action::Suspend));
+        // A retired SA's counters leave the sum: not an answer.
+        r.inb = 40;
+        assert_eq!(r.tick(2750, true, false), vec![Action::CheckLiveness]);
+        assert!(r.w.is_suspended("T"));
     }
 
     #[test]

@@ -202,8 +202,6 @@ struct IkeSa {
     started: Instant,
     established: Option<Instant>,
     last_rx: Instant,
-    /// A `Command::CheckLiveness` asked about this SA and nothing has been heard since.
-    liveness_asked: bool,
     lifetime: Option<Duration>,
     rekey_at: Option<Instant>,
     deadline: Option<Instant>,
@@ -412,7 +410,6 @@ impl Endpoint {
                     let Some(mut sa) = self.sas.remove(&spi) else { continue };
                     let carries = sa.tunnel == idx || sa.children.iter().any(|c| c.tunnel == idx && !c.reported_down);
                     if sa.is_up() && !sa.dead && carries {
-                        sa.liveness_asked = true;
                         if sa.out.is_some() {
                             // Any outstanding request proves liveness when answered.
                             self.knock(now, &mut sa);
@@ -1258,7 +1255,6 @@ impl Endpoint {
             started: now,
             established: None,
             last_rx: now,
-            liveness_asked: false,
             lifetime: None,
             rekey_at: None,
             deadline: None,
@@ -1551,7 +1547,6 @@ impl Endpoint {
             started: now,
             established: None,
             last_rx: now,
-            liveness_asked: false,
             lifetime: offers.get(oi).and_then(|o| o.lifetime),
             rekey_at: None,
             deadline: Some(now + HALF_OPEN_TIMEOUT),
@@ -1650,7 +1645,6 @@ impl Endpoint {
             _ => return Err(Drop::Unexpected("no encrypted payload")),
         };
         sa.last_rx = now;
-        sa.liveness_asked = false;
         let inner_ps = match parse_chain(first_inner, &inner) {
             Ok(p) => p,
             Err(e) => {
@@ -2606,7 +2600,6 @@ impl Endpoint {
             started: now,
             established: Some(now),
             last_rx: now,
-            liveness_asked: false,
             lifetime,
             rekey_at,
             deadline: None,
