@@ -959,16 +959,12 @@ impl Engine {
             }
             return;
         }
-        let mut replay: Vec<(ConnId, u32)> = Vec::new();
         let live: Vec<u32> = self.table.live().collect();
         for i in live {
             let e = self.table.get_mut(i);
             if e.tunnel == tunnel.0 {
                 if e.flags & fl::V != 0 {
                     e.flags &= !fl::V;
-                }
-                if self.held.contains_key(&i) {
-                    replay.push((e.id, i));
                 }
             } else if reclassify && e.tunnel == 0 && covers(&e.key, local_ts, remote_ts) {
                 e.tunnel = tunnel.0;
@@ -977,17 +973,7 @@ impl Engine {
                 self.events.push_back(Event::Reclassified { conn, tunnel });
             }
         }
-        // Replay oldest conns first (by id) for determinism.
-        replay.sort_unstable();
-        for (_, i) in replay {
-            if let Some(h) = self.held.remove(&i) {
-                self.held_bytes -= h.packet.capacity();
-                if !h.packet.is_empty() {
-                    self.stats.replayed += 1;
-                    self.transmits.push_back(Transmit { tunnel, packet: h.packet });
-                }
-            }
-        }
+        self.replay_held(tunnel);
     }
 
     /// holdfast extension for fast resumption after a *silent* path outage: the tunnel keeps
@@ -1027,7 +1013,8 @@ impl Engine {
         self.tunnel_state(t.0).is_some_and(|s| s.suspended)
     }
 
-    /// Queues the held segments of the tunnel's conns for replay, oldest conn first.
+    /// Queues the held segments of the tunnel's conns for replay, oldest conn first (by id,
+    /// for determinism).
     fn replay_held(&mut self, tunnel: TunnelId) {
         let mut replay: Vec<(ConnId, u32)> = self
             .held
