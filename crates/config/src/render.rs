@@ -243,10 +243,12 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
             TunnelGroupKind::RemoteAccess => "remote-access",
         };
         // The ASA's built-in groups have no `type` line.
-        if !(tg.kind == TunnelGroupKind::RemoteAccess && policy::BUILTIN_RA_TUNNEL_GROUPS.contains(&tg.name.as_str())) {
+        let builtin = tg.kind == TunnelGroupKind::RemoteAccess && policy::BUILTIN_RA_TUNNEL_GROUPS.contains(&tg.name.as_str());
+        if !builtin {
             v.push(Block::line(format!("tunnel-group {} type {kind}", tg.name)));
         }
         let (general, webvpn) = ra_tunnel_group_blocks(cfg, &tg.name);
+        let printed_general = general.is_some();
         v.extend(general);
         let mut b = Block::line(format!("tunnel-group {} ipsec-attributes", tg.name));
         match tg.dpd {
@@ -267,10 +269,17 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
         } else if let Some(k) = &tg.ikev2_local_psk {
             b.children.push(format!("ikev2 local-authentication pre-shared-key {}", mask(k)));
         }
+        let before = v.len();
         if !b.children.is_empty() {
             v.push(b);
         }
         v.extend(webvpn);
+        // A built-in group the configuration mentioned but left at its defaults still has to
+        // print something, or the rendered text would not parse back to the same model
+        // (the group would vanish from it).
+        if v.len() == before && !printed_general && builtin {
+            v.push(Block::line(format!("tunnel-group {} general-attributes", tg.name)));
+        }
     }
     v
 }

@@ -107,3 +107,13 @@ proptest! {
         check(&text, true);
     }
 }
+
+/// Found by `mutated_corpus_never_panics` in CI: a built-in remote-access group mentioned only
+/// by an empty attributes block rendered to nothing and vanished on the round trip.
+#[test]
+fn builtin_group_left_at_defaults_round_trips() {
+    for header in ["webvpn-attributes", "general-attributes"] {
+        check(&format!("tunnel-group DefaultWEBVPNGroup {header}\n"), false);
+        check(&format!("tunnel-group DefaultRAGroup {header}\n"), true);
+    }
+}
