@@ -55,6 +55,8 @@ pub enum ItemKind {
     /// `access-list NAME remark ...`: accepted, not kept.
     AccessListRemark { name: Spanned<String> },
     Logging(LoggingCmd),
+    /// holdfast extension `metrics prometheus listen <ip> [port <n>]`.
+    Metrics { listen: std::net::SocketAddr },
     Timeout(Vec<TimeoutSetting>),
     Sysopt { no: bool, opt: SysoptCmd },
     Ikev2Policy { priority: Spanned<u32>, body: Vec<Spanned<IkePolicyCmd>> },

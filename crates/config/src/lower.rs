@@ -230,6 +230,7 @@ impl<'a> Lowerer<'a> {
                     cfg.logging.hosts.push(LoggingHost { nameif: nameif.node.clone(), addr: *addr, port: *port });
                 }
             },
+            ItemKind::Metrics { listen } => cfg.metrics = Some(policy::MetricsConfig { listen: *listen }),
             ItemKind::Timeout(settings) => {
                 for s in settings {
                     let v = (!s.value.is_zero()).then_some(s.value);

@@ -55,6 +55,7 @@ impl Parser {
             "interface" => self.interface(b, &mut c).map(Some),
             "access-list" => self.no_children(b).and_then(|_| self.access_list(head, &mut c)),
             "logging" => self.no_children(b).and_then(|_| self.logging(head, &mut c, false)),
+            "metrics" => self.no_children(b).and_then(|_| metrics(&mut c)).map(Some),
             "timeout" => self.no_children(b).and_then(|_| self.timeout(head, &mut c)),
             "sysopt" => self.no_children(b).and_then(|_| self.sysopt(head, &mut c, false)),
             "crypto" => self.crypto(b, &mut c, false),
@@ -1812,9 +1813,25 @@ impl<'l, 'a> Cur<'l, 'a> {
     }
 }
 
+/// holdfast extension `metrics prometheus listen <ip> [port <n>]` (no ASA equivalent).
+fn metrics(c: &mut Cur<'_, '_>) -> R<ItemKind> {
+    c.keyword(&["prometheus"])?;
+    c.keyword(&["listen"])?;
+    let ip = c.ipv4("the metrics listen address")?;
+    let mut port = policy::MetricsConfig::DEFAULT_PORT;
+    if c.peek().is_some() {
+        c.keyword(&["port"])?;
+        port = c.number::<u16>("a TCP port", 1, 65535)?.node;
+    }
+    c.end()?;
+    Ok(ItemKind::Metrics { listen: std::net::SocketAddr::new(IpAddr::V4(ip.node), port) })
+}
+
 /// Top-level commands holdfast parses.
-const COMMANDS: [&str; 11] =
-    ["hostname", "interface", "access-list", "logging", "timeout", "sysopt", "crypto", "tunnel-group", "webvpn", "group-policy", "username"];
+const COMMANDS: [&str; 12] = [
+    "hostname", "interface", "access-list", "logging", "metrics", "timeout", "sysopt", "crypto", "tunnel-group", "webvpn",
+    "group-policy", "username",
+];
 
 /// A supported command within edit distance 2 of `word` (only for words of 5+ letters, so short
 /// ASA commands are not mistaken for typos).

@@ -118,6 +118,10 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
         let port = if h.port == 514 { String::new() } else { format!(" udp/{}", h.port) };
         v.push(Block::line(format!("logging host {} {}{port}", h.nameif, h.addr)));
     }
+    if let Some(m) = &cfg.metrics {
+        let port = if m.listen.port() == policy::MetricsConfig::DEFAULT_PORT { String::new() } else { format!(" port {}", m.listen.port()) };
+        v.push(Block::line(format!("metrics prometheus listen {}{port}", m.listen.ip())));
+    }
     pool_lines(cfg, &mut v);
     let t = &cfg.timeouts;
     let secs = |d: Option<std::time::Duration>| fmt_hms(d.map_or(0, |d| d.as_secs()));

@@ -40,6 +40,21 @@ pub struct Config {
     /// [`Config::anyconnect_group`] for the resolved, engine-facing view.
     #[serde(default)]
     pub remote_access: Option<RemoteAccess>,
+    /// holdfast extension `metrics prometheus listen <ip> [port <n>]`: where the daemon serves
+    /// `GET /metrics` in the Prometheus text format. `None`: no metrics listener.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The Prometheus metrics listener (holdfast extension; the ASA has SNMP instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsConfig {
+    pub listen: std::net::SocketAddr,
+}
+
+impl MetricsConfig {
+    /// The port used when `port` is omitted (the OpenTelemetry/Prometheus exporter convention).
+    pub const DEFAULT_PORT: u16 = 9464;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
