@@ -526,11 +526,6 @@ impl<'a> Lowerer<'a> {
                     p
                 }
             };
-            if let Some((None, span)) = acc.lifetime {
-                // asa.md §1: a never-expiring IKE SA is Cisco's workaround for flow loss, at the
-                // cost of never renewing the IKE keys. holdfast keeps flows without it.
-                self.issues.push(Issue::warning(span, "`lifetime none`: the IKE SA is never rekeyed, so its keys are never renewed; prefer `lifetime seconds 86400` (flows survive rekeys and tunnel drops with `sysopt connection preserve-vpn-flows`)"));
-            }
             out.push(Ikev2Policy {
                 priority: *prio,
                 encryption,
@@ -582,10 +577,14 @@ impl<'a> Lowerer<'a> {
                 }
             }
             if acc.certificate_file.is_none() && acc.key_file.is_none() && acc.ca_file.is_none() {
-                self.issues.push(Issue::warning(
-                    acc.span,
-                    format!("crypto ca trustpoint {name} has no `certificate-file`, `key-file` or `ca-file`: holdfast reads certificates from PEM files (holdfast extension), not from ASA enrollment"),
-                ));
+                if !self.trustpoint_referenced(name) {
+                    // An ASA-enrolled trustpoint nothing in holdfast's scope uses (Smart Call
+                    // Home, ASDM launcher, ...): the whole block is outside scope, like its
+                    // enrollment lines the parser already counted.
+                    self.ignored.push(Ignored { span: acc.span, what: format!("`crypto ca trustpoint {name}`") });
+                    continue;
+                }
+                // Referenced: the command that uses it says what is missing and what follows.
             }
             self.cfg.trustpoints.push(policy::Trustpoint {
                 name: name.clone(),
@@ -594,6 +593,17 @@ impl<'a> Lowerer<'a> {
                 ca_file: acc.ca_file.clone(),
             });
         }
+    }
+
+    /// Whether a supported command names trustpoint `name` (`ssl trust-point`, `set trustpoint`,
+    /// `ikev2 local-authentication certificate`).
+    fn trustpoint_referenced(&self, name: &str) -> bool {
+        self.ast.items.iter().any(|i| match &i.kind {
+            ItemKind::SslTrustpoint { trustpoint, .. } => trustpoint.node == name,
+            ItemKind::CryptoMap { cmd: CryptoMapCmd::Trustpoint(t), .. } => t.node == name,
+            ItemKind::TunnelGroupIpsec { body, .. } => body.iter().any(|c| matches!(&c.node, TgIpsecCmd::LocalCert(t) if t.node == name)),
+            _ => false,
+        })
     }
 
     /// A trustpoint that signs for us must exist and name its certificate and key files.
@@ -767,7 +777,13 @@ impl<'a> Lowerer<'a> {
                     self.issues.push(Issue::error(nameif.span, format!("interface {} (nameif {}) has no `ip address`; a crypto map needs a static address", iface.name, nameif.node)));
                 }
                 if iface.name.len() > MAX_IFNAME || iface.name.contains('/') {
-                    self.issues.push(Issue::error(name_span, format!("`{}` cannot be a Linux interface name (at most {MAX_IFNAME} bytes, no `/`); name the Linux interface that carries this network", iface.name)));
+                    // A pasted ASA configuration names ASA ports. holdfast binds to the
+                    // nameif's address and never opens the interface by name, so this is not
+                    // fatal; the name only appears in `show` output.
+                    self.issues.push(Issue::warning(
+                        name_span,
+                        format!("`{}` is not a Linux interface name (at most {MAX_IFNAME} bytes, no `/`): holdfast uses the address of nameif {} and not the name; write the Linux interface (for example `interface eth0`) so `show` output names the real port", iface.name, nameif.node),
+                    ));
                 }
                 if !self.cfg.ikev2_enabled_on.contains(&nameif.node) {
                     self.issues.push(Issue::error(nameif.span, format!("IKEv2 is not enabled on {} (add `crypto ikev2 enable {}`)", nameif.node, nameif.node)));
@@ -1142,8 +1158,16 @@ impl<'a> Lowerer<'a> {
                 }
             }
             if !self.failed(&tp.node) {
-                if let Some(msg) = signing_trustpoint_problem(&self.cfg, &tp.node) {
-                    self.issues.push(Issue::error(tp.span, msg));
+                match signing_trustpoint_problem(&self.cfg, &tp.node) {
+                    // A pasted ASA trustpoint keeps its key in the ASA's store: accepted, and
+                    // the interfaces it serves run no remote access until the PEM files are
+                    // named (policy::Config::anyconnect_listeners skips them).
+                    Some(msg) if self.cfg.trustpoint(&tp.node).is_some() => {
+                        let on = nameif.as_ref().map_or("any interface".to_string(), |n| n.node.clone());
+                        self.issues.push(Issue::warning(tp.span, format!("{msg}: remote access is not started on {on} until they are added")));
+                    }
+                    Some(msg) => self.issues.push(Issue::error(tp.span, msg)),
+                    None => {}
                 }
             }
             out.ssl_trustpoints.push(SslTrustpoint { trustpoint: tp.node.clone(), nameif: nameif.as_ref().map(|n| n.node.clone()) });
@@ -1166,9 +1190,12 @@ impl<'a> Lowerer<'a> {
                 _ => {}
             }
             if out.ssl_trustpoint_for(&n.node).is_none() {
-                self.issues.push(Issue::error(
+                // The ASA would serve a self-signed certificate it makes at boot; holdfast
+                // makes none, so remote access does not start here (a warning, so that a
+                // pasted configuration still loads its site-to-site part).
+                self.issues.push(Issue::warning(
                     n.span,
-                    format!("no certificate for TLS on {0}: add `ssl trust-point TRUSTPOINT {0}` naming a `crypto ca trustpoint` with `certificate-file` and `key-file`", n.node),
+                    format!("no certificate for TLS on {0}: remote access is not started on {0} until `ssl trust-point TRUSTPOINT {0}` names a `crypto ca trustpoint` with `certificate-file` and `key-file`", n.node),
                 ));
             }
         }

@@ -316,14 +316,22 @@ impl Parser {
                 "icmp" => Some(TimeoutKind::Icmp),
                 _ => None,
             };
-            let v = c.next().ok_or_else(|| c.missing(&format!("a time (hh:mm:ss) after `{}`", k.text)))?;
             let Some(kind) = kind else {
-                // Timers of features holdfast lacks (xlate, sunrpc, h323, uauth, ...): skipped.
+                // Timers of features holdfast lacks (xlate, sunrpc, h323, uauth, `igp
+                // stale-route`, ...): skipped, with their value and qualifiers. Some names are
+                // two words, so skip to the first token that reads as a time.
+                while c.peek().is_some_and(|t| hms(t).is_err()) {
+                    c.next();
+                }
+                if c.next().is_none() {
+                    return Err(c.missing("a time (hh:mm:ss)"));
+                }
                 while c.peek().is_some_and(|t| matches!(lower(t.text).as_str(), "absolute" | "inactivity")) {
                     c.next();
                 }
                 continue;
             };
+            let v = c.next().ok_or_else(|| c.missing("a time (hh:mm:ss)"))?;
             let d = hms(v)?;
             let (min, zero_ok, default) = match kind {
                 TimeoutKind::Conn => (300, true, "1:00:00"),
@@ -445,10 +453,27 @@ impl Parser {
         let w = |i: usize| words.get(i).map_or("", String::as_str);
         let note = "; holdfast runs IKEv2 only, so delete this IKEv1 line";
         if matches!(w(1), "ikev1" | "isakmp") && w(2) == "policy" {
-            for l in &b.children {
-                let Some(first) = l.tokens.first() else { continue };
-                let args = &l.tokens[1..];
+            // Sub-mode lines, and the one-line form `crypto isakmp policy 10 lifetime 0`.
+            let mut settings: Vec<(&Line<'_>, usize)> = b.children.iter().map(|l| (l, 0)).collect();
+            if b.head.tokens.len() > 4 {
+                settings.push((&b.head, 4));
+            }
+            for (l, at) in settings {
+                let Some(first) = l.tokens.get(at) else { continue };
+                let args = &l.tokens[at + 1..];
                 let kw = lower(first.text);
+                if kw == "lifetime" {
+                    let Some(v) = args.first() else { continue };
+                    let lv = lower(v.text);
+                    if lv == "0" || lv == "none" {
+                        let ack = args.get(1).is_some_and(|t| t.text.eq_ignore_ascii_case(NO_REKEY_ACK));
+                        if !ack {
+                            let written = format!("lifetime {}", v.text);
+                            self.issues.push(never_rekey(v.span, &written, "lifetime 86400", &written));
+                        }
+                    }
+                    continue;
+                }
                 for t in args {
                     let e = match (kw.as_str(), lower(t.text).as_str()) {
                         ("encryption", "des") => Some(refuse_des(t)),
@@ -460,6 +485,25 @@ impl Parser {
                     if let Some(mut e) = e {
                         e.message.push_str(note);
                         self.issues.push(e);
+                    }
+                }
+            }
+        }
+        // `crypto dynamic-map DYN 10 set pfs group2`: dynamic maps are not used, but a weak
+        // PFS group is still a mistake the operator should see.
+        if w(1) == "dynamic-map" {
+            let toks = &b.head.tokens;
+            for (i, t) in toks.iter().enumerate() {
+                if t.text.eq_ignore_ascii_case("pfs") && i >= 1 && toks[i - 1].text.eq_ignore_ascii_case("set") {
+                    if let Some(g) = toks.get(i + 1) {
+                        if let Some(n) = lower(g.text).strip_prefix("group") {
+                            if let Err(mut e) = dh_group(n, g.span, "group19 or group14") {
+                                if matches!(n, "1" | "2" | "5") {
+                                    e.message.push_str("; holdfast does not use dynamic crypto maps, so delete this line or fix the group");
+                                    self.issues.push(e);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -867,11 +911,18 @@ fn ike_policy_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<IkePolicyCmd>> {
         "prf" => IkePolicyCmd::Prf(list(p, &mut c, "a PRF algorithm", ike_prf)?),
         "group" => IkePolicyCmd::Group(list(p, &mut c, "a DH group number", |t| dh_group(t.text, t.span, "group 19 or group 14"))?),
         "lifetime" => {
-            let (i, _) = c.keyword(&["seconds", "none"])?;
+            let (i, kw) = c.keyword(&["seconds", "none"])?;
             if i == 0 {
+                if let Some(z) = c.peek().filter(|t| t.text == "0") {
+                    return Err(never_rekey(z.span, "lifetime seconds 0", "lifetime seconds 86400", "lifetime none"));
+                }
                 let s = c.number::<u64>("a lifetime in seconds", 120, MAX_LIFETIME_SECS)?;
                 IkePolicyCmd::Lifetime(Some(Duration::from_secs(s.node)))
             } else {
+                // asa.md §1: a never-expiring IKE SA is Cisco's workaround for flow loss, at
+                // the cost of never renewing the IKE keys. holdfast keeps flows without it
+                // (preserve-vpn-flows), so it takes an explicit acknowledgement.
+                acknowledged_no_rekey(&mut c, kw.span, "lifetime none", "lifetime seconds 86400", "lifetime none")?;
                 IkePolicyCmd::Lifetime(None)
             }
         }
@@ -879,6 +930,29 @@ fn ike_policy_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<IkePolicyCmd>> {
     };
     c.end()?;
     Ok(Some(cmd))
+}
+
+/// holdfast extension: the word that acknowledges an IKE SA that is never re-keyed
+/// (`lifetime none acknowledge-no-rekey` in `crypto ikev2 policy`, `lifetime 0
+/// acknowledge-no-rekey` in an IKEv1 policy).
+pub(crate) const NO_REKEY_ACK: &str = "acknowledge-no-rekey";
+
+/// After a never-rekey lifetime (`written`): accepts the acknowledgement, refuses anything else.
+fn acknowledged_no_rekey(c: &mut Cur<'_, '_>, at: Span, written: &str, replacement: &str, keep: &str) -> R<()> {
+    match c.next() {
+        Some(t) if t.text.eq_ignore_ascii_case(NO_REKEY_ACK) => Ok(()),
+        Some(t) => Err(Issue::error(t.span, format!("expected `{NO_REKEY_ACK}` or the end of the line, found `{}`", t.text))),
+        None => Err(never_rekey(at, written, replacement, keep)),
+    }
+}
+
+fn never_rekey(span: Span, written: &str, replacement: &str, keep: &str) -> Issue {
+    Issue::error(
+        span,
+        format!(
+            "`{written}` never re-keys the IKE SA, so its keys are never renewed, and is refused as insecure; use `{replacement}` (flows survive re-keys and tunnel drops with `sysopt connection preserve-vpn-flows`), or accept the risk explicitly with `{keep} {NO_REKEY_ACK}` (holdfast extension)"
+        ),
+    )
 }
 
 fn proposal_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<ProposalCmd>> {

@@ -3,7 +3,7 @@
 //! (the unmasked form exactly; the masked form is refused by the parser on purpose).
 
 use crate::lower::{enc_name, split_kw, DEFAULT_SA_KILOBYTES, DEFAULT_SA_SECONDS};
-use crate::parser::{fmt_hms, LEVELS};
+use crate::parser::{fmt_hms, LEVELS, NO_REKEY_ACK};
 use policy::{AclAction, Config, ConnectionType, Dpd, Integrity, Ipv4Net, Prf, TunnelGroupKind};
 use std::fmt::Write as _;
 
@@ -213,7 +213,7 @@ fn blocks(cfg: &Config, opts: &ShowOptions) -> Vec<Block> {
         b.children.push(format!("prf {}", join(p.prf.iter().map(|p| prf(*p)))));
         b.children.push(match p.lifetime {
             Some(d) => format!("lifetime seconds {}", d.as_secs()),
-            None => "lifetime none".into(),
+            None => format!("lifetime none {NO_REKEY_ACK}"),
         });
         v.push(b);
     }

@@ -1257,10 +1257,12 @@ impl Config {
             let iface = self.interface_by_nameif(nameif);
             let addr = iface.and_then(|i| i.address).map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr);
             let err = |what: String| ResolveError::RemoteAccess { what };
-            let tp_name = ra.ssl_trustpoint_for(nameif).ok_or_else(|| err(format!("webvpn: no `ssl trust-point TRUSTPOINT {nameif}`")))?;
+            // No certificate for this interface (no `ssl trust-point`, or a pasted ASA
+            // trustpoint without the holdfast `certificate-file`/`key-file` lines): the
+            // configuration loads with a warning and this interface serves no remote access.
+            let Some(tp_name) = ra.ssl_trustpoint_for(nameif) else { continue };
             let tp = self.trustpoint(tp_name).ok_or_else(|| err(format!("ssl trust-point: crypto ca trustpoint {tp_name} is not defined")))?;
-            let certificate_file = tp.certificate_file.clone().ok_or_else(|| err(format!("crypto ca trustpoint {tp_name} has no certificate-file")))?;
-            let key_file = tp.key_file.clone().ok_or_else(|| err(format!("crypto ca trustpoint {tp_name} has no key-file")))?;
+            let (Some(certificate_file), Some(key_file)) = (tp.certificate_file.clone(), tp.key_file.clone()) else { continue };
             out.push(AnyConnectListener {
                 nameif: nameif.clone(),
                 ifname: iface.map(|i| i.name.clone()),
