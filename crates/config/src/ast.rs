@@ -29,6 +29,9 @@ pub struct Ast {
     pub failed_names: std::collections::BTreeSet<String>,
     /// Line numbers of head lines whose block had an error: their completeness is not checked.
     pub failed_lines: std::collections::BTreeSet<u32>,
+    /// First words the parser handled that are missing from its table of top-level commands
+    /// (a development mistake: the documentation test requires this to be empty).
+    pub unlisted: Vec<String>,
 }
 
 /// A line for a feature outside holdfast's scope.

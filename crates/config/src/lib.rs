@@ -25,6 +25,7 @@
 //! are summarised in one warning, or refused one by one in strict mode.
 
 pub mod ast;
+pub mod commands;
 mod diag;
 mod lexer;
 mod lower;

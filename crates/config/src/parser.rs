@@ -50,7 +50,12 @@ impl Parser {
         let head = &b.head;
         let mut c = Cur::new(head);
         let Some(first) = c.next() else { return };
-        let res = match lower(first.text).as_str() {
+        let word = lower(first.text);
+        // Set by the arms that do not parse the command (file furniture, unknown words): every
+        // other word must be listed in `TOP_LEVEL`, which the documentation test reads, so a
+        // new command cannot go undocumented (`Ast::unlisted` reports a forgotten one).
+        let mut parsed = true;
+        let res = match word.as_str() {
             "hostname" => self.no_children(b).and_then(|_| hostname(&mut c)).map(Some),
             "interface" => self.interface(b, &mut c).map(Some),
             "access-list" => self.no_children(b).and_then(|_| self.access_list(head, &mut c)),
@@ -67,18 +72,31 @@ impl Parser {
             "ssl" => self.ssl(b, &mut c),
             "no" => self.no_command(b, &mut c),
             // File furniture written by `show running-config` / `write net`, not configuration.
-            "asa" | "end" | "cryptochecksum" => Ok(None),
-            t if t.starts_with("cryptochecksum:") => Ok(None),
+            "asa" | "end" | "cryptochecksum" => {
+                parsed = false;
+                Ok(None)
+            }
+            t if t.starts_with("cryptochecksum:") => {
+                parsed = false;
+                Ok(None)
+            }
             t => match near_miss(t) {
                 // Unknown words are normally ASA features holdfast lacks; one letter away from
                 // a supported command it is a typo, and ignoring it would drop configuration.
-                Some(kw) => Err(Issue::error(first.span, format!("unknown command `{}`; did you mean `{kw}`?", first.text))),
+                Some(kw) => {
+                    parsed = false;
+                    Err(Issue::error(first.span, format!("unknown command `{}`; did you mean `{kw}`?", first.text)))
+                }
                 None => {
+                    parsed = false;
                     self.ignore_block(b, c.pos.saturating_sub(1));
                     Ok(None)
                 }
             },
         };
+        if parsed && !TOP_LEVEL.contains(&word.as_str()) && !self.ast.unlisted.contains(&word) {
+            self.ast.unlisted.push(word);
+        }
         match res {
             Ok(Some(kind)) => self.ast.items.push(Item { span: head.span(), kind }),
             Ok(None) => {}
@@ -1901,10 +1919,13 @@ fn metrics(c: &mut Cur<'_, '_>) -> R<ItemKind> {
     Ok(ItemKind::Metrics { listen: std::net::SocketAddr::new(IpAddr::V4(ip.node), port) })
 }
 
-/// Top-level commands holdfast parses.
-const COMMANDS: [&str; 12] = [
-    "hostname", "interface", "access-list", "logging", "metrics", "timeout", "sysopt", "crypto", "tunnel-group", "webvpn",
-    "group-policy", "username",
+/// The first words of the commands holdfast parses (the rest are ignored or refused). The
+/// documentation test (`tests/docs.rs`) checks that `docs/configuration.md` documents each one
+/// through [`crate::commands::SUPPORTED`]; a word the dispatcher parses but that is missing
+/// here shows up in `Ast::unlisted`.
+pub(crate) const TOP_LEVEL: [&str; 15] = [
+    "hostname", "interface", "access-list", "logging", "metrics", "timeout", "sysopt", "crypto", "tunnel-group", "ip", "webvpn",
+    "group-policy", "username", "ssl", "no",
 ];
 
 /// A supported command within edit distance 2 of `word` (only for words of 5+ letters, so short
@@ -1913,7 +1934,7 @@ fn near_miss(word: &str) -> Option<&'static str> {
     if word.chars().count() < 5 || word.chars().count() > 20 {
         return None;
     }
-    COMMANDS.iter().copied().find(|kw| edit_distance(word, kw) <= 2)
+    TOP_LEVEL.iter().copied().filter(|kw| kw.len() >= 5).find(|kw| edit_distance(word, kw) <= 2)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
