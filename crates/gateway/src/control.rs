@@ -42,6 +42,10 @@ pub enum Request {
     /// the VPN session(s)? [confirm]"; the control socket is not interactive, so the command
     /// is carried out at once.
     VpnSessiondbLogoff { target: LogoffTarget },
+    /// A Prometheus scrape (from the metrics listener, never from the socket's text).
+    Metrics,
+    /// `--json show ...`: the same show command answered as JSON (`holdfast show --json`).
+    Json(Box<Request>),
 }
 
 /// `filter ...` of `show vpn-sessiondb anyconnect`.
@@ -99,10 +103,45 @@ pub fn format_error(line: &str, err: &ParseError) -> String {
     }
 }
 
+/// The first word of a control line asking for JSON (`holdfast show --json ...` sends it).
+pub const JSON_FLAG: &str = "--json";
+
+/// `show` commands that have a JSON form.
+pub fn has_json(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::ShowConn { .. }
+            | Request::ShowIpsecSa { .. }
+            | Request::ShowIkev2Sa { .. }
+            | Request::ShowVpnSessiondb { .. }
+            | Request::ShowAspDrop
+            | Request::ShowVpnContext { .. }
+            | Request::ShowLogging
+            | Request::ShowIpsecStats
+            | Request::ShowVersion
+    )
+}
+
 /// Parses one command line.
 pub fn parse(line: &str) -> Result<Request, ParseError> {
     let words = tokenize(line);
+    if let Some((&(col, w), rest)) = words.split_first() {
+        if w == JSON_FLAG {
+            let rest: Vec<(usize, &str)> = rest.to_vec();
+            let mut p = Parser { words: &rest, pos: 0 };
+            let req = parse_words(&mut p)?;
+            if !has_json(&req) {
+                // Only show commands have a structured form; the caret marks the flag.
+                return Err(ParseError::Invalid { col });
+            }
+            return Ok(Request::Json(Box::new(req)));
+        }
+    }
     let mut p = Parser { words: &words, pos: 0 };
+    parse_words(&mut p)
+}
+
+fn parse_words(p: &mut Parser<'_>) -> Result<Request, ParseError> {
     let verb = p.keyword(&["show", "clear", "vpn-sessiondb"])?;
     match verb {
         "vpn-sessiondb" => {
@@ -258,6 +297,34 @@ pub fn request(socket: &Path, line: &str) -> std::io::Result<String> {
 /// True when a daemon answer is an ASA-style error (the client then exits non-zero).
 pub fn is_error(answer: &str) -> bool {
     answer.lines().any(|l| l.starts_with("ERROR: "))
+}
+
+/// `holdfast show --json WORDS`: sends `--json show WORDS` and returns the JSON document to
+/// print and whether it is a success. Every failure (daemon unreachable, a refused command,
+/// a command without a JSON form) becomes `{"error": "..."}` with `false`.
+pub fn request_json(socket: &Path, words: &[String]) -> (String, bool) {
+    let line = format!("{JSON_FLAG} show {}", words.join(" "));
+    let answer = match request(socket, &line) {
+        Ok(a) => a,
+        Err(e) => return (json_error(&format!("cannot reach the daemon at {}: {e}", socket.display())), false),
+    };
+    match serde_json::from_str::<serde_json::Value>(&answer) {
+        Ok(v) => {
+            let failed = v.get("error").is_some();
+            (format!("{v:#}\n"), !failed)
+        }
+        Err(_) => {
+            // A refusal in ASA text (caret and `ERROR: %` line), or an older daemon.
+            let msg = answer.lines().filter(|l| l.starts_with("ERROR: ")).collect::<Vec<_>>().join(" ");
+            let msg = if msg.is_empty() { answer.trim().to_string() } else { msg };
+            (json_error(&msg), false)
+        }
+    }
+}
+
+/// `{"error": "..."}` as the JSON interface reports failures.
+pub fn json_error(msg: &str) -> String {
+    format!("{:#}\n", serde_json::json!({ "error": msg }))
 }
 
 /// Words with their starting byte columns.
@@ -460,6 +527,31 @@ mod tests {
         assert_eq!(parse("show run ip local pool"), run(false, &["ip", "local", "pool"]));
         assert_eq!(parse("show run user"), run(false, &["username"]));
         assert_eq!(parse("show run all all"), Err(ParseError::Invalid { col: 13 }));
+    }
+
+    #[test]
+    fn json_flag_wraps_show_commands() {
+        let j = |r: Request| Ok(Request::Json(Box::new(r)));
+        assert_eq!(parse("--json show conn count"), j(Request::ShowConn { view: ConnView::Count, address: None }));
+        assert_eq!(parse("--json sh cry ipsec sa"), j(Request::ShowIpsecSa { peer: None, detail: false }));
+        assert_eq!(parse("--json show asp table vpn-context"), j(Request::ShowVpnContext { detail: false }));
+        assert_eq!(parse("--json show vpn-sessiondb anyconnect"), j(Request::ShowVpnSessiondb { filter: None }));
+        // No JSON form: running-config is configuration text; clear is not a show.
+        assert_eq!(parse("--json show running-config"), Err(ParseError::Invalid { col: 0 }));
+        assert_eq!(parse("--json clear conn"), Err(ParseError::Invalid { col: 0 }));
+        // Errors inside keep their columns in the whole line.
+        assert_eq!(parse("--json show crypto foo"), Err(ParseError::Invalid { col: 19 }));
+        assert_eq!(parse("--json"), Err(ParseError::Incomplete));
+        // Only as the first word.
+        assert_eq!(parse("show --json conn"), Err(ParseError::Invalid { col: 5 }));
+    }
+
+    #[test]
+    fn json_client_reports_errors_as_json() {
+        let (out, ok) = request_json(Path::new("/nonexistent/holdfast.sock"), &["conn".to_string()]);
+        assert!(!ok);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("cannot reach the daemon"), "{out}");
     }
 
     #[test]

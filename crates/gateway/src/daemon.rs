@@ -18,6 +18,7 @@ use crate::clock;
 use crate::control::{self, LogoffTarget, Request, SessionFilter};
 use crate::datapath::{self, Outside, Shared, ToControl};
 use crate::flows::{self, SharedEngine, StateDir};
+use crate::metrics;
 use crate::ra::{self, RaConfig, RaHandle};
 use crate::watch;
 use crate::net::{self, SystemGuard};
@@ -250,6 +251,16 @@ async fn async_run(
 
     // Control socket first: a second daemon on the same socket must fail before touching anything.
     let listener = bind_control(&opts.control, &mut guard)?;
+    // The metrics listener too (holdfast extension `metrics prometheus listen`): a taken port
+    // is a configuration error to report before anything else changes.
+    let metrics_listener = match cfg.metrics {
+        Some(m) => {
+            let l = std::net::TcpListener::bind(m.listen).map_err(io_ctx(format!("metrics listen {}", m.listen)))?;
+            l.set_nonblocking(true).map_err(io_ctx("metrics listener"))?;
+            Some(tokio::net::TcpListener::from_std(l).map_err(io_ctx("metrics listener"))?)
+        }
+        None => None,
+    };
 
     // Outside sockets, one set per distinct local address of the tunnels.
     let mut locals: Vec<Ipv4Addr> = Vec::new();
@@ -413,7 +424,10 @@ async fn async_run(
     }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlRequest>(64);
-    tokio::spawn(serve_control(listener, ctl_tx));
+    tokio::spawn(serve_control(listener, ctl_tx.clone()));
+    if let Some(l) = metrics_listener {
+        tokio::spawn(metrics::serve(l, ctl_tx));
+    }
 
     let mut d = Daemon {
         running_config: config::running_config(&cfg),
@@ -448,6 +462,7 @@ async fn async_run(
         watch: watch::PathWatch::new(),
         last_watch: clock::now(),
         ra: None,
+        metrics: Default::default(),
     };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io_ctx("signal"))?;
     // Remote access last: nothing fallible follows, so its handle (which owns a runtime that
@@ -658,6 +673,8 @@ struct Daemon {
     last_watch: Instant,
     /// The remote-access service, when the configuration enables AnyConnect.
     ra: Option<RaHandle>,
+    /// Prometheus state of its own (resume-time histogram, removed SAs' traffic).
+    metrics: metrics::Metrics,
 }
 
 fn add_counters(s: &mut show::IpsecStats, r: &ChildRecord) {
@@ -892,7 +909,11 @@ impl Daemon {
                 self.late_replays.push((now + LATE_REPLAY, replay.clone()));
             }
             // The replays first: they leave within microseconds of the SA install.
+            let replayed = !replay.is_empty();
             self.send_replays(replay);
+            if replayed {
+                self.metrics.observe_resume(clock::now().saturating_duration_since(now));
+            }
             self.flows.release_and_log(flows::lock(&self.flows), &mut self.flow_msgs, &self.syslog);
         }
         let g = Self::group(up.peer);
@@ -980,6 +1001,7 @@ impl Daemon {
             });
             for spi in due {
                 if let Some(r) = self.children.remove(&spi) {
+                    self.metrics.retire(&r.up.tunnel, child_traffic(&r));
                     add_counters(&mut self.retired, &r);
                     self.retired.previous_sas += 1;
                 }
@@ -1069,6 +1091,8 @@ impl Daemon {
             Request::ShowIkev2Sa { detail } => show::ikev2_sa(&self.ike_views(), *detail),
             Request::ShowIpsecSa { peer, .. } => show::ipsec_sa(&self.ipsec_views(*peer, now)),
             Request::ShowIpsecStats => show::ipsec_stats(&self.stats()),
+            Request::Metrics => metrics::encode_text(&self.metrics_snapshot(now), &self.metrics),
+            Request::Json(inner) => self.on_json(inner, now),
             // A deliberate teardown: the tunnels it empties go down for the connection table at
             // once, without the grace a rekey gets (the ASA tears the flows down immediately).
             Request::ClearIkev2Sa { peer } => {
@@ -1209,7 +1233,11 @@ impl Daemon {
                         }
                         v
                     };
+                    let replayed = !replay.is_empty();
                     self.send_replays(replay);
+                    if replayed {
+                        self.metrics.observe_resume(clock::now().saturating_duration_since(now));
+                    }
                 }
             }
         }
@@ -1431,6 +1459,124 @@ pub fn range_to_prefixes(start: Ipv4Addr, end: Ipv4Addr) -> Vec<(Ipv4Addr, u8)> 
         s += size;
     }
     out
+}
+
+/// A CHILD_SA's traffic as the metrics count it.
+fn child_traffic(r: &ChildRecord) -> metrics::Traffic {
+    metrics::Traffic {
+        bytes_in: Counters::get(&r.inbound.counters.bytes),
+        bytes_out: Counters::get(&r.outbound.counters.bytes),
+        packets_in: Counters::get(&r.inbound.counters.packets),
+        packets_out: Counters::get(&r.outbound.counters.packets),
+    }
+}
+
+// Observability (metrics scrape and `show --json`): read-only views of the state above.
+impl Daemon {
+    /// Copies the counters a scrape reports. The connection table is locked once (statistics
+    /// and the count of preserved conns); everything else is atomics and engine lists.
+    fn metrics_snapshot(&self, now: Instant) -> metrics::Snapshot {
+        let sad = self.sad.load();
+        let tunnels = self
+            .tunnels
+            .iter()
+            .map(|t| {
+                let mut traffic = self.metrics.retired(&t.name);
+                let mut ipsec_sas = 0;
+                for r in self.children.values().filter(|r| r.up.tunnel == t.name) {
+                    traffic.add(&child_traffic(r));
+                    ipsec_sas += u64::from(!r.draining);
+                }
+                metrics::TunnelSample {
+                    tunnel: t.name.clone(),
+                    tunnel_group: Self::group(t.peer_addr),
+                    peer: t.peer_addr,
+                    up: sad.spd.iter().any(|e| *e.tunnel == *t.name && !e.children.is_empty()),
+                    ipsec_sas,
+                    traffic,
+                }
+            })
+            .collect();
+        let ike = self.endpoint.ike_sas();
+        let count = |st: ike::IkeStatus| ike.iter().filter(|s| s.status == st).count() as u64;
+        let ike_sas = vec![
+            ("ready", count(ike::IkeStatus::Ready)),
+            ("negotiating", count(ike::IkeStatus::Negotiating)),
+            ("deleting", count(ike::IkeStatus::Deleting)),
+        ];
+        let (st, preserved) = {
+            let eng = flows::lock(&self.flows);
+            let preserved = eng.conns(now).iter().filter(|c| c.flags.contains('V')).count() as u64;
+            (eng.stats().clone(), preserved)
+        };
+        let ipsec = self.stats();
+        let ra_sessions = self.ra.as_ref().map_or(0, |ra| {
+            ra.with_engine(|s, now| s.sessions(now).iter().filter(|x| x.assigned_ip != Ipv4Addr::UNSPECIFIED).count() as u64)
+        });
+        metrics::Snapshot {
+            tunnels,
+            ike_sas,
+            conns_in_use: st.in_use,
+            conns_most_used: st.most_used,
+            conns_built: st.built,
+            conns_preserved: preserved,
+            segments_held: st.held + st.held_suspended,
+            segments_replayed: st.replayed,
+            frame_drops: flow::DropReason::ALL.iter().map(|r| (r.keyword(), st.drops(*r))).collect(),
+            flow_drops: vec![("tunnel-torn-down", st.flows_tunnel_torn_down)],
+            esp_drops: vec![
+                ("no-sa", ipsec.missing_sa),
+                ("invalid-spi", ipsec.invalid_spi),
+                ("malformed", ipsec.malformed),
+                ("replay", ipsec.in_replay),
+                ("auth", ipsec.in_auth_failures),
+                ("other", ipsec.in_other_drops),
+            ],
+            ra_sessions,
+        }
+    }
+
+    /// `show --json ...`: the data behind the same command's text, as JSON.
+    fn on_json(&mut self, req: &Request, now: Instant) -> String {
+        match req {
+            Request::ShowConn { view: control::ConnView::Count, .. } => show::conn_json(&flows::lock(&self.flows), None),
+            Request::ShowConn { address, .. } => {
+                let eng = flows::lock(&self.flows);
+                let mut recs = eng.conns(now);
+                if let Some(a) = address {
+                    recs.retain(|r| r.info.outside.addr == *a || r.info.inside.addr == *a);
+                }
+                show::conn_json(&eng, Some(&recs))
+            }
+            Request::ShowAspDrop => {
+                let eng = flows::lock(&self.flows);
+                show::asp_drop_json(eng.stats(), &eng.show_asp_drop())
+            }
+            Request::ShowVpnContext { .. } => show::vpn_context_json(&self.vpn_contexts()),
+            Request::ShowIkev2Sa { .. } => show::to_json(&self.ike_views()),
+            Request::ShowIpsecSa { peer, .. } => show::to_json(&self.ipsec_views(*peer, now)),
+            Request::ShowIpsecStats => show::to_json(&self.stats()),
+            Request::ShowLogging => show::to_json(&self.syslog.snapshot()),
+            Request::ShowVersion => show::to_json(&serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
+            Request::ShowVpnSessiondb { filter } => {
+                let sessions = match &self.ra {
+                    None => Vec::new(),
+                    Some(ra) => ra.with_engine(|s, now| s.sessions(now)),
+                };
+                let v: Vec<_> = sessions
+                    .into_iter()
+                    .filter(|s| s.assigned_ip != Ipv4Addr::UNSPECIFIED)
+                    .filter(|s| match filter {
+                        None => true,
+                        Some(SessionFilter::Name(u)) => &s.username == u,
+                        Some(SessionFilter::IpAddress(a)) => s.assigned_ip == *a || s.public_ip.ip() == IpAddr::V4(*a),
+                    })
+                    .collect();
+                show::to_json(&v)
+            }
+            _ => control::json_error("no JSON form for this command"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod flows;
+pub mod metrics;
 pub mod net;
 pub mod ra;
 pub mod sad;

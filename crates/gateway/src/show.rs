@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use policy::{DhGroup, Encryption, Integrity, TrafficSelector};
+use serde::Serialize;
 
 /// One IKE SA as `show crypto ikev2 sa` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IkeSaView {
     pub tunnel_id: u32,
     pub local: SocketAddr,
@@ -32,7 +33,7 @@ pub struct IkeSaView {
     pub nat_t: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChildSummary {
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
@@ -43,7 +44,7 @@ pub struct ChildSummary {
 }
 
 /// One CHILD_SA pair as `show crypto ipsec sa` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IpsecSaView {
     pub interface: String,
     pub map: String,
@@ -280,7 +281,7 @@ pub fn ikev2_sa(views: &[IkeSaView], detail: bool) -> String {
 }
 
 /// Totals for `show crypto ipsec stats` (live SAs plus those already removed).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct IpsecStats {
     pub active_tunnels: u64,
     pub previous_sas: u64,
@@ -365,6 +366,129 @@ pub fn logoff_result(target: &crate::control::LogoffTarget, n: usize) -> String 
         LogoffTarget::Index(i) => format!("INFO: Number of sessions with index \"{i}\" logged off : {n}\n"),
         LogoffTarget::All => format!("INFO: Number of sessions logged off : {n}\n"),
     }
+}
+
+// --- JSON (`holdfast show --json ...`) ------------------------------------------------------
+//
+// Built from the same values as the text above (the views, the connection table's records and
+// statistics, the syslog buffer), so the two forms cannot disagree.
+
+/// Serializes a JSON answer (compact; the client pretty-prints).
+pub fn to_json<T: Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| crate::control::json_error(&format!("cannot encode: {e}")))
+}
+
+/// One end of a connection in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnEndJson {
+    pub interface: String,
+    pub addr: std::net::Ipv4Addr,
+    pub port: u16,
+}
+
+/// One connection as `show --json conn` lists it (the fields of `show conn long`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnJson {
+    pub id: u64,
+    /// `TCP`, `UDP`, `ICMP` or the protocol number.
+    pub protocol: String,
+    /// Which side opened the connection: `outside` (ASA inbound) or `inside`.
+    pub initiator: &'static str,
+    pub outside: ConnEndJson,
+    pub inside: ConnEndJson,
+    /// The `show conn` flag letters (`V` = preserved while its tunnel is down).
+    pub flags: String,
+    pub bytes: u64,
+    pub idle_secs: f64,
+    pub uptime_secs: f64,
+    /// `None` = never times out.
+    pub timeout_secs: Option<u64>,
+    /// The crypto map entry (`MAP:SEQ`) of a tunnelled connection.
+    pub tunnel: Option<String>,
+}
+
+/// `show --json conn [address IP]` / `show --json conn count`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnTableJson {
+    pub in_use: u64,
+    pub most_used: u64,
+    /// Absent for `count`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conns: Option<Vec<ConnJson>>,
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        1 => "ICMP".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The connection table as JSON; `records` already filtered (by address) by the caller.
+pub fn conn_json(eng: &flow::Engine, records: Option<&[flow::ConnRecord]>) -> String {
+    let st = eng.stats();
+    let end = |e: &flow::Endpoint| ConnEndJson { interface: eng.interface_name(e.ifc).to_string(), addr: e.addr, port: e.port };
+    let conns = records.map(|recs| {
+        recs.iter()
+            .map(|r| ConnJson {
+                id: r.info.id,
+                protocol: proto_name(r.info.protocol),
+                initiator: if r.info.inbound { "outside" } else { "inside" },
+                outside: end(&r.info.outside),
+                inside: end(&r.info.inside),
+                flags: r.flags.clone(),
+                bytes: r.bytes,
+                idle_secs: r.idle.as_secs_f64(),
+                uptime_secs: r.uptime.as_secs_f64(),
+                timeout_secs: r.timeout.map(|d| d.as_secs()),
+                tunnel: r.info.tunnel.map(|t| eng.tunnel_name(t).to_string()),
+            })
+            .collect()
+    });
+    to_json(&ConnTableJson { in_use: st.in_use, most_used: st.most_used, conns })
+}
+
+/// `show --json asp drop`: every reason (zeros included), keyed by the ASA keyword.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AspDropJson {
+    pub frame_drops: std::collections::BTreeMap<&'static str, u64>,
+    pub flow_drops: std::collections::BTreeMap<&'static str, u64>,
+    /// As the text prints it (`Last clearing: ...`).
+    pub last_clearing: String,
+}
+
+pub fn asp_drop_json(stats: &flow::Stats, text: &str) -> String {
+    let last_clearing = text.lines().find_map(|l| l.strip_prefix("Last clearing: ")).unwrap_or("").to_string();
+    to_json(&AspDropJson {
+        frame_drops: flow::DropReason::ALL.iter().map(|r| (r.keyword(), stats.drops(*r))).collect(),
+        flow_drops: [("tunnel-torn-down", stats.flows_tunnel_torn_down)].into_iter().collect(),
+        last_clearing,
+    })
+}
+
+/// `show --json asp table vpn-context`.
+pub fn vpn_context_json(ctxs: &[crate::flows::VpnContext]) -> String {
+    let v: Vec<serde_json::Value> = ctxs
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "ctx": c.ctx,
+                "peer": c.peer,
+                "direction": if c.decrypt { "inbound" } else { "outbound" },
+                "spi": format!("0x{:08X}", c.spi),
+                "natt": c.natt,
+                "preserve": c.preserve,
+                "group": c.group,
+                "packets": c.packets,
+                "bad_packets": c.bad_packets,
+                "bad_crypto": c.bad_crypto,
+                "rekeys": c.rekeys,
+            })
+        })
+        .collect();
+    to_json(&v)
 }
 
 #[cfg(test)]
@@ -572,5 +696,104 @@ Child sa: local selector  10.1.0.0/0 - 10.1.0.255/65535
         assert_eq!(logoff_result(&LogoffTarget::All, 3), "INFO: Number of sessions logged off : 3\n");
         assert_eq!(logoff_result(&LogoffTarget::All, 0), "INFO: There are presently no active sessions of the type specified\n");
         assert!(no_vpn_sessions().contains("no active sessions"));
+    }
+
+    /// A TCP SYN 10.1.0.5:40000 -> 10.2.0.9:80.
+    fn tcp_syn() -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 1, 0, 5]);
+        p[16..20].copy_from_slice(&[10, 2, 0, 9]);
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x02;
+        p
+    }
+
+    #[test]
+    fn conn_and_asp_drop_json_shapes() {
+        let now = crate::clock::now();
+        let mut e = flow::Engine::new(now, flow::Config::default());
+        let ifcs = flow::IfcPair { outside: e.interface("outside").unwrap(), inside: e.interface("inside").unwrap() };
+        let t = e.tunnel("MAP:10").unwrap();
+        e.tunnel_up(now, t, &[], &[]);
+        assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::ToTunnel(t), &tcp_syn()), flow::Verdict::Forward);
+        // A non-SYN first segment of another flow: a tcp-not-syn drop.
+        let mut ack = tcp_syn();
+        ack[21] = 0x41;
+        ack[33] = 0x10;
+        assert!(matches!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::ToTunnel(t), &ack), flow::Verdict::Drop(_)));
+        let recs = e.conns(now);
+        let v: serde_json::Value = serde_json::from_str(&conn_json(&e, Some(&recs))).unwrap();
+        assert_eq!(v["in_use"], 1);
+        assert_eq!(v["most_used"], 1);
+        let c = &v["conns"][0];
+        assert_eq!(c["protocol"], "TCP");
+        assert_eq!(c["initiator"], "inside");
+        assert_eq!(c["inside"]["addr"], "10.1.0.5");
+        assert_eq!(c["inside"]["port"], 40000);
+        assert_eq!(c["inside"]["interface"], "inside");
+        assert_eq!(c["outside"]["addr"], "10.2.0.9");
+        assert_eq!(c["tunnel"], "MAP:10");
+        assert_eq!(c["flags"], recs[0].flags.as_str());
+        // The text form lists the same conn.
+        assert!(e.show_conn(now, flow::text::ConnView::Brief).contains("10.2.0.9:80"));
+        let count: serde_json::Value = serde_json::from_str(&conn_json(&e, None)).unwrap();
+        assert_eq!(count, serde_json::json!({"in_use": 1, "most_used": 1}));
+        let text = e.show_asp_drop();
+        let d: serde_json::Value = serde_json::from_str(&asp_drop_json(e.stats(), &text)).unwrap();
+        assert_eq!(d["frame_drops"]["tcp-not-syn"], 1, "{d}");
+        assert_eq!(d["frame_drops"].as_object().unwrap().len(), flow::DropReason::ALL.len());
+        assert_eq!(d["flow_drops"]["tunnel-torn-down"], 0);
+        assert!(text.contains("(tcp-not-syn)"));
+    }
+
+    #[test]
+    fn sa_views_and_logging_json_shapes() {
+        let v: serde_json::Value = serde_json::from_str(&to_json(&[ipsec_view()])).unwrap();
+        let sa = &v[0];
+        assert_eq!(sa["spi_in"], ipsec_view().spi_in);
+        assert_eq!(sa["remote"], ipsec_view().remote.to_string());
+        assert_eq!(sa["encaps"], ipsec_view().encaps);
+        assert_eq!(sa["local_ts"]["start_addr"], ipsec_view().local_ts.start_addr.to_string());
+        let ctx = crate::flows::VpnContext {
+            ctx: 3,
+            peer: "192.0.2.2".parse().unwrap(),
+            decrypt: true,
+            spi: 0xAB,
+            natt: true,
+            preserve: true,
+            group: 1,
+            packets: 9,
+            bad_packets: 0,
+            bad_crypto: 0,
+            rekeys: 1,
+        };
+        let c: serde_json::Value = serde_json::from_str(&vpn_context_json(&[ctx])).unwrap();
+        assert_eq!(c[0]["spi"], "0x000000AB");
+        assert_eq!(c[0]["direction"], "inbound");
+        assert_eq!(c[0]["preserve"], true);
+        let log = crate::syslog::Syslog::new(crate::syslog::SyslogConfig {
+            enabled: true,
+            hosts: vec!["127.0.0.1:9".parse().unwrap()],
+            trap_level: 4,
+            buffered_level: 6,
+            timestamp: false,
+            stderr: false,
+        });
+        log.log(crate::syslog::phase1_completed("g", "192.0.2.2".parse().unwrap()));
+        let snap = log.snapshot();
+        let j: serde_json::Value = serde_json::from_str(&to_json(&snap)).unwrap();
+        assert_eq!(j["lines"][0], "%ASA-5-713119: Group = g, IP = 192.0.2.2, PHASE 1 COMPLETED");
+        assert_eq!(j["trap"]["level"], "warnings");
+        assert_eq!(j["trap"]["hosts"][0], "127.0.0.1 udp/9");
+        assert_eq!(j["buffered_messages"], 1);
+        // The text is rendered from the same snapshot.
+        assert_eq!(log.show_logging(), snap.text());
+        assert!(snap.text().contains("Trap logging: level warnings, facility 20, 0 messages logged"));
     }
 }

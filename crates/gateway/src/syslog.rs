@@ -224,32 +224,75 @@ impl Syslog {
         st.buffer.iter().cloned().collect()
     }
 
+    /// What `show logging` reports, copied under the lock once.
+    pub fn snapshot(&self) -> LoggingSnapshot {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        LoggingSnapshot {
+            enabled: self.cfg.enabled,
+            facility: FACILITY_LOCAL4,
+            timestamp: self.cfg.timestamp,
+            buffered_level: LEVEL_NAMES[usize::from(self.cfg.buffered_level.min(7))],
+            buffered_messages: st.buffered,
+            trap: (self.cfg.enabled && !self.cfg.hosts.is_empty()).then(|| TrapSnapshot {
+                level: LEVEL_NAMES[usize::from(self.cfg.trap_level.min(7))],
+                messages: st.trapped,
+                hosts: self.cfg.hosts.iter().map(|h| format!("{} udp/{}", h.ip(), h.port())).collect(),
+            }),
+            lines: st.buffer.iter().cloned().collect(),
+        }
+    }
+
     /// `show logging`: a header in the ASA's shape followed by the buffer.
     pub fn show_logging(&self) -> String {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.snapshot().text()
+    }
+}
+
+/// `show logging` as data (the text and `show --json logging` are both made from it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LoggingSnapshot {
+    pub enabled: bool,
+    pub facility: u8,
+    pub timestamp: bool,
+    pub buffered_level: &'static str,
+    pub buffered_messages: u64,
+    /// `None`: trap logging disabled (no host, or `logging enable` missing).
+    pub trap: Option<TrapSnapshot>,
+    /// The buffer, oldest first.
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrapSnapshot {
+    pub level: &'static str,
+    pub messages: u64,
+    /// `IP udp/PORT`.
+    pub hosts: Vec<String>,
+}
+
+impl LoggingSnapshot {
+    pub fn text(&self) -> String {
         let mut out = String::new();
         let onoff = |b: bool| if b { "enabled" } else { "disabled" };
-        out.push_str(&format!("Syslog logging: {}\n", onoff(self.cfg.enabled)));
-        out.push_str(&format!("    Facility: {FACILITY_LOCAL4}\n"));
-        out.push_str(&format!("    Timestamp logging: {}\n", onoff(self.cfg.timestamp)));
+        out.push_str(&format!("Syslog logging: {}\n", onoff(self.enabled)));
+        out.push_str(&format!("    Facility: {}\n", self.facility));
+        out.push_str(&format!("    Timestamp logging: {}\n", onoff(self.timestamp)));
         out.push_str("    Console logging: disabled\n");
-        out.push_str(&format!(
-            "    Buffer logging: level {}, {} messages logged\n",
-            LEVEL_NAMES[self.cfg.buffered_level as usize], st.buffered
-        ));
-        if self.cfg.hosts.is_empty() || !self.cfg.enabled {
-            out.push_str("    Trap logging: disabled\n");
-        } else {
-            out.push_str(&format!(
-                "    Trap logging: level {}, facility {}, {} messages logged\n",
-                LEVEL_NAMES[self.cfg.trap_level as usize], FACILITY_LOCAL4, st.trapped
-            ));
-            for h in &self.cfg.hosts {
-                out.push_str(&format!("        Logging to {} udp/{}\n", h.ip(), h.port()));
+        out.push_str(&format!("    Buffer logging: level {}, {} messages logged\n", self.buffered_level, self.buffered_messages));
+        match &self.trap {
+            None => out.push_str("    Trap logging: disabled\n"),
+            Some(t) => {
+                out.push_str(&format!(
+                    "    Trap logging: level {}, facility {}, {} messages logged\n",
+                    t.level, self.facility, t.messages
+                ));
+                for h in &t.hosts {
+                    out.push_str(&format!("        Logging to {h}\n"));
+                }
             }
         }
         out.push('\n');
-        for l in &st.buffer {
+        for l in &self.lines {
             out.push_str(l);
             out.push('\n');
         }
