@@ -54,7 +54,14 @@ pub struct Endpoint {
     cert: Vec<Option<crate::cert_auth::CertAuth>>,
     /// Wall-clock reference for certificate validity: (instant, real time at that instant).
     wall: Option<(Instant, SystemTime)>,
+    /// Same index as `tunnels`: true for an entry a reconfiguration removed or replaced, kept
+    /// only so that SAs still being deleted under it have a valid index (`reconfigure`).
+    retired: Vec<bool>,
 }
+
+#[path = "reconfigure.rs"]
+mod reconfigure;
+pub use reconfigure::Reconfigured;
 
 #[derive(Debug, Default, Clone)]
 struct TunnelState {
@@ -317,28 +324,34 @@ fn id_payload_body(id: &Identification<'_>) -> Vec<u8> {
     [&[id.ty.value(), 0, 0, 0][..], id.data].concat()
 }
 
+/// Bounds every configured time so that `Instant` arithmetic can never overflow, whatever
+/// the configuration says (20 years is "never" for an SA).
+fn clamp_tunnel(t: &mut TunnelPolicy) {
+    const LONG: Duration = Duration::from_secs(20 * 365 * 86400);
+    const DAY: Duration = Duration::from_secs(86400);
+    t.child_lifetime = t.child_lifetime.min(LONG);
+    for p in &mut t.ike_policies {
+        p.lifetime = p.lifetime.map(|l| l.min(LONG));
+    }
+    if let Some(d) = t.dpd.as_mut() {
+        d.threshold = d.threshold.clamp(Duration::from_millis(100), DAY);
+        d.retry = d.retry.clamp(Duration::from_millis(100), DAY);
+    }
+}
+
+fn clamp_globals(g: &mut Ikev2Globals) {
+    g.retransmit_base = g.retransmit_base.clamp(Duration::from_millis(50), Duration::from_secs(3600));
+    g.retransmit_tries = g.retransmit_tries.min(32);
+}
+
 fn with_port(addr: SocketAddr, port: u16) -> SocketAddr {
     SocketAddr::new(addr.ip(), port)
 }
 
 impl Endpoint {
     pub fn new(mut tunnels: Vec<TunnelPolicy>, mut globals: Ikev2Globals, mut rng: Box<dyn Random>) -> Self {
-        // Bound every configured time so that `Instant` arithmetic can never overflow, whatever
-        // the configuration says (20 years is "never" for an SA).
-        const LONG: Duration = Duration::from_secs(20 * 365 * 86400);
-        const DAY: Duration = Duration::from_secs(86400);
-        for t in &mut tunnels {
-            t.child_lifetime = t.child_lifetime.min(LONG);
-            for p in &mut t.ike_policies {
-                p.lifetime = p.lifetime.map(|l| l.min(LONG));
-            }
-            if let Some(d) = t.dpd.as_mut() {
-                d.threshold = d.threshold.clamp(Duration::from_millis(100), DAY);
-                d.retry = d.retry.clamp(Duration::from_millis(100), DAY);
-            }
-        }
-        globals.retransmit_base = globals.retransmit_base.clamp(Duration::from_millis(50), Duration::from_secs(3600));
-        globals.retransmit_tries = globals.retransmit_tries.min(32);
+        tunnels.iter_mut().for_each(clamp_tunnel);
+        clamp_globals(&mut globals);
         let mut cookie_secret = [0u8; 32];
         rng.fill(&mut cookie_secret);
         let tstate = vec![TunnelState { reinit_at: None, backoff: REINIT_BACKOFF_MIN }; tunnels.len()];
@@ -357,6 +370,7 @@ impl Endpoint {
             last_now: None,
             cert: vec![None; n_tunnels],
             wall: None,
+            retired: vec![false; n_tunnels],
         }
     }
 
@@ -366,7 +380,7 @@ impl Endpoint {
     /// Our ID stays the gateway address (ID_IPV4_ADDR), so our certificate needs a matching
     /// IP subjectAltName; the peer's ID must match its certificate, which must chain to a CA.
     pub fn set_cert_auth(&mut self, tunnel: &str, auth: crate::cert_auth::CertAuth) -> bool {
-        match self.tunnels.iter().position(|t| t.name == tunnel) {
+        match self.tunnel_index(&tunnel) {
             Some(i) => {
                 self.cert[i] = Some(auth);
                 true
@@ -400,12 +414,12 @@ impl Endpoint {
         self.last_now = Some(now);
         match cmd {
             Command::Initiate { tunnel } => {
-                if let Some(idx) = self.tunnels.iter().position(|t| t.name == tunnel) {
+                if let Some(idx) = self.tunnel_index(&tunnel) {
                     self.initiate(now, idx);
                 }
             }
             Command::CheckLiveness { tunnel } => {
-                let Some(idx) = self.tunnels.iter().position(|t| t.name == tunnel) else { return };
+                let Some(idx) = self.tunnel_index(&tunnel) else { return };
                 for spi in self.spis() {
                     let Some(mut sa) = self.sas.remove(&spi) else { continue };
                     let carries = sa.tunnel == idx || sa.children.iter().any(|c| c.tunnel == idx && !c.reported_down);
@@ -585,7 +599,7 @@ impl Endpoint {
     /// the established IKE SAs carrying it (None when there is none). The daemon compares it
     /// with the time it sent `Command::CheckLiveness` to learn that a silent path is back.
     pub fn last_heard(&self, tunnel: &str) -> Option<Instant> {
-        let idx = self.tunnels.iter().position(|t| t.name == tunnel)?;
+        let idx = self.tunnel_index(&tunnel)?;
         self.sas
             .values()
             .filter(|sa| sa.is_up() && !sa.dead && (sa.tunnel == idx || sa.children.iter().any(|c| c.tunnel == idx && !c.reported_down)))
@@ -672,6 +686,11 @@ impl Endpoint {
 
     // -----------------------------------------------------------------------------------------
     // Bookkeeping helpers
+
+    /// A configured tunnel by name (never one a reconfiguration retired).
+    fn tunnel_index(&self, name: &str) -> Option<usize> {
+        self.tunnels.iter().enumerate().position(|(i, t)| t.name == name && !self.retired.get(i).copied().unwrap_or(false))
+    }
 
     fn spis(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.sas.keys().copied().collect();
@@ -2278,6 +2297,15 @@ impl Endpoint {
 
     #[allow(clippy::too_many_arguments)]
     fn on_child_response(&mut self, now: Instant, sa: &mut IkeSa, hdr: Header, old: Option<u32>, spi_in: u32, ni: Vec<u8>, dh: Option<DhPrivate>, tunnel: usize, ps: &[Payload<'_>]) -> Result<(), Drop> {
+        if self.retired.get(tunnel).copied().unwrap_or(false) {
+            // Requested under a policy a reconfiguration replaced or removed while the exchange
+            // ran: do not install it; tell the peer to drop its half (the tunnel's new policy
+            // negotiates its own SA).
+            if first_error(ps).is_none() {
+                sa.queue.push_back(Req::DeleteRaw(vec![spi_in]));
+            }
+            return Err(Drop::Unexpected("CHILD_SA of a reconfigured tunnel"));
+        }
         let t = self.tunnels[tunnel].clone();
         let retry_later = |this: &mut Self, sa: &mut IkeSa| {
             let delay = this.jitter(Duration::from_secs(4), 0.5, 1.5);

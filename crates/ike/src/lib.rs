@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-pub use endpoint::{Endpoint, KNOCK_INTERVAL};
+pub use endpoint::{Endpoint, Reconfigured, KNOCK_INTERVAL};
 pub use error::Drop;
 pub use proposal::{EspSuite, IkeSuite};
 
