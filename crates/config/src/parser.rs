@@ -307,7 +307,7 @@ impl Parser {
                     // `format emblem` changes the message layout; holdfast always sends RFC 3164
                     // lines in the ASA format, so refuse rather than silently differ.
                     let t = c.next().map(|t| t.span).unwrap_or(head.end_span());
-                    return Err(Issue::error(t, "`format emblem` is not supported"));
+                    return Err(Issue::error(t, "`format emblem` is not supported (holdfast sends RFC 3164 lines in the ASA format); delete `format emblem`"));
                 }
                 LoggingCmd::Host { nameif, addr: IpAddr::V4(addr.node), port }
             }
@@ -1711,7 +1711,7 @@ fn tg_general_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgGeneralCmd>> {
         "authentication-server-group" => {
             let g = c.next().ok_or_else(|| c.missing("a server group"))?;
             if !g.text.eq_ignore_ascii_case("LOCAL") {
-                return Err(Issue::error(g.span, format!("authentication server group `{}` is not supported: holdfast authenticates against the local user database (`LOCAL`)", g.text)));
+                return Err(Issue::error(g.span, format!("authentication server group `{}` is not supported: holdfast authenticates against the local user database; use `authentication-server-group LOCAL` and `username` lines", g.text)));
             }
             c.end()?;
             // LOCAL is the default: nothing to keep.

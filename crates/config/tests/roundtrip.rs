@@ -1,6 +1,8 @@
 //! `show running-config` parses back to the same configuration: for every example at the repo
-//! root and every golden input that is accepted, parse(running_config_unmasked(parse(x))) ==
+//! root, every ```asa block of docs/*.md and every golden input that is accepted, parse(running_config_unmasked(parse(x))) ==
 //! parse(x), and rendering is a fixed point after one step.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -87,4 +89,20 @@ fn examples_are_mirror_images() {
     assert_eq!(ta.esp_proposals, tb.esp_proposals);
     assert_eq!(a.interface_by_nameif("inside").map(|i| i.name.as_str()), Some("lan-a"));
     assert_eq!(b.interface_by_nameif("inside").map(|i| i.name.as_str()), Some("lan-b"));
+}
+
+#[test]
+fn doc_examples_round_trip() {
+    let mut n = 0;
+    for f in support::all_fences().into_iter().filter(|f| f.lang == "asa") {
+        let name = support::label(&f);
+        let first = config::parse(&name, &f.text).unwrap_or_else(|d| panic!("{d}")).config;
+        let text = config::running_config_unmasked(&first);
+        let second = config::parse("running-config", &text)
+            .unwrap_or_else(|d| panic!("{name}: running-config does not parse back:\n{d}\n--- text ---\n{text}"));
+        assert_eq!(first, second.config, "{name}: round trip changed the configuration\n{text}");
+        assert_eq!(text, config::running_config_unmasked(&second.config), "{name}: rendering is not a fixed point");
+        n += 1;
+    }
+    assert!(n >= 50, "only {n} doc examples");
 }
