@@ -17,6 +17,13 @@
 //!   PEM files instead of the ASA's certificate import.
 //! - `group-policy NAME attributes` / ` webvpn` / `  anyconnect mtu-policy common|split`: one MTU
 //!   for both AnyConnect channels (default) or the ASA's separate TLS and DTLS MTUs.
+//! - `lifetime none acknowledge-no-rekey` in `crypto ikev2 policy` (and `lifetime 0
+//!   acknowledge-no-rekey` in an IKEv1 policy): accept an IKE SA that is never re-keyed, refused
+//!   without the acknowledgement.
+//! - `metrics prometheus listen IP [port N]`: the Prometheus endpoint.
+//!
+//! The table of supported commands is [`commands::SUPPORTED`]; `docs/configuration.md` documents
+//! each (checked by `tests/docs.rs`).
 //!
 //! Remote-access passwords (`username NAME password P`) are hashed while parsing
 //! (`crypto::password`, PBKDF2-HMAC-SHA256); only the salted hash reaches `policy::Config`.
