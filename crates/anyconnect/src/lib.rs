@@ -150,6 +150,12 @@ pub enum Event {
         address: Option<Ipv4Addr>,
         reason: DisconnectReason,
     },
+    /// The session lost its TLS connection and waits (its reconnect grace) for its client
+    /// to come back with the cookie: its lease and its flows are kept.
+    SessionDisconnected {
+        session: SessionId,
+        address: Option<Ipv4Addr>,
+    },
     /// Server->client traffic now goes on `channel`.
     ChannelChange {
         session: SessionId,

@@ -64,6 +64,21 @@ pub struct Snapshot {
     pub sessions: Vec<SessionSnapshot>,
 }
 
+impl Snapshot {
+    /// The snapshot as it stands `downtime` after it was taken (the daemon measures the time
+    /// it was away with the wall clock): every session is that much older, and every
+    /// connected one has been without its connection for that long.
+    pub fn aged(mut self, downtime: Duration) -> Snapshot {
+        for s in &mut self.sessions {
+            s.age = s.age.saturating_add(downtime);
+            if s.ever_connected {
+                s.disconnected_for = Some(s.disconnected_for.unwrap_or_default().saturating_add(downtime));
+            }
+        }
+        self
+    }
+}
+
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
@@ -237,15 +252,13 @@ impl Server {
             Ok(m) => m,
             Err(e) => {
                 self.stats.http_malformed += 1;
-                self.refused(conn.peer, format!("bad aggregate-auth XML: {e}"));
-                let r = Response::new(400, "Bad Request")
-                    .header("Connection", "close")
-                    .body("text/plain", format!("{e}\n"));
-                return HttpOutcome::Respond {
+                return self.refuse(
+                    conn.peer,
+                    format!("bad aggregate-auth XML: {e}"),
                     consumed,
-                    bytes: r.to_bytes(),
-                    close: true,
-                };
+                    (400, "Bad Request"),
+                    &e.to_string(),
+                );
             }
         };
         // The pending login this post continues (cookie first, then the echoed opaque handle).
@@ -276,18 +289,13 @@ impl Server {
             None => (self.default_group().cloned(), None),
         };
         let Some(group) = group else {
-            self.refused(
+            return self.refuse(
                 conn.peer,
                 "login refused: no tunnel group configured".into(),
-            );
-            let r = Response::new(503, "Service Unavailable")
-                .header("Connection", "close")
-                .body("text/plain", "no tunnel group\n");
-            return HttpOutcome::Respond {
                 consumed,
-                bytes: r.to_bytes(),
-                close: true,
-            };
+                (503, "Service Unavailable"),
+                "no tunnel group",
+            );
         };
         let shown = self.shown_name(&group);
 
@@ -306,39 +314,19 @@ impl Server {
             if let Some(h) = &handle {
                 self.drop_pending(h);
             }
-            self.refused(
+            return self.refuse(
                 conn.peer,
                 format!(
                     "login refused: group policy of '{}' lacks vpn-tunnel-protocol ssl-client",
                     group.name
                 ),
-            );
-            let r = Response::new(403, "Forbidden")
-                .header("Connection", "close")
-                .body("text/plain", "AnyConnect is not permitted for this group\n");
-            return HttpOutcome::Respond {
                 consumed,
-                bytes: r.to_bytes(),
-                close: true,
-            };
+                (403, "Forbidden"),
+                "AnyConnect is not permitted for this group",
+            );
         }
         if group.authentication == AuthMethod::AaaCertificate && conn.client_cert.is_none() {
-            self.stats.auth_failures += 1;
-            self.refused(
-                conn.peer,
-                format!(
-                    "login refused: group '{}' needs a client certificate",
-                    group.name
-                ),
-            );
-            let r = Response::new(401, "Unauthorized")
-                .header("Connection", "close")
-                .body("text/plain", "client certificate required\n");
-            return HttpOutcome::Respond {
-                consumed,
-                bytes: r.to_bytes(),
-                close: true,
-            };
+            return self.refuse_no_certificate(conn.peer, &group.name, consumed);
         }
         if group.authentication == AuthMethod::Certificate {
             if let Some(h) = &handle {
@@ -349,24 +337,7 @@ impl Server {
                     let user = cert.common_name.clone();
                     self.complete_login(now, conn, &group, &user, consumed, close)
                 }
-                None => {
-                    self.stats.auth_failures += 1;
-                    self.refused(
-                        conn.peer,
-                        format!(
-                            "login refused: group '{}' needs a client certificate",
-                            group.name
-                        ),
-                    );
-                    let r = Response::new(401, "Unauthorized")
-                        .header("Connection", "close")
-                        .body("text/plain", "client certificate required\n");
-                    HttpOutcome::Respond {
-                        consumed,
-                        bytes: r.to_bytes(),
-                        close: true,
-                    }
-                }
+                None => self.refuse_no_certificate(conn.peer, &group.name, consumed),
             };
         }
 
@@ -481,14 +452,7 @@ impl Server {
         };
         if failures >= max {
             self.drop_pending(&h);
-            let r = Response::new(401, "Unauthorized")
-                .header("Connection", "close")
-                .body("text/plain", "too many failed logins\n");
-            return HttpOutcome::Respond {
-                consumed,
-                bytes: r.to_bytes(),
-                close: true,
-            };
+            return closing_response(consumed, (401, "Unauthorized"), "too many failed logins");
         }
         self.form(consumed, close, &h, shown, Some("Login failed."))
     }
@@ -504,24 +468,21 @@ impl Server {
     ) -> HttpOutcome {
         let limit = self.config.limits.max_sessions;
         if limit != 0 && self.sessions.len() >= limit {
-            self.refused(
+            return self.refuse(
                 conn.peer,
                 format!("login for '{user}' refused: session limit {limit} reached"),
-            );
-            let r = Response::new(503, "Service Unavailable")
-                .header("Connection", "close")
-                .body("text/plain", "session limit reached\n");
-            return HttpOutcome::Respond {
                 consumed,
-                bytes: r.to_bytes(),
-                close: true,
-            };
+                (503, "Service Unavailable"),
+                "session limit reached",
+            );
         }
         self.stats.auth_success += 1;
         let mut cookie = [0u8; 32];
         self.rng.fill(&mut cookie);
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&cookie[..8]);
+        let tag = self.cookie_tag(&cookie);
+        // Sessions are found by the first bytes of the cookie's HMAC, not of the cookie: what
+        // the engine keeps (and a saved snapshot holds) contains no byte of any cookie.
+        let prefix = tag_prefix(&tag);
         if self.by_cookie.contains_key(&prefix) {
             // 2^-64 chance; refuse rather than alias two sessions.
             let r = Response::new(503, "Service Unavailable").body("text/plain", "retry\n");
@@ -531,8 +492,6 @@ impl Server {
                 close: true,
             };
         }
-        let mut tag = [0u8; 32];
-        tag.copy_from_slice(hmac::sign(&self.cookie_key, &cookie).as_ref());
         let id = self.alloc_index();
         let policy = self.config.policy_of(group);
         let s = Session {
@@ -739,9 +698,7 @@ impl Server {
     fn session_by_cookie(&self, cookie: &str) -> Option<SessionId> {
         let mut raw = [0u8; 32];
         hex::decode_to_slice(cookie, &mut raw).ok()?;
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&raw[..8]);
-        let id = *self.by_cookie.get(&prefix)?;
+        let id = *self.by_cookie.get(&tag_prefix(&self.cookie_tag(&raw)))?;
         let s = self.sessions.get(&id)?;
         // ring's constant-time tag check: the comparison leaks nothing about the cookie.
         hmac::verify(&self.cookie_key, &raw, &s.cookie_tag).ok()?;
@@ -750,13 +707,8 @@ impl Server {
 
     fn handle_connect(&mut self, now: Instant, conn: &ConnInfo, req: &Request<'_>) -> HttpOutcome {
         let consumed = req.len;
-        let fail = |code: u16, reason: &'static str, body: &str| HttpOutcome::Respond {
-            consumed,
-            bytes: Response::new(code, reason)
-                .header("Connection", "close")
-                .body("text/plain", format!("{body}\n"))
-                .to_bytes(),
-            close: true,
+        let fail = |code: u16, reason: &'static str, body: &str| {
+            closing_response(consumed, (code, reason), body)
         };
         if req.target != connect::TUNNEL_PATH {
             self.refused(conn.peer, format!("CONNECT to unknown path {}", req.target));
@@ -1556,6 +1508,11 @@ impl Server {
             return;
         }
         s.phase = Phase::Disconnected { since: now };
+        let address = s.address;
+        self.events.push_back(Event::SessionDisconnected { session: id, address });
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
         let w = who(s);
         self.events
             .push_back(Event::Syslog(syslog::svc_terminated_722023(
@@ -1813,6 +1770,11 @@ impl Server {
         }
     }
 
+    /// How many sessions exist (logged in, connected or waiting for a reconnect).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// All sessions, by index.
     pub fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
         let mut v: Vec<SessionInfo> = self.sessions.values().map(|s| info(s, now)).collect();
@@ -1861,7 +1823,6 @@ impl Server {
             .values()
             .map(|s| SessionSnapshot {
                 index: s.id.0,
-                cookie_prefix: s.cookie_prefix,
                 cookie_tag: s.cookie_tag,
                 user: s.user.clone(),
                 tunnel_group: s.tunnel_group.clone(),
@@ -1876,6 +1837,10 @@ impl Server {
                 reconnects: s.reconnects,
                 ever_connected: s.ever_connected,
                 advertised: s.advertised,
+                disconnected_for: match s.phase {
+                    Phase::Disconnected { since } => Some(now.saturating_duration_since(since)),
+                    _ => None,
+                },
             })
             .collect();
         sessions.sort_by_key(|s| s.index);
@@ -1900,7 +1865,7 @@ impl Server {
             let created = now.checked_sub(p.age).unwrap_or(now);
             let s = Session {
                 id,
-                cookie_prefix: p.cookie_prefix,
+                cookie_prefix: tag_prefix(&p.cookie_tag),
                 cookie_tag: p.cookie_tag,
                 user: p.user.clone(),
                 tunnel_group: p.tunnel_group.clone(),
@@ -1911,8 +1876,15 @@ impl Server {
                 netmask: p.netmask,
                 created,
                 last_data: now,
+                // A session that was connected when the snapshot was taken lost its connection
+                // then: its grace runs from that moment (the downtime counts, see
+                // `Snapshot::aged`), so a long outage ends it with the ordinary reason.
                 phase: if p.ever_connected {
-                    Phase::Disconnected { since: now }
+                    Phase::Disconnected {
+                        since: now
+                            .checked_sub(p.disconnected_for.unwrap_or_default())
+                            .unwrap_or(now),
+                    }
                 } else {
                     Phase::AwaitingConnect {
                         expires: now + srv.config.cookie_unused_lifetime,
@@ -1933,7 +1905,7 @@ impl Server {
                 too_big_log: None,
                 advertised: p.advertised,
             };
-            srv.by_cookie.insert(p.cookie_prefix, id);
+            srv.by_cookie.insert(tag_prefix(&p.cookie_tag), id);
             if let Some(a) = p.address {
                 srv.by_addr.insert(a, id);
             }
@@ -1956,8 +1928,42 @@ impl Server {
         }
     }
 
+    /// HMAC-SHA256 of a cookie under the engine's cookie key (what a session stores).
+    fn cookie_tag(&self, cookie: &[u8; 32]) -> [u8; 32] {
+        let mut tag = [0u8; 32];
+        tag.copy_from_slice(hmac::sign(&self.cookie_key, cookie).as_ref());
+        tag
+    }
+
     fn refused(&mut self, peer: SocketAddr, reason: String) {
         self.events.push_back(Event::Refused { peer, reason });
+    }
+
+    /// Refuses a request: reports `reason` ([`Event::Refused`]), answers `status` with `body`
+    /// as plain text and closes the connection.
+    fn refuse(
+        &mut self,
+        peer: SocketAddr,
+        reason: String,
+        consumed: usize,
+        status: (u16, &'static str),
+        body: &str,
+    ) -> HttpOutcome {
+        self.refused(peer, reason);
+        closing_response(consumed, status, body)
+    }
+
+    /// A certificate-only group (or aaa+certificate) and the TLS layer verified no client
+    /// certificate.
+    fn refuse_no_certificate(&mut self, peer: SocketAddr, group: &str, consumed: usize) -> HttpOutcome {
+        self.stats.auth_failures += 1;
+        self.refuse(
+            peer,
+            format!("login refused: group '{group}' needs a client certificate"),
+            consumed,
+            (401, "Unauthorized"),
+            "client certificate required",
+        )
     }
 
     /// Output buffers are reused: once everything queued was drained, start them over.
@@ -2006,6 +2012,25 @@ impl Server {
             self.timers.insert((t, id));
         }
     }
+}
+
+/// A plain-text answer after which the connection closes (refusals).
+fn closing_response(consumed: usize, (code, reason): (u16, &'static str), body: &str) -> HttpOutcome {
+    let r = Response::new(code, reason)
+        .header("Connection", "close")
+        .body("text/plain", format!("{body}\n"));
+    HttpOutcome::Respond {
+        consumed,
+        bytes: r.to_bytes(),
+        close: true,
+    }
+}
+
+/// The session lookup key: the first 8 bytes of a cookie's HMAC tag.
+fn tag_prefix(tag: &[u8; 32]) -> [u8; 8] {
+    let mut p = [0u8; 8];
+    p.copy_from_slice(&tag[..8]);
+    p
 }
 
 fn who(s: &Session) -> Who<'_> {

@@ -91,6 +91,7 @@ impl Fallback {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub id: SessionId,
+    /// First 8 bytes of `cookie_tag`: the key of the server's cookie index.
     pub cookie_prefix: [u8; 8],
     /// HMAC-SHA256(server cookie key, cookie): the cookie itself is never stored.
     pub cookie_tag: [u8; 32],
@@ -171,7 +172,7 @@ impl Session {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionSnapshot {
     pub index: u32,
-    pub cookie_prefix: [u8; 8],
+    /// HMAC-SHA256(cookie key, cookie): enough to check a cookie, useless to forge one.
     pub cookie_tag: [u8; 32],
     pub user: String,
     pub tunnel_group: String,
@@ -189,4 +190,8 @@ pub struct SessionSnapshot {
     /// The MTUs the client was told at its first CONNECT (kept across reconnects).
     #[serde(default)]
     pub advertised: Option<crate::mtu::Advertised>,
+    /// How long the session had been waiting for a reconnect (None: it was connected, or
+    /// never connected).
+    #[serde(default)]
+    pub disconnected_for: Option<Duration>,
 }

@@ -1774,3 +1774,51 @@ fn slow_dtls_path_is_not_declared_dead() {
         assert_eq!(info.tx_channel, Some(Channel::Dtls), "{delay_ms} ms");
     }
 }
+
+/// A dropped connection is reported (the daemon keeps the session's flows); the saved form
+/// holds no byte of the cookie; after a restart the downtime counts against the grace, the
+/// cookie still reconnects to the same address, and a grace that ran out ends the session.
+#[test]
+fn snapshot_across_downtime_counts_the_grace_and_holds_no_cookie_bytes() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let cookie = login(&mut s, t0, "vpn", "secret");
+    let t = connect(&mut s, t0, &cookie, PSK_SUITES, "");
+    drain_events(&mut s);
+    s.handle_tls_closed(t0 + Duration::from_secs(10), t.session);
+    let ev = drain_events(&mut s);
+    assert!(
+        ev.contains(&Event::SessionDisconnected { session: t.session, address: Some(CLIENT.parse().unwrap()) }),
+        "{ev:?}"
+    );
+    let snap = s.snapshot(t0 + Duration::from_secs(20));
+    assert_eq!(snap.sessions[0].disconnected_for, Some(Duration::from_secs(10)));
+    // No 8-byte window of the cookie appears anywhere in the serialized form.
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(&cookie, &mut raw).unwrap();
+    let json = serde_json::to_string(&snap).unwrap();
+    let numbers: Vec<u8> = json
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u16>().ok())
+        .filter_map(|n| u8::try_from(n).ok())
+        .collect();
+    assert!(numbers.windows(8).all(|w| raw.windows(8).all(|c| c != w)), "cookie bytes in the snapshot");
+    assert!(!json.to_ascii_uppercase().contains(&cookie.to_ascii_uppercase()));
+
+    // Restart 200 s later: 10 + 200 of the 300 s grace are gone.
+    let back: Snapshot = serde_json::from_str::<Snapshot>(&json).unwrap().aged(Duration::from_secs(200));
+    let t1 = t0 + Duration::from_secs(1000);
+    let mut r = Server::restore(t1, config(), Box::new(crypto::SeededRandom::new(9)), &back);
+    assert_eq!(r.poll_timeout().map(|(at, _)| at), Some(t1 + Duration::from_secs(90)));
+    let again = connect(&mut r, t1, &cookie, PSK_SUITES, &format!("X-CSTP-Address: {CLIENT}\r\n"));
+    assert_eq!((again.session, header(&again.head, "X-CSTP-Address")), (t.session, Some(CLIENT)));
+    assert!(drain_events(&mut r).iter().any(|e| matches!(e, Event::SessionUp { reconnect: true, .. })));
+
+    // The same snapshot restored after more than the grace: the session ends at once.
+    let late = serde_json::from_str::<Snapshot>(&json).unwrap().aged(Duration::from_secs(400));
+    let mut r = Server::restore(t1, config(), Box::new(crypto::SeededRandom::new(9)), &late);
+    r.handle_timeout(t1);
+    let ev = drain_events(&mut r);
+    assert!(ev.iter().any(|e| matches!(e, Event::SessionDown { reason: DisconnectReason::IdleTimeout, .. })), "{ev:?}");
+    assert!(respond(r.handle_http(t1, &conn(1), &connect_req(&cookie, PSK_SUITES, ""))).0.starts_with("HTTP/1.1 401"));
+}

@@ -1003,6 +1003,19 @@ impl Engine {
         }
     }
 
+    /// Sets whether the tunnel's TCP and UDP conns survive its next [`Engine::tunnel_down`]
+    /// (and a restore), whatever `sysopt connection preserve-vpn-flows` says. holdfast
+    /// extension for remote access: an AnyConnect session that lost its connection keeps its
+    /// flows for its reconnect grace, and the session's end tears them down (call this with
+    /// `false` first). [`Engine::tunnel_up`] of a tunnel that was down resets both to the
+    /// sysopts, so call it after each such `tunnel_up`.
+    pub fn set_tunnel_preserve(&mut self, tunnel: TunnelId, tcp: bool, udp: bool) {
+        if let Some(ts) = self.tunnel_state_mut(tunnel.0) {
+            ts.preserve_tcp = tcp;
+            ts.preserve_udp = udp;
+        }
+    }
+
     /// How many segments are held for the tunnel's conns (waiting for it to come back).
     pub fn held_for(&self, t: TunnelId) -> usize {
         self.held.iter().filter(|(&i, h)| !h.packet.is_empty() && self.table.get(i).tunnel == t.0).count()

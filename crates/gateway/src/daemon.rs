@@ -312,7 +312,10 @@ async fn async_run(
         let fmt = |v: Vec<(Ipv4Addr, u8)>| v.into_iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>();
         pairs.push((fmt(remote), fmt(prefixes(&t.local_ts))));
     }
-    match guard.install_inbound_drop(&opts.tun_name, &pairs) {
+    // A remote-access-only configuration has no site-to-site tunnel: no nftables table, no
+    // site-to-site TUN and no data-path threads (remote access brings its own TUN).
+    let site_to_site = !tunnels.is_empty();
+    match if site_to_site { guard.install_inbound_drop(&opts.tun_name, &pairs) } else { Ok(()) } {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             eprintln!("holdfast: nft not found; clear inbound traffic for the protected networks is not dropped");
@@ -321,7 +324,12 @@ async fn async_run(
     }
 
     // TUN, routes of the remote protected networks, forwarding.
-    let (tun, offload) = net::create_tun(&opts.tun_name, opts.tun_mtu, opts.offload).map_err(io_ctx(format!("TUN {}", opts.tun_name)))?;
+    let (tun, offload) = if site_to_site {
+        let (t, o) = net::create_tun(&opts.tun_name, opts.tun_mtu, opts.offload).map_err(io_ctx(format!("TUN {}", opts.tun_name)))?;
+        (Some(Arc::new(t)), o)
+    } else {
+        (None, false)
+    };
     for t in &tunnels {
         let src = inside_source(&cfg, &t.local_ts);
         for ts in &t.remote_ts {
@@ -393,7 +401,7 @@ async fn async_run(
     let shared = Arc::new(Shared {
         sad: sad.clone(),
         outsides,
-        tun: Arc::new(tun),
+        tun,
         offload,
         syslog: syslog.clone(),
         limiter: RateLimiter::new(Duration::from_secs(5)),
@@ -404,7 +412,9 @@ async fn async_run(
         flows: flow_engine.clone(),
         default_ifcs,
     });
-    datapath::spawn(shared.clone()).map_err(io_ctx("data path threads"))?;
+    if site_to_site {
+        datapath::spawn(shared.clone()).map_err(io_ctx("data path threads"))?;
+    }
 
     for (a, s) in &ike500 {
         let s = s.clone();
@@ -478,6 +488,9 @@ async fn async_run(
             handshake: ra::tls::HandshakeLimits::default(),
             http_idle: Duration::from_secs(30),
             syslog: d.syslog.clone(),
+            // Remote-access traffic in the connection table; sessions saved next to it.
+            flows: Some(ra::conntrack::FlowsConfig::from_policy(&d.cfg, d.flows.clone())),
+            state_dir: Some(opts.state_dir.clone()),
         };
         let started = tokio::task::spawn_blocking(move || ra::spawn(rc))
             .await
@@ -486,13 +499,17 @@ async fn async_run(
         eprintln!("holdfast: remote access listening on {} (TUN {})", h.tls_addr(), opts.ra_tun_name);
         d.ra = Some(h);
     }
-    eprintln!(
-        "holdfast: running; TUN {} (mtu {}, offload {}), control socket {}",
-        opts.tun_name,
-        opts.tun_mtu,
-        if offload { "on" } else { "off" },
-        opts.control.display()
-    );
+    if site_to_site {
+        eprintln!(
+            "holdfast: running; TUN {} (mtu {}, offload {}), control socket {}",
+            opts.tun_name,
+            opts.tun_mtu,
+            if offload { "on" } else { "off" },
+            opts.control.display()
+        );
+    } else {
+        eprintln!("holdfast: running (remote access only, no site-to-site TUN), control socket {}", opts.control.display());
+    }
     let now = clock::now();
     for t in d.tunnels.clone() {
         if t.connection_type != ConnectionType::AnswerOnly {

@@ -65,7 +65,9 @@ pub struct GlobalStats {
 pub struct Shared {
     pub sad: Arc<SadCell>,
     pub outsides: Vec<Outside>,
-    pub tun: Arc<tun_rs::SyncDevice>,
+    /// The site-to-site TUN; `None` for a remote-access-only configuration (then the data
+    /// path threads are not started).
+    pub tun: Option<Arc<tun_rs::SyncDevice>>,
     pub offload: bool,
     pub syslog: Arc<Syslog>,
     pub limiter: RateLimiter,
@@ -93,6 +95,7 @@ pub fn spawn(sh: Arc<Shared>) -> io::Result<()> {
 // TX
 
 fn tx_loop(sh: &Shared) {
+    let Some(tun) = sh.tun.as_deref() else { return };
     let mut reader = SadReader::new(sh.sad.clone());
     let n_bufs = if sh.offload { tun_rs::IDEAL_BATCH_SIZE } else { 1 };
     let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65536];
@@ -104,9 +107,9 @@ fn tx_loop(sh: &Shared) {
     let mut icmp = IcmpOut::new(sh.offload);
     loop {
         let got = if sh.offload {
-            sh.tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+            tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
         } else {
-            sh.tun.recv(&mut bufs[0]).map(|n| {
+            tun.recv(&mut bufs[0]).map(|n| {
                 sizes[0] = n;
                 1
             })
@@ -248,7 +251,8 @@ impl IcmpOut {
     fn send(&mut self, sh: &Shared, offending: &[u8], from: Ipv4Addr) {
         let off = self.offset;
         let Some(n) = flow::icmp_host_unreachable(offending, from, &mut self.buf[off..]) else { return };
-        if sh.tun.send(&self.buf[..off + n]).is_err() {
+        let Some(tun) = sh.tun.as_deref() else { return };
+        if tun.send(&self.buf[..off + n]).is_err() {
             Counters::add(&sh.stats.tun_errors, 1);
         }
     }
@@ -572,14 +576,14 @@ impl TunOut {
                 kept += 1;
             }
         }
-        if kept > 0 {
+        if let (true, Some(tun)) = (kept > 0, sh.tun.as_deref()) {
             if sh.offload {
-                if sh.tun.send_multiple(&mut self.gro, &mut self.bufs[..kept], self.offset).is_err() {
+                if tun.send_multiple(&mut self.gro, &mut self.bufs[..kept], self.offset).is_err() {
                     Counters::add(&sh.stats.tun_errors, 1);
                 }
             } else {
                 for b in &self.bufs[..kept] {
-                    if sh.tun.send(b).is_err() {
+                    if tun.send(b).is_err() {
                         Counters::add(&sh.stats.tun_errors, 1);
                     }
                 }

@@ -250,7 +250,7 @@ pub fn start_engine(now: Instant, cfg: &policy::Config, hash_seed: u64, state: O
     let (mut eng, start) = match state.map(|s| s.load(now_unix_ms)) {
         None | Some(Ok(None)) => (flow::Engine::new(now, fcfg), Start::Fresh),
         Some(Err(e)) => (flow::Engine::new(now, fcfg), Start::Unreadable(e)),
-        Some(Ok(Some((snap, downtime)))) => match flow::Engine::restore(now, fcfg.clone(), &snap, downtime) {
+        Some(Ok(Some((snap, downtime)))) => match restore_keeping_remote_access(now, &fcfg, &snap, downtime) {
             Ok(e) => {
                 let n = snap.flows.len();
                 (e, Start::Restored { flows: n, downtime })
@@ -262,6 +262,29 @@ pub fn start_engine(now: Instant, cfg: &policy::Config, hash_seed: u64, state: O
         eng.allow_pickup_until(now + PICKUP_WINDOW);
     }
     (eng, start)
+}
+
+/// `flow::Engine::restore` with the site-to-site tunnels' flows handled by the sysopts (torn
+/// down unless preserved) and the remote-access sessions' flows kept (`V`) whatever the sysopts
+/// say: their sessions come back from the remote-access state file and decide
+/// (`ra::conntrack`: a session that did not survive tears its flows down).
+fn restore_keeping_remote_access(now: Instant, fcfg: &flow::Config, snap: &flow::Snapshot, downtime: Duration) -> Result<flow::Engine, flow::FlowError> {
+    let mut keep = fcfg.clone();
+    keep.sysopt.preserve_vpn_flows = true;
+    keep.sysopt.preserve_vpn_flows_udp = true;
+    let mut eng = flow::Engine::restore(now, keep, snap, downtime)?;
+    eng.set_policy(now, fcfg.timeouts.clone(), fcfg.sysopt.clone());
+    let ptcp = fcfg.sysopt.preserve_vpn_flows;
+    let pudp = ptcp && fcfg.sysopt.preserve_vpn_flows_udp;
+    for name in &snap.tunnels {
+        if crate::ra::conntrack::is_ra_tunnel(name) {
+            continue;
+        }
+        let t = eng.tunnel(name)?;
+        eng.set_tunnel_preserve(t, ptcp, pudp);
+        eng.tunnel_down(now, t);
+    }
+    Ok(eng)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,6 +484,39 @@ mod tests {
         let (e2, start) = start_engine(now, &c, 7, Some(&sd), 0);
         assert!(matches!(start, Start::Unreadable(ref m) if m.contains("flows.json")), "{start:?}");
         assert!(e2.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// preserve-vpn-flows off: a restart tears the site-to-site tunnel's conn down but keeps a
+    /// remote-access session's (`V`) for the sessions file to decide.
+    #[test]
+    fn restore_keeps_remote_access_flows() {
+        let dir = std::env::temp_dir().join(format!("hf-state-ra-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sd = StateDir::open(&dir).unwrap();
+        let now = crate::clock::now();
+        let c = base();
+        let mut e = flow::Engine::new(now, engine_config(&c, 7));
+        let ifcs = flow::IfcPair { outside: e.interface("wan").unwrap(), inside: e.interface("lan").unwrap() };
+        let s2s = e.tunnel("MAP:10").unwrap();
+        let ra = e.tunnel(&crate::ra::conntrack::tunnel_name(Ipv4Addr::new(10, 2, 0, 9))).unwrap();
+        e.tunnel_up(now, s2s, &[], &[]);
+        e.tunnel_up(now, ra, &[], &[]);
+        let syn = tcp_syn();
+        assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::ToTunnel(s2s), &syn), flow::Verdict::Forward);
+        let mut other = syn.clone();
+        other[20..22].copy_from_slice(&40001u16.to_be_bytes());
+        assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::ToTunnel(ra), &other), flow::Verdict::Forward);
+        sd.save(e.snapshot(now), 1_000).unwrap();
+        let (mut r, start) = start_engine(now, &c, 7, Some(&sd), 2_000);
+        assert_eq!(start, Start::Restored { flows: 2, downtime: Duration::from_secs(1) });
+        let mut msgs = Vec::new();
+        collect_events(&mut r, &mut msgs);
+        assert_eq!(msgs.iter().filter(|m| m.id == 302014).count(), 1, "{msgs:?}");
+        let left = r.conns(now);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].info.tunnel.map(|t| r.tunnel_name(t).to_string()), Some("ra:10.2.0.9".to_string()));
+        assert!(left[0].flags.contains('V'));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -132,6 +132,8 @@ fn run() -> Result<(), String> {
         handshake: HandshakeLimits::default(),
         http_idle: Duration::from_secs(30),
         syslog,
+        flows: None,
+        state_dir: None,
     })
     .map_err(|e| e.to_string())?;
     println!("ready {}", handle.tls_addr());

@@ -20,8 +20,10 @@
 //! [`spawn`] starts everything on its own threads and tokio runtime and returns a [`RaHandle`]
 //! whose [`RaHandle::shutdown`] stops it and removes the routes it added.
 
+pub mod conntrack;
 pub mod dtls;
 mod legacy;
+pub mod persist;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -42,7 +44,9 @@ use crate::clock;
 use crate::net::{self, SystemGuard};
 use crate::syslog::{Message, Syslog};
 
+use conntrack::{FlowsConfig, RaFlows, ToClient};
 use dtls::{DtlsConn, DtlsKey, DtlsServer};
+use persist::SessionsFile;
 use tls::{Admission, HandshakeLimits};
 
 /// Everything the remote-access service needs.
@@ -62,6 +66,12 @@ pub struct RaConfig {
     /// byte.
     pub http_idle: Duration,
     pub syslog: Arc<Syslog>,
+    /// The daemon's connection table: remote-access traffic goes through it (`show conn`,
+    /// preserved flows across reconnects). `None`: not tracked (the standalone service).
+    pub flows: Option<FlowsConfig>,
+    /// Where sessions are saved so that they survive a restart (`--state-dir`); `None`: not
+    /// saved.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Errors at start (configuration or system); nothing at run time is fatal.
@@ -130,6 +140,8 @@ impl RaHandle {
                 io.tls = None;
             }
         }
+        // The sessions just ended (the clients were told): the next start has none to wait for.
+        self.core.save_sessions(true);
         // Let the writers put the TERMINATE frames on the wire before the tasks stop.
         std::thread::sleep(Duration::from_millis(300));
         if let Some(rt) = self.runtime.take() {
@@ -215,9 +227,58 @@ pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
     }
     guard.enable_ip_forward().map_err(io_err("ip_forward"))?;
 
-    let server = anyconnect::Server::new(clock::now(), cfg.engine, Box::new(crypto::OsRandom::new()));
+    let now = clock::now();
+    let sessions_file = match cfg.state_dir.as_deref().map(SessionsFile::open) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            eprintln!("holdfast: warning: remote-access state directory: {e}; sessions will not survive a restart");
+            None
+        }
+    };
+    let rng = Box::new(crypto::OsRandom::new());
+    let server = match sessions_file.as_ref().map(|f| f.load(unix_ms())) {
+        None | Some(Ok(None)) => anyconnect::Server::new(now, cfg.engine, rng),
+        Some(Ok(Some((snap, down)))) => {
+            let srv = anyconnect::Server::restore(now, cfg.engine, rng, &snap);
+            eprintln!(
+                "holdfast: remote access: {} session(s) restored, saved {:.1} s ago; clients reconnect with their cookies",
+                srv.session_count(),
+                down.as_secs_f64()
+            );
+            srv
+        }
+        Some(Err(e)) => {
+            eprintln!("holdfast: warning: remote-access sessions file unusable ({e}); starting without sessions");
+            anyconnect::Server::new(now, cfg.engine, rng)
+        }
+    };
+    let flows = match &cfg.flows {
+        None => None,
+        Some(fc) => {
+            let mut f = RaFlows::new(fc).map_err(|e| RaError::Io { what: "connection table".into(), source: io::Error::other(e.to_string()) })?;
+            let leased: Vec<(SessionId, Ipv4Addr)> = server
+                .sessions(now)
+                .iter()
+                .filter(|s| s.assigned_ip != Ipv4Addr::UNSPECIFIED)
+                .map(|s| (s.index, s.assigned_ip))
+                .collect();
+            f.adopt(now, &leased, &cfg.syslog);
+            Some(f)
+        }
+    };
     let core = Arc::new(Core {
-        state: Mutex::new(State { server, io: HashMap::new(), by_addr: HashMap::new(), next_conn: 1, touched: Vec::new() }),
+        state: Mutex::new(State {
+            server,
+            io: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_conn: 1,
+            touched: Vec::new(),
+            flows,
+            sessions_dirty: true,
+            last_save: None,
+        }),
+        sessions_file,
         dtls: dtls_server,
         udp: udp.clone(),
         tun: Arc::new(tun),
@@ -293,6 +354,7 @@ const TLS_QUEUE: usize = 512;
 /// The engine, the I/O handles of its sessions, and the shared sockets.
 struct Core {
     state: Mutex<State>,
+    sessions_file: Option<SessionsFile>,
     dtls: DtlsServer,
     udp: Arc<UdpSocket>,
     tun: Arc<tun_rs::SyncDevice>,
@@ -309,6 +371,11 @@ struct State {
     next_conn: u64,
     /// Sessions with TLS bytes batched during the current drain.
     touched: Vec<SessionId>,
+    /// Remote-access traffic in the daemon's connection table.
+    flows: Option<RaFlows>,
+    /// Sessions changed since they were last saved.
+    sessions_dirty: bool,
+    last_save: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -339,7 +406,24 @@ impl Core {
     /// Drains everything the engine produced after an input (DESIGN: transmits, then
     /// events; the timer task asks for the next deadline on its own).
     fn drain(&self, st: &mut State) {
-        let State { server, io, by_addr, touched, .. } = st;
+        loop {
+            let replay = self.drain_once(st);
+            if replay.is_empty() {
+                return;
+            }
+            // Segments the connection table held for a session that just came back: to the
+            // client first thing (tcp-resume.md: the receiver's answer restarts the sender).
+            let now = clock::now();
+            for mut p in replay {
+                let _ = st.server.handle_tun_packet(now, &mut p);
+            }
+        }
+    }
+
+    /// One pass of [`Core::drain`]; returns held segments to deliver (sessions that came up).
+    fn drain_once(&self, st: &mut State) -> Vec<Vec<u8>> {
+        let mut replay = Vec::new();
+        let State { server, io, by_addr, touched, flows, sessions_dirty, .. } = st;
         while let Some(t) = server.poll_transmit() {
             let Some(sio) = io.get_mut(&t.session) else { continue };
             match t.channel {
@@ -368,14 +452,40 @@ impl Core {
                 flush_link(link, &self.stats);
             }
         }
+        let now = clock::now();
         while let Some(p) = server.poll_packet() {
+            if let Some(f) = flows.as_mut() {
+                if !f.from_client(now, p.session, p.data, &self.syslog) {
+                    continue;
+                }
+            }
             // The TUN queue is large; a full one drops like any router would.
             let _ = self.tun.send(p.data);
         }
         while let Some(ev) = server.poll_event() {
             match ev {
-                Event::Syslog(line) => self.log(line.severity, line.id, line.text),
+                Event::Syslog(line) => {
+                    // Session lines mark logins and state changes worth saving.
+                    *sessions_dirty = true;
+                    self.log(line.severity, line.id, line.text)
+                }
+                Event::SessionUp { session, address, .. } => {
+                    *sessions_dirty = true;
+                    if let Some(f) = flows.as_mut() {
+                        replay.extend(f.session_up(now, session, address, &self.syslog));
+                    }
+                }
+                Event::SessionDisconnected { session, .. } => {
+                    *sessions_dirty = true;
+                    if let Some(f) = flows.as_mut() {
+                        f.session_disconnected(now, session, &self.syslog);
+                    }
+                }
                 Event::SessionDown { session, .. } => {
+                    *sessions_dirty = true;
+                    if let Some(f) = flows.as_mut() {
+                        f.session_down(now, session, &self.syslog);
+                    }
                     if let Some(mut sio) = io.remove(&session) {
                         if let Some(mut c) = sio.dtls.take() {
                             by_addr.remove(&c.peer());
@@ -408,8 +518,39 @@ impl Core {
                     716039,
                     format!("IP <{}> Authentication: rejected, Session Type: AnyConnect. Reason: {reason}", peer.ip()),
                 ),
-                Event::SessionUp { .. } | Event::ChannelChange { .. } => {}
+                Event::ChannelChange { .. } => {}
             }
+        }
+        replay
+    }
+
+    /// Writes the sessions file when sessions changed (at most every
+    /// [`persist::SAVE_MIN_INTERVAL`]), at least every [`persist::SAVE_MAX_INTERVAL`] while
+    /// there are sessions, or now when `force`. Serializes and writes outside the lock.
+    fn save_sessions(&self, force: bool) {
+        let Some(file) = &self.sessions_file else { return };
+        let snap = {
+            let mut g = self.lock();
+            let now = clock::now();
+            let since = g.last_save.map(|t| now.saturating_duration_since(t));
+            let due = force
+                || match since {
+                    None => true,
+                    Some(d) => {
+                        (g.sessions_dirty && d >= persist::SAVE_MIN_INTERVAL)
+                            || (d >= persist::SAVE_MAX_INTERVAL && g.server.session_count() > 0)
+                    }
+                };
+            if !due {
+                return;
+            }
+            g.sessions_dirty = false;
+            g.last_save = Some(now);
+            g.server.snapshot(now)
+        };
+        let r = SessionsFile::encode(snap, unix_ms()).and_then(|b| file.write(&b));
+        if let Err(e) = r {
+            self.log(3, 725014, format!("Remote-access sessions could not be saved to {}: {e}", file.path().display()));
         }
     }
 }
@@ -683,12 +824,15 @@ async fn timer_loop(core: Arc<Core>) {
         if wake > now {
             tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
         }
-        let mut g = core.lock();
-        let now = clock::now();
-        if matches!(g.server.poll_timeout(), Some((t, _)) if t <= now) {
-            g.server.handle_timeout(now);
-            core.drain(&mut g);
+        {
+            let mut g = core.lock();
+            let now = clock::now();
+            if matches!(g.server.poll_timeout(), Some((t, _)) if t <= now) {
+                g.server.handle_timeout(now);
+                core.drain(&mut g);
+            }
         }
+        core.save_sessions(false);
     }
 }
 
@@ -846,6 +990,7 @@ fn drop_association(st: &mut State, session: SessionId, peer: SocketAddr) {
 
 fn tun_loop(core: Arc<Core>) {
     let mut buf = vec![0u8; 65536];
+    let mut icmp = [0u8; 576];
     let fd = core.tun.as_raw_fd();
     // Nonblocking, so that a batch ends when the queue is empty.
     let _ = core.tun.set_nonblocking(true);
@@ -860,8 +1005,40 @@ fn tun_loop(core: Arc<Core>) {
                 Err(_) => break,
             };
             let now = clock::now();
-            let _ = g.server.handle_tun_packet(now, &mut buf[..n]);
+            let st = &mut *g;
+            let pkt = &mut buf[..n];
+            let verdict = match st.flows.as_mut() {
+                Some(f) => {
+                    let session = ipv4_destination(pkt).and_then(|a| st.server.session_by_address(a));
+                    f.to_client(now, session, pkt, &core.syslog)
+                }
+                None => ToClient::Forward,
+            };
+            match verdict {
+                ToClient::Forward => {
+                    let _ = st.server.handle_tun_packet(now, pkt);
+                }
+                ToClient::Hold { icmp: true } => {
+                    // RFC 6069: the sender undoes an RTO backoff step per ICMP unreachable, so
+                    // it keeps retransmitting at its base RTO while the client reconnects.
+                    if let Some(m) = st.flows.as_ref().and_then(|f| f.icmp_for(pkt, &mut icmp)) {
+                        let _ = core.tun.send(&icmp[..m]);
+                    }
+                }
+                ToClient::Hold { icmp: false } | ToClient::Drop => {}
+            }
             core.drain(&mut g);
         }
     }
+}
+
+/// Wall-clock milliseconds since the epoch (the sessions file's age).
+fn unix_ms() -> u64 {
+    clock::wall_now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The destination of an IPv4 packet (the client address a TUN packet is for).
+fn ipv4_destination(p: &[u8]) -> Option<Ipv4Addr> {
+    let d: [u8; 4] = p.get(16..20)?.try_into().ok()?;
+    (p.first()? >> 4 == 4).then_some(Ipv4Addr::from(d))
 }
