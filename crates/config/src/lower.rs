@@ -576,15 +576,14 @@ impl<'a> Lowerer<'a> {
                     ));
                 }
             }
-            if acc.certificate_file.is_none() && acc.key_file.is_none() && acc.ca_file.is_none() {
-                if !self.trustpoint_referenced(name) {
-                    // An ASA-enrolled trustpoint nothing in holdfast's scope uses (Smart Call
-                    // Home, ASDM launcher, ...): the whole block is outside scope, like its
-                    // enrollment lines the parser already counted.
-                    self.ignored.push(Ignored { span: acc.span, what: format!("`crypto ca trustpoint {name}`") });
-                    continue;
-                }
-                // Referenced: the command that uses it says what is missing and what follows.
+            // An ASA-enrolled trustpoint nothing in holdfast's scope uses (Smart Call Home,
+            // ASDM launcher, ...): the whole block is outside scope, like its enrollment lines
+            // the parser already counted. A referenced one is kept: the command that uses it
+            // says what is missing and what follows.
+            let no_files = acc.certificate_file.is_none() && acc.key_file.is_none() && acc.ca_file.is_none();
+            if no_files && !self.trustpoint_referenced(name) {
+                self.ignored.push(Ignored { span: acc.span, what: format!("`crypto ca trustpoint {name}`") });
+                continue;
             }
             self.cfg.trustpoints.push(policy::Trustpoint {
                 name: name.clone(),

@@ -146,6 +146,7 @@ fn the_migration_page_matches_the_parser() {
     assert!(ignored_lines >= 40, "the ignored list covers only {ignored_lines} lines");
     assert!(refused_cases >= 12, "the refused list has only {refused_cases} cases");
     let supported = section(&md, "## Supported");
+    assert!(!supported.contains("\n## Ignored"), "section() must stop at the next heading");
     for w in top_level() {
         assert!(supported.contains(&format!("`{w}")), "top-level command `{w}` is not listed under ## Supported in docs/asa-migration.md");
     }
@@ -163,7 +164,7 @@ fn section<'a>(md: &'a str, heading: &str) -> &'a str {
     let level = heading.chars().take_while(|c| *c == '#').count();
     let end = rest[1..]
         .match_indices("\n#")
-        .find(|(i, _)| rest[i + 2..].chars().take_while(|c| *c == '#').count() + 1 <= level)
+        .find(|(i, _)| rest[i + 2..].chars().take_while(|c| *c == '#').count() <= level)
         .map_or(rest.len(), |(i, _)| i + 1);
     &rest[..end]
 }
