@@ -36,6 +36,8 @@ pub enum Arg {
     Number,
     /// One free word (a user name).
     Word,
+    /// A file name (one word).
+    File,
     /// Every remaining word, as written (`show running-config crypto map`).
     Rest,
 }
@@ -48,6 +50,7 @@ impl Arg {
             Arg::Ip => "A.B.C.D|X:X:X:X::X",
             Arg::Number => "<0-4294967295>",
             Arg::Word => "WORD",
+            Arg::File => "FILE",
             Arg::Rest => "LINE",
         }
     }
@@ -57,17 +60,19 @@ impl Arg {
             Arg::Ipv4 => word.parse::<Ipv4Addr>().is_ok(),
             Arg::Ip => word.parse::<IpAddr>().is_ok(),
             Arg::Number => word.parse::<u32>().is_ok(),
-            Arg::Word | Arg::Rest => true,
+            Arg::Word | Arg::File | Arg::Rest => true,
         }
     }
 
     /// A value the daemon accepts, for the tests that walk the table through its parser.
+    #[cfg(test)]
     pub fn samples(self) -> &'static [&'static str] {
         match self {
             Arg::Ipv4 => &["192.0.2.2"],
             Arg::Ip => &["192.0.2.2", "2001:db8::2"],
             Arg::Number => &["3"],
             Arg::Word => &["alice"],
+            Arg::File => &["/etc/holdfast/new.cfg"],
             Arg::Rest => &["map"],
         }
     }
@@ -317,10 +322,23 @@ fn build() -> Vec<Node> {
         )],
     );
 
+    let reload = kw(
+        "reload",
+        "Re-read the configuration file and apply what changed",
+        true,
+        vec![kw(
+            "config",
+            "Read this file instead of the one the daemon was started with",
+            false,
+            vec![arg(Arg::File, "Configuration file (absolute path, as the daemon sees it)", true, vec![])],
+        )],
+    );
+
     vec![
         clear,
         kw("exit", "Exit the shell", true, vec![]),
         kw("quit", "Exit the shell", true, vec![]),
+        reload,
         show,
         sessiondb,
     ]
@@ -416,6 +434,7 @@ pub fn walk<'t>(root: &'t [Node], words: &[Word<'_>]) -> Result<Position<'t>, Wa
 
 /// The line with every keyword abbreviation written out (`sh cry ipsec sa` ->
 /// `show crypto ipsec sa`); arguments stay as written. None when a word does not walk.
+#[cfg(test)]
 pub fn expand(line: &str) -> Option<String> {
     let ws = words(line);
     let mut next = tree();
@@ -536,6 +555,7 @@ fn split_partial(line: &str) -> (Vec<Word<'_>>, Option<Word<'_>>) {
 
 /// Every complete command the tree describes, with sample values for the arguments (each
 /// keyword written out in full). Used by the tests against the daemon's parser.
+#[cfg(test)]
 pub fn complete_paths() -> Vec<String> {
     fn go(nodes: &[Node], prefix: &mut Vec<String>, out: &mut Vec<String>) {
         for n in nodes {
@@ -681,7 +701,7 @@ mod tests {
         assert_eq!(labels, ["show"]);
         // Top level lists every verb, local ones included.
         let labels: Vec<String> = help("").unwrap().into_iter().map(|e| e.label).collect();
-        assert_eq!(labels, ["clear", "exit", "quit", "show", "vpn-sessiondb"]);
+        assert_eq!(labels, ["clear", "exit", "quit", "reload", "show", "vpn-sessiondb"]);
         // Errors carry the column of the word that does not fit.
         assert_eq!(help("show cypto ").unwrap_err(), WalkError::Invalid { col: 5 });
         assert_eq!(help("show zz").unwrap_err(), WalkError::Invalid { col: 5 });
@@ -703,6 +723,6 @@ mod tests {
         assert_eq!(complete("show bogus ", 11), (11, vec![]));
         assert_eq!(complete("clear conn address ", 19), (19, vec![]));
         let (_, all) = complete("", 0);
-        assert_eq!(all, ["clear ", "exit ", "quit ", "show ", "vpn-sessiondb "]);
+        assert_eq!(all, ["clear ", "exit ", "quit ", "reload ", "show ", "vpn-sessiondb "]);
     }
 }

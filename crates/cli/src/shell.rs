@@ -1,4 +1,5 @@
-//! `holdfast shell`: the ASA's exec mode over the control socket.
+//! `holdfast shell`: the ASA's exec mode over the control socket (`show`, `clear`,
+//! `vpn-sessiondb`, `reload`).
 //!
 //! On a terminal: a `holdfast#` prompt with line editing (rustyline), history kept in
 //! `$HOME/.holdfast_history` (mode 0600; `HOLDFAST_HISTORY` names another file), TAB completion
@@ -78,15 +79,27 @@ fn execute(line: &str, control: &Path, prompt_len: Option<usize>, out: &mut impl
             }
         }
     }
-    if let Err(e) = control::parse(line) {
-        let text = match commands::walk(commands::tree(), &commands::words(line)) {
-            Err(WalkError::Ambiguous { .. }) => format!("ERROR: % Ambiguous command:  \"{}\"\n", line.trim()),
-            _ => error_text(line, &e, prompt_len),
-        };
-        let _ = out.write_all(text.as_bytes());
-        return Step::Continue { ok: false };
-    }
-    match control::request(control, line) {
+    let request = match control::parse(line) {
+        Ok(r) => r,
+        Err(e) => {
+            let text = match commands::walk(commands::tree(), &commands::words(line)) {
+                Err(WalkError::Ambiguous { .. }) => format!("ERROR: % Ambiguous command:  \"{}\"\n", line.trim()),
+                _ => error_text(line, &e, prompt_len),
+            };
+            let _ = out.write_all(text.as_bytes());
+            return Step::Continue { ok: false };
+        }
+    };
+    let line = match request {
+        // The daemon resolves a file name in its own working directory; the operator means
+        // this shell's (as `holdfast reload --config` does).
+        control::Request::Reload { config: Some(p) } if p.is_relative() => match std::path::absolute(&p) {
+            Ok(abs) => format!("reload config {}", abs.display()),
+            Err(_) => line.to_string(),
+        },
+        _ => line.to_string(),
+    };
+    match control::request(control, &line) {
         Ok(answer) => {
             let _ = out.write_all(answer.as_bytes());
             Step::Continue { ok: !control::is_error(&answer) }
