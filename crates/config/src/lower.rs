@@ -459,12 +459,50 @@ impl<'a> Lowerer<'a> {
                 )));
             }
         }
+        let split_lists: Vec<&str> = self
+            .ast
+            .items
+            .iter()
+            .filter_map(|i| match &i.kind {
+                ItemKind::GroupPolicyAttributes { body, .. } => Some(body),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|c| match &c.node {
+                GpCmd::SplitTunnelNetworkList(Some(n)) => Some(n.node.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut dropped: Vec<String> = Vec::new();
+        // The unrepresentable lines of dropped lists keep their precise span and reason.
+        let mut dropped_lines: Vec<(u32, Ignored)> = Vec::new();
         for (acl, u) in std::mem::take(&mut self.acl_unsupported) {
+            let ignored = Ignored { span: u.span, what: format!("{} in access-list {acl}", u.what) };
             if used.contains(&acl) {
                 let msg = format!("access-list {acl} is a crypto ACL, and holdfast cannot turn {} into traffic selectors", u.what);
                 self.issues.push(Issue::error(u.span, msg));
+            } else if split_lists.contains(&acl.as_str()) {
+                self.ignored.push(ignored);
             } else {
-                self.ignored.push(Ignored { span: u.span, what: format!("{} in access-list {acl}", u.what) });
+                dropped_lines.push((u.span.line, ignored));
+                if !dropped.contains(&acl) {
+                    dropped.push(acl);
+                }
+            }
+        }
+        // An access list nothing in holdfast uses (an interface ACL of a pasted ASA
+        // configuration) with lines holdfast cannot represent: keeping only the representable
+        // lines would show an ACL with another meaning (a final `deny ip any any` without the
+        // permits before it), so the whole list is outside scope.
+        for acl in dropped {
+            self.cfg.access_lists.retain(|a| a.name != acl);
+            for i in &self.ast.items {
+                if let ItemKind::AccessList { name, .. } | ItemKind::AccessListRemark { name } = &i.kind {
+                    if name.node == acl {
+                        let precise = dropped_lines.iter().find(|(l, _)| *l == name.span.line).map(|(_, i)| i.clone());
+                        self.ignored.push(precise.unwrap_or_else(|| Ignored { span: name.span, what: format!("`access-list {acl}`") }));
+                    }
+                }
             }
         }
     }
