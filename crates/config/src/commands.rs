@@ -26,6 +26,8 @@ const fn ext(pattern: &'static str) -> Command {
 pub const SUPPORTED: &[Command] = &[
     // Basic settings
     asa("hostname *"),
+    asa("names"),
+    asa("name * *"),
     asa("interface *"),
     asa("interface * > nameif *"),
     asa("interface * > no nameif"),

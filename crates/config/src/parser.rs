@@ -18,7 +18,8 @@ const MAX_LIFETIME_SECS: u64 = 2_147_483_647;
 
 pub(crate) fn parse(text: &str) -> (Ast, Vec<Issue>) {
     let (blocks, orphans) = lexer::blocks(lexer::lines(text));
-    let mut p = Parser { ast: Ast::default(), issues: Vec::new() };
+    let names = collect_names(&blocks);
+    let mut p = Parser { ast: Ast::default(), issues: Vec::new(), names: &names };
     for line in &orphans {
         p.issues.push(Issue::error(line.span(), "indented line outside any configuration mode"));
     }
@@ -28,14 +29,33 @@ pub(crate) fn parse(text: &str) -> (Ast, Vec<Issue>) {
     (p.ast, p.issues)
 }
 
-struct Parser {
+/// `name A.B.C.D NAME` aliases: the ASA prints NAME instead of the address in access lists,
+/// `set peer`, `logging host` and other commands once `names` is on.
+type Names = std::collections::BTreeMap<String, Ipv4Addr>;
+
+/// The aliases of the whole file, so that a use before its `name` line resolves too.
+fn collect_names(blocks: &[Block<'_>]) -> Names {
+    let mut names = Names::new();
+    for b in blocks {
+        let t = &b.head.tokens;
+        if t.len() >= 3 && t[0].text.eq_ignore_ascii_case("name") {
+            if let Ok(a) = t[1].text.parse::<Ipv4Addr>() {
+                names.insert(t[2].text.to_string(), a);
+            }
+        }
+    }
+    names
+}
+
+struct Parser<'n> {
     ast: Ast,
     issues: Vec<Issue>,
+    names: &'n Names,
 }
 
 type R<T> = Result<T, Issue>;
 
-impl Parser {
+impl Parser<'_> {
     fn block(&mut self, b: &Block<'_>) {
         let errors = |issues: &[Issue]| issues.iter().filter(|i| i.severity == crate::diag::Severity::Error).count();
         let before = errors(&self.issues);
@@ -49,6 +69,7 @@ impl Parser {
     fn block_inner(&mut self, b: &Block<'_>) {
         let head = &b.head;
         let mut c = Cur::new(head);
+        c.names = Some(self.names);
         let Some(first) = c.next() else { return };
         let word = lower(first.text);
         // Set by the arms that do not parse the command (file furniture, unknown words): every
@@ -70,6 +91,8 @@ impl Parser {
             "group-policy" => self.group_policy(b, &mut c),
             "username" => self.username(b, &mut c),
             "ssl" => self.ssl(b, &mut c),
+            "names" => self.no_children(b).and_then(|_| c.end()).map(|_| None),
+            "name" => self.no_children(b).and_then(|_| name_alias(&mut c)).map(|_| None),
             "no" => self.no_command(b, &mut c),
             // File furniture written by `show running-config` / `write net`, not configuration.
             "asa" | "end" | "cryptochecksum" => {
@@ -777,7 +800,7 @@ impl Parser {
 
 // --- crypto map ------------------------------------------------------------------------------
 
-fn crypto_map(p: &mut Parser, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+fn crypto_map(p: &mut Parser<'_>, head: &Line<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
     let map = c.name("a crypto map name")?;
     let Some(t) = c.peek() else { return Err(c.missing("a sequence number or `interface`")) };
     if t.text.eq_ignore_ascii_case("interface") {
@@ -920,7 +943,7 @@ fn lifetime(c: &mut Cur<'_, '_>) -> R<Lifetime> {
 
 // --- sub-mode commands -----------------------------------------------------------------------
 
-fn ike_policy_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<IkePolicyCmd>> {
+fn ike_policy_cmd(p: &mut Parser<'_>, l: &Line<'_>) -> R<Option<IkePolicyCmd>> {
     let mut c = Cur::new(l);
     let Some(t) = c.next() else { return Ok(None) };
     let cmd = match lower(t.text).as_str() {
@@ -973,7 +996,7 @@ fn never_rekey(span: Span, written: &str, replacement: &str, keep: &str) -> Issu
     )
 }
 
-fn proposal_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<ProposalCmd>> {
+fn proposal_cmd(p: &mut Parser<'_>, l: &Line<'_>) -> R<Option<ProposalCmd>> {
     let mut c = Cur::new(l);
     let Some(t) = c.next() else { return Ok(None) };
     if !t.text.eq_ignore_ascii_case("protocol") {
@@ -993,7 +1016,7 @@ fn proposal_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<ProposalCmd>> {
     Ok(Some(cmd))
 }
 
-fn tg_ipsec_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgIpsecCmd>> {
+fn tg_ipsec_cmd(p: &mut Parser<'_>, l: &Line<'_>) -> R<Option<TgIpsecCmd>> {
     let mut c = Cur::new(l);
     let Some(t) = c.next() else { return Ok(None) };
     let cmd = match lower(t.text).as_str() {
@@ -1066,7 +1089,7 @@ fn psk(c: &mut Cur<'_, '_>) -> R<Secret> {
 
 /// Parses the rest of the line as a list. A refused or unknown item is reported and the rest
 /// are still checked, so one line shows every problem it has.
-fn list<T: PartialEq>(p: &mut Parser, c: &mut Cur<'_, '_>, what: &str, f: impl Fn(&Token<'_>) -> R<T>) -> R<Vec<T>> {
+fn list<T: PartialEq>(p: &mut Parser<'_>, c: &mut Cur<'_, '_>, what: &str, f: impl Fn(&Token<'_>) -> R<T>) -> R<Vec<T>> {
     let mut out = Vec::new();
     let mut failed = false;
     while let Some(t) = c.next() {
@@ -1301,7 +1324,7 @@ const MAX_VPN_MINUTES: u64 = 35_791_394;
 pub(crate) const AC_MTU_MIN: u64 = 576;
 pub(crate) const AC_MTU_MAX: u64 = 1462;
 
-impl Parser {
+impl Parser<'_> {
     /// `ip local pool NAME A-B mask M`; every other `ip ...` command is outside holdfast's scope.
     fn ip(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
         let is_pool = c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("local"))
@@ -1686,7 +1709,7 @@ impl Parser {
     }
 }
 
-fn tg_general_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgGeneralCmd>> {
+fn tg_general_cmd(p: &mut Parser<'_>, l: &Line<'_>) -> R<Option<TgGeneralCmd>> {
     let mut c = Cur::new(l);
     let Some(t) = c.next() else { return Ok(None) };
     let cmd = match lower(t.text).as_str() {
@@ -1726,7 +1749,7 @@ fn tg_general_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgGeneralCmd>> {
     Ok(Some(cmd))
 }
 
-fn tg_webvpn_cmd(p: &mut Parser, l: &Line<'_>) -> R<Option<TgWebvpnCmd>> {
+fn tg_webvpn_cmd(p: &mut Parser<'_>, l: &Line<'_>) -> R<Option<TgWebvpnCmd>> {
     let mut c = Cur::new(l);
     let Some(t) = c.next() else { return Ok(None) };
     let cmd = match lower(t.text).as_str() {
@@ -1794,11 +1817,13 @@ fn seconds_or_none(c: &mut Cur<'_, '_>, what: &str, min: u64, max: u64) -> R<Opt
 struct Cur<'l, 'a> {
     line: &'l Line<'a>,
     pos: usize,
+    /// `name` aliases [`Cur::ipv4`] resolves (head lines only).
+    names: Option<&'l Names>,
 }
 
 impl<'l, 'a> Cur<'l, 'a> {
     fn new(line: &'l Line<'a>) -> Self {
-        Cur { line, pos: 0 }
+        Cur { line, pos: 0, names: None }
     }
     fn peek(&self) -> Option<&'l Token<'a>> {
         self.line.tokens.get(self.pos)
@@ -1858,6 +1883,9 @@ impl<'l, 'a> Cur<'l, 'a> {
     }
     fn ipv4(&mut self, what: &str) -> R<Spanned<Ipv4Addr>> {
         let t = self.next().ok_or_else(|| self.missing(what))?;
+        if let Some(a) = self.names.and_then(|n| n.get(t.text)) {
+            return Ok(Spanned::new(*a, t.span));
+        }
         t.text
             .parse::<Ipv4Addr>()
             .map(|a| Spanned::new(a, t.span))
@@ -1905,6 +1933,28 @@ impl<'l, 'a> Cur<'l, 'a> {
     }
 }
 
+/// `name A.B.C.D NAME [description TEXT]`: checked here, collected by [`collect_names`].
+fn name_alias(c: &mut Cur<'_, '_>) -> R<()> {
+    let t = c.next().ok_or_else(|| c.missing("an IPv4 address"))?;
+    if t.text.parse::<Ipv4Addr>().is_err() {
+        // `name 2001:db8::1 NAME`: IPv6 aliases are not used by anything holdfast parses.
+        if t.text.contains(':') {
+            c.skip_rest();
+            return Ok(());
+        }
+        return Err(Issue::error(t.span, format!("expected an IP address, found `{}`", t.text)));
+    }
+    let n = c.name("a name")?;
+    if n.node.parse::<Ipv4Addr>().is_ok() || n.node.len() > 63 {
+        return Err(Issue::error(n.span, "a name is up to 63 characters and not an address"));
+    }
+    if c.peek().is_some() {
+        c.keyword(&["description"])?;
+        c.skip_rest();
+    }
+    Ok(())
+}
+
 /// holdfast extension `metrics prometheus listen <ip> [port <n>]` (no ASA equivalent).
 fn metrics(c: &mut Cur<'_, '_>) -> R<ItemKind> {
     c.keyword(&["prometheus"])?;
@@ -1923,9 +1973,9 @@ fn metrics(c: &mut Cur<'_, '_>) -> R<ItemKind> {
 /// documentation test (`tests/docs.rs`) checks that `docs/configuration.md` documents each one
 /// through [`crate::commands::SUPPORTED`]; a word the dispatcher parses but that is missing
 /// here shows up in `Ast::unlisted`.
-pub(crate) const TOP_LEVEL: [&str; 15] = [
-    "hostname", "interface", "access-list", "logging", "metrics", "timeout", "sysopt", "crypto", "tunnel-group", "ip", "webvpn",
-    "group-policy", "username", "ssl", "no",
+pub(crate) const TOP_LEVEL: [&str; 17] = [
+    "hostname", "names", "name", "interface", "access-list", "logging", "metrics", "timeout", "sysopt", "crypto", "tunnel-group", "ip",
+    "webvpn", "group-policy", "username", "ssl", "no",
 ];
 
 /// A supported command within edit distance 2 of `word` (only for words of 5+ letters, so short
