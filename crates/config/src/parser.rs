@@ -1079,7 +1079,7 @@ fn psk(c: &mut Cur<'_, '_>) -> R<Secret> {
         return Err(Issue::error(k.span, "encrypted keys (`8 ...`) need the ASA's master passphrase; write the key in clear"));
     }
     if k.text.chars().all(|ch| ch == '*') {
-        return Err(Issue::error(k.span, "this key is masked (`show running-config` output); write the real key"));
+        return Err(Issue::error(k.span, "this key is masked (`show running-config` output); write the real key (on the ASA, `more system:running-config` prints the configuration with its keys)"));
     }
     if k.text.chars().count() > 128 {
         return Err(Issue::error(k.span, "pre-shared key longer than 128 characters"));
