@@ -17,6 +17,7 @@ pub mod capture;
 pub mod cmd;
 pub mod holdfast;
 pub mod openconnect;
+pub mod ocserv;
 pub mod http;
 pub mod resume;
 pub mod scenario;
