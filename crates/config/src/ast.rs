@@ -122,9 +122,10 @@ pub enum IfaceCmd {
 pub struct AclLine {
     pub standard: bool,
     pub action: AclAction,
-    /// `Err` when the line uses a form holdfast cannot represent (ports, object groups, IPv6):
-    /// harmless in an ACL that no crypto map uses, an error otherwise.
-    pub body: Result<AclBody, Unsupported>,
+    /// `Err` when the line uses a form holdfast cannot represent (ports, service objects,
+    /// IPv6): harmless in an ACL that no crypto map uses, an error otherwise. Network object
+    /// groups expand one line into several bodies.
+    pub body: Result<Vec<AclBody>, Unsupported>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

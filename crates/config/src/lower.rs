@@ -194,7 +194,7 @@ impl<'a> Lowerer<'a> {
             ItemKind::AccessList { name, entry } => {
                 self.acl_seen.insert(name.node.clone());
                 match &entry.body {
-                    Ok(b) => {
+                    Ok(bodies) => {
                         let idx = match cfg.access_lists.iter().position(|a| a.name == name.node) {
                             Some(i) => i,
                             None => {
@@ -205,13 +205,15 @@ impl<'a> Lowerer<'a> {
                         if entry.action == AclAction::Deny {
                             self.acl_denies.push((name.node.clone(), item.span));
                         }
-                        cfg.access_lists[idx].entries.push(AclEntry {
-                            action: entry.action,
-                            protocol: b.protocol,
-                            source: b.source,
-                            destination: b.destination,
-                            standard: entry.standard,
-                        });
+                        for b in bodies {
+                            cfg.access_lists[idx].entries.push(AclEntry {
+                                action: entry.action,
+                                protocol: b.protocol,
+                                source: b.source,
+                                destination: b.destination,
+                                standard: entry.standard,
+                            });
+                        }
                     }
                     Err(u) => self.acl_unsupported.push((name.node.clone(), u.clone())),
                 }

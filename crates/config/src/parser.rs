@@ -19,7 +19,8 @@ const MAX_LIFETIME_SECS: u64 = 2_147_483_647;
 pub(crate) fn parse(text: &str) -> (Ast, Vec<Issue>) {
     let (blocks, orphans) = lexer::blocks(lexer::lines(text));
     let names = collect_names(&blocks);
-    let mut p = Parser { ast: Ast::default(), issues: Vec::new(), names: &names };
+    let objects = collect_objects(&blocks);
+    let mut p = Parser { ast: Ast::default(), issues: Vec::new(), names: &names, objects: &objects };
     for line in &orphans {
         p.issues.push(Issue::error(line.span(), "indented line outside any configuration mode"));
     }
@@ -47,10 +48,122 @@ fn collect_names(blocks: &[Block<'_>]) -> Names {
     names
 }
 
+/// One member of a network object or object group.
+#[derive(Debug, Clone)]
+enum Member {
+    Net(Ipv4Net),
+    Object(String),
+    Group(String),
+    /// A member holdfast cannot turn into an IPv4 prefix (range, FQDN, IPv6): what it is.
+    Unsupported(&'static str),
+}
+
+/// `object network NAME` (one member) and `object-group network NAME` definitions, so that
+/// access lists written with them (as ASDM writes crypto ACLs) resolve to prefixes.
+#[derive(Debug, Default)]
+struct Objects {
+    /// (name, is a group) -> members.
+    defs: std::collections::BTreeMap<(String, bool), Vec<Member>>,
+}
+
+/// Nesting limit for `group-object` (the ASA allows a few levels; a loop must not hang us).
+const MAX_GROUP_DEPTH: u32 = 8;
+
+impl Objects {
+    /// The prefixes of `object NAME` (`group` false) or `object-group NAME` (`group` true).
+    fn resolve(&self, name: &str, group: bool, depth: u32) -> Result<Vec<Ipv4Net>, String> {
+        let kind = if group { "object-group" } else { "object" };
+        if depth > MAX_GROUP_DEPTH {
+            return Err(format!("`{kind} {name}` (object groups nested deeper than {MAX_GROUP_DEPTH})"));
+        }
+        let Some(members) = self.defs.get(&(name.to_string(), group)) else {
+            return Err(format!("`{kind} {name}` (not defined as a network {kind})"));
+        };
+        let mut out = Vec::new();
+        for m in members {
+            match m {
+                Member::Net(n) => out.push(*n),
+                Member::Object(o) => out.extend(self.resolve(o, false, depth + 1)?),
+                Member::Group(g) => out.extend(self.resolve(g, true, depth + 1)?),
+                Member::Unsupported(what) => return Err(format!("`{kind} {name}` ({what})")),
+            }
+        }
+        if out.is_empty() {
+            return Err(format!("`{kind} {name}` (no address in it)"));
+        }
+        Ok(out)
+    }
+
+    fn is_network_group(&self, name: &str) -> bool {
+        self.defs.contains_key(&(name.to_string(), true))
+    }
+}
+
+fn collect_objects(blocks: &[Block<'_>]) -> Objects {
+    let mut o = Objects::default();
+    for b in blocks {
+        let t = &b.head.tokens;
+        if t.len() != 3 || !t[1].text.eq_ignore_ascii_case("network") {
+            continue;
+        }
+        let group = match lower(t[0].text).as_str() {
+            "object" => false,
+            "object-group" => true,
+            _ => continue,
+        };
+        let members = o.defs.entry((t[2].text.to_string(), group)).or_default();
+        for l in &b.children {
+            if let Some(m) = object_member(&l.tokens, group) {
+                members.push(m);
+            }
+        }
+    }
+    o
+}
+
+/// A member line of a network object (`host A`, `subnet A M`, `range`, `fqdn`) or object group
+/// (`network-object host A|A M|object N`, `group-object G`); `None` for other lines
+/// (`description`, `nat`).
+fn object_member(t: &[Token<'_>], group: bool) -> Option<Member> {
+    let w = |i: usize| t.get(i).map_or(String::new(), |x| lower(x.text));
+    let (kind, rest) = if group {
+        match w(0).as_str() {
+            "network-object" => (w(1), 2),
+            "group-object" => return t.get(1).map(|g| Member::Group(g.text.to_string())),
+            _ => return None,
+        }
+    } else {
+        (w(0), 1)
+    };
+    let ip = |i: usize| t.get(i).and_then(|x| x.text.parse::<Ipv4Addr>().ok());
+    Some(match kind.as_str() {
+        "host" => match ip(rest) {
+            Some(a) => Member::Net(Ipv4Net::host(a)),
+            None => Member::Unsupported("IPv6"),
+        },
+        "object" if group => Member::Object(t.get(rest)?.text.to_string()),
+        "subnet" if !group => net_member(ip(rest), ip(rest + 1)),
+        "range" => Member::Unsupported("address ranges"),
+        "fqdn" => Member::Unsupported("FQDN objects"),
+        // `network-object A M`
+        _ if group => net_member(ip(rest - 1), ip(rest)),
+        _ => return None,
+    })
+}
+
+fn net_member(a: Option<Ipv4Addr>, m: Option<Ipv4Addr>) -> Member {
+    match (a, m.and_then(Ipv4Net::prefix_from_mask)) {
+        (Some(a), Some(p)) if Ipv4Net::new(a, p).network() == a => Member::Net(Ipv4Net::new(a, p)),
+        (Some(_), _) => Member::Unsupported("an invalid netmask"),
+        _ => Member::Unsupported("IPv6"),
+    }
+}
+
 struct Parser<'n> {
     ast: Ast,
     issues: Vec<Issue>,
     names: &'n Names,
+    objects: &'n Objects,
 }
 
 type R<T> = Result<T, Issue>;
@@ -70,6 +183,7 @@ impl Parser<'_> {
         let head = &b.head;
         let mut c = Cur::new(head);
         c.names = Some(self.names);
+        c.objects = Some(self.objects);
         let Some(first) = c.next() else { return };
         let word = lower(first.text);
         // Set by the arms that do not parse the command (file furniture, unknown words): every
@@ -91,6 +205,7 @@ impl Parser<'_> {
             "group-policy" => self.group_policy(b, &mut c),
             "username" => self.username(b, &mut c),
             "ssl" => self.ssl(b, &mut c),
+            "object" | "object-group" => self.object_block(b, &mut c),
             "names" => self.no_children(b).and_then(|_| c.end()).map(|_| None),
             "name" => self.no_children(b).and_then(|_| name_alias(&mut c)).map(|_| None),
             "no" => self.no_command(b, &mut c),
@@ -125,6 +240,34 @@ impl Parser<'_> {
             Ok(None) => {}
             Err(e) => self.issues.push(e),
         }
+    }
+
+    /// `object network NAME` / `object-group network NAME`: their addresses are collected by
+    /// [`collect_objects`] for access lists; here their lines are checked. Other object types
+    /// (service, protocol, ICMP, user) and the `nat`, `range`, `fqdn` and IPv6 lines are
+    /// outside holdfast's scope.
+    fn object_block(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
+        let group = b.head.tokens.first().is_some_and(|t| t.text.eq_ignore_ascii_case("object-group"));
+        if !c.peek().is_some_and(|t| t.text.eq_ignore_ascii_case("network")) {
+            self.ignore_block(b, c.pos);
+            return Ok(None);
+        }
+        c.next();
+        c.name("an object name")?;
+        c.end()?;
+        for l in &b.children {
+            if l.tokens.first().is_some_and(|t| t.text.eq_ignore_ascii_case("description")) {
+                continue;
+            }
+            match object_member(&l.tokens, group) {
+                Some(Member::Net(_) | Member::Object(_) | Member::Group(_)) => {}
+                Some(Member::Unsupported("an invalid netmask")) => {
+                    self.issues.push(Issue::error(l.span(), "expected an address and a contiguous netmask with no address bits outside it"));
+                }
+                _ => self.ignore_line(l, 0),
+            }
+        }
+        Ok(None)
     }
 
     /// The block is outside holdfast's scope; token `at` of its head names the feature.
@@ -279,9 +422,10 @@ impl Parser<'_> {
         };
         let body = if standard {
             match c.address("an address (`host A`, `A M` or `any4`)")? {
-                Ok(destination) => {
+                Ok(dests) => {
                     c.end()?;
-                    Ok(AclBody { protocol: None, source: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0), destination })
+                    let any = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0);
+                    Ok(dests.into_iter().map(|destination| AclBody { protocol: None, source: any, destination }).collect())
                 }
                 Err(u) => Err(u),
             }
@@ -1252,7 +1396,9 @@ fn hostname(c: &mut Cur<'_, '_>) -> R<ItemKind> {
 }
 
 /// `ip|tcp|udp|icmp|N SRC [ports] DST [ports] [log ...]` after `permit|deny`.
-fn acl_extended(c: &mut Cur<'_, '_>) -> R<Result<AclBody, Unsupported>> {
+/// One ACL line; object groups expand it into one body per (source, destination) pair, as
+/// the ASA expands them into access-list elements.
+fn acl_extended(c: &mut Cur<'_, '_>) -> R<Result<Vec<AclBody>, Unsupported>> {
     let t = c.next().ok_or_else(|| c.missing("a protocol (ip, tcp, udp, icmp or a number)"))?;
     let l = lower(t.text);
     let protocol = match l.as_str() {
@@ -1301,13 +1447,24 @@ fn acl_extended(c: &mut Cur<'_, '_>) -> R<Result<AclBody, Unsupported>> {
         }
     }
     c.end()?;
-    Ok(Ok(AclBody { protocol, source, destination }))
+    let mut out = Vec::with_capacity(source.len() * destination.len());
+    for s in &source {
+        for d in &destination {
+            out.push(AclBody { protocol, source: *s, destination: *d });
+        }
+    }
+    Ok(Ok(out))
 }
 
 fn port_op(c: &mut Cur<'_, '_>, protocol: Option<u8>) -> R<Option<Unsupported>> {
     let Some(t) = c.peek() else { return Ok(None) };
     let l = lower(t.text);
-    if matches!(l.as_str(), "eq" | "neq" | "lt" | "gt" | "range") || (l == "object-group" && matches!(protocol, Some(6 | 17))) {
+    // `object-group G` after an address is a service group, unless G is a network group (then
+    // it is the destination).
+    let service_group = l == "object-group"
+        && matches!(protocol, Some(6 | 17))
+        && !c.line.tokens.get(c.pos + 1).is_some_and(|g| c.objects.is_some_and(|o| o.is_network_group(g.text)));
+    if matches!(l.as_str(), "eq" | "neq" | "lt" | "gt" | "range") || service_group {
         if !matches!(protocol, Some(6 | 17 | 132)) {
             return Err(Issue::error(t.span, format!("`{}` needs protocol tcp, udp or sctp", t.text)));
         }
@@ -1819,11 +1976,13 @@ struct Cur<'l, 'a> {
     pos: usize,
     /// `name` aliases [`Cur::ipv4`] resolves (head lines only).
     names: Option<&'l Names>,
+    /// Network objects [`Cur::address`] resolves (head lines only).
+    objects: Option<&'l Objects>,
 }
 
 impl<'l, 'a> Cur<'l, 'a> {
     fn new(line: &'l Line<'a>) -> Self {
-        Cur { line, pos: 0, names: None }
+        Cur { line, pos: 0, names: None, objects: None }
     }
     fn peek(&self) -> Option<&'l Token<'a>> {
         self.line.tokens.get(self.pos)
@@ -1891,19 +2050,31 @@ impl<'l, 'a> Cur<'l, 'a> {
             .map(|a| Spanned::new(a, t.span))
             .map_err(|_| Issue::error(t.span, format!("expected {what}, found `{}`", t.text)))
     }
-    /// `any`/`any4` | `host A` | `A M`; object references and IPv6 come back as `Unsupported`.
-    fn address(&mut self, what: &str) -> R<Result<Ipv4Net, Unsupported>> {
+    /// `any`/`any4` | `host A` | `A M` | `object N` | `object-group G` (network objects, resolved
+    /// to their prefixes); `interface`, undefined or non-prefix objects and IPv6 come back as
+    /// `Unsupported`.
+    fn address(&mut self, what: &str) -> R<Result<Vec<Ipv4Net>, Unsupported>> {
         let t = self.peek().ok_or_else(|| self.missing(what))?;
         match lower(t.text).as_str() {
             "any" | "any4" => {
                 self.next();
-                Ok(Ok(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0)))
+                Ok(Ok(vec![Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0)]))
             }
             "host" => {
                 self.next();
-                Ok(Ok(Ipv4Net::host(self.ipv4("a host address")?.node)))
+                Ok(Ok(vec![Ipv4Net::host(self.ipv4("a host address")?.node)]))
             }
-            "object" | "object-group" | "interface" => {
+            kw @ ("object" | "object-group") => {
+                self.next();
+                let n = self.name("an object name")?;
+                let group = kw == "object-group";
+                match self.objects.map(|o| o.resolve(&n.node, group, 0)) {
+                    Some(Ok(nets)) => Ok(Ok(nets)),
+                    Some(Err(what)) => Ok(Err(Unsupported { span: t.span.to(n.span), what })),
+                    None => Ok(Err(Unsupported { span: t.span, what: format!("`{}` references", t.text) })),
+                }
+            }
+            "interface" => {
                 self.next();
                 Ok(Err(Unsupported { span: t.span, what: format!("`{}` references", t.text) }))
             }
@@ -1927,7 +2098,7 @@ impl<'l, 'a> Cur<'l, 'a> {
                         format!("address {} has bits outside netmask {}; did you mean {}?", a.node, m.node, net.network()),
                     ));
                 }
-                Ok(Ok(net))
+                Ok(Ok(vec![net]))
             }
         }
     }
@@ -1973,9 +2144,9 @@ fn metrics(c: &mut Cur<'_, '_>) -> R<ItemKind> {
 /// documentation test (`tests/docs.rs`) checks that `docs/configuration.md` documents each one
 /// through [`crate::commands::SUPPORTED`]; a word the dispatcher parses but that is missing
 /// here shows up in `Ast::unlisted`.
-pub(crate) const TOP_LEVEL: [&str; 17] = [
-    "hostname", "names", "name", "interface", "access-list", "logging", "metrics", "timeout", "sysopt", "crypto", "tunnel-group", "ip",
-    "webvpn", "group-policy", "username", "ssl", "no",
+pub(crate) const TOP_LEVEL: [&str; 19] = [
+    "hostname", "names", "name", "interface", "object", "object-group", "access-list", "logging", "metrics", "timeout", "sysopt",
+    "crypto", "tunnel-group", "ip", "webvpn", "group-policy", "username", "ssl", "no",
 ];
 
 /// A supported command within edit distance 2 of `word` (only for words of 5+ letters, so short

@@ -68,7 +68,9 @@ fn multi_line_blocks_are_counted_line_by_line() {
         "  subscribe-to-alert-group telemetry periodic daily",
         "   max-age 31536000",
         " ldap-base-dn DC=corp",
-        " network-object host 10.10.0.54",
+        " protocol-object udp",
+        " nat (dmz,outside) static obj-web-public service tcp https https",
+        " service tcp destination eq https",
         "timeout igp stale-route 0:01:10",
         " anyconnect modules value dart,umbrella",
         " vpn-simultaneous-logins 1",
@@ -77,7 +79,15 @@ fn multi_line_blocks_are_counted_line_by_line() {
         assert!(refused.contains(&l), "line {l} ({needle:?}) is not counted");
     }
     // Supported lines are not among them.
-    for needle in ["crypto map outside_map 20 set nat-t-disable", " anyconnect mtu 1300", "ip local pool AC-POOL", "timeout conn 4:00:00"] {
+    for needle in [
+        "crypto map outside_map 20 set nat-t-disable",
+        " anyconnect mtu 1300",
+        "ip local pool AC-POOL",
+        "timeout conn 4:00:00",
+        " network-object host 10.10.0.54",
+        "object-group network og-nantes",
+        " subnet 10.43.0.0 255.255.255.0",
+    ] {
         let l = line_of(&text, needle);
         assert!(!refused.contains(&l), "line {l} ({needle:?}) is supported but refused in strict mode");
     }
