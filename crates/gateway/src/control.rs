@@ -46,6 +46,9 @@ pub enum Request {
     Metrics,
     /// `--json show ...`: the same show command answered as JSON (`holdfast show --json`).
     Json(Box<Request>),
+    /// `reload [config FILE]` (`holdfast reload`): re-read, validate and apply the configuration
+    /// file the daemon was started with, or FILE (docs/reload.md). FILE is one word (no spaces).
+    Reload { config: Option<std::path::PathBuf> },
 }
 
 /// `filter ...` of `show vpn-sessiondb anyconnect`.
@@ -142,8 +145,16 @@ pub fn parse(line: &str) -> Result<Request, ParseError> {
 }
 
 fn parse_words(p: &mut Parser<'_>) -> Result<Request, ParseError> {
-    let verb = p.keyword(&["show", "clear", "vpn-sessiondb"])?;
+    let verb = p.keyword(&["show", "clear", "vpn-sessiondb", "reload"])?;
     match verb {
+        "reload" => {
+            let config = match p.optional_keyword(&["config"])? {
+                None => None,
+                Some(_) => Some(std::path::PathBuf::from(p.word().ok_or(ParseError::Incomplete)?)),
+            };
+            p.end()?;
+            Ok(Request::Reload { config })
+        }
         "vpn-sessiondb" => {
             p.keyword(&["logoff"])?;
             let target = match p.keyword(&["name", "index", "all"])? {
@@ -428,6 +439,15 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reload_with_and_without_a_file() {
+        assert_eq!(parse("reload"), Ok(Request::Reload { config: None }));
+        assert_eq!(parse("reload config /etc/holdfast/new.cfg"), Ok(Request::Reload { config: Some("/etc/holdfast/new.cfg".into()) }));
+        assert_eq!(parse("reload config"), Err(ParseError::Incomplete));
+        assert!(matches!(parse("reload now"), Err(ParseError::Invalid { .. })));
+        assert!(!has_json(&Request::Reload { config: None }));
+    }
 
     #[test]
     fn parses_the_issue_commands() {

@@ -20,6 +20,7 @@ use crate::datapath::{self, Outside, Shared, ToControl};
 use crate::flows::{self, SharedEngine, StateDir};
 use crate::metrics;
 use crate::ra::{self, RaConfig, RaHandle};
+use crate::reload;
 use crate::watch;
 use crate::net::{self, SystemGuard};
 use crate::sad::{ChildOut, Counters, Dest, InboundEntry, OutboundEntry, Sad, SadCell, SpdEntry};
@@ -104,6 +105,13 @@ pub struct ControlRequest {
 /// Runs the gateway in the foreground until SIGINT/SIGTERM. Everything it adds to the system
 /// (routes, TUN, forwarding, socket file) is removed on return, also on error.
 pub fn run(cfg: policy::Config, opts: Options) -> Result<(), DaemonError> {
+    run_reloadable(cfg, opts, None, false)
+}
+
+/// [`run`], remembering the configuration file it was loaded from (and whether with
+/// `--strict`): `holdfast reload` and SIGHUP read that file again (docs/reload.md). Without a
+/// file a plain reload is refused; `reload config FILE` still works.
+pub fn run_reloadable(cfg: policy::Config, opts: Options, config_file: Option<PathBuf>, strict: bool) -> Result<(), DaemonError> {
     let resolved = cfg.tunnels_with_auth()?;
     let tunnels: Vec<TunnelPolicy> = resolved.iter().map(|t| t.policy.clone()).collect();
     if !(576..=MAX_TUN_MTU).contains(&opts.tun_mtu) {
@@ -125,7 +133,7 @@ pub fn run(cfg: policy::Config, opts: Options) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(io_ctx("tokio runtime"))?;
-    rt.block_on(async_run(cfg, tunnels, endpoint, opts, ra_plan))
+    rt.block_on(async_run(cfg, tunnels, endpoint, opts, ra_plan, (config_file, strict)))
 }
 
 /// What the remote-access service will run with: resolved from the configuration and with
@@ -245,6 +253,7 @@ async fn async_run(
     endpoint: ike::Endpoint,
     opts: Options,
     ra_plan: Option<RaPlan>,
+    (config_file, strict): (Option<PathBuf>, bool),
 ) -> Result<(), DaemonError> {
     let syslog = Arc::new(Syslog::new(SyslogConfig::from_policy(&cfg.logging)));
     let mut guard = SystemGuard::default();
@@ -439,6 +448,7 @@ async fn async_run(
         tokio::spawn(metrics::serve(l, ctl_tx));
     }
 
+    let d_tunnels_empty = tunnels.is_empty();
     let mut d = Daemon {
         running_config: config::running_config(&cfg),
         cfg,
@@ -473,8 +483,16 @@ async fn async_run(
         last_watch: clock::now(),
         ra: None,
         metrics: Default::default(),
+        reload: ReloadState {
+            file: config_file,
+            strict,
+            tun_name: opts.tun_name.clone(),
+            has_tun: !d_tunnels_empty,
+        },
     };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io_ctx("signal"))?;
+    // SIGHUP is `holdfast reload` without a file argument (systemd's ExecReload sends it).
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(io_ctx("signal"))?;
     // Remote access last: nothing fallible follows, so its handle (which owns a runtime that
     // must not be dropped inside this one) is only ever stopped by the shutdown below.
     if let Some(plan) = ra_plan {
@@ -536,7 +554,11 @@ async fn async_run(
             }
             r = ctl_rx.recv() => {
                 if let Some(r) = r {
-                    let text = d.on_request(&r.req);
+                    let text = match &r.req {
+                        // A reload changes routes and nftables: it needs the system guard.
+                        Request::Reload { config } => d.reload(&mut guard, config.clone(), reload::Source::Control),
+                        _ => d.on_request(&r.req),
+                    };
                     let _ = r.reply.send(text);
                 }
             }
@@ -553,6 +575,10 @@ async fn async_run(
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                let text = d.reload(&mut guard, None, reload::Source::Sighup);
+                eprint!("holdfast: {text}");
+            }
         }
         d.drain();
     }
@@ -692,6 +718,17 @@ struct Daemon {
     ra: Option<RaHandle>,
     /// Prometheus state of its own (resume-time histogram, removed SAs' traffic).
     metrics: metrics::Metrics,
+    /// What `holdfast reload` / SIGHUP need to know about the start.
+    reload: ReloadState,
+}
+
+/// See [`Daemon::reload`].
+struct ReloadState {
+    file: Option<PathBuf>,
+    strict: bool,
+    tun_name: String,
+    /// The site-to-site TUN exists (a configuration without tunnels starts without one).
+    has_tun: bool,
 }
 
 fn add_counters(s: &mut show::IpsecStats, r: &ChildRecord) {
@@ -1110,6 +1147,8 @@ impl Daemon {
             Request::ShowIpsecStats => show::ipsec_stats(&self.stats()),
             Request::Metrics => metrics::encode_text(&self.metrics_snapshot(now), &self.metrics),
             Request::Json(inner) => self.on_json(inner, now),
+            // Handled by the control loop (it needs the system guard); never reaches here.
+            Request::Reload { .. } => format!("{}\n", control::INVALID_INPUT),
             // A deliberate teardown: the tunnels it empties go down for the connection table at
             // once, without the grace a rekey gets (the ASA tears the flows down immediately).
             Request::ClearIkev2Sa { peer } => {
@@ -1448,9 +1487,200 @@ impl Daemon {
     }
 }
 
+// Configuration reload (`holdfast reload`, SIGHUP; docs/reload.md).
+impl Daemon {
+    /// Re-reads the configuration file (the one `run` was given, or `file`), validates it as
+    /// `holdfast check` does, refuses it as a whole when something in it needs a restart, and
+    /// otherwise applies it: unchanged tunnels keep their SAs and flows, changed ones are
+    /// re-established (flows follow preserve-vpn-flows, as for `clear crypto ...`), removed ones
+    /// are deleted with their flows, added ones are initiated; timeouts, sysopts and logging
+    /// apply at once. Returns the operator's answer (`ERROR: ` first when refused).
+    fn reload(&mut self, guard: &mut SystemGuard, file: Option<PathBuf>, source: reload::Source) -> String {
+        let Some(path) = file.or_else(|| self.reload.file.clone()) else {
+            return reload::refusal("(no file)", "the daemon was started without a configuration file to read again\n");
+        };
+        let shown = path.display().to_string();
+        self.syslog.log(reload::executed(source, &shown));
+        match self.reload_checked(&path) {
+            Err(why) => {
+                self.syslog.log(reload::end_failed(&shown));
+                reload::refusal(&shown, &why)
+            }
+            Ok((cfg, resolved)) => {
+                let outcome = self.apply(guard, &shown, cfg, resolved);
+                self.syslog.log(reload::end_ok(&shown));
+                outcome.text()
+            }
+        }
+    }
+
+    /// Everything that can refuse a reload, before anything changes.
+    fn reload_checked(&self, path: &std::path::Path) -> Result<(policy::Config, Vec<policy::ResolvedTunnel>), String> {
+        let loaded = config::load_with(path, config::ParseOptions { strict: self.reload.strict }).map_err(|d| d.to_string())?;
+        let cfg = loaded.config;
+        check_certificates(&cfg).map_err(|e| format!("{}: error: {e}\n", path.display()))?;
+        let resolved = cfg.tunnels_with_auth().map_err(|e| format!("{}: error: {e}\n", path.display()))?;
+        let tunnels: Vec<TunnelPolicy> = resolved.iter().map(|t| t.policy.clone()).collect();
+        let bound: Vec<Ipv4Addr> = self.shared.outsides.iter().map(|o| o.local).collect();
+        let restart = reload::restart_required(&self.cfg, &cfg, &tunnels, &bound, self.reload.has_tun);
+        if !restart.is_empty() {
+            return Err(restart.iter().map(|r| format!("requires restart: {r}\n")).collect());
+        }
+        Ok((cfg, resolved))
+    }
+
+    fn apply(&mut self, guard: &mut SystemGuard, shown: &str, cfg: policy::Config, resolved: Vec<policy::ResolvedTunnel>) -> reload::Outcome {
+        let now = clock::now();
+        let mut notes = Vec::new();
+        let old_tunnels = self.tunnels.clone();
+        let new_tunnels: Vec<TunnelPolicy> = resolved.iter().map(|t| t.policy.clone()).collect();
+        let globals = reload::global_changes(&self.cfg, &cfg);
+
+        // Removed tunnels take their flows with them, whatever preserve-vpn-flows says: nothing
+        // would ever carry them again.
+        for t in old_tunnels.iter().filter(|o| !new_tunnels.iter().any(|n| n.name == o.name)) {
+            if let Some(&ft) = self.flow_tunnels.get(&t.name) {
+                flows::lock(&self.flows).set_tunnel_preserve(ft, false, false);
+            }
+        }
+        // A tunnel whose certificate authentication changed is re-established even if its
+        // policy reads the same (the engine cannot compare certificate material).
+        let old_auth: HashMap<String, policy::TunnelAuth> =
+            self.cfg.tunnels_with_auth().map(|v| v.into_iter().map(|t| (t.policy.name, t.auth)).collect()).unwrap_or_default();
+        let force: Vec<String> = resolved
+            .iter()
+            .filter(|t| t.auth.uses_certificates() && old_auth.get(&t.policy.name).is_some_and(|a| *a != t.auth))
+            .map(|t| t.policy.name.clone())
+            .collect();
+        let result = self.endpoint.reconfigure(now, new_tunnels.clone(), cfg.ikev2.clone(), &force);
+        // Certificate material for every tunnel that uses it: unchanged SAs keep theirs, the
+        // next negotiation uses the files as they are now (checked above).
+        if let Err(e) = ike::cert_auth::install(&mut self.endpoint, &resolved) {
+            notes.push(format!("certificate material not installed: {e}"));
+        }
+        if resolved.iter().any(|t| t.auth.uses_certificates()) {
+            notes.push("certificate files were read again; they apply to the next IKE negotiation".into());
+        }
+        // The deletions' events, handled like an operator's clear: the tunnels go down for the
+        // connection table at once (preserved flows wait for the new SA, the others end).
+        self.deliberate = true;
+        self.drain();
+        self.deliberate = false;
+
+        // Routes and fail-closed rules: the new ones first, then the old ones go.
+        let tun = self.reload.tun_name.clone();
+        if self.reload.has_tun {
+            let (old_routes, new_routes) = (reload::routes(&self.cfg, &old_tunnels), reload::routes(&cfg, &new_tunnels));
+            let (old_bh, new_bh) = (reload::blackholes(&old_tunnels), reload::blackholes(&new_tunnels));
+            let mut failed = Vec::new();
+            for &(a, l) in new_bh.iter().filter(|p| !old_bh.contains(p)) {
+                if let Err(e) = guard.add_blackhole(a, l) {
+                    failed.push(format!("blackhole route {a}/{l}: {e}"));
+                }
+            }
+            let pairs = reload::inbound_drop_pairs(&new_tunnels);
+            if pairs != reload::inbound_drop_pairs(&old_tunnels) {
+                match guard.install_inbound_drop(&tun, &pairs) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => failed.push(format!("nftables: {e}")),
+                }
+            }
+            for (&(a, l), &src) in new_routes.iter().filter(|(p, s)| old_routes.get(p) != Some(s)) {
+                if let Err(e) = guard.add_route(a, l, &tun, src) {
+                    failed.push(format!("route {a}/{l}: {e}"));
+                }
+            }
+            for &(a, l) in old_routes.keys().filter(|p| !new_routes.contains_key(p)) {
+                if let Err(e) = guard.remove_route(a, l, &tun) {
+                    failed.push(format!("removing route {a}/{l}: {e}"));
+                }
+            }
+            for &(a, l) in old_bh.iter().filter(|p| !new_bh.contains(p)) {
+                if let Err(e) = guard.remove_blackhole(a, l) {
+                    failed.push(format!("removing blackhole route {a}/{l}: {e}"));
+                }
+            }
+            for f in failed {
+                eprintln!("holdfast: reload {shown}: {f}");
+                notes.push(format!("FAILED: {f}"));
+            }
+        }
+
+        // The SPD: entries in configuration order; kept tunnels keep theirs (with their SAs),
+        // changed ones get the new selectors and interfaces, added ones start empty.
+        let mut entries = Vec::new();
+        {
+            let mut eng = flows::lock(&self.flows);
+            for t in &new_tunnels {
+                let outside = flows::outside_nameif(&cfg, &t.name);
+                let inside = flows::inside_nameif(&cfg, &t.local_ts, &outside);
+                let (Ok(o), Ok(i), Ok(ft)) = (eng.interface(&outside), eng.interface(&inside), eng.tunnel(&t.name)) else {
+                    notes.push(format!("FAILED: tunnel {}: connection table full (interfaces or tunnels)", t.name));
+                    continue;
+                };
+                entries.push((t.clone(), ft, flow::IfcPair { outside: o, inside: i }, flows::icmp_source(inside_source(&cfg, &t.local_ts), t.local_addr)));
+            }
+        }
+        self.sad.update(|s| {
+            let mut old = std::mem::take(&mut s.spd);
+            for (t, ft, ifcs, icmp_from) in &entries {
+                let mut e = match old.iter().position(|e| *e.tunnel == *t.name) {
+                    Some(i) => old.remove(i),
+                    None => SpdEntry {
+                        tunnel: Arc::from(t.name.as_str()),
+                        flow_tunnel: *ft,
+                        ifcs: *ifcs,
+                        icmp_from: *icmp_from,
+                        local_ts: Vec::new(),
+                        remote_ts: Vec::new(),
+                        children: Vec::new(),
+                        last_acquire: Arc::new(AtomicU64::new(0)),
+                    },
+                };
+                e.flow_tunnel = *ft;
+                e.ifcs = *ifcs;
+                e.icmp_from = *icmp_from;
+                e.local_ts = t.local_ts.clone();
+                e.remote_ts = t.remote_ts.clone();
+                s.spd.push(e);
+            }
+        });
+        for (t, ft, ..) in &entries {
+            self.flow_tunnels.insert(t.name.clone(), *ft);
+        }
+        for t in &result.removed {
+            self.flow_tunnels.remove(t);
+            self.down_pending.remove(t);
+            self.watch.reset(t);
+        }
+
+        // Global settings.
+        if globals.contains(&"timeout") || globals.contains(&"sysopt") {
+            // New timeouts re-arm every conn; preserve-vpn-flows applies to tunnels from their
+            // next establishment, as on the ASA (reference/asa.md §1).
+            flows::lock(&self.flows).set_policy(now, cfg.timeouts.clone(), cfg.sysopt.clone());
+        }
+        if globals.contains(&"logging") {
+            self.syslog.reconfigure(SyslogConfig::from_policy(&cfg.logging));
+        }
+        self.tunnels = new_tunnels;
+        self.running_config = config::running_config(&cfg);
+        self.cfg = cfg;
+
+        for name in result.to_initiate() {
+            if self.tunnels.iter().any(|t| t.name == *name && t.connection_type != ConnectionType::AnswerOnly) {
+                self.endpoint.handle_command(now, ike::Command::Initiate { tunnel: name.clone() });
+            }
+        }
+        self.drain();
+        reload::Outcome { file: shown.to_string(), tunnels: result, globals, notes }
+    }
+}
+
 /// Source address for routes into the TUN: an inside interface address within our protected
 /// networks, so traffic the gateway itself originates matches the tunnel's selectors.
-fn inside_source(cfg: &policy::Config, local_ts: &[TrafficSelector]) -> Option<Ipv4Addr> {
+pub(crate) fn inside_source(cfg: &policy::Config, local_ts: &[TrafficSelector]) -> Option<Ipv4Addr> {
     cfg.interfaces
         .iter()
         .filter_map(|i| i.address.map(|a| a.addr))

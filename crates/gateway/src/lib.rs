@@ -33,6 +33,7 @@ pub mod flows;
 pub mod metrics;
 pub mod net;
 pub mod ra;
+pub mod reload;
 pub mod sad;
 pub mod show;
 pub mod syslog;

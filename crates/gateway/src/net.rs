@@ -122,6 +122,21 @@ impl SystemGuard {
         Ok(())
     }
 
+    /// Removes a route [`SystemGuard::add_route`] added (configuration reload: a remote
+    /// protected network that is no longer configured).
+    pub fn remove_route(&mut self, net: Ipv4Addr, prefix_len: u8, dev: &str) -> io::Result<()> {
+        let dst = format!("{net}/{prefix_len}");
+        self.routes.retain(|(d, v)| !(*d == dst && v == dev));
+        ip(&["route".into(), "del".into(), dst, "dev".into(), dev.into()])
+    }
+
+    /// Removes a blackhole route [`SystemGuard::add_blackhole`] added (configuration reload).
+    pub fn remove_blackhole(&mut self, net: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+        let dst = format!("{net}/{prefix_len}");
+        self.blackholes.retain(|d| *d != dst);
+        ip(&["route".into(), "del".into(), "blackhole".into(), dst, "metric".into(), BLACKHOLE_METRIC.to_string()])
+    }
+
     /// Turns on IPv4 forwarding (a gateway forwards between inside and the tunnel) and restores
     /// the previous value on exit.
     pub fn enable_ip_forward(&mut self) -> io::Result<()> {

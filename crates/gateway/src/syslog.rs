@@ -166,7 +166,8 @@ impl SyslogConfig {
 /// The daemon's syslog sink. Cheap to call from any thread; the data path only calls it through
 /// [`RateLimiter`], so the mutex is never on the per-packet path.
 pub struct Syslog {
-    cfg: SyslogConfig,
+    /// Replaced by a configuration reload ([`Syslog::reconfigure`]); read once per message.
+    cfg: std::sync::RwLock<SyslogConfig>,
     socket: Option<UdpSocket>,
     state: Mutex<State>,
 }
@@ -180,37 +181,45 @@ struct State {
 
 impl Syslog {
     pub fn new(cfg: SyslogConfig) -> Self {
-        let socket = if cfg.hosts.is_empty() {
-            None
-        } else {
-            UdpSocket::bind("0.0.0.0:0").ok().inspect(|s| {
-                let _ = s.set_nonblocking(true);
-            })
-        };
-        Self { cfg, socket, state: Mutex::new(State::default()) }
+        // Bound even without a host: a reload may add `logging host` later.
+        let socket = UdpSocket::bind("0.0.0.0:0").ok().inspect(|s| {
+            let _ = s.set_nonblocking(true);
+        });
+        Self { cfg: std::sync::RwLock::new(cfg), socket, state: Mutex::new(State::default()) }
+    }
+
+    /// `logging ...` changed by a configuration reload: applies from the next message on (the
+    /// buffer and the counters are kept, as on the ASA).
+    pub fn reconfigure(&self, cfg: SyslogConfig) {
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+    }
+
+    fn config(&self) -> SyslogConfig {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn log(&self, msg: Message) {
+        let cfg = self.cfg.read().unwrap_or_else(|p| p.into_inner());
         let line = msg.asa();
         let stamp = clock::asa_timestamp(clock::unix_seconds());
         // The ASA prefixes its own timestamp only with `logging timestamp`.
-        let body = if self.cfg.timestamp { format!("{stamp}: {line}") } else { line.clone() };
-        if self.cfg.stderr {
+        let body = if cfg.timestamp { format!("{stamp}: {line}") } else { line.clone() };
+        if cfg.stderr {
             eprintln!("{stamp}: {line}");
         }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if msg.severity <= self.cfg.buffered_level {
+        if msg.severity <= cfg.buffered_level {
             if st.buffer.len() == BUFFER_LINES {
                 st.buffer.pop_front();
             }
             st.buffer.push_back(body.clone());
             st.buffered += 1;
         }
-        if self.cfg.enabled && msg.severity <= self.cfg.trap_level {
+        if cfg.enabled && msg.severity <= cfg.trap_level {
             if let Some(sock) = &self.socket {
                 // RFC 3164 §4.1.1: PRI = facility * 8 + severity, as the ASA sends it.
                 let datagram = format!("<{}>{}", u16::from(FACILITY_LOCAL4) * 8 + u16::from(msg.severity), body);
-                for host in &self.cfg.hosts {
+                for host in &cfg.hosts {
                     let _ = sock.send_to(datagram.as_bytes(), host);
                 }
                 st.trapped += 1;
@@ -226,17 +235,18 @@ impl Syslog {
 
     /// What `show logging` reports, copied under the lock once.
     pub fn snapshot(&self) -> LoggingSnapshot {
+        let cfg = self.config();
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         LoggingSnapshot {
-            enabled: self.cfg.enabled,
+            enabled: cfg.enabled,
             facility: FACILITY_LOCAL4,
-            timestamp: self.cfg.timestamp,
-            buffered_level: LEVEL_NAMES[usize::from(self.cfg.buffered_level.min(7))],
+            timestamp: cfg.timestamp,
+            buffered_level: LEVEL_NAMES[usize::from(cfg.buffered_level.min(7))],
             buffered_messages: st.buffered,
-            trap: (self.cfg.enabled && !self.cfg.hosts.is_empty()).then(|| TrapSnapshot {
-                level: LEVEL_NAMES[usize::from(self.cfg.trap_level.min(7))],
+            trap: (cfg.enabled && !cfg.hosts.is_empty()).then(|| TrapSnapshot {
+                level: LEVEL_NAMES[usize::from(cfg.trap_level.min(7))],
                 messages: st.trapped,
-                hosts: self.cfg.hosts.iter().map(|h| format!("{} udp/{}", h.ip(), h.port())).collect(),
+                hosts: cfg.hosts.iter().map(|h| format!("{} udp/{}", h.ip(), h.port())).collect(),
             }),
             lines: st.buffer.iter().cloned().collect(),
         }
