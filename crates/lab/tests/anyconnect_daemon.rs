@@ -17,6 +17,12 @@
 //! checks that SIGTERM sends the connected client away (TERMINATE: openconnect exits instead
 //! of reconnecting) and removes both TUNs.
 //!
+//! With the connection table (docs/remote-access.md): `show conn` lists a client's TCP flow
+//! during a transfer, and a forced reconnect (SIGUSR2) keeps the address, the TCP connection
+//! and the same conn id (a remote-access-only configuration creates no `hf0`); SIGKILL and a
+//! restart of the daemon mid-transfer: openconnect reconnects by itself with its cookie, gets
+//! the same address, the conn comes back from the snapshot and the transfer completes (SHA-256).
+//!
 //! The daemon binary is `$HOLDFAST_BIN` if set, else `lab::holdfast_bin()` (release build).
 #![allow(clippy::disallowed_methods)] // the lab measures wall-clock times
 
@@ -129,11 +135,17 @@ fn routes(ns: &str) -> String {
 /// `holdfast run` in the gateway namespace with `text` as its configuration; waits until the
 /// remote-access service listens.
 fn start_daemon(lab: &RaLab, text: &str, sock: &Path) -> Proc {
+    start_daemon_logged(lab, text, sock, "holdfast.log")
+}
+
+/// [`start_daemon`] with its own log file (a restarted daemon must not find the first one's
+/// "listening" line).
+fn start_daemon_logged(lab: &RaLab, text: &str, sock: &Path, log_name: &str) -> Proc {
     let cfg = lab.path("daemon.cfg");
     std::fs::write(&cfg, text).unwrap();
     let b = bin().to_string_lossy().into_owned();
     let state = lab.path("state");
-    let log = lab.path("holdfast.log");
+    let log = lab.path(log_name);
     let mut daemon = Proc::spawn(
         "holdfast",
         in_ns(&lab.gw, &[&b, "run", "--config", &cfg.to_string_lossy(), "--control", &sock.to_string_lossy(), "--state-dir", &state.to_string_lossy()]),
@@ -344,4 +356,193 @@ fn openconnect_through_holdfast_run() {
     assert!(!routes(&lab.gw).contains("10.99.0.0/24"), "pool route removed: {}", routes(&lab.gw));
     assert!(!sock.exists(), "control socket removed");
     eprintln!("lab: anyconnect through holdfast run passed in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A TCP conn of the connection table as `show conn detail` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Conn {
+    id: u64,
+    head: String,
+    flags: String,
+    tunnel: String,
+}
+
+/// The conn with `endpoint` (`IP/PORT`) in `show conn detail`, if listed.
+fn find_conn(lab: &RaLab, sock: &Path, endpoint: &str) -> Option<Conn> {
+    let (ok, text) = cli(lab, sock, &["show", "conn", "detail"]);
+    if !ok {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.starts_with("TCP ") && l.contains(endpoint))?;
+    let mut c = Conn { id: 0, head: lines[start].to_string(), flags: String::new(), tunnel: String::new() };
+    for l in &lines[start + 1..] {
+        let t = l.trim();
+        if l.starts_with("TCP ") || l.starts_with("UDP ") || l.starts_with("ICMP ") {
+            break;
+        }
+        if let Some(f) = t.strip_prefix("flags ") {
+            c.flags = f.split(',').next().unwrap_or("").to_string();
+        } else if let Some(k) = t.strip_prefix("Connection lookup keyid: ") {
+            c.id = k.parse().ok()?;
+        } else if let Some(n) = t.strip_prefix("Tunnel: ") {
+            c.tunnel = n.to_string();
+        }
+    }
+    (c.id != 0).then_some(c)
+}
+
+/// `lab-xfer send` of `mb` MB at `rate` Mbit/s from the server to the client's tunnel address
+/// (a server->client stream: the direction the gateway holds and replays while the client is
+/// away), on a thread; returns its output.
+fn send_to_client(lab: &RaLab, address: &str, port: u16, mb: u64, rate: u32) -> std::thread::JoinHandle<lab::cmd::Output> {
+    let bin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
+    let server = lab.server.clone();
+    let to = format!("{address}:{port}");
+    let n = (mb << 20).to_string();
+    let rate = rate.to_string();
+    std::thread::spawn(move || {
+        run(&mut in_ns(&server, &[&bin, "send", "--connect", &to, "--bytes", &n, "--seed", "5", "--rate-mbit", &rate]), Duration::from_secs(120))
+            .expect("lab-xfer send runs")
+    })
+}
+
+/// Issue 5 with the connection table: `show conn` lists a client's TCP flow (the client's
+/// assigned address on the outside interface, bound to the session's tunnel), and a forced
+/// reconnect (SIGUSR2) keeps the address, the TCP connection and the very same conn entry.
+#[test]
+fn client_flow_in_show_conn_survives_a_forced_reconnect() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    assert!(lab::is_root(), "lab tests need root (network namespaces)");
+    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
+    let lab = RaLab::new().expect("lab");
+    let cert = make_server_cert(&lab.dir).expect("certificate");
+    let sock = lab.path("holdfast.sock");
+    let mut daemon = start_daemon(&lab, &config_text(&cert.cert, &cert.key), &sock);
+    // Remote access only: the site-to-site TUN is not created.
+    assert!(!links(&lab.gw).contains(" hf0:"), "no site-to-site TUN for a remote-access-only configuration: {}", links(&lab.gw));
+
+    let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
+    let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
+    client.wait_dtls(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", client.proc.log_tail(30)));
+
+    let mut rx = xfer_listen(&lab, &lab.client, 5002, Duration::from_secs(60)).expect("receiver in the client");
+    let sender = send_to_client(&lab, &address, 5002, 40, 40);
+    let endpoint = format!("{address}/5002");
+    let before = wait_for("the client's flow in show conn", Duration::from_secs(10), Duration::from_millis(200), || {
+        find_conn(&lab, &sock, &endpoint).filter(|c| c.flags.contains('U'))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", cli(&lab, &sock, &["show", "conn", "detail"]).1));
+    eprintln!("lab: before the reconnect: {before:?}");
+    assert!(before.head.contains(&format!("outside: {address}/5002")) && before.head.contains(&format!("inside: {SERVER_IP}/")), "{before:?}");
+    assert_eq!(before.tunnel, format!("ra:{address}"));
+    let (_, brief) = cli(&lab, &sock, &["show", "conn"]);
+    assert!(brief.lines().any(|l| l.starts_with(&format!("TCP outside {address}:5002 inside {SERVER_IP}:"))), "{brief}");
+    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    assert!(logging.lines().any(|l| l.contains("-302013: Built outbound TCP connection") && l.contains(&format!("outside:{address}/5002"))), "302013:\n{logging}");
+
+    // SIGUSR2: openconnect reconnects now, with its cookie.
+    std::thread::sleep(Duration::from_secs(1));
+    client.proc.signal(libc::SIGUSR2);
+    wait_for("openconnect reconnected", Duration::from_secs(20), Duration::from_millis(50), || {
+        std::fs::read_to_string(&client.script_out).ok().filter(|t| t.contains("reason=reconnect")).map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", client.proc.log_tail(30)));
+    let after = find_conn(&lab, &sock, &endpoint).unwrap_or_else(|| panic!("flow gone after the reconnect: {}", cli(&lab, &sock, &["show", "conn", "detail"]).1));
+    eprintln!("lab: after the reconnect: {after:?}");
+    assert_eq!(after.id, before.id, "the same conn entry carries the stream after the reconnect");
+
+    let out = sender.join().unwrap();
+    assert!(out.success(), "transfer across the reconnect: {}{}", out.stdout, out.stderr);
+    let (bytes, sha, stall) = rx.wait_result(Duration::from_secs(30)).expect("receiver finished");
+    assert_eq!(bytes, 40 << 20, "every byte arrived on the one TCP connection");
+    assert_eq!(Some(sha), sent_sha(&out.stdout), "SHA-256 matches");
+    let script = std::fs::read_to_string(&client.script_out).unwrap_or_default();
+    let addrs: Vec<&str> = script.lines().filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("ip4="))).collect();
+    assert!(addrs.iter().all(|a| *a == address), "same address across the reconnect: {addrs:?}");
+    // The stream ended with FINs: the conn is gone with the ordinary reason.
+    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    assert!(
+        logging.lines().any(|l| l.contains(&format!("-302014: Teardown TCP connection {} ", before.id)) && l.ends_with("TCP FINs")),
+        "302014 TCP FINs for conn {}:\n{logging}",
+        before.id
+    );
+    eprintln!("lab: 40 MB server->client across SIGUSR2 on conn {} (longest stall {stall:.0} ms)", before.id);
+
+    // Logoff ends the session: no flow of the client is left.
+    client.proc.signal(libc::SIGINT);
+    let _ = client.proc.wait_exit(Duration::from_secs(10));
+    let code = daemon.stop();
+    assert_eq!(code, Some(0), "holdfast exit: {}", daemon.log_tail(20));
+    eprintln!("lab: show conn + SIGUSR2 through holdfast run passed in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Sessions survive a daemon crash: SIGKILL mid-transfer, restart with the same state
+/// directory; openconnect reconnects by itself with its cookie, gets the same address, the
+/// connection table entry comes back from the snapshot, and the transfer completes (SHA-256).
+#[test]
+fn sessions_and_flows_survive_sigkill_and_restart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    assert!(lab::is_root(), "lab tests need root (network namespaces)");
+    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
+    let lab = RaLab::new().expect("lab");
+    let cert = make_server_cert(&lab.dir).expect("certificate");
+    let sock = lab.path("holdfast.sock");
+    let text = config_text(&cert.cert, &cert.key);
+    let mut daemon = start_daemon(&lab, &text, &sock);
+    let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
+    let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
+
+    let mut rx = xfer_listen(&lab, &lab.client, 5003, Duration::from_secs(90)).expect("receiver in the client");
+    let sender = send_to_client(&lab, &address, 5003, 30, 30);
+    let endpoint = format!("{address}/5003");
+    let before = wait_for("the client's flow in show conn", Duration::from_secs(10), Duration::from_millis(200), || {
+        find_conn(&lab, &sock, &endpoint).filter(|c| c.flags.contains('U'))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", cli(&lab, &sock, &["show", "conn", "detail"]).1));
+    // Past the periodic snapshots of the table (2 s) and of the sessions (0.5 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    let state = lab.path("state");
+    let saved = std::fs::read_to_string(state.join("ra-sessions.json")).expect("sessions file written");
+    let cookie = std::fs::read_to_string(&client.proc.log).unwrap_or_default();
+    assert!(saved.contains("\"user\":\"vpn\""), "{saved}");
+    let cookie_hex = cookie.lines().find_map(|l| l.split("webvpn=").nth(1)).map(|c| c.split(|ch: char| !ch.is_ascii_hexdigit()).next().unwrap_or("").to_string());
+    if let Some(c) = cookie_hex.filter(|c| c.len() >= 16) {
+        assert!(!saved.to_ascii_uppercase().contains(&c.to_ascii_uppercase()), "the cookie is not in the sessions file");
+    }
+
+    // Crash.
+    let killed = Instant::now();
+    daemon.kill_hard();
+    let mut daemon = start_daemon_logged(&lab, &text, &sock, "holdfast-2.log");
+    let restarted = killed.elapsed();
+    assert!(std::fs::read_to_string(&daemon.log).unwrap_or_default().contains("1 session(s) restored"), "{}", daemon.log_tail(20));
+
+    // openconnect comes back on its own (its reconnect timer), with the same address.
+    wait_for("openconnect reconnected after the restart", Duration::from_secs(45), Duration::from_millis(100), || {
+        std::fs::read_to_string(&client.script_out).ok().filter(|t| t.contains("reason=reconnect")).map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- openconnect ---\n{}\n--- holdfast ---\n{}", client.proc.log_tail(30), daemon.log_tail(30)));
+    let back = killed.elapsed();
+    let after = find_conn(&lab, &sock, &endpoint);
+    eprintln!("lab: restarted in {:.1} s, client back after {:.1} s; conn before {before:?}, after {after:?}", restarted.as_secs_f64(), back.as_secs_f64());
+
+    let out = sender.join().unwrap();
+    assert!(out.success(), "transfer across the crash: {}{}\n--- holdfast ---\n{}", out.stdout, out.stderr, daemon.log_tail(30));
+    let (bytes, sha, stall) = rx.wait_result(Duration::from_secs(30)).expect("receiver finished");
+    assert_eq!(bytes, 30 << 20, "every byte arrived on the one TCP connection");
+    assert_eq!(Some(sha), sent_sha(&out.stdout), "SHA-256 matches");
+    assert_eq!(after.map(|c| c.id), Some(before.id), "the restored conn entry carried the stream");
+    let script = std::fs::read_to_string(&client.script_out).unwrap_or_default();
+    let addrs: Vec<&str> = script.lines().filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("ip4="))).collect();
+    assert!(addrs.len() >= 2 && addrs.iter().all(|a| *a == address), "same address after the restart: {addrs:?}");
+    eprintln!("lab: 30 MB across SIGKILL + restart (longest stall {stall:.0} ms)");
+
+    client.proc.signal(libc::SIGINT);
+    let _ = client.proc.wait_exit(Duration::from_secs(10));
+    let code = daemon.stop();
+    assert_eq!(code, Some(0), "holdfast exit: {}", daemon.log_tail(20));
+    eprintln!("lab: SIGKILL + restart through holdfast run passed in {:.1} s", started.elapsed().as_secs_f64());
 }
