@@ -869,6 +869,12 @@ impl Parser<'_> {
 
     fn tunnel_group(&mut self, b: &Block<'_>, c: &mut Cur<'_, '_>) -> R<Option<ItemKind>> {
         let name = c.name("a tunnel-group name")?;
+        if name.node == "DefaultL2LGroup" {
+            // The ASA's built-in group for LAN-to-LAN peers no tunnel group names (dynamic
+            // crypto maps): holdfast has no such peers, and the group has no `type` line.
+            self.ignore_block(b, 1);
+            return Ok(None);
+        }
         let Some(t) = c.next() else { return Err(c.missing("`type`, `ipsec-attributes` or `general-attributes`")) };
         match lower(t.text).as_str() {
             "type" => {
