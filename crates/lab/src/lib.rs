@@ -15,6 +15,7 @@
 
 pub mod capture;
 pub mod cmd;
+pub mod demo;
 pub mod holdfast;
 pub mod openconnect;
 pub mod ocserv;
