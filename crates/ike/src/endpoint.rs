@@ -380,7 +380,7 @@ impl Endpoint {
     /// Our ID stays the gateway address (ID_IPV4_ADDR), so our certificate needs a matching
     /// IP subjectAltName; the peer's ID must match its certificate, which must chain to a CA.
     pub fn set_cert_auth(&mut self, tunnel: &str, auth: crate::cert_auth::CertAuth) -> bool {
-        match self.tunnel_index(&tunnel) {
+        match self.tunnel_index(tunnel) {
             Some(i) => {
                 self.cert[i] = Some(auth);
                 true
@@ -599,7 +599,7 @@ impl Endpoint {
     /// the established IKE SAs carrying it (None when there is none). The daemon compares it
     /// with the time it sent `Command::CheckLiveness` to learn that a silent path is back.
     pub fn last_heard(&self, tunnel: &str) -> Option<Instant> {
-        let idx = self.tunnel_index(&tunnel)?;
+        let idx = self.tunnel_index(tunnel)?;
         self.sas
             .values()
             .filter(|sa| sa.is_up() && !sa.dead && (sa.tunnel == idx || sa.children.iter().any(|c| c.tunnel == idx && !c.reported_down)))

@@ -12,9 +12,12 @@
 //!    configuration and SPIs unchanged;
 //! 3. SIGHUP after changing tunnel 1's ESP proposal in the file: tunnel 1 gets new SPIs and the
 //!    new suite, tunnel 2 keeps its SPIs;
+//! 4. after the download, `holdfast reload` with entry 20 gone: its SAs are deleted at both
+//!    ends, its routes and blackhole route are removed, tunnel 1 keeps its SPIs.
 //!
-//! and the download completes with the right SHA-256 as the single request the server saw.
-//! The wan capture holds no cleartext between the protected networks. Wall time ~40 s.
+//! The download completes with the right SHA-256 as the single request the server saw.
+//! The download never stalls 5 s or more. The wan capture holds no cleartext between the
+//! protected networks. Wall time ~40 s.
 #![allow(clippy::disallowed_methods)] // the lab measures wall-clock times
 
 use lab::cmd::{run, sh, wait_for};
@@ -197,9 +200,37 @@ fn reload_keeps_untouched_tunnels_and_flows() {
     let res = dl.wait(Duration::from_secs(60)).unwrap_or_else(|e| panic!("download did not finish: {e}\n{}", s.diagnostics()));
     res.check_intact(&s.blob).unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
     s.server.check_one_request(&res).unwrap_or_else(|e| panic!("{e}"));
+    let longest = res.samples.windows(2).map(|w| w[1].0 - w[0].0).fold(0.0, f64::max);
+    eprintln!("lab: download intact, one request; longest gap between progress samples {longest:.2} s");
+    // Re-establishing tunnel 1 is a Delete and one CREATE_CHILD_SA exchange; the preserved
+    // connection waits for it, it does not start over.
+    assert!(longest < 5.0, "the download stalled {longest:.2} s");
     let logging = s.gw_a.show("logging").expect("show logging");
     assert!(logging.contains("User 'SIGHUP' executed the 'reload config"), "no 111008 for SIGHUP");
     assert!(logging.matches("%ASA-5-111005:").count() >= 2, "SIGHUP reload did not complete");
+
+    // 4. Entry 20 removed again: its SAs are deleted and its network is no longer reachable;
+    // tunnel 1 is not touched.
+    let t1_now = spis(&s.gw_a.show("crypto ipsec sa").expect("show"), 10);
+    // The file as in step 3, without step 1's additions.
+    let without_20 = base.replace("crypto map MAP 10 set ikev2 ipsec-proposal P1\n", "crypto map MAP 10 set ikev2 ipsec-proposal P2\n")
+        + "crypto ipsec ikev2 ipsec-proposal P2\n protocol esp encryption aes-gcm\n protocol esp integrity null\n";
+    std::fs::write(&s.gw_a.config, without_20).expect("write gw-a config");
+    let r = reload_cmd(&s, None);
+    eprintln!("lab: reload 4:\n{}{}", r.stdout, r.stderr);
+    assert!(r.success() && r.stdout.contains("tunnels removed: MAP:20"), "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("tunnels unchanged (SAs and flows kept): MAP:10"), "{}", r.stdout);
+    assert_eq!(lab::ping(&s.topo.host_a, NET3_HOST, 2).expect("ping"), 0, "10.3.0.10 still reachable after its tunnel was removed");
+    let routes = sh(Some(&s.topo.gw_a), &["ip", "route", "show", "10.3.0.0/24"], T).expect("ip route").stdout;
+    assert!(routes.trim().is_empty(), "routes for the removed network left behind: {routes}");
+    assert!(!routes.contains("dev hf0"), "route into the TUN left behind: {routes}");
+    wait_for("the peer drops tunnel 2", Duration::from_secs(10), Duration::from_millis(200), || {
+        let b = s.gw_b.as_ref()?.show("crypto ipsec sa").ok()?;
+        spis(&b, 20).is_empty().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
+    let after4 = spis(&s.gw_a.show("crypto ipsec sa").expect("show"), 10);
+    assert!(after4.is_subset(&t1_now) && !after4.is_empty(), "tunnel 1 touched by removing tunnel 2: {after4:?} vs {t1_now:?}");
 
     let rep = s.finish_capture().expect("tshark dissects the wan capture");
     rep.check_clean().unwrap_or_else(|e| panic!("{e}"));
