@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(name = "holdfast", version, about = "VPN head-end with ASA-style configuration")]
 struct Cli {
@@ -64,6 +66,17 @@ enum Cmd {
         #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
         control: PathBuf,
     },
+    /// Demo (root, needs only iproute2): two offices in network namespaces, a long download
+    /// through a holdfast tunnel that breaks and comes back, with preserve-vpn-flows on and off.
+    #[command(after_help = "Examples:\n  sudo holdfast demo\n  sudo holdfast demo --quick --chart demo.svg")]
+    Demo {
+        /// Smaller and faster (for CI): the whole demo in well under a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Write the throughput over time of both runs, outage marked, as an SVG chart.
+        #[arg(long, value_name = "FILE.svg")]
+        chart: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +110,7 @@ fn main() -> ExitCode {
         Cmd::Show { words, control } => remote("show", &words, &control),
         Cmd::Clear { words, control } => remote("clear", &words, &control),
         Cmd::VpnSessiondb { words, control } => remote("vpn-sessiondb", &words, &control),
+        Cmd::Demo { quick, chart } => demo::run(demo::Options { quick, chart }),
     }
 }
 
