@@ -412,6 +412,31 @@ mod tests {
     }
 
     #[test]
+    fn reconfigure_adds_a_host_and_changes_levels_keeping_the_buffer() {
+        // Started without any host (as a configuration without `logging host`).
+        let log = Syslog::new(SyslogConfig { enabled: false, hosts: vec![], trap_level: 6, buffered_level: 7, timestamp: false, stderr: false });
+        log.log(Message { severity: 6, id: 1, text: "before".into() });
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        log.reconfigure(SyslogConfig {
+            enabled: true,
+            hosts: vec![rx.local_addr().unwrap()],
+            trap_level: 5,
+            buffered_level: 5,
+            timestamp: false,
+            stderr: false,
+        });
+        log.log(Message { severity: 6, id: 2, text: "not buffered, not sent".into() });
+        log.log(Message { severity: 5, id: 3, text: "after".into() });
+        assert_eq!(log.lines(), vec!["%ASA-6-1: before".to_string(), "%ASA-5-3: after".to_string()]);
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"<165>%ASA-5-3: after");
+        let show = log.show_logging();
+        assert!(show.contains("Trap logging: level notifications"), "{show}");
+    }
+
+    #[test]
     fn ring_buffer_is_bounded() {
         let log = Syslog::new(SyslogConfig { enabled: false, hosts: vec![], trap_level: 6, buffered_level: 7, timestamp: true, stderr: false });
         for i in 0..(BUFFER_LINES + 5) {
