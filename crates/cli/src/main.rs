@@ -3,12 +3,39 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
+mod commands;
 mod demo;
+mod manpage;
+mod shell;
+
+/// `holdfast --version`: the crate version and, when built from a git checkout, the commit.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("HOLDFAST_GIT_SUFFIX"));
+
+const LONG_ABOUT: &str = "\
+holdfast is a VPN head-end configured with the Cisco ASA's syntax: site-to-site IKEv2/ESP \
+tunnels, a stateful connection table whose flows survive a tunnel outage \
+(sysopt connection preserve-vpn-flows) and AnyConnect remote access. `holdfast run` is the \
+daemon; `show`, `clear`, `vpn-sessiondb` and `shell` talk to it over its control socket.";
+
+const EXAMPLES: &str = "\
+Examples:
+  holdfast check --config /etc/holdfast/holdfast.cfg
+  holdfast check --strict --config asa-running-config.txt
+  holdfast run --config /etc/holdfast/holdfast.cfg --state-dir /var/lib/holdfast
+  holdfast show crypto ipsec sa
+  holdfast show conn long
+  holdfast clear crypto ikev2 sa 192.0.2.2
+  holdfast vpn-sessiondb logoff name alice
+  holdfast shell
+  echo 'show version' | holdfast shell --control /run/holdfast/holdfast.sock
+
+The control socket defaults to /run/holdfast/holdfast.sock; every talking command takes
+--control SOCKET. See holdfast(1) and docs/ for the configuration reference.";
 
 #[derive(Parser)]
-#[command(name = "holdfast", version, about = "VPN head-end with ASA-style configuration")]
+#[command(name = "holdfast", version = VERSION, about = "VPN head-end with ASA-style configuration", long_about = LONG_ABOUT, after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -17,9 +44,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway in the foreground in the current network namespace.
+    ///
+    /// Needs CAP_NET_ADMIN (TUN, routes, nftables), CAP_NET_BIND_SERVICE (UDP 500, TCP/UDP 443)
+    /// and CAP_NET_RAW (native ESP); packaging/holdfast.service runs it with exactly these.
+    #[command(after_help = "Examples:\n  holdfast run --config /etc/holdfast/holdfast.cfg\n  holdfast run --strict --config gw.cfg --control /run/holdfast/holdfast.sock --state-dir /var/lib/holdfast")]
     Run {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Refuse lines for ASA features outside holdfast's scope instead of ignoring them.
+        #[arg(long)]
+        strict: bool,
         #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
         control: PathBuf,
         /// Name of the TUN device the protected networks are routed into.
@@ -39,11 +73,36 @@ enum Cmd {
         ra_tun: String,
     },
     /// Validate a configuration and print its diagnostics.
+    ///
+    /// Exit status 0 when the configuration can run, 1 on any error. Lines for ASA features
+    /// outside holdfast's scope are summarised in one warning, or refused one by one with --strict.
+    #[command(after_help = "Examples:\n  holdfast check --config /etc/holdfast/holdfast.cfg\n  holdfast check --strict --config asa-running-config.txt")]
     Check {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Refuse lines for ASA features outside holdfast's scope instead of ignoring them.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Interactive exec-mode prompt (`holdfast#`) for show, clear, vpn-sessiondb and reload.
+    ///
+    /// TAB completes command words, `?` lists what may come next, keywords may be abbreviated
+    /// (`sh cry ipsec sa`), history is kept in ~/.holdfast_history (HOLDFAST_HISTORY overrides),
+    /// `exit`, `quit` or Ctrl-D leave. When standard input is not a terminal, commands are read
+    /// one per line and the exit status is 1 if any failed.
+    #[command(after_help = "Examples:\n  holdfast shell\n  printf 'show crypto ikev2 sa\\nshow conn count\\n' | holdfast shell")]
+    Shell {
+        #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
+        control: PathBuf,
+    },
+    /// Write the man pages (holdfast.1 and one per command) into DIR.
+    #[command(name = "__man", hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
     /// `show ...` on the running gateway (e.g. `show crypto ipsec sa`).
+    #[command(after_help = "Examples:\n  holdfast show crypto ikev2 sa detail\n  holdfast show crypto ipsec sa peer 192.0.2.2\n  holdfast show conn address 10.1.0.10 long\n  holdfast show running-config all sysopt\n  holdfast show vpn-sessiondb anyconnect\n  holdfast show logging")]
     Show {
         #[arg(required = true, num_args = 1.., value_name = "WORDS")]
         words: Vec<String>,
@@ -52,7 +111,7 @@ enum Cmd {
     },
     /// `vpn-sessiondb logoff name USER | index N | all` on the running gateway: ends
     /// remote-access sessions without asking for confirmation.
-    #[command(name = "vpn-sessiondb")]
+    #[command(name = "vpn-sessiondb", after_help = "Examples:\n  holdfast vpn-sessiondb logoff name alice\n  holdfast vpn-sessiondb logoff index 3\n  holdfast vpn-sessiondb logoff all")]
     VpnSessiondb {
         #[arg(required = true, num_args = 1.., value_name = "WORDS")]
         words: Vec<String>,
@@ -60,6 +119,7 @@ enum Cmd {
         control: PathBuf,
     },
     /// `clear ...` on the running gateway (e.g. `clear crypto ikev2 sa 192.0.2.2`).
+    #[command(after_help = "Examples:\n  holdfast clear crypto ikev2 sa 192.0.2.2\n  holdfast clear crypto ipsec sa peer 192.0.2.2\n  holdfast clear conn address 10.1.0.10\n  holdfast clear asp drop")]
     Clear {
         #[arg(required = true, num_args = 1.., value_name = "WORDS")]
         words: Vec<String>,
@@ -82,15 +142,15 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Check { config } => match load(&config) {
+        Cmd::Check { config, strict } => match load(&config, strict) {
             Some(_) => {
                 println!("{}: configuration OK", config.display());
                 ExitCode::SUCCESS
             }
             None => ExitCode::FAILURE,
         },
-        Cmd::Run { config, control, tun, mtu, no_offload, state_dir, ra_tun } => {
-            let Some(cfg) = load(&config) else { return ExitCode::FAILURE };
+        Cmd::Run { config, strict, control, tun, mtu, no_offload, state_dir, ra_tun } => {
+            let Some(cfg) = load(&config, strict) else { return ExitCode::FAILURE };
             let opts = gateway::daemon::Options {
                 control,
                 tun_name: tun,
@@ -103,6 +163,9 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("holdfast: {e}");
+                    if let Some(hint) = privilege_hint(&e.to_string()) {
+                        eprintln!("holdfast: {hint}");
+                    }
                     ExitCode::FAILURE
                 }
             }
@@ -110,13 +173,26 @@ fn main() -> ExitCode {
         Cmd::Show { words, control } => remote("show", &words, &control),
         Cmd::Clear { words, control } => remote("clear", &words, &control),
         Cmd::VpnSessiondb { words, control } => remote("vpn-sessiondb", &words, &control),
+        Cmd::Shell { control } => shell::run(&control),
+        Cmd::Man { dir } => match manpage::write_all(Cli::command(), &dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("holdfast: cannot write man pages to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Demo { quick, chart } => demo::run(demo::Options { quick, chart }),
     }
 }
 
 /// Parses and validates; prints diagnostics (errors and warnings) to stderr.
-fn load(path: &Path) -> Option<policy::Config> {
-    match config::load(path) {
+fn load(path: &Path, strict: bool) -> Option<policy::Config> {
+    match config::load_with(path, config::ParseOptions { strict }) {
         Ok(loaded) => {
             let w = loaded.warnings.to_string();
             if !w.trim().is_empty() {
@@ -142,6 +218,15 @@ fn load(path: &Path) -> Option<policy::Config> {
             None
         }
     }
+}
+
+/// What to do when the daemon was refused a privileged operation (EPERM on a route, TUN or
+/// nftables change; EACCES on a port below 1024).
+fn privilege_hint(error: &str) -> Option<&'static str> {
+    (error.contains("Operation not permitted") || error.contains("Permission denied") || error.contains("os error 1)")).then_some(
+        "the daemon needs CAP_NET_ADMIN (TUN, routes, nftables), CAP_NET_BIND_SERVICE (UDP 500, TCP 443) and \
+         CAP_NET_RAW (native ESP): run it as root or with those capabilities (packaging/holdfast.service)",
+    )
 }
 
 fn remote(verb: &str, words: &[String], control: &Path) -> ExitCode {
