@@ -132,6 +132,14 @@ fn build() -> Vec<Node> {
     };
     let mut running = vec![kw("all", "Show the configuration including default values", true, filters())];
     running.extend(filters());
+    let conn_address = || {
+        kw(
+            "address",
+            "Display connections of one inside or outside IP address",
+            false,
+            vec![arg(Arg::Ipv4, "IP address", true, vec![])],
+        )
+    };
     let noconfirm = || kw("noconfirm", "Do not ask for confirmation (the shell never asks)", true, vec![]);
 
     let show = kw(
@@ -173,8 +181,8 @@ fn build() -> Vec<Node> {
                         )],
                     ),
                     kw("count", "Display number of connections in use", true, vec![]),
-                    kw("detail", "Display all information", true, vec![]),
-                    kw("long", "Display in long format", true, vec![]),
+                    kw("detail", "Display all information", true, vec![conn_address()]),
+                    kw("long", "Display in long format", true, vec![conn_address()]),
                 ],
             ),
             kw(
@@ -198,7 +206,17 @@ fn build() -> Vec<Node> {
                                 "Show IPsec security associations",
                                 true,
                                 vec![
-                                    detail(),
+                                    kw(
+                                        "detail",
+                                        "Show detailed information",
+                                        true,
+                                        vec![kw(
+                                            "peer",
+                                            "Show IPsec security associations of one peer",
+                                            false,
+                                            vec![arg(Arg::Ip, "Peer IP address", true, vec![])],
+                                        )],
+                                    ),
                                     kw(
                                         "peer",
                                         "Show IPsec security associations of one peer",
@@ -639,6 +657,45 @@ mod tests {
                 (s, d) => panic!("{line}: shell {s:?}, daemon {d:?}"),
             }
         }
+    }
+
+    /// The other direction: at every keyword position of the table, each letter is accepted
+    /// (as a unique abbreviation) by the daemon exactly when the table accepts it. A keyword the
+    /// daemon has and the table lacks (or the reverse) changes the answer for its first letter.
+    #[test]
+    fn the_daemon_has_no_keyword_the_table_lacks() {
+        fn go(nodes: &[Node], prefix: &mut Vec<String>, mismatches: &mut Vec<String>) {
+            let free = nodes.iter().any(|n| matches!(n.token, Token::Arg(Arg::Word | Arg::File | Arg::Rest)));
+            let is_local = prefix.len() == 1 && LOCAL_WORDS.contains(&prefix[0].as_str());
+            if !free && !is_local {
+                let head = prefix.join(" ");
+                for letter in 'a'..='z' {
+                    let line = if head.is_empty() { letter.to_string() } else { format!("{head} {letter}") };
+                    let col = line.len() - 1;
+                    let daemon = !matches!(gateway::control::parse(&line), Err(gateway::control::ParseError::Invalid { col: c }) if c == col);
+                    let shell = match_word(nodes, &letter.to_string()).is_ok()
+                        && !(prefix.is_empty() && LOCAL_WORDS.iter().any(|w| w.starts_with(letter)));
+                    if daemon != shell {
+                        mismatches.push(format!("`{line}`: daemon {}, shell {}", daemon, shell));
+                    }
+                }
+            }
+            for n in nodes {
+                let values: Vec<&str> = match n.token {
+                    Token::Keyword(k) => vec![k],
+                    Token::Arg(Arg::Rest) => continue,
+                    Token::Arg(a) => a.samples()[..1].to_vec(),
+                };
+                for v in values {
+                    prefix.push(v.to_string());
+                    go(&n.next, prefix, mismatches);
+                    prefix.pop();
+                }
+            }
+        }
+        let mut mismatches = Vec::new();
+        go(tree(), &mut Vec::new(), &mut mismatches);
+        assert!(mismatches.is_empty(), "table and daemon parser disagree:\n{}", mismatches.join("\n"));
     }
 
     fn shortest_abbreviation(path: &str) -> String {
