@@ -231,8 +231,12 @@ fn terminal_help_without_enter_completion_and_history() {
     // given back for editing and finished.
     typ("show cry?");
     expect("crypto  Show crypto information");
+    // The prompt is drawn once the editor is back in raw mode: keys typed before it would go
+    // through the terminal's line discipline instead.
+    expect("holdfast# ");
     typ("pto ikev2 sa\r");
     expect(&ike_first);
+    expect("holdfast# ");
     // TAB completes `sh` and `ver`.
     typ("sh\t");
     expect("show ");
@@ -240,9 +244,11 @@ fn terminal_help_without_enter_completion_and_history() {
     expect("version ");
     typ("\r");
     expect(&ver_first);
+    expect("holdfast# ");
     // `?` after a space lists the next words; Ctrl-U drops the line; `exit` leaves.
     typ("sh cry ipsec ?");
     expect("stats  Show global IPsec statistics");
+    expect("holdfast# ");
     typ("\x15exit\r");
     let status = {
         let mut waited = 0;
