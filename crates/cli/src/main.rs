@@ -108,6 +108,11 @@ enum Cmd {
         words: Vec<String>,
         #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
         control: PathBuf,
+        /// Answer as JSON for automation (conn, crypto ipsec sa, crypto ikev2 sa, asp drop,
+        /// asp table vpn-context, vpn-sessiondb anyconnect, logging, ...); failures are
+        /// `{"error": "..."}` with a non-zero exit status.
+        #[arg(long)]
+        json: bool,
     },
     /// `vpn-sessiondb logoff name USER | index N | all` on the running gateway: ends
     /// remote-access sessions without asking for confirmation.
@@ -170,7 +175,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Show { words, control } => remote("show", &words, &control),
+        Cmd::Show { words, control, json: false } => remote("show", &words, &control),
+        Cmd::Show { words, control, json: true } => {
+            let (out, ok) = gateway::control::request_json(&control, &words);
+            print!("{out}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Cmd::Clear { words, control } => remote("clear", &words, &control),
         Cmd::VpnSessiondb { words, control } => remote("vpn-sessiondb", &words, &control),
         Cmd::Shell { control } => shell::run(&control),
