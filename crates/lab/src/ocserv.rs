@@ -39,7 +39,7 @@ impl Ocserv {
         let _ = std::fs::remove_file(&passwd);
         // ocpasswd reads the password twice from its terminal or, without one, from stdin.
         let out = run(
-            &mut std::process::Command::new("sh").args([
+            std::process::Command::new("sh").args([
                 "-c",
                 &format!("printf '%s\\n%s\\n' '{password}' '{password}' | ocpasswd -c {} {user}", passwd.display()),
             ]),
@@ -124,7 +124,7 @@ dtls-legacy = true
 
 /// PIDs of the processes in network namespace `ns` (`ip netns pids`).
 pub fn ns_pids(ns: &str) -> Vec<u32> {
-    run(&mut std::process::Command::new("ip").args(["netns", "pids", ns]), T)
+    run(std::process::Command::new("ip").args(["netns", "pids", ns]), T)
         .map(|o| o.stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default()
 }

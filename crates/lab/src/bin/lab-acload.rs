@@ -488,10 +488,8 @@ async fn hold(o: &Opts, t: Tunnel, index: usize, mut stop: tokio::sync::watch::R
                     let payload = buf[8..8 + len].to_vec();
                     buf.drain(..8 + len);
                     match kind {
-                        DATA => {
-                            if is_echo_reply(&payload, target, address, ident) {
-                                answered.fetch_add(1, Ordering::Relaxed);
-                            }
+                        DATA if is_echo_reply(&payload, target, address, ident) => {
+                            answered.fetch_add(1, Ordering::Relaxed);
                         }
                         DPD_REQ => {
                             dpd.fetch_add(1, Ordering::Relaxed);
