@@ -287,6 +287,19 @@ fn unit_capabilities_bring_a_tunnel_up_as_an_unprivileged_user() {
     assert!(ok, "ping through the tunnel failed: {out}");
     let log = std::fs::read_to_string(&la).unwrap_or_default();
     assert!(!log.contains("native ESP disabled") && !log.contains("not permitted"), "{log}");
+    // ExecReload (SIGHUP = `holdfast reload`) under the same capabilities: the daemon re-reads
+    // its file as the unprivileged user, keeps running and keeps the tunnel.
+    sh(&format!("kill -HUP {}", lab.daemons[0].id()));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(matches!(lab.daemons[0].try_wait(), Ok(None)), "SIGHUP ended the daemon: {}", std::fs::read_to_string(&la).unwrap_or_default());
+    let (_, text) = show(&sa, "crypto ipsec sa");
+    assert!(text.contains("inbound esp sas"), "{text}");
+    let (_, logging) = show(&sa, "logging");
+    let log = std::fs::read_to_string(&la).unwrap_or_default();
+    assert!(!logging.contains("%ASA-2-111004") && !log.contains("not permitted"), "{logging}\n{log}");
+    if !log.contains("without a configuration file") {
+        assert!(logging.contains("%ASA-5-111005"), "no reload completed after SIGHUP:\n{logging}\n{log}");
+    }
     // SIGTERM: a clean exit that removes the TUN (CAP_NET_ADMIN is still there for cleanup).
     let d = lab.last_daemon();
     sh(&format!("kill -TERM {}", d.id()));
