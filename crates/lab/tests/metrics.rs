@@ -1,6 +1,6 @@
 //! Issue 4, observability: Prometheus metrics of a running holdfast (holdfast <-> holdfast).
 //! gw-a serves `metrics prometheus listen 10.1.0.1 port 9464`; the test scrapes it from the
-//! gateway's own namespace with curl and parses the text with a real exposition-format parser
+//! gateway's own namespace (HTTP/1.1 over bash's /dev/tcp) and parses the text with a real exposition-format parser
 //! (`prometheus-parse`), then checks that the values follow what happens:
 //! tunnel up (tunnels_up 1, one ready IKE SA, one IPsec SA pair), a 4 MB transfer (bytes and
 //! packets per tunnel grow by at least that much, conns built), `clear crypto ikev2 sa` with no
@@ -48,8 +48,13 @@ fn scrape(t: &Topology) -> Scrape {
 }
 
 fn scrape_ns(ns: &str) -> Scrape {
-    let url = format!("http://{LISTEN}/metrics");
-    let out = sh(Some(ns), &["curl", "-sS", "--max-time", "5", "-D", "-", &url], Duration::from_secs(10)).expect("curl /metrics");
+    // A plain HTTP/1.1 GET from bash's /dev/tcp inside the namespace (no HTTP client to
+    // install); the daemon answers with Connection: close, so `cat` ends with the body.
+    let (ip, port) = LISTEN.split_once(':').unwrap();
+    let get = format!(
+        "exec 3<>/dev/tcp/{ip}/{port} && printf 'GET /metrics HTTP/1.1\\r\\nHost: {LISTEN}\\r\\nAccept: text/plain\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+    );
+    let out = sh(Some(ns), &["bash", "-c", &get], Duration::from_secs(10)).expect("GET /metrics");
     let (head, body) = out.stdout.split_once("\r\n\r\n").expect("HTTP head and body");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
