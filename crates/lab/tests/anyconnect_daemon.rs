@@ -519,6 +519,12 @@ fn sessions_and_flows_survive_sigkill_and_restart() {
     let mut daemon = start_daemon_logged(&lab, &text, &sock, "holdfast-2.log");
     let restarted = killed.elapsed();
     assert!(std::fs::read_to_string(&daemon.log).unwrap_or_default().contains("1 session(s) restored"), "{}", daemon.log_tail(20));
+    // While the client is away (its reconnect timer runs ~10 s), the restored conn waits: V.
+    if !std::fs::read_to_string(&client.script_out).unwrap_or_default().contains("reason=reconnect") {
+        let waiting = find_conn(&lab, &sock, &endpoint).unwrap_or_else(|| panic!("restored conn missing: {}", cli(&lab, &sock, &["show", "conn", "detail"]).1));
+        assert_eq!(waiting.id, before.id, "{waiting:?}");
+        assert!(waiting.flags.contains('V'), "a preserved remote-access flow waiting for its session: {waiting:?}");
+    }
 
     // openconnect comes back on its own (its reconnect timer), with the same address.
     wait_for("openconnect reconnected after the restart", Duration::from_secs(45), Duration::from_millis(100), || {
