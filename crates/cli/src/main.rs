@@ -131,6 +131,23 @@ enum Cmd {
         #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
         control: PathBuf,
     },
+    /// Apply a changed configuration to the running gateway without losing what it does not touch.
+    ///
+    /// The daemon reads its configuration file again (or FILE), validates it like `check` and,
+    /// if valid, applies the difference: unchanged tunnels keep their SAs and flows, changed ones
+    /// are re-established, removed ones deleted, added ones brought up; timeout, sysopt and
+    /// logging apply at once. A configuration with errors, or with changes that need a restart
+    /// (interfaces, remote access, tcpmss, metrics), is refused as a whole and nothing changes;
+    /// the exit status is then 1. SIGHUP to the daemon does the same as `reload` without FILE.
+    #[command(after_help = "Examples:\n  holdfast reload\n  holdfast reload --config /etc/holdfast/holdfast.cfg --control /run/holdfast/holdfast.sock\n  systemctl reload holdfast")]
+    Reload {
+        /// Read this file instead of the one the daemon was started with (it becomes the
+        /// file later reloads read only if it is the same path).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
+        control: PathBuf,
+    },
     /// Demo (root, needs only iproute2): two offices in network namespaces, a long download
     /// through a holdfast tunnel that breaks and comes back, with preserve-vpn-flows on and off.
     #[command(after_help = "Examples:\n  sudo holdfast demo\n  sudo holdfast demo --quick --chart demo.svg")]
@@ -164,7 +181,9 @@ fn main() -> ExitCode {
                 state_dir,
                 ra_tun_name: ra_tun,
             };
-            match gateway::daemon::run(cfg, opts) {
+            // Absolute: `holdfast reload` / SIGHUP read the same file again later.
+            let file = std::path::absolute(&config).unwrap_or(config);
+            match gateway::daemon::run_reloadable(cfg, opts, Some(file), strict) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("holdfast: {e}");
@@ -186,8 +205,17 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Clear { words, control } => remote("clear", &words, &control),
+        Cmd::Reload { config, control } => {
+            // The daemon resolves the path in its own working directory: send it absolute.
+            let words: Vec<String> = match config {
+                Some(c) => vec!["config".into(), std::path::absolute(&c).unwrap_or(c).display().to_string()],
+                None => Vec::new(),
+            };
+            remote("reload", &words, &control)
+        }
         Cmd::VpnSessiondb { words, control } => remote("vpn-sessiondb", &words, &control),
         Cmd::Shell { control } => shell::run(&control),
+        Cmd::Demo { quick, chart } => demo::run(demo::Options { quick, chart }),
         Cmd::Man { dir } => match manpage::write_all(Cli::command(), &dir) {
             Ok(files) => {
                 for f in files {
@@ -200,7 +228,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Demo { quick, chart } => demo::run(demo::Options { quick, chart }),
     }
 }
 
