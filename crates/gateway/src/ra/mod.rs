@@ -7,10 +7,15 @@
 //!                tunnel phase: TLS reader ─► Server::handle_tls_data;  writer task ◄─ frames
 //!   udp/443 ─► rx thread: ClientHello session_id / source address ─► per-session DTLS Ssl
 //!                ─► Server::handle_dtls_record
-//!   TUN (hfra0) ─► rx thread ─► Server::handle_tun_packet
-//!   after every handle_*: poll_transmit (TLS writer / DTLS Ssl ─► udp), poll_packet (─► TUN),
-//!                         poll_event (syslog, closes); a timer task drives handle_timeout
+//!   TUN (hfra0) ─► rx thread ─► connection table ─► Server::handle_tun_packet
+//!   after every handle_*: poll_transmit (TLS writer / DTLS Ssl ─► udp), poll_packet
+//!                         (─► connection table ─► TUN), poll_event (syslog, closes, the
+//!                         sessions' flow-table tunnels); a timer task drives handle_timeout
+//!                         and saves the sessions to the state directory
 //! ```
+//!
+//! The connection table is the daemon's (`flows`), shared with site-to-site: see
+//! [`conntrack`] for how sessions map onto its tunnels, [`persist`] for the sessions file.
 //!
 //! The engine and every session's I/O handles sit behind one mutex ([`Core`]). Each input is
 //! one short critical section (engine call + drain, including DTLS encryption and TUN/UDP
