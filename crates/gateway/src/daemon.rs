@@ -1668,10 +1668,11 @@ impl Daemon {
         self.running_config = config::running_config(&cfg);
         self.cfg = cfg;
 
-        for name in result.to_initiate() {
-            if self.tunnels.iter().any(|t| t.name == *name && t.connection_type != ConnectionType::AnswerOnly) {
-                self.endpoint.handle_command(now, ike::Command::Initiate { tunnel: name.clone() });
-            }
+        // Every tunnel we initiate, as at start: a no-op for one that has its CHILD_SA or is
+        // negotiating it; brings up added and changed ones, and a kept one that just stopped
+        // being answer-only.
+        for t in self.tunnels.iter().filter(|t| t.connection_type != ConnectionType::AnswerOnly) {
+            self.endpoint.handle_command(now, ike::Command::Initiate { tunnel: t.name.clone() });
         }
         self.drain();
         reload::Outcome { file: shown.to_string(), tunnels: result, globals, notes }

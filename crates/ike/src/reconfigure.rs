@@ -38,8 +38,8 @@ impl Reconfigured {
     }
 }
 
-/// The parts of a tunnel's policy its IKE SA was negotiated and is kept alive with: another
-/// tunnel to the same peer with the same values can carry the IKE SA on.
+/// The parts of a tunnel's policy its IKE SA was negotiated with: another tunnel to the same
+/// peer with the same values can carry the IKE SA on. (DPD is local and not part of it.)
 fn same_ike(a: &TunnelPolicy, b: &TunnelPolicy) -> bool {
     a.local_addr == b.local_addr
         && a.peer_addr == b.peer_addr
@@ -47,9 +47,21 @@ fn same_ike(a: &TunnelPolicy, b: &TunnelPolicy) -> bool {
         && a.ike_policies == b.ike_policies
         && a.local_psk == b.local_psk
         && a.remote_psk == b.remote_psk
-        && a.dpd == b.dpd
         && a.nat_t_disable == b.nat_t_disable
         && a.force_udp_encap == b.force_udp_encap
+}
+
+/// Equal but for settings that are purely local and not negotiated with the peer: CHILD_SA
+/// lifetimes (RFC 7296 §2.8: each end rekeys on its own schedule), DPD (§2.4: our liveness
+/// checks) and whether we initiate. Running SAs can stay; the new values apply from the next
+/// rekey or check.
+fn same_but_local(a: &TunnelPolicy, b: &TunnelPolicy) -> bool {
+    let mut b = b.clone();
+    b.child_lifetime = a.child_lifetime;
+    b.child_lifetime_kilobytes = a.child_lifetime_kilobytes;
+    b.dpd = a.dpd;
+    b.connection_type = a.connection_type;
+    *a == b
 }
 
 fn retired_copy(t: &TunnelPolicy) -> TunnelPolicy {
@@ -65,8 +77,9 @@ fn retired_copy(t: &TunnelPolicy) -> TunnelPolicy {
 }
 
 impl Endpoint {
-    /// Replaces the engine's tunnels and globals. A tunnel is unchanged when its whole
-    /// `TunnelPolicy` is equal and its name is not in `force` (the caller lists there the
+    /// Replaces the engine's tunnels and globals. A tunnel is unchanged when its `TunnelPolicy`
+    /// is equal except perhaps for local settings (CHILD_SA lifetimes, DPD, connection type;
+    /// these apply from the next rekey or check) and its name is not in `force` (the caller lists there the
     /// tunnels whose certificate material changed, which the engine cannot compare). Changed
     /// and removed tunnels lose their CHILD_SAs (Delete sent, `Event::ChildSaDown` with
     /// `DownReason::Cleared`); their IKE SA stays when a remaining tunnel to the same peer has
@@ -89,7 +102,7 @@ impl Endpoint {
         let mut kept_old = vec![false; old.len()];
         for (j, t) in tunnels.iter().enumerate() {
             match (0..old.len()).find(|&i| is_live(i) && old[i].name == t.name) {
-                Some(i) if old[i] == *t && !force.contains(&t.name) => {
+                Some(i) if same_but_local(&old[i], t) && !force.contains(&t.name) => {
                     kept_old[i] = true;
                     new_of_old[i] = Some(j);
                     out.kept.push(t.name.clone());
@@ -404,6 +417,25 @@ mod tests {
         let now = settle(&mut a, &mut b, now + Duration::from_secs(120));
         assert!(a.ike_sas().is_empty() && a.child_sas().is_empty());
         let _ = now;
+    }
+
+    #[test]
+    fn local_settings_apply_without_touching_the_sas() {
+        let (mut a, mut b, now) = established_pair();
+        let before = (spis(&a), ike_spis(&a));
+        let mut t = tunnel("192.0.2.1", "192.0.2.2", "10.1.0.0", "10.2.0.0");
+        t.child_lifetime = Duration::from_secs(600);
+        t.dpd = None;
+        t.connection_type = ConnectionType::AnswerOnly;
+        let r = a.reconfigure(now, vec![t], Ikev2Globals::default(), &[]);
+        assert_eq!(r.kept, vec!["M:192.0.2.2".to_string()]);
+        assert!(drain_events(&mut a).is_empty());
+        assert!(a.poll_transmit().is_none());
+        settle(&mut a, &mut b, now);
+        assert_eq!((spis(&a), ike_spis(&a)), before);
+        // The new lifetime governs the next CHILD_SA: the one we have rekeys on its old schedule,
+        // its replacement on the new one.
+        assert!(a.child_sas()[0].expires_in > Duration::from_secs(600));
     }
 
     #[test]
