@@ -82,17 +82,17 @@ fn committed_man_pages_are_current() {
         v
     };
     let fresh = names(&tmp);
+    let rendered: Vec<(String, String)> = fresh.iter().map(|n| (n.clone(), std::fs::read_to_string(tmp.join(n)).unwrap())).collect();
+    let _ = std::fs::remove_dir_all(&tmp);
     let regen = "regenerate with: cargo run -p holdfast -- __man docs/man   (from the repository root)";
     assert!(fresh.contains(&"holdfast.1".to_string()), "{fresh:?}");
     assert_eq!(names(&man_dir()), fresh, "docs/man has a different set of pages; {regen}");
-    for n in &fresh {
-        let a = std::fs::read_to_string(tmp.join(n)).unwrap();
+    for (n, a) in &rendered {
         let b = std::fs::read_to_string(man_dir().join(n)).unwrap();
-        assert!(a == b, "docs/man/{n} is out of date; {regen}");
+        assert!(*a == b, "docs/man/{n} is out of date; {regen}");
     }
     // One page per listed command.
     for c in commands() {
         assert!(fresh.contains(&format!("holdfast-{c}.1")), "no man page for {c}: {fresh:?}");
     }
-    let _ = std::fs::remove_dir_all(&tmp);
 }
