@@ -27,6 +27,8 @@ const PASSWORD: &str = "load-secret-5";
 const SESSIONS: usize = 500;
 const PASSWORD_SESSIONS: usize = 4;
 const FLOOD: usize = 300;
+/// Certificate sessions that also bring up PSK-NEGOTIATE DTLS and probe over it.
+const DTLS_SESSIONS: usize = 50;
 const HOLD_SECS: u64 = 25;
 const MB: u64 = 1024 * 1024;
 
@@ -65,12 +67,13 @@ fn five_hundred_sessions_none_dropped_with_real_clients_and_a_handshake_flood() 
     let bin = env!("CARGO_BIN_EXE_lab-acload");
     let (cc, ck) = (pki.cert.to_string_lossy().into_owned(), pki.key.to_string_lossy().into_owned());
     let (n, np, hold, flood) = (SESSIONS.to_string(), PASSWORD_SESSIONS.to_string(), HOLD_SECS.to_string(), FLOOD.to_string());
+    let nd = DTLS_SESSIONS.to_string();
     let server = format!("{GW_OUTSIDE_IP}:443");
     let r = ready.to_string_lossy().into_owned();
     let argv = [
         bin, "--server", &server, "--sessions", &n, "--password-sessions", &np, "--group", "RA", "--user", "vpn", "--password", PASSWORD,
         "--cert-group", "CERT", "--client-cert", &cc, "--client-key", &ck, "--target", SERVER_IP, "--hold", &hold, "--interval-ms",
-        "1000", "--concurrency", "24", "--daemon-pid", &pid, "--flood", &flood, "--ready-file", &r,
+        "1000", "--concurrency", "24", "--daemon-pid", &pid, "--flood", &flood, "--ready-file", &r, "--dtls-sessions", &nd,
     ];
     let load_log = lab.path("acload.log");
     let mut load = Proc::spawn("lab-acload", in_ns(&ld.name, &argv), &load_log).expect("lab-acload");
@@ -116,6 +119,8 @@ fn five_hundred_sessions_none_dropped_with_real_clients_and_a_handshake_flood() 
     let rep: serde_json::Value = serde_json::from_str(line).expect("report JSON");
     assert_eq!(rep["established"], SESSIONS, "every session came up: {rep}");
     assert_eq!(rep["dropped"], 0, "no session dropped: {rep}");
+    assert_eq!(rep["dtls_sessions"], DTLS_SESSIONS, "the DTLS share came up: {rep}");
+    assert!(rep["dtls_replies"].as_u64().unwrap_or(0) > 0, "replies came back over DTLS: {rep}");
     assert_eq!(rep["sessions_all_probes_answered"], SESSIONS, "every session's probes answered: {rep}");
     assert!(rep["probes_sent"].as_u64().unwrap_or(0) >= (SESSIONS as u64) * (HOLD_SECS - 5), "probes were sent for the whole hold: {rep}");
     assert!(rep["flood_peak_open"].as_u64().unwrap_or(0) >= FLOOD as u64 / 2, "the flood held its connections open: {rep}");

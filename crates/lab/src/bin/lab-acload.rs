@@ -51,6 +51,9 @@ struct Opts {
     daemon_pid: Option<u32>,
     flood: usize,
     ready_file: Option<String>,
+    /// Sessions (after the password ones) that also bring up PSK-NEGOTIATE DTLS and send
+    /// their probes over it.
+    dtls_sessions: usize,
 }
 
 fn opt(args: &[String], name: &str) -> Option<String> {
@@ -77,6 +80,7 @@ fn parse_opts() -> Result<Opts, String> {
         daemon_pid: opt(&a, "--daemon-pid").and_then(|p| p.parse().ok()),
         flood: num("--flood", 0)? as usize,
         ready_file: opt(&a, "--ready-file"),
+        dtls_sessions: num("--dtls-sessions", 0)? as usize,
     })
 }
 
@@ -126,6 +130,9 @@ struct SessionReport {
     answered: u64,
     dpd_answered: u64,
     dropped: Option<String>,
+    dtls: bool,
+    /// Replies that came over DTLS.
+    dtls_answered: u64,
 }
 
 type Tls = SslStream<TcpStream>;
@@ -170,6 +177,7 @@ async fn run(o: Opts) -> Result<bool, String> {
     let mut tasks = Vec::new();
     for i in 0..total {
         let password = i < o.password_sessions;
+        let with_dtls = !password && i < o.password_sessions + o.dtls_sessions;
         let conn = if password { plain_conn.clone() } else { cert_conn.clone() };
         let (o, gate, up, all_up, failed) = (o.clone(), gate.clone(), up.clone(), all_up.clone(), failed.clone());
         let (mut start_rx, stop_rx) = (start_rx.clone(), stop_rx.clone());
@@ -177,7 +185,7 @@ async fn run(o: Opts) -> Result<bool, String> {
             let mut rep = SessionReport { index: i, password, ..Default::default() };
             let permit = gate.acquire_owned().await;
             let begun = Instant::now();
-            let setup = tokio::time::timeout(Duration::from_secs(60), establish(&o, &conn, password)).await;
+            let setup = tokio::time::timeout(Duration::from_secs(60), establish_with(&o, &conn, password, with_dtls)).await;
             drop(permit);
             let tunnel = match setup {
                 Ok(Ok(t)) => Some(t),
@@ -311,6 +319,8 @@ async fn run(o: Opts) -> Result<bool, String> {
         "sessions_all_probes_answered": all_answered,
         "dpd_requests_answered": reports.iter().map(|r| r.dpd_answered).sum::<u64>(),
         "dropped": dropped.len(),
+        "dtls_sessions": reports.iter().filter(|r| r.dtls).count(),
+        "dtls_replies": reports.iter().map(|r| r.dtls_answered).sum::<u64>(),
         "daemon_rss_before_kib": rss_before,
         "daemon_rss_established_kib": rss_up,
         "daemon_rss_per_session_kib": rss_per,
@@ -330,9 +340,14 @@ struct Tunnel {
     leftover: Vec<u8>,
     address: Ipv4Addr,
     keepalive: Duration,
+    dtls: Option<dtls::Dtls>,
 }
 
 async fn establish(o: &Opts, conn: &SslConnector, password: bool) -> Result<Tunnel, String> {
+    establish_with(o, conn, password, false).await
+}
+
+async fn establish_with(o: &Opts, conn: &SslConnector, password: bool, dtls: bool) -> Result<Tunnel, String> {
     let mut s = tls_connect(o.server, conn).await?;
     let mut buf = Vec::new();
     let group = if password { &o.group } else { &o.cert_group };
@@ -356,8 +371,17 @@ async fn establish(o: &Opts, conn: &SslConnector, password: bool) -> Result<Tunn
         return Err(format!("login not complete: {} {}", r.status, r.body.chars().take(200).collect::<String>()));
     }
     let cookie = r.cookie("webvpn").filter(|c| !c.is_empty()).ok_or("no webvpn cookie")?;
+    // PSK-NEGOTIATE only (anyconnect.md §4): the PSK is the TLS exporter, no master secret
+    // is needed, but openconnect always sends one and the gateway may expect the header.
+    let dtls_headers = if dtls {
+        let mut ms = [0u8; 48];
+        openssl::rand::rand_bytes(&mut ms).map_err(|e| e.to_string())?;
+        format!("X-DTLS-Master-Secret: {}\r\nX-DTLS-CipherSuite: PSK-NEGOTIATE\r\n", hex_upper(&ms))
+    } else {
+        String::new()
+    };
     let req = format!(
-        "CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: {}\r\nUser-Agent: Open AnyConnect VPN Agent v9.01\r\nCookie: webvpn={cookie}\r\nX-CSTP-Version: 1\r\nX-CSTP-Hostname: loadgen\r\nX-CSTP-Base-MTU: 1500\r\nX-CSTP-MTU: 1390\r\nX-CSTP-Address-Type: IPv4\r\nX-CSTP-Full-IPv6-Capability: false\r\n\r\n",
+        "CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: {}\r\nUser-Agent: Open AnyConnect VPN Agent v9.01\r\nCookie: webvpn={cookie}\r\nX-CSTP-Version: 1\r\nX-CSTP-Hostname: loadgen\r\nX-CSTP-Base-MTU: 1500\r\nX-CSTP-MTU: 1390\r\nX-CSTP-Address-Type: IPv4\r\nX-CSTP-Full-IPv6-Capability: false\r\n{dtls_headers}\r\n",
         o.server.ip()
     );
     s.write_all(req.as_bytes()).await.map_err(|e| format!("CONNECT write: {e}"))?;
@@ -367,7 +391,18 @@ async fn establish(o: &Opts, conn: &SslConnector, password: bool) -> Result<Tunn
     }
     let address: Ipv4Addr = head.header("X-CSTP-Address").and_then(|a| a.parse().ok()).ok_or("no X-CSTP-Address")?;
     let keepalive = head.header("X-CSTP-Keepalive").and_then(|k| k.parse::<u64>().ok()).filter(|k| *k > 0).unwrap_or(20);
-    Ok(Tunnel { tls: s, leftover: buf, address, keepalive: Duration::from_secs(keepalive) })
+    let dtls = if dtls {
+        let app_id = head.header("X-DTLS-App-ID").and_then(|h| unhex32(&h)).ok_or("no X-DTLS-App-ID (PSK-NEGOTIATE) in the CONNECT answer")?;
+        let port: u16 = head.header("X-DTLS-Port").and_then(|p| p.parse().ok()).unwrap_or(o.server.port());
+        let mut psk = [0u8; 32];
+        s.ssl().export_keying_material(&mut psk, "EXPORTER-openconnect-psk", None).map_err(|e| format!("exporter: {e}"))?;
+        let peer = SocketAddr::new(o.server.ip(), port);
+        let d = tokio::task::spawn_blocking(move || dtls::connect(peer, app_id, psk)).await.map_err(|e| e.to_string())??;
+        Some(d)
+    } else {
+        None
+    };
+    Ok(Tunnel { tls: s, leftover: buf, address, keepalive: Duration::from_secs(keepalive), dtls })
 }
 
 struct Resp {
@@ -462,7 +497,8 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 /// The hold phase of one session: probes every interval, keepalives, DPD answers; ends at
 /// `stop` (after a grace for the last replies) with a DISCONNECT.
 async fn hold(o: &Opts, t: Tunnel, index: usize, mut stop: tokio::sync::watch::Receiver<bool>, rep: &mut SessionReport) {
-    let Tunnel { tls, leftover, address, keepalive } = t;
+    let Tunnel { tls, leftover, address, keepalive, dtls } = t;
+    rep.dtls = dtls.is_some();
     let (mut rd, mut wr) = tokio::io::split(tls);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let ident = (index & 0xffff) as u16;
@@ -521,6 +557,26 @@ async fn hold(o: &Opts, t: Tunnel, index: usize, mut stop: tokio::sync::watch::R
         }
         true
     });
+    // DTLS sessions: a thread owns the association (blocking openssl), sends what it is given
+    // and counts the replies it receives; replies may also come over TLS (the gateway answers
+    // on the channel it believes in), and both count.
+    let dtls_answered = Arc::new(AtomicU64::new(0));
+    let (dtls_tx, dtls_worker) = match dtls {
+        Some(d) => {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let (answered, dtls_answered, target) = (answered.clone(), dtls_answered.clone(), o.target);
+            let h = std::thread::spawn(move || {
+                d.run(rx, |p| {
+                    if is_echo_reply(p, target, address, ident) {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        dtls_answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            });
+            (Some(tx), Some(h))
+        }
+        None => (None, None),
+    };
     // Spread the probes of all sessions over the interval.
     let offset = o.interval.mul_f64((index % 1000) as f64 / 1000.0);
     let mut probe_tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, o.interval);
@@ -532,7 +588,17 @@ async fn hold(o: &Opts, t: Tunnel, index: usize, mut stop: tokio::sync::watch::R
             _ = probe_tick.tick() => {
                 seq = seq.wrapping_add(1);
                 let p = echo_request(address, o.target, ident, seq);
-                if out_tx.send(frame(DATA, &p)).await.is_err() { break; }
+                match &dtls_tx {
+                    Some(tx) => {
+                        if tx.send(p).is_err() {
+                            rep.dropped = Some("DTLS association failed".into());
+                            break;
+                        }
+                    }
+                    None => {
+                        if out_tx.send(frame(DATA, &p)).await.is_err() { break; }
+                    }
+                }
                 rep.sent += 1;
             }
             _ = ka_tick.tick() => {
@@ -560,12 +626,36 @@ async fn hold(o: &Opts, t: Tunnel, index: usize, mut stop: tokio::sync::watch::R
             reader.abort();
         }
     }
+    drop(dtls_tx);
+    if let Some(h) = dtls_worker {
+        let r = tokio::task::spawn_blocking(move || h.join()).await;
+        if let Ok(Ok(Err(e))) = r {
+            rep.dropped.get_or_insert(format!("DTLS: {e}"));
+        }
+    }
     rep.answered = answered.load(Ordering::Relaxed);
+    rep.dtls_answered = dtls_answered.load(Ordering::Relaxed);
     rep.dpd_answered = dpd.load(Ordering::Relaxed);
     // 0xb0: the user logs out (anyconnect.md §3).
     let _ = out_tx.send(frame(DISCONNECT, &[0xb0])).await;
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+fn hex_upper(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+fn unhex32(h: &str) -> Option<[u8; 32]> {
+    let h = h.trim();
+    if h.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// RFC 1071 Internet checksum.
@@ -651,6 +741,173 @@ fn rss_kib(pid: u32) -> u64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+/// The DTLS data channel of a load session (PSK-NEGOTIATE, anyconnect.md §4): DTLS 1.2 with
+/// the 32-byte TLS exporter as PSK, and the X-DTLS-App-ID in the ClientHello's session_id so
+/// the gateway can find the session before any crypto. openssl puts a session id into the
+/// ClientHello only when it offers to resume a session, so the association starts from a
+/// made-up resumable session carrying that id (the gateway does not resume it; the full PSK
+/// handshake follows), the same way openconnect does it with OpenSSL.
+mod dtls {
+    use foreign_types::ForeignType;
+    use openssl::ssl::{ErrorCode, HandshakeError, Ssl, SslContext, SslMethod, SslOptions, SslSession, SslStream, SslVersion};
+    use std::ffi::{c_int, c_uchar, c_uint};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    extern "C" {
+        fn SSL_CIPHER_find(ssl: *mut openssl_sys::SSL, ptr: *const c_uchar) -> *const openssl_sys::SSL_CIPHER;
+        fn SSL_SESSION_new() -> *mut openssl_sys::SSL_SESSION;
+        fn SSL_SESSION_set_cipher(s: *mut openssl_sys::SSL_SESSION, cipher: *const openssl_sys::SSL_CIPHER) -> c_int;
+        fn SSL_SESSION_set1_id(s: *mut openssl_sys::SSL_SESSION, sid: *const c_uchar, len: c_uint) -> c_int;
+        fn SSL_SESSION_set_protocol_version(s: *mut openssl_sys::SSL_SESSION, version: c_int) -> c_int;
+        fn SSL_SESSION_set1_master_key(s: *mut openssl_sys::SSL_SESSION, key: *const c_uchar, len: usize) -> c_int;
+    }
+
+    const DTLS1_2_VERSION: c_int = 0xFEFD;
+    /// TLS_PSK_WITH_AES_256_GCM_SHA384 (RFC 5487), the suite openconnect offers first.
+    const PSK_AES256_GCM: [u8; 2] = [0x00, 0xA9];
+
+    /// A connected UDP socket as the byte stream openssl's BIO wants: one read = one
+    /// datagram, one write = one datagram.
+    #[derive(Debug)]
+    struct UdpIo(UdpSocket);
+
+    impl Read for UdpIo {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.recv(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(std::io::ErrorKind::WouldBlock.into()),
+                r => r,
+            }
+        }
+    }
+
+    impl Write for UdpIo {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.send(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    pub struct Dtls {
+        s: SslStream<UdpIo>,
+    }
+
+    pub fn connect(peer: SocketAddr, app_id: [u8; 32], psk: [u8; 32]) -> Result<Dtls, String> {
+        let e = |what: &'static str| move |err: openssl::error::ErrorStack| format!("DTLS {what}: {err}");
+        let mut b = SslContext::builder(SslMethod::dtls()).map_err(e("context"))?;
+        b.set_min_proto_version(Some(SslVersion::DTLS1_2)).map_err(e("version"))?;
+        b.set_max_proto_version(Some(SslVersion::DTLS1_2)).map_err(e("version"))?;
+        b.set_cipher_list("PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256").map_err(e("ciphers"))?;
+        b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+        b.set_psk_client_callback(move |_ssl, _hint, identity, out| {
+            // anyconnect.md §4: the identity is "psk" and ignored by the gateway.
+            let id = b"psk\0";
+            if identity.len() < id.len() || out.len() < psk.len() {
+                return Ok(0);
+            }
+            identity[..id.len()].copy_from_slice(id);
+            out[..psk.len()].copy_from_slice(&psk);
+            Ok(psk.len())
+        });
+        let ctx = b.build();
+        let mut ssl = Ssl::new(&ctx).map_err(e("ssl"))?;
+        ssl.set_mtu(1400).map_err(e("mtu"))?;
+        let mut fake_master = [0u8; 48];
+        openssl::rand::rand_bytes(&mut fake_master).map_err(e("rand"))?;
+        // SAFETY: `ssl` is alive for the call; SSL_CIPHER_find reads exactly two bytes and
+        // returns a static table entry or NULL. SSL_SESSION_new returns a fresh session with
+        // one reference, handed to SslSession::from_ptr, which frees it when dropped; each
+        // setter copies exactly the given lengths from the local arrays passed.
+        let session = unsafe {
+            let c = SSL_CIPHER_find(ssl.as_ptr(), PSK_AES256_GCM.as_ptr());
+            if c.is_null() {
+                return Err("DTLS: PSK-AES256-GCM-SHA384 unknown to libssl".into());
+            }
+            let s = SSL_SESSION_new();
+            if s.is_null() {
+                return Err("DTLS: SSL_SESSION_new failed".into());
+            }
+            let session = SslSession::from_ptr(s);
+            let ok = SSL_SESSION_set_protocol_version(s, DTLS1_2_VERSION) == 1
+                && SSL_SESSION_set_cipher(s, c) == 1
+                && SSL_SESSION_set1_master_key(s, fake_master.as_ptr(), fake_master.len()) == 1
+                && SSL_SESSION_set1_id(s, app_id.as_ptr(), app_id.len() as c_uint) == 1;
+            if !ok {
+                return Err("DTLS: building the session that carries the App-ID failed".into());
+            }
+            session
+        };
+        // SAFETY: the session was made for this context's protocol (DTLS 1.2) and cipher
+        // family; set_session takes its own reference.
+        unsafe { ssl.set_session(&session) }.map_err(e("set_session"))?;
+        let sock = UdpSocket::bind(("0.0.0.0", 0)).map_err(|err| format!("DTLS socket: {err}"))?;
+        sock.connect(peer).map_err(|err| format!("DTLS connect: {err}"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(200))).map_err(|err| err.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut attempt = ssl.connect(UdpIo(sock));
+        let s = loop {
+            match attempt {
+                Ok(s) => break s,
+                Err(HandshakeError::WouldBlock(mid)) => {
+                    if Instant::now() > deadline {
+                        return Err("DTLS handshake timed out".into());
+                    }
+                    attempt = mid.handshake();
+                }
+                Err(err) => return Err(format!("DTLS handshake: {err}")),
+            }
+        };
+        if s.ssl().session_reused() {
+            return Err("DTLS: the gateway resumed a made-up session".into());
+        }
+        s.get_ref().0.set_read_timeout(Some(Duration::from_millis(50))).map_err(|err| err.to_string())?;
+        Ok(Dtls { s })
+    }
+
+    impl Dtls {
+        /// Sends every packet from `rx` as a DATA record, answers DTLS DPD requests, hands
+        /// received DATA payloads to `on_data`; returns when `rx` is closed.
+        pub fn run(mut self, rx: std::sync::mpsc::Receiver<Vec<u8>>, mut on_data: impl FnMut(&[u8])) -> Result<(), String> {
+            let mut buf = vec![0u8; 2048];
+            let mut rec = Vec::with_capacity(2048);
+            loop {
+                loop {
+                    match rx.try_recv() {
+                        Ok(p) => {
+                            rec.clear();
+                            rec.push(super::DATA);
+                            rec.extend_from_slice(&p);
+                            self.s.ssl_write(&rec).map_err(|err| format!("DTLS write: {err}"))?;
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            let _ = self.s.ssl_write(&[super::DISCONNECT, 0xb0]);
+                            return Ok(());
+                        }
+                    }
+                }
+                match self.s.ssl_read(&mut buf) {
+                    Ok(0) => {}
+                    Ok(n) => match buf[0] {
+                        super::DATA => on_data(&buf[1..n]),
+                        super::DPD_REQ => {
+                            buf[0] = super::DPD_RESP;
+                            self.s.ssl_write(&buf[..n]).map_err(|err| format!("DTLS write: {err}"))?;
+                        }
+                        _ => {}
+                    },
+                    Err(err) if err.code() == ErrorCode::WANT_READ => {}
+                    Err(err) if err.code() == ErrorCode::ZERO_RETURN => return Err("DTLS closed by the gateway".into()),
+                    Err(err) => return Err(format!("DTLS read: {err}")),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
