@@ -162,7 +162,10 @@ fn gauge_family(reg: &mut Registry, name: &str, help: &str, rows: impl IntoItera
 /// The exposition text for a snapshot (names: docs/observability.md).
 pub fn encode_text(s: &Snapshot, m: &Metrics) -> String {
     let mut reg = Registry::with_prefix("holdfast");
-    let tl = |t: &TunnelSample| -> Labels { vec![("peer", t.peer.to_string()), ("tunnel_group", t.tunnel_group.clone())] };
+    // `tunnel` (the crypto map entry) keeps two entries to one peer apart.
+    let tl = |t: &TunnelSample| -> Labels {
+        vec![("peer", t.peer.to_string()), ("tunnel_group", t.tunnel_group.clone()), ("tunnel", t.tunnel.clone())]
+    };
     gauge(&mut reg, "tunnels_up", "Site-to-site tunnels with an outbound IPsec SA", s.tunnels.iter().filter(|t| t.up).count() as u64);
     gauge_family(&mut reg, "tunnel_up", "1 when the tunnel has an outbound IPsec SA", s.tunnels.iter().map(|t| (tl(t), u64::from(t.up))));
     gauge_family(&mut reg, "ike_sas", "IKEv2 SAs by state", s.ike_sas.iter().map(|(st, n)| (vec![("state", st.to_string())], *n)));
@@ -323,8 +326,8 @@ mod tests {
         m.observe_resume(Duration::from_millis(30));
         let t = encode_text(&sample(), &m);
         assert_eq!(value(&t, "holdfast_tunnels_up "), Some(1.0), "{t}");
-        assert_eq!(value(&t, "holdfast_tunnel_bytes_in_total{peer=\"192.0.2.2\",tunnel_group=\"192.0.2.2\"}"), Some(1000.0), "{t}");
-        assert_eq!(value(&t, "holdfast_tunnel_packets_out_total{peer=\"192.0.2.2\",tunnel_group=\"192.0.2.2\"}"), Some(20.0));
+        assert_eq!(value(&t, "holdfast_tunnel_bytes_in_total{peer=\"192.0.2.2\",tunnel_group=\"192.0.2.2\",tunnel=\"outside_map:10\"}"), Some(1000.0), "{t}");
+        assert_eq!(value(&t, "holdfast_tunnel_packets_out_total{peer=\"192.0.2.2\",tunnel_group=\"192.0.2.2\",tunnel=\"outside_map:10\"}"), Some(20.0));
         assert_eq!(value(&t, "holdfast_ike_sas{state=\"ready\"}"), Some(1.0));
         assert_eq!(value(&t, "holdfast_conns_most_used "), Some(7.0));
         assert_eq!(value(&t, "holdfast_conns_preserved "), Some(2.0));
