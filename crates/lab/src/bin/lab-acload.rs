@@ -5,13 +5,14 @@
 //! `auth-reply`), the `webvpn` cookie, `CONNECT /CSCOSSLC/tunnel` — then keeps every session
 //! alive over CSTP (answers the gateway's DPD requests, sends keepalives) and sends one ICMP
 //! echo request per session and interval to an inside host; each reply must come back through
-//! the same session. DTLS is not used (every session's data rides CSTP/TLS).
+//! the same session. With `--dtls-sessions K`, K certificate sessions also bring up
+//! PSK-NEGOTIATE DTLS (see `mod dtls`) and send their probes over it; the others use CSTP.
 //!
 //! ```text
 //! lab-acload --server IP:PORT --sessions N [--cert-group CERT --client-cert PEM --client-key PEM]
 //!            [--password-sessions M --group RA --user vpn --password PW]
 //!            [--target 10.1.0.10] [--hold SECS] [--interval-ms MS] [--concurrency C]
-//!            [--daemon-pid PID] [--flood N] [--ready-file FILE]
+//!            [--daemon-pid PID] [--flood N] [--ready-file FILE] [--dtls-sessions K]
 //! ```
 //! Progress lines go to stderr; `established N ...` once every session is up (and the file
 //! `--ready-file` is written then, so a test can look at the daemon); a final `report {json}`
