@@ -99,6 +99,57 @@ pub enum HttpOutcome {
     },
 }
 
+/// The result of [`Server::handle_http_deferred`]: an answer, or a password to verify first.
+#[derive(Debug)]
+pub enum HttpStep {
+    Done(HttpOutcome),
+    /// Run [`PasswordCheck::verify`] (CPU-bound, tens of milliseconds: off the thread that
+    /// serves sessions, bounded in parallelism) and pass its result with
+    /// [`PasswordCheck::ticket`] to [`Server::handle_password_verdict`]; its `HttpOutcome`
+    /// (with the request's `consumed`) is the answer.
+    VerifyPassword(PasswordCheck),
+}
+
+impl From<HttpOutcome> for HttpStep {
+    fn from(o: HttpOutcome) -> Self {
+        HttpStep::Done(o)
+    }
+}
+
+/// Names one password verification the engine is waiting for. Only the caller sees it (it
+/// never goes to the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PasswordTicket(pub u64);
+
+/// A password verification to run outside the engine: the stored hash, the offered password
+/// and the configured verifier. Holds no reference into the engine, so it can move to another
+/// thread.
+pub struct PasswordCheck {
+    ticket: PasswordTicket,
+    hash: String,
+    password: String,
+    verifier: PasswordVerifier,
+}
+
+impl PasswordCheck {
+    pub fn ticket(&self) -> PasswordTicket {
+        self.ticket
+    }
+
+    /// Runs the verifier (constant time in the secret; PBKDF2 with the configured
+    /// iterations for real user databases).
+    pub fn verify(&self) -> bool {
+        (self.verifier)(&self.hash, self.password.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for PasswordCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the password nor the hash belongs in a log.
+        f.debug_struct("PasswordCheck").field("ticket", &self.ticket).finish_non_exhaustive()
+    }
+}
+
 /// A request the engine refuses at the HTTP level: write `response`, then close.
 #[derive(Debug)]
 pub struct HttpReject {

@@ -17,7 +17,8 @@ use crate::mtu::{self, MtuInputs};
 use crate::session::{DtlsChannel, Fallback, Phase, Session, SessionSnapshot, TlsChannel};
 use crate::text::{self, syslog, DisconnectReason, SessionInfo, Who};
 use crate::{
-    Channel, ConnInfo, Event, HttpOutcome, HttpReject, Logoff, SessionId, TimerReason, Transmit,
+    Channel, ConnInfo, Event, HttpOutcome, HttpReject, HttpStep, Logoff, PasswordCheck,
+    PasswordTicket, SessionId, TimerReason, Transmit,
     TunDrop, TunPacket, TunnelError,
 };
 
@@ -31,6 +32,10 @@ pub struct Stats {
     pub auth_unknown_group: u64,
     pub auth_pending_refused: u64,
     pub auth_rate_limited: u64,
+    /// Password verdicts that came back for a login that was no longer waiting (expired,
+    /// or a ticket of another connection).
+    #[serde(default)]
+    pub auth_stale_verdicts: u64,
     pub cookie_rejected: u64,
     pub tunnels: u64,
     pub reconnects: u64,
@@ -94,6 +99,22 @@ struct Pending {
     expires: Instant,
 }
 
+/// A password verification handed out with [`HttpStep::VerifyPassword`] and not yet answered.
+/// Everything needed to finish the login is kept here, so the verdict carries only the ticket.
+struct InFlightCheck {
+    /// The connection the request came on; a verdict from another connection is refused.
+    peer: SocketAddr,
+    handle: String,
+    group: String,
+    user: String,
+    /// False for an unknown user: the verification ran only to cost the same time, and its
+    /// verdict is ignored.
+    known: bool,
+    consumed: usize,
+    close: bool,
+    expires: Instant,
+}
+
 /// The remote-access engine. See the crate docs and README.md for how to drive it.
 pub struct Server {
     config: Config,
@@ -107,6 +128,9 @@ pub struct Server {
     by_demux: HashMap<[u8; 32], SessionId>,
     pending: HashMap<String, Pending>,
     pending_by_peer: HashMap<IpAddr, usize>,
+    /// Password verifications running outside the engine, by ticket.
+    checks: HashMap<u64, InFlightCheck>,
+    next_ticket: u64,
     /// Failed logins per client address: (window start, count).
     failures_by_peer: HashMap<IpAddr, (Instant, u32)>,
     last_sweep: Option<Instant>,
@@ -156,6 +180,8 @@ impl Server {
             by_demux: HashMap::new(),
             pending: HashMap::new(),
             pending_by_peer: HashMap::new(),
+            checks: HashMap::new(),
+            next_ticket: 1,
             failures_by_peer: HashMap::new(),
             last_sweep: None,
             timers: BTreeSet::new(),
@@ -188,16 +214,39 @@ impl Server {
 
     /// Feeds the buffered plaintext of a TLS connection that is not (yet) a tunnel. Call again
     /// after every read with the whole unconsumed buffer.
+    ///
+    /// A password is verified inline (PBKDF2, tens of milliseconds); a caller that serves other
+    /// work meanwhile uses [`Server::handle_http_deferred`] instead.
     pub fn handle_http(
         &mut self,
         now: Instant,
         conn: &ConnInfo,
         buf: &[u8],
     ) -> Result<HttpOutcome, HttpReject> {
+        match self.handle_http_deferred(now, conn, buf)? {
+            HttpStep::Done(o) => Ok(o),
+            HttpStep::VerifyPassword(check) => {
+                let ok = check.verify();
+                Ok(self.handle_password_verdict(now, conn, check.ticket(), ok))
+            }
+        }
+    }
+
+    /// Like [`Server::handle_http`], but a login that needs a password verified returns
+    /// [`HttpStep::VerifyPassword`] instead of doing it: run [`PasswordCheck::verify`]
+    /// wherever it does not hold up other work, then give the result to
+    /// [`Server::handle_password_verdict`], which returns what `handle_http` would have. Do not
+    /// feed the same connection's buffer again in between: the request is already taken.
+    pub fn handle_http_deferred(
+        &mut self,
+        now: Instant,
+        conn: &ConnInfo,
+        buf: &[u8],
+    ) -> Result<HttpStep, HttpReject> {
         self.reset_output();
         self.expire_pending(now);
         let req = match http::parse(buf) {
-            Ok(None) => return Ok(HttpOutcome::NeedMore),
+            Ok(None) => return Ok(HttpOutcome::NeedMore.into()),
             Ok(Some(r)) => r,
             Err(error) => {
                 self.stats.http_malformed += 1;
@@ -215,7 +264,7 @@ impl Server {
             close: close || keep_close,
         };
         if req.method == "CONNECT" {
-            return Ok(self.handle_connect(now, conn, &req));
+            return Ok(self.handle_connect(now, conn, &req).into());
         }
         if req.method == "POST" && !req.body.is_empty() {
             return Ok(self.handle_auth_post(now, conn, &req));
@@ -225,19 +274,22 @@ impl Server {
             return Ok(respond(
                 Response::new(404, "Not Found").body("text/plain", ""),
                 false,
-            ));
+            )
+            .into());
         }
         if req.method == "GET" || req.method == "POST" {
             // No clientless portal: anything but the XML exchange gets a plain 404.
             return Ok(respond(
                 Response::new(404, "Not Found").body("text/plain", "Not Found\n"),
                 false,
-            ));
+            )
+            .into());
         }
         Ok(respond(
             Response::new(405, "Method Not Allowed").body("text/plain", "Method Not Allowed\n"),
             true,
-        ))
+        )
+        .into())
     }
 
     fn handle_auth_post(
@@ -245,7 +297,7 @@ impl Server {
         now: Instant,
         conn: &ConnInfo,
         req: &Request<'_>,
-    ) -> HttpOutcome {
+    ) -> HttpStep {
         let consumed = req.len;
         let close = req.wants_close();
         let msg = match auth::parse_client_auth(req.body) {
@@ -258,7 +310,7 @@ impl Server {
                     consumed,
                     (400, "Bad Request"),
                     &e.to_string(),
-                );
+                ).into();
             }
         };
         // The pending login this post continues (cookie first, then the echoed opaque handle).
@@ -295,7 +347,7 @@ impl Server {
                 consumed,
                 (503, "Service Unavailable"),
                 "no tunnel group",
-            );
+            ).into();
         };
         let shown = self.shown_name(&group);
 
@@ -304,10 +356,10 @@ impl Server {
             self.refused(conn.peer, format!("login: unknown group '{bad}'"));
             let h = match self.pending_for(now, conn.peer.ip(), handle.clone(), &group.name) {
                 Ok(h) => h,
-                Err(o) => return o(consumed),
+                Err(o) => return o(consumed).into(),
             };
             let err = format!("Group '{bad}' is not a valid group.");
-            return self.form(consumed, close, &h, &shown, Some(&err));
+            return self.form(consumed, close, &h, &shown, Some(&err)).into();
         }
 
         if !self.config.policy_of(&group).ssl_client {
@@ -323,10 +375,10 @@ impl Server {
                 consumed,
                 (403, "Forbidden"),
                 "AnyConnect is not permitted for this group",
-            );
+            ).into();
         }
         if group.authentication == AuthMethod::AaaCertificate && conn.client_cert.is_none() {
-            return self.refuse_no_certificate(conn.peer, &group.name, consumed);
+            return self.refuse_no_certificate(conn.peer, &group.name, consumed).into();
         }
         if group.authentication == AuthMethod::Certificate {
             if let Some(h) = &handle {
@@ -338,7 +390,7 @@ impl Server {
                     self.complete_login(now, conn, &group, &user, consumed, close)
                 }
                 None => self.refuse_no_certificate(conn.peer, &group.name, consumed),
-            };
+            }.into();
         }
 
         let credentials = matches!(msg.kind, AuthKind::AuthReply) && msg.username.is_some();
@@ -346,13 +398,15 @@ impl Server {
             // init (or a reply without credentials, e.g. after a group change): show the form.
             let h = match self.pending_for(now, conn.peer.ip(), handle.clone(), &group.name) {
                 Ok(h) => h,
-                Err(o) => return o(consumed),
+                Err(o) => return o(consumed).into(),
             };
-            return self.form(consumed, close, &h, &shown, None);
+            return self.form(consumed, close, &h, &shown, None).into();
         }
-        self.check_password(now, conn, &msg, handle, &group, &shown, consumed, close)
+        self.check_password(now, conn, &msg, handle, &group, consumed, close)
     }
 
+    /// First half of a password login: admission (pending context, per-address failure
+    /// budget) and the request to verify; [`Server::handle_password_verdict`] is the second.
     #[allow(clippy::too_many_arguments)]
     fn check_password(
         &mut self,
@@ -361,59 +415,155 @@ impl Server {
         msg: &ClientAuth,
         handle: Option<String>,
         group: &TunnelGroup,
-        shown: &str,
         consumed: usize,
         close: bool,
-    ) -> HttpOutcome {
+    ) -> HttpStep {
         // A reply must continue a login we started (bounded pre-auth state and failure count).
         let h = match self.pending_for(now, conn.peer.ip(), handle, &group.name) {
             Ok(h) => h,
-            Err(o) => return o(consumed),
+            Err(o) => return o(consumed).into(),
         };
         let user = msg.username.clone().unwrap_or_default();
         let pw = msg.password.clone().unwrap_or_default();
         // Per-address failure budget, checked before any hashing: password guessing and
         // PBKDF2 CPU burn are bounded per client address whatever the number of contexts.
+        // Verifications still running count as failures-to-be, or parallel connections
+        // could all pass this check before the first verdict is in.
         let limits = self.config.limits.clone();
         let peer = conn.peer.ip();
-        if let Some((start, n)) = self.failures_by_peer.get(&peer) {
-            if now < *start + limits.auth_failure_window && *n >= limits.auth_failures_per_peer {
-                self.stats.auth_rate_limited += 1;
-                self.drop_pending(&h);
+        let in_flight = self.checks.values().filter(|c| c.peer.ip() == peer).count() as u32;
+        let recent = match self.failures_by_peer.get(&peer) {
+            Some((start, n)) if now < *start + limits.auth_failure_window => Some(*n),
+            _ => None,
+        };
+        if (recent.is_some() || in_flight > 0)
+            && recent.unwrap_or(0).saturating_add(in_flight) >= limits.auth_failures_per_peer
+        {
+            self.stats.auth_rate_limited += 1;
+            self.drop_pending(&h);
+            self.refused(
+                conn.peer,
+                format!("login for '{user}' refused: too many failed logins from this address"),
+            );
+            let r = Response::new(429, "Too Many Requests")
+                .header("Connection", "close")
+                .header(
+                    "Retry-After",
+                    limits.auth_failure_window.as_secs().to_string(),
+                )
+                .body("text/plain", "too many failed logins\n");
+            return HttpOutcome::Respond {
+                consumed,
+                bytes: r.to_bytes(),
+                close: true,
+            }
+            .into();
+        }
+        // Verifications in flight are bounded like pending logins: each holds a password and
+        // will cost a PBKDF2 run.
+        if self.checks.len() >= limits.pending_auth_total {
+            self.stats.auth_pending_refused += 1;
+            self.refused(
+                conn.peer,
+                "login refused: too many password checks in progress".into(),
+            );
+            let r = Response::new(503, "Service Unavailable")
+                .header("Connection", "close")
+                .header("Retry-After", "5")
+                .body("text/plain", "too many logins in progress\n");
+            return HttpOutcome::Respond {
+                consumed,
+                bytes: r.to_bytes(),
+                close: true,
+            }
+            .into();
+        }
+        // Unknown users cost the same work (one real verification against some configured
+        // user's hash, verdict ignored), so timing does not reveal which names exist.
+        let (hash, known) = match self.config.user(&user) {
+            Some(u) => (Some(u.password_hash.clone()), true),
+            None => (self.config.users.first().map(|u| u.password_hash.clone()), false),
+        };
+        let ticket = PasswordTicket(self.next_ticket);
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.checks.insert(
+            ticket.0,
+            InFlightCheck {
+                peer: conn.peer,
+                handle: h,
+                group: group.name.clone(),
+                user,
+                known,
+                consumed,
+                close,
+                expires: now + limits.pending_auth_lifetime,
+            },
+        );
+        match hash {
+            Some(hash) => HttpStep::VerifyPassword(PasswordCheck {
+                ticket,
+                hash,
+                password: pw,
+                verifier: self.config.verifier.clone(),
+            }),
+            // No user configured at all: nothing to verify against.
+            None => self.handle_password_verdict(now, conn, ticket, false).into(),
+        }
+    }
+
+    /// Second half of a password login: `verified` is what [`PasswordCheck::verify`] returned
+    /// for the check with `ticket`, which [`Server::handle_http_deferred`] handed out on the
+    /// same connection `conn`. Returns what to answer, exactly as `handle_http` would have
+    /// (the `consumed` count is that of the original request). A ticket that is no longer
+    /// waiting (its login expired, it was answered already, or it belongs to another
+    /// connection) is refused with a closing 401 and `consumed` 0.
+    pub fn handle_password_verdict(
+        &mut self,
+        now: Instant,
+        conn: &ConnInfo,
+        ticket: PasswordTicket,
+        verified: bool,
+    ) -> HttpOutcome {
+        self.reset_output();
+        self.expire_pending(now);
+        let check = match self.checks.remove(&ticket.0) {
+            Some(c) if c.peer == conn.peer => c,
+            other => {
+                if let Some(c) = other {
+                    // Someone else's ticket: leave it for its own connection.
+                    self.checks.insert(ticket.0, c);
+                }
+                self.stats.auth_stale_verdicts += 1;
                 self.refused(
                     conn.peer,
-                    format!("login for '{user}' refused: too many failed logins from this address"),
+                    "login refused: the password check is no longer pending".into(),
                 );
-                let r = Response::new(429, "Too Many Requests")
-                    .header("Connection", "close")
-                    .header(
-                        "Retry-After",
-                        limits.auth_failure_window.as_secs().to_string(),
-                    )
-                    .body("text/plain", "too many failed logins\n");
-                return HttpOutcome::Respond {
-                    consumed,
-                    bytes: r.to_bytes(),
-                    close: true,
-                };
-            }
-        }
-        let ok = match self.config.user(&user) {
-            Some(u) => (self.config.verifier)(&u.password_hash, pw.as_bytes()),
-            None => {
-                // Same work for unknown users (one real verification against some configured
-                // user's hash, result ignored), so timing does not reveal which names exist.
-                if let Some(u) = self.config.users.first() {
-                    let _ = (self.config.verifier)(&u.password_hash, pw.as_bytes());
-                }
-                false
+                return closing_response(0, (401, "Unauthorized"), "login expired");
             }
         };
+        let InFlightCheck { handle: h, group, user, known, consumed, close, .. } = check;
+        // The login context or its group may have gone while the password was checked
+        // (expired, reload): no login without both.
+        let group = match self.config.group(&group) {
+            Some(g) if self.pending.contains_key(&h) => g.clone(),
+            _ => {
+                self.drop_pending(&h);
+                self.stats.auth_stale_verdicts += 1;
+                self.refused(
+                    conn.peer,
+                    format!("login for '{user}' refused: the login expired during the password check"),
+                );
+                return closing_response(consumed, (401, "Unauthorized"), "login expired");
+            }
+        };
+        let shown = self.shown_name(&group);
+        let ok = verified && known;
+        let peer = conn.peer.ip();
         if ok {
             self.drop_pending(&h);
             self.events
                 .push_back(Event::Syslog(syslog::auth_ok_113012(&user)));
-            return self.complete_login(now, conn, group, &user, consumed, close);
+            return self.complete_login(now, conn, &group, &user, consumed, close);
         }
         self.stats.auth_failures += 1;
         if self.failures_by_peer.len() < self.config.limits.pending_auth_total
@@ -454,7 +604,7 @@ impl Server {
             self.drop_pending(&h);
             return closing_response(consumed, (401, "Unauthorized"), "too many failed logins");
         }
-        self.form(consumed, close, &h, shown, Some("Login failed."))
+        self.form(consumed, close, &h, &shown, Some("Login failed."))
     }
 
     fn complete_login(
@@ -667,6 +817,8 @@ impl Server {
         let window = self.config.limits.auth_failure_window;
         self.failures_by_peer
             .retain(|_, (start, _)| now < *start + window);
+        // A verdict that never came (the caller lost the connection) must not hold a slot.
+        self.checks.retain(|_, c| now < c.expires);
         if self.pending.is_empty() {
             return;
         }

@@ -1822,3 +1822,157 @@ fn snapshot_across_downtime_counts_the_grace_and_holds_no_cookie_bytes() {
     assert!(ev.iter().any(|e| matches!(e, Event::SessionDown { reason: DisconnectReason::IdleTimeout, .. })), "{ev:?}");
     assert!(respond(r.handle_http(t1, &conn(1), &connect_req(&cookie, PSK_SUITES, ""))).0.starts_with("HTTP/1.1 401"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Two-step password logins (handle_http_deferred + handle_password_verdict)
+
+fn deferred_post(s: &mut Server, now: Instant, c: &ConnInfo, user: &str, pass: &str, h: &str) -> (PasswordCheck, usize) {
+    let req = post(&oc_reply(user, pass, None, h), &[("webvpncontext", h)]);
+    match s.handle_http_deferred(now, c, &req) {
+        Ok(HttpStep::VerifyPassword(check)) => (check, req.len()),
+        other => panic!("expected a password check, got {other:?}"),
+    }
+}
+
+fn verdict_response(o: HttpOutcome) -> (String, usize, bool) {
+    match o {
+        HttpOutcome::Respond { bytes, consumed, close } => (String::from_utf8(bytes).unwrap(), consumed, close),
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+#[test]
+fn deferred_password_wrong_then_right() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let c = conn(40000);
+    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    drain_events(&mut s);
+
+    let (check, len) = deferred_post(&mut s, t0, &c, "vpn", "nope", &h);
+    // Nothing decided yet: no syslog, no counters, and the secret stays out of Debug.
+    assert!(drain_events(&mut s).is_empty());
+    assert_eq!(s.stats().auth_failures, 0);
+    assert!(!format!("{check:?}").contains("nope"));
+    let ok = check.verify();
+    assert!(!ok);
+    let (r, consumed, close) = verdict_response(s.handle_password_verdict(t0, &c, check.ticket(), ok));
+    assert_eq!(consumed, len);
+    assert!(!close);
+    assert!(r.contains("Login failed."), "{r}");
+    assert!(syslog(&drain_events(&mut s)).iter().any(|l| l.contains("113015") && l.contains("Invalid password")));
+    assert_eq!(s.stats().auth_failures, 1);
+
+    let (check, len) = deferred_post(&mut s, t0, &c, "vpn", "secret", &h);
+    assert!(check.verify());
+    let (r, consumed, _) = verdict_response(s.handle_password_verdict(t0, &c, check.ticket(), true));
+    assert_eq!(consumed, len);
+    assert!(r.contains("type=\"complete\""), "{r}");
+    let cookie = set_cookie(&r, "webvpn").expect("session cookie");
+    assert!(syslog(&drain_events(&mut s)).iter().any(|l| l.contains("113012") && l.contains("user = vpn")));
+    // The cookie is a real session: CONNECT gets the tunnel.
+    let t = connect(&mut s, t0, &cookie, PSK_SUITES, "");
+    assert!(t.head.starts_with("HTTP/1.1 200 CONNECTED"));
+    // The ticket is spent: answering it again logs nobody in.
+    let (r, consumed, close) = verdict_response(s.handle_password_verdict(t0, &c, check.ticket(), true));
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert_eq!((consumed, close), (0, true));
+    assert_eq!(s.stats().auth_stale_verdicts, 1);
+}
+
+#[test]
+fn deferred_verdict_for_unknown_user_is_ignored() {
+    // The verification for an unknown name runs only to cost the same time; even a verdict
+    // of "matches" must not log anyone in.
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let c = conn(40000);
+    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    drain_events(&mut s);
+    let (check, _) = deferred_post(&mut s, t0, &c, "mallory", "secret", &h);
+    let (r, _, _) = verdict_response(s.handle_password_verdict(t0, &c, check.ticket(), true));
+    assert!(r.contains("Login failed."), "{r}");
+    assert!(syslog(&drain_events(&mut s))[0].contains("reason = Invalid username : local database : user = mallory"));
+    assert_eq!(s.session_count(), 0);
+}
+
+#[test]
+fn deferred_verdict_after_the_login_went_away() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let c = conn(40000);
+    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let (check, _) = deferred_post(&mut s, t0, &c, "vpn", "secret", &h);
+    assert!(check.verify());
+    // Another connection (other source port) cannot use this connection's ticket...
+    let other = conn(40002);
+    let (r, consumed, close) = verdict_response(s.handle_password_verdict(t0, &other, check.ticket(), true));
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert_eq!((consumed, close), (0, true));
+    // ...which leaves it to its owner; but the owner answers after the login context expired.
+    drain_events(&mut s);
+    let late = t0 + s.config().limits.pending_auth_lifetime + Duration::from_secs(1);
+    let (r, consumed, close) = verdict_response(s.handle_password_verdict(late, &c, check.ticket(), true));
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    // Expired with its context, so the engine no longer knows the request it belonged to.
+    assert_eq!((consumed, close), (0, true));
+    assert_eq!(s.session_count(), 0);
+    assert!(drain_events(&mut s).iter().any(|e| matches!(e, Event::Refused { reason, .. } if reason.contains("no longer pending"))));
+    assert_eq!(s.stats().auth_stale_verdicts, 2);
+
+    // The login context dies while its check is still running: three wrong passwords on a
+    // second connection with the same context end it; the right password that comes back
+    // afterwards for the first connection logs nobody in.
+    let (form, _) = respond(s.handle_http(late, &c, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let (check, len) = deferred_post(&mut s, late, &c, "vpn", "secret", &h);
+    for _ in 0..3 {
+        respond(s.handle_http(late, &other, &post(&oc_reply("vpn", "nope", None, &h), &[("webvpncontext", &h)])));
+    }
+    drain_events(&mut s);
+    let (r, consumed, close) = verdict_response(s.handle_password_verdict(late, &c, check.ticket(), check.verify()));
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert_eq!((consumed, close), (len, true));
+    assert!(drain_events(&mut s).iter().any(|e| matches!(e, Event::Refused { reason, .. } if reason.contains("expired during the password check"))));
+    assert_eq!(s.session_count(), 0);
+    assert_eq!(s.stats().auth_stale_verdicts, 3);
+    assert_eq!(s.stats().auth_success, 0);
+}
+
+#[test]
+fn deferred_checks_in_flight_count_against_the_address_budget() {
+    // Parallel connections from one address must not all get a verification before the
+    // first failure is counted: in-flight checks are counted as failures-to-be.
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.limits.auth_failures_per_peer = 3;
+    let mut s = server(t0, cfg);
+    let mut checks = Vec::new();
+    for port in 0..3u16 {
+        let c = conn(41000 + port);
+        let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
+        let h = set_cookie(&form, "webvpncontext").unwrap();
+        checks.push((c.clone(), deferred_post(&mut s, t0, &c, "vpn", "guess", &h).0));
+    }
+    let c = conn(41009);
+    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let req = post(&oc_reply("vpn", "guess", None, &h), &[("webvpncontext", &h)]);
+    match s.handle_http_deferred(t0, &c, &req) {
+        Ok(HttpStep::Done(HttpOutcome::Respond { bytes, close, .. })) => {
+            assert!(String::from_utf8(bytes).unwrap().starts_with("HTTP/1.1 429"));
+            assert!(close);
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // Once the verdicts are in, the failures are counted as usual.
+    for (c, check) in checks {
+        let ok = check.verify();
+        verdict_response(s.handle_password_verdict(t0, &c, check.ticket(), ok));
+    }
+    assert_eq!(s.stats().auth_failures, 3);
+    assert_eq!(s.stats().auth_rate_limited, 1);
+}

@@ -326,7 +326,7 @@ impl Write for Dgram {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn hello(session_id: &[u8]) -> Vec<u8> {

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyconnect::{Channel, DtlsKeying, Event, HttpOutcome, SessionId};
+use anyconnect::{Channel, DtlsKeying, Event, HttpOutcome, HttpStep, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -172,6 +172,9 @@ impl Drop for RaHandle {
 pub struct IoStats {
     pub tls_accepted: u64,
     pub tls_handshake_failures: u64,
+    /// Connections closed at accept because their address held its share of the handshake
+    /// slots already.
+    pub tls_refused_per_address: u64,
     pub dtls_associations: u64,
     pub dtls_handshake_failures: u64,
     pub udp_unmatched: u64,
@@ -182,6 +185,7 @@ pub struct IoStats {
 struct Stats {
     tls_accepted: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    tls_refused_per_address: AtomicU64,
     dtls_associations: AtomicU64,
     dtls_handshake_failures: AtomicU64,
     udp_unmatched: AtomicU64,
@@ -194,6 +198,7 @@ impl Stats {
         IoStats {
             tls_accepted: l(&self.tls_accepted),
             tls_handshake_failures: l(&self.tls_handshake_failures),
+            tls_refused_per_address: l(&self.tls_refused_per_address),
             dtls_associations: l(&self.dtls_associations),
             dtls_handshake_failures: l(&self.dtls_handshake_failures),
             udp_unmatched: l(&self.udp_unmatched),
@@ -588,11 +593,20 @@ async fn accept_loop(core: Arc<Core>, listener: tokio::net::TcpListener, admissi
             Ok(x) => x,
             Err(_) => continue,
         };
+        let accepted = clock::now();
+        // One address gets only its share of the slots: closing its extra connections at
+        // once keeps them from queueing ahead of everybody else's (the global slot taken
+        // above goes back with `slot`).
+        let Some(share) = admission.address_slot(peer.ip()) else {
+            bump(&core.stats.tls_refused_per_address);
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let core = core.clone();
         let admission = admission.clone();
         tokio::spawn(async move {
-            match admission.handshake(slot, tcp, peer).await {
+            match admission.handshake(slot, share, accepted, tcp, peer).await {
                 Ok((stream, info)) => {
                     bump(&core.stats.tls_accepted);
                     serve_connection(core, stream, info, http_idle).await;
@@ -627,53 +641,30 @@ async fn serve_connection(core: Arc<Core>, mut stream: tokio_openssl::SslStream<
         };
         buf.extend_from_slice(&chunk[..n]);
         loop {
-            let (reply, close, tunnel) = {
+            let step = {
                 let mut g = core.lock();
-                let now = clock::now();
-                let out = g.server.handle_http(now, &info, &buf);
-                let r = match out {
-                    Ok(HttpOutcome::NeedMore) => {
-                        if buf.len() > HTTP_BUFFER_MAX {
-                            (None, true, None)
-                        } else {
-                            (None, false, None)
-                        }
+                let step = g.server.handle_http_deferred(clock::now(), &info, &buf);
+                match step {
+                    Ok(HttpStep::Done(out)) => Step::Apply(http_outcome(&core, &mut g, Ok(out), &mut buf, stream.ssl())),
+                    Err(reject) => Step::Apply(http_outcome(&core, &mut g, Err(reject), &mut buf, stream.ssl())),
+                    Ok(HttpStep::VerifyPassword(check)) => {
+                        core.drain(&mut g);
+                        Step::Verify(check)
                     }
-                    Ok(HttpOutcome::Respond { consumed, bytes, close }) => {
-                        buf.drain(..consumed.min(buf.len()));
-                        (Some(bytes), close, None)
-                    }
-                    Ok(HttpOutcome::Tunnel { consumed, bytes, session, dtls }) => {
-                        let rest = buf.split_off(consumed.min(buf.len()));
-                        let key = dtls.map(|k| dtls_key(&k, stream.ssl()));
-                        let (tx, rx) = mpsc::channel(TLS_QUEUE);
-                        let conn = g.next_conn;
-                        g.next_conn += 1;
-                        // The CONNECT answer is the first thing the writer sends; frames the
-                        // engine queues from now on follow it.
-                        let _ = tx.try_send(bytes);
-                        let sio = g.io.entry(session).or_default();
-                        // A reconnect replaces the old connection: dropping its link closes
-                        // it, and its reader sees it is no longer current.
-                        sio.tls = Some(TlsLink { conn, tx, batch: Vec::with_capacity(4096) });
-                        match key {
-                            Some(Ok(k)) => sio.dtls_key = Some(k),
-                            Some(Err(e)) => {
-                                sio.dtls_key = None;
-                                core.log(3, 725014, format!("SSL lib error. Function: DTLS keying of session {} Reason: {e}", session.0));
-                            }
-                            None => sio.dtls_key = None,
-                        }
-                        (None, false, Some((session, rest, conn, rx)))
-                    }
-                    Err(reject) => {
-                        // The engine reports the refusal as an Event::Refused (logged in drain).
-                        let _ = peer;
-                        (Some(reject.response), true, None)
-                    }
-                };
-                core.drain(&mut g);
-                r
+                }
+            };
+            let (reply, close, tunnel) = match step {
+                Step::Apply(r) => r,
+                Step::Verify(check) => {
+                    // PBKDF2 runs off the runtime threads and outside the engine lock, so
+                    // sessions keep moving while it runs; at most PASSWORD_CHECKS at once, so a
+                    // login flood cannot take every core.
+                    let ticket = check.ticket();
+                    let ok = verify_password(&core, check).await;
+                    let mut g = core.lock();
+                    let out = g.server.handle_password_verdict(clock::now(), &info, ticket, ok);
+                    http_outcome(&core, &mut g, Ok(out), &mut buf, stream.ssl())
+                }
             };
             if let Some(t) = tunnel {
                 break 'http t;
@@ -694,6 +685,91 @@ async fn serve_connection(core: Arc<Core>, mut stream: tokio_openssl::SslStream<
         }
     };
     run_tunnel(core, stream, peer, session, rest, conn, rx).await;
+}
+
+/// What one HTTP step leaves the connection to do.
+enum Step {
+    Apply(HttpReply),
+    Verify(anyconnect::PasswordCheck),
+}
+
+/// (bytes to write, close afterwards, tunnel to enter).
+type HttpReply = (Option<Vec<u8>>, bool, Option<(SessionId, Vec<u8>, u64, mpsc::Receiver<Vec<u8>>)>);
+
+/// Password verifications running at once (each a PBKDF2 run of tens of milliseconds on a
+/// blocking thread). Two leave the machine's other cores to the sessions whatever the login
+/// rate; further logins wait their turn here, before any hashing.
+const PASSWORD_CHECKS: usize = 2;
+
+fn password_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(PASSWORD_CHECKS))
+}
+
+/// Runs `check` on the blocking pool within the concurrency bound. A verification that
+/// could not run (shutdown) counts as a mismatch.
+async fn verify_password(core: &Core, check: anyconnect::PasswordCheck) -> bool {
+    let Ok(_slot) = password_slots().acquire().await else {
+        return false;
+    };
+    match tokio::task::spawn_blocking(move || check.verify()).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            core.log(3, 725014, format!("password verification did not complete: {e}"));
+            false
+        }
+    }
+}
+
+/// Applies an engine answer to the connection under the lock (the tunnel's link must be in
+/// place before the drain routes the session's first frames), then drains.
+fn http_outcome(
+    core: &Core,
+    g: &mut State,
+    out: Result<HttpOutcome, anyconnect::HttpReject>,
+    buf: &mut Vec<u8>,
+    ssl: &openssl::ssl::SslRef,
+) -> HttpReply {
+    let r = match out {
+        Ok(HttpOutcome::NeedMore) => {
+            if buf.len() > HTTP_BUFFER_MAX {
+                (None, true, None)
+            } else {
+                (None, false, None)
+            }
+        }
+        Ok(HttpOutcome::Respond { consumed, bytes, close }) => {
+            buf.drain(..consumed.min(buf.len()));
+            (Some(bytes), close, None)
+        }
+        Ok(HttpOutcome::Tunnel { consumed, bytes, session, dtls }) => {
+            let rest = buf.split_off(consumed.min(buf.len()));
+            let key = dtls.map(|k| dtls_key(&k, ssl));
+            let (tx, rx) = mpsc::channel(TLS_QUEUE);
+            let conn = g.next_conn;
+            g.next_conn += 1;
+            // The CONNECT answer is the first thing the writer sends; frames the engine
+            // queues from now on follow it.
+            let _ = tx.try_send(bytes);
+            let sio = g.io.entry(session).or_default();
+            // A reconnect replaces the old connection: dropping its link closes it, and its
+            // reader sees it is no longer current.
+            sio.tls = Some(TlsLink { conn, tx, batch: Vec::with_capacity(4096) });
+            match key {
+                Some(Ok(k)) => sio.dtls_key = Some(k),
+                Some(Err(e)) => {
+                    sio.dtls_key = None;
+                    core.log(3, 725014, format!("SSL lib error. Function: DTLS keying of session {} Reason: {e}", session.0));
+                }
+                None => sio.dtls_key = None,
+            }
+            (None, false, Some((session, rest, conn, rx)))
+        }
+        // The engine reports the refusal as an Event::Refused (logged in drain).
+        Err(reject) => (Some(reject.response), true, None),
+    };
+    core.drain(g);
+    r
 }
 
 fn dtls_key(k: &DtlsKeying, ssl: &openssl::ssl::SslRef) -> Result<DtlsKey, openssl::error::ErrorStack> {

@@ -1,14 +1,17 @@
 //! The TLS side of remote access: the server context (certificate, key, optional client
 //! certificate request against a CA file, TLS 1.2 and 1.3) and the admission of new
 //! connections, which is bounded before any expensive work: a semaphore caps concurrent
-//! handshakes and each handshake has a deadline, so a flood of half-done handshakes can
-//! neither exhaust memory nor take the CPU from established sessions.
+//! handshakes, one source address may hold only a share of them, a connection that sends
+//! nothing loses its slot after a short deadline and every handshake has an overall one, so a
+//! flood of half-done handshakes can neither exhaust memory, nor take the CPU from established
+//! sessions, nor (from one address) lock other clients out.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyconnect::{ClientCert, ConnInfo, TlsVersion};
 use openssl::nid::Nid;
@@ -63,20 +66,96 @@ pub struct HandshakeLimits {
     /// Handshakes in progress at once; further connections wait (in the kernel's accept
     /// queue and then here) for a slot.
     pub concurrent: usize,
-    /// A handshake that has not finished by then is dropped.
+    /// Of those, how many one source address may hold; its further connections are closed
+    /// at once (they would otherwise queue ahead of everybody else's).
+    pub per_address: usize,
+    /// A connection that has not sent its first bytes (the ClientHello) by then is dropped:
+    /// a real client sends it right after the TCP handshake.
+    pub first_bytes_timeout: Duration,
+    /// A handshake that has not finished by then (counted from the accept) is dropped.
     pub timeout: Duration,
 }
 
+/// Default share of the handshake slots one source address may hold.
+pub const HANDSHAKES_PER_ADDRESS: usize = 8;
+
 impl Default for HandshakeLimits {
     fn default() -> Self {
-        Self { concurrent: 64, timeout: Duration::from_secs(10) }
+        Self {
+            concurrent: 64,
+            per_address: HANDSHAKES_PER_ADDRESS,
+            first_bytes_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        }
     }
+}
+
+/// Handshake slots held per source address (pure bookkeeping; the admission holds it under a
+/// mutex, taken only at accept and at the end of a handshake).
+#[derive(Debug)]
+pub struct AddressShares {
+    per_address: usize,
+    held: HashMap<IpAddr, usize>,
+}
+
+impl AddressShares {
+    pub fn new(per_address: usize) -> Self {
+        Self { per_address: per_address.max(1), held: HashMap::new() }
+    }
+
+    /// Takes one of `ip`'s slots; false when it holds its whole share already.
+    pub fn try_take(&mut self, ip: IpAddr) -> bool {
+        let n = self.held.entry(ip).or_insert(0);
+        if *n >= self.per_address {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back one of `ip`'s slots. An address holding none is forgotten, so the map is
+    /// never larger than the number of handshakes in progress.
+    pub fn release(&mut self, ip: IpAddr) {
+        if let Some(n) = self.held.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(&ip);
+            }
+        }
+    }
+
+    pub fn held(&self, ip: IpAddr) -> usize {
+        self.held.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Addresses holding at least one slot.
+    pub fn addresses(&self) -> usize {
+        self.held.len()
+    }
+}
+
+/// One address's handshake slot; given back when dropped.
+pub struct AddressSlot {
+    shares: Arc<Mutex<AddressShares>>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        lock_shares(&self.shares).release(self.ip);
+    }
+}
+
+fn lock_shares(m: &Mutex<AddressShares>) -> std::sync::MutexGuard<'_, AddressShares> {
+    // Plain counters: still right after a panic elsewhere.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Admission of new TLS connections.
 pub struct Admission {
     ctx: SslContext,
     slots: Arc<Semaphore>,
+    shares: Arc<Mutex<AddressShares>>,
     limits: HandshakeLimits,
 }
 
@@ -85,13 +164,20 @@ pub struct Admission {
 pub enum HandshakeError {
     #[error("TLS handshake timed out after {0:?}")]
     Timeout(Duration),
+    #[error("no ClientHello within {0:?}")]
+    Silent(Duration),
     #[error("TLS handshake failed: {0}")]
     Failed(String),
 }
 
 impl Admission {
     pub fn new(ctx: SslContext, limits: HandshakeLimits) -> Self {
-        Self { ctx, slots: Arc::new(Semaphore::new(limits.concurrent.max(1))), limits }
+        Self {
+            ctx,
+            slots: Arc::new(Semaphore::new(limits.concurrent.max(1))),
+            shares: Arc::new(Mutex::new(AddressShares::new(limits.per_address))),
+            limits,
+        }
     }
 
     /// Waits for a free handshake slot (`None` once the service is shutting down).
@@ -99,18 +185,42 @@ impl Admission {
         self.slots.clone().acquire_owned().await.ok()
     }
 
-    /// Runs the server handshake on `tcp` within the deadline, holding `slot` (from
-    /// [`Admission::slot`]) until it ends.
+    /// Takes one of `peer`'s share of the slots, right after the accept; `None`: that
+    /// address holds its share already, close the connection.
+    pub fn address_slot(&self, peer: IpAddr) -> Option<AddressSlot> {
+        if !lock_shares(&self.shares).try_take(peer) {
+            return None;
+        }
+        Some(AddressSlot { shares: self.shares.clone(), ip: peer })
+    }
+
+    /// Runs the server handshake on `tcp`, holding `slot` (from [`Admission::slot`]) and the
+    /// address's `share` until it ends: the first bytes must arrive within
+    /// `first_bytes_timeout`, the whole handshake within `timeout` of `accepted`.
     pub async fn handshake(
         &self,
         slot: OwnedSemaphorePermit,
+        share: AddressSlot,
+        accepted: Instant,
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> Result<(SslStream<Tcp>, ConnInfo), HandshakeError> {
         let _slot = slot;
+        let _share = share;
+        // Waiting for readability costs no TLS state; a silent connection gives its slot
+        // back after the short deadline instead of the full handshake one.
+        // (A peek, not readiness: readiness may be reported spuriously.)
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.limits.first_bytes_timeout, tcp.peek(&mut first)).await {
+            Err(_) => return Err(HandshakeError::Silent(self.limits.first_bytes_timeout)),
+            Ok(Err(e)) => return Err(HandshakeError::Failed(e.to_string())),
+            Ok(Ok(0)) => return Err(HandshakeError::Failed("connection closed before the ClientHello".into())),
+            Ok(Ok(_)) => {}
+        }
+        let left = self.limits.timeout.saturating_sub(crate::clock::now().saturating_duration_since(accepted));
         let ssl = Ssl::new(&self.ctx).map_err(|e| HandshakeError::Failed(e.to_string()))?;
         let mut stream = SslStream::new(ssl, tokio::io::BufWriter::with_capacity(256 * 1024, tcp)).map_err(|e| HandshakeError::Failed(e.to_string()))?;
-        match tokio::time::timeout(self.limits.timeout, Pin::new(&mut stream).accept()).await {
+        match tokio::time::timeout(left, Pin::new(&mut stream).accept()).await {
             Err(_) => Err(HandshakeError::Timeout(self.limits.timeout)),
             Ok(Err(e)) => Err(HandshakeError::Failed(match e.ssl_error() {
                 Some(s) => s.to_string(),
@@ -152,4 +262,114 @@ pub fn dtls_psk(ssl: &SslRef) -> Result<[u8; 32], openssl::error::ErrorStack> {
     let mut out = [0u8; 32];
     ssl.export_keying_material(&mut out, super::dtls::PSK_EXPORTER_LABEL, None)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_address_gets_only_its_share() {
+        let mut s = AddressShares::new(3);
+        let a = ip("192.0.2.7");
+        let b = ip("198.51.100.9");
+        for _ in 0..3 {
+            assert!(s.try_take(a));
+        }
+        assert!(!s.try_take(a), "fourth slot for the same address");
+        assert_eq!(s.held(a), 3);
+        // Another address is not affected by the first one's flood.
+        assert!(s.try_take(b));
+        // A slot given back can be taken again, once.
+        s.release(a);
+        assert!(s.try_take(a));
+        assert!(!s.try_take(a));
+        // Releasing everything forgets the address (the map stays as small as the work).
+        for _ in 0..3 {
+            s.release(a);
+        }
+        s.release(a);
+        assert_eq!(s.held(a), 0);
+        assert_eq!(s.addresses(), 1);
+        s.release(b);
+        assert_eq!(s.addresses(), 0);
+        // A share of 0 would lock everybody out: at least one slot each.
+        let mut z = AddressShares::new(0);
+        assert!(z.try_take(a));
+        assert!(!z.try_take(a));
+    }
+
+    fn admission(limits: HandshakeLimits) -> (Admission, std::path::PathBuf) {
+        let (dir, cert, key) = super::super::dtls::tests::test_cert("tls-admission");
+        (Admission::new(server_context(&cert, &key, None).unwrap(), limits), dir)
+    }
+
+    #[test]
+    fn address_slots_come_back_when_dropped() {
+        let limits = HandshakeLimits { per_address: 2, ..HandshakeLimits::default() };
+        let (adm, dir) = admission(limits);
+        let a = ip("192.0.2.7");
+        let s1 = adm.address_slot(a).unwrap();
+        let _s2 = adm.address_slot(a).unwrap();
+        assert!(adm.address_slot(a).is_none());
+        assert!(adm.address_slot(ip("192.0.2.8")).is_some());
+        drop(s1);
+        assert!(adm.address_slot(a).is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Real sockets on loopback: a connection that never sends loses its slot after the short
+    /// first-bytes deadline, not the full handshake one; a real TLS client within the limits
+    /// completes.
+    #[test]
+    fn silent_connection_is_dropped_early_and_a_client_still_gets_through() {
+        let limits = HandshakeLimits {
+            concurrent: 4,
+            per_address: 2,
+            first_bytes_timeout: Duration::from_millis(300),
+            timeout: Duration::from_secs(5),
+        };
+        let (adm, dir) = admission(limits);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            // Silent client: connects, sends nothing.
+            let _silent = TcpStream::connect(addr).await.unwrap();
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let slot = adm.slot().await.unwrap();
+            let share = adm.address_slot(peer.ip()).unwrap();
+            let t0 = crate::clock::now();
+            match adm.handshake(slot, share, t0, tcp, peer).await {
+                Err(HandshakeError::Silent(d)) => assert_eq!(d, limits.first_bytes_timeout),
+                Err(e) => panic!("expected the first-bytes deadline, got {e}"),
+                Ok(_) => panic!("a silent connection completed a handshake"),
+            }
+            let took = crate::clock::now().saturating_duration_since(t0);
+            assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(2), "{took:?}");
+            // Its address share is back.
+            assert_eq!(lock_shares(&adm.shares).held(peer.ip()), 0);
+
+            // A real client (OpenSSL's client side) completes within the same admission.
+            let client = tokio::spawn(async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let mut cb = openssl::ssl::SslConnector::builder(SslMethod::tls_client()).unwrap();
+                cb.set_verify(SslVerifyMode::NONE);
+                let ssl = cb.build().configure().unwrap().into_ssl("gw.example").unwrap();
+                let mut s = SslStream::new(ssl, tcp).unwrap();
+                Pin::new(&mut s).connect().await.map(|_| ()).map_err(|e| e.to_string())
+            });
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let slot = adm.slot().await.unwrap();
+            let share = adm.address_slot(peer.ip()).unwrap();
+            let (_stream, info) = adm.handshake(slot, share, crate::clock::now(), tcp, peer).await.unwrap();
+            assert_eq!(info.peer, peer);
+            client.await.unwrap().unwrap();
+        });
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
