@@ -594,9 +594,9 @@ async fn accept_loop(core: Arc<Core>, listener: tokio::net::TcpListener, admissi
             Err(_) => continue,
         };
         let accepted = clock::now();
-        // One address gets only its share of the slots: closing its extra connections at
-        // once keeps them from queueing ahead of everybody else's (the global slot taken
-        // above goes back with `slot`).
+        // Once the slots are contested, one address gets only its share of them: closing its
+        // extra connections at once keeps them from queueing ahead of everybody else's (the
+        // global slot taken above goes back with `slot`).
         let Some(share) = admission.address_slot(peer.ip()) else {
             bump(&core.stats.tls_refused_per_address);
             drop(tcp);

@@ -66,8 +66,10 @@ pub struct HandshakeLimits {
     /// Handshakes in progress at once; further connections wait (in the kernel's accept
     /// queue and then here) for a slot.
     pub concurrent: usize,
-    /// Of those, how many one source address may hold; its further connections are closed
-    /// at once (they would otherwise queue ahead of everybody else's).
+    /// Once half the slots are taken, how many one source address may hold; its further
+    /// connections are then closed at once (they would otherwise queue ahead of everybody
+    /// else's). While half the slots are free nobody is limited, so many clients behind one
+    /// NAT address can still log in together.
     pub per_address: usize,
     /// A connection that has not sent its first bytes (the ClientHello) by then is dropped:
     /// a real client sends it right after the TCP handshake.
@@ -92,24 +94,33 @@ impl Default for HandshakeLimits {
 
 /// Handshake slots held per source address (pure bookkeeping; the admission holds it under a
 /// mutex, taken only at accept and at the end of a handshake).
+///
+/// Policy: the first half of the slots are open to anybody; once half are in use, an address
+/// gets another one only while it holds fewer than `per_address`. So one address (a flood
+/// from one host) can hold at most half the slots plus nothing, and the other half stays for
+/// everyone else, at most `per_address` each.
 #[derive(Debug)]
 pub struct AddressShares {
     per_address: usize,
+    /// Slots in use below which nobody is limited.
+    open: usize,
+    total: usize,
     held: HashMap<IpAddr, usize>,
 }
 
 impl AddressShares {
-    pub fn new(per_address: usize) -> Self {
-        Self { per_address: per_address.max(1), held: HashMap::new() }
+    /// For `concurrent` slots in all, `per_address` of them per address under pressure.
+    pub fn new(concurrent: usize, per_address: usize) -> Self {
+        Self { per_address: per_address.max(1), open: concurrent / 2, total: 0, held: HashMap::new() }
     }
 
-    /// Takes one of `ip`'s slots; false when it holds its whole share already.
+    /// Takes a slot for `ip`; false when slots are contested and `ip` holds its share.
     pub fn try_take(&mut self, ip: IpAddr) -> bool {
-        let n = self.held.entry(ip).or_insert(0);
-        if *n >= self.per_address {
+        if self.held(ip) >= self.per_address && self.total >= self.open {
             return false;
         }
-        *n += 1;
+        *self.held.entry(ip).or_insert(0) += 1;
+        self.total += 1;
         true
     }
 
@@ -118,6 +129,7 @@ impl AddressShares {
     pub fn release(&mut self, ip: IpAddr) {
         if let Some(n) = self.held.get_mut(&ip) {
             *n = n.saturating_sub(1);
+            self.total = self.total.saturating_sub(1);
             if *n == 0 {
                 self.held.remove(&ip);
             }
@@ -175,7 +187,7 @@ impl Admission {
         Self {
             ctx,
             slots: Arc::new(Semaphore::new(limits.concurrent.max(1))),
-            shares: Arc::new(Mutex::new(AddressShares::new(limits.per_address))),
+            shares: Arc::new(Mutex::new(AddressShares::new(limits.concurrent.max(1), limits.per_address))),
             limits,
         }
     }
@@ -273,45 +285,62 @@ mod tests {
     }
 
     #[test]
-    fn one_address_gets_only_its_share() {
-        let mut s = AddressShares::new(3);
-        let a = ip("192.0.2.7");
-        let b = ip("198.51.100.9");
-        for _ in 0..3 {
-            assert!(s.try_take(a));
+    fn nobody_is_limited_while_half_the_slots_are_free() {
+        // 16 slots, 3 per address under pressure: one address may take 8 freely (a NAT with
+        // many users logging in together), then no more.
+        let mut s = AddressShares::new(16, 3);
+        let nat = ip("192.0.2.7");
+        for i in 0..8 {
+            assert!(s.try_take(nat), "slot {i} while half are free");
         }
-        assert!(!s.try_take(a), "fourth slot for the same address");
-        assert_eq!(s.held(a), 3);
-        // Another address is not affected by the first one's flood.
-        assert!(s.try_take(b));
-        // A slot given back can be taken again, once.
-        s.release(a);
-        assert!(s.try_take(a));
-        assert!(!s.try_take(a));
-        // Releasing everything forgets the address (the map stays as small as the work).
-        for _ in 0..3 {
-            s.release(a);
-        }
-        s.release(a);
-        assert_eq!(s.held(a), 0);
-        assert_eq!(s.addresses(), 1);
-        s.release(b);
-        assert_eq!(s.addresses(), 0);
-        // A share of 0 would lock everybody out: at least one slot each.
-        let mut z = AddressShares::new(0);
-        assert!(z.try_take(a));
-        assert!(!z.try_take(a));
+        assert!(!s.try_take(nat), "ninth slot for one address with half the slots in use");
+        assert_eq!(s.held(nat), 8);
     }
 
-    fn admission(limits: HandshakeLimits) -> (Admission, std::path::PathBuf) {
-        let (dir, cert, key) = super::super::dtls::tests::test_cert("tls-admission");
+    #[test]
+    fn under_pressure_each_address_gets_only_its_share() {
+        let mut s = AddressShares::new(16, 3);
+        let flood = ip("192.0.2.7");
+        let b = ip("198.51.100.9");
+        let c = ip("203.0.113.5");
+        while s.try_take(flood) {}
+        assert_eq!(s.held(flood), 8);
+        // The other half stays for everyone else, `per_address` each.
+        for _ in 0..3 {
+            assert!(s.try_take(b));
+        }
+        assert!(!s.try_take(b), "fourth slot for b under pressure");
+        assert!(s.try_take(c));
+        assert_eq!(s.addresses(), 3);
+        // A slot given back can be taken again, once.
+        s.release(b);
+        assert!(s.try_take(b));
+        assert!(!s.try_take(b));
+        // The flood's slots going back below half lifts the limit again.
+        for _ in 0..8 {
+            s.release(flood);
+        }
+        assert_eq!(s.held(flood), 0);
+        assert!(s.try_take(b), "b beyond its share once slots are free again");
+        // Releasing everything forgets the addresses (the map stays as small as the work).
+        for _ in 0..5 {
+            s.release(b);
+        }
+        s.release(b);
+        s.release(c);
+        assert_eq!(s.addresses(), 0);
+        assert_eq!(s.total, 0);
+    }
+
+    fn admission(tag: &str, limits: HandshakeLimits) -> (Admission, std::path::PathBuf) {
+        let (dir, cert, key) = super::super::dtls::tests::test_cert(tag);
         (Admission::new(server_context(&cert, &key, None).unwrap(), limits), dir)
     }
 
     #[test]
     fn address_slots_come_back_when_dropped() {
-        let limits = HandshakeLimits { per_address: 2, ..HandshakeLimits::default() };
-        let (adm, dir) = admission(limits);
+        let limits = HandshakeLimits { concurrent: 4, per_address: 1, ..HandshakeLimits::default() };
+        let (adm, dir) = admission("tls-slots", limits);
         let a = ip("192.0.2.7");
         let s1 = adm.address_slot(a).unwrap();
         let _s2 = adm.address_slot(a).unwrap();
@@ -333,7 +362,7 @@ mod tests {
             first_bytes_timeout: Duration::from_millis(300),
             timeout: Duration::from_secs(5),
         };
-        let (adm, dir) = admission(limits);
+        let (adm, dir) = admission("tls-silent", limits);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
