@@ -234,7 +234,6 @@ fn one_run(topo: &Topology, plan: Plan, preserve: bool, sc: &mut Screen) -> R<Ru
         "tunnel down: gw-a `show crypto ipsec sa`: no active SA{}",
         if gone.draining > 0 { " (the cleared ones linger 5 s as `draining` for late packets)" } else { "" }
     ));
-    let mut torn_line = None;
     if preserve {
         let v = wait(sc, &dl, Duration::from_secs(10), "the flow to be flagged V (preserved)", |_| {
             conn_line(&gw_a, port).filter(|l| flags(l).contains('V'))
@@ -249,7 +248,6 @@ fn one_run(topo: &Topology, plan: Plan, preserve: bool, sc: &mut Screen) -> R<Ru
                 .map(str::to_string)
         })?;
         sc.event(&format!("gw-a syslog: {}", line.trim()));
-        torn_line = Some(line);
         if conn_line(&gw_a, port).is_none() {
             sc.event("gw-a `show conn`: the download's connection is gone");
         }
@@ -335,7 +333,6 @@ fn one_run(topo: &Topology, plan: Plan, preserve: bool, sc: &mut Screen) -> R<Ru
         sc.note("(gw-a tore the connection down with the tunnel, so it drops host-a's retransmissions;");
         sc.note(" Linux would retry for ~15 minutes before the application sees the error — the demo stops here)");
     }
-    let _ = torn_line;
     Ok(RunResult { chart: chart_run(preserve, &samples, t0, t_break, t_back, t_end), resumed_ms, complete })
 }
 
@@ -480,9 +477,9 @@ fn conn_line(h: &Holdfast, port: u16) -> Option<String> {
     ctl(h, "show conn").lines().find(|l| l.contains(&needle) && l.starts_with("TCP")).map(|l| l.trim().to_string())
 }
 
-/// The letters after `flags ` in a `show conn` line.
+/// The letters after `, flags ` in a `show conn` line.
 fn flags(line: &str) -> &str {
-    line.rsplit_once("flags ").map_or("", |x| x.1.trim())
+    line.rsplit_once(", flags ").map_or("", |x| x.1.trim())
 }
 
 /// The active CHILD_SAs of `show crypto ipsec sa` (SAs that were deleted or replaced stay

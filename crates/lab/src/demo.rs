@@ -137,7 +137,10 @@ impl Download {
 
     /// True once the client thread has ended (complete or failed).
     pub fn client_done(&self) -> bool {
-        self.client.as_ref().map_or(true, |c| c.is_finished())
+        match &self.client {
+            Some(c) => c.is_finished(),
+            None => true,
+        }
     }
 
     /// Asks both threads to stop (they check every 100 ms) and returns (server, client) ends.

@@ -3,6 +3,9 @@
 //! host-a through the tunnel, prints `show crypto ipsec sa` and tears everything down.
 //! `--hold SECS` keeps the lab up that long before tearing down (namespaces are printed, so you
 //! can `ip netns exec <ns> ...` into them meanwhile).
+//!
+//! The main demo (a download through a tunnel outage, preserve-vpn-flows on and off) is
+//! `holdfast demo` (crates/cli/src/demo.rs).
 
 use lab::cmd::{in_ns, run};
 use lab::topo::HOST_B_IP;
