@@ -427,18 +427,21 @@ impl Server {
         let pw = msg.password.clone().unwrap_or_default();
         // Per-address failure budget, checked before any hashing: password guessing and
         // PBKDF2 CPU burn are bounded per client address whatever the number of contexts.
-        // Verifications still running count as failures-to-be, or parallel connections
-        // could all pass this check before the first verdict is in.
+        // Once an address has failed, its verifications still running count as
+        // failures-to-be, or parallel connections could all pass this check before the next
+        // verdict is in; an address without failures (many users behind one NAT) is bounded
+        // only by the in-flight cap below.
         let limits = self.config.limits.clone();
         let peer = conn.peer.ip();
-        let in_flight = self.checks.values().filter(|c| c.peer.ip() == peer).count() as u32;
+        let in_flight = self.checks.values().filter(|c| c.peer.ip() == peer).count();
         let recent = match self.failures_by_peer.get(&peer) {
             Some((start, n)) if now < *start + limits.auth_failure_window => Some(*n),
             _ => None,
         };
-        if (recent.is_some() || in_flight > 0)
-            && recent.unwrap_or(0).saturating_add(in_flight) >= limits.auth_failures_per_peer
-        {
+        if recent.is_some_and(|n| {
+            n.saturating_add(u32::try_from(in_flight).unwrap_or(u32::MAX))
+                >= limits.auth_failures_per_peer
+        }) {
             self.stats.auth_rate_limited += 1;
             self.drop_pending(&h);
             self.refused(
@@ -459,9 +462,9 @@ impl Server {
             }
             .into();
         }
-        // Verifications in flight are bounded like pending logins: each holds a password and
-        // will cost a PBKDF2 run.
-        if self.checks.len() >= limits.pending_auth_total {
+        // Verifications in flight are bounded like pending logins (per address and in all):
+        // each holds a password and will cost a PBKDF2 run.
+        if in_flight >= limits.pending_auth_per_peer || self.checks.len() >= limits.pending_auth_total {
             self.stats.auth_pending_refused += 1;
             self.refused(
                 conn.peer,

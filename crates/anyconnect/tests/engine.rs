@@ -1944,22 +1944,28 @@ fn deferred_verdict_after_the_login_went_away() {
 
 #[test]
 fn deferred_checks_in_flight_count_against_the_address_budget() {
-    // Parallel connections from one address must not all get a verification before the
-    // first failure is counted: in-flight checks are counted as failures-to-be.
+    // Once an address has failed, parallel connections must not all get a verification
+    // before the next failure is counted: in-flight checks count as failures-to-be.
     let t0 = Instant::now();
     let mut cfg = config();
     cfg.limits.auth_failures_per_peer = 3;
     let mut s = server(t0, cfg);
-    let mut checks = Vec::new();
-    for port in 0..3u16 {
+    let login = |s: &mut Server, port: u16| {
         let c = conn(41000 + port);
         let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
-        let h = set_cookie(&form, "webvpncontext").unwrap();
+        (c, set_cookie(&form, "webvpncontext").unwrap())
+    };
+    let (c, h) = login(&mut s, 0);
+    let (check, _) = deferred_post(&mut s, t0, &c, "vpn", "guess", &h);
+    verdict_response(s.handle_password_verdict(t0, &c, check.ticket(), check.verify()));
+    assert_eq!(s.stats().auth_failures, 1);
+    let mut checks = Vec::new();
+    for port in 1..3u16 {
+        let (c, h) = login(&mut s, port);
         checks.push((c.clone(), deferred_post(&mut s, t0, &c, "vpn", "guess", &h).0));
     }
-    let c = conn(41009);
-    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    // 1 failure + 2 in flight = the budget of 3.
+    let (c, h) = login(&mut s, 9);
     let req = post(&oc_reply("vpn", "guess", None, &h), &[("webvpncontext", &h)]);
     match s.handle_http_deferred(t0, &c, &req) {
         Ok(HttpStep::Done(HttpOutcome::Respond { bytes, close, .. })) => {
@@ -1968,11 +1974,42 @@ fn deferred_checks_in_flight_count_against_the_address_budget() {
         }
         other => panic!("expected 429, got {other:?}"),
     }
-    // Once the verdicts are in, the failures are counted as usual.
     for (c, check) in checks {
         let ok = check.verify();
         verdict_response(s.handle_password_verdict(t0, &c, check.ticket(), ok));
     }
     assert_eq!(s.stats().auth_failures, 3);
     assert_eq!(s.stats().auth_rate_limited, 1);
+}
+
+#[test]
+fn deferred_checks_in_flight_are_capped_per_address() {
+    // No failures yet (many users behind one address): not rate limited, but at most
+    // `pending_auth_per_peer` verifications from one address at once.
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.limits.pending_auth_per_peer = 2;
+    let mut s = server(t0, cfg);
+    let c0 = conn(42000);
+    let (form, _) = respond(s.handle_http(t0, &c0, &post(OC_INIT, &[])));
+    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let (a, _) = deferred_post(&mut s, t0, &c0, "vpn", "secret", &h);
+    let c1 = conn(42001);
+    let (b, _) = deferred_post(&mut s, t0, &c1, "vpn", "secret", &h);
+    let c2 = conn(42002);
+    let req = post(&oc_reply("vpn", "secret", None, &h), &[("webvpncontext", &h)]);
+    match s.handle_http_deferred(t0, &c2, &req) {
+        Ok(HttpStep::Done(HttpOutcome::Respond { bytes, close, .. })) => {
+            assert!(String::from_utf8(bytes).unwrap().starts_with("HTTP/1.1 503"));
+            assert!(close);
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // The first verdict logs in (and ends the shared context); the second then finds its
+    // login gone.
+    let (r, _, _) = verdict_response(s.handle_password_verdict(t0, &c0, a.ticket(), a.verify()));
+    assert!(r.contains("type=\"complete\""), "{r}");
+    let (r, _, _) = verdict_response(s.handle_password_verdict(t0, &c1, b.ticket(), b.verify()));
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert_eq!(s.session_count(), 1);
 }
