@@ -12,7 +12,7 @@
 //! lab-acload --server IP:PORT --sessions N [--cert-group CERT --client-cert PEM --client-key PEM]
 //!            [--password-sessions M --group RA --user vpn --password PW]
 //!            [--target 10.1.0.10] [--hold SECS] [--interval-ms MS] [--concurrency C]
-//!            [--daemon-pid PID] [--flood N] [--ready-file FILE] [--dtls-sessions K]
+//!            [--daemon-pid PID] [--flood N] [--flood-source IP] [--ready-file FILE] [--dtls-sessions K]
 //! ```
 //! Progress lines go to stderr; `established N ...` once every session is up (and the file
 //! `--ready-file` is written then, so a test can look at the daemon); a final `report {json}`
@@ -55,6 +55,8 @@ struct Opts {
     /// Sessions (after the password ones) that also bring up PSK-NEGOTIATE DTLS and send
     /// their probes over it.
     dtls_sessions: usize,
+    /// Source address of the flood connections (another address than the logins').
+    flood_source: Option<std::net::IpAddr>,
 }
 
 fn opt(args: &[String], name: &str) -> Option<String> {
@@ -82,6 +84,7 @@ fn parse_opts() -> Result<Opts, String> {
         flood: num("--flood", 0)? as usize,
         ready_file: opt(&a, "--ready-file"),
         dtls_sessions: num("--dtls-sessions", 0)? as usize,
+        flood_source: opt(&a, "--flood-source").map(|v| v.parse()).transpose().map_err(|e| format!("--flood-source: {e}"))?,
     })
 }
 
@@ -240,7 +243,7 @@ async fn run(o: Opts) -> Result<bool, String> {
     let flood_open = Arc::new(AtomicU64::new(0));
     let flood_task = (o.flood > 0).then(|| {
         let (o2, stop, open) = (o.clone(), flood_stop.clone(), flood_open.clone());
-        tokio::spawn(async move { flood(o2.server, o2.flood, stop, open).await })
+        tokio::spawn(async move { flood(o2.server, o2.flood_source, o2.flood, stop, open).await })
     });
     // One login timed from inside the flood, concurrently with the hold (it may take long:
     // the stalled connections occupy the server's handshake slots until their deadline).
@@ -262,9 +265,9 @@ async fn run(o: Opts) -> Result<bool, String> {
     tokio::time::sleep(o.hold).await;
     let _ = stop_tx.send(true);
     flood_stop.notify_waiters();
-    let flood_peak = match flood_task {
-        Some(t) => t.await.unwrap_or(0),
-        None => 0,
+    let (flood_peak, flood_connects) = match flood_task {
+        Some(t) => t.await.unwrap_or((0, 0)),
+        None => (0, 0),
     };
     let login_result = match flood_login {
         Some(t) if t.is_finished() => t.await.ok(),
@@ -327,6 +330,7 @@ async fn run(o: Opts) -> Result<bool, String> {
         "daemon_rss_per_session_kib": rss_per,
         "flood_connections": o.flood,
         "flood_peak_open": flood_peak,
+        "flood_connects": flood_connects,
         "login_during_flood": login_result,
         "errors": errors,
         "short_sessions": short,
@@ -706,19 +710,22 @@ fn is_echo_reply(p: &[u8], from: Ipv4Addr, to: Ipv4Addr, ident: u16) -> bool {
 }
 
 /// Keeps `n` TCP connections to the server open without sending a byte (stalled TLS
-/// handshakes); reopens those the server closes. Returns the peak number open at once.
-async fn flood(server: SocketAddr, n: usize, stop: Arc<tokio::sync::Notify>, open: Arc<AtomicU64>) -> u64 {
+/// handshakes); reopens those the server closes. Returns the peak number open at once and
+/// the number of connections made.
+async fn flood(server: SocketAddr, source: Option<std::net::IpAddr>, n: usize, stop: Arc<tokio::sync::Notify>, open: Arc<AtomicU64>) -> (u64, u64) {
     let mut set = tokio::task::JoinSet::new();
     let peak = Arc::new(AtomicU64::new(0));
+    let connects = Arc::new(AtomicU64::new(0));
     for _ in 0..n {
-        let (open, peak) = (open.clone(), peak.clone());
+        let (open, peak, connects) = (open.clone(), peak.clone(), connects.clone());
         set.spawn(async move {
             loop {
-                let Ok(mut s) = TcpStream::connect(server).await else {
+                let Ok(mut s) = flood_connect(server, source).await else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
                 let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                connects.fetch_add(1, Ordering::Relaxed);
                 peak.fetch_max(now, Ordering::SeqCst);
                 let mut b = [0u8; 1024];
                 // The server ends a stalled handshake at its deadline; reconnect then.
@@ -729,12 +736,23 @@ async fn flood(server: SocketAddr, n: usize, stop: Arc<tokio::sync::Notify>, ope
                     }
                 }
                 open.fetch_sub(1, Ordering::SeqCst);
+                // Closed by the server (deadline, or refused at accept): come back soon, but
+                // without spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
     }
     stop.notified().await;
     set.abort_all();
-    peak.load(Ordering::SeqCst)
+    (peak.load(Ordering::SeqCst), connects.load(Ordering::SeqCst))
+}
+
+async fn flood_connect(server: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    sock.connect(server).await
 }
 
 fn rss_kib(pid: u32) -> u64 {
