@@ -343,7 +343,13 @@ fn handshake_flood_does_not_starve_the_established_session() {
     eprintln!("lab: flood held {opened} idle TCP connections");
     assert!(opened >= 64, "the flood filled the handshake slots ({opened} connections)");
     let log = up.server.log();
-    assert!(log.contains("TLS handshake timed out"), "stalled handshakes time out: {}", up.server.proc.log_tail(20));
+    // Silent connections are dropped at the first-bytes deadline ("no ClientHello within 2s"),
+    // a handshake that started but stalls at the overall one ("TLS handshake timed out").
+    assert!(
+        log.contains("no ClientHello within") || log.contains("TLS handshake timed out"),
+        "stalled handshakes time out: {}",
+        up.server.proc.log_tail(20)
+    );
     // A real handshake completes afterwards (queued flood connections fail at once on EOF).
     let out = run(
         &mut in_ns(&l.client, &["bash", "-c", &format!("echo | timeout 20 openssl s_client -connect {GW_OUTSIDE_IP}:443 -brief")]),
