@@ -373,6 +373,7 @@ pub fn icmp_source(inside: Option<Ipv4Addr>, outside: IpAddr) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_packets::tcp_syn;
 
     fn ctx(decrypt: bool, natt: bool, preserve: bool) -> VpnContext {
         VpnContext {
@@ -518,20 +519,5 @@ mod tests {
         assert_eq!(left[0].info.tunnel.map(|t| r.tunnel_name(t).to_string()), Some("ra:10.2.0.9".to_string()));
         assert!(left[0].flags.contains('V'));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tcp_syn() -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 1, 0, 5]);
-        p[16..20].copy_from_slice(&[10, 2, 0, 9]);
-        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&80u16.to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = 0x02;
-        p
     }
 }

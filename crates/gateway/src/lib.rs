@@ -38,3 +38,5 @@ pub mod sad;
 pub mod show;
 pub mod syslog;
 pub mod watch;
+#[cfg(test)]
+mod test_packets;

@@ -494,6 +494,7 @@ pub fn vpn_context_json(ctxs: &[crate::flows::VpnContext]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_packets::tcp_syn;
     use policy::Ipv4Net;
 
     fn ts(s: &str, len: u8) -> TrafficSelector {
@@ -696,22 +697,6 @@ Child sa: local selector  10.1.0.0/0 - 10.1.0.255/65535
         assert_eq!(logoff_result(&LogoffTarget::All, 3), "INFO: Number of sessions logged off : 3\n");
         assert_eq!(logoff_result(&LogoffTarget::All, 0), "INFO: There are presently no active sessions of the type specified\n");
         assert!(no_vpn_sessions().contains("no active sessions"));
-    }
-
-    /// A TCP SYN 10.1.0.5:40000 -> 10.2.0.9:80.
-    fn tcp_syn() -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 1, 0, 5]);
-        p[16..20].copy_from_slice(&[10, 2, 0, 9]);
-        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&80u16.to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = 0x02;
-        p
     }
 
     #[test]
