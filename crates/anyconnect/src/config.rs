@@ -358,3 +358,108 @@ impl Config {
             .unwrap_or_default()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Reconfiguration (reload)
+
+/// What a new configuration changes in the remote-access settings, by name, in the
+/// operator's terms (`holdfast reload` prints it). Computed by [`Config::changes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub users_added: Vec<String>,
+    pub users_removed: Vec<String>,
+    /// Same name, another password hash.
+    pub users_password_changed: Vec<String>,
+    pub tunnel_groups_added: Vec<String>,
+    pub tunnel_groups_removed: Vec<String>,
+    /// Aliases, default group policy, pools or authentication changed.
+    pub tunnel_groups_changed: Vec<String>,
+    pub group_policies_added: Vec<String>,
+    pub group_policies_removed: Vec<String>,
+    pub group_policies_changed: Vec<String>,
+    pub pools_added: Vec<String>,
+    pub pools_removed: Vec<String>,
+    /// Range or mask changed (growing; shrinking past a leased address is refused before).
+    pub pools_changed: Vec<String>,
+    /// `webvpn / tunnel-group-list enable` toggled.
+    pub group_list_changed: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+/// A reconfiguration that would take a live session's address out of the pools of its
+/// tunnel group (or change the mask it was given). Such a reload is refused: the session
+/// keeps its lease across reconnects, and a lease outside every configured pool could later
+/// be handed out twice or be given a different netmask on the client's next CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConflict {
+    pub user: String,
+    pub address: Ipv4Addr,
+    pub tunnel_group: String,
+    /// The pool the address was leased from in the running configuration, if still known.
+    pub pool: Option<String>,
+    /// Why, in the operator's words.
+    pub why: String,
+}
+
+impl Config {
+    /// The remote-access settings `new` changes compared with `self` (only what comes from
+    /// the configuration file: users, tunnel groups, group policies, pools, the group list).
+    pub fn changes(&self, new: &Config) -> Changes {
+        let mut c = Changes::default();
+        for u in &new.users {
+            match self.user(&u.name) {
+                None => c.users_added.push(u.name.clone()),
+                Some(o) if !crate::ct_eq(o.password_hash.as_bytes(), u.password_hash.as_bytes()) => {
+                    c.users_password_changed.push(u.name.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        c.users_removed = self
+            .users
+            .iter()
+            .filter(|o| new.user(&o.name).is_none())
+            .map(|o| o.name.clone())
+            .collect();
+        for g in &new.tunnel_groups {
+            match self.tunnel_groups.iter().find(|o| o.name == g.name) {
+                None => c.tunnel_groups_added.push(g.name.clone()),
+                Some(o) if o != g => c.tunnel_groups_changed.push(g.name.clone()),
+                Some(_) => {}
+            }
+        }
+        c.tunnel_groups_removed = self
+            .tunnel_groups
+            .iter()
+            .filter(|o| !new.tunnel_groups.iter().any(|g| g.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        let (a, r, ch) = map_diff(&self.group_policies, &new.group_policies);
+        (c.group_policies_added, c.group_policies_removed, c.group_policies_changed) = (a, r, ch);
+        let (a, r, ch) = map_diff(&self.pools, &new.pools);
+        (c.pools_added, c.pools_removed, c.pools_changed) = (a, r, ch);
+        c.group_list_changed = self.group_list != new.group_list;
+        c
+    }
+
+    /// The pool of `group` that holds `addr`, by name.
+    pub(crate) fn pool_holding(&self, group: &str, addr: Ipv4Addr) -> Option<(&str, &AddressPool)> {
+        let g = self.tunnel_groups.iter().find(|g| g.name == group)?;
+        g.address_pools.iter().find_map(|name| {
+            let p = self.pools.get(name)?;
+            (u32::from(p.first) <= u32::from(addr) && u32::from(addr) <= u32::from(p.last)).then_some((name.as_str(), p))
+        })
+    }
+}
+
+fn map_diff<V: PartialEq>(old: &BTreeMap<String, V>, new: &BTreeMap<String, V>) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let added = new.keys().filter(|k| !old.contains_key(*k)).cloned().collect();
+    let removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+    let changed = new.iter().filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v)).map(|(k, _)| k.clone()).collect();
+    (added, removed, changed)
+}

@@ -2293,3 +2293,108 @@ fn url_group(url: Option<&str>) -> Option<String> {
     let seg = path.trim_start_matches('/').split(['/', '?']).next()?;
     (!seg.is_empty()).then(|| seg.to_string())
 }
+
+// ---------------------------------------------------------------------------------------
+// Reconfiguration (`holdfast reload`, SIGHUP): docs/reload.md "Remote access".
+
+impl Server {
+    /// The live sessions whose address `new` would take out of their tunnel group's pools
+    /// (or give another netmask). Empty: [`Server::reconfigure`] will accept `new`.
+    pub fn reconfigure_conflicts(&self, new: &Config) -> Vec<crate::config::LeaseConflict> {
+        let mut v: Vec<crate::config::LeaseConflict> = Vec::new();
+        for s in self.sessions.values() {
+            let Some(a) = s.address else { continue };
+            let old_pool = self.config.pool_holding(&s.tunnel_group, a).map(|(n, _)| n.to_string());
+            let why = if !new.tunnel_groups.iter().any(|g| g.name == s.tunnel_group) {
+                format!("tunnel-group {} is removed", s.tunnel_group)
+            } else {
+                match new.pool_holding(&s.tunnel_group, a) {
+                    None => format!("no address-pool of tunnel-group {} contains it any more", s.tunnel_group),
+                    Some((name, p)) if p.mask != s.netmask => {
+                        format!("pool {name} would give it mask {} instead of {}", p.mask, s.netmask)
+                    }
+                    Some(_) => continue,
+                }
+            };
+            v.push(crate::config::LeaseConflict {
+                user: s.user.clone(),
+                address: a,
+                tunnel_group: s.tunnel_group.clone(),
+                pool: old_pool,
+                why,
+            });
+        }
+        v.sort_by_key(|c| u32::from(c.address));
+        v
+    }
+
+    /// Applies a new remote-access configuration to the running engine, all or nothing:
+    /// refused (nothing changes) when a live session's leased address would fall outside the
+    /// pools of its tunnel group ([`Server::reconfigure_conflicts`]). Otherwise:
+    ///
+    /// - users, tunnel groups, group policies, pools and the group list are replaced: the
+    ///   next login, group choice and address lease use them;
+    /// - a session that has not sent its first CONNECT yet takes its group's new policy (it
+    ///   has negotiated nothing);
+    /// - a session that has connected keeps what its client was told at CONNECT (split
+    ///   networks, DNS, banner, MTU, DTLS, timeouts), also across reconnects with its cookie:
+    ///   the client keeps its adapter and routes over a reconnect, so new values would only
+    ///   make our view differ from its. Two settings that are purely the gateway's own apply
+    ///   at once: `anyconnect dpd-interval gateway` and `anyconnect ssl df-bit-ignore`;
+    /// - sessions of removed users (or users whose password changed) are kept, as the ASA
+    ///   keeps them until logoff (`vpn-sessiondb logoff name USER` ends them); password
+    ///   checks in flight for those users are dropped, so the old password cannot complete
+    ///   a login after the reload.
+    ///
+    /// Settings that are not in the configuration file (limits, fallback timing, grace,
+    /// verifier, link MTU) and those that need a restart (`dtls port`, `sysopt connection
+    /// tcpmss`) are kept from the running configuration.
+    pub fn reconfigure(&mut self, now: Instant, new: Config) -> Result<crate::config::Changes, Vec<crate::config::LeaseConflict>> {
+        let conflicts = self.reconfigure_conflicts(&new);
+        if !conflicts.is_empty() {
+            return Err(conflicts);
+        }
+        let changes = self.config.changes(&new);
+        // Password checks started under the old user database must not complete a login
+        // for a user that is gone or whose password changed.
+        let stale: Vec<&str> = changes
+            .users_removed
+            .iter()
+            .chain(&changes.users_password_changed)
+            .map(String::as_str)
+            .collect();
+        self.checks.retain(|_, c| !stale.contains(&c.user.as_str()));
+        let Config { users, tunnel_groups, group_policies, pools, group_list, .. } = new;
+        self.config.users = users;
+        self.config.tunnel_groups = tunnel_groups;
+        self.config.group_policies = group_policies;
+        self.config.pools = pools;
+        self.config.group_list = group_list;
+
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let fresh = self.sessions.get(&id).and_then(|s| {
+                let g = self.config.tunnel_groups.iter().find(|g| g.name == s.tunnel_group)?;
+                Some((g.default_group_policy.clone(), self.config.policy_of(g)))
+            });
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            match fresh {
+                Some((name, p)) if !s.ever_connected => {
+                    s.group_policy = name;
+                    s.policy = p;
+                }
+                // Only from the policy the session logged in with (its group may now
+                // point at another one: that applies from the next login).
+                Some((name, p)) if name == s.group_policy => {
+                    s.policy.dpd_gateway = p.dpd_gateway;
+                    s.policy.df_bit_ignore = p.df_bit_ignore;
+                }
+                _ => {}
+            }
+            // A shorter DPD interval must wake the session earlier than its current timer.
+            self.reschedule(id);
+        }
+        let _ = now;
+        Ok(changes)
+    }
+}
