@@ -13,6 +13,7 @@
 // the workspace rule that only crates/gateway reads the clock does not apply here.
 #![allow(clippy::disallowed_methods)]
 
+pub mod acprobe;
 pub mod capture;
 pub mod cmd;
 pub mod demo;

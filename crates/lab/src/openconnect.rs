@@ -507,6 +507,126 @@ fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
     line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
+/// The issue-5 ASA configuration for `holdfast run` in the lab (user `vpn` / `password`), with
+/// `gp_webvpn` as extra lines in the group policy's `webvpn` mode (each without indentation,
+/// e.g. `anyconnect mtu 1300`) and `extra` appended at the end (more `username` lines, ...).
+/// The group policy has DTLS, df-bit-ignore and DPD 30 as in the issue; `anyconnect mtu` is
+/// only there when a caller adds it.
+pub fn ra_daemon_config(cert: &ServerCert, password: &str, gp_webvpn: &[&str], extra: &str) -> String {
+    let mut gp = String::new();
+    for l in gp_webvpn {
+        gp.push_str("  ");
+        gp.push_str(l);
+        gp.push('\n');
+    }
+    format!(
+        "hostname ra-gw
+interface out
+ nameif outside
+ security-level 0
+ ip address {GW_OUTSIDE_IP} 255.255.255.0
+interface in
+ nameif inside
+ security-level 100
+ ip address {GW_INSIDE_IP} 255.255.255.0
+logging enable
+logging buffered informational
+access-list SPLIT standard permit 10.1.0.0 255.255.255.0
+ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0
+webvpn
+ enable outside
+ anyconnect enable
+ dtls port 443
+group-policy ac_users_group internal
+group-policy ac_users_group attributes
+ vpn-tunnel-protocol ssl-client
+ split-tunnel-policy tunnelspecified
+ split-tunnel-network-list value SPLIT
+ webvpn
+  anyconnect ssl dtls enable
+  anyconnect ssl df-bit-ignore enable
+  anyconnect dpd-interval client 30
+  anyconnect dpd-interval gateway 30
+{gp}tunnel-group RA type remote-access
+tunnel-group RA general-attributes
+ address-pool VPNPOOL
+ default-group-policy ac_users_group
+tunnel-group RA webvpn-attributes
+ group-alias RA enable
+username vpn password {password}
+sysopt connection tcpmss 1380
+crypto ca trustpoint VPN-TP
+ certificate-file {}
+ key-file {}
+ssl trust-point VPN-TP outside
+{extra}",
+        cert.cert.display(),
+        cert.key.display()
+    )
+}
+
+/// `holdfast run` (the daemon, [`crate::holdfast_bin`]) in the gateway namespace of a
+/// [`RaLab`], with its control socket in the run directory.
+pub struct RaDaemon {
+    pub proc: Proc,
+    pub sock: PathBuf,
+    pub config: PathBuf,
+}
+
+impl RaDaemon {
+    /// Writes `text` as `<name>.cfg`, checks it with `holdfast check`, starts `holdfast run` and
+    /// waits for its "remote access listening" line. The log is `<name>.log`.
+    pub fn start(lab: &RaLab, name: &str, text: &str) -> Result<RaDaemon> {
+        let bin = crate::holdfast_bin();
+        if !bin.exists() {
+            return Err(LabError::Check(format!("{} not found: cargo build --release -p holdfast (or set HOLDFAST_BIN)", bin.display())));
+        }
+        let b = bin.to_string_lossy().into_owned();
+        let config = lab.path(&format!("{name}.cfg"));
+        std::fs::write(&config, text).map_err(io_err("writing the daemon configuration"))?;
+        let c = config.to_string_lossy().into_owned();
+        let check = run(&mut std::process::Command::new(&b).args(["check", "--config", &c]), Duration::from_secs(30))?;
+        if !check.success() {
+            return Err(LabError::Check(format!("holdfast check refused {c}:\n{}{}", check.stdout, check.stderr)));
+        }
+        let sock = lab.path(&format!("{name}.sock"));
+        let state = lab.path(&format!("{name}-state"));
+        let log = lab.path(&format!("{name}.log"));
+        let (s, st) = (sock.to_string_lossy().into_owned(), state.to_string_lossy().into_owned());
+        let mut proc = Proc::spawn(name, in_ns(&lab.gw, &[&b, "run", "--config", &c, "--control", &s, "--state-dir", &st]), &log)?;
+        proc.grace = Duration::from_secs(10);
+        wait_for("holdfast remote access listening", Duration::from_secs(20), Duration::from_millis(50), || {
+            std::fs::read_to_string(&log).ok().filter(|t| t.contains("remote access listening")).map(|_| ())
+        })
+        .map_err(|e| LabError::Check(format!("{e}\n{}", proc.log_tail(30))))?;
+        Ok(RaDaemon { proc, sock, config })
+    }
+
+    /// `holdfast WORDS... --control SOCK` in the gateway namespace: (success, stdout + stderr).
+    pub fn cli(&self, lab: &RaLab, words: &[&str]) -> (bool, String) {
+        let b = crate::holdfast_bin().to_string_lossy().into_owned();
+        let s = self.sock.to_string_lossy().into_owned();
+        let mut argv = vec![b.as_str()];
+        argv.extend_from_slice(words);
+        argv.extend(["--control", &s]);
+        match run(&mut in_ns(&lab.gw, &argv), Duration::from_secs(30)) {
+            Ok(o) => (o.success(), format!("{}{}", o.stdout, o.stderr)),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+
+    /// Everything the daemon wrote (its ASA syslog lines go to stderr too).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+}
+
+/// The MTU of interface `ifname` in namespace `ns` (`/sys/class/net/IF/mtu`).
+pub fn link_mtu(ns: &str, ifname: &str) -> Result<u16> {
+    let out = sh(Some(ns), &["cat", &format!("/sys/class/net/{ifname}/mtu")], T)?;
+    out.stdout.trim().parse().map_err(|_| LabError::Check(format!("mtu of {ifname} in {ns}: {:?}", out.stdout)))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
