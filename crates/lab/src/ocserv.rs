@@ -129,7 +129,8 @@ pub fn ns_pids(ns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn comm(pid: u32) -> Option<String> {
+/// `/proc/PID/comm` (the executable's short name), `None` once the process is gone.
+pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
 }
 
@@ -142,6 +143,44 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     num(11) + num(12)
+}
+
+/// The processes in namespace `ns` whose `comm` is one of `names`.
+pub fn ns_pids_named(ns: &str, names: &[&str]) -> Vec<u32> {
+    ns_pids(ns).into_iter().filter(|p| comm(*p).is_some_and(|c| names.contains(&c.as_str()))).collect()
+}
+
+/// Whole-machine CPU time from the first line of `/proc/stat`, in clock ticks summed over all
+/// CPUs: busy = user + nice + system + irq + softirq + steal (guest time is already inside
+/// user), total = busy + idle + iowait. Softirq is where the kernel's packet work (veth, TUN,
+/// UDP/TCP receive) runs when it is not charged to a process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    pub busy: u64,
+    pub softirq: u64,
+    pub total: u64,
+}
+
+impl MachineCpu {
+    pub fn sample() -> MachineCpu {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else { return MachineCpu::default() };
+        // proc(5): user nice system idle iowait irq softirq steal guest guest_nice
+        let f: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+        MachineCpu { busy, softirq: at(6), total: busy + at(3) + at(4) }
+    }
+
+    /// (busy cores, softirq cores) between `earlier` and `self`: 1.0 = one CPU's worth.
+    pub fn cores_since(&self, earlier: &MachineCpu, ncpu: usize) -> (f64, f64) {
+        let total = self.total.saturating_sub(earlier.total) as f64;
+        if total <= 0.0 {
+            return (f64::NAN, f64::NAN);
+        }
+        let n = ncpu as f64;
+        (self.busy.saturating_sub(earlier.busy) as f64 / total * n, self.softirq.saturating_sub(earlier.softirq) as f64 / total * n)
+    }
 }
 
 /// Ticks per second of [`cpu_ticks`].

@@ -1,26 +1,40 @@
 #![allow(clippy::disallowed_methods)] // wall-clock measurement is the point of this tool
 //! Remote-access benchmark of issue 5 (root; not a test): holdfast (`holdfast run` from the
 //! issue's ASA configuration) against ocserv 1.1.6 in the same run, on the same namespaces
-//! (client with openconnect 9.01 — gateway with the server — inside host), with DPD 30 and
-//! tunnel MTU 1400 configured on both:
+//! (client — gateway with the server — inside host), with DPD 30 and tunnel MTU 1400
+//! configured on both:
 //!
 //! (a) iperf3 TCP through one session, client->inside and inside->client, over DTLS and over
-//!     TLS (`openconnect --no-dtls`);
-//! (b) server CPU (utime+stime from /proc over each iperf3 interval: the holdfast process, or
-//!     every ocserv process in the namespace — main, sec-mod, workers) per Gbit/s;
-//! (c) DTLS blocked by nftables mid-session (dropped where it arrives, see `block_path`): time from the block to the first probe (UDP,
-//!     inside host -> client tunnel address every 10 ms) that was sent after the block and
-//!     still reached the client (necessarily over TLS).
+//!     TLS, with the real openconnect 9.01 client (`--no-dtls` for TLS) and — with
+//!     `--client fast|both` — lab-acload's benchmark client (`lab-acload --tunnel`: the same
+//!     AnyConnect exchange, a multi-queue TUN, one worker per channel direction);
+//! (b) CPU over each iperf3 interval: the server (utime+stime from /proc: the holdfast process,
+//!     or every ocserv process in the namespace — main, sec-mod, workers), the client process,
+//!     both iperf3 ends (iperf3's own accounting) and the whole machine from /proc/stat (busy
+//!     and softirq), so a table row shows who was saturated;
+//! (c) DTLS blocked by nftables mid-session (dropped where it arrives, see `block_path`): time
+//!     from the block to the first probe (UDP, inside host -> client tunnel address every
+//!     10 ms) that was sent after the block and still reached the client (necessarily over
+//!     TLS); measured once per server with openconnect.
+//!
+//! Every throughput row is measured `--repeat` times; the servers alternate order between
+//! rounds (holdfast first in even rounds, ocserv first in odd ones) so a drift in machine load
+//! hits both; the table shows the median and the range.
 //!
 //! ```text
-//! lab-acbench [--secs 10] [--only holdfast|ocserv] [--fallback-timeout 120] [--mtu 1400]
+//! lab-acbench [--secs 8] [--repeat 3] [--only holdfast|ocserv] [--client openconnect|fast|both]
+//!             [--fallback-timeout 120] [--mtu 1400]
 //! ```
 //! `scripts/bench-anyconnect` builds and runs it; results go to docs/benchmarks.md by hand.
 
 use lab::cmd::{in_ns, run, sh, wait_for, Proc};
-use lab::ocserv::{clk_tck, cpu_ticks, holdfast_ra_config, loadavg, spawn_in_netns, HoldfastRa, OcClient, Ocserv, RaTuning};
-use lab::openconnect::{make_server_cert, RaLab, ServerCert, SERVER_IP};
+use lab::ocserv::{
+    clk_tck, cpu_ticks, holdfast_ra_config, loadavg, ns_pids_named, spawn_in_netns, HoldfastRa, MachineCpu, OcClient, Ocserv, RaTuning,
+};
+use lab::openconnect::{make_server_cert, RaLab, ServerCert, GW_OUTSIDE_IP, SERVER_IP};
+use std::collections::BTreeMap;
 use std::net::UdpSocket;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,19 +62,78 @@ impl Imp {
     }
 }
 
-/// One iperf3 run: throughput and the server's CPU over the same interval.
-#[derive(Debug, Clone, Default)]
-struct Tput {
-    mbit: f64,
-    /// Server CPU seconds / wall seconds (1.0 = one core busy).
-    cores: f64,
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum ClientKind {
+    Openconnect,
+    Fast,
 }
 
-impl Tput {
-    /// Cores per Gbit/s.
-    fn cpu_per_gbit(&self) -> f64 {
+impl ClientKind {
+    fn name(self) -> &'static str {
+        match self {
+            ClientKind::Openconnect => "openconnect",
+            ClientKind::Fast => "fast",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Chan {
+    Dtls,
+    Tls,
+}
+
+/// One table row: which client, which channel, which direction.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Row {
+    client: ClientKind,
+    chan: Chan,
+    /// inside -> client (iperf3 -R).
+    down: bool,
+}
+
+impl Row {
+    fn label(&self) -> String {
+        format!(
+            "{} {} {}",
+            match self.client {
+                ClientKind::Openconnect => "oc  ",
+                ClientKind::Fast => "fast",
+            },
+            match self.chan {
+                Chan::Dtls => "DTLS",
+                Chan::Tls => "TLS ",
+            },
+            if self.down { "down" } else { "up  " }
+        )
+    }
+}
+
+/// One iperf3 run and everything's CPU over the same interval. CPU figures are cores:
+/// CPU-seconds per wall second (1.0 = one CPU busy).
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    mbit: f64,
+    server: f64,
+    client: f64,
+    /// iperf3 in the client namespace.
+    ip3_client: f64,
+    /// iperf3 on the inside host.
+    ip3_inside: f64,
+    machine: f64,
+    softirq: f64,
+}
+
+impl Sample {
+    /// Whole-machine busy time not charged to the four processes above: other work on the
+    /// machine, ksoftirqd, and packet processing that ran in no process's context.
+    fn rest(&self) -> f64 {
+        self.machine - self.server - self.client - self.ip3_client - self.ip3_inside
+    }
+
+    fn server_per_gbit(&self) -> f64 {
         if self.mbit > 0.0 {
-            self.cores / (self.mbit / 1000.0)
+            self.server / (self.mbit / 1000.0)
         } else {
             f64::NAN
         }
@@ -68,13 +141,11 @@ impl Tput {
 }
 
 #[derive(Debug, Default)]
-struct Results {
-    dtls_up: Option<Tput>,
-    dtls_down: Option<Tput>,
-    tls_up: Option<Tput>,
-    tls_down: Option<Tput>,
+struct ImpResults {
+    rows: BTreeMap<Row, Vec<Sample>>,
     fallback: Option<Fallback>,
     notes: Vec<String>,
+    errors: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,13 +182,22 @@ impl Server {
     }
 }
 
+struct Cfg {
+    tuning: RaTuning,
+    secs: u64,
+    fb_timeout: u64,
+    clients: Vec<ClientKind>,
+    acload: PathBuf,
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !lab::is_root() {
         eprintln!("lab-acbench: needs root (network namespaces)");
         return ExitCode::FAILURE;
     }
-    let secs: u64 = opt(&args, "--secs").and_then(|s| s.parse().ok()).unwrap_or(10);
+    let secs: u64 = opt(&args, "--secs").and_then(|s| s.parse().ok()).unwrap_or(8);
+    let repeat: usize = opt(&args, "--repeat").and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
     let fb_timeout: u64 = opt(&args, "--fallback-timeout").and_then(|s| s.parse().ok()).unwrap_or(120);
     let mtu: u32 = opt(&args, "--mtu").and_then(|s| s.parse().ok()).unwrap_or(1400);
     let imps: Vec<Imp> = match opt(&args, "--only") {
@@ -125,79 +205,198 @@ fn main() -> ExitCode {
         Some("ocserv") => vec![Imp::Ocserv],
         _ => vec![Imp::Holdfast, Imp::Ocserv],
     };
-    let tuning = RaTuning { dpd: 30, mtu };
+    let clients = match opt(&args, "--client") {
+        Some("fast") => vec![ClientKind::Fast],
+        Some("both") => vec![ClientKind::Openconnect, ClientKind::Fast],
+        Some("openconnect") | None => vec![ClientKind::Openconnect],
+        Some(other) => {
+            eprintln!("lab-acbench: --client {other}: expected openconnect, fast or both");
+            return ExitCode::FAILURE;
+        }
+    };
+    let acload = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("lab-acload"))).unwrap_or_default();
+    if clients.contains(&ClientKind::Fast) && !acload.exists() {
+        eprintln!("lab-acbench: {} not found (cargo build --release -p holdfast-lab --bin lab-acload)", acload.display());
+        return ExitCode::FAILURE;
+    }
+    let cfg = Cfg { tuning: RaTuning { dpd: 30, mtu }, secs, fb_timeout, clients, acload };
     let started = Instant::now();
     let load_start = loadavg();
-    let mut all = Vec::new();
-    for imp in imps {
-        eprintln!("==== {} (load {}) ====", imp.name(), loadavg());
-        let r = bench_one(imp, tuning, secs, fb_timeout);
-        match &r {
-            Ok(res) => eprintln!("{} done: {res:?}", imp.name()),
-            Err(e) => eprintln!("{} FAILED: {e}", imp.name()),
+    let mut all: Vec<(Imp, ImpResults)> = imps.iter().map(|i| (*i, ImpResults::default())).collect();
+    for round in 0..repeat {
+        // Alternate the order so a drift in machine load hits both servers alike.
+        let mut order = imps.clone();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        all.push((imp, r, loadavg()));
+        for imp in order {
+            let load = loadavg();
+            eprintln!("==== round {}/{repeat}: {} (load {load}) ====", round + 1, imp.name());
+            let res = &mut all.iter_mut().find(|(i, _)| *i == imp).expect("every server has a slot").1;
+            res.notes.push(format!("round {}: load at start {load}", round + 1));
+            // The DTLS-blocked measurement is slow (ocserv waits for its 25 s timeout) and
+            // does not vary much: once per server, in the first round.
+            if let Err(e) = bench_round(imp, &cfg, round == 0, res) {
+                eprintln!("{} round {} FAILED: {e}", imp.name(), round + 1);
+                res.errors.push(format!("round {}: {e}", round + 1));
+            }
+        }
     }
-    print_table(&all, secs, mtu);
+    print_table(&all, &cfg, repeat);
     println!(
         "load average (1m 5m 15m): start {load_start}, end {}; {} online CPUs; total {:.0} s",
         loadavg(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        ncpu(),
         started.elapsed().as_secs_f64()
     );
-    if all.iter().any(|(_, r, _)| r.is_err()) {
+    if all.iter().any(|(_, r)| !r.errors.is_empty()) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
 }
 
-fn bench_one(imp: Imp, tuning: RaTuning, secs: u64, fb_timeout: u64) -> Result<Results, String> {
+fn ncpu() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn bench_round(imp: Imp, cfg: &Cfg, with_fallback: bool, res: &mut ImpResults) -> Result<(), String> {
     let e = |e: lab::LabError| e.to_string();
     let lab = RaLab::new().map_err(e)?;
     let cert = make_server_cert(&lab.dir).map_err(e)?;
     let server = match imp {
         Imp::Holdfast => {
-            let text = holdfast_ra_config(&cert, PASSWORD, tuning, ("10.99.0.100", "10.99.0.199", "255.255.255.0"), None);
+            let text = holdfast_ra_config(&cert, PASSWORD, cfg.tuning, ("10.99.0.100", "10.99.0.199", "255.255.255.0"), None);
             Server::Holdfast(HoldfastRa::start(&lab, &text).map_err(e)?)
         }
-        Imp::Ocserv => Server::Ocserv(Ocserv::start(&lab, &cert, "vpn", PASSWORD, tuning).map_err(e)?),
+        Imp::Ocserv => Server::Ocserv(Ocserv::start(&lab, &cert, "vpn", PASSWORD, cfg.tuning).map_err(e)?),
     };
     let iperf_log = lab.path("iperf3-server.log");
     let _iperf = Proc::spawn("iperf3 -s", in_ns(&lab.server, &["iperf3", "-s", "-p", "5201"]), &iperf_log).map_err(e)?;
-    let mut res = Results::default();
-
-    // DTLS session: throughput both ways, then the DTLS block.
-    {
-        let mut oc = connect(&lab, &cert, "d", &[], &server)?;
-        oc.wait_dtls(Duration::from_secs(30)).map_err(|err| format!("DTLS did not come up: {err}\n{}", oc.proc.log_tail(20)))?;
-        res.notes.push(format!("DTLS: {}", oc.dtls_line()));
-        res.dtls_up = Some(iperf(&lab, &server, secs, false)?);
-        res.dtls_down = Some(iperf(&lab, &server, secs, true)?);
-        if oc.log().matches("Established DTLS connection").count() != 1 {
-            res.notes.push("DTLS was re-established during the iperf3 runs".into());
+    for &client in &cfg.clients {
+        for chan in [Chan::Dtls, Chan::Tls] {
+            let tag = format!("{}{}", &client.name()[..1], if chan == Chan::Dtls { "d" } else { "t" });
+            let mut c = connect(&lab, &cert, &tag, client, chan, &server, cfg)?;
+            res.notes.push(format!("{} {:?}: {}", client.name(), chan, c.describe()));
+            for down in [false, true] {
+                let row = Row { client, chan, down };
+                let s = iperf(&lab, &server, cfg.secs, down)?;
+                eprintln!(
+                    "lab-acbench: {} {}: {:.0} Mbit/s; cores: server {:.2}, client {:.2}, iperf3 client-side {:.2}, inside {:.2}, machine {:.2} (softirq {:.2}); load {}",
+                    imp.name(),
+                    row.label(),
+                    s.mbit,
+                    s.server,
+                    s.client,
+                    s.ip3_client,
+                    s.ip3_inside,
+                    s.machine,
+                    s.softirq,
+                    loadavg()
+                );
+                res.rows.entry(row).or_default().push(s);
+            }
+            if let Client::Oc(oc) = &c {
+                if chan == Chan::Dtls && oc.log().matches("Established DTLS connection").count() != 1 {
+                    res.notes.push("openconnect: DTLS was re-established during the iperf3 runs".into());
+                }
+                if chan == Chan::Dtls && client == ClientKind::Openconnect && with_fallback {
+                    res.fallback = Some(fallback(&lab, oc, cfg.fb_timeout)?);
+                    unblock_path(&lab);
+                }
+            }
+            c.stop();
         }
-        res.fallback = Some(fallback(&lab, &oc, fb_timeout)?);
-        unblock_path(&lab);
-        oc.proc.stop();
     }
-    // TLS-only session.
-    {
-        let mut oc = connect(&lab, &cert, "t", &["--no-dtls"], &server)?;
-        res.notes.push(format!("TLS: {}", oc.tls_line()));
-        res.tls_up = Some(iperf(&lab, &server, secs, false)?);
-        res.tls_down = Some(iperf(&lab, &server, secs, true)?);
-        oc.proc.stop();
-    }
-    Ok(res)
+    Ok(())
 }
 
-fn connect(lab: &RaLab, cert: &ServerCert, tag: &str, extra: &[&str], server: &Server) -> Result<OcClient, String> {
-    let mut oc = OcClient::start(&lab.dir, &lab.client, tag, cert, "vpn", PASSWORD, extra).map_err(|e| e.to_string())?;
-    let (addr, mtu) = oc
-        .wait_connected(Duration::from_secs(40))
-        .map_err(|e| format!("openconnect did not connect: {e}\n{}\n--- server ---\n{}", oc.proc.log_tail(30), server.log_tail()))?;
-    eprintln!("lab-acbench: openconnect {tag} connected: address {addr}, tun MTU {mtu}");
+/// The tunnel client of one session.
+enum Client {
+    Oc(OcClient),
+    Fast { proc: Proc, info: String },
+}
+
+impl Client {
+    fn describe(&self) -> String {
+        match self {
+            Client::Oc(oc) => {
+                let d = oc.dtls_line();
+                if d.is_empty() {
+                    oc.tls_line()
+                } else {
+                    d
+                }
+            }
+            Client::Fast { info, .. } => info.clone(),
+        }
+    }
+    fn stop(&mut self) {
+        match self {
+            Client::Oc(oc) => {
+                oc.proc.stop();
+            }
+            Client::Fast { proc, .. } => {
+                proc.stop();
+            }
+        }
+    }
+}
+
+fn connect(lab: &RaLab, cert: &ServerCert, tag: &str, kind: ClientKind, chan: Chan, server: &Server, cfg: &Cfg) -> Result<Client, String> {
+    let client = match kind {
+        ClientKind::Openconnect => {
+            let extra: &[&str] = if chan == Chan::Tls { &["--no-dtls"] } else { &[] };
+            let mut oc = OcClient::start(&lab.dir, &lab.client, tag, cert, "vpn", PASSWORD, extra).map_err(|e| e.to_string())?;
+            let (addr, mtu) = oc
+                .wait_connected(Duration::from_secs(40))
+                .map_err(|e| format!("openconnect did not connect: {e}\n{}\n--- server ---\n{}", oc.proc.log_tail(30), server.log_tail()))?;
+            eprintln!("lab-acbench: openconnect {tag} connected: address {addr}, tun MTU {mtu}");
+            if chan == Chan::Dtls {
+                oc.wait_dtls(Duration::from_secs(30)).map_err(|err| format!("DTLS did not come up: {err}\n{}", oc.proc.log_tail(20)))?;
+            }
+            Client::Oc(oc)
+        }
+        ClientKind::Fast => {
+            let ready = lab.path(&format!("fast-{tag}.ready"));
+            let _ = std::fs::remove_file(&ready);
+            let server_addr = format!("{GW_OUTSIDE_IP}:443");
+            let bin = cfg.acload.to_string_lossy().into_owned();
+            let tun = format!("fc{tag}");
+            let r = ready.to_string_lossy().into_owned();
+            let mut argv = vec![
+                bin.as_str(),
+                "--tunnel",
+                "--server",
+                &server_addr,
+                "--servercert",
+                &cert.pin,
+                "--user",
+                "vpn",
+                "--password",
+                PASSWORD,
+                "--tun",
+                &tun,
+                "--ready-file",
+                &r,
+            ];
+            if chan == Chan::Tls {
+                argv.push("--no-dtls");
+            }
+            let log = lab.path(&format!("fast-{tag}.log"));
+            let mut proc = Proc::spawn(&format!("lab-acload --tunnel {tag}"), in_ns(&lab.client, &argv), &log).map_err(|e| e.to_string())?;
+            let info = wait_for("fast client tunnel up", Duration::from_secs(40), Duration::from_millis(50), || {
+                if proc.exited().is_some() {
+                    return Some(None);
+                }
+                std::fs::read_to_string(&ready).ok().filter(|t| t.ends_with('\n')).map(Some)
+            })
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("lab-acload --tunnel exited:\n{}\n--- server ---\n{}", proc.log_tail(30), server.log_tail()))?;
+            eprintln!("lab-acbench: fast client {tag} up: {}", info.trim());
+            Client::Fast { proc, info: info.trim().to_string() }
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = run(&mut in_ns(&lab.client, &["ping", "-n", "-c", "1", "-W", "1", SERVER_IP]), Duration::from_secs(5));
@@ -208,14 +407,23 @@ fn connect(lab: &RaLab, cert: &ServerCert, tag: &str, extra: &[&str], server: &S
             return Err(format!("no ping through the tunnel\n{}", server.log_tail()));
         }
     }
-    Ok(oc)
+    Ok(client)
 }
 
-/// iperf3 from the client namespace to the inside host (`reverse`: inside -> client), with the
-/// server's CPU over the same interval.
-fn iperf(lab: &RaLab, server: &Server, secs: u64, reverse: bool) -> Result<Tput, String> {
-    let pids = server.pids(&lab.gw);
-    let before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+/// The client processes in the client namespace (openconnect or lab-acload).
+fn client_pids(lab: &RaLab) -> Vec<u32> {
+    ns_pids_named(&lab.client, &["openconnect", "lab-acload"])
+}
+
+fn ticks(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| cpu_ticks(*p)).sum()
+}
+
+/// iperf3 from the client namespace to the inside host (`reverse`: inside -> client), with
+/// the CPU of everything involved over the same interval.
+fn iperf(lab: &RaLab, server: &Server, secs: u64, reverse: bool) -> Result<Sample, String> {
+    let (spids, cpids) = (server.pids(&lab.gw), client_pids(lab));
+    let (s0, c0, m0) = (ticks(&spids), ticks(&cpids), MachineCpu::sample());
     let t0 = Instant::now();
     let s = secs.to_string();
     let mut argv = vec!["iperf3", "-c", SERVER_IP, "-p", "5201", "-t", &s, "-J"];
@@ -225,24 +433,26 @@ fn iperf(lab: &RaLab, server: &Server, secs: u64, reverse: bool) -> Result<Tput,
     let out = run(&mut in_ns(&lab.client, &argv), Duration::from_secs(secs + 40)).map_err(|e| e.to_string())?;
     let wall = t0.elapsed().as_secs_f64();
     // Processes that appeared during the run (an ocserv worker) count from zero.
-    let after_pids = server.pids(&lab.gw);
-    let after: u64 = after_pids.iter().map(|p| cpu_ticks(*p)).sum();
-    let cores = after.saturating_sub(before) as f64 / clk_tck() as f64 / wall;
+    let (s1, c1, m1) = (ticks(&server.pids(&lab.gw)), ticks(&client_pids(lab)), MachineCpu::sample());
+    let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / clk_tck() as f64 / wall;
+    let (machine, softirq) = m1.cores_since(&m0, ncpu());
     let v: serde_json::Value = serde_json::from_str(&out.stdout).map_err(|e| format!("iperf3 output: {e}: {}{}", out.stdout, out.stderr))?;
     if let Some(err) = v.get("error") {
         return Err(format!("iperf3: {err}"));
     }
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| format!("iperf3: no sum_received: {}", out.stdout))?;
-    let t = Tput { mbit: bps / 1e6, cores };
-    eprintln!(
-        "lab-acbench: iperf3 {}: {:.0} Mbit/s, server CPU {:.2} cores ({} pids), load {}",
-        if reverse { "inside->client" } else { "client->inside" },
-        t.mbit,
-        t.cores,
-        after_pids.len(),
-        loadavg()
-    );
-    Ok(t)
+    // iperf3's own getrusage accounting over the test, in percent of one CPU.
+    let util = &v["end"]["cpu_utilization_percent"];
+    let pct = |k: &str| util[k].as_f64().map_or(f64::NAN, |p| p / 100.0);
+    Ok(Sample {
+        mbit: bps / 1e6,
+        server: per_s(s0, s1),
+        client: per_s(c0, c1),
+        ip3_client: pct("host_total"),
+        ip3_inside: pct("remote_total"),
+        machine,
+        softirq,
+    })
 }
 
 /// Probe stream inside -> client every 10 ms; DTLS blocked at the gateway after 2 s; the
@@ -380,51 +590,108 @@ fn fmt(v: Option<f64>, prec: usize) -> String {
     }
 }
 
-fn print_table(all: &[(Imp, Result<Results, String>, String)], secs: u64, mtu: u32) {
-    let get = |imp: Imp| all.iter().find(|(i, _, _)| *i == imp).and_then(|(_, r, _)| r.as_ref().ok());
+/// Median (mean of the middle two for an even count), minimum and maximum of the finite values.
+fn stats(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let med = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Some((med, v[0], v[n - 1]))
+}
+
+fn print_table(all: &[(Imp, ImpResults)], cfg: &Cfg, repeat: usize) {
+    let get = |imp: Imp| all.iter().find(|(i, _)| *i == imp).map(|(_, r)| r);
     let (h, o) = (get(Imp::Holdfast), get(Imp::Ocserv));
-    type Pick = fn(&Results) -> Option<f64>;
-    let rows: Vec<(&str, Pick, usize)> = vec![
-        ("DTLS client->inside Mbit/s", |r| r.dtls_up.as_ref().map(|t| t.mbit), 0),
-        ("DTLS inside->client Mbit/s", |r| r.dtls_down.as_ref().map(|t| t.mbit), 0),
-        ("TLS  client->inside Mbit/s", |r| r.tls_up.as_ref().map(|t| t.mbit), 0),
-        ("TLS  inside->client Mbit/s", |r| r.tls_down.as_ref().map(|t| t.mbit), 0),
-        ("DTLS client->inside CPU cores/Gbit/s", |r| r.dtls_up.as_ref().map(Tput::cpu_per_gbit), 2),
-        ("DTLS inside->client CPU cores/Gbit/s", |r| r.dtls_down.as_ref().map(Tput::cpu_per_gbit), 2),
-        ("TLS  client->inside CPU cores/Gbit/s", |r| r.tls_up.as_ref().map(Tput::cpu_per_gbit), 2),
-        ("TLS  inside->client CPU cores/Gbit/s", |r| r.tls_down.as_ref().map(Tput::cpu_per_gbit), 2),
-        ("DTLS blocked -> first probe over TLS s", |r| r.fallback.as_ref().map(|f| f.secs), 3),
-        ("  probes lost (10 ms apart)", |r| r.fallback.as_ref().map(|f| f.lost as f64), 0),
-        ("  openconnect reconnect log lines", |r| r.fallback.as_ref().map(|f| f.reconnects as f64), 0),
-        ("  DTLS packets to client 2 s before block", |r| r.fallback.as_ref().map(|f| f.dtls_before as f64), 0),
-        ("  UDP packets dropped by the block", |r| r.fallback.as_ref().map(|f| f.blocked as f64), 0),
-    ];
+    let mut rows: Vec<Row> = all.iter().flat_map(|(_, r)| r.rows.keys().copied()).collect();
+    rows.sort();
+    rows.dedup();
+    let pick = |r: Option<&ImpResults>, row: &Row, f: fn(&Sample) -> f64| -> Option<(f64, f64, f64)> {
+        stats(r?.rows.get(row)?.iter().map(f).collect())
+    };
     println!();
-    println!("Remote access, one openconnect 9.01 session, iperf3 TCP {secs} s per row, tunnel MTU {mtu} asked, DPD 30 on both");
-    println!("{:<40} {:>10} {:>10} {:>16}", "", "holdfast", "ocserv", "holdfast/ocserv");
-    for (name, pick, prec) in rows {
-        let hv = h.and_then(pick);
-        let ov = o.and_then(pick);
+    println!(
+        "Remote access, one session per row, iperf3 TCP {} s per sample, {repeat} round(s) with the server order alternating, tunnel MTU {} asked, DPD 30 on both",
+        cfg.secs, cfg.tuning.mtu
+    );
+    println!("oc = openconnect 9.01, fast = lab-acload --tunnel; up = client->inside, down = inside->client (iperf3 -R)");
+    println!();
+    println!("Throughput, Mbit/s: median [min-max] (n samples)");
+    println!("{:<16} {:>22} {:>22} {:>16}", "", "holdfast", "ocserv", "holdfast/ocserv");
+    let cell = |s: Option<(f64, f64, f64)>, n: usize| match s {
+        Some((m, lo, hi)) => format!("{m:.0} [{lo:.0}-{hi:.0}] ({n})"),
+        None => "-".into(),
+    };
+    for row in &rows {
+        let hs = pick(h, row, |s| s.mbit);
+        let os = pick(o, row, |s| s.mbit);
+        let n = |r: Option<&ImpResults>| r.and_then(|r| r.rows.get(row)).map_or(0, Vec::len);
+        let ratio = match (hs, os) {
+            (Some((a, ..)), Some((b, ..))) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        println!("{:<16} {:>22} {:>22} {:>16}", row.label(), cell(hs, n(h)), cell(os, n(o)), fmt(ratio, 2));
+    }
+    println!();
+    println!(
+        "CPU over the same intervals, medians, in cores (CPU-seconds per second; this machine has {} CPUs): server, server per Gbit/s, client process, iperf3 in the client namespace, iperf3 on the inside host, whole machine busy (incl. softirq; other engineers' work too), its softirq part (the kernel's packet work; with tick accounting it is also inside the process figures when it ran in their context) and the rest (machine minus the four processes)",
+        ncpu()
+    );
+    println!(
+        "{:<16} {:<9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6}",
+        "", "", "server", "srv/Gbps", "client", "ip3-cl", "ip3-in", "machine", "softirq", "rest"
+    );
+    for row in &rows {
+        for (imp, r) in [(Imp::Holdfast, h), (Imp::Ocserv, o)] {
+            let Some(samples) = r.and_then(|r| r.rows.get(row)) else { continue };
+            let med = |f: fn(&Sample) -> f64| fmt(stats(samples.iter().map(f).collect()).map(|s| s.0), 2);
+            println!(
+                "{:<16} {:<9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6}",
+                row.label(),
+                imp.name(),
+                med(|s| s.server),
+                med(Sample::server_per_gbit),
+                med(|s| s.client),
+                med(|s| s.ip3_client),
+                med(|s| s.ip3_inside),
+                med(|s| s.machine),
+                med(|s| s.softirq),
+                med(Sample::rest)
+            );
+        }
+    }
+    println!();
+    println!("DTLS blocked mid-session (openconnect, first round)");
+    type Pick = fn(&Fallback) -> f64;
+    let fb_rows: Vec<(&str, Pick, usize)> = vec![
+        ("DTLS blocked -> first probe over TLS s", |f| f.secs, 3),
+        ("  probes lost (10 ms apart)", |f| f.lost as f64, 0),
+        ("  openconnect reconnect log lines", |f| f.reconnects as f64, 0),
+        ("  DTLS packets to client 2 s before block", |f| f.dtls_before as f64, 0),
+        ("  UDP packets dropped by the block", |f| f.blocked as f64, 0),
+    ];
+    println!("{:<42} {:>10} {:>10} {:>16}", "", "holdfast", "ocserv", "holdfast/ocserv");
+    for (name, f, prec) in fb_rows {
+        let hv = h.and_then(|r| r.fallback.as_ref()).map(f);
+        let ov = o.and_then(|r| r.fallback.as_ref()).map(f);
         let ratio = match (hv, ov) {
             (Some(a), Some(b)) if b != 0.0 => Some(a / b),
             _ => None,
         };
-        println!("{name:<40} {:>10} {:>10} {:>16}", fmt(hv, prec), fmt(ov, prec), fmt(ratio, 2));
+        println!("{name:<42} {:>10} {:>10} {:>16}", fmt(hv, prec), fmt(ov, prec), fmt(ratio, 2));
     }
-    for (imp, r, load) in all {
-        match r {
-            Ok(r) => {
-                for n in &r.notes {
-                    println!("{}: {n}", imp.name());
-                }
-                for (what, t) in [("DTLS up", &r.dtls_up), ("DTLS down", &r.dtls_down), ("TLS up", &r.tls_up), ("TLS down", &r.tls_down)] {
-                    if let Some(t) = t {
-                        println!("{}: {what}: server CPU {:.2} cores at {:.0} Mbit/s", imp.name(), t.cores, t.mbit);
-                    }
-                }
-                println!("{}: load average after: {load}", imp.name());
+    for (imp, r) in all {
+        let mut seen = std::collections::BTreeSet::new();
+        for n in &r.notes {
+            // The same cipher line appears every round; show it once.
+            if seen.insert(n.clone()) {
+                println!("{}: {n}", imp.name());
             }
-            Err(e) => println!("{}: FAILED: {e}", imp.name()),
+        }
+        for e in &r.errors {
+            println!("{}: FAILED {e}", imp.name());
         }
     }
 }
