@@ -280,7 +280,7 @@ async fn async_run(
             }
         }
     }
-    let (to_ctl, mut from_data) = mpsc::unbounded_channel::<ToControl>();
+    let (to_ctl, mut from_data) = datapath::control_queue(Some(syslog.clone()));
     let mut outsides = Vec::new();
     let mut ike500 = Vec::new();
     for a in &locals {
@@ -434,7 +434,7 @@ async fn async_run(
             loop {
                 match s.recv_from(&mut buf).await {
                     Ok((n, remote)) => {
-                        let _ = tx.send(ToControl::Ike { local, remote, data: buf[..n].to_vec() });
+                        tx.ike(local, remote, &buf[..n]);
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 }
@@ -598,6 +598,8 @@ async fn async_run(
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     guard.cleanup();
+    // The lines of the shutdown above (713050, 602304, 302014) are still in the logger queue.
+    d.syslog.flush(syslog::FLUSH_TIMEOUT);
     Ok(())
 }
 
@@ -1078,6 +1080,7 @@ impl Daemon {
         s.invalid_spi = Counters::get(&g.invalid_spi);
         s.malformed = Counters::get(&g.malformed);
         s.nat_keepalives_rcvd = Counters::get(&g.keepalives);
+        s.ike_queue_drops = self.shared.to_control.ike_dropped();
         s
     }
 
@@ -1781,6 +1784,8 @@ impl Daemon {
                 ("other", ipsec.in_other_drops),
             ],
             ra_sessions,
+            syslog_dropped: self.syslog.dropped(),
+            ike_queue_drops: ipsec.ike_queue_drops,
         }
     }
 

@@ -42,6 +42,147 @@ pub enum ToControl {
     Acquire { tunnel: Arc<str> },
 }
 
+/// Most messages waiting for the control task. IKE arrives in bursts (a peer's retransmissions,
+/// many tunnels coming up at once) of tens to hundreds of messages; a few thousand leaves room
+/// for that while a spoofed flood of UDP 500/4500 cannot grow the queue without limit.
+pub const CONTROL_QUEUE: usize = 4096;
+
+/// Most IKE payload bytes waiting for the control task: the message count alone would let a
+/// flood of 64 KiB datagrams hold 256 MiB. Legitimate messages are a few KiB at most
+/// (certificates; RFC 7383 fragments are smaller still).
+pub const CONTROL_QUEUE_BYTES: usize = 8 << 20;
+
+/// Least time between two "IKE receive queue full" warnings.
+pub const QUEUE_WARN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The data path's bounded hand-off to the control task (`Shared::to_control`): IKE messages
+/// from UDP 500 (the daemon's receive tasks) and 4500 (the RX thread), and acquires. Sending
+/// never waits: beyond [`CONTROL_QUEUE`] messages or [`CONTROL_QUEUE_BYTES`] of IKE the message
+/// is dropped and counted (`show crypto ipsec stats`: "IKE receive queue drops",
+/// `holdfast_ike_queue_drops_total`), with a warning at most every [`QUEUE_WARN_INTERVAL`].
+#[derive(Clone)]
+pub struct ControlTx {
+    tx: tokio::sync::mpsc::Sender<ToControl>,
+    q: Arc<QueueState>,
+}
+
+/// The control task's end of [`ControlTx`].
+pub struct ControlRx {
+    rx: tokio::sync::mpsc::Receiver<ToControl>,
+    q: Arc<QueueState>,
+}
+
+struct QueueState {
+    /// IKE payload bytes in the queue, and their limit.
+    ike_bytes: std::sync::atomic::AtomicUsize,
+    byte_limit: usize,
+    ike_dropped: AtomicU64,
+    acquire_dropped: AtomicU64,
+    /// Milliseconds since `epoch` (+1) of the last warning; 0 = none yet.
+    last_warn: AtomicU64,
+    epoch: Instant,
+    /// Where the warning goes: through the syslog queue, never a blocking `eprintln!`.
+    syslog: Option<Arc<Syslog>>,
+}
+
+/// A bounded control queue ([`ControlTx`]); `syslog` receives the rate-limited overflow warning.
+pub fn control_queue(syslog: Option<Arc<Syslog>>) -> (ControlTx, ControlRx) {
+    control_queue_sized(CONTROL_QUEUE, CONTROL_QUEUE_BYTES, syslog)
+}
+
+fn control_queue_sized(messages: usize, bytes: usize, syslog: Option<Arc<Syslog>>) -> (ControlTx, ControlRx) {
+    let (tx, rx) = tokio::sync::mpsc::channel(messages.max(1));
+    let q = Arc::new(QueueState {
+        ike_bytes: std::sync::atomic::AtomicUsize::new(0),
+        byte_limit: bytes,
+        ike_dropped: AtomicU64::new(0),
+        acquire_dropped: AtomicU64::new(0),
+        last_warn: AtomicU64::new(0),
+        epoch: clock::now(),
+        syslog,
+    });
+    (ControlTx { tx, q: q.clone() }, ControlRx { rx, q })
+}
+
+impl ControlTx {
+    /// Queues an IKE message for the control task; false (counted) when the queue is full. The
+    /// room is checked before the copy is allocated, so a flood costs no allocation.
+    pub fn ike(&self, local: SocketAddr, remote: SocketAddr, data: &[u8]) -> bool {
+        let q = &self.q;
+        let before = q.ike_bytes.fetch_add(data.len(), Ordering::AcqRel);
+        if before.saturating_add(data.len()) > q.byte_limit {
+            q.ike_bytes.fetch_sub(data.len(), Ordering::AcqRel);
+            self.overflow();
+            return false;
+        }
+        let permit = match self.tx.try_reserve() {
+            Ok(p) => p,
+            Err(e) => {
+                q.ike_bytes.fetch_sub(data.len(), Ordering::AcqRel);
+                if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(())) {
+                    self.overflow();
+                }
+                return false;
+            }
+        };
+        permit.send(ToControl::Ike { local, remote, data: data.to_vec() });
+        true
+    }
+
+    /// Queues any other message (acquires); false when the queue is full. A lost acquire is
+    /// asked for again by the next packet after [`ACQUIRE_INTERVAL`].
+    pub fn send(&self, m: ToControl) -> bool {
+        match m {
+            ToControl::Ike { local, remote, data } => self.ike(local, remote, &data),
+            m => match self.tx.try_send(m) {
+                Ok(()) => true,
+                Err(_) => {
+                    Counters::add(&self.q.acquire_dropped, 1);
+                    false
+                }
+            },
+        }
+    }
+
+    /// IKE messages dropped because the queue was full.
+    pub fn ike_dropped(&self) -> u64 {
+        Counters::get(&self.q.ike_dropped)
+    }
+
+    /// IKE payload bytes waiting in the queue now.
+    pub fn ike_queued_bytes(&self) -> usize {
+        self.q.ike_bytes.load(Ordering::Acquire)
+    }
+
+    fn overflow(&self) {
+        let q = &self.q;
+        let dropped = q.ike_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_ms = clock::now().saturating_duration_since(q.epoch).as_millis() as u64 + 1;
+        let last = q.last_warn.load(Ordering::Relaxed);
+        if (last == 0 || now_ms.saturating_sub(last) >= QUEUE_WARN_INTERVAL.as_millis() as u64)
+            && q.last_warn.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            if let Some(log) = &q.syslog {
+                log.warn(&format!(
+                    "IKE receive queue full ({CONTROL_QUEUE} messages / {} MiB): {dropped} IKE datagram(s) dropped so far",
+                    q.byte_limit >> 20
+                ));
+            }
+        }
+    }
+}
+
+impl ControlRx {
+    /// The next message, as `tokio::sync::mpsc::Receiver::recv`.
+    pub async fn recv(&mut self) -> Option<ToControl> {
+        let m = self.rx.recv().await?;
+        if let ToControl::Ike { data, .. } = &m {
+            self.q.ike_bytes.fetch_sub(data.len(), Ordering::AcqRel);
+        }
+        Some(m)
+    }
+}
+
 /// One outside address with its sockets.
 pub struct Outside {
     pub local: Ipv4Addr,
@@ -71,7 +212,7 @@ pub struct Shared {
     pub offload: bool,
     pub syslog: Arc<Syslog>,
     pub limiter: RateLimiter,
-    pub to_control: tokio::sync::mpsc::UnboundedSender<ToControl>,
+    pub to_control: ControlTx,
     /// `sysopt connection tcpmss`: MSS clamp for TCP SYNs through the tunnel (0 = off).
     pub mss: u16,
     pub stats: GlobalStats,
@@ -730,7 +871,7 @@ fn handle_udp4500(sh: &Shared, reader: &mut SadReader, d: &mut [u8], local: Sock
         return;
     }
     if d.len() >= 4 && d[..4] == [0, 0, 0, 0] {
-        let _ = sh.to_control.send(ToControl::Ike { local, remote, data: d[4..].to_vec() });
+        sh.to_control.ike(local, remote, &d[4..]);
         return;
     }
     if d.len() < 8 {
@@ -846,6 +987,75 @@ pub fn clamp_mss(p: &mut [u8], mss: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ike_flood_is_bounded_counted_and_warned_then_ike_flows_again() {
+        let sink = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let cfg = crate::syslog::SyslogConfig { enabled: false, hosts: vec![], trap_level: 6, buffered_level: 7, timestamp: false, stderr: true };
+        let log = Arc::new(Syslog::with_stderr_sink(cfg, Box::new(Sink(sink.clone()))));
+        let (tx, mut rx) = control_queue(Some(log.clone()));
+        let local = addr("192.0.2.1:4500");
+        let spoofed = addr("198.51.100.9:4500");
+        // A flood of small spoofed messages while the control task is busy: the message bound.
+        let flood = 50_000;
+        let accepted = (0..flood).filter(|_| tx.ike(local, spoofed, &[0u8; 300])).count();
+        assert_eq!(accepted, CONTROL_QUEUE);
+        assert_eq!(tx.ike_dropped(), (flood - CONTROL_QUEUE) as u64);
+        assert_eq!(tx.ike_queued_bytes(), CONTROL_QUEUE * 300);
+        // An acquire has no room either, and is not an IKE drop.
+        assert!(!tx.send(ToControl::Acquire { tunnel: Arc::from("t") }));
+        assert_eq!(tx.ike_dropped(), (flood - CONTROL_QUEUE) as u64);
+        // One warning for the whole flood (rate limit), through the syslog queue.
+        assert!(log.flush(Duration::from_secs(2)));
+        let warned = String::from_utf8(sink.lock().unwrap().clone()).unwrap();
+        assert_eq!(warned.matches("IKE receive queue full").count(), 1, "{warned}");
+        assert!(warned.contains("1 IKE datagram(s) dropped so far"), "{warned}");
+
+        // The control task catches up: the queue and its byte count go back to zero, and the
+        // next (legitimate) message is accepted and delivered intact.
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            for _ in 0..CONTROL_QUEUE {
+                assert!(matches!(rx.recv().await, Some(ToControl::Ike { .. })));
+            }
+            assert_eq!(tx.ike_queued_bytes(), 0);
+            let peer = addr("203.0.113.2:4500");
+            assert!(tx.ike(local, peer, b"IKE_SA_INIT"));
+            match rx.recv().await {
+                Some(ToControl::Ike { local: l, remote, data }) => {
+                    assert_eq!((l, remote, data.as_slice()), (local, peer, &b"IKE_SA_INIT"[..]));
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn ike_queue_bytes_are_bounded_before_allocation() {
+        // Large spoofed datagrams hit the byte bound long before the message bound.
+        let (tx, _rx) = control_queue_sized(CONTROL_QUEUE, 1 << 20, None);
+        let big = vec![0u8; 65_000];
+        let accepted = (0..1000).filter(|_| tx.ike(addr("192.0.2.1:500"), addr("198.51.100.9:500"), &big)).count();
+        assert_eq!(accepted, (1 << 20) / 65_000);
+        assert!(tx.ike_queued_bytes() <= 1 << 20);
+        assert_eq!(tx.ike_dropped(), (1000 - accepted) as u64);
+        // Small legitimate messages still fit in what is left.
+        assert!(tx.ike(addr("192.0.2.1:500"), addr("203.0.113.2:500"), &[0u8; 500]));
+    }
 
     /// Internet checksum over the TCP pseudo-header and segment, for verifying the clamp.
     fn tcp_checksum_ok(p: &[u8]) -> bool {

@@ -94,6 +94,10 @@ pub struct Snapshot {
     pub esp_drops: Vec<(&'static str, u64)>,
     /// AnyConnect sessions with an assigned address.
     pub ra_sessions: u64,
+    /// Syslog stderr/UDP copies dropped because the logger queue was full (`show logging`).
+    pub syslog_dropped: u64,
+    /// IKE datagrams dropped because the data path's queue to the control task was full.
+    pub ike_queue_drops: u64,
 }
 
 /// The daemon's own metric state: the resume-time histogram and the traffic of SAs that were
@@ -196,6 +200,8 @@ pub fn encode_text(s: &Snapshot, m: &Metrics) -> String {
     );
     counter_family(&mut reg, "esp_drops", "ESP data-path drops by reason", s.esp_drops.iter().map(|(r, n)| (vec![("reason", r.to_string())], *n)));
     gauge(&mut reg, "ra_sessions", "AnyConnect remote-access sessions", s.ra_sessions);
+    counter(&mut reg, "syslog_dropped", "Syslog lines not written to stderr/UDP because the logger queue was full", s.syslog_dropped);
+    counter(&mut reg, "ike_queue_drops", "IKE datagrams dropped because the queue to the control task was full", s.ike_queue_drops);
     reg.register(
         "resume_seconds",
         "Time from a preserved flow's tunnel coming back to its held segments leaving on the new SA",
@@ -311,6 +317,8 @@ mod tests {
             flow_drops: vec![("tunnel-torn-down", 1)],
             esp_drops: vec![("replay", 6)],
             ra_sessions: 0,
+            syslog_dropped: 11,
+            ike_queue_drops: 12,
         }
     }
 
@@ -333,6 +341,8 @@ mod tests {
         assert_eq!(value(&t, "holdfast_conns_preserved "), Some(2.0));
         assert_eq!(value(&t, "holdfast_asp_drops_total{reason=\"tcp-not-syn\",kind=\"frame\"}"), Some(5.0), "{t}");
         assert_eq!(value(&t, "holdfast_asp_drops_total{reason=\"tunnel-torn-down\",kind=\"flow\"}"), Some(1.0));
+        assert_eq!(value(&t, "holdfast_syslog_dropped_total "), Some(11.0), "{t}");
+        assert_eq!(value(&t, "holdfast_ike_queue_drops_total "), Some(12.0), "{t}");
         assert_eq!(value(&t, "holdfast_resume_seconds_count "), Some(2.0), "{t}");
         assert_eq!(value(&t, "holdfast_resume_seconds_bucket{le=\"0.0005\"}"), Some(1.0), "{t}");
         assert_eq!(value(&t, "holdfast_resume_seconds_bucket{le=\"0.05\"}"), Some(2.0), "{t}");

@@ -299,6 +299,9 @@ pub struct IpsecStats {
     pub invalid_spi: u64,
     pub malformed: u64,
     pub nat_keepalives_rcvd: u64,
+    /// IKE datagrams dropped because the data path's queue to the control task was full
+    /// (holdfast line; a spoofed IKE flood, see `datapath::ControlTx`).
+    pub ike_queue_drops: u64,
 }
 
 /// `show crypto ipsec stats`, after the ASA's layout (lines it cannot know are left out).
@@ -325,6 +328,7 @@ pub fn ipsec_stats(s: &IpsecStats) -> String {
     let _ = writeln!(o, "    Encryptions: {}", s.out_packets);
     let _ = writeln!(o, "    Encryption failures: {}", s.out_errors);
     let _ = writeln!(o, "Missing SA failures: {}", s.missing_sa);
+    let _ = writeln!(o, "IKE receive queue drops: {}", s.ike_queue_drops);
     o
 }
 
@@ -606,6 +610,7 @@ interface: outside
             invalid_spi: 4,
             malformed: 0,
             nat_keepalives_rcvd: 5,
+            ike_queue_drops: 6,
         };
         let want = "
 IPsec Global Statistics
@@ -629,6 +634,7 @@ Outbound
     Encryptions: 20
     Encryption failures: 0
 Missing SA failures: 3
+IKE receive queue drops: 6
 ";
         assert_eq!(ipsec_stats(&s), want);
     }

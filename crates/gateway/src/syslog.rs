@@ -6,8 +6,10 @@
 //! spacing and punctuation, including its double spaces in 713050.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Mutex;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::clock;
@@ -163,13 +165,26 @@ impl SyslogConfig {
     }
 }
 
-/// The daemon's syslog sink. Cheap to call from any thread; the data path only calls it through
-/// [`RateLimiter`], so the mutex is never on the per-packet path.
+/// Lines (stderr copies and UDP datagrams) that may wait for the logger thread. Sized for a
+/// burst of connection-table lines (a few thousand 302013/302014 at once) on a slow sink.
+pub const QUEUE_LINES: usize = 4096;
+
+/// How long [`Syslog::flush`] waits on drop for the logger thread to write what is queued.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The daemon's syslog sink. Cheap to call from any thread, including with the connection-table
+/// or remote-access engine locked: [`Syslog::log`] formats the line (timestamp taken now),
+/// appends it to the `show logging` buffer and hands the stderr copy and the UDP datagram to one
+/// logger thread through a bounded queue. A sink that blocks (a pipe nobody reads, a slow
+/// journald, a full socket) therefore stalls only that thread; when the queue is full the line
+/// is dropped and counted ([`Syslog::dropped`], `show logging`, `holdfast_syslog_dropped_total`),
+/// never waited for.
 pub struct Syslog {
     /// Replaced by a configuration reload ([`Syslog::reconfigure`]); read once per message.
     cfg: std::sync::RwLock<SyslogConfig>,
-    socket: Option<UdpSocket>,
     state: Mutex<State>,
+    progress: Arc<Progress>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -177,15 +192,56 @@ struct State {
     buffer: VecDeque<String>,
     buffered: u64,
     trapped: u64,
+    /// Lines the queue had no room for.
+    dropped: u64,
+    /// Jobs accepted by the queue so far (compared with [`Progress::written`] by `flush`).
+    enqueued: u64,
+    /// Sending half of the logger thread's queue; `None` once dropped (or if the thread could
+    /// not be started). Kept under the same lock as the buffer so the queue's order is the
+    /// buffer's order even with several threads logging.
+    tx: Option<SyncSender<Job>>,
+}
+
+/// The logger thread's progress, for [`Syslog::flush`].
+#[derive(Default)]
+struct Progress {
+    written: Mutex<u64>,
+    cv: Condvar,
+}
+
+/// One unit of I/O for the logger thread, fully formatted at log time.
+struct Job {
+    /// Ends with a newline.
+    stderr: Option<String>,
+    datagram: Option<(String, Vec<SocketAddr>)>,
 }
 
 impl Syslog {
     pub fn new(cfg: SyslogConfig) -> Self {
-        // Bound even without a host: a reload may add `logging host` later.
+        Self::with_stderr_sink(cfg, Box::new(io::stderr()))
+    }
+
+    /// As [`Syslog::new`], with the stderr copies written to `sink` instead (tests use a pipe).
+    pub fn with_stderr_sink(cfg: SyslogConfig, sink: Box<dyn Write + Send>) -> Self {
+        // Bound even without a host: a reload may add `logging host` later. Blocking with a
+        // bound: only the logger thread waits on it, and a burst then fills the socket buffer
+        // instead of losing datagrams.
         let socket = UdpSocket::bind("0.0.0.0:0").ok().inspect(|s| {
-            let _ = s.set_nonblocking(true);
+            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
         });
-        Self { cfg: std::sync::RwLock::new(cfg), socket, state: Mutex::new(State::default()) }
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_LINES);
+        let progress = Arc::new(Progress::default());
+        let p = progress.clone();
+        let worker = std::thread::Builder::new().name("hf-syslog".into()).spawn(move || write_loop(rx, sink, socket, &p)).ok();
+        // Without the thread (cannot happen short of resource exhaustion) lines still reach the
+        // buffer; their stderr/UDP copies count as dropped.
+        let tx = worker.as_ref().map(|_| tx);
+        Self {
+            cfg: std::sync::RwLock::new(cfg),
+            state: Mutex::new(State { tx, ..State::default() }),
+            progress,
+            worker: Mutex::new(worker),
+        }
     }
 
     /// `logging ...` changed by a configuration reload: applies from the next message on (the
@@ -198,33 +254,62 @@ impl Syslog {
         self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Records `msg`: never blocks on I/O (see [`Syslog`]). The timestamp is the time of this
+    /// call, so a line that waited in the queue still carries the time of its event.
     pub fn log(&self, msg: Message) {
         let cfg = self.cfg.read().unwrap_or_else(|p| p.into_inner());
         let line = msg.asa();
         let stamp = clock::asa_timestamp(clock::unix_seconds());
         // The ASA prefixes its own timestamp only with `logging timestamp`.
         let body = if cfg.timestamp { format!("{stamp}: {line}") } else { line.clone() };
-        if cfg.stderr {
-            eprintln!("{stamp}: {line}");
-        }
+        let stderr = cfg.stderr.then(|| format!("{stamp}: {line}\n"));
+        let trap = cfg.enabled && msg.severity <= cfg.trap_level && !cfg.hosts.is_empty();
+        // RFC 3164 §4.1.1: PRI = facility * 8 + severity, as the ASA sends it.
+        let datagram = trap
+            .then(|| (format!("<{}>{}", u16::from(FACILITY_LOCAL4) * 8 + u16::from(msg.severity), body), cfg.hosts.clone()));
+        let buffered = msg.severity <= cfg.buffered_level;
+        drop(cfg);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if msg.severity <= cfg.buffered_level {
+        if buffered {
             if st.buffer.len() == BUFFER_LINES {
                 st.buffer.pop_front();
             }
-            st.buffer.push_back(body.clone());
+            st.buffer.push_back(body);
             st.buffered += 1;
         }
-        if cfg.enabled && msg.severity <= cfg.trap_level {
-            if let Some(sock) = &self.socket {
-                // RFC 3164 §4.1.1: PRI = facility * 8 + severity, as the ASA sends it.
-                let datagram = format!("<{}>{}", u16::from(FACILITY_LOCAL4) * 8 + u16::from(msg.severity), body);
-                for host in &cfg.hosts {
-                    let _ = sock.send_to(datagram.as_bytes(), host);
-                }
-                st.trapped += 1;
-            }
+        let trapped = datagram.is_some();
+        if (stderr.is_some() || trapped) && st.enqueue(Job { stderr, datagram }) {
+            st.trapped += u64::from(trapped);
         }
+    }
+
+    /// A holdfast (non-ASA) warning for stderr only, with the same never-block guarantee as
+    /// [`Syslog::log`]: for code on the data path that must not call `eprintln!`.
+    pub fn warn(&self, text: &str) {
+        if !self.cfg.read().unwrap_or_else(|p| p.into_inner()).stderr {
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.enqueue(Job { stderr: Some(format!("holdfast: warning: {text}\n")), datagram: None });
+    }
+
+    /// Lines dropped because the logger thread's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).dropped
+    }
+
+    /// Waits (at most `timeout`) until every line queued before this call has been written.
+    /// True when it has. The daemon calls this last on shutdown so its final lines (113019,
+    /// 302014 of the table's teardown) are not lost with the process.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let target = self.state.lock().unwrap_or_else(|p| p.into_inner()).enqueued;
+        let written = self.progress.written.lock().unwrap_or_else(|p| p.into_inner());
+        let (w, _) = self
+            .progress
+            .cv
+            .wait_timeout_while(written, timeout, |w| *w < target)
+            .unwrap_or_else(|p| p.into_inner());
+        *w >= target
     }
 
     /// Buffered lines, oldest first.
@@ -248,6 +333,8 @@ impl Syslog {
                 messages: st.trapped,
                 hosts: cfg.hosts.iter().map(|h| format!("{} udp/{}", h.ip(), h.port())).collect(),
             }),
+            queue_limit: QUEUE_LINES,
+            queue_dropped: st.dropped,
             lines: st.buffer.iter().cloned().collect(),
         }
     }
@@ -255,6 +342,53 @@ impl Syslog {
     /// `show logging`: a header in the ASA's shape followed by the buffer.
     pub fn show_logging(&self) -> String {
         self.snapshot().text()
+    }
+}
+
+impl State {
+    /// Hands `job` to the logger thread without waiting; counts it as dropped if there is no room.
+    fn enqueue(&mut self, job: Job) -> bool {
+        match self.tx.as_ref().map(|tx| tx.try_send(job)) {
+            Some(Ok(())) => {
+                self.enqueued += 1;
+                true
+            }
+            Some(Err(_)) | None => {
+                self.dropped += 1;
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Syslog {
+    /// Writes out what is queued (bounded by [`FLUSH_TIMEOUT`]), then stops the logger thread.
+    /// A thread stuck on a sink that never drains is left behind rather than waited for.
+    fn drop(&mut self) {
+        let flushed = self.flush(FLUSH_TIMEOUT);
+        self.state.get_mut().unwrap_or_else(|p| p.into_inner()).tx = None;
+        let worker = self.worker.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let (true, Some(w)) = (flushed, worker) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The logger thread: writes jobs in queue order until every sender is gone.
+fn write_loop(rx: Receiver<Job>, mut sink: Box<dyn Write + Send>, socket: Option<UdpSocket>, progress: &Progress) {
+    while let Ok(job) = rx.recv() {
+        if let Some(line) = &job.stderr {
+            let _ = sink.write_all(line.as_bytes());
+            let _ = sink.flush();
+        }
+        if let (Some((datagram, hosts)), Some(sock)) = (&job.datagram, &socket) {
+            for host in hosts {
+                let _ = sock.send_to(datagram.as_bytes(), host);
+            }
+        }
+        let mut w = progress.written.lock().unwrap_or_else(|p| p.into_inner());
+        *w += 1;
+        progress.cv.notify_all();
     }
 }
 
@@ -268,6 +402,10 @@ pub struct LoggingSnapshot {
     pub buffered_messages: u64,
     /// `None`: trap logging disabled (no host, or `logging enable` missing).
     pub trap: Option<TrapSnapshot>,
+    /// Lines the logger thread's queue holds at most ([`QUEUE_LINES`]).
+    pub queue_limit: usize,
+    /// Stderr/UDP copies dropped because that queue was full (the buffer still has the line).
+    pub queue_dropped: u64,
     /// The buffer, oldest first.
     pub lines: Vec<String>,
 }
@@ -301,6 +439,11 @@ impl LoggingSnapshot {
                 }
             }
         }
+        // The ASA's `show logging queue` wording.
+        out.push_str(&format!(
+            "    Logging queue length limit: {} msg(s), {} msg(s) discarded due to queue overflow\n",
+            self.queue_limit, self.queue_dropped
+        ));
         out.push('\n');
         for l in &self.lines {
             out.push_str(l);
@@ -445,6 +588,163 @@ mod tests {
         let lines = log.lines();
         assert_eq!(lines.len(), BUFFER_LINES);
         assert!(lines[0].ends_with(": %ASA-6-1: m5"), "{}", lines[0]);
+    }
+
+    /// A stderr sink shared with the test, optionally slow.
+    #[derive(Clone, Default)]
+    struct Collect {
+        out: Arc<Mutex<Vec<u8>>>,
+        delay: Duration,
+    }
+
+    impl Write for Collect {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            std::thread::sleep(self.delay);
+            self.out.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Collect {
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8(self.out.lock().unwrap().clone()).unwrap().lines().map(str::to_string).collect()
+        }
+    }
+
+    fn quiet(stderr: bool, timestamp: bool) -> SyslogConfig {
+        SyslogConfig { enabled: false, hosts: vec![], trap_level: 6, buffered_level: 7, timestamp, stderr }
+    }
+
+    /// The number after `m` in `...: %ASA-6-1: m<N>`.
+    fn seq(line: &str) -> u64 {
+        line.rsplit(" m").next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no sequence in {line:?}"))
+    }
+
+    #[test]
+    fn blocked_stderr_never_blocks_log_and_counts_drops() {
+        let (mut reader, writer) = io::pipe().unwrap();
+        let log = Syslog::with_stderr_sink(quiet(true, false), Box::new(writer));
+        // Nobody reads the pipe: its 64 KiB fill up, the logger thread blocks in write, the
+        // queue fills, and everything after that must be dropped, not waited for.
+        let total = 20_000u64;
+        let start = std::time::Instant::now();
+        let mut slowest = Duration::ZERO;
+        for i in 0..total {
+            let t = std::time::Instant::now();
+            log.log(Message { severity: 6, id: 1, text: format!("m{i}") });
+            slowest = slowest.max(t.elapsed());
+        }
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(5), "{total} log calls took {took:?}");
+        assert!(slowest < Duration::from_millis(250), "one log call took {slowest:?}");
+        let dropped = log.dropped();
+        // At most the queue and the pipe's capacity (~40-byte lines) got through.
+        assert!(dropped >= total - (QUEUE_LINES as u64 + 65536 / 30 + 2), "dropped {dropped}");
+        assert!(log.show_logging().contains(&format!("{dropped} msg(s) discarded due to queue overflow")));
+        assert_eq!(log.lines().len(), BUFFER_LINES, "the show logging buffer never drops");
+        assert!(!log.flush(Duration::from_millis(100)), "flush cannot complete while the sink is blocked");
+
+        // The reader wakes up; a line logged now must come out too, after the queued ones.
+        let drain = std::thread::spawn(move || {
+            let mut s = String::new();
+            io::Read::read_to_string(&mut reader, &mut s).unwrap();
+            s
+        });
+        assert!(log.flush(Duration::from_secs(10)), "the queue drains once the sink reads again");
+        assert_eq!(log.dropped(), dropped, "nothing dropped while draining");
+        log.log(Message { severity: 6, id: 1, text: format!("m{total}") });
+        drop(log); // flush + stop: closes the pipe's write end, so the reader sees EOF.
+        let text = drain.join().unwrap();
+        let seqs: Vec<u64> = text.lines().map(seq).collect();
+        assert_eq!(seqs.len() as u64, total + 1 - dropped, "every line not counted as dropped is written");
+        assert_eq!(seqs.first(), Some(&0));
+        assert_eq!(seqs.last(), Some(&total), "the line logged last is flushed on drop");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "queue order is log order");
+    }
+
+    #[test]
+    fn concurrent_loggers_keep_one_order_everywhere() {
+        let sink = Collect::default();
+        let log = Arc::new(Syslog::with_stderr_sink(quiet(true, true), Box::new(sink.clone())));
+        let per = (BUFFER_LINES / 4) as u64;
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..per {
+                        log.log(Message { severity: 6, id: 1, text: format!("t{t} m{}", t * per + i) });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(log.flush(Duration::from_secs(5)));
+        assert_eq!(log.dropped(), 0);
+        let written = sink.lines();
+        // With `logging timestamp` the buffer line and the stderr copy are the same text: the
+        // logger thread wrote them in exactly the order `show logging` lists them.
+        assert_eq!(written, log.lines());
+        assert_eq!(written.len(), BUFFER_LINES);
+        for t in 0..4u64 {
+            let mine: Vec<u64> = written.iter().filter(|l| l.contains(&format!(": t{t} m"))).map(|l| seq(l)).collect();
+            assert_eq!(mine, (t * per..(t + 1) * per).collect::<Vec<_>>(), "thread {t}'s lines out of order");
+        }
+    }
+
+    #[test]
+    fn drop_flushes_a_slow_sink() {
+        let sink = Collect { delay: Duration::from_millis(2), ..Collect::default() };
+        let log = Syslog::with_stderr_sink(quiet(true, false), Box::new(sink.clone()));
+        let start = std::time::Instant::now();
+        for i in 0..200 {
+            log.log(Message { severity: 6, id: 1, text: format!("m{i}") });
+        }
+        // 200 writes of 2 ms each: log returned long before the sink could have taken them.
+        assert!(start.elapsed() < Duration::from_millis(200), "{:?}", start.elapsed());
+        assert!(sink.lines().len() < 200);
+        drop(log);
+        let seqs: Vec<u64> = sink.lines().iter().map(|l| seq(l)).collect();
+        assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn timestamp_is_taken_at_log_time() {
+        // A sink blocked for over a second: the line's stamp must still be the second it was logged.
+        let (mut reader, writer) = io::pipe().unwrap();
+        let log = Syslog::with_stderr_sink(quiet(true, false), Box::new(writer));
+        let filler = "x".repeat(1000);
+        for _ in 0..80 {
+            log.log(Message { severity: 6, id: 1, text: filler.clone() }); // fills the pipe
+        }
+        let before = clock::asa_timestamp(clock::unix_seconds());
+        log.log(Message { severity: 6, id: 2, text: "marked".into() });
+        let after = clock::asa_timestamp(clock::unix_seconds());
+        std::thread::sleep(Duration::from_millis(2100));
+        let drain = std::thread::spawn(move || {
+            let mut s = String::new();
+            io::Read::read_to_string(&mut reader, &mut s).unwrap();
+            s
+        });
+        drop(log);
+        let text = drain.join().unwrap();
+        let line = text.lines().find(|l| l.ends_with("%ASA-6-2: marked")).expect("marked line written");
+        let stamp = line.trim_end_matches(": %ASA-6-2: marked");
+        assert!(stamp == before || stamp == after, "stamp {stamp:?} not from log time ({before} / {after})");
+    }
+
+    #[test]
+    fn warn_goes_through_the_queue() {
+        let sink = Collect::default();
+        let log = Syslog::with_stderr_sink(quiet(true, false), Box::new(sink.clone()));
+        log.warn("IKE queue full");
+        assert!(log.flush(Duration::from_secs(2)));
+        assert_eq!(sink.lines(), vec!["holdfast: warning: IKE queue full".to_string()]);
+        assert!(log.lines().is_empty(), "warnings are not ASA lines");
     }
 
     #[test]
