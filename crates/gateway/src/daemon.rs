@@ -1510,7 +1510,17 @@ impl Daemon {
                 reload::refusal(&shown, &why)
             }
             Ok((cfg, resolved)) => {
-                let outcome = self.apply(guard, &shown, cfg, resolved);
+                // Remote access first: it can still refuse (a live lease outside the new
+                // pools), and nothing else has changed yet.
+                let ra_lines = match reload::remote_access(self.ra.as_mut(), &path, &cfg) {
+                    Ok(l) => l,
+                    Err(why) => {
+                        self.syslog.log(reload::end_failed(&shown));
+                        return reload::refusal(&shown, &why);
+                    }
+                };
+                let mut outcome = self.apply(guard, &shown, cfg, resolved);
+                outcome.remote_access = ra_lines;
                 self.syslog.log(reload::end_ok(&shown));
                 outcome.text()
             }
@@ -1527,7 +1537,7 @@ impl Daemon {
         let bound: Vec<Ipv4Addr> = self.shared.outsides.iter().map(|o| o.local).collect();
         let restart = reload::restart_required(&self.cfg, &cfg, &tunnels, &bound, self.reload.has_tun);
         if !restart.is_empty() {
-            return Err(restart.iter().map(|r| format!("requires restart: {r}\n")).collect());
+            return Err(reload::restart_lines(path, &restart));
         }
         Ok((cfg, resolved))
     }
@@ -1678,7 +1688,7 @@ impl Daemon {
             self.endpoint.handle_command(now, ike::Command::Initiate { tunnel: t.name.clone() });
         }
         self.drain();
-        reload::Outcome { file: shown.to_string(), tunnels: result, globals, notes }
+        reload::Outcome { file: shown.to_string(), tunnels: result, globals, notes, remote_access: Vec::new() }
     }
 }
 

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
 use policy::{Config, TrafficSelector, TunnelPolicy};
 
@@ -47,13 +48,195 @@ pub fn restart_required(old: &Config, new: &Config, new_tunnels: &[TunnelPolicy]
     if old.sysopt.tcpmss != new.sysopt.tcpmss || old.sysopt.tcpmss_minimum != new.sysopt.tcpmss_minimum {
         out.push("sysopt connection tcpmss (the data path's MSS clamp is fixed at start)".into());
     }
-    if old.remote_access != new.remote_access || old.ikev2_client_services != new.ikev2_client_services {
-        out.push("webvpn / remote access (group-policy, tunnel-group, pool, username, ssl)".into());
-    } else if new.remote_access.is_some() && old.trustpoints != new.trustpoints {
-        out.push("crypto ca trustpoint (the remote-access listener's certificate)".into());
+    if old.ikev2_client_services != new.ikev2_client_services {
+        out.push("crypto ikev2 enable ... client-services".into());
+    }
+    // Remote access: users, group policies, tunnel groups, pools and the certificate apply
+    // live (`remote_access`); only the listeners themselves are fixed at start.
+    if let Some(what) = listener_change(old, new) {
+        out.push(what.into());
     }
     if old.metrics != new.metrics {
         out.push("metrics prometheus listen".into());
+    }
+    out
+}
+
+/// The remote-access listeners as they are bound at start: interface, address, TLS and DTLS
+/// port. The certificate a listener presents is not part of it (replaced live).
+fn listeners(c: &Config) -> Vec<(String, Ipv4Addr, u16, u16)> {
+    c.anyconnect_listeners().unwrap_or_default().into_iter().map(|l| (l.nameif, l.addr, l.tls_port, l.dtls_port)).collect()
+}
+
+/// Why the remote-access listeners of `new` differ from the running ones (restart only).
+fn listener_change(old: &Config, new: &Config) -> Option<&'static str> {
+    let (o, n) = (listeners(old), listeners(new));
+    if o == n {
+        return None;
+    }
+    Some(if o.is_empty() {
+        "remote access enabled (webvpn enable / anyconnect enable: the TLS and DTLS listeners are bound at start)"
+    } else if n.is_empty() {
+        "remote access disabled (webvpn enable / anyconnect enable: the service is built at start)"
+    } else if o.iter().zip(&n).any(|(a, b)| a.3 != b.3) && o.len() == n.len() {
+        "webvpn dtls port (the DTLS listener is bound at start)"
+    } else if o.iter().zip(&n).any(|(a, b)| a.2 != b.2) && o.len() == n.len() {
+        "webvpn port (the TLS listener is bound at start)"
+    } else {
+        "webvpn enable (the interfaces remote access listens on are bound at start)"
+    })
+}
+
+/// The answer's lines for [`restart_required`], each with `FILE:LINE:COL` and the line when
+/// the change is a line of the new file the operator can point at (the `webvpn` lines).
+pub fn restart_lines(path: &Path, items: &[String]) -> String {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (ast, _) = config::parse_ast(&shown, &text);
+    let webvpn_span = |want: fn(&config::ast::WebVpnCmd) -> bool| {
+        ast.items.iter().find_map(|i| match &i.kind {
+            config::ast::ItemKind::WebVpn { body } => Some(body.iter().find(|c| want(&c.node)).map_or(i.span, |c| c.span)),
+            _ => None,
+        })
+    };
+    let mut out = String::new();
+    for r in items {
+        let span = if r.starts_with("webvpn dtls port") {
+            webvpn_span(|c| matches!(c, config::ast::WebVpnCmd::DtlsPort(_)))
+        } else if r.starts_with("webvpn port") {
+            webvpn_span(|c| matches!(c, config::ast::WebVpnCmd::Port(_)))
+        } else if r.starts_with("webvpn enable") || r.starts_with("remote access enabled") {
+            webvpn_span(|c| matches!(c, config::ast::WebVpnCmd::Enable(_)))
+        } else {
+            None
+        };
+        match span {
+            Some(sp) => out.push_str(&format!("{}\n", located(&shown, &text, sp, format!("requires restart: {r}")))),
+            None => out.push_str(&format!("requires restart: {r}\n")),
+        }
+    }
+    out
+}
+
+/// A `FILE:LINE:COL: error: MESSAGE` diagnostic with the line and a caret under `span`.
+fn located(file: &str, text: &str, span: config::Span, message: String) -> config::Diagnostic {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text.get(line_start..line_end).unwrap_or("").trim_end_matches('\r');
+    let caret_len = text.get(start..span.end.clamp(start, line_end)).map_or(1, |s| s.chars().count().max(1));
+    config::Diagnostic {
+        severity: config::Severity::Error,
+        file: file.to_string(),
+        span: Some(span),
+        message,
+        source_line: Some(line.replace('\t', " ")),
+        caret_len,
+    }
+}
+
+/// Applies the remote-access part of a reload to the running service, before anything else
+/// of the reload (so that a refusal here still leaves everything unchanged): the engine takes
+/// the new users, tunnel groups, group policies and pools, the TLS listener the certificate
+/// and key read again from their files. Refused, with `FILE:LINE:COL` for each, when a live
+/// session's leased address would leave the pools of its tunnel group. Returns the lines for
+/// the answer. Without a running service there is nothing to do (a change that would start
+/// one was refused by [`restart_required`]).
+pub(crate) fn remote_access(ra: Option<&mut crate::ra::RaHandle>, path: &Path, new: &Config) -> Result<Vec<String>, String> {
+    let shown = path.display().to_string();
+    let Some(ra) = ra else { return Ok(Vec::new()) };
+    let fail = |e: String| format!("{shown}: error: {e}\n");
+    let Some(plan) = crate::daemon::plan_remote_access(new).map_err(|e| fail(e.to_string()))? else {
+        return Ok(Vec::new());
+    };
+    let ctx = crate::ra::tls::server_context(&plan.cert_file, &plan.key_file, plan.ca_file.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let (changes, mut notes) = match ra.reconfigure(plan.engine, ctx) {
+        Ok(x) => x,
+        Err(conflicts) => return Err(lease_refusal(path, &conflicts)),
+    };
+    let sessions = ra.with_engine(|s, now| s.sessions(now));
+    let mut lines = describe(&changes);
+    for u in changes.users_removed.iter().chain(&changes.users_password_changed) {
+        let n = sessions.iter().filter(|s| &s.username == u).count();
+        if n > 0 {
+            lines.push(format!("remote access: {n} session(s) of user {u} kept until logoff (vpn-sessiondb logoff name {u} ends them)"));
+        }
+    }
+    lines.push(format!(
+        "remote access: certificate {} and key {} read again; new TLS handshakes use them, established connections keep theirs",
+        plan.cert_file.display(),
+        plan.key_file.display()
+    ));
+    lines.append(&mut notes);
+    Ok(lines)
+}
+
+/// The changes in the operator's words, one line per kind that changed.
+pub fn describe(c: &anyconnect::config::Changes) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut put = |what: &str, names: &[String]| {
+        if !names.is_empty() {
+            v.push(format!("remote access: {what}: {}", names.join(", ")));
+        }
+    };
+    put("users added", &c.users_added);
+    put("users removed", &c.users_removed);
+    put("user passwords changed", &c.users_password_changed);
+    put("tunnel-groups added", &c.tunnel_groups_added);
+    put("tunnel-groups removed", &c.tunnel_groups_removed);
+    put("tunnel-groups changed", &c.tunnel_groups_changed);
+    put("group-policies added", &c.group_policies_added);
+    put("group-policies removed", &c.group_policies_removed);
+    put("group-policies changed (new logins; connected sessions keep theirs)", &c.group_policies_changed);
+    put("pools added", &c.pools_added);
+    put("pools removed", &c.pools_removed);
+    put("pools changed", &c.pools_changed);
+    if c.group_list_changed {
+        v.push("remote access: tunnel-group-list changed".into());
+    }
+    if v.is_empty() {
+        v.push("remote access: settings unchanged".into());
+    }
+    v
+}
+
+/// The refusal for lease conflicts: one diagnostic per leased address, at the new file's
+/// `ip local pool` line of the pool it came from (its range), or at the tunnel group's
+/// `address-pool` line when that pool is gone, or the tunnel group's line.
+fn lease_refusal(path: &Path, conflicts: &[anyconnect::config::LeaseConflict]) -> String {
+    use config::ast::{ItemKind, TgGeneralCmd};
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (ast, _) = config::parse_ast(&shown, &text);
+    let mut out = String::new();
+    for c in conflicts {
+        let pool_span = c.pool.as_deref().and_then(|p| {
+            ast.items.iter().find_map(|i| match &i.kind {
+                ItemKind::IpLocalPool { name, range, .. } if name.node == p => Some(*range),
+                _ => None,
+            })
+        });
+        let group_span = || {
+            ast.items.iter().find_map(|i| match &i.kind {
+                ItemKind::TunnelGroupGeneral { name, body, .. } if name.node == c.tunnel_group => {
+                    Some(body.iter().find(|b| matches!(b.node, TgGeneralCmd::AddressPools(_))).map_or(name.span, |b| b.span))
+                }
+                _ => None,
+            })
+        };
+        let msg = format!(
+            "address {} is leased to user '{}' (tunnel-group {}{}): {}; log the session off first (vpn-sessiondb logoff name {}) or keep the address in the pool",
+            c.address,
+            c.user,
+            c.tunnel_group,
+            c.pool.as_deref().map(|p| format!(", pool {p}")).unwrap_or_default(),
+            c.why,
+            c.user
+        );
+        match pool_span.or_else(group_span) {
+            Some(sp) => out.push_str(&format!("{}\n", located(&shown, &text, sp, msg))),
+            None => out.push_str(&format!("{shown}: error: {msg}\n")),
+        }
     }
     out
 }
@@ -160,6 +343,8 @@ pub struct Outcome {
     pub globals: Vec<&'static str>,
     /// Things applied only to what comes next (e.g. certificate files for new negotiations).
     pub notes: Vec<String>,
+    /// What the remote-access service took ([`remote_access`]).
+    pub remote_access: Vec<String>,
 }
 
 impl Outcome {
@@ -172,6 +357,9 @@ impl Outcome {
         s.push_str(&format!("  tunnels removed: {}\n", list(&self.tunnels.removed)));
         let g: Vec<String> = self.globals.iter().map(|x| x.to_string()).collect();
         s.push_str(&format!("  global settings applied: {}\n", list(&g)));
+        for n in &self.remote_access {
+            s.push_str(&format!("  {n}\n"));
+        }
         for n in &self.notes {
             s.push_str(&format!("  note: {n}\n"));
         }
@@ -292,6 +480,114 @@ tunnel-group 198.51.100.2 ipsec-attributes
         assert!(restart_required(&a, &b, &tunnels(&b), BOUND, true).is_empty());
         // Tunnel 1's policy is byte-for-byte the same: the engine keeps its SAs.
         assert_eq!(tunnels(&a)[0], tunnels(&b)[0]);
+    }
+
+    const RA: &str = "\
+interface eth-out
+ nameif outside
+ ip address 198.51.100.1 255.255.255.0
+access-list SPLIT standard permit 10.1.0.0 255.255.255.0
+ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0
+webvpn
+ enable outside
+ anyconnect enable
+ dtls port 443
+group-policy G internal
+group-policy G attributes
+ vpn-tunnel-protocol ssl-client
+ split-tunnel-policy tunnelspecified
+ split-tunnel-network-list value SPLIT
+tunnel-group RA type remote-access
+tunnel-group RA general-attributes
+ address-pool VPNPOOL
+ default-group-policy G
+tunnel-group RA webvpn-attributes
+ group-alias RA enable
+username vpn password secret-pw
+crypto ca trustpoint TP
+ certificate-file /etc/holdfast/server.pem
+ key-file /etc/holdfast/server.key
+ssl trust-point TP outside
+";
+
+    fn ra_restart(a: &str, b: &str) -> Vec<String> {
+        restart_required(&cfg(a), &cfg(b), &[], BOUND, false)
+    }
+
+    #[test]
+    fn remote_access_settings_apply_live() {
+        // A user, a split network, a pool, an alias, a DNS server, a new certificate file:
+        // none of these needs a restart any more.
+        let b = RA
+            .replace("username vpn password secret-pw\n", "username vpn password secret-pw\nusername bob password other-pw\n")
+            .replace("access-list SPLIT standard permit 10.1.0.0 255.255.255.0\n", "access-list SPLIT standard permit 10.1.0.0 255.255.255.0\naccess-list SPLIT standard permit 10.7.0.0 255.255.0.0\n")
+            .replace("10.99.0.100-10.99.0.199", "10.99.0.100-10.99.0.250")
+            .replace(" group-alias RA enable\n", " group-alias RA enable\n group-alias Staff enable\n")
+            .replace(" vpn-tunnel-protocol ssl-client\n", " vpn-tunnel-protocol ssl-client\n dns-server value 10.1.0.53\n")
+            .replace("/etc/holdfast/server.pem", "/etc/holdfast/server-2027.pem");
+        assert!(cfg(RA) != cfg(&b));
+        assert_eq!(ra_restart(RA, &b), Vec::<String>::new());
+    }
+
+    #[test]
+    fn remote_access_listeners_need_a_restart_and_point_at_the_line() {
+        let b = RA.replace(" dtls port 443\n", " dtls port 4443\n");
+        let r = ra_restart(RA, &b);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].starts_with("webvpn dtls port"), "{r:?}");
+        let dir = std::env::temp_dir().join(format!("hf-reload-ra-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("new.cfg");
+        std::fs::write(&f, &b).unwrap();
+        let text = restart_lines(&f, &r);
+        // Line 9 is ` dtls port 4443`; the caret is under the command.
+        assert!(text.starts_with(&format!("{}:9:2: error: requires restart: webvpn dtls port", f.display())), "{text}");
+        assert!(text.contains("\n   dtls port 4443\n"), "{text}");
+
+        let off = RA.replace(" anyconnect enable\n", "");
+        assert!(ra_restart(RA, &off)[0].starts_with("remote access disabled"));
+        assert!(ra_restart(&off, RA)[0].starts_with("remote access enabled"));
+        let port = RA.replace(" dtls port 443\n", " dtls port 443\n port 8443\n");
+        assert!(ra_restart(RA, &port)[0].starts_with("webvpn port"));
+
+        // Where no line can be named (the webvpn lines are gone), the plain form.
+        std::fs::write(&f, &off).unwrap();
+        let text = restart_lines(&f, &ra_restart(RA, &off));
+        assert!(text.starts_with("requires restart: remote access disabled"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lease_conflicts_point_at_the_pool_range() {
+        let dir = std::env::temp_dir().join(format!("hf-reload-lease-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("new.cfg");
+        std::fs::write(&f, RA.replace("10.99.0.100-10.99.0.199", "10.99.0.150-10.99.0.199")).unwrap();
+        let c = anyconnect::config::LeaseConflict {
+            user: "vpn".into(),
+            address: Ipv4Addr::new(10, 99, 0, 100),
+            tunnel_group: "RA".into(),
+            pool: Some("VPNPOOL".into()),
+            why: "no address-pool of tunnel-group RA contains it any more".into(),
+        };
+        let text = lease_refusal(&f, &[c.clone()]);
+        // Line 5, column 23: the range of `ip local pool VPNPOOL ...`.
+        assert!(text.starts_with(&format!("{}:5:23: error: address 10.99.0.100 is leased to user 'vpn'", f.display())), "{text}");
+        assert!(text.contains(&format!("\n  {}^{}\n", " ".repeat(22), "~".repeat(22))), "{text}");
+        // The pool is gone from the file: the tunnel group's address-pool line.
+        std::fs::write(&f, RA.replace("ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0\n", "ip local pool P2 10.98.0.1-10.98.0.9 mask 255.255.255.0\n").replace(" address-pool VPNPOOL", " address-pool P2")).unwrap();
+        let text = lease_refusal(&f, &[c]);
+        assert!(text.starts_with(&format!("{}:17:2: error: address 10.99.0.100", f.display())), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remote_access_changes_are_described() {
+        let c = anyconnect::config::Changes { users_added: vec!["bob".into()], pools_changed: vec!["VPNPOOL".into()], ..Default::default() };
+        assert_eq!(describe(&c), vec!["remote access: users added: bob", "remote access: pools changed: VPNPOOL"]);
+        assert_eq!(describe(&Default::default()), vec!["remote access: settings unchanged"]);
+        let o = Outcome { file: "f".into(), remote_access: describe(&c), ..Default::default() };
+        assert!(o.text().contains("\n  remote access: users added: bob\n"), "{}", o.text());
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct RaHandle {
     threads: Vec<JoinHandle<()>>,
     guard: SystemGuard,
     tls_local: SocketAddr,
+    /// The TLS acceptor's admission (holds the certificate a reload may replace).
+    admission: Arc<Admission>,
 }
 
 impl RaHandle {
@@ -118,6 +120,41 @@ impl RaHandle {
         let r = f(&mut g.server, now);
         self.core.drain(&mut g);
         r
+    }
+
+    /// A configuration reload (docs/reload.md "Remote access"): the engine takes the new
+    /// users, groups, policies and pools ([`anyconnect::Server::reconfigure`], refused as a
+    /// whole on a lease conflict), routes into the TUN follow the pools, and new TLS
+    /// handshakes use `tls` (established connections are untouched). Returns what changed and
+    /// notes for the operator.
+    pub fn reconfigure(
+        &mut self,
+        engine: anyconnect::Config,
+        tls: openssl::ssl::SslContext,
+    ) -> Result<(anyconnect::config::Changes, Vec<String>), Vec<anyconnect::config::LeaseConflict>> {
+        let prefixes = |s: &anyconnect::Server| {
+            let mut v: Vec<(Ipv4Addr, u8)> = s.config().pools.values().map(pool_prefix).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let old = self.with_engine(|s, _| prefixes(s));
+        let changes = self.with_engine(|s, now| s.reconfigure(now, engine))?;
+        let new = self.with_engine(|s, _| prefixes(s));
+        let mut notes = Vec::new();
+        let dev = self.core.tun.name().unwrap_or_default();
+        for &(n, l) in new.iter().filter(|p| !old.contains(p)) {
+            if let Err(e) = self.guard.add_route(n, l, &dev, None) {
+                notes.push(format!("route {n}/{l} via {dev} not added: {e}"));
+            }
+        }
+        for &(n, l) in old.iter().filter(|p| !new.contains(p)) {
+            if let Err(e) = self.guard.remove_route(n, l, &dev) {
+                notes.push(format!("route {n}/{l} via {dev} not removed: {e}"));
+            }
+        }
+        self.admission.set_context(tls);
+        Ok((changes, notes))
     }
 
     /// Transport counters.
@@ -304,6 +341,7 @@ pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
         .build()
         .map_err(io_err("tokio runtime"))?;
     let admission = Arc::new(Admission::new(tls_ctx, cfg.handshake));
+    let kept_admission = admission.clone();
     {
         let core = core.clone();
         let http_idle = cfg.http_idle;
@@ -341,7 +379,7 @@ pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
                 .map_err(io_err("tun thread"))?,
         );
     }
-    Ok(RaHandle { core, runtime: Some(runtime), threads, guard, tls_local })
+    Ok(RaHandle { core, runtime: Some(runtime), threads, guard, tls_local, admission: kept_admission })
 }
 
 /// Network and prefix length of a pool's subnet (the pool's mask applied to its first

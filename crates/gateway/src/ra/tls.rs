@@ -165,7 +165,9 @@ fn lock_shares(m: &Mutex<AddressShares>) -> std::sync::MutexGuard<'_, AddressSha
 
 /// Admission of new TLS connections.
 pub struct Admission {
-    ctx: SslContext,
+    /// Behind a lock so that a reload can put a new certificate in place
+    /// ([`Admission::set_context`]); each handshake takes the context current at its start.
+    ctx: std::sync::RwLock<SslContext>,
     slots: Arc<Semaphore>,
     shares: Arc<Mutex<AddressShares>>,
     limits: HandshakeLimits,
@@ -185,11 +187,17 @@ pub enum HandshakeError {
 impl Admission {
     pub fn new(ctx: SslContext, limits: HandshakeLimits) -> Self {
         Self {
-            ctx,
+            ctx: std::sync::RwLock::new(ctx),
             slots: Arc::new(Semaphore::new(limits.concurrent.max(1))),
             shares: Arc::new(Mutex::new(AddressShares::new(limits.concurrent.max(1), limits.per_address))),
             limits,
         }
+    }
+
+    /// The context (certificate, key, client CA) for handshakes that start from now on;
+    /// established connections keep the one they were made with.
+    pub fn set_context(&self, ctx: SslContext) {
+        *self.ctx.write().unwrap_or_else(|p| p.into_inner()) = ctx;
     }
 
     /// Waits for a free handshake slot (`None` once the service is shutting down).
@@ -230,7 +238,10 @@ impl Admission {
             Ok(Ok(_)) => {}
         }
         let left = self.limits.timeout.saturating_sub(crate::clock::now().saturating_duration_since(accepted));
-        let ssl = Ssl::new(&self.ctx).map_err(|e| HandshakeError::Failed(e.to_string()))?;
+        let ssl = {
+            let ctx = self.ctx.read().unwrap_or_else(|p| p.into_inner());
+            Ssl::new(&ctx).map_err(|e| HandshakeError::Failed(e.to_string()))?
+        };
         let mut stream = SslStream::new(ssl, tokio::io::BufWriter::with_capacity(256 * 1024, tcp)).map_err(|e| HandshakeError::Failed(e.to_string()))?;
         match tokio::time::timeout(left, Pin::new(&mut stream).accept()).await {
             Err(_) => Err(HandshakeError::Timeout(self.limits.timeout)),
