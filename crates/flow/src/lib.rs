@@ -889,6 +889,22 @@ impl Engine {
         self.transmits.pop_front()
     }
 
+    /// Takes the queued transmits of `tunnel` only (oldest first), leaving every other
+    /// tunnel's queued for whoever drains them: a caller that brings up one tunnel gets its
+    /// replays without depending on the queue holding nothing else.
+    pub fn take_transmits_for(&mut self, tunnel: TunnelId) -> Vec<Vec<u8>> {
+        let mut mine = Vec::new();
+        self.transmits.retain_mut(|t| {
+            if t.tunnel == tunnel {
+                mine.push(std::mem::take(&mut t.packet));
+                false
+            } else {
+                true
+            }
+        });
+        mine
+    }
+
     /// The next instant at which [`Engine::handle_timeout`] has work (possibly a lazy re-arm).
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
         let tick = self.wheel.next_busy_tick()?;

@@ -1,6 +1,7 @@
 //! The DTLS data channel of AnyConnect (anyconnect.md §4): one OpenSSL DTLS 1.2 server `Ssl`
-//! per session, over a datagram adapter that feeds it one UDP datagram at a time and sends its
-//! output with `send_to` on the shared UDP socket.
+//! per session, over a datagram adapter that feeds it one UDP datagram at a time and queues its
+//! output in a [`DgramQueue`] shared by all associations; the caller sends that queue after
+//! releasing the engine lock (batched: UDP GSO trains, see `super::send_dgrams`).
 //!
 //! Clients are told apart before any cryptography: the first datagram of an association is a
 //! ClientHello whose session_id is the X-DTLS-App-ID (PSK-NEGOTIATE) or X-DTLS-Session-ID
@@ -17,9 +18,9 @@
 //!   ([`super::legacy::install_session`]).
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyconnect::LegacyCipher;
 use openssl::error::ErrorStack;
@@ -149,7 +150,7 @@ impl DtlsServer {
     }
 
     /// A fresh association for `peer`, keyed by `key`, ready for the ClientHello.
-    pub fn new_conn(&self, key: &DtlsKey, sock: Arc<UdpSocket>, peer: SocketAddr) -> Result<DtlsConn, DtlsError> {
+    pub fn new_conn(&self, key: &DtlsKey, out: Arc<Mutex<DgramQueue>>, peer: SocketAddr) -> Result<DtlsConn, DtlsError> {
         let mut ssl = match key {
             DtlsKey::Psk(k) => {
                 let mut ssl = Ssl::new(&self.psk)?;
@@ -163,7 +164,7 @@ impl DtlsServer {
             }
         };
         ssl.set_mtu(HANDSHAKE_MTU)?;
-        let stream = SslStream::new(ssl, Dgram { pending: Vec::with_capacity(2048), has_pending: false, sock, peer, send_drops: 0 })?;
+        let stream = SslStream::new(ssl, Dgram { pending: Vec::with_capacity(2048), has_pending: false, out, peer })?;
         Ok(DtlsConn { stream, established: false, legacy: matches!(key, DtlsKey::Legacy { .. }) })
     }
 }
@@ -272,10 +273,6 @@ impl DtlsConn {
         }
     }
 
-    /// Datagrams the kernel refused to queue (a full socket buffer).
-    pub fn send_drops(&self) -> u64 {
-        self.stream.get_ref().send_drops
-    }
 }
 
 fn describe(e: &openssl::ssl::Error) -> String {
@@ -285,14 +282,99 @@ fn describe(e: &openssl::ssl::Error) -> String {
     }
 }
 
+/// Datagrams produced by the associations (handshake flights, records, alerts), in the order
+/// they were written, waiting to be sent. One queue serves every association: the engine lock
+/// orders the writes, and whoever sends the queue sends it whole, in order.
+#[derive(Debug, Default)]
+pub struct DgramQueue {
+    buf: Vec<u8>,
+    /// (destination, start, end) in `buf`.
+    items: Vec<(SocketAddr, usize, usize)>,
+    /// Datagrams dropped because the queue was full (nobody sending: cannot happen while the
+    /// service runs, kept as a bound).
+    pub dropped: u64,
+}
+
+/// Most datagrams a [`DgramQueue`] holds before it drops (a bound, not a working limit: the
+/// queue is sent after every engine lock).
+const QUEUE_MAX: usize = 4096;
+
+impl DgramQueue {
+    pub fn push(&mut self, to: SocketAddr, d: &[u8]) {
+        if self.items.len() >= QUEUE_MAX {
+            self.dropped += 1;
+            return;
+        }
+        let start = self.buf.len();
+        self.buf.extend_from_slice(d);
+        self.items.push((to, start, self.buf.len()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Datagram `i`: destination and bytes.
+    pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        let &(to, a, b) = self.items.get(i)?;
+        Some((to, &self.buf[a..b]))
+    }
+
+    /// The bytes of datagrams `i..j`, contiguous (they were queued in order).
+    pub fn span(&self, i: usize, j: usize) -> &[u8] {
+        match (self.items.get(i), j.checked_sub(1).and_then(|k| self.items.get(k))) {
+            (Some(&(_, a, _)), Some(&(_, _, b))) if i < j => &self.buf[a..b],
+            _ => &[],
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.items.clear();
+    }
+
+    /// Trains of datagrams for one UDP GSO send each: consecutive datagrams to the same
+    /// destination, all of the first one's size except possibly the last (the kernel's
+    /// UDP_SEGMENT rule), at most `max_segs` and `max_bytes` in all. Calls `f(i, j, seg)` for
+    /// every train `i..j` in order.
+    pub fn trains(&self, max_segs: usize, max_bytes: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let n = self.items.len();
+        let mut i = 0;
+        while i < n {
+            let (to, a, b) = self.items[i];
+            let seg = b - a;
+            let mut bytes = seg;
+            let mut j = i + 1;
+            while j < n && j - i < max_segs.max(1) {
+                let (t2, a2, b2) = self.items[j];
+                let len = b2 - a2;
+                if t2 != to || len > seg || bytes + len > max_bytes {
+                    break;
+                }
+                bytes += len;
+                j += 1;
+                if len < seg {
+                    // A shorter datagram ends the train.
+                    break;
+                }
+            }
+            f(i, j, seg);
+            i = j;
+        }
+    }
+}
+
 /// The datagram adapter OpenSSL's BIO reads from and writes to: reads return the one pending
-/// datagram (then WouldBlock), writes go out as one UDP datagram each.
+/// datagram (then WouldBlock), writes are queued as one UDP datagram each.
 struct Dgram {
     pending: Vec<u8>,
     has_pending: bool,
-    sock: Arc<UdpSocket>,
+    out: Arc<Mutex<DgramQueue>>,
     peer: SocketAddr,
-    send_drops: u64,
 }
 
 impl Read for Dgram {
@@ -311,12 +393,9 @@ impl Read for Dgram {
 
 impl Write for Dgram {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // UDP is lossy by contract: a datagram the kernel cannot take now (full buffer, ICMP
-        // error pending) is dropped and counted, never an error that would kill the
-        // association.
-        if self.sock.send_to(buf, self.peer).is_err() {
-            self.send_drops += 1;
-        }
+        // UDP is lossy by contract: a datagram that cannot be sent later is dropped and
+        // counted, never an error that would kill the association.
+        self.out.lock().unwrap_or_else(|p| p.into_inner()).push(self.peer, buf);
         Ok(buf.len())
     }
 
@@ -422,7 +501,18 @@ pub(crate) mod tests {
         let server = DtlsServer::new(&cert, &key).unwrap();
         let psk = [0x5a_u8; 32];
         for (client_key, should_work) in [(psk, true), ([0x11_u8; 32], false)] {
-            let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+            let sock = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+            let out: Arc<Mutex<DgramQueue>> = Arc::default();
+            // What the associations queued goes out on the test socket (the service sends it
+            // after releasing its lock).
+            let flush = |out: &Mutex<DgramQueue>| {
+                let mut q = out.lock().unwrap();
+                for i in 0..q.len() {
+                    let (to, d) = q.get(i).unwrap();
+                    sock.send_to(d, to).unwrap();
+                }
+                q.clear();
+            };
             sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
             let port = sock.local_addr().unwrap().port();
             let mut child = Command::new("openssl")
@@ -461,7 +551,7 @@ pub(crate) mod tests {
                 };
                 if conn.is_none() {
                     // s_client sends no session id; the demux by session id is tested above.
-                    conn = Some(server.new_conn(&DtlsKey::Psk(psk), sock.clone(), peer).unwrap());
+                    conn = Some(server.new_conn(&DtlsKey::Psk(psk), out.clone(), peer).unwrap());
                 }
                 let c = conn.as_mut().unwrap();
                 match c.handle_datagram(&buf[..n], &mut scratch, |r| got.push(r.to_vec())) {
@@ -475,10 +565,12 @@ pub(crate) mod tests {
                     }
                     Err(_) => failed = true,
                 }
+                flush(&out);
             }
             if should_work {
                 assert_eq!(got, vec![b"hello from s_client\n".to_vec()]);
                 conn.as_mut().unwrap().send(b"reply from holdfast\n").unwrap();
+                flush(&out);
                 let line = line_rx.recv_timeout(Duration::from_secs(5)).unwrap();
                 assert_eq!(line, "reply from holdfast");
             } else {
@@ -494,5 +586,40 @@ pub(crate) mod tests {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn a(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    /// Trains: same destination, equal sizes, a shorter datagram closes a train, a larger one
+    /// or another destination starts a new one; the segment and byte limits hold; every
+    /// datagram is in exactly one train, in order, and a train's bytes are its datagrams'.
+    #[test]
+    fn gso_trains_follow_the_udp_segment_rule() {
+        let mut q = DgramQueue::default();
+        let sizes: [(u16, usize); 9] = [(1, 100), (1, 100), (1, 100), (1, 40), (1, 100), (2, 100), (2, 120), (2, 120), (1, 120)];
+        for (k, &(p, n)) in sizes.iter().enumerate() {
+            q.push(a(p), &vec![k as u8; n]);
+        }
+        let mut trains = Vec::new();
+        q.trains(64, 65_507, |i, j, seg| trains.push((i, j, seg)));
+        assert_eq!(trains, vec![(0, 4, 100), (4, 5, 100), (5, 6, 100), (6, 8, 120), (8, 9, 120)]);
+        for &(i, j, _) in &trains {
+            let want: Vec<u8> = (i..j).flat_map(|k| q.get(k).unwrap().1.to_vec()).collect();
+            assert_eq!(q.span(i, j), &want[..]);
+        }
+        // Limits: at most 2 segments, at most 250 bytes.
+        let mut t2 = Vec::new();
+        q.trains(2, 65_507, |i, j, _| t2.push((i, j)));
+        assert_eq!(t2, vec![(0, 2), (2, 4), (4, 5), (5, 6), (6, 8), (8, 9)]);
+        let mut t3 = Vec::new();
+        q.trains(64, 250, |i, j, _| t3.push((i, j)));
+        assert_eq!(t3, vec![(0, 2), (2, 4), (4, 5), (5, 6), (6, 8), (8, 9)]);
+        q.clear();
+        assert!(q.is_empty());
+        let mut none = 0;
+        q.trains(64, 65_507, |_, _, _| none += 1);
+        assert_eq!(none, 0);
     }
 }

@@ -18,9 +18,13 @@
 //! [`conntrack`] for how sessions map onto its tunnels, [`persist`] for the sessions file.
 //!
 //! The engine and every session's I/O handles sit behind one mutex ([`Core`]). Each input is
-//! one short critical section (engine call + drain, including DTLS encryption and TUN/UDP
-//! writes, which never block), so there is no lock ordering to get wrong. TLS encryption and
-//! socket writes happen outside it, in the per-connection writer task.
+//! one short critical section (engine call + drain, including DTLS encryption). No syscall
+//! happens under it: the drain queues TUN packets and DTLS datagrams, the connection table
+//! judges the queued TUN packets in one batch, and the thread that held the lock writes both
+//! queues after releasing it ([`CoreGuard`]'s drop) — TUN writes as TCP GRO batches (one
+//! write per coalesced train), UDP as GSO trains. TLS encryption and socket writes happen in
+//! the per-connection writer task. Lock order: state, then a queue or the connection table;
+//! a sender holds its sender lock, then briefly the queue.
 //!
 //! [`spawn`] starts everything on its own threads and tokio runtime and returns a [`RaHandle`]
 //! whose [`RaHandle::shutdown`] stops it and removes the routes it added.
@@ -38,6 +42,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::io::IoSliceMut;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,7 +55,7 @@ use crate::net::{self, SystemGuard};
 use crate::syslog::{Message, Syslog};
 
 use conntrack::{FlowsConfig, RaFlows, ToClient};
-use dtls::{DtlsConn, DtlsKey, DtlsServer};
+use dtls::{DgramQueue, DtlsConn, DtlsKey, DtlsServer};
 use persist::SessionsFile;
 use tls::{Admission, HandshakeLimits};
 
@@ -257,6 +262,12 @@ pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
     let udp = net::udp_socket(udp_addr).map_err(io_err(format!("binding udp {udp_addr}")))?;
     // Nonblocking: the receive thread polls, then drains what is queued in one batch.
     udp.set_nonblocking(true).map_err(io_err("udp nonblocking"))?;
+    // quinn-udp: recvmmsg with UDP GRO on receive, UDP GSO on send (DTLS records of one
+    // session are equal-size trains under bulk traffic).
+    let udp_state = quinn_udp::UdpSocketState::new((&udp).into()).map_err(io_err("udp socket state"))?;
+    // After quinn-udp (which sets DF for QUIC): DTLS datagrams may be fragmented on a narrow
+    // path, as before.
+    net::allow_fragmentation(&udp);
     let udp = Arc::new(udp);
 
     let tcp = std::net::TcpListener::bind(cfg.listen).map_err(io_err(format!("binding tcp {}", cfg.listen)))?;
@@ -265,8 +276,12 @@ pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
 
     // The TUN carries at most the largest packet a client may send (X-CSTP-MTU is at most
     // the link MTU minus overheads); the engine enforces the per-session MTU.
-    let (tun, _) = net::create_tun(&cfg.tun_name, cfg.engine.link_mtu, false)
+    // With offloads the kernel hands us TSO super-packets (split by tun-rs) and takes
+    // GRO-coalesced client trains: one syscall and one trip through the stack per train.
+    let (tun, _) = net::create_tun(&cfg.tun_name, cfg.engine.link_mtu, true)
         .map_err(io_err(format!("creating TUN {}", cfg.tun_name)))?;
+    let tun_offset = if tun.tcp_gso() { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
+    let tun_mtu = usize::from(cfg.engine.link_mtu);
     let mut guard = SystemGuard::default();
     for pool in cfg.engine.pools.values() {
         let (netw, len) = pool_prefix(pool);
@@ -324,11 +339,19 @@ pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
             flows,
             sessions_dirty: true,
             last_save: None,
+            to_tun: TunBatch::new(tun_offset),
         }),
         sessions_file,
         dtls: dtls_server,
         udp: udp.clone(),
+        udp_state,
+        udp_q: Arc::default(),
+        udp_tx: Mutex::default(),
         tun: Arc::new(tun),
+        tun_offset,
+        tun_mtu,
+        tun_q: Mutex::new(TunBatch::new(tun_offset)),
+        tun_tx: Mutex::new(TunSender { batch: TunBatch::new(tun_offset), gro: tun_rs::GROTable::default() }),
         syslog: cfg.syslog.clone(),
         stop: AtomicBool::new(false),
         stats: Stats::default(),
@@ -405,7 +428,18 @@ struct Core {
     sessions_file: Option<SessionsFile>,
     dtls: DtlsServer,
     udp: Arc<UdpSocket>,
+    udp_state: quinn_udp::UdpSocketState,
+    /// DTLS datagrams written under the state lock, sent after it ([`Core::flush_udp`]).
+    udp_q: Arc<Mutex<DgramQueue>>,
+    /// The sender's side: held while sending, so that queues go out in the order taken.
+    udp_tx: Mutex<DgramQueue>,
     tun: Arc<tun_rs::SyncDevice>,
+    /// Virtio-net header room in front of every TUN packet (offloads on), else 0.
+    tun_offset: usize,
+    tun_mtu: usize,
+    /// Judged TUN packets waiting for a writer ([`Core::flush_tun`]).
+    tun_q: Mutex<TunBatch>,
+    tun_tx: Mutex<TunSender>,
     syslog: Arc<Syslog>,
     stop: AtomicBool,
     stats: Stats,
@@ -424,6 +458,9 @@ struct State {
     /// Sessions changed since they were last saved.
     sessions_dirty: bool,
     last_save: Option<Instant>,
+    /// Packets for the TUN produced under this lock, judged by the connection table and
+    /// handed to [`Core::tun_q`] when the lock is released.
+    to_tun: TunBatch,
 }
 
 #[derive(Default)]
@@ -441,10 +478,97 @@ struct TlsLink {
     batch: Vec<u8>,
 }
 
+/// The state lock; on release the TUN packets queued under it are judged by the connection
+/// table (one lock of it for the whole batch), and the TUN and UDP queues are written out by
+/// this thread, after the state lock is gone.
+struct CoreGuard<'a> {
+    core: &'a Core,
+    g: Option<MutexGuard<'a, State>>,
+}
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.g.as_deref().expect("guard held until drop")
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.g.as_deref_mut().expect("guard held until drop")
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut g) = self.g.take() else { return };
+        let core = self.core;
+        let st = &mut *g;
+        let tun = st.to_tun.n > 0;
+        if tun {
+            if let Some(f) = st.flows.as_mut() {
+                st.to_tun.judge(f, &core.syslog);
+            }
+            let mut q = lock(&core.tun_q);
+            q.take_from(&mut st.to_tun);
+        }
+        drop(g);
+        if tun {
+            core.flush_tun();
+        }
+        let udp = !lock(&core.udp_q).is_empty();
+        if udp {
+            core.flush_udp();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock is our bug; the data is still the best there is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Core {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock is our bug; the state is still the best there is.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> CoreGuard<'_> {
+        CoreGuard { core: self, g: Some(lock(&self.state)) }
+    }
+
+    /// Writes the judged TUN packets: with offloads one `send_multiple` (TCP GRO coalescing:
+    /// a train of a flow's segments becomes one write and one trip through the stack), else
+    /// one write each. The TUN queue is large; a full one drops like any router would.
+    fn flush_tun(&self) {
+        let mut tx = lock(&self.tun_tx);
+        {
+            let mut q = lock(&self.tun_q);
+            if q.n == 0 {
+                return;
+            }
+            std::mem::swap(&mut tx.batch, &mut *q);
+        }
+        let TunSender { batch, gro } = &mut *tx;
+        let n = batch.n;
+        if batch.offset > 0 {
+            let _ = self.tun.send_multiple(gro, &mut batch.bufs[..n], batch.offset);
+        } else {
+            for b in &batch.bufs[..n] {
+                let _ = self.tun.send(b);
+            }
+        }
+        batch.clear();
+    }
+
+    /// Sends the queued DTLS datagrams, as UDP GSO trains where the kernel supports it.
+    fn flush_udp(&self) {
+        let mut tx = lock(&self.udp_tx);
+        {
+            let mut q = lock(&self.udp_q);
+            if q.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *tx, &mut *q);
+        }
+        send_dgrams(&self.udp, &self.udp_state, &tx);
+        tx.clear();
     }
 
     fn log(&self, severity: u8, id: u32, text: String) {
@@ -471,7 +595,7 @@ impl Core {
     /// One pass of [`Core::drain`]; returns held segments to deliver (sessions that came up).
     fn drain_once(&self, st: &mut State) -> Vec<Vec<u8>> {
         let mut replay = Vec::new();
-        let State { server, io, by_addr, touched, flows, sessions_dirty, .. } = st;
+        let State { server, io, by_addr, touched, flows, sessions_dirty, to_tun, .. } = st;
         while let Some(t) = server.poll_transmit() {
             let Some(sio) = io.get_mut(&t.session) else { continue };
             match t.channel {
@@ -501,14 +625,9 @@ impl Core {
             }
         }
         let now = clock::now();
+        // Judged by the connection table and written when the lock is released.
         while let Some(p) = server.poll_packet() {
-            if let Some(f) = flows.as_mut() {
-                if !f.from_client(now, p.session, p.data, &self.syslog) {
-                    continue;
-                }
-            }
-            // The TUN queue is large; a full one drops like any router would.
-            let _ = self.tun.send(p.data);
+            to_tun.push(Some(p.session), p.data);
         }
         while let Some(ev) = server.poll_event() {
             match ev {
@@ -617,6 +736,7 @@ fn flush_link(link: &mut TlsLink, stats: &Stats) {
 // TLS
 
 async fn accept_loop(core: Arc<Core>, listener: tokio::net::TcpListener, admission: Arc<Admission>, http_idle: Duration) {
+    let mut last_refused_log: Option<Instant> = None;
     loop {
         if core.stop.load(Ordering::Relaxed) {
             return;
@@ -637,6 +757,21 @@ async fn accept_loop(core: Arc<Core>, listener: tokio::net::TcpListener, admissi
         // global slot taken above goes back with `slot`).
         let Some(share) = admission.address_slot(peer.ip()) else {
             bump(&core.stats.tls_refused_per_address);
+            // One line a second at most, whatever the flood's rate (the counter has them all).
+            if rate_ok(&mut last_refused_log, accepted) {
+                let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                core.log(
+                    3,
+                    201011,
+                    format!(
+                        "Connection limit exceeded for inbound TCP packet from {}/{} to {} on interface outside: the address holds its share of the SSL handshake slots ({} refused so far)",
+                        peer.ip(),
+                        peer.port(),
+                        local.replace(':', "/"),
+                        core.stats.tls_refused_per_address.load(Ordering::Relaxed)
+                    ),
+                );
+            }
             drop(tcp);
             continue;
         };
@@ -859,9 +994,9 @@ async fn run_tunnel(
     if !rest.is_empty() {
         closed_by_engine = !feed_tls(&core, peer, session, conn, &rest);
     }
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; TLS_READ];
     while !closed_by_engine {
-        let n = match rd.read(&mut buf).await {
+        let n = match read_records(&mut rd, &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -882,6 +1017,41 @@ async fn run_tunnel(
         }
     }
     let _ = writer.await;
+}
+
+/// Plaintext bytes handed to the engine per lock (up to this much of what is readable now).
+const TLS_READ: usize = 64 * 1024;
+
+/// Reads what the TLS connection has ready now, record after record (OpenSSL returns one
+/// record per read, and openconnect sends one packet per record), until `buf` is nearly full
+/// or nothing more is ready; waits only while nothing was read. One call then feeds the
+/// engine a whole batch of packets under one lock, judged by the connection table at once and
+/// written to the TUN as GRO trains.
+async fn read_records<R: tokio::io::AsyncRead + Unpin>(rd: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    use std::task::Poll;
+    // A full TLS record's plaintext (RFC 8446 §5.1: at most 2^14 bytes).
+    const RECORD_MAX: usize = 16 * 1024;
+    std::future::poll_fn(|cx| {
+        let mut filled = 0;
+        loop {
+            let mut rb = tokio::io::ReadBuf::new(&mut buf[filled..]);
+            match std::pin::Pin::new(&mut *rd).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let k = rb.filled().len();
+                    filled += k;
+                    // EOF (k == 0) ends the batch; the next call reports it.
+                    if k == 0 || buf.len() - filled < RECORD_MAX {
+                        return Poll::Ready(Ok(filled));
+                    }
+                }
+                Poll::Ready(Err(e)) if filled == 0 => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(filled)),
+                Poll::Pending if filled == 0 => return Poll::Pending,
+                Poll::Pending => return Poll::Ready(Ok(filled)),
+            }
+        }
+    })
+    .await
 }
 
 /// Writes whole CSTP frames, one TLS record (one `SSL_write`) per frame: openconnect reads
@@ -959,7 +1129,10 @@ async fn timer_loop(core: Arc<Core>) {
 // UDP / DTLS
 
 fn udp_loop(core: Arc<Core>) {
-    let mut buf = vec![0u8; 65536];
+    // recvmmsg into RX_BUFS buffers; with UDP GRO one buffer holds a train of equal-size
+    // datagrams from one sender (`stride` apart).
+    let mut bufs = vec![vec![0u8; RX_BUF_LEN]; RX_BUFS];
+    let mut meta = vec![quinn_udp::RecvMeta::default(); RX_BUFS];
     let mut scratch = vec![0u8; 65536];
     let mut last_unmatched_log: Option<Instant> = None;
     let fd = core.udp.as_raw_fd();
@@ -967,22 +1140,88 @@ fn udp_loop(core: Arc<Core>) {
         if !wait_readable(fd) {
             continue;
         }
-        // Everything already queued, up to a batch, under one lock.
-        let mut g = core.lock();
-        for _ in 0..BATCH {
-            let (n, peer) = match core.udp.recv_from(&mut buf) {
-                Ok(x) => x,
+        // Everything already queued, up to a few receive batches, under one lock.
+        for _ in 0..4 {
+            let got = {
+                let mut it = bufs.iter_mut();
+                let mut iov: [IoSliceMut<'_>; RX_BUFS] =
+                    std::array::from_fn(|_| IoSliceMut::new(it.next().map(|b| b.as_mut_slice()).unwrap_or(&mut [])));
+                core.udp_state.recv((&*core.udp).into(), &mut iov, &mut meta)
+            };
+            let n = match got {
+                Ok(n) => n,
                 Err(_) => break,
             };
+            let mut g = core.lock();
             let now = clock::now();
-            handle_datagram(&core, &mut g, &buf[..n], peer, now, &mut scratch, &mut last_unmatched_log);
-            core.drain(&mut g);
+            for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
+                let stride = if m.stride == 0 { m.len } else { m.stride };
+                let len = m.len.min(buf.len());
+                let mut off = 0;
+                while off < len {
+                    let end = (off + stride).min(len);
+                    handle_datagram(&core, &mut g, &buf[off..end], m.addr, now, &mut scratch, &mut last_unmatched_log);
+                    core.drain(&mut g);
+                    off = end;
+                }
+            }
+            drop(g);
+            if n < RX_BUFS {
+                break;
+            }
         }
     }
 }
 
-/// Datagrams (and TUN packets) handled per lock acquisition.
-const BATCH: usize = 64;
+/// Receive buffers per `recvmmsg`; each holds one datagram or one GRO train (up to 64 KiB).
+const RX_BUFS: usize = 32;
+const RX_BUF_LEN: usize = 64 * 1024;
+
+/// Largest payload of one UDP GSO send: the whole train is one IPv4 datagram to the kernel.
+const MAX_GSO_BYTES: usize = 65_507;
+/// Most segments in one UDP GSO send (the kernel's UDP_MAX_SEGMENTS).
+const MAX_GSO_SEGS: usize = 64;
+
+/// Sends the datagrams of `q` in order: trains of equal-size datagrams to one client as one
+/// UDP GSO `sendmsg` each. A full socket buffer is waited on briefly, then the datagram is
+/// dropped (UDP is lossy; the client's TCP recovers).
+fn send_dgrams(sock: &UdpSocket, state: &quinn_udp::UdpSocketState, q: &DgramQueue) {
+    let max = state.max_gso_segments().clamp(1, MAX_GSO_SEGS);
+    q.trains(max, MAX_GSO_BYTES, |i, j, seg| {
+        let Some((to, _)) = q.get(i) else { return };
+        let contents = q.span(i, j);
+        let segment_size = (j - i > 1).then_some(seg);
+        let t = quinn_udp::Transmit { destination: to, ecn: None, contents, segment_size, src_ip: None };
+        let mut tries = 0;
+        loop {
+            match state.try_send(sock.into(), &t) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && tries < 20 => {
+                    tries += 1;
+                    wait_fd(sock.as_raw_fd(), libc::POLLOUT, 5);
+                }
+                Err(_) if segment_size.is_some() => {
+                    // GSO refused (quinn-udp then stops offering it): one by one.
+                    for k in i..j {
+                        if let Some((to, d)) = q.get(k) {
+                            let _ = sock.send_to(d, to);
+                        }
+                    }
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+fn wait_fd(fd: std::os::fd::RawFd, events: libc::c_short, timeout_ms: libc::c_int) {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one valid pollfd on the stack, count 1; the caller keeps `fd` open.
+    unsafe {
+        libc::poll(&mut p, 1, timeout_ms);
+    }
+}
 
 /// Waits up to [`POLL_EVERY`] for `fd` to become readable.
 fn wait_readable(fd: std::os::fd::RawFd) -> bool {
@@ -1081,7 +1320,7 @@ fn rate_ok(last: &mut Option<Instant>, now: Instant) -> bool {
 fn new_association(core: &Core, st: &mut State, sid: &[u8], peer: SocketAddr) -> Option<SessionId> {
     let session = st.server.session_by_app_id(sid).or_else(|| st.server.session_by_dtls_session_id(sid))?;
     let key = st.io.get(&session)?.dtls_key.clone()?;
-    let conn = match core.dtls.new_conn(&key, core.udp.clone(), peer) {
+    let conn = match core.dtls.new_conn(&key, core.udp_q.clone(), peer) {
         Ok(c) => c,
         Err(e) => {
             core.log(3, 725014, format!("SSL lib error. Function: DTLS association for session {} Reason: {e}", session.0));
@@ -1108,7 +1347,14 @@ fn drop_association(st: &mut State, session: SessionId, peer: SocketAddr) {
 // TUN
 
 fn tun_loop(core: Arc<Core>) {
-    let mut buf = vec![0u8; 65536];
+    let offload = core.tun_offset > 0;
+    // With offloads a read may be a TSO super-packet, split by tun-rs into `bufs`.
+    let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65536];
+    let slot = core.tun_mtu.max(1500) + 256;
+    let mut bufs = vec![vec![0u8; slot]; TUN_BATCH];
+    let mut sizes = vec![0usize; TUN_BATCH];
+    let mut dests: Vec<Option<SessionId>> = vec![None; TUN_BATCH];
+    let mut verdicts = vec![ToClient::Forward; TUN_BATCH];
     let mut icmp = [0u8; 576];
     let fd = core.tun.as_raw_fd();
     // Nonblocking, so that a batch ends when the queue is empty.
@@ -1117,23 +1363,49 @@ fn tun_loop(core: Arc<Core>) {
         if !wait_readable(fd) {
             continue;
         }
-        let mut g = core.lock();
-        for _ in 0..BATCH {
-            let n = match core.tun.recv(&mut buf) {
-                Ok(n) => n,
-                Err(_) => break,
-            };
-            let now = clock::now();
-            let st = &mut *g;
-            let pkt = &mut buf[..n];
-            let verdict = match st.flows.as_mut() {
-                Some(f) => {
-                    let session = ipv4_destination(pkt).and_then(|a| st.server.session_by_address(a));
-                    f.to_client(now, session, pkt, &core.syslog)
+        // Read what is queued (up to a batch) outside the lock.
+        let mut n = 0;
+        while n < TUN_BATCH {
+            let got = if offload {
+                // Room for a whole split super-packet (tun-rs fails a read with too few
+                // buffers): stop when fewer than a full split's worth is left.
+                if TUN_BATCH - n < tun_rs::IDEAL_BATCH_SIZE && n > 0 {
+                    break;
                 }
-                None => ToClient::Forward,
+                core.tun.recv_multiple(&mut original, &mut bufs[n..], &mut sizes[n..], 0)
+            } else {
+                core.tun.recv(&mut bufs[n]).map(|k| {
+                    sizes[n] = k;
+                    1
+                })
             };
-            match verdict {
+            match got {
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // A malformed offload packet is skipped.
+                Err(_) => break,
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut g = core.lock();
+        let now = clock::now();
+        let st = &mut *g;
+        // The connection table judges the whole batch under one lock.
+        if let Some(f) = st.flows.as_mut() {
+            for i in 0..n {
+                let len = sizes[i].min(bufs[i].len());
+                dests[i] = ipv4_destination(&bufs[i][..len]).and_then(|a| st.server.session_by_address(a));
+            }
+            f.to_client_batch(now, n, |i| dests[i], |i| &bufs[i][..sizes[i].min(bufs[i].len())], &mut verdicts[..n], &core.syslog);
+        } else {
+            verdicts[..n].fill(ToClient::Forward);
+        }
+        for i in 0..n {
+            let len = sizes[i].min(bufs[i].len());
+            let pkt = &mut bufs[i][..len];
+            match verdicts[i] {
                 ToClient::Forward => {
                     let _ = st.server.handle_tun_packet(now, pkt);
                 }
@@ -1141,14 +1413,111 @@ fn tun_loop(core: Arc<Core>) {
                     // RFC 6069: the sender undoes an RTO backoff step per ICMP unreachable, so
                     // it keeps retransmitting at its base RTO while the client reconnects.
                     if let Some(m) = st.flows.as_ref().and_then(|f| f.icmp_for(pkt, &mut icmp)) {
-                        let _ = core.tun.send(&icmp[..m]);
+                        st.to_tun.push(None, &icmp[..m]);
                     }
                 }
                 ToClient::Hold { icmp: false } | ToClient::Drop => {}
             }
-            core.drain(&mut g);
+            core.drain(st);
         }
     }
+}
+
+/// Packets read from the TUN per lock acquisition (two full TSO splits).
+const TUN_BATCH: usize = 2 * tun_rs::IDEAL_BATCH_SIZE;
+
+/// Packets for the TUN, each in its own buffer behind `offset` bytes of virtio-net header
+/// room, with the session each came from (`None`: generated here, not judged).
+#[derive(Default)]
+struct TunBatch {
+    bufs: Vec<Vec<u8>>,
+    sessions: Vec<Option<SessionId>>,
+    keep: Vec<bool>,
+    n: usize,
+    offset: usize,
+}
+
+/// Buffers hold up to a GRO-coalesced train (tun-rs coalesces only into buffers with room).
+const TUN_BUF_CAPACITY: usize = 65536;
+
+/// Most packets one batch holds (a bound; batches are written after every lock).
+const TUN_BATCH_MAX: usize = 4096;
+
+impl TunBatch {
+    fn new(offset: usize) -> Self {
+        Self { offset, ..Self::default() }
+    }
+
+    fn push(&mut self, session: Option<SessionId>, pkt: &[u8]) {
+        if self.n >= TUN_BATCH_MAX {
+            return;
+        }
+        if self.n == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(self.offset + TUN_BUF_CAPACITY));
+        }
+        let b = &mut self.bufs[self.n];
+        b.clear();
+        // All-zero virtio-net header: no GSO, checksums complete (the client computed them).
+        b.resize(self.offset, 0);
+        b.extend_from_slice(pkt);
+        self.sessions.truncate(self.n);
+        self.sessions.push(session);
+        self.n += 1;
+    }
+
+    fn packet(&self, i: usize) -> &[u8] {
+        self.bufs.get(i).and_then(|b| b.get(self.offset..)).unwrap_or(&[])
+    }
+
+    /// Runs the packets from clients through the connection table (one lock) and keeps, in
+    /// order, those it forwards.
+    fn judge(&mut self, f: &mut RaFlows, syslog: &Syslog) {
+        let n = self.n;
+        self.keep.clear();
+        self.keep.resize(n, true);
+        let mut keep = std::mem::take(&mut self.keep);
+        {
+            let this = &*self;
+            f.from_client_batch(clock::now(), n, |i| this.sessions[i], |i| this.packet(i), &mut keep, syslog);
+        }
+        let mut kept = 0;
+        for (i, &k) in keep.iter().enumerate().take(n) {
+            if k {
+                self.bufs.swap(kept, i);
+                self.sessions.swap(kept, i);
+                kept += 1;
+            }
+        }
+        self.n = kept;
+        self.sessions.truncate(kept);
+        self.keep = keep;
+    }
+
+    /// Moves `other`'s packets to the end of this batch (whole when this one is empty).
+    fn take_from(&mut self, other: &mut TunBatch) {
+        if self.n == 0 && self.offset == other.offset {
+            std::mem::swap(self, other);
+        } else {
+            for i in 0..other.n {
+                let s = other.sessions.get(i).copied().flatten();
+                let p = std::mem::take(&mut other.bufs[i]);
+                self.push(s, p.get(other.offset..).unwrap_or(&[]));
+                other.bufs[i] = p;
+            }
+        }
+        other.clear();
+    }
+
+    fn clear(&mut self) {
+        self.n = 0;
+        self.sessions.clear();
+    }
+}
+
+/// The TUN writer's side: the batch being written and tun-rs's GRO scratch.
+struct TunSender {
+    batch: TunBatch,
+    gro: tun_rs::GROTable,
 }
 
 /// Wall-clock milliseconds since the epoch (the sessions file's age).

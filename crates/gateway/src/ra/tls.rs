@@ -57,8 +57,16 @@ pub fn server_context(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<SslC
 
 /// The transport under TLS: a write buffer batches the records of one flush into few TCP
 /// writes (frames go out one record each, see `write_frames` in mod.rs). OpenSSL flushes it
-/// after every handshake flight; the connection code flushes after every batch.
-pub type Tcp = tokio::io::BufWriter<TcpStream>;
+/// after every handshake flight; the connection code flushes after every batch. A read buffer
+/// lets OpenSSL take record after record from memory: without it every record costs two
+/// `recv` calls (its 5-byte header, then its body), and openconnect sends one record per
+/// packet.
+pub type Tcp = tokio::io::BufStream<TcpStream>;
+
+/// Read buffer of [`Tcp`]: a few dozen full-size CSTP records per `recv`.
+const TCP_READ_BUFFER: usize = 128 * 1024;
+/// Write buffer of [`Tcp`].
+const TCP_WRITE_BUFFER: usize = 256 * 1024;
 
 /// Bounds on pre-authentication TLS work.
 #[derive(Debug, Clone, Copy)]
@@ -242,7 +250,7 @@ impl Admission {
             let ctx = self.ctx.read().unwrap_or_else(|p| p.into_inner());
             Ssl::new(&ctx).map_err(|e| HandshakeError::Failed(e.to_string()))?
         };
-        let mut stream = SslStream::new(ssl, tokio::io::BufWriter::with_capacity(256 * 1024, tcp)).map_err(|e| HandshakeError::Failed(e.to_string()))?;
+        let mut stream = SslStream::new(ssl, tokio::io::BufStream::with_capacity(TCP_READ_BUFFER, TCP_WRITE_BUFFER, tcp)).map_err(|e| HandshakeError::Failed(e.to_string()))?;
         match tokio::time::timeout(left, Pin::new(&mut stream).accept()).await {
             Err(_) => Err(HandshakeError::Timeout(self.limits.timeout)),
             Ok(Err(e)) => Err(HandshakeError::Failed(match e.ssl_error() {
