@@ -201,6 +201,212 @@ pub fn check_capture(file: &std::path::Path, net_a: &str, net_b: &str) -> Result
     Ok(rep)
 }
 
+/// dumpcap on one interface of a network namespace (e.g. a VPN client's tun), headers only.
+/// [`IfCapture::finish`] stops it and returns the file.
+#[derive(Debug)]
+pub struct IfCapture {
+    pub file: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl IfCapture {
+    /// Captures `iface` in `ns` into `file`, keeping the first `snaplen` bytes of each packet
+    /// (enough for the IPv4 + TCP/ICMP headers; sizes come from the IP header, not the cut).
+    pub fn start(ns: &str, iface: &str, file: PathBuf, snaplen: u32) -> Result<IfCapture> {
+        let f = file.to_string_lossy().into_owned();
+        let snap = snaplen.to_string();
+        let log = file.with_extension("dumpcap.log");
+        let cmd = in_ns(ns, &["dumpcap", "-q", "-i", iface, "-B", "64", "-s", &snap, "-w", &f]);
+        let proc = Proc::spawn(&format!("dumpcap {iface}"), cmd, &log)?;
+        let cap = IfCapture { file, proc: Some(proc) };
+        wait_for(&format!("dumpcap to open {iface}"), Duration::from_secs(10), Duration::from_millis(20), || {
+            std::fs::metadata(&cap.file).ok().filter(|m| m.len() > 0).map(|_| ())
+        })?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(cap)
+    }
+
+    /// Stops dumpcap after its last block is handed over (see [`Capture::finish`]).
+    pub fn finish(mut self) -> PathBuf {
+        std::thread::sleep(Duration::from_millis(1500));
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+        self.file.clone()
+    }
+}
+
+impl Drop for IfCapture {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+}
+
+/// One IPv4 packet of a capture, as tshark dissected it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IpPacket {
+    /// Seconds since the epoch (captures in different namespaces share the host clock).
+    pub time: f64,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// IPv4 total length: the packet's size on the wire of that interface.
+    pub len: u16,
+    /// A fragment (MF set or non-zero offset).
+    pub fragment: bool,
+    pub proto: u8,
+    /// TCP: absolute sequence number, payload length, and tshark's retransmission flag.
+    pub tcp: Option<(u32, u16, bool)>,
+    /// ICMP type and code.
+    pub icmp: Option<(u8, u8)>,
+}
+
+/// The outer IPv4 packets of `file` (the first IP header of each frame).
+pub fn ip_packets(file: &std::path::Path) -> Result<Vec<IpPacket>> {
+    let f = file.to_string_lossy().into_owned();
+    let out = run(
+        Command::new("tshark").args([
+            "-n", "-r", &f, "-Y", "ip", "-T", "fields", "-E", "separator=;", "-E", "occurrence=f",
+            "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.len", "-e", "ip.flags.mf",
+            "-e", "ip.frag_offset", "-e", "ip.proto", "-e", "tcp.seq_raw", "-e", "tcp.len",
+            "-e", "tcp.analysis.retransmission", "-e", "icmp.type", "-e", "icmp.code",
+        ]),
+        Duration::from_secs(300),
+    )?;
+    if !out.success() {
+        return Err(LabError::Check(format!("tshark -T fields on {f} failed: {}", out.stderr)));
+    }
+    Ok(out.stdout.lines().filter_map(parse_ip_fields).collect())
+}
+
+fn parse_ip_fields(line: &str) -> Option<IpPacket> {
+    let c: Vec<&str> = line.split(';').collect();
+    if c.len() < 12 {
+        return None;
+    }
+    let flag = |s: &str| matches!(s, "1" | "True" | "true");
+    let tcp = match (c[7].parse::<u32>(), c[8].parse::<u16>()) {
+        (Ok(seq), Ok(len)) => Some((seq, len, !c[9].is_empty())),
+        _ => None,
+    };
+    let icmp = match (c[10].parse::<u8>(), c[11].parse::<u8>()) {
+        (Ok(t), Ok(k)) => Some((t, k)),
+        _ => None,
+    };
+    Some(IpPacket {
+        time: c[0].parse().ok()?,
+        src: c[1].parse().ok()?,
+        dst: c[2].parse().ok()?,
+        len: c[3].parse().ok()?,
+        fragment: flag(c[4]) || c[5].parse::<u32>().is_ok_and(|o| o != 0),
+        proto: c[6].parse().ok()?,
+        tcp,
+        icmp,
+    })
+}
+
+/// One direction of a TCP transfer through a VPN tunnel, seen in two captures: where packets
+/// enter the tunnel (`sent`, e.g. the client's tun for client-to-server) and where they leave
+/// it (`received`, the gateway's tun).
+#[derive(Debug, Clone, Default)]
+pub struct TunnelDirection {
+    pub name: String,
+    /// Largest IPv4 packet of the flow at each end.
+    pub largest_sent: u16,
+    pub largest_received: u16,
+    /// Packets of exactly the tunnel MTU at each end.
+    pub full_sent: usize,
+    pub full_received: usize,
+    /// Full-size segments (by TCP sequence number) that entered the tunnel and never left it,
+    /// outside the excused time window.
+    pub full_lost: Vec<u32>,
+    /// Full-size segments lost inside the excused window (e.g. when UDP was cut).
+    pub full_lost_excused: usize,
+    /// Copies of full-size segments that entered the tunnel and did not come out (a segment
+    /// lost once and delivered by its retransmission counts here, not in `full_lost`),
+    /// outside and inside the excused window.
+    pub copies_lost: usize,
+    pub copies_lost_excused: usize,
+    /// Entry time of the last lost copy (epoch seconds).
+    pub last_copy_lost_at: Option<f64>,
+    /// Full-size segments sent again at the sending end (tshark's flag, or a sequence number
+    /// seen before).
+    pub full_retransmitted: usize,
+    /// Fragments of the flow at either end.
+    pub fragments: usize,
+    /// Flow packets larger than the MTU at either end.
+    pub oversize: usize,
+}
+
+/// Measures one direction (`from` -> `to`, TCP) of a transfer through a tunnel whose adapter
+/// MTU is `mtu`. Full-size segments entering the tunnel during `excused` (start, end in epoch
+/// seconds) may be lost without counting against the tunnel.
+pub fn tunnel_direction(
+    name: &str,
+    sent: &[IpPacket],
+    received: &[IpPacket],
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    mtu: u16,
+    excused: Option<(f64, f64)>,
+) -> TunnelDirection {
+    let flow = |p: &&IpPacket| p.src == from && p.dst == to && (p.proto == 6 || p.fragment);
+    let s: Vec<&IpPacket> = sent.iter().filter(flow).collect();
+    let r: Vec<&IpPacket> = received.iter().filter(flow).collect();
+    let full = |v: &[&IpPacket]| v.iter().filter(|p| p.len == mtu && !p.fragment).count();
+    let arrived: BTreeSet<u32> = r.iter().filter(|p| p.len == mtu).filter_map(|p| p.tcp.map(|t| t.0)).collect();
+    let mut d = TunnelDirection {
+        name: name.to_string(),
+        largest_sent: s.iter().map(|p| p.len).max().unwrap_or(0),
+        largest_received: r.iter().map(|p| p.len).max().unwrap_or(0),
+        full_sent: full(&s),
+        full_received: full(&r),
+        fragments: s.iter().chain(r.iter()).filter(|p| p.fragment).count(),
+        oversize: s.iter().chain(r.iter()).filter(|p| p.len > mtu).count(),
+        ..Default::default()
+    };
+    let mut copies_out: BTreeMap<u32, usize> = BTreeMap::new();
+    for p in r.iter().filter(|p| p.len == mtu) {
+        if let Some((seq, _, _)) = p.tcp {
+            *copies_out.entry(seq).or_default() += 1;
+        }
+    }
+    let in_window = |t: f64| excused.is_some_and(|(a, b)| t >= a && t <= b);
+    let mut seen = BTreeSet::new();
+    for p in s.iter().filter(|p| p.len == mtu) {
+        let Some((seq, _, retrans)) = p.tcp else { continue };
+        // A retransmission: tshark says so, or the same sequence number went in before.
+        d.full_retransmitted += usize::from(retrans || !seen.insert(seq));
+        // Copies come out in the order they went in (one TCP flow in one tunnel).
+        match copies_out.get_mut(&seq) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => {
+                if in_window(p.time) {
+                    d.copies_lost_excused += 1;
+                } else {
+                    d.copies_lost += 1;
+                }
+                d.last_copy_lost_at = Some(p.time);
+            }
+        }
+        if arrived.contains(&seq) {
+            continue;
+        }
+        if in_window(p.time) {
+            d.full_lost_excused += 1;
+        } else {
+            d.full_lost.push(seq);
+        }
+    }
+    d
+}
+
+/// ICMP destination-unreachable / fragmentation-needed (RFC 792 type 3 code 4) packets.
+pub fn frag_needed(packets: &[IpPacket]) -> Vec<IpPacket> {
+    packets.iter().filter(|p| p.icmp == Some((3, 4))).cloned().collect()
+}
+
 fn parse_net(s: &str) -> Result<(u32, u32)> {
     let bad = || LabError::Check(format!("bad network {s}"));
     let (addr, len) = s.split_once('/').ok_or_else(bad)?;
@@ -227,6 +433,59 @@ mod tests {
         assert!(in_net("10.1.0.10".parse().unwrap(), a));
         assert!(!in_net("10.2.0.10".parse().unwrap(), a));
         assert!(parse_net("10.1.0.0/33").is_err());
+    }
+
+    fn pkt(time: f64, src: &str, dst: &str, len: u16, seq: u32, fragment: bool) -> IpPacket {
+        IpPacket {
+            time,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            len,
+            fragment,
+            proto: 6,
+            tcp: (!fragment).then_some((seq, len.saturating_sub(40), false)),
+            icmp: None,
+        }
+    }
+
+    #[test]
+    fn tunnel_direction_counts_full_size_delivery_and_sees_black_holes() {
+        let (c, s) = ("10.99.0.100", "10.1.0.10");
+        let sent = vec![pkt(1.0, c, s, 1350, 1, false), pkt(2.0, c, s, 1350, 2, false), pkt(3.0, c, s, 600, 3, false)];
+        // All delivered: clean.
+        let d = tunnel_direction("c->s", &sent, &sent, c.parse().unwrap(), s.parse().unwrap(), 1350, None);
+        assert_eq!((d.largest_sent, d.largest_received, d.full_sent, d.full_received), (1350, 1350, 2, 2));
+        assert!(d.full_lost.is_empty() && d.fragments == 0 && d.oversize == 0);
+        // One full-size segment never arrives: lost, unless inside the excused window.
+        let got = vec![sent[0].clone(), sent[2].clone()];
+        let d = tunnel_direction("c->s", &sent, &got, c.parse().unwrap(), s.parse().unwrap(), 1350, None);
+        assert_eq!(d.full_lost, vec![2]);
+        let d = tunnel_direction("c->s", &sent, &got, c.parse().unwrap(), s.parse().unwrap(), 1350, Some((1.5, 2.5)));
+        assert!(d.full_lost.is_empty());
+        assert_eq!(d.full_lost_excused, 1);
+        // Lost once, delivered by the retransmission: no segment lost, one copy lost.
+        let resent = vec![sent[0].clone(), sent[1].clone(), pkt(2.5, c, s, 1350, 2, false)];
+        let d = tunnel_direction("c->s", &resent, &sent, c.parse().unwrap(), s.parse().unwrap(), 1350, None);
+        assert!(d.full_lost.is_empty());
+        assert_eq!((d.copies_lost, d.full_retransmitted, d.last_copy_lost_at), (1, 1, Some(2.5)));
+        // A 1418-style adapter over a smaller channel: oversize packets in, fragments out.
+        let big = vec![pkt(1.0, s, c, 1418, 9, false)];
+        let frags = vec![pkt(1.1, s, c, 1348, 0, true), pkt(1.1, s, c, 90, 0, true)];
+        let d = tunnel_direction("s->c", &big, &frags, s.parse().unwrap(), c.parse().unwrap(), 1350, None);
+        assert_eq!((d.oversize, d.fragments, d.full_sent, d.full_received), (1, 2, 0, 0));
+        assert_eq!(d.largest_sent, 1418);
+    }
+
+    #[test]
+    fn tshark_field_lines_parse() {
+        let l = "1763930000.5;10.1.0.10;10.99.0.100;1350;0;0;6;123456;1310;;;";
+        let p = parse_ip_fields(l).unwrap();
+        assert_eq!((p.len, p.fragment, p.tcp), (1350, false, Some((123456, 1310, false))));
+        let f = parse_ip_fields("1.0;10.1.0.10;10.99.0.100;1348;1;0;6;;;;;").unwrap();
+        assert!(f.fragment && f.tcp.is_none());
+        let i = parse_ip_fields("1.0;10.1.0.1;10.1.0.10;576;0;0;1;;;;3;4").unwrap();
+        assert_eq!(frag_needed(&[i.clone()]), vec![i]);
+        assert!(parse_ip_fields("garbage").is_none());
     }
 
     #[test]

@@ -133,88 +133,237 @@ fn tls_only_ping_and_transfer() {
     assert!(!up.client.log().contains("Established DTLS connection"));
 }
 
-/// UDP blocked by nftables before the client connects: DTLS never comes up, the tunnel works
-/// over TLS, the largest packets the tun accepts get through, and the client never reconnects.
-#[test]
-fn udp_blocked_from_the_start() {
+// ---- Item 2: UDP blocked, and a capture proving there is no 1418-vs-1347 black hole ----------
+//
+// These run the daemon (`holdfast run`, issue 5's group policy without `anyconnect mtu`, so the
+// TLS and DTLS channel MTUs really differ: TLS 1.3 AES-GCM 1350, DTLS PSK AES-GCM 1434) and
+// capture the tunnel at both ends: the client's tun (octun0) and the gateway's (hfra0). The
+// proof, per direction of a TCP transfer: the largest packets entering the tunnel are exactly
+// the adapter MTU, every one of them leaves the other end (matched by TCP sequence number), no
+// packet is larger than the MTU or fragmented, no ICMP fragmentation-needed was sent, full-size
+// segments were not retransmitted beyond what a UDP cut lost, and the data is intact. The
+// same check, run with `anyconnect mtu-policy split` (the ASA's separate MTUs), must fail:
+// that is the black hole the issue is about.
+
+/// TCP MSS in the lab configuration (`sysopt connection tcpmss 1380`).
+const TCPMSS: u16 = 1380;
+
+/// The largest IP packet the TLS channel carries, computed here from what openconnect
+/// negotiated, with the ASA's arithmetic (asa.md §6: tcpmss - 5 TLS header - 8 CSTP header -
+/// padding - hash): TLS 1.3 AEAD adds a content-type byte and a 16-byte tag (RFC 8446 §5.2),
+/// TLS 1.2 GCM an 8-byte explicit nonce and the tag (RFC 5288 §3), ChaCha20-Poly1305 only the
+/// tag (RFC 7905 §2).
+fn tls_channel_mtu(oc_log: &str) -> u16 {
+    let line = oc_log
+        .lines()
+        .find(|l| l.contains("Connected to HTTPS on"))
+        .unwrap_or_else(|| panic!("openconnect logged no TLS ciphersuite:\n{oc_log}"));
+    let aead_extra = if line.contains("(TLS1.3)") {
+        1 + 16
+    } else if line.contains("(TLS1.2)") && line.contains("GCM") {
+        8 + 16
+    } else if line.contains("(TLS1.2)") && line.contains("CHACHA20") {
+        16
+    } else {
+        panic!("a TLS ciphersuite this test has no arithmetic for: {line}")
+    };
+    TCPMSS - 5 - 8 - aead_extra
+}
+
+/// A header value openconnect printed from the CONNECT answer (`-v`).
+fn oc_header(oc_log: &str, name: &str) -> Option<u16> {
+    oc_log.lines().find_map(|l| l.split_once(&format!("{name}: ")).and_then(|(_, v)| v.trim().parse().ok()))
+}
+
+/// What one UDP-blocked run measured.
+struct BlackHoleRun {
+    adapter_mtu: u16,
+    tls_mtu: u16,
+    violations: Vec<String>,
+}
+
+/// Runs a UDP-blocked scenario against `holdfast run` with `gp_webvpn` lines in the group
+/// policy: `mid` = block UDP 2 s into a server-to-client transfer over DTLS, else before the
+/// client connects. Returns every violation of the no-black-hole proof (empty = proven).
+fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
     require_tools();
     let lab = RaLab::new().expect("lab");
     let cert = make_server_cert(&lab.dir).expect("certificate");
-    let server = RaServer::start(&lab, &cert, PASSWORD, &[]).expect("holdfast-ra");
-    lab.block_udp().unwrap();
+    let d = RaDaemon::start(&lab, "holdfast", &ra_daemon_config(&cert, PASSWORD, gp_webvpn, "")).expect("holdfast run");
+    if !mid {
+        lab.block_udp().unwrap();
+    }
     let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect");
-    let address = client.wait_connected(Duration::from_secs(30)).expect("connected over TLS");
-    let up = Up { client, server, cert, lab, address };
-    let l = &up.lab;
-    ping_ok(&l.client, SERVER_IP, 3);
-    // Full-size packets with DF: the tun MTU (what the client believes) must fit the channel
-    // that carries them (TLS here), or this is the 1418-vs-1347 black hole.
-    let mtu: u32 = sh(Some(&l.client), &["cat", "/sys/class/net/octun0/mtu"], Duration::from_secs(5))
-        .unwrap()
-        .stdout
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(ping(&l.client, SERVER_IP, 3, Some(mtu - 28)).unwrap(), 3, "full-size ({mtu}) DF pings over TLS");
-    transfer(&up, &l.client, &l.server, SERVER_IP, 5001, 50 * MB);
-    transfer(&up, &l.server, &l.client, &up.address, 5002, 50 * MB);
-    assert!(l.udp_blocked_packets() > 0, "the nftables rule saw the DTLS attempts");
-    let log = up.client.log();
-    assert!(!log.contains("Established DTLS connection"), "DTLS must not come up through the block");
-    assert_eq!(reconnects(&up.client), 0, "openconnect never reconnects: {}", up.client.proc.log_tail(30));
-}
+    let address = client
+        .wait_connected(Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("openconnect did not connect: {e}\n{}\n--- daemon ---\n{}", client.proc.log_tail(30), d.proc.log_tail(30)));
+    if mid {
+        client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
+    }
+    ping_ok(&lab.client, SERVER_IP, 2);
+    let oc_log = client.log();
+    let adapter_mtu = link_mtu(&lab.client, "octun0").expect("tun MTU");
+    let tls_mtu = tls_channel_mtu(&oc_log);
+    let (cstp, dtls) = (oc_header(&oc_log, "X-CSTP-MTU"), oc_header(&oc_log, "X-DTLS-MTU"));
+    eprintln!("lab: tun octun0 MTU {adapter_mtu} (X-CSTP-MTU {cstp:?}, X-DTLS-MTU {dtls:?}); TLS channel carries up to {tls_mtu}");
+    let script = std::fs::read_to_string(&client.script_out).unwrap_or_default();
+    assert!(script.contains(&format!("mtu={adapter_mtu} ")), "the script configured the MTU openconnect was given: {script}");
 
-/// UDP blocked in the middle of a transfer over DTLS: the transfer completes (server->client
-/// traffic moves to TLS without waiting for the client's DPD), and openconnect never
-/// reconnects.
-#[test]
-fn udp_blocked_mid_transfer() {
-    let up = connect(&[], &[]);
-    let l = &up.lab;
-    up.client.wait_dtls(Duration::from_secs(20)).expect("DTLS up");
-    ping_ok(&l.client, SERVER_IP, 2);
-    let mut rx = xfer_listen(l, &l.client, 5002, Duration::from_secs(120)).expect("receiver");
-    let (from, to) = (l.server.clone(), format!("{}:5002", up.address));
-    let blocker = std::thread::spawn({
-        let gw = l.gw.clone();
-        let dir = l.dir.clone();
-        move || {
+    let cap_cl = lab::capture::IfCapture::start(&lab.client, "octun0", lab.path("octun0.pcapng"), 96).expect("capture octun0");
+    let cap_gw = lab::capture::IfCapture::start(&lab.gw, "hfra0", lab.path("hfra0.pcapng"), 96).expect("capture hfra0");
+    let bin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
+    let mut block_at = None;
+
+    // Server -> client: paced 40 MB (about 3.4 s at 100 Mbit/s); with `mid`, UDP is cut 2 s in.
+    let mut rx = xfer_listen(&lab, &lab.client, 5002, Duration::from_secs(120)).expect("receiver");
+    let blocker = mid.then(|| {
+        let (gw, dir) = (lab.gw.clone(), lab.dir.clone());
+        std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(2));
             let rules = "table inet hfra_block {\n  chain input { type filter hook input priority -50; policy accept;\n    iifname \"out\" udp dport 443 counter drop\n  }\n  chain output { type filter hook output priority -50; policy accept;\n    oifname \"out\" udp sport 443 counter drop\n  }\n}\n";
             let f = dir.join("block-mid.nft");
             std::fs::write(&f, rules).unwrap();
+            let t = now_epoch();
             sh(Some(&gw), &["nft", "-f", &f.to_string_lossy()], Duration::from_secs(10)).expect("block udp");
             eprintln!("lab: UDP blocked mid-transfer");
-        }
+            t
+        })
     });
-    // Paced so that the block lands mid-transfer: 40 MB at ~100 Mbit/s ~ 3.4 s, plus the
-    // fallback time.
-    let bin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
+    let to = format!("{address}:5002");
     let n = (40 * MB).to_string();
-    let start = Instant::now();
     let out = run(
-        &mut in_ns(&from, &[&bin, "send", "--connect", &to, "--bytes", &n, "--seed", "3", "--rate-mbit", "100"]),
+        &mut in_ns(&lab.server, &[&bin, "send", "--connect", &to, "--bytes", &n, "--seed", "3", "--rate-mbit", "100"]),
         Duration::from_secs(200),
     )
     .unwrap();
-    blocker.join().unwrap();
+    if let Some(b) = blocker {
+        block_at = Some(b.join().unwrap());
+    }
     assert!(out.success(), "sender finished: {} {}", out.stdout, out.stderr);
-    let (bytes, sha, stall) = rx.wait_result(Duration::from_secs(30)).expect("receiver finished");
-    eprintln!("lab: paced 40 MB server->client across the UDP block took {:?}, longest stall {stall:.0} ms", start.elapsed());
+    let (bytes, sha, stall_down) = rx.wait_result(Duration::from_secs(60)).expect("receiver finished");
     assert_eq!(bytes, 40 * MB, "every byte arrived");
     assert_eq!(Some(sha), sent_sha(&out.stdout), "SHA-256 matches");
-    // Client->server too, after the block, and the largest packets the client's tun takes
-    // (DF set) still get through on TLS.
-    transfer(&up, &l.client, &l.server, SERVER_IP, 5001, 20 * MB);
-    let mtu: u32 = sh(Some(&l.client), &["cat", "/sys/class/net/octun0/mtu"], Duration::from_secs(5))
-        .unwrap()
-        .stdout
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(ping(&l.client, SERVER_IP, 3, Some(mtu - 28)).unwrap(), 3, "full-size ({mtu}) DF pings after the block");
-    assert!(l.udp_blocked_packets() > 0, "the block dropped DTLS packets");
-    assert_eq!(reconnects(&up.client), 0, "openconnect never reconnects: {}", up.client.proc.log_tail(30));
+    // Client -> server, unpaced.
+    let mut rx = xfer_listen(&lab, &lab.server, 5001, Duration::from_secs(120)).expect("receiver");
+    let up = xfer_send(&mut rx, &lab.client, &format!("{SERVER_IP}:5001"), 20 * MB, Duration::from_secs(200)).expect("transfer");
+    assert!(up.intact(20 * MB), "client->server transfer damaged: {up:?}");
+    eprintln!("lab: server->client 40 MB longest stall {stall_down:.0} ms; client->server 20 MB {:.0} Mbit/s, longest stall {:.0} ms", up.mbit, up.max_stall_ms);
+    // Full-size DF pings both ways.
+    let full = u32::from(adapter_mtu) - 28;
+    let pings_up = ping(&lab.client, SERVER_IP, 3, Some(full)).unwrap();
+    let pings_down = ping(&lab.server, &address, 3, Some(full)).unwrap();
+    let cl = lab::capture::ip_packets(&cap_cl.finish()).expect("dissect octun0");
+    let gw = lab::capture::ip_packets(&cap_gw.finish()).expect("dissect hfra0");
+
+    let c: std::net::Ipv4Addr = address.parse().unwrap();
+    let s: std::net::Ipv4Addr = SERVER_IP.parse().unwrap();
+    // Segments that entered the tunnel between the cut and the fallback may be lost with the
+    // UDP path (server->client moves to TLS within 2 s; the client notices by DTLS DPD).
+    let excused = block_at.map(|t| (t - 0.5, t + 10.0));
+    let dirs = [
+        lab::capture::tunnel_direction("client->server", &cl, &gw, c, s, adapter_mtu, excused),
+        lab::capture::tunnel_direction("server->client", &gw, &cl, s, c, adapter_mtu, excused),
+    ];
+    let icmp: Vec<_> = lab::capture::frag_needed(&cl).into_iter().chain(lab::capture::frag_needed(&gw)).collect();
+
+    let mut v = Vec::new();
+    if adapter_mtu > tls_mtu {
+        v.push(format!("the adapter MTU {adapter_mtu} does not fit the TLS channel ({tls_mtu})"));
+    }
+    for d in &dirs {
+        eprintln!(
+            "lab: {}: largest {} in / {} out; full-size ({adapter_mtu}) {} in / {} out, segments never out {} (+{} while UDP was cut), \
+             copies lost {} (+{} while UDP was cut{}), retransmitted {}, fragments {}, oversize {}",
+            d.name, d.largest_sent, d.largest_received, d.full_sent, d.full_received, d.full_lost.len(), d.full_lost_excused,
+            d.copies_lost, d.copies_lost_excused,
+            match (block_at, d.last_copy_lost_at) {
+                (Some(b), Some(t)) => format!(", the last {:.2} s after the cut", t - b),
+                _ => String::new(),
+            },
+            d.full_retransmitted, d.fragments, d.oversize
+        );
+        if d.largest_sent != adapter_mtu || d.largest_received != adapter_mtu {
+            v.push(format!("{}: largest packets {} in / {} out, not the adapter MTU {adapter_mtu}", d.name, d.largest_sent, d.largest_received));
+        }
+        if d.full_sent < 1000 {
+            v.push(format!("{}: only {} full-size packets entered the tunnel", d.name, d.full_sent));
+        }
+        if !d.full_lost.is_empty() {
+            v.push(format!("{}: {} full-size segments entered the tunnel and never left it", d.name, d.full_lost.len()));
+        }
+        if d.copies_lost > 0 {
+            v.push(format!("{}: {} full-size packets lost in the tunnel outside the UDP cut", d.name, d.copies_lost));
+        }
+        if d.fragments > 0 || d.oversize > 0 {
+            v.push(format!("{}: {} fragments and {} packets above the MTU", d.name, d.fragments, d.oversize));
+        }
+        // TCP did not stall on full-size segments: no more resends than the cut cost, plus a
+        // little for spurious retransmissions of a loaded machine.
+        let allowed = 2 * d.copies_lost_excused + d.full_sent / 100 + 5;
+        if d.full_retransmitted > allowed {
+            v.push(format!("{}: {} full-size retransmissions (allowed {allowed})", d.name, d.full_retransmitted));
+        }
+    }
+    if !icmp.is_empty() {
+        v.push(format!("{} ICMP fragmentation-needed packets, e.g. {:?}", icmp.len(), icmp[0]));
+    }
+    if pings_up != 3 || pings_down != 3 {
+        v.push(format!("full-size DF pings answered: {pings_up}/3 up, {pings_down}/3 down"));
+    }
+    let dlog = d.log();
+    for id in ["722036", "602101"] {
+        let n = dlog.lines().filter(|l| l.contains(&format!("-{id}: "))).count();
+        if n > 0 {
+            v.push(format!("the daemon logged {n} x {id} (large packet / PMTU-D)"));
+        }
+    }
+    // Always true, black hole or not.
+    assert!(lab.udp_blocked_packets() > 0, "the nftables rule dropped DTLS packets");
+    let dtls_count = count(&client.log(), "Established DTLS connection");
+    assert_eq!(dtls_count, usize::from(mid), "DTLS came up {dtls_count} times");
+    assert_eq!(reconnects(&client), 0, "openconnect never reconnects: {}", client.proc.log_tail(30));
+    client.proc.signal(libc::SIGINT);
+    let _ = client.proc.wait_exit(Duration::from_secs(5));
+    BlackHoleRun { adapter_mtu, tls_mtu, violations: v }
+}
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// UDP blocked by nftables before the client connects: DTLS never comes up, the tunnel works
+/// over TLS, the client's adapter MTU fits the TLS channel and the capture proves the largest
+/// packets cross it intact in both directions; the client never reconnects.
+#[test]
+fn udp_blocked_from_the_start() {
+    let r = udp_blocked_run(false, &[]);
+    assert!(r.adapter_mtu <= r.tls_mtu);
+    assert!(r.violations.is_empty(), "black hole with UDP blocked from the start:\n  {}", r.violations.join("\n  "));
+}
+
+/// UDP blocked in the middle of a transfer over DTLS: the transfer completes (server->client
+/// traffic moves to TLS without waiting for the client's DPD), full-size packets keep crossing
+/// in both directions with no fragmentation or ICMP, and openconnect never reconnects.
+#[test]
+fn udp_blocked_mid_transfer() {
+    let r = udp_blocked_run(true, &[]);
+    assert!(r.violations.is_empty(), "black hole with UDP blocked mid-transfer:\n  {}", r.violations.join("\n  "));
+}
+
+/// The check above is not vacuous: with the ASA's split MTUs (`anyconnect mtu-policy split`,
+/// the adapter gets the DTLS MTU) and UDP blocked, the same run reports the black hole — the
+/// adapter MTU exceeds the TLS channel, and the capture shows oversize packets fragmented into
+/// TLS (df-bit-ignore) instead of full-size packets crossing.
+#[test]
+fn split_mtu_black_hole_is_detected() {
+    let r = udp_blocked_run(false, &["anyconnect mtu-policy split"]);
+    eprintln!("lab: split policy violations:\n  {}", r.violations.join("\n  "));
+    assert!(r.adapter_mtu > r.tls_mtu, "split policy gives the adapter the DTLS MTU ({} vs TLS {})", r.adapter_mtu, r.tls_mtu);
+    assert!(
+        r.violations.iter().any(|v| v.contains("fragments") || v.contains("never left") || v.contains("ICMP")),
+        "the capture itself shows the black hole, not only the arithmetic: {:?}",
+        r.violations
+    );
 }
 
 /// SIGUSR2 makes openconnect reconnect now: it keeps its address and a transfer across the
