@@ -429,4 +429,83 @@ mod tests {
         assert_eq!(f2.to_client(t0, Some(a), &data, &log), ToClient::Hold { icmp: false });
         assert_eq!(f2.session_up(t0, a, Ipv4Addr::from(CLIENT), &log), vec![data]);
     }
+
+    /// A batch judged under one lock gives each packet the verdict it gets one by one, and
+    /// leaves the table in the same state: two sessions, new and unknown flows, untracked
+    /// packets.
+    #[test]
+    fn batch_judgments_match_one_by_one() {
+        let (a, b) = (SessionId(1), SessionId(2));
+        let b_addr = [10, 99, 0, 101];
+        let from_b = |sp: u16, flags: u8| tcp(b_addr, sp, SERVER, 22, flags, 0);
+        let pkts: Vec<(Option<SessionId>, Vec<u8>)> = vec![
+            (Some(a), tcp(CLIENT, 40000, SERVER, 80, SYN, 0)),
+            // A bare ACK with no connection: the table drops it.
+            (Some(b), from_b(40001, ACK)),
+            (Some(b), from_b(40002, SYN)),
+            // Generated here (an ICMP error of ours): not tracked, kept.
+            (None, tcp(SERVER, 1, CLIENT, 2, ACK, 0)),
+            // A session the table does not know: let through uncounted.
+            (Some(SessionId(9)), tcp(CLIENT, 40003, SERVER, 80, ACK, 0)),
+            (Some(a), tcp(CLIENT, 40004, SERVER, 80, SYN, 0)),
+        ];
+        let (mut one, e1, log, t0) = rig(false);
+        let (mut batch, e2, _, _) = rig(false);
+        for f in [&mut one, &mut batch] {
+            f.session_up(t0, a, Ipv4Addr::from(CLIENT), &log);
+            f.session_up(t0, b, Ipv4Addr::from(b_addr), &log);
+        }
+        let want: Vec<bool> = pkts.iter().map(|(s, p)| s.is_none_or(|s| one.from_client(t0, s, p, &log))).collect();
+        assert_eq!(want, vec![true, false, true, true, true, true]);
+        let mut keep = vec![false; pkts.len()];
+        batch.from_client_batch(t0, pkts.len(), |i| pkts[i].0, |i| &pkts[i].1[..], &mut keep, &log);
+        assert_eq!(keep, want);
+        assert_eq!(flows::lock(&e1).len(), 3);
+        assert_eq!(flows::lock(&e2).len(), 3);
+
+        // Toward the clients: replies to the flows above, one for a flow that does not exist.
+        let back: Vec<(Option<SessionId>, Vec<u8>)> = vec![
+            (Some(a), tcp(SERVER, 80, CLIENT, 40000, SYN | ACK, 0)),
+            (Some(b), tcp(SERVER, 22, b_addr, 40002, SYN | ACK, 0)),
+            (Some(a), tcp(SERVER, 80, CLIENT, 49999, ACK, 10)),
+            (None, tcp(SERVER, 80, [10, 99, 0, 150], 40000, ACK, 0)),
+        ];
+        let want: Vec<ToClient> = back.iter().map(|(s, p)| one.to_client(t0, *s, p, &log)).collect();
+        let mut got = vec![ToClient::Drop; back.len()];
+        batch.to_client_batch(t0, back.len(), |i| back[i].0, |i| &back[i].1[..], &mut got, &log);
+        assert_eq!(got, want);
+        assert_eq!(got[0], ToClient::Forward);
+        assert_eq!(got[3], ToClient::Forward);
+        assert_eq!(got[2], ToClient::Drop);
+    }
+
+    /// A session coming back takes its own held segments and leaves another tunnel's queued
+    /// replays in the engine for their owner.
+    #[test]
+    fn session_up_takes_only_its_own_replays() {
+        let (mut f, engine, log, t0) = rig(false);
+        let (a, b) = (SessionId(1), SessionId(2));
+        let b_addr = [10, 99, 0, 101];
+        f.session_up(t0, a, Ipv4Addr::from(CLIENT), &log);
+        f.session_up(t0, b, Ipv4Addr::from(b_addr), &log);
+        establish(&mut f, a, t0, &log);
+        assert!(f.from_client(t0, b, &tcp(b_addr, 40001, SERVER, 22, SYN, 0), &log));
+        assert_eq!(f.to_client(t0, Some(b), &tcp(SERVER, 22, b_addr, 40001, SYN | ACK, 0), &log), ToClient::Forward);
+        assert!(f.from_client(t0, b, &tcp(b_addr, 40001, SERVER, 22, ACK, 0), &log));
+        let t1 = t0 + Duration::from_secs(1);
+        f.session_disconnected(t1, a, &log);
+        f.session_disconnected(t1, b, &log);
+        let da = tcp(SERVER, 80, CLIENT, 40000, ACK, 100);
+        let db = tcp(SERVER, 22, b_addr, 40001, ACK, 50);
+        assert!(matches!(f.to_client(t1, Some(a), &da, &log), ToClient::Hold { .. }));
+        assert!(matches!(f.to_client(t1, Some(b), &db, &log), ToClient::Hold { .. }));
+        // Someone else brings b's tunnel up in the engine and has not drained yet.
+        let tb = f.tunnel_of(b).unwrap();
+        flows::lock(&engine).tunnel_up(t1, tb, &[], &[]);
+        assert_eq!(f.session_up(t1, a, Ipv4Addr::from(CLIENT), &log), vec![da]);
+        let mut eng = flows::lock(&engine);
+        let left = eng.poll_transmit().expect("b's replay still queued");
+        assert_eq!((left.tunnel, left.packet), (tb, db));
+        assert!(eng.poll_transmit().is_none());
+    }
 }

@@ -162,6 +162,25 @@ impl RaHandle {
         Ok((changes, notes))
     }
 
+    /// Stops the service for a planned restart (SIGQUIT, docs/remote-access.md): the sessions
+    /// are saved as they are and the clients are NOT told (no TERMINATE); their connections
+    /// just close, so they reconnect with their cookies to the restarted daemon, which
+    /// restores the sessions from the state directory (same address, flows kept). Returns how
+    /// many sessions were saved.
+    pub fn shutdown_keeping_sessions(mut self) -> usize {
+        self.core.stop.store(true, Ordering::SeqCst);
+        let n = self.core.lock().server.session_count();
+        self.core.save_sessions(true);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.guard.cleanup();
+        n
+    }
+
     /// Transport counters.
     pub fn io_stats(&self) -> IoStats {
         self.core.stats.snapshot()
@@ -975,16 +994,24 @@ async fn run_tunnel(
                 }
                 continue;
             }
-            // Coalesce what is already queued; the frames still go out one TLS record each
-            // (below), but the TCP writes are batched by the BufWriter under the TLS stream.
-            let mut out = first;
-            while out.len() < TLS_BATCH {
+            // Write what is already queued before one flush: the frames go out one TLS
+            // record each, the TCP writes are batched by the buffer under the TLS stream.
+            if write_frames(&mut wr, &first).await.is_err() {
+                return;
+            }
+            let mut written = first.len();
+            while written < TLS_BATCH {
                 match rx.try_recv() {
-                    Ok(more) => out.extend_from_slice(&more),
+                    Ok(more) => {
+                        if write_frames(&mut wr, &more).await.is_err() {
+                            return;
+                        }
+                        written += more.len();
+                    }
                     Err(_) => break,
                 }
             }
-            if write_frames(&mut wr, &out).await.is_err() || wr.flush().await.is_err() {
+            if wr.flush().await.is_err() {
                 return;
             }
         }
@@ -1136,11 +1163,13 @@ fn udp_loop(core: Arc<Core>) {
     let mut scratch = vec![0u8; 65536];
     let mut last_unmatched_log: Option<Instant> = None;
     let fd = core.udp.as_raw_fd();
+    // poll only once the socket ran dry: under load every recvmmsg finds datagrams.
+    let mut dry = true;
     while !core.stop.load(Ordering::Relaxed) {
-        if !wait_readable(fd) {
+        if dry && !wait_readable(fd) {
             continue;
         }
-        // Everything already queued, up to a few receive batches, under one lock.
+        dry = false;
         for _ in 0..4 {
             let got = {
                 let mut it = bufs.iter_mut();
@@ -1150,8 +1179,12 @@ fn udp_loop(core: Arc<Core>) {
             };
             let n = match got {
                 Ok(n) => n,
-                Err(_) => break,
+                Err(_) => {
+                    dry = true;
+                    break;
+                }
             };
+            // One lock per receive batch.
             let mut g = core.lock();
             let now = clock::now();
             for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
@@ -1167,6 +1200,7 @@ fn udp_loop(core: Arc<Core>) {
             }
             drop(g);
             if n < RX_BUFS {
+                dry = true;
                 break;
             }
         }
@@ -1359,10 +1393,13 @@ fn tun_loop(core: Arc<Core>) {
     let fd = core.tun.as_raw_fd();
     // Nonblocking, so that a batch ends when the queue is empty.
     let _ = core.tun.set_nonblocking(true);
+    // poll only once the device ran dry: under load every read finds packets.
+    let mut dry = true;
     while !core.stop.load(Ordering::Relaxed) {
-        if !wait_readable(fd) {
+        if dry && !wait_readable(fd) {
             continue;
         }
+        dry = false;
         // Read what is queued (up to a batch) outside the lock.
         let mut n = 0;
         while n < TUN_BATCH {
@@ -1381,9 +1418,16 @@ fn tun_loop(core: Arc<Core>) {
             };
             match got {
                 Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // A malformed offload packet is skipped.
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dry = true;
+                    break;
+                }
+                // A malformed offload packet is skipped; poll before the next read, so that
+                // a persistent error cannot spin.
+                Err(_) => {
+                    dry = true;
+                    break;
+                }
             }
         }
         if n == 0 {
@@ -1529,4 +1573,72 @@ fn unix_ms() -> u64 {
 fn ipv4_destination(p: &[u8]) -> Option<Ipv4Addr> {
     let d: [u8; 4] = p.get(16..20)?.try_into().ok()?;
     (p.first()? >> 4 == 4).then_some(Ipv4Addr::from(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::{self, SharedEngine};
+
+    fn syn(src: [u8; 4], sp: u16, flags: u8, data: usize) -> Vec<u8> {
+        let mut p = crate::test_packets::tcp_syn();
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&[10, 1, 0, 10]);
+        p[20..22].copy_from_slice(&sp.to_be_bytes());
+        p[33] = flags;
+        p.resize(p.len() + data, 0xab);
+        let len = p.len() as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p
+    }
+
+    fn rig() -> (RaFlows, Syslog) {
+        let now = clock::now();
+        let engine: SharedEngine = Arc::new(flows::Shared::new(flow::Engine::new(now, flow::Config::default())));
+        let cfg = FlowsConfig { engine, outside: "outside".into(), inside: "inside".into(), icmp_from: None };
+        let log = Syslog::new(crate::syslog::SyslogConfig { enabled: false, hosts: vec![], trap_level: 6, buffered_level: 7, timestamp: false, stderr: false });
+        (RaFlows::new(&cfg).unwrap(), log)
+    }
+
+    /// Packets of two sessions in one batch: the connection table's drops leave, the rest stay
+    /// in their order with their bytes (behind the header room) and their sessions.
+    #[test]
+    fn tun_batch_keeps_forwarded_packets_in_order() {
+        let (mut f, log) = rig();
+        let (a, b) = (SessionId(1), SessionId(2));
+        let now = clock::now();
+        f.session_up(now, a, Ipv4Addr::new(10, 99, 0, 100), &log);
+        f.session_up(now, b, Ipv4Addr::new(10, 99, 0, 101), &log);
+        let pa = syn([10, 99, 0, 100], 40000, 0x02, 0);
+        // A bare ACK without a connection: dropped by the table.
+        let pb_drop = syn([10, 99, 0, 101], 40001, 0x10, 20);
+        let pb = syn([10, 99, 0, 101], 40002, 0x02, 0);
+        let ours = vec![0x45, 0, 0, 28, 1, 2, 3, 4, 64, 1, 0, 0, 10, 1, 0, 1, 10, 1, 0, 10, 3, 4, 0, 0, 0, 0, 0, 0];
+        let pa2 = syn([10, 99, 0, 100], 40003, 0x02, 0);
+        let mut batch = TunBatch::new(tun_rs::VIRTIO_NET_HDR_LEN);
+        for (s, p) in [(Some(a), &pa), (Some(b), &pb_drop), (Some(b), &pb), (None, &ours), (Some(a), &pa2)] {
+            batch.push(s, p);
+        }
+        assert_eq!(batch.n, 5);
+        batch.judge(&mut f, &log);
+        let kept: Vec<(Option<SessionId>, Vec<u8>)> = (0..batch.n).map(|i| (batch.sessions[i], batch.packet(i).to_vec())).collect();
+        assert_eq!(kept, vec![(Some(a), pa.clone()), (Some(b), pb.clone()), (None, ours.clone()), (Some(a), pa2.clone())]);
+        // The header room is all zero (no GSO, checksums complete).
+        assert!(batch.bufs[..batch.n].iter().all(|b| b[..tun_rs::VIRTIO_NET_HDR_LEN].iter().all(|&x| x == 0)));
+
+        // Handing over: whole into an empty batch, appended behind a non-empty one.
+        let mut q = TunBatch::new(tun_rs::VIRTIO_NET_HDR_LEN);
+        q.take_from(&mut batch);
+        assert_eq!((q.n, batch.n), (4, 0));
+        let mut more = TunBatch::new(tun_rs::VIRTIO_NET_HDR_LEN);
+        more.push(Some(b), &pb_drop);
+        q.take_from(&mut more);
+        assert_eq!((q.n, more.n), (5, 0));
+        assert_eq!(q.packet(4), &pb_drop[..]);
+        assert_eq!(q.packet(0), &pa[..]);
+        assert_eq!(q.sessions, vec![Some(a), Some(b), None, Some(a), Some(b)]);
+        // Reused buffers start clean.
+        batch.push(None, &ours);
+        assert_eq!(batch.packet(0), &ours[..]);
+    }
 }
