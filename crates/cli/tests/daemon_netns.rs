@@ -254,14 +254,18 @@ fn bad_config_fails_before_touching_the_system() {
     assert!(ok, "{out}");
 }
 
-/// host-a -- gw-a == gw-b -- host-b, both gateways holdfast (examples/gw-a.cfg, gw-b.cfg).
-fn two_gateways(extra: &str) {
-    two_gateways_with(|_, _| extra.to_string(), !extra.is_empty());
+/// The namespaces and control sockets of [`start_two_gateways`].
+struct TwoGateways {
+    ha: String,
+    a: String,
+    sa: PathBuf,
+    sb: PathBuf,
+    /// Index of gw-b's daemon in `Lab::daemons`.
+    db: usize,
 }
 
-/// Like [`two_gateways`], with `extra(side, lab_dir)` appended to each side's configuration.
-fn two_gateways_with(extra: impl Fn(&str, &Path) -> String, udp: bool) {
-    let mut lab = Lab::new();
+/// host-a -- gw-a == gw-b -- host-b with both daemons running and the tunnel up.
+fn start_two_gateways(lab: &mut Lab, extra: impl Fn(&str, &Path) -> String) -> TwoGateways {
     let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
     sh(&format!(
         "ip link add wan-a netns {a} type veth peer name wan-b netns {b} && \
@@ -284,7 +288,7 @@ fn two_gateways_with(extra: impl Fn(&str, &Path) -> String, udp: bool) {
     }
     let (sa, sb) = (lab.dir.join("a.sock"), lab.dir.join("b.sock"));
     lab.start(&a, &cfgs[0], &sa);
-    lab.start(&b, &cfgs[1], &sb);
+    let db = lab.start(&b, &cfgs[1], &sb);
     // The tunnel comes up by itself (both sides initiate at start).
     let mut up = false;
     for _ in 0..100 {
@@ -295,6 +299,18 @@ fn two_gateways_with(extra: impl Fn(&str, &Path) -> String, udp: bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(up, "tunnel did not come up");
+    TwoGateways { ha, a, sa, sb, db }
+}
+
+/// host-a -- gw-a == gw-b -- host-b, both gateways holdfast (examples/gw-a.cfg, gw-b.cfg).
+fn two_gateways(extra: &str) {
+    two_gateways_with(|_, _| extra.to_string(), !extra.is_empty());
+}
+
+/// Like [`two_gateways`], with `extra(side, lab_dir)` appended to each side's configuration.
+fn two_gateways_with(extra: impl Fn(&str, &Path) -> String, udp: bool) {
+    let mut lab = Lab::new();
+    let TwoGateways { ha, a, sa, sb, .. } = start_two_gateways(&mut lab, extra);
     let (ok, out, err) = sh_out(&format!("ip netns exec {ha} ping -c 5 -i 0.2 -W 2 10.2.0.10"));
     assert!(ok, "ping through the tunnel failed: {out}{err}");
     let (_, text) = show(&sa, "show crypto ipsec sa peer 192.0.2.2");
@@ -370,4 +386,121 @@ fn holdfast_to_holdfast_ecdsa_certificates() {
     let pki2 = pki.clone();
     two_gateways_with(move |side, _| section(side, &pki2), false);
     let _ = std::fs::remove_dir_all(&pki);
+}
+
+/// Resident memory of a process in KiB (`VmRSS` of /proc/PID/status).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (setns affects only that thread).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd moves only the calling thread into it.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// Issue 2 leftover: a flood of IKE datagrams (UDP 500 and non-ESP UDP 4500) at gw-b while the
+/// tunnel is up. The daemon's queue to the control task is bounded: its memory must stay
+/// bounded; afterwards the tunnel is cleared and a new IKE SA + CHILD_SA must still be
+/// negotiated and carry traffic. The drop counter is shown by `show crypto ipsec stats`.
+#[test]
+fn ike_flood_is_bounded_and_ike_still_completes() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let mut lab = Lab::new();
+    let TwoGateways { ha, a, sa, sb, db, .. } = start_two_gateways(&mut lab, |_, _| String::new());
+    let pid_b = lab.daemons[db].id();
+    assert_eq!(std::fs::read_to_string(format!("/proc/{pid_b}/comm")).unwrap().trim(), "holdfast");
+    // The SAs' SPIs, to tell the SAs negotiated after the flood from these.
+    let spis = |text: &str| -> Vec<String> { text.lines().filter(|l| l.contains("current inbound spi")).map(str::to_string).collect() };
+    let spi_before = spis(&show(&sa, "show crypto ipsec sa").1);
+    assert!(!spi_before.is_empty());
+    let base = rss_kib(pid_b);
+
+    // IKE_SA_INIT-shaped requests (RFC 7296 §3.1 header: SPI_r 0, exchange 34, Initiator flag)
+    // with a fresh SPI_i each and a body the responder must parse and reject.
+    let flood_for = Duration::from_secs(4);
+    let senders: Vec<_> = [500u16, 4500]
+        .into_iter()
+        .map(|port| {
+            in_netns(&a, move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                let marker = if port == 4500 { 4 } else { 0 };
+                let mut d = vec![0x5au8; 1200];
+                d[..marker].fill(0);
+                let h = &mut d[marker..];
+                h[8..16].fill(0);
+                h[16] = 33;
+                h[17] = 0x20;
+                h[18] = 34;
+                h[19] = 0x08;
+                h[20..24].fill(0);
+                let len = (1200 - marker) as u32;
+                h[24..28].copy_from_slice(&len.to_be_bytes());
+                let start = std::time::Instant::now();
+                let mut sent = 0u64;
+                while start.elapsed() < flood_for {
+                    for _ in 0..256 {
+                        d[marker..marker + 8].copy_from_slice(&(sent | 1).to_be_bytes());
+                        if s.send_to(&d, ("192.0.2.2", port)).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut peak = base;
+    while senders.iter().any(|s| !s.is_finished()) {
+        peak = peak.max(rss_kib(pid_b));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid_b);
+    let (ok, stats) = show(&sb, "show crypto ipsec stats");
+    assert!(ok, "gw-b must still answer after the flood");
+    let drops: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("IKE receive queue drops: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("IKE receive queue drops line");
+    eprintln!(
+        "IKE flood: {sent} datagrams of 1200 bytes in {flood_for:?}; gw-b RSS {base} KiB before, peak {peak} KiB, {after} KiB after; {drops} dropped at the queue"
+    );
+    // Bounded: 4096 messages / 8 MiB of queue, plus allocator slack; an unbounded queue that
+    // fell behind would hold up to `sent` * 1.2 KB.
+    assert!(peak.saturating_sub(base) < 48 * 1024, "RSS grew from {base} to {peak} KiB during the flood");
+
+    // Legitimate IKE still completes: the SAs are deleted, traffic brings the tunnel back with
+    // new SAs (a new IKE_SA_INIT/IKE_AUTH exchange through the same queue).
+    let (ok, _) = show(&sa, "clear crypto ikev2 sa");
+    assert!(ok);
+    let mut back = false;
+    for _ in 0..60 {
+        let _ = sh_out(&format!("ip netns exec {ha} ping -c 1 -W 1 10.2.0.10"));
+        let now = show(&sa, "show crypto ipsec sa").1;
+        if now.contains("inbound esp sas") && !spis(&now).is_empty() && spis(&now) != spi_before && show(&sb, "show crypto ipsec sa").1.contains("inbound esp sas") {
+            back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(back, "tunnel did not come back after the flood:\n{}", show(&sa, "show crypto ipsec sa").1);
+    let (ok, out, err) = sh_out(&format!("ip netns exec {ha} ping -c 3 -i 0.2 -W 2 10.2.0.10"));
+    assert!(ok, "ping through the re-established tunnel failed: {out}{err}");
 }
