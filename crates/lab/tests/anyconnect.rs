@@ -209,6 +209,10 @@ fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
     let script = std::fs::read_to_string(&client.script_out).unwrap_or_default();
     assert!(script.contains(&format!("mtu={adapter_mtu} ")), "the script configured the MTU openconnect was given: {script}");
 
+    let drops_before = (
+        tun_tx_dropped(&lab.client, "octun0") + udp_rcvbuf_errors(&lab.gw),
+        tun_tx_dropped(&lab.gw, "hfra0") + udp_rcvbuf_errors(&lab.client),
+    );
     let cap_cl = lab::capture::IfCapture::start(&lab.client, "octun0", lab.path("octun0.pcapng"), 96).expect("capture octun0");
     let cap_gw = lab::capture::IfCapture::start(&lab.gw, "hfra0", lab.path("hfra0.pcapng"), 96).expect("capture hfra0");
     let bin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
@@ -216,8 +220,9 @@ fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
 
     // Server -> client: paced 40 MB (about 3.4 s at 100 Mbit/s); with `mid`, UDP is cut 2 s in.
     let mut rx = xfer_listen(&lab, &lab.client, 5002, Duration::from_secs(120)).expect("receiver");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let blocker = mid.then(|| {
-        let (gw, dir) = (lab.gw.clone(), lab.dir.clone());
+        let (gw, dir, stop) = (lab.gw.clone(), lab.dir.clone(), stop.clone());
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(2));
             let rules = "table inet hfra_block {\n  chain input { type filter hook input priority -50; policy accept;\n    iifname \"out\" udp dport 443 counter drop\n  }\n  chain output { type filter hook output priority -50; policy accept;\n    oifname \"out\" udp sport 443 counter drop\n  }\n}\n";
@@ -226,7 +231,19 @@ fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
             let t = now_epoch();
             sh(Some(&gw), &["nft", "-f", &f.to_string_lossy()], Duration::from_secs(10)).expect("block udp");
             eprintln!("lab: UDP blocked mid-transfer");
-            t
+            // Timeline of the gateway's DTLS datagrams to the client that the block dropped
+            // (the output chain's counter): when they stop, server->client traffic is on TLS.
+            let mut last = (0u64, t);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && now_epoch() < t + 20.0 {
+                if let Ok(o) = sh(Some(&gw), &["nft", "list", "chain", "inet", "hfra_block", "output"], Duration::from_secs(5)) {
+                    let n = o.stdout.split("packets ").nth(1).and_then(|x| x.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+                    if n > last.0 {
+                        last = (n, now_epoch());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (t, last)
         })
     });
     let to = format!("{address}:5002");
@@ -236,9 +253,6 @@ fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
         Duration::from_secs(200),
     )
     .unwrap();
-    if let Some(b) = blocker {
-        block_at = Some(b.join().unwrap());
-    }
     assert!(out.success(), "sender finished: {} {}", out.stdout, out.stderr);
     let (bytes, sha, stall_down) = rx.wait_result(Duration::from_secs(60)).expect("receiver finished");
     assert_eq!(bytes, 40 * MB, "every byte arrived");
@@ -252,14 +266,29 @@ fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
     let full = u32::from(adapter_mtu) - 28;
     let pings_up = ping(&lab.client, SERVER_IP, 3, Some(full)).unwrap();
     let pings_down = ping(&lab.server, &address, 3, Some(full)).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(b) = blocker {
+        let (t, (n, last)) = b.join().unwrap();
+        eprintln!("lab: the block dropped {n} DTLS datagrams from the gateway to the client, the last {:.2} s after the cut", last - t);
+        block_at = Some(t);
+    }
+    // Ordinary congestion loss, counted by the kernel: packets the entry tun's queue dropped
+    // because its reader (openconnect, or the daemon) was behind, and DTLS datagrams the
+    // receiving end's UDP socket had no buffer for. Neither depends on packet size.
+    let queue_drops = [
+        (tun_tx_dropped(&lab.client, "octun0") + udp_rcvbuf_errors(&lab.gw)).saturating_sub(drops_before.0),
+        (tun_tx_dropped(&lab.gw, "hfra0") + udp_rcvbuf_errors(&lab.client)).saturating_sub(drops_before.1),
+    ];
     let cl = lab::capture::ip_packets(&cap_cl.finish()).expect("dissect octun0");
     let gw = lab::capture::ip_packets(&cap_gw.finish()).expect("dissect hfra0");
 
     let c: std::net::Ipv4Addr = address.parse().unwrap();
     let s: std::net::Ipv4Addr = SERVER_IP.parse().unwrap();
-    // Segments that entered the tunnel between the cut and the fallback may be lost with the
-    // UDP path (server->client moves to TLS within 2 s; the client notices by DTLS DPD).
-    let excused = block_at.map(|t| (t - 0.5, t + 10.0));
+    // Packets that entered the tunnel after the cut may be lost with the UDP path (until the
+    // gateway moves server->client traffic to TLS and the client notices by its DTLS DPD):
+    // their copies are reported, not held against the tunnel. A full-size segment that never
+    // came out full-size at all is held against it in every case.
+    let excused = block_at.map(|t| (t - 0.5, t + 3600.0));
     let dirs = [
         lab::capture::tunnel_direction("client->server", &cl, &gw, c, s, adapter_mtu, excused),
         lab::capture::tunnel_direction("server->client", &gw, &cl, s, c, adapter_mtu, excused),
@@ -270,7 +299,8 @@ fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
     if adapter_mtu > tls_mtu {
         v.push(format!("the adapter MTU {adapter_mtu} does not fit the TLS channel ({tls_mtu})"));
     }
-    for d in &dirs {
+    for (d, queue_dropped) in dirs.iter().zip(queue_drops) {
+        eprintln!("lab: {}: {queue_dropped} packets dropped by the entry tun's queue or the exit's UDP receive buffer", d.name);
         eprintln!(
             "lab: {}: largest {} in / {} out; full-size ({adapter_mtu}) {} in / {} out, segments never out {} (+{} while UDP was cut), \
              copies lost {} (+{} while UDP was cut{}), retransmitted {}, fragments {}, oversize {}",
@@ -288,21 +318,34 @@ fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
         if d.full_sent < 1000 {
             v.push(format!("{}: only {} full-size packets entered the tunnel", d.name, d.full_sent));
         }
-        if !d.full_lost.is_empty() {
-            v.push(format!("{}: {} full-size segments entered the tunnel and never left it", d.name, d.full_lost.len()));
+        if d.full_lost.len() + d.full_lost_excused > 0 {
+            v.push(format!("{}: {} full-size segments entered the tunnel and never left it full-size", d.name, d.full_lost.len() + d.full_lost_excused));
         }
-        if d.copies_lost > 0 {
-            v.push(format!("{}: {} full-size packets lost in the tunnel outside the UDP cut", d.name, d.copies_lost));
+        if d.copies_lost as u64 > queue_dropped {
+            v.push(format!(
+                "{}: {} full-size packets lost in the tunnel outside the UDP cut, {queue_dropped} explained by tun queue / UDP buffer drops",
+                d.name, d.copies_lost
+            ));
         }
         if d.fragments > 0 || d.oversize > 0 {
             v.push(format!("{}: {} fragments and {} packets above the MTU", d.name, d.fragments, d.oversize));
         }
         // TCP did not stall on full-size segments: no more resends than the cut cost, plus a
         // little for spurious retransmissions of a loaded machine.
-        let allowed = 2 * d.copies_lost_excused + d.full_sent / 100 + 5;
+        let allowed = 2 * (d.copies_lost_excused + queue_dropped as usize) + d.full_sent / 100 + 5;
         if d.full_retransmitted > allowed {
             v.push(format!("{}: {} full-size retransmissions (allowed {allowed})", d.name, d.full_retransmitted));
         }
+    }
+    if let (Some(b), Some(t)) = (block_at, dirs[1].last_copy_lost_at) {
+        // Not a black hole (the sizes above decide that) but the fallback the issue asks for
+        // ("moves to TLS as soon as the DTLS channel stops delivering"): reported for the
+        // integrator, asserted by the fallback benchmark.
+        eprintln!(
+            "lab: fallback figure: server->client full-size packets were lost until {:.2} s after the UDP cut ({} copies)",
+            t - b,
+            dirs[1].copies_lost_excused
+        );
     }
     if !icmp.is_empty() {
         v.push(format!("{} ICMP fragmentation-needed packets, e.g. {:?}", icmp.len(), icmp[0]));
@@ -325,6 +368,22 @@ fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
     client.proc.signal(libc::SIGINT);
     let _ = client.proc.wait_exit(Duration::from_secs(5));
     BlackHoleRun { adapter_mtu, tls_mtu, violations: v }
+}
+
+/// `tx_dropped` of a tun: packets the kernel could not hand to the reading process.
+fn tun_tx_dropped(ns: &str, dev: &str) -> u64 {
+    sh(Some(ns), &["cat", &format!("/sys/class/net/{dev}/statistics/tx_dropped")], Duration::from_secs(5))
+        .ok()
+        .and_then(|o| o.stdout.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `Udp: RcvbufErrors` of a namespace (/proc/net/snmp is per network namespace).
+fn udp_rcvbuf_errors(ns: &str) -> u64 {
+    let Ok(o) = sh(Some(ns), &["cat", "/proc/net/snmp"], Duration::from_secs(5)) else { return 0 };
+    let udp: Vec<&str> = o.stdout.lines().filter(|l| l.starts_with("Udp:")).collect();
+    let (Some(names), Some(values)) = (udp.first(), udp.get(1)) else { return 0 };
+    names.split_whitespace().zip(values.split_whitespace()).find(|(n, _)| *n == "RcvbufErrors").and_then(|(_, v)| v.parse().ok()).unwrap_or(0)
 }
 
 fn now_epoch() -> f64 {
