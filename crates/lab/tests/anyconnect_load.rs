@@ -81,7 +81,7 @@ fn five_hundred_sessions_none_dropped_with_real_clients_and_a_handshake_flood() 
         bin, "--server", &server, "--sessions", &n, "--password-sessions", &np, "--group", "RA", "--user", "vpn", "--password", PASSWORD,
         "--cert-group", "CERT", "--client-cert", &cc, "--client-key", &ck, "--target", SERVER_IP, "--hold", &hold, "--interval-ms",
         "1000", "--concurrency", "24", "--daemon-pid", &pid, "--flood", &flood, "--ready-file", &r, "--dtls-sessions", &nd,
-        "--flood-source", "192.0.2.11",
+        "--flood-source", "192.0.2.11", "--servercert", &cert.pin,
     ];
     let load_log = lab.path("acload.log");
     let mut load = Proc::spawn("lab-acload", in_ns(&ld.name, &argv), &load_log).expect("lab-acload");

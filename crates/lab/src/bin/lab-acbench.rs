@@ -5,8 +5,8 @@
 //! configured on both:
 //!
 //! (a) iperf3 TCP through one session, client->inside and inside->client, over DTLS and over
-//!     TLS, with the real openconnect 9.01 client (`--no-dtls` for TLS) and — with
-//!     `--client fast|both` — lab-acload's benchmark client (`lab-acload --tunnel`: the same
+//!     TLS, with the real openconnect 9.01 client (`--no-dtls` for TLS) and — unless
+//!     `--client openconnect` — lab-acload's benchmark client (`lab-acload --tunnel`: the same
 //!     AnyConnect exchange, a multi-queue TUN, one worker per channel direction);
 //! (b) CPU over each iperf3 interval: the server (utime+stime from /proc: the holdfast process,
 //!     or every ocserv process in the namespace — main, sec-mod, workers), the client process,
@@ -22,7 +22,7 @@
 //! hits both; the table shows the median and the range.
 //!
 //! ```text
-//! lab-acbench [--secs 8] [--repeat 3] [--only holdfast|ocserv] [--client openconnect|fast|both]
+//! lab-acbench [--secs 8] [--repeat 3] [--only holdfast|ocserv] [--client both|openconnect|fast]
 //!             [--fallback-timeout 120] [--mtu 1400]
 //! ```
 //! `scripts/bench-anyconnect` builds and runs it; results go to docs/benchmarks.md by hand.
@@ -207,8 +207,8 @@ fn main() -> ExitCode {
     };
     let clients = match opt(&args, "--client") {
         Some("fast") => vec![ClientKind::Fast],
-        Some("both") => vec![ClientKind::Openconnect, ClientKind::Fast],
-        Some("openconnect") | None => vec![ClientKind::Openconnect],
+        Some("both") | None => vec![ClientKind::Openconnect, ClientKind::Fast],
+        Some("openconnect") => vec![ClientKind::Openconnect],
         Some(other) => {
             eprintln!("lab-acbench: --client {other}: expected openconnect, fast or both");
             return ExitCode::FAILURE;

@@ -13,7 +13,12 @@
 //!            [--password-sessions M --group RA --user vpn --password PW]
 //!            [--target 10.1.0.10] [--hold SECS] [--interval-ms MS] [--concurrency C]
 //!            [--daemon-pid PID] [--flood N] [--flood-source IP] [--ready-file FILE] [--dtls-sessions K]
+//!            (--servercert pin-sha256:BASE64 | --cafile PEM)
 //! ```
+//! The server certificate is always verified, like openconnect's `--servercert`: a pin of its
+//! public key or a CA file; a mismatch ends the session with a clear error before any
+//! credential is sent.
+//!
 //! Progress lines go to stderr; `established N ...` once every session is up (and the file
 //! `--ready-file` is written then, so a test can look at the daemon); a final `report {json}`
 //! line on stdout. Exit status 0 only if every session came up, no session was dropped and
@@ -57,6 +62,35 @@ struct Opts {
     dtls_sessions: usize,
     /// Source address of the flood connections (another address than the logins').
     flood_source: Option<std::net::IpAddr>,
+    /// How the server's certificate is checked (always; there is no way to turn it off).
+    server_check: ServerCheck,
+}
+
+/// The server certificate check, as openconnect does it: `--servercert pin-sha256:B64` pins
+/// the SHA-256 of the certificate's SubjectPublicKeyInfo (checked right after the TLS
+/// handshake, before a byte of HTTP is sent), `--cafile PEM` verifies the chain against a CA
+/// (the lab's certificates name no IP address, so the host name is not checked then).
+#[derive(Debug, Clone)]
+enum ServerCheck {
+    Pin([u8; 32]),
+    CaFile(String),
+}
+
+/// `pin-sha256:<base64 of 32 bytes>` (openconnect's `--servercert` form).
+fn parse_pin(v: &str) -> Result<[u8; 32], String> {
+    let b64 = v.strip_prefix("pin-sha256:").ok_or_else(|| format!("--servercert {v}: expected pin-sha256:<base64>"))?;
+    let raw = openssl::base64::decode_block(b64).map_err(|e| format!("--servercert {v}: bad base64: {e}"))?;
+    raw.try_into().map_err(|r: Vec<u8>| format!("--servercert {v}: {} bytes, a SHA-256 pin has 32", r.len()))
+}
+
+/// openconnect's pin of a certificate: SHA-256 over the DER SubjectPublicKeyInfo.
+fn cert_pin(cert: &openssl::x509::X509Ref) -> Result<[u8; 32], String> {
+    let spki = cert.public_key().and_then(|k| k.public_key_to_der()).map_err(|e| format!("server public key: {e}"))?;
+    Ok(openssl::sha::sha256(&spki))
+}
+
+fn pin_text(pin: &[u8; 32]) -> String {
+    format!("pin-sha256:{}", openssl::base64::encode_block(pin))
 }
 
 fn opt(args: &[String], name: &str) -> Option<String> {
@@ -64,31 +98,51 @@ fn opt(args: &[String], name: &str) -> Option<String> {
 }
 
 fn parse_opts() -> Result<Opts, String> {
-    let a: Vec<String> = std::env::args().skip(1).collect();
-    let num = |n: &str, d: u64| -> Result<u64, String> { opt(&a, n).map_or(Ok(d), |v| v.parse().map_err(|e| format!("{n}: {e}"))) };
+    parse_opts_from(&std::env::args().skip(1).collect::<Vec<_>>())
+}
+
+fn parse_opts_from(a: &[String]) -> Result<Opts, String> {
+    let num = |n: &str, d: u64| -> Result<u64, String> { opt(a, n).map_or(Ok(d), |v| v.parse().map_err(|e| format!("{n}: {e}"))) };
     Ok(Opts {
-        server: opt(&a, "--server").ok_or("--server is required")?.parse().map_err(|e| format!("--server: {e}"))?,
+        server: opt(a, "--server").ok_or("--server is required")?.parse().map_err(|e| format!("--server: {e}"))?,
         sessions: num("--sessions", 10)? as usize,
-        cert_group: opt(&a, "--cert-group").unwrap_or_else(|| "CERT".into()),
-        client_cert: opt(&a, "--client-cert"),
-        client_key: opt(&a, "--client-key"),
+        cert_group: opt(a, "--cert-group").unwrap_or_else(|| "CERT".into()),
+        client_cert: opt(a, "--client-cert"),
+        client_key: opt(a, "--client-key"),
         password_sessions: num("--password-sessions", 0)? as usize,
-        group: opt(&a, "--group").unwrap_or_else(|| "RA".into()),
-        user: opt(&a, "--user").unwrap_or_else(|| "vpn".into()),
-        password: opt(&a, "--password").unwrap_or_default(),
-        target: opt(&a, "--target").unwrap_or_else(|| "10.1.0.10".into()).parse().map_err(|e| format!("--target: {e}"))?,
+        group: opt(a, "--group").unwrap_or_else(|| "RA".into()),
+        user: opt(a, "--user").unwrap_or_else(|| "vpn".into()),
+        password: opt(a, "--password").unwrap_or_default(),
+        target: opt(a, "--target").unwrap_or_else(|| "10.1.0.10".into()).parse().map_err(|e| format!("--target: {e}"))?,
         hold: Duration::from_secs(num("--hold", 20)?),
         interval: Duration::from_millis(num("--interval-ms", 1000)?),
         concurrency: num("--concurrency", 16)?.max(1) as usize,
-        daemon_pid: opt(&a, "--daemon-pid").and_then(|p| p.parse().ok()),
+        daemon_pid: opt(a, "--daemon-pid").and_then(|p| p.parse().ok()),
         flood: num("--flood", 0)? as usize,
-        ready_file: opt(&a, "--ready-file"),
+        ready_file: opt(a, "--ready-file"),
         dtls_sessions: num("--dtls-sessions", 0)? as usize,
-        flood_source: opt(&a, "--flood-source").map(|v| v.parse()).transpose().map_err(|e| format!("--flood-source: {e}"))?,
+        flood_source: opt(a, "--flood-source").map(|v| v.parse()).transpose().map_err(|e| format!("--flood-source: {e}"))?,
+        server_check: match (opt(a, "--servercert"), opt(a, "--cafile")) {
+            (Some(p), None) => ServerCheck::Pin(parse_pin(&p)?),
+            (None, Some(ca)) => ServerCheck::CaFile(ca),
+            (Some(_), Some(_)) => return Err("give either --servercert or --cafile, not both".into()),
+            (None, None) => return Err("the server certificate is always verified: --servercert pin-sha256:<base64> or --cafile PEM is required".into()),
+        },
     })
 }
 
 fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--tunnel") {
+        raise_nofile();
+        return match tunnel::main(&args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lab-acload --tunnel: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let o = match parse_opts() {
         Ok(o) => o,
         Err(e) => {
@@ -143,9 +197,15 @@ type Tls = SslStream<TcpStream>;
 
 fn connector(o: &Opts, with_cert: bool) -> Result<SslConnector, String> {
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
-    // A load generator: the server is the lab's own, pinned nowhere else; the tunnel checks
-    // (probes answered through each session) are what matters here.
-    b.set_verify(SslVerifyMode::NONE);
+    match &o.server_check {
+        ServerCheck::CaFile(ca) => {
+            b.set_verify(SslVerifyMode::PEER);
+            b.set_ca_file(ca).map_err(|e| format!("--cafile {ca}: {e}"))?;
+        }
+        // A pinned certificate is usually self-signed: libssl's chain check would refuse it,
+        // so the pin is compared after the handshake instead (tls_connect), as openconnect does.
+        ServerCheck::Pin(_) => b.set_verify(SslVerifyMode::NONE),
+    }
     if with_cert {
         if let (Some(c), Some(k)) = (&o.client_cert, &o.client_key) {
             b.set_certificate_chain_file(c).map_err(|e| format!("{c}: {e}"))?;
@@ -155,12 +215,19 @@ fn connector(o: &Opts, with_cert: bool) -> Result<SslConnector, String> {
     Ok(b.build())
 }
 
-async fn tls_connect(server: SocketAddr, conn: &SslConnector) -> Result<Tls, String> {
+async fn tls_connect(server: SocketAddr, conn: &SslConnector, check: &ServerCheck) -> Result<Tls, String> {
     let tcp = TcpStream::connect(server).await.map_err(|e| format!("tcp connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let ssl = conn.configure().map_err(|e| e.to_string())?.verify_hostname(false).into_ssl("vpn.example").map_err(|e| e.to_string())?;
     let mut s = SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
     Pin::new(&mut s).connect().await.map_err(|e| format!("tls handshake: {e}"))?;
+    if let ServerCheck::Pin(want) = check {
+        let cert = s.ssl().peer_certificate().ok_or("the server sent no certificate")?;
+        let got = cert_pin(&cert)?;
+        if &got != want {
+            return Err(format!("server certificate mismatch: the server's key is {}, expected {}", pin_text(&got), pin_text(want)));
+        }
+    }
     Ok(s)
 }
 
@@ -346,6 +413,11 @@ struct Tunnel {
     address: Ipv4Addr,
     keepalive: Duration,
     dtls: Option<dtls::Dtls>,
+    /// X-CSTP-MTU and X-DTLS-MTU of the CONNECT answer.
+    cstp_mtu: Option<u32>,
+    dtls_mtu: Option<u32>,
+    /// X-CSTP-Split-Include networks as `a.b.c.d/len`.
+    split_include: Vec<String>,
 }
 
 async fn establish(o: &Opts, conn: &SslConnector, password: bool) -> Result<Tunnel, String> {
@@ -353,25 +425,52 @@ async fn establish(o: &Opts, conn: &SslConnector, password: bool) -> Result<Tunn
 }
 
 async fn establish_with(o: &Opts, conn: &SslConnector, password: bool, dtls: bool) -> Result<Tunnel, String> {
-    let mut s = tls_connect(o.server, conn).await?;
+    let mut s = tls_connect(o.server, conn, &o.server_check).await?;
     let mut buf = Vec::new();
     let group = if password { &o.group } else { &o.cert_group };
+    // No group named (the benchmark client against ocserv, which has no groups): the server's
+    // default, as openconnect does without --authgroup.
+    let gsel = if group.is_empty() { String::new() } else { format!("<group-select>{group}</group-select>") };
     let init = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"init\" aggregate-auth-version=\"2\"><version who=\"vpn\">v9.01</version><device-id>linux-64</device-id><group-select>{group}</group-select><group-access>https://{}/</group-access></config-auth>",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"init\" aggregate-auth-version=\"2\"><version who=\"vpn\">v9.01</version><device-id>linux-64</device-id>{gsel}<group-access>https://{}/</group-access></config-auth>",
         o.server.ip()
     );
-    let r = post(&mut s, &mut buf, o.server, &init, None).await?;
-    let r = if password {
-        let handle = between(&r.body, "<aggauth-handle>", "</aggauth-handle>").ok_or_else(|| format!("no auth form: {} {}", r.status, r.body))?;
+    let r = post(&mut s, &mut buf, o.server, "/", &init, None).await?;
+    let mut r = r;
+    // Password login: answer each form with the fields it asks for (holdfast asks for both at
+    // once; ocserv's plain module asks for the username, then the password), at most 4 forms.
+    let mut ctx = r.cookie("webvpncontext");
+    for _ in 0..4 {
+        if !password || !r.body.contains("<form") || r.body.contains("type=\"complete\"") {
+            break;
+        }
+        let opaque = match between(&r.body, "<aggauth-handle>", "</aggauth-handle>") {
+            Some(handle) => {
+                let tg = if group.is_empty() { String::new() } else { format!("<tunnel-group>{group}</tunnel-group>") };
+                format!("<opaque is-for=\"sg\">{tg}<aggauth-handle>{handle}</aggauth-handle></opaque>")
+            }
+            None => String::new(),
+        };
+        let mut auth = String::new();
+        if r.body.contains("name=\"username\"") {
+            auth.push_str(&format!("<username>{}</username>", o.user));
+        }
+        if r.body.contains("name=\"password\"") {
+            auth.push_str(&format!("<password>{}</password>", o.password));
+        }
+        if auth.is_empty() {
+            return Err(format!("a login form without username or password: {}", r.body.chars().take(300).collect::<String>()));
+        }
         let reply = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"auth-reply\" aggregate-auth-version=\"2\"><version who=\"vpn\">v9.01</version><device-id>linux-64</device-id><opaque is-for=\"sg\"><tunnel-group>{group}</tunnel-group><aggauth-handle>{handle}</aggauth-handle></opaque><auth><username>{}</username><password>{}</password></auth><group-select>{group}</group-select></config-auth>",
-            o.user, o.password
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"auth-reply\" aggregate-auth-version=\"2\"><version who=\"vpn\">v9.01</version><device-id>linux-64</device-id>{opaque}<auth>{auth}</auth>{gsel}</config-auth>"
         );
-        let ctx = r.cookie("webvpncontext");
-        post(&mut s, &mut buf, o.server, &reply, ctx.as_deref()).await?
-    } else {
-        r
-    };
+        // The reply goes to the form's action, as openconnect sends it (ocserv: /auth).
+        let action = between(&r.body, "action=\"", "\"").filter(|a| a.starts_with('/')).unwrap_or("/").to_string();
+        r = post(&mut s, &mut buf, o.server, &action, &reply, ctx.as_deref()).await?;
+        if let Some(c) = r.cookie("webvpncontext") {
+            ctx = Some(c);
+        }
+    }
     if r.status != 200 || !r.body.contains("type=\"complete\"") {
         return Err(format!("login not complete: {} {}", r.status, r.body.chars().take(200).collect::<String>()));
     }
@@ -407,7 +506,30 @@ async fn establish_with(o: &Opts, conn: &SslConnector, password: bool, dtls: boo
     } else {
         None
     };
-    Ok(Tunnel { tls: s, leftover: buf, address, keepalive: Duration::from_secs(keepalive), dtls })
+    let mtu = |h: &str| head.header(h).and_then(|v| v.parse().ok());
+    let split_include = head
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("X-CSTP-Split-Include"))
+        .filter_map(|(_, v)| {
+            let (net, mask) = v.split_once('/')?;
+            let len = match mask.parse::<Ipv4Addr>() {
+                Ok(m) => u32::from(m).count_ones(),
+                Err(_) => mask.parse().ok()?,
+            };
+            Some(format!("{net}/{len}"))
+        })
+        .collect();
+    Ok(Tunnel {
+        tls: s,
+        leftover: buf,
+        address,
+        keepalive: Duration::from_secs(keepalive),
+        dtls,
+        cstp_mtu: mtu("X-CSTP-MTU"),
+        dtls_mtu: mtu("X-DTLS-MTU"),
+        split_include,
+    })
 }
 
 struct Resp {
@@ -430,10 +552,11 @@ impl Resp {
     }
 }
 
-async fn post(s: &mut Tls, buf: &mut Vec<u8>, server: SocketAddr, body: &str, ctx: Option<&str>) -> Result<Resp, String> {
-    let cookie = ctx.map(|c| format!("Cookie: webvpncontext={c}\r\n")).unwrap_or_default();
+async fn post(s: &mut Tls, buf: &mut Vec<u8>, server: SocketAddr, path: &str, body: &str, ctx: Option<&str>) -> Result<Resp, String> {
+    // An empty context cookie is the server clearing it (ocserv does so on `init`).
+    let cookie = ctx.filter(|c| !c.is_empty()).map(|c| format!("Cookie: webvpncontext={c}\r\n")).unwrap_or_default();
     let req = format!(
-        "POST / HTTP/1.1\r\nHost: {}\r\nUser-Agent: Open AnyConnect VPN Agent v9.01\r\nAccept: */*\r\nX-Transcend-Version: 1\r\nX-Aggregate-Auth: 1\r\nX-Support-HTTP-Auth: true\r\n{cookie}Content-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: Open AnyConnect VPN Agent v9.01\r\nAccept: */*\r\nX-Transcend-Version: 1\r\nX-Aggregate-Auth: 1\r\nX-Support-HTTP-Auth: true\r\n{cookie}Content-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
         server.ip(),
         body.len()
     );
@@ -450,6 +573,9 @@ async fn post(s: &mut Tls, buf: &mut Vec<u8>, server: SocketAddr, body: &str, ct
     }
     r.body = String::from_utf8_lossy(&buf[..len]).into_owned();
     buf.drain(..len);
+    if std::env::var_os("ACLOAD_DEBUG").is_some() {
+        eprintln!("lab-acload: sent {body}\n  answered {} {:?}\n{}", r.status, r.headers, r.body);
+    }
     Ok(r)
 }
 
@@ -502,7 +628,7 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 /// The hold phase of one session: probes every interval, keepalives, DPD answers; ends at
 /// `stop` (after a grace for the last replies) with a DISCONNECT.
 async fn hold(o: &Opts, t: Tunnel, index: usize, mut stop: tokio::sync::watch::Receiver<bool>, rep: &mut SessionReport) {
-    let Tunnel { tls, leftover, address, keepalive, dtls } = t;
+    let Tunnel { tls, leftover, address, keepalive, dtls, .. } = t;
     rep.dtls = dtls.is_some();
     let (mut rd, mut wr) = tokio::io::split(tls);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
@@ -790,13 +916,30 @@ mod dtls {
     const PSK_AES256_GCM: [u8; 2] = [0x00, 0xA9];
 
     /// A connected UDP socket as the byte stream openssl's BIO wants: one read = one
-    /// datagram, one write = one datagram.
+    /// datagram, one write = one datagram. In batched mode (the benchmark client, after the
+    /// handshake) reads come from `inq` and writes go to `outq`; the caller moves datagrams
+    /// between those queues and the socket with recvmmsg/sendmmsg, many per system call.
     #[derive(Debug)]
-    struct UdpIo(UdpSocket);
+    struct UdpIo {
+        sock: UdpSocket,
+        batched: bool,
+        inq: std::collections::VecDeque<Vec<u8>>,
+        outq: Vec<Vec<u8>>,
+    }
 
     impl Read for UdpIo {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            match self.0.recv(buf) {
+            if self.batched {
+                return match self.inq.pop_front() {
+                    Some(d) => {
+                        let n = d.len().min(buf.len());
+                        buf[..n].copy_from_slice(&d[..n]);
+                        Ok(n)
+                    }
+                    None => Err(std::io::ErrorKind::WouldBlock.into()),
+                };
+            }
+            match self.sock.recv(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(std::io::ErrorKind::WouldBlock.into()),
                 r => r,
             }
@@ -805,7 +948,11 @@ mod dtls {
 
     impl Write for UdpIo {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.send(buf)
+            if self.batched {
+                self.outq.push(buf.to_vec());
+                return Ok(buf.len());
+            }
+            self.sock.send(buf)
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
@@ -868,7 +1015,7 @@ mod dtls {
         sock.connect(peer).map_err(|err| format!("DTLS connect: {err}"))?;
         sock.set_read_timeout(Some(Duration::from_millis(200))).map_err(|err| err.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(15);
-        let mut attempt = ssl.connect(UdpIo(sock));
+        let mut attempt = ssl.connect(UdpIo { sock, batched: false, inq: Default::default(), outq: Vec::new() });
         let s = loop {
             match attempt {
                 Ok(s) => break s,
@@ -884,8 +1031,58 @@ mod dtls {
         if s.ssl().session_reused() {
             return Err("DTLS: the gateway resumed a made-up session".into());
         }
-        s.get_ref().0.set_read_timeout(Some(Duration::from_millis(50))).map_err(|err| err.to_string())?;
+        s.get_ref().sock.set_read_timeout(Some(Duration::from_millis(50))).map_err(|err| err.to_string())?;
         Ok(Dtls { s })
+    }
+
+    /// The association in batched mode: the caller owns the socket I/O (see [`UdpIo`]).
+    pub struct Batched {
+        s: SslStream<UdpIo>,
+    }
+
+    impl Dtls {
+        pub fn into_batched(mut self) -> Result<Batched, String> {
+            let io = self.s.get_mut();
+            io.batched = true;
+            io.sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Ok(Batched { s: self.s })
+        }
+    }
+
+    impl Batched {
+        pub fn fd(&self) -> std::os::fd::RawFd {
+            use std::os::fd::AsRawFd;
+            self.s.get_ref().sock.as_raw_fd()
+        }
+        /// One record (type byte + payload) into the out queue.
+        pub fn write_record(&mut self, kind: u8, payload: &[u8], scratch: &mut Vec<u8>) -> Result<(), String> {
+            scratch.clear();
+            scratch.push(kind);
+            scratch.extend_from_slice(payload);
+            self.s.ssl_write(scratch).map(|_| ()).map_err(|e| format!("DTLS write: {e}"))
+        }
+        /// Datagrams received from the socket, to be decrypted by [`Batched::read_record`].
+        pub fn push_datagram(&mut self, d: Vec<u8>) {
+            self.s.get_mut().inq.push_back(d);
+        }
+        /// The next decrypted record, `None` once the queued datagrams are used up.
+        pub fn read_record(&mut self, buf: &mut [u8]) -> Result<Option<usize>, String> {
+            loop {
+                match self.s.ssl_read(buf) {
+                    Ok(0) => continue,
+                    Ok(n) => return Ok(Some(n)),
+                    Err(err) if err.code() == ErrorCode::WANT_READ => return Ok(None),
+                    Err(err) if err.code() == ErrorCode::ZERO_RETURN => return Err("DTLS closed by the gateway".into()),
+                    // A damaged or replayed datagram is dropped by libssl without an error;
+                    // anything else ends the benchmark.
+                    Err(err) => return Err(format!("DTLS read: {err}")),
+                }
+            }
+        }
+        /// Takes the encrypted datagrams waiting to be sent.
+        pub fn take_out(&mut self, into: &mut Vec<Vec<u8>>) {
+            std::mem::swap(&mut self.s.get_mut().outq, into);
+        }
     }
 
     impl Dtls {
@@ -929,6 +1126,399 @@ mod dtls {
     }
 }
 
+/// `lab-acload --tunnel`: a benchmark client for one session, where openconnect would be the
+/// bottleneck of a throughput test (one thread, one read/write system call per packet). The
+/// same login and CONNECT as the load sessions (password group), then a TUN device in the
+/// calling namespace carrying the session's address and split-include routes, with
+/// virtio-net offloads (tun-rs: TSO super-packets from the kernel are split into MTU-sized
+/// packets; packets toward the kernel are GRO-coalesced) and batched channel I/O:
+/// - DTLS (PSK-NEGOTIATE): one thread TUN -> DTLS and one DTLS -> TUN; the association is
+///   shared under a lock (libssl objects are not thread-safe), the datagrams go out with
+///   sendmmsg and come in with recvmmsg, up to 64 per call, outside the lock;
+/// - TLS (`--no-dtls`): one thread TUN -> CSTP frames, handed over in batches and written one
+///   frame per TLS record (what ocserv requires); the TLS reader writes received packets to the
+///   TUN in batches.
+///
+/// ```text
+/// lab-acload --tunnel --server IP:443 --servercert pin-sha256:B64 --user U --password PW
+///            --tun NAME --ready-file FILE [--no-dtls] [--group RA]
+/// ```
+/// Writes `address=A mtu=M channel=DTLS|TLS` to the ready file once traffic can flow, then
+/// runs until killed.
+mod tunnel {
+    use super::{establish_with, frame, parse_opts_from, Opts, DATA, DPD_REQ, DPD_RESP, KEEPALIVE};
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const BATCH: usize = 64;
+    const SLOT: usize = 2048;
+
+    pub fn main(args: &[String]) -> Result<(), String> {
+        let mut o = parse_opts_from(args)?;
+        if super::opt(args, "--group").is_none() {
+            o.group.clear();
+        }
+        let tun_name = super::opt(args, "--tun").ok_or("--tun NAME is required")?;
+        let ready = super::opt(args, "--ready-file").ok_or("--ready-file FILE is required")?;
+        let use_dtls = !args.iter().any(|a| a == "--no-dtls");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(run(o, tun_name, ready, use_dtls))
+    }
+
+    async fn run(o: Opts, tun_name: String, ready: String, use_dtls: bool) -> Result<(), String> {
+        let conn = super::connector(&o, false)?;
+        let t = establish_with(&o, &conn, true, use_dtls).await?;
+        let mtu = if t.dtls.is_some() { t.dtls_mtu.or(t.cstp_mtu) } else { t.cstp_mtu }.unwrap_or(1300);
+        let tun = tun_rs::DeviceBuilder::new()
+            .name(&tun_name)
+            .mtu(mtu as u16)
+            .offload(true)
+            .enable(true)
+            .build_sync()
+            .map_err(|e| format!("TUN {tun_name}: {e}"))?;
+        let offset = if tun.tcp_gso() { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
+        let tun = Arc::new(tun);
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let st = std::process::Command::new("ip").args(args).status().map_err(|e| format!("ip: {e}"))?;
+            st.success().then_some(()).ok_or_else(|| format!("ip {} failed", args.join(" ")))
+        };
+        ip(&["addr", "add", &format!("{}/32", t.address), "dev", &tun_name])?;
+        for net in &t.split_include {
+            ip(&["route", "replace", net, "dev", &tun_name])?;
+        }
+        let channel = if t.dtls.is_some() { "DTLS" } else { "TLS" };
+        let keepalive = t.keepalive;
+        let (rd, mut wr) = tokio::io::split(t.tls);
+        let leftover = t.leftover;
+        // Frames for the TLS channel (uplink data in TLS mode, DPD answers, keepalives).
+        let (tls_tx, mut tls_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let writer = tokio::spawn(async move {
+            let mut ka = tokio::time::interval(keepalive);
+            loop {
+                tokio::select! {
+                    f = tls_rx.recv() => {
+                        let Some(f) = f else { return "uplink ended".to_string() };
+                        // One CSTP frame per TLS record: ocserv parses each record as exactly
+                        // one frame ("error parsing CSTP data" otherwise), as openconnect sends.
+                        let mut off = 0;
+                        while off + 8 <= f.len() {
+                            let end = (off + 8 + usize::from(u16::from_be_bytes([f[off + 4], f[off + 5]]))).min(f.len());
+                            if let Err(e) = wr.write_all(&f[off..end]).await { return format!("TLS write: {e}") }
+                            off = end;
+                        }
+                    }
+                    _ = ka.tick() => {
+                        if let Err(e) = wr.write_all(&frame(KEEPALIVE, &[])).await { return format!("TLS write: {e}") }
+                    }
+                }
+            }
+        });
+        let reader = {
+            let (tun, tls_tx) = (tun.clone(), tls_tx.clone());
+            tokio::spawn(async move { tls_reader(rd, leftover, tun, offset, tls_tx).await })
+        };
+        let uplink = match t.dtls {
+            Some(d) => {
+                let d = Arc::new(Mutex::new(d.into_batched()?));
+                let fd = lock(&d).fd();
+                let (tun2, d2) = (tun.clone(), d.clone());
+                std::thread::spawn(move || dtls_downlink(d2, fd, tun2, offset));
+                let tun2 = tun.clone();
+                std::thread::spawn(move || uplink_dtls(tun2, offset, d, fd))
+            }
+            None => {
+                let tun2 = tun.clone();
+                std::thread::spawn(move || uplink_tls(tun2, offset, tls_tx))
+            }
+        };
+        std::fs::write(&ready, format!("address={} mtu={mtu} channel={channel} tun-offload={}\n", t.address, offset > 0))
+            .map_err(|e| format!("{ready}: {e}"))?;
+        eprintln!("lab-acload --tunnel: up, address {} mtu {mtu} over {channel}, TUN offload {}", t.address, offset > 0);
+        let why = tokio::select! {
+            r = reader => r.unwrap_or_else(|e| e.to_string()),
+            r = writer => r.unwrap_or_else(|e| e.to_string()),
+            r = tokio::task::spawn_blocking(move || uplink.join()) => format!("uplink ended: {:?}", r.ok().and_then(|r| r.ok())),
+        };
+        Err(format!("tunnel ended: {why}"))
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_readable(fd: RawFd) -> bool {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd on the stack; the caller keeps `fd` open.
+        unsafe { libc::poll(&mut pfd, 1, 200) > 0 }
+    }
+
+    /// Reads what the TUN has queued (up to a batch): packets in `bufs[..n]`, starting at 0.
+    struct TunIn {
+        original: Vec<u8>,
+        bufs: Vec<Vec<u8>>,
+        sizes: Vec<usize>,
+    }
+
+    impl TunIn {
+        fn new() -> Self {
+            TunIn {
+                original: vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65536],
+                bufs: vec![vec![0u8; SLOT]; 2 * tun_rs::IDEAL_BATCH_SIZE],
+                sizes: vec![0; 2 * tun_rs::IDEAL_BATCH_SIZE],
+            }
+        }
+        fn read(&mut self, tun: &tun_rs::SyncDevice, offload: bool) -> usize {
+            if !wait_readable(tun.as_raw_fd()) {
+                return 0;
+            }
+            let mut n = 0;
+            while n < self.bufs.len() {
+                let r = if offload {
+                    if self.bufs.len() - n < tun_rs::IDEAL_BATCH_SIZE && n > 0 {
+                        break;
+                    }
+                    tun.recv_multiple(&mut self.original, &mut self.bufs[n..], &mut self.sizes[n..], 0)
+                } else {
+                    tun.recv(&mut self.bufs[n]).map(|k| {
+                        self.sizes[n] = k;
+                        1
+                    })
+                };
+                match r {
+                    Ok(k) => n += k,
+                    Err(_) => break,
+                }
+            }
+            n
+        }
+        fn packet(&self, i: usize) -> &[u8] {
+            &self.bufs[i][..self.sizes[i]]
+        }
+    }
+
+    /// Packets toward the TUN, written with one `send_multiple` (GRO-coalesced) per batch.
+    struct TunOut {
+        bufs: Vec<Vec<u8>>,
+        n: usize,
+        offset: usize,
+        gro: tun_rs::GROTable,
+    }
+
+    impl TunOut {
+        fn new(offset: usize) -> Self {
+            TunOut { bufs: Vec::new(), n: 0, offset, gro: tun_rs::GROTable::default() }
+        }
+        fn push(&mut self, p: &[u8]) {
+            if self.n == self.bufs.len() {
+                self.bufs.push(Vec::with_capacity(self.offset + 65536));
+            }
+            let b = &mut self.bufs[self.n];
+            b.clear();
+            // All-zero virtio-net header: no GSO, checksums complete.
+            b.resize(self.offset, 0);
+            b.extend_from_slice(p);
+            self.n += 1;
+        }
+        fn flush(&mut self, tun: &tun_rs::SyncDevice) {
+            if self.n == 0 {
+                return;
+            }
+            if self.offset > 0 {
+                let _ = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.n], self.offset);
+            } else {
+                for b in &self.bufs[..self.n] {
+                    let _ = tun.send(b);
+                }
+            }
+            self.n = 0;
+        }
+    }
+
+    fn uplink_tls(tun: Arc<tun_rs::SyncDevice>, offset: usize, tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> String {
+        let _ = tun.set_nonblocking(true);
+        let mut tin = TunIn::new();
+        loop {
+            let n = tin.read(&tun, offset > 0);
+            if n == 0 {
+                continue;
+            }
+            let mut out = Vec::with_capacity(n * 1450);
+            for i in 0..n {
+                let p = tin.packet(i);
+                out.extend_from_slice(b"STF\x01");
+                out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+                out.extend_from_slice(&[DATA, 0]);
+                out.extend_from_slice(p);
+            }
+            if tx.blocking_send(out).is_err() {
+                return "TLS writer gone".into();
+            }
+        }
+    }
+
+    fn uplink_dtls(tun: Arc<tun_rs::SyncDevice>, offset: usize, d: Arc<Mutex<super::dtls::Batched>>, fd: RawFd) -> String {
+        let _ = tun.set_nonblocking(true);
+        let mut tin = TunIn::new();
+        let mut scratch = Vec::with_capacity(SLOT);
+        let mut out = Vec::new();
+        loop {
+            let n = tin.read(&tun, offset > 0);
+            if n == 0 {
+                continue;
+            }
+            {
+                let mut g = lock(&d);
+                for i in 0..n {
+                    if let Err(e) = g.write_record(DATA, tin.packet(i), &mut scratch) {
+                        return e;
+                    }
+                }
+                g.take_out(&mut out);
+            }
+            send_all(fd, &mut out);
+        }
+    }
+
+    /// DTLS -> TUN: recvmmsg outside the lock, decrypt under it, answer DPD, write the TUN.
+    fn dtls_downlink(d: Arc<Mutex<super::dtls::Batched>>, fd: RawFd, tun: Arc<tun_rs::SyncDevice>, offset: usize) -> String {
+        let mut rx = vec![[0u8; SLOT]; BATCH];
+        let mut lens = [0usize; BATCH];
+        let mut rec = vec![0u8; SLOT];
+        let mut scratch = Vec::with_capacity(SLOT);
+        let mut tout = TunOut::new(offset);
+        let mut out = Vec::new();
+        loop {
+            if !wait_readable(fd) {
+                continue;
+            }
+            let n = recv_batch(fd, &mut rx, &mut lens);
+            if n == 0 {
+                continue;
+            }
+            {
+                let mut g = lock(&d);
+                for i in 0..n {
+                    g.push_datagram(rx[i][..lens[i]].to_vec());
+                }
+                loop {
+                    match g.read_record(&mut rec) {
+                        Ok(Some(k)) => match rec[0] {
+                            DATA => tout.push(&rec[1..k]),
+                            DPD_REQ => {
+                                rec[0] = DPD_RESP;
+                                if let Err(e) = g.write_record(DPD_RESP, &rec[1..k], &mut scratch) {
+                                    return e;
+                                }
+                            }
+                            _ => {}
+                        },
+                        Ok(None) => break,
+                        Err(e) => return e,
+                    }
+                }
+                g.take_out(&mut out);
+            }
+            send_all(fd, &mut out);
+            tout.flush(&tun);
+        }
+    }
+
+    /// sendmmsg(2) of every datagram in `q` (a full socket buffer drops the rest, like a
+    /// congested link), then clears `q`.
+    fn send_all(fd: RawFd, q: &mut Vec<Vec<u8>>) {
+        let mut done = 0;
+        while done < q.len() {
+            let chunk = &q[done..q.len().min(done + BATCH)];
+            let mut iov: Vec<libc::iovec> = chunk.iter().map(|d| libc::iovec { iov_base: d.as_ptr() as *mut _, iov_len: d.len() }).collect();
+            // SAFETY: zeroed mmsghdr is a valid "no name, no control" header.
+            let mut hdrs: Vec<libc::mmsghdr> = (0..chunk.len()).map(|_| unsafe { std::mem::zeroed() }).collect();
+            for (h, v) in hdrs.iter_mut().zip(iov.iter_mut()) {
+                h.msg_hdr.msg_iov = v;
+                h.msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: `hdrs` points at `iov`, which points at the datagrams in `q`; all outlive
+            // the call; the socket is connected, so no address is needed.
+            let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, 0) };
+            if r <= 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+                    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    // SAFETY: one valid pollfd on the stack.
+                    unsafe { libc::poll(&mut pfd, 1, 50) };
+                    continue;
+                }
+                break;
+            }
+            done += r as usize;
+        }
+        q.clear();
+    }
+
+    /// recvmmsg(2) of up to a batch of datagrams (non-blocking).
+    fn recv_batch(fd: RawFd, rx: &mut [[u8; SLOT]], lens: &mut [usize]) -> usize {
+        let mut iov: Vec<libc::iovec> = rx.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr() as *mut _, iov_len: SLOT }).collect();
+        // SAFETY: zeroed mmsghdr is a valid "no name, no control" header.
+        let mut hdrs: Vec<libc::mmsghdr> = (0..iov.len()).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (h, v) in hdrs.iter_mut().zip(iov.iter_mut()) {
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at one iovec of a SLOT-byte buffer in `rx`; all outlive
+        // the call; MSG_DONTWAIT never blocks.
+        let r = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        if r <= 0 {
+            return 0;
+        }
+        for (l, h) in lens.iter_mut().zip(&hdrs).take(r as usize) {
+            *l = h.msg_len as usize;
+        }
+        r as usize
+    }
+
+    /// TLS -> TUN: CSTP frames from the TLS stream; DATA to the TUN in batches (one per read),
+    /// DPD answered.
+    async fn tls_reader(
+        mut rd: tokio::io::ReadHalf<super::Tls>,
+        mut buf: Vec<u8>,
+        tun: Arc<tun_rs::SyncDevice>,
+        offset: usize,
+        tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> String {
+        let mut tout = TunOut::new(offset);
+        let mut chunk = vec![0u8; 65536];
+        let mut start = 0;
+        loop {
+            while buf.len() - start >= 8 {
+                let b = &buf[start..];
+                if &b[..4] != b"STF\x01" {
+                    return "bad CSTP framing from the gateway".into();
+                }
+                let len = u16::from_be_bytes([b[4], b[5]]) as usize;
+                if b.len() < 8 + len {
+                    break;
+                }
+                match b[6] {
+                    DATA => tout.push(&b[8..8 + len]),
+                    DPD_REQ => {
+                        let _ = tx.send(frame(DPD_RESP, &b[8..8 + len])).await;
+                    }
+                    super::DISCONNECT | super::TERMINATE => return "the gateway ended the session".into(),
+                    _ => {}
+                }
+                start += 8 + len;
+            }
+            tout.flush(&tun);
+            buf.drain(..start);
+            start = 0;
+            match rd.read(&mut chunk).await {
+                Ok(0) => return "gateway closed the TLS connection".into(),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return format!("TLS read: {e}"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -949,6 +1539,73 @@ mod tests {
         assert!(!is_echo_reply(&r, dst, src, 8), "other session's identifier");
         assert!(!is_echo_reply(&p, dst, src, 7), "a request is not a reply");
         assert!(!is_echo_reply(&r[..20], dst, src, 7), "truncated");
+    }
+
+    /// A self-signed EC certificate and its key, made with libssl.
+    fn self_signed() -> (openssl::x509::X509, openssl::pkey::PKey<openssl::pkey::Private>) {
+        use openssl::{asn1::Asn1Time, ec::*, hash::MessageDigest, nid::Nid, pkey::PKey, x509::*};
+        let key = PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "vpn.example").unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        (b.build(), key)
+    }
+
+    /// A real TLS server on loopback: the right pin connects, a wrong pin is refused with a
+    /// message naming both pins; the CA-file mode refuses a certificate from no trusted CA.
+    #[test]
+    fn server_certificate_is_verified_by_pin_or_ca() {
+        use openssl::ssl::SslAcceptor;
+        let (cert, key) = self_signed();
+        let pin = cert_pin(&cert).unwrap();
+        assert_eq!(parse_pin(&pin_text(&pin)).unwrap(), pin, "pin text round-trips");
+        assert!(parse_pin("sha256:abcd").is_err(), "only the pin-sha256: form");
+        assert!(parse_pin("pin-sha256:YWJj").is_err(), "a pin has 32 bytes");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        acc.set_certificate(&cert).unwrap();
+        acc.set_private_key(&key).unwrap();
+        let acc = acc.build();
+        let server = std::thread::spawn(move || {
+            for s in listener.incoming().take(3).flatten() {
+                // The client may drop the connection right after the handshake.
+                if let Ok(mut tls) = acc.accept(s) {
+                    let mut b = [0u8; 1];
+                    let _ = std::io::Read::read(&mut tls, &mut b);
+                }
+            }
+        });
+        let base = parse_opts_from(&["--server".into(), addr.to_string(), "--servercert".into(), pin_text(&pin)]).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let good = connector(&base, false).unwrap();
+            tls_connect(addr, &good, &base.server_check).await.expect("the pinned certificate is accepted");
+            let mut wrong = pin;
+            wrong[0] ^= 1;
+            let err = tls_connect(addr, &good, &ServerCheck::Pin(wrong)).await.err().expect("a wrong pin is refused");
+            assert!(err.contains("mismatch") && err.contains(&pin_text(&pin)) && err.contains(&pin_text(&wrong)), "{err}");
+            // CA mode with a CA file that does not hold the server's (self-signed) certificate.
+            let (other, _) = self_signed();
+            let ca = std::env::temp_dir().join(format!("acload-test-ca-{}.pem", std::process::id()));
+            std::fs::write(&ca, other.to_pem().unwrap()).unwrap();
+            let mut o = base.clone();
+            o.server_check = ServerCheck::CaFile(ca.to_string_lossy().into_owned());
+            let strict = connector(&o, false).unwrap();
+            let err = tls_connect(addr, &strict, &o.server_check).await.err().expect("an untrusted certificate is refused");
+            assert!(err.contains("certificate verify failed"), "{err}");
+            let _ = std::fs::remove_file(&ca);
+        });
+        server.join().unwrap();
+        assert!(parse_opts_from(&["--server".into(), addr.to_string()]).unwrap_err().contains("always verified"), "no check at all is refused");
     }
 
     #[test]
