@@ -493,6 +493,10 @@ async fn async_run(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io_ctx("signal"))?;
     // SIGHUP is `holdfast reload` without a file argument (systemd's ExecReload sends it).
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(io_ctx("signal"))?;
+    // SIGQUIT is a planned restart: remote-access sessions are saved and their clients are not
+    // told, so they reconnect to the next daemon (docs/remote-access.md).
+    let mut sigquit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).map_err(io_ctx("signal"))?;
+    let mut keep_sessions = false;
     // Remote access last: nothing fallible follows, so its handle (which owns a runtime that
     // must not be dropped inside this one) is only ever stopped by the shutdown below.
     if let Some(plan) = ra_plan {
@@ -575,6 +579,10 @@ async fn async_run(
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = sigquit.recv() => {
+                keep_sessions = true;
+                break;
+            }
             _ = sighup.recv() => {
                 let text = d.reload(&mut guard, None, reload::Source::Sighup);
                 eprint!("holdfast: {text}");
@@ -585,7 +593,13 @@ async fn async_run(
     eprintln!("holdfast: shutting down");
     // Remote-access clients get TERMINATE (they do not reconnect), then its TUN and routes go.
     if let Some(h) = d.ra.take() {
-        let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
+        if keep_sessions {
+            if let Ok(n) = tokio::task::spawn_blocking(move || h.shutdown_keeping_sessions()).await {
+                eprintln!("holdfast: SIGQUIT: {n} remote-access session(s) saved for the next start; clients were not told");
+            }
+        } else {
+            let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
+        }
     }
     // Deleting our SAs tells the peer at once instead of letting it wait for liveness to fail.
     d.endpoint.handle_command(clock::now(), ike::Command::ClearIkeSa { peer: None });

@@ -150,6 +150,9 @@ pub(crate) fn remote_access(ra: Option<&mut crate::ra::RaHandle>, path: &Path, n
         return Ok(Vec::new());
     };
     let ctx = crate::ra::tls::server_context(&plan.cert_file, &plan.key_file, plan.ca_file.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let mut plan = plan;
+    let running = ra.with_engine(|s, _| s.config().users.clone());
+    keep_unchanged_passwords(&mut plan.engine, &running, &std::fs::read_to_string(path).unwrap_or_default());
     let (changes, mut notes) = match ra.reconfigure(plan.engine, ctx) {
         Ok(x) => x,
         Err(conflicts) => return Err(lease_refusal(path, &conflicts)),
@@ -169,6 +172,28 @@ pub(crate) fn remote_access(ra: Option<&mut crate::ra::RaHandle>, path: &Path, n
     ));
     lines.append(&mut notes);
     Ok(lines)
+}
+
+/// A clear-text password in the file is hashed with a fresh salt at every load, so its hash
+/// never equals the running one. For each such user the running hash is kept when the clear
+/// text still verifies against it (one PBKDF2 per user): the password did not change, and
+/// the user's in-flight logins and the reload's answer must not say it did. A `pbkdf2` hash
+/// in the file is compared as it is.
+fn keep_unchanged_passwords(new: &mut anyconnect::Config, running: &[anyconnect::User], text: &str) {
+    for u in &mut new.users {
+        let Some(old) = running.iter().find(|o| o.name == u.name) else { continue };
+        if old.password_hash == u.password_hash {
+            continue;
+        }
+        let clear = text.lines().find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let is_hash = w.get(4).is_some_and(|f| ["pbkdf2", "encrypted", "nt-encrypted"].contains(&f.to_ascii_lowercase().as_str()));
+            (w.len() >= 4 && w[0] == "username" && w[1] == u.name && w[2] == "password" && !is_hash).then(|| w[3])
+        });
+        if clear.is_some_and(|p| crypto::password::verify(&old.password_hash, p).unwrap_or(false)) {
+            u.password_hash = old.password_hash.clone();
+        }
+    }
 }
 
 /// The changes in the operator's words, one line per kind that changed.
@@ -579,6 +604,29 @@ ssl trust-point TP outside
         let text = lease_refusal(&f, &[c]);
         assert!(text.starts_with(&format!("{}:17:2: error: address 10.99.0.100", f.display())), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_clear_password_that_did_not_change_keeps_the_running_hash() {
+        let user = |n: &str, h: &str| anyconnect::User { name: n.into(), password_hash: h.into() };
+        let mut rng = crypto::SeededRandom::new(3);
+        let old_hash = crypto::password::hash_with("secret-pw", &mut rng, 1000).encode();
+        let running = vec![user("vpn", &old_hash), user("bob", &old_hash)];
+        // As a reload parses them: fresh salts.
+        let text = "username vpn password secret-pw\nusername bob password new-pw-1\n";
+        let mut new = anyconnect::Config {
+            users: vec![
+                user("vpn", &crypto::password::hash_with("secret-pw", &mut rng, 1000).encode()),
+                user("bob", &crypto::password::hash_with("new-pw-1", &mut rng, 1000).encode()),
+            ],
+            ..Default::default()
+        };
+        let before = new.users[1].password_hash.clone();
+        keep_unchanged_passwords(&mut new, &running, text);
+        assert_eq!(new.users[0].password_hash, old_hash, "unchanged password: running hash kept");
+        assert_eq!(new.users[1].password_hash, before, "a changed password stays changed");
+        let old_engine = anyconnect::Config { users: running, ..Default::default() };
+        assert_eq!(old_engine.changes(&new).users_password_changed, vec!["bob"]);
     }
 
     #[test]
