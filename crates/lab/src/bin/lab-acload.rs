@@ -1507,10 +1507,27 @@ mod tunnel {
                 }
                 start += 8 + len;
             }
-            tout.flush(&tun);
             buf.drain(..start);
             start = 0;
-            match rd.read(&mut chunk).await {
+            // Write the TUN batch only when no more TLS data is ready at once (a gateway
+            // sends one frame per record, so one read is often one packet): the batch then
+            // holds a whole burst, which GRO coalesces.
+            let ready = tokio::select! {
+                biased;
+                r = rd.read(&mut chunk) => Some(r),
+                _ = std::future::ready(()) => None,
+            };
+            let r = match ready {
+                Some(r) if tout.n < 256 => r,
+                other => {
+                    tout.flush(&tun);
+                    match other {
+                        Some(r) => r,
+                        None => rd.read(&mut chunk).await,
+                    }
+                }
+            };
+            match r {
                 Ok(0) => return "gateway closed the TLS connection".into(),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) => return format!("TLS read: {e}"),
