@@ -422,6 +422,22 @@ fn ticks(pids: &[u32]) -> u64 {
 /// iperf3 from the client namespace to the inside host (`reverse`: inside -> client), with
 /// the CPU of everything involved over the same interval.
 fn iperf(lab: &RaLab, server: &Server, secs: u64, reverse: bool) -> Result<Sample, String> {
+    // iperf3 -s serves one test at a time and sometimes still holds the previous one (its
+    // tunnel went away under it) for a few seconds: try again then.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match iperf_once(lab, server, secs, reverse) {
+            Err(e) if e.contains("server is busy") && attempt < 8 => {
+                eprintln!("lab-acbench: {e}; again in 2 s");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn iperf_once(lab: &RaLab, server: &Server, secs: u64, reverse: bool) -> Result<Sample, String> {
     let (spids, cpids) = (server.pids(&lab.gw), client_pids(lab));
     let (s0, c0, m0) = (ticks(&spids), ticks(&cpids), MachineCpu::sample());
     let t0 = Instant::now();
