@@ -402,6 +402,41 @@ pub fn tunnel_direction(
     d
 }
 
+/// Splits TCP offload trains back into the segments they stand for. A TUN with offloads
+/// (virtio-net header) hands over, and the capture shows, TSO super-packets and GRO trains
+/// far larger than any link MTU; each is a run of segments of `seg_len` bytes of IP packet
+/// (the headers of the train, TCP options included, plus as much payload as fits; the last may
+/// be shorter) with consecutive sequence numbers. Packets of at most `above` bytes (the TUN's
+/// own MTU: nothing larger can be a single packet there) are kept as they are. Returns the
+/// packets and how many trains were split.
+pub fn split_offload_trains(packets: &[IpPacket], above: u16, seg_len: u16) -> (Vec<IpPacket>, usize) {
+    let mut out = Vec::with_capacity(packets.len());
+    let mut trains = 0;
+    for p in packets {
+        let Some((seq, tcp_len, retrans)) = p.tcp else {
+            out.push(p.clone());
+            continue;
+        };
+        let headers = p.len.saturating_sub(tcp_len);
+        let mss = seg_len.saturating_sub(headers);
+        if p.len <= above || mss == 0 || p.fragment {
+            out.push(p.clone());
+            continue;
+        }
+        trains += 1;
+        let mut off: u16 = 0;
+        while off < tcp_len {
+            let n = mss.min(tcp_len - off);
+            let mut q = p.clone();
+            q.len = headers + n;
+            q.tcp = Some((seq.wrapping_add(u32::from(off)), n, retrans));
+            out.push(q);
+            off += n;
+        }
+    }
+    (out, trains)
+}
+
 /// ICMP destination-unreachable / fragmentation-needed (RFC 792 type 3 code 4) packets.
 pub fn frag_needed(packets: &[IpPacket]) -> Vec<IpPacket> {
     packets.iter().filter(|p| p.icmp == Some((3, 4))).cloned().collect()
@@ -474,6 +509,26 @@ mod tests {
         let d = tunnel_direction("s->c", &big, &frags, s.parse().unwrap(), c.parse().unwrap(), 1350, None);
         assert_eq!((d.oversize, d.fragments, d.full_sent, d.full_received), (1, 2, 0, 0));
         assert_eq!(d.largest_sent, 1418);
+    }
+
+    #[test]
+    fn offload_trains_split_into_their_segments() {
+        let (c, s) = ("10.99.0.100", "10.1.0.10");
+        // A 3-segment GRO train of 1310-byte segments (+40 header bytes) and one real packet.
+        let train = pkt(1.0, s, c, 40 + 3 * 1310, 1000, false);
+        let single = pkt(1.1, s, c, 1350, 1000 + 3 * 1310, false);
+        let (v, n) = split_offload_trains(&[train, single.clone()], 1500, 1350);
+        assert_eq!(n, 1);
+        assert_eq!(v.iter().map(|p| (p.len, p.tcp.unwrap().0)).collect::<Vec<_>>(), vec![(1350, 1000), (1350, 2310), (1350, 3620), (1350, 4930)]);
+        assert_eq!(v[3], single);
+        // A packet no larger than the TUN MTU is never split, even above the adapter MTU.
+        let (v, n) = split_offload_trains(&[pkt(1.0, s, c, 1420, 7, false)], 1500, 1350);
+        assert_eq!((v.len(), n, v[0].len), (1, 0, 1420));
+        // TCP options (timestamps: 52 header bytes) leave 1298 payload bytes per 1350 segment.
+        let mut t = pkt(1.0, s, c, 52 + 2 * 1298, 50, false);
+        t.tcp = Some((50, 2 * 1298, false));
+        let (v, _) = split_offload_trains(&[t], 1500, 1350);
+        assert_eq!(v.iter().map(|p| (p.len, p.tcp.unwrap().0)).collect::<Vec<_>>(), vec![(1350, 50), (1350, 50 + 1298)]);
     }
 
     #[test]
