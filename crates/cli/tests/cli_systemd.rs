@@ -7,12 +7,15 @@
 //! `systemd-analyze verify` accepts the unit when it is installed (skipped, with the reason,
 //! when not).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+use common::{cli, examples, is_root, sh, wait_control, Netns, BIN};
+
 /// An unprivileged uid/gid with no passwd entry, like a DynamicUser.
 const UID: u32 = 64123;
 
@@ -115,127 +118,66 @@ fn run(args: &[&str]) -> (bool, String) {
     (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "command failed: {cmd}");
-}
-
+/// `sh -c CMD`: (success, stdout and stderr together).
 fn sh_out(cmd: &str) -> (bool, String) {
-    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    let (ok, out, err) = common::sh_out(cmd);
+    (ok, out + &err)
 }
 
-/// Namespaces, run directories and daemons of one test, removed (daemons by PID) on drop.
-struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    namespaces: Vec<String>,
-    daemons: Vec<Child>,
+/// The guard of one test: namespaces `sdtest-<pid>-<tag>-<role>`, a run directory the
+/// unprivileged daemons can traverse.
+fn new_lab(tag: &str) -> Netns {
+    let mut lab = Netns::new(format!("sdtest-{}-{tag}", std::process::id()));
+    lab.term_grace = Duration::from_secs(5);
+    sh(&format!("chmod 755 {}", lab.dir.display()));
+    lab
 }
 
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let prefix = format!("sdtest-{}-{tag}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
-        sh(&format!("chmod 755 {}", dir.display()));
-        Lab { prefix, dir, namespaces: Vec::new(), daemons: Vec::new() }
-    }
-
-    fn ns(&mut self, role: &str) -> String {
-        let n = format!("{}-{role}", self.prefix);
-        sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
-        self.namespaces.push(n.clone());
-        n
-    }
-
-    /// Starts `holdfast run` in `ns` as UID with exactly `caps` (setpriv names), the way the
-    /// unit does: ambient = inheritable = bounding = caps, no_new_privs, no supplementary groups.
-    /// The socket and state directories belong to UID, as RuntimeDirectory/StateDirectory make
-    /// them. Returns (socket, log file).
-    fn start(&mut self, ns: &str, side: &str, caps: &[String]) -> (PathBuf, PathBuf) {
-        let run_dir = self.dir.join(format!("{side}-run"));
-        let state = self.dir.join(format!("{side}-state"));
-        std::fs::create_dir_all(&run_dir).unwrap();
-        std::fs::create_dir_all(&state).unwrap();
-        sh(&format!("chown {UID}:{UID} {} {} && chmod 0750 {} && chmod 0700 {}", run_dir.display(), state.display(), run_dir.display(), state.display()));
-        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/gw-{side}.cfg"));
-        let cfg_copy = self.dir.join(format!("gw-{side}.cfg"));
-        std::fs::copy(&cfg, &cfg_copy).unwrap();
-        sh(&format!("chmod 0644 {}", cfg_copy.display()));
-        let list = if caps.is_empty() { String::new() } else { caps.iter().map(|c| format!(",+{c}")).collect::<String>() };
-        let sock = run_dir.join("holdfast.sock");
-        let log = self.dir.join(format!("{side}.log"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "setpriv"])
-            .arg(format!("--reuid={UID}"))
-            .arg(format!("--regid={UID}"))
-            .args(["--clear-groups", "--no-new-privs"])
-            .arg(format!("--inh-caps=-all{list}"))
-            .arg(format!("--ambient-caps=-all{list}"))
-            .arg(format!("--bounding-set=-all{list}"))
-            .args([BIN, "run", "--config"])
-            .arg(&cfg_copy)
-            .arg("--control")
-            .arg(&sock)
-            .arg("--state-dir")
-            .arg(&state)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        self.daemons.push(child);
-        (sock, log)
-    }
-
-    fn last_daemon(&mut self) -> &mut Child {
-        self.daemons.last_mut().unwrap()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.daemons {
-            if let Ok(None) = c.try_wait() {
-                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-                for _ in 0..100 {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        for n in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Starts `holdfast run` in `ns` as UID with exactly `caps` (setpriv names), the way the
+/// unit does: ambient = inheritable = bounding = caps, no_new_privs, no supplementary groups.
+/// The socket and state directories belong to UID, as RuntimeDirectory/StateDirectory make
+/// them. Returns (socket, log file).
+fn start(lab: &mut Netns, ns: &str, side: &str, caps: &[String]) -> (PathBuf, PathBuf) {
+    let run_dir = lab.dir.join(format!("{side}-run"));
+    let state = lab.dir.join(format!("{side}-state"));
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    sh(&format!("chown {UID}:{UID} {} {} && chmod 0750 {} && chmod 0700 {}", run_dir.display(), state.display(), run_dir.display(), state.display()));
+    let cfg = examples().join(format!("gw-{side}.cfg"));
+    let cfg_copy = lab.dir.join(format!("gw-{side}.cfg"));
+    std::fs::copy(&cfg, &cfg_copy).unwrap();
+    sh(&format!("chmod 0644 {}", cfg_copy.display()));
+    let list = if caps.is_empty() { String::new() } else { caps.iter().map(|c| format!(",+{c}")).collect::<String>() };
+    let sock = run_dir.join("holdfast.sock");
+    let log = lab.dir.join(format!("{side}.log"));
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "setpriv"])
+        .arg(format!("--reuid={UID}"))
+        .arg(format!("--regid={UID}"))
+        .args(["--clear-groups", "--no-new-privs"])
+        .arg(format!("--inh-caps=-all{list}"))
+        .arg(format!("--ambient-caps=-all{list}"))
+        .arg(format!("--bounding-set=-all{list}"))
+        .args([BIN, "run", "--config"])
+        .arg(&cfg_copy)
+        .arg("--control")
+        .arg(&sock)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    lab.push(child);
+    (sock, log)
 }
 
 fn show(sock: &Path, words: &str) -> (bool, String) {
-    let o = Command::new(BIN).arg("show").args(words.split_whitespace()).arg("--control").arg(sock).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-fn wait_up(sock: &Path, log: &Path) {
-    for _ in 0..100 {
-        if show(sock, "version").0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("daemon did not answer: {}", std::fs::read_to_string(log).unwrap_or_default());
+    cli(sock, &format!("show {words}"))
 }
 
 /// gw-a and gw-b (examples/gw-*.cfg) on a veth pair, each with its LAN address.
-fn two_gateways(lab: &mut Lab) -> (String, String) {
+fn two_gateways(lab: &mut Netns) -> (String, String) {
     let (a, b) = (lab.ns("a"), lab.ns("b"));
     sh(&format!(
         "ip link add wan-a netns {a} type veth peer name wan-b netns {b} && \
@@ -256,14 +198,14 @@ fn unit_capabilities_bring_a_tunnel_up_as_an_unprivileged_user() {
         return;
     }
     let caps = unit_caps();
-    let mut lab = Lab::new("up");
+    let mut lab = new_lab("up");
     let (a, b) = two_gateways(&mut lab);
-    let (sa, la) = lab.start(&a, "a", &caps);
-    let (sb, lb) = lab.start(&b, "b", &caps);
-    wait_up(&sa, &la);
-    wait_up(&sb, &lb);
+    let (sa, la) = start(&mut lab, &a, "a", &caps);
+    let (sb, lb) = start(&mut lab, &b, "b", &caps);
+    wait_control(&sa, &la);
+    wait_control(&sb, &lb);
     // It really runs as the unprivileged user, with only those capabilities.
-    let pid = lab.daemons[0].id();
+    let pid = lab.procs[0].id();
     let (_, status) = sh_out(&format!("cat /proc/$(pgrep -P {pid} -x holdfast || echo {pid})/status"));
     assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&UID.to_string())), "{status}");
     let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap();
@@ -289,9 +231,9 @@ fn unit_capabilities_bring_a_tunnel_up_as_an_unprivileged_user() {
     assert!(!log.contains("native ESP disabled") && !log.contains("not permitted"), "{log}");
     // ExecReload (SIGHUP = `holdfast reload`) under the same capabilities: the daemon re-reads
     // its file as the unprivileged user, keeps running and keeps the tunnel.
-    sh(&format!("kill -HUP {}", lab.daemons[0].id()));
+    sh(&format!("kill -HUP {}", lab.procs[0].id()));
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(matches!(lab.daemons[0].try_wait(), Ok(None)), "SIGHUP ended the daemon: {}", std::fs::read_to_string(&la).unwrap_or_default());
+    assert!(matches!(lab.procs[0].try_wait(), Ok(None)), "SIGHUP ended the daemon: {}", std::fs::read_to_string(&la).unwrap_or_default());
     let (_, text) = show(&sa, "crypto ipsec sa");
     assert!(text.contains("inbound esp sas"), "{text}");
     let (_, logging) = show(&sa, "logging");
@@ -301,7 +243,7 @@ fn unit_capabilities_bring_a_tunnel_up_as_an_unprivileged_user() {
         assert!(logging.contains("%ASA-5-111005"), "no reload completed after SIGHUP:\n{logging}\n{log}");
     }
     // SIGTERM: a clean exit that removes the TUN (CAP_NET_ADMIN is still there for cleanup).
-    let d = lab.last_daemon();
+    let d = lab.procs.last_mut().unwrap();
     sh(&format!("kill -TERM {}", d.id()));
     let mut exited = None;
     for _ in 0..100 {
@@ -317,20 +259,20 @@ fn unit_capabilities_bring_a_tunnel_up_as_an_unprivileged_user() {
 }
 
 /// Runs one gateway with `caps` and returns (exited, its stderr) after it exits or 3 s.
-fn start_with(caps: &[String], tag: &str) -> (bool, String, Lab, String) {
-    let mut lab = Lab::new(tag);
+fn start_with(caps: &[String], tag: &str) -> (bool, String, Netns, String) {
+    let mut lab = new_lab(tag);
     let (a, _b) = two_gateways(&mut lab);
-    let (sock, log) = lab.start(&a, "a", caps);
+    let (sock, log) = start(&mut lab, &a, "a", caps);
     let mut exited = false;
     for _ in 0..60 {
-        if let Ok(Some(_)) = lab.last_daemon().try_wait() {
+        if let Ok(Some(_)) = lab.procs.last_mut().unwrap().try_wait() {
             exited = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     if !exited {
-        wait_up(&sock, &log);
+        wait_control(&sock, &log);
     }
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     (exited, text, lab, a)
@@ -348,7 +290,7 @@ fn each_capability_is_needed() {
     // No CAP_NET_ADMIN: refused before any tunnel, with the failing operation and the fix.
     let (exited, log, lab, a) = start_with(&without("net_admin"), "noadmin");
     assert!(exited, "started without CAP_NET_ADMIN: {log}");
-    assert!(lab.daemons[0].id() > 0);
+    assert!(lab.procs[0].id() > 0);
     assert!(log.contains("Operation not permitted") && log.contains("CAP_NET_ADMIN"), "{log}");
     let (has_tun, _) = sh_out(&format!("ip -n {a} link show hf0"));
     assert!(!has_tun);

@@ -4,139 +4,52 @@
 //!
 //! Namespaces are named `gwtest-<pid>-<n>-<role>` and removed by a guard, also on failure.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "command failed: {cmd}");
-}
-
-fn sh_out(cmd: &str) -> (bool, String, String) {
-    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
+use common::{cli, examples, gw_a_alone, is_root, sh, sh_out, wait_control, wire_two_gateways, Netns, BIN};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Namespaces and daemons of one test; dropping it kills the daemons (by PID) and deletes the
-/// namespaces.
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    daemons: Vec<Child>,
-    dir: PathBuf,
+/// Namespaces `gwtest-<pid>-<n>-<role>` and daemons of one test; dropping it kills the daemons
+/// (by PID) and deletes the namespaces.
+fn new_lab() -> Netns {
+    let mut lab = Netns::new(format!("gwtest-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    lab.term_grace = Duration::ZERO;
+    lab
 }
 
-impl Lab {
-    fn new() -> Lab {
-        let prefix = format!("gwtest-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
-        Lab { prefix, namespaces: Vec::new(), daemons: Vec::new(), dir }
-    }
-
-    fn ns(&mut self, role: &str) -> String {
-        let n = format!("{}-{role}", self.prefix);
-        sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
-        self.namespaces.push(n.clone());
-        n
-    }
-
-    fn start(&mut self, ns: &str, config: &Path, sock: &Path) -> usize {
-        let log = std::fs::File::create(self.dir.join(format!("{ns}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, BIN, "run", "--config"])
-            .arg(config)
-            .arg("--control")
-            .arg(sock)
-            // Each daemon its own connection-table state, never the system's /var/lib/holdfast.
-            .arg("--state-dir")
-            .arg(self.dir.join(format!("{ns}.state")))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemons.push(child);
-        // Wait for the control socket to answer.
-        for _ in 0..100 {
-            if show(sock, "show version").0 {
-                return self.daemons.len() - 1;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon in {ns} did not come up: {}", std::fs::read_to_string(self.dir.join(format!("{ns}.log"))).unwrap_or_default());
-    }
-
-    /// SIGTERM and wait; returns the exit status success.
-    fn stop(&mut self, idx: usize) -> bool {
-        let c = &mut self.daemons[idx];
-        sh(&format!("kill -TERM {}", c.id()));
-        for _ in 0..100 {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon did not exit on SIGTERM");
-    }
-
-    /// SIGKILL and reap: the daemon gets no chance to clean up.
-    fn kill_hard(&mut self, idx: usize) {
-        let c = &mut self.daemons[idx];
-        sh(&format!("kill -KILL {}", c.id()));
-        let _ = c.wait();
-        // The kernel tears the TUN down asynchronously after the last fd closes.
-        for _ in 0..50 {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// Starts `holdfast run` in `ns` (its own state directory) and waits for its control socket;
+/// returns its index in `lab.procs`.
+fn start(lab: &mut Netns, ns: &str, config: &Path, sock: &Path) -> usize {
+    let log = lab.dir.join(format!("{ns}.log"));
+    let state = lab.dir.join(format!("{ns}.state"));
+    let idx = lab.spawn_daemon(ns, config, sock, &state, std::fs::File::create(&log).unwrap());
+    wait_control(sock, &log);
+    idx
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.daemons {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        for n in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// SIGKILL: the daemon gets no chance to clean up. The kernel tears the TUN down
+/// asynchronously after the last fd closes, so give it a moment.
+fn kill_hard(lab: &mut Netns, idx: usize) {
+    lab.kill_hard(idx);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn show(sock: &Path, line: &str) -> (bool, String) {
-    let mut args: Vec<&str> = line.split_whitespace().collect();
-    let verb = args.remove(0);
-    let o = Command::new(BIN).arg(verb).args(&args).arg("--control").arg(sock).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    cli(sock, line)
 }
 
 /// One gateway namespace with the interfaces of examples/gw-a.cfg (veth pairs with nobody
 /// behind them: no peer answers).
-fn single_gateway(lab: &mut Lab) -> String {
+fn single_gateway(lab: &mut Netns) -> String {
     let ns = lab.ns("a");
-    sh(&format!(
-        "ip -n {ns} link add wan-a type veth peer name wan-x && ip -n {ns} addr add 192.0.2.1/24 dev wan-a && \
-         ip -n {ns} link set wan-a up && ip -n {ns} link set wan-x up && \
-         ip -n {ns} link add lan-a type veth peer name lan-x && ip -n {ns} addr add 10.1.0.1/24 dev lan-a && \
-         ip -n {ns} link set lan-a up && ip -n {ns} link set lan-x up"
-    ));
+    gw_a_alone(&ns);
     ns
 }
 
@@ -146,11 +59,11 @@ fn run_show_and_clean_exit() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = new_lab();
     let ns = single_gateway(&mut lab);
     let cfg = examples().join("gw-a.cfg");
     let sock = lab.dir.join("a.sock");
-    let d = lab.start(&ns, &cfg, &sock);
+    let d = start(&mut lab, &ns, &cfg, &sock);
 
     // `show running-config` is the config crate's canonical rendering of the loaded file.
     let loaded = config::load(&cfg).unwrap();
@@ -202,8 +115,8 @@ fn run_show_and_clean_exit() {
 
     // SIGKILL: the kernel removes the TUN and its route, but the blackhole route and the drop
     // table stay, so protected traffic cannot fall through to another route in clear.
-    let d = lab.start(&ns, &cfg, &sock);
-    lab.kill_hard(d);
+    let d = start(&mut lab, &ns, &cfg, &sock);
+    kill_hard(&mut lab, d);
     let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
     assert!(!routes.contains("dev hf0"), "{routes}");
     assert!(routes.contains("blackhole 10.2.0.0/24"), "blackhole route must survive SIGKILL: {routes}");
@@ -211,7 +124,7 @@ fn run_show_and_clean_exit() {
     assert!(has_table, "inbound drop table must survive SIGKILL");
     // A restarted daemon adopts them (one blackhole route, not two) and removes them on a clean exit.
     let _ = std::fs::remove_file(&sock);
-    let d = lab.start(&ns, &cfg, &sock);
+    let d = start(&mut lab, &ns, &cfg, &sock);
     let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
     assert_eq!(routes.matches("blackhole").count(), 1, "{routes}");
     assert!(routes.contains("dev hf0"), "{routes}");
@@ -235,7 +148,7 @@ fn bad_config_fails_before_touching_the_system() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = new_lab();
     let ns = single_gateway(&mut lab);
     let bad = lab.dir.join("bad.cfg");
     let text = std::fs::read_to_string(examples().join("gw-a.cfg")).unwrap().replace(" group 19 14 31", " group 2");
@@ -260,24 +173,14 @@ struct TwoGateways {
     a: String,
     sa: PathBuf,
     sb: PathBuf,
-    /// Index of gw-b's daemon in `Lab::daemons`.
+    /// Index of gw-b's daemon in `lab.procs`.
     db: usize,
 }
 
 /// host-a -- gw-a == gw-b -- host-b with both daemons running and the tunnel up.
-fn start_two_gateways(lab: &mut Lab, extra: impl Fn(&str, &Path) -> String) -> TwoGateways {
+fn start_two_gateways(lab: &mut Netns, extra: impl Fn(&str, &Path) -> String) -> TwoGateways {
     let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
-    sh(&format!(
-        "ip link add wan-a netns {a} type veth peer name wan-b netns {b} && \
-         ip link add lan-a netns {a} type veth peer name eth0 netns {ha} && \
-         ip link add lan-b netns {b} type veth peer name eth0 netns {hb} && \
-         ip -n {a} addr add 192.0.2.1/24 dev wan-a && ip -n {a} link set wan-a up && \
-         ip -n {b} addr add 192.0.2.2/24 dev wan-b && ip -n {b} link set wan-b up && \
-         ip -n {a} addr add 10.1.0.1/24 dev lan-a && ip -n {a} link set lan-a up && \
-         ip -n {b} addr add 10.2.0.1/24 dev lan-b && ip -n {b} link set lan-b up && \
-         ip -n {ha} addr add 10.1.0.10/24 dev eth0 && ip -n {ha} link set eth0 up && ip -n {ha} route add default via 10.1.0.1 && \
-         ip -n {hb} addr add 10.2.0.10/24 dev eth0 && ip -n {hb} link set eth0 up && ip -n {hb} route add default via 10.2.0.1"
-    ));
+    wire_two_gateways(&ha, &a, &b, &hb);
     let mut cfgs = Vec::new();
     for side in ["a", "b"] {
         let mut text = std::fs::read_to_string(examples().join(format!("gw-{side}.cfg"))).unwrap();
@@ -287,8 +190,8 @@ fn start_two_gateways(lab: &mut Lab, extra: impl Fn(&str, &Path) -> String) -> T
         cfgs.push(p);
     }
     let (sa, sb) = (lab.dir.join("a.sock"), lab.dir.join("b.sock"));
-    lab.start(&a, &cfgs[0], &sa);
-    let db = lab.start(&b, &cfgs[1], &sb);
+    start(lab, &a, &cfgs[0], &sa);
+    let db = start(lab, &b, &cfgs[1], &sb);
     // The tunnel comes up by itself (both sides initiate at start).
     let mut up = false;
     for _ in 0..100 {
@@ -309,7 +212,7 @@ fn two_gateways(extra: &str) {
 
 /// Like [`two_gateways`], with `extra(side, lab_dir)` appended to each side's configuration.
 fn two_gateways_with(extra: impl Fn(&str, &Path) -> String, udp: bool) {
-    let mut lab = Lab::new();
+    let mut lab = new_lab();
     let TwoGateways { ha, a, sa, sb, .. } = start_two_gateways(&mut lab, extra);
     let (ok, out, err) = sh_out(&format!("ip netns exec {ha} ping -c 5 -i 0.2 -W 2 10.2.0.10"));
     assert!(ok, "ping through the tunnel failed: {out}{err}");
@@ -420,9 +323,9 @@ fn ike_flood_is_bounded_and_ike_still_completes() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = new_lab();
     let TwoGateways { ha, a, sa, sb, db, .. } = start_two_gateways(&mut lab, |_, _| String::new());
-    let pid_b = lab.daemons[db].id();
+    let pid_b = lab.procs[db].id();
     assert_eq!(std::fs::read_to_string(format!("/proc/{pid_b}/comm")).unwrap().trim(), "holdfast");
     // The SAs' SPIs, to tell the SAs negotiated after the flood from these.
     let spis = |text: &str| -> Vec<String> { text.lines().filter(|l| l.contains("current inbound spi")).map(str::to_string).collect() };
@@ -439,7 +342,10 @@ fn ike_flood_is_bounded_and_ike_still_completes() {
             in_netns(&a, move || {
                 let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
                 let marker = if port == 4500 { 4 } else { 0 };
-                let mut d = vec![0x5au8; 1200];
+                // UDP 500 takes whole datagrams (IP-fragmented here); the RX thread's slots on
+                // 4500 hold 2048 bytes. Large messages make a backlog cost memory fast.
+                let size = if port == 500 { 8000 } else { 1400 };
+                let mut d = vec![0x5au8; size];
                 d[..marker].fill(0);
                 let h = &mut d[marker..];
                 h[8..16].fill(0);
@@ -448,7 +354,7 @@ fn ike_flood_is_bounded_and_ike_still_completes() {
                 h[18] = 34;
                 h[19] = 0x08;
                 h[20..24].fill(0);
-                let len = (1200 - marker) as u32;
+                let len = (size - marker) as u32;
                 h[24..28].copy_from_slice(&len.to_be_bytes());
                 let start = std::time::Instant::now();
                 let mut sent = 0u64;
@@ -480,10 +386,10 @@ fn ike_flood_is_bounded_and_ike_still_completes() {
         .and_then(|v| v.trim().parse().ok())
         .expect("IKE receive queue drops line");
     eprintln!(
-        "IKE flood: {sent} datagrams of 1200 bytes in {flood_for:?}; gw-b RSS {base} KiB before, peak {peak} KiB, {after} KiB after; {drops} dropped at the queue"
+        "IKE flood: {sent} datagrams (8000 bytes to 500, 1400 to 4500) in {flood_for:?}; gw-b RSS {base} KiB before, peak {peak} KiB, {after} KiB after; {drops} dropped at the queue"
     );
     // Bounded: 4096 messages / 8 MiB of queue, plus allocator slack; an unbounded queue that
-    // fell behind would hold up to `sent` * 1.2 KB.
+    // fell behind would hold every message it had not yet handled.
     assert!(peak.saturating_sub(base) < 48 * 1024, "RSS grew from {base} to {peak} KiB during the flood");
 
     // Legitimate IKE still completes: the SAs are deleted, traffic brings the tunnel back with

@@ -11,59 +11,49 @@
 //! The TCP endpoints are this test binary itself, re-executed inside the host namespaces
 //! (`endpoint_helper`), so no tool beyond `ip` and `nft` is needed.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+use common::{cli, examples, is_root, sh, wait_for, wire_two_gateways, Netns};
+
 const SERVER: &str = "10.1.0.10:5001";
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "command failed: {cmd}");
-}
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// host-a -- gw-a == gw-b -- host-b; dropping it kills every process it started (by PID) and
-/// deletes the namespaces.
+/// deletes the namespaces ([`Netns`], which it derefs to).
 struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    procs: Vec<Child>,
-    dir: PathBuf,
+    net: Netns,
     cfgs: Vec<PathBuf>,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Netns;
+    fn deref(&self) -> &Netns {
+        &self.net
+    }
+}
+
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut Netns {
+        &mut self.net
+    }
 }
 
 impl Lab {
     fn new(extra: &str) -> Lab {
-        let prefix = format!("gwflow-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut lab = Lab { prefix, namespaces: Vec::new(), procs: Vec::new(), dir, cfgs: Vec::new() };
+        let mut net = Netns::new(format!("gwflow-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        // The endpoints and gateways are killed outright at the end, as before.
+        net.term_grace = Duration::ZERO;
+        let mut lab = Lab { net, cfgs: Vec::new() };
         let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
-        sh(&format!(
-            "ip link add wan-a netns {a} type veth peer name wan-b netns {b} && \
-             ip link add lan-a netns {a} type veth peer name eth0 netns {ha} && \
-             ip link add lan-b netns {b} type veth peer name eth0 netns {hb} && \
-             ip -n {a} addr add 192.0.2.1/24 dev wan-a && ip -n {a} link set wan-a up && \
-             ip -n {b} addr add 192.0.2.2/24 dev wan-b && ip -n {b} link set wan-b up && \
-             ip -n {a} addr add 10.1.0.1/24 dev lan-a && ip -n {a} link set lan-a up && \
-             ip -n {b} addr add 10.2.0.1/24 dev lan-b && ip -n {b} link set lan-b up && \
-             ip -n {ha} addr add 10.1.0.10/24 dev eth0 && ip -n {ha} link set eth0 up && ip -n {ha} route add default via 10.1.0.1 && \
-             ip -n {hb} addr add 10.2.0.10/24 dev eth0 && ip -n {hb} link set eth0 up && ip -n {hb} route add default via 10.2.0.1"
-        ));
+        wire_two_gateways(&ha, &a, &b, &hb);
         for side in ["a", "b"] {
             let mut text = std::fs::read_to_string(examples().join(format!("gw-{side}.cfg"))).unwrap();
             text.push_str(extra);
@@ -81,17 +71,6 @@ impl Lab {
         lab
     }
 
-    fn ns(&mut self, role: &str) -> String {
-        let n = format!("{}-{role}", self.prefix);
-        sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
-        self.namespaces.push(n.clone());
-        n
-    }
-
-    fn name(&self, role: &str) -> String {
-        format!("{}-{role}", self.prefix)
-    }
-
     fn sock(&self, side: &str) -> PathBuf {
         self.dir.join(format!("{side}.sock"))
     }
@@ -104,26 +83,15 @@ impl Lab {
     fn start_gw(&mut self, side: &str) -> usize {
         let ns = self.name(side);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("gw-{side}.log"))).unwrap();
-        let cfg = &self.cfgs[if side == "a" { 0 } else { 1 }];
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, BIN, "run", "--config"])
-            .arg(cfg)
-            .arg("--control")
-            .arg(self.sock(side))
-            .arg("--state-dir")
-            .arg(self.dir.join(format!("state-{side}")))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.procs.push(child);
-        let sock = self.sock(side);
+        let cfg = self.cfgs[if side == "a" { 0 } else { 1 }].clone();
+        let (sock, state) = (self.sock(side), self.dir.join(format!("state-{side}")));
+        let idx = self.net.spawn_daemon(&ns, &cfg, &sock, &state, log);
         assert!(
             wait_for(Duration::from_secs(5), || show_ok(&sock, "show version")),
             "gateway {side} did not come up: {}",
             self.log(side)
         );
-        self.procs.len() - 1
+        idx
     }
 
     /// Runs this test binary's `endpoint_helper` in host namespace `role` with `env`.
@@ -139,8 +107,8 @@ impl Lab {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        self.procs.push(cmd.spawn().unwrap());
-        self.procs.len() - 1
+        let child = cmd.spawn().unwrap();
+        self.push(child)
     }
 
     /// The server on host-a (10.1.0.10:5001) and the client on host-b: `total` bytes at
@@ -183,12 +151,6 @@ impl Lab {
         None
     }
 
-    fn kill_hard(&mut self, idx: usize) {
-        let c = &mut self.procs[idx];
-        sh(&format!("kill -KILL {}", c.id()));
-        let _ = c.wait();
-    }
-
     /// Silently drops everything on gw-a's wan link (both directions), or lifts that.
     fn block_wan(&self, on: bool) {
         let a = self.name("a");
@@ -202,47 +164,12 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.procs {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        for n in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        if std::env::var_os("HF_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = gateway::clock::now();
-    while t0.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn run_cli(sock: &Path, line: &str) -> (bool, String) {
-    let mut args: Vec<&str> = line.split_whitespace().collect();
-    let verb = args.remove(0);
-    let o = Command::new(BIN).arg(verb).args(&args).arg("--control").arg(sock).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
 fn show(sock: &Path, line: &str) -> String {
-    run_cli(sock, line).1
+    cli(sock, line).1
 }
 
 fn show_ok(sock: &Path, line: &str) -> bool {
-    run_cli(sock, line).0
+    cli(sock, line).0
 }
 
 /// The `show conn` line of the conn with an endpoint at `endpoint` (`ip:port`).
@@ -324,7 +251,7 @@ fn transfer_shows_in_show_conn_and_clear_without_preserve_tears_it_down() {
     // clear asp drop / clear conn.
     assert!(show_ok(&sa, "clear asp drop"));
     assert!(show(&sa, "show asp drop").contains("by admin"));
-    let (ok, out) = run_cli(&sb, "clear conn address 10.1.0.10");
+    let (ok, out) = cli(&sb, "clear conn address 10.1.0.10");
     assert!(ok);
     assert_eq!(out, "1 connection(s) deleted.\n");
     assert!(show(&sb, "show conn").starts_with("0 in use, 1 most used"));

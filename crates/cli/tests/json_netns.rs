@@ -5,97 +5,26 @@
 //!
 //! Namespaces are named `gwjson-<pid>-<role>` and removed by a guard, also on failure.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{cli, examples, is_root, sh, wait_control, wire_two_gateways, Netns, BIN};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "command failed: {cmd}");
-}
-
-/// Namespaces and daemons of the test; dropping it kills the daemons (by PID) and deletes the
-/// namespaces.
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    daemons: Vec<Child>,
-    dir: PathBuf,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let prefix = format!("gwjson-{}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap();
-        Lab { prefix, namespaces: Vec::new(), daemons: Vec::new(), dir }
-    }
-
-    fn ns(&mut self, role: &str) -> String {
-        let n = format!("{}-{role}", self.prefix);
-        sh(&format!("ip netns add {n} && ip -n {n} link set lo up"));
-        self.namespaces.push(n.clone());
-        n
-    }
-
-    fn start(&mut self, ns: &str, config: &Path, sock: &Path) {
-        let log = std::fs::File::create(self.dir.join(format!("{ns}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, BIN, "run", "--config"])
-            .arg(config)
-            .arg("--control")
-            .arg(sock)
-            .arg("--state-dir")
-            .arg(self.dir.join(format!("{ns}.state")))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemons.push(child);
-        for _ in 0..100 {
-            if text(sock, "version").0 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon in {ns} did not come up: {}", std::fs::read_to_string(self.dir.join(format!("{ns}.log"))).unwrap_or_default());
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.daemons {
-            if let Ok(None) = c.try_wait() {
-                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-                for _ in 0..60 {
-                    if let Ok(Some(_)) = c.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        for n in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Starts `holdfast run` in `ns` and waits for its control socket.
+fn start(lab: &mut Netns, ns: &str, config: &Path, sock: &Path) {
+    let log = lab.dir.join(format!("{ns}.log"));
+    let state = lab.dir.join(format!("{ns}.state"));
+    lab.spawn_daemon(ns, config, sock, &state, std::fs::File::create(&log).unwrap());
+    wait_control(sock, &log);
 }
 
 /// `holdfast show WORDS` (text): (success, stdout).
 fn text(sock: &Path, words: &str) -> (bool, String) {
-    let o = Command::new(BIN).arg("show").args(words.split_whitespace()).arg("--control").arg(sock).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    cli(sock, &format!("show {words}"))
 }
 
 /// `holdfast show --json WORDS`: (success, parsed stdout). Stdout must always be JSON.
@@ -121,23 +50,13 @@ fn show_json_matches_the_text_form() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
-    let mut lab = Lab::new();
+    let examples = examples();
+    let mut lab = Netns::new(format!("gwjson-{}", std::process::id()));
     let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
-    sh(&format!(
-        "ip link add wan-a netns {a} type veth peer name wan-b netns {b} && \
-         ip link add lan-a netns {a} type veth peer name eth0 netns {ha} && \
-         ip link add lan-b netns {b} type veth peer name eth0 netns {hb} && \
-         ip -n {a} addr add 192.0.2.1/24 dev wan-a && ip -n {a} link set wan-a up && \
-         ip -n {b} addr add 192.0.2.2/24 dev wan-b && ip -n {b} link set wan-b up && \
-         ip -n {a} addr add 10.1.0.1/24 dev lan-a && ip -n {a} link set lan-a up && \
-         ip -n {b} addr add 10.2.0.1/24 dev lan-b && ip -n {b} link set lan-b up && \
-         ip -n {ha} addr add 10.1.0.10/24 dev eth0 && ip -n {ha} link set eth0 up && ip -n {ha} route add default via 10.1.0.1 && \
-         ip -n {hb} addr add 10.2.0.10/24 dev eth0 && ip -n {hb} link set eth0 up && ip -n {hb} route add default via 10.2.0.1"
-    ));
+    wire_two_gateways(&ha, &a, &b, &hb);
     let (sa, sb) = (lab.dir.join("a.sock"), lab.dir.join("b.sock"));
-    lab.start(&b, &examples.join("gw-b.cfg"), &sb);
-    lab.start(&a, &examples.join("gw-a.cfg"), &sa);
+    start(&mut lab, &b, &examples.join("gw-b.cfg"), &sb);
+    start(&mut lab, &a, &examples.join("gw-a.cfg"), &sa);
     let mut up = false;
     for _ in 0..100 {
         if json(&sa, "crypto ipsec sa").1.as_array().is_some_and(|v| !v.is_empty()) {
@@ -150,12 +69,12 @@ fn show_json_matches_the_text_form() {
     // A TCP connection that stays open while we look (python3: no netcat needed).
     let server = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('10.2.0.10',5555))\ns.listen(1)\nc,_=s.accept()\nwhile c.recv(4096): pass\n";
     let client = "import socket,time\nc=socket.create_connection(('10.2.0.10',5555),timeout=5)\nc.sendall(b'hello')\ntime.sleep(15)\n";
-    // Both are `Lab::daemons`: killed by PID when the test ends, also on failure.
+    // Both are `Netns::procs`: stopped by PID when the test ends, also on failure.
     let listener = Command::new("ip").args(["netns", "exec", &hb, "python3", "-c", server]).stdout(Stdio::null()).spawn().unwrap();
-    lab.daemons.push(listener);
+    lab.push(listener);
     std::thread::sleep(Duration::from_millis(500));
     let client = Command::new("ip").args(["netns", "exec", &ha, "python3", "-c", client]).stdout(Stdio::null()).spawn().unwrap();
-    lab.daemons.push(client);
+    lab.push(client);
     sh(&format!("ip netns exec {ha} ping -c 5 -i 0.2 -W 2 10.2.0.10 > /dev/null"));
 
     // show crypto ipsec sa: the same SA and counters as the text.

@@ -3,97 +3,42 @@
 //! abbreviations and `exit`; and on a terminal (a pty from util-linux `script`): `?` answered
 //! without Enter with the line given back, TAB completion, history saved mode 0600.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "command failed: {cmd}");
-}
+use common::{cli, examples, gw_a_alone, is_root, wait_control, Netns, BIN};
 
 /// One namespace with gw-a's interfaces and a daemon on examples/gw-a.cfg; dropping it stops
 /// the daemon (by PID) and deletes the namespace and the run directory.
 struct Gateway {
-    ns: String,
-    dir: PathBuf,
     sock: PathBuf,
-    daemon: Option<Child>,
+    net: Netns,
 }
 
 impl Gateway {
     fn start(tag: &str) -> Gateway {
-        let ns = format!("shtest-{}-{tag}", std::process::id());
-        let dir = std::env::temp_dir().join(&ns);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("holdfast.sock");
-        let mut g = Gateway { ns: ns.clone(), dir: dir.clone(), sock: sock.clone(), daemon: None };
-        sh(&format!(
-            "ip netns add {ns} && ip -n {ns} link set lo up && \
-             ip -n {ns} link add wan-a type veth peer name wan-x && ip -n {ns} addr add 192.0.2.1/24 dev wan-a && \
-             ip -n {ns} link set wan-a up && ip -n {ns} link set wan-x up && \
-             ip -n {ns} link add lan-a type veth peer name lan-x && ip -n {ns} addr add 10.1.0.1/24 dev lan-a && \
-             ip -n {ns} link set lan-a up && ip -n {ns} link set lan-x up"
-        ));
-        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gw-a.cfg");
-        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, BIN, "run", "--config"])
-            .arg(&cfg)
-            .arg("--control")
-            .arg(&sock)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        g.daemon = Some(child);
-        for _ in 0..100 {
-            if show(&sock, "show version").0 {
-                return g;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon did not come up: {}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.daemon {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            for _ in 0..100 {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let mut net = Netns::new(format!("shtest-{}-{tag}", std::process::id()));
+        net.term_grace = Duration::from_secs(5);
+        let ns = net.ns("a");
+        gw_a_alone(&ns);
+        let sock = net.dir.join("holdfast.sock");
+        let log = net.dir.join("daemon.log");
+        let state = net.dir.join("state");
+        net.spawn_daemon(&ns, &examples().join("gw-a.cfg"), &sock, &state, std::fs::File::create(&log).unwrap());
+        wait_control(&sock, &log);
+        Gateway { sock, net }
     }
 }
 
 /// `holdfast show|clear ...` (the one-shot client) for comparison.
 fn show(sock: &Path, line: &str) -> (bool, String) {
-    let mut args: Vec<&str> = line.split_whitespace().collect();
-    let verb = args.remove(0);
-    let o = Command::new(BIN).arg(verb).args(&args).arg("--control").arg(sock).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    cli(sock, line)
 }
 
 /// Pipes `input` into `holdfast shell`; returns (exit code, stdout, stderr).
@@ -153,7 +98,7 @@ fn piped_commands_against_a_running_daemon() {
     assert_eq!(err, "");
 
     // The daemon going away: a clear error naming the socket, exit status 1.
-    let (code, _, err) = shell_piped(&g.dir.join("absent.sock"), "show version\n");
+    let (code, _, err) = shell_piped(&g.net.dir.join("absent.sock"), "show version\n");
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach the daemon at") && err.contains("absent.sock"), "{err}");
 }
@@ -169,7 +114,7 @@ fn terminal_help_without_enter_completion_and_history() {
         return;
     }
     let g = Gateway::start("tty");
-    let home = g.dir.join("home");
+    let home = g.net.dir.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let cmd = format!("{BIN} shell --control {}", g.sock.display());
     let mut c = Command::new("script")
