@@ -15,6 +15,9 @@
 //!            [--daemon-pid PID] [--flood N] [--flood-source IP] [--ready-file FILE] [--dtls-sessions K]
 //!            (--servercert pin-sha256:BASE64 | --cafile PEM)
 //! ```
+//! `lab-acload --tunnel ...` is a different mode: one session as a fast benchmark client with a
+//! TUN device (see `mod tunnel`; `lab-acbench --client fast` runs it against holdfast and ocserv).
+//!
 //! The server certificate is always verified, like openconnect's `--servercert`: a pin of its
 //! public key or a CA file; a mismatch ends the session with a clear error before any
 //! credential is sent.
