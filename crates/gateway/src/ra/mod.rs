@@ -371,6 +371,7 @@ pub fn spawn(cfg: RaConfig) -> Result<RaHandle, RaError> {
         tun_mtu,
         tun_q: Mutex::new(TunBatch::new(tun_offset)),
         tun_tx: Mutex::new(TunSender { batch: TunBatch::new(tun_offset), gro: tun_rs::GROTable::default() }),
+        outside: cfg.flows.as_ref().map_or_else(|| "outside".to_string(), |f| f.outside.clone()),
         syslog: cfg.syslog.clone(),
         stop: AtomicBool::new(false),
         stats: Stats::default(),
@@ -459,6 +460,8 @@ struct Core {
     /// Judged TUN packets waiting for a writer ([`Core::flush_tun`]).
     tun_q: Mutex<TunBatch>,
     tun_tx: Mutex<TunSender>,
+    /// `nameif` the clients connect on (syslog lines).
+    outside: String,
     syslog: Arc<Syslog>,
     stop: AtomicBool,
     stats: Stats,
@@ -783,10 +786,11 @@ async fn accept_loop(core: Arc<Core>, listener: tokio::net::TcpListener, admissi
                     3,
                     201011,
                     format!(
-                        "Connection limit exceeded for inbound TCP packet from {}/{} to {} on interface outside: the address holds its share of the SSL handshake slots ({} refused so far)",
+                        "Connection limit exceeded for inbound TCP packet from {}/{} to {} on interface {}: the address holds its share of the SSL handshake slots ({} refused so far)",
                         peer.ip(),
                         peer.port(),
                         local.replace(':', "/"),
+                        core.outside,
                         core.stats.tls_refused_per_address.load(Ordering::Relaxed)
                     ),
                 );
