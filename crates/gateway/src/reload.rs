@@ -595,7 +595,7 @@ ssl trust-point TP outside
             pool: Some("VPNPOOL".into()),
             why: "no address-pool of tunnel-group RA contains it any more".into(),
         };
-        let text = lease_refusal(&f, &[c.clone()]);
+        let text = lease_refusal(&f, std::slice::from_ref(&c));
         // Line 5, column 23: the range of `ip local pool VPNPOOL ...`.
         assert!(text.starts_with(&format!("{}:5:23: error: address 10.99.0.100 is leased to user 'vpn'", f.display())), "{text}");
         assert!(text.contains(&format!("\n  {}^{}\n", " ".repeat(22), "~".repeat(22))), "{text}");
