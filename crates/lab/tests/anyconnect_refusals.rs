@@ -185,6 +185,9 @@ fn unknown_group_forged_and_expired_cookies_and_broken_cstp_are_refused() {
         let l = expect_line(&d, mark, 722037, &[&format!("User <{PROBE_USER}>"), "SVC closing connection: CSTP framing error", why]);
         assert!(l.contains("%ASA-4-722037"), "{l}");
         expect_line(&d, mark, 722023, &[&format!("User <{PROBE_USER}>"), "TCP SVC connection terminated"]);
+        // The session survives a broken connection and waits for its client (so the next
+        // step's marks start after this line).
+        expect_line(&d, mark, 716058, &[&format!("User <{PROBE_USER}>"), "lost connection. Waiting to resume"]);
     }
     // Truncated: a DATA header announcing 1000 bytes, 10 of them, then the connection closes.
     let mut t = Probe::connect(&lab.client, gw, &cert.cert).expect("probe");
