@@ -100,8 +100,8 @@ pub struct Shared {
     pub engine: Mutex<flow::Engine>,
     /// Taken before the engine lock is released by a thread that has events to log, and held
     /// while it logs them: events reach syslog in the order the engine produced them (a conn's
-    /// Built before its Teardown, even when two threads saw its packets), while packets
-    /// without events never wait for anybody's socket I/O.
+    /// Built before its Teardown, even when two threads saw its packets). Held only briefly:
+    /// `Syslog::log` queues the stderr/UDP copies for its logger thread and never waits for I/O.
     order: Mutex<()>,
 }
 
