@@ -585,7 +585,7 @@ impl RaDaemon {
         let config = lab.path(&format!("{name}.cfg"));
         std::fs::write(&config, text).map_err(io_err("writing the daemon configuration"))?;
         let c = config.to_string_lossy().into_owned();
-        let check = run(&mut std::process::Command::new(&b).args(["check", "--config", &c]), Duration::from_secs(30))?;
+        let check = run(std::process::Command::new(&b).args(["check", "--config", &c]), Duration::from_secs(30))?;
         if !check.success() {
             return Err(LabError::Check(format!("holdfast check refused {c}:\n{}{}", check.stdout, check.stderr)));
         }
