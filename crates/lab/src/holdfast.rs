@@ -235,11 +235,20 @@ impl Holdfast {
         let bin = self.bin.to_string_lossy().into_owned();
         let cfg = self.config.to_string_lossy().into_owned();
         let sock = self.control.to_string_lossy().into_owned();
-        let state = self.state_dir.as_ref().map(|d| d.to_string_lossy().into_owned());
-        let mut argv = vec![bin.as_str(), "run", "--config", &cfg, "--control", &sock];
-        if let Some(d) = &state {
-            argv.extend(["--state-dir", d.as_str()]);
-        }
+        // Without a state dir of its own the daemon would use the machine-wide default
+        // (/var/lib/holdfast) and restore whatever an earlier test or run left there; a
+        // fresh, empty directory per launch keeps "no state" meaning no state.
+        let state_dir = match &self.state_dir {
+            Some(d) => d.clone(),
+            None => {
+                let d = self.config.with_file_name(format!("{}-nostate", self.name));
+                let _ = std::fs::remove_dir_all(&d);
+                std::fs::create_dir_all(&d).map_err(io_err(format!("creating state dir {}", d.display())))?;
+                d
+            }
+        };
+        let state = state_dir.to_string_lossy().into_owned();
+        let argv = vec![bin.as_str(), "run", "--config", &cfg, "--control", &sock, "--state-dir", state.as_str()];
         let mut cmd = in_ns(&self.ns, &argv);
         cmd.env("RUST_BACKTRACE", "1");
         let mut p = Proc::spawn(&self.name, cmd, &self.log)?;
