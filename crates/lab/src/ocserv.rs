@@ -320,11 +320,15 @@ impl HoldfastRa {
         std::fs::write(&cfg, config).map_err(io_err("writing the holdfast configuration"))?;
         let sock = lab.path("holdfast.sock");
         let log = lab.path("holdfast.log");
+        // A state dir of its own: the machine-wide default may hold an earlier run's sessions.
+        let state = lab.path("holdfast-ra-state");
+        let _ = std::fs::remove_dir_all(&state);
         let cmdline = format!(
-            "ulimit -n 65536; exec {} run --config {} --control {}",
+            "ulimit -n 65536; exec {} run --config {} --control {} --state-dir {}",
             bin.display(),
             cfg.display(),
-            sock.display()
+            sock.display(),
+            state.display()
         );
         let mut proc = Proc::spawn("holdfast run", in_ns(&lab.gw, &["sh", "-c", &cmdline]), &log)?;
         proc.grace = Duration::from_secs(10);
