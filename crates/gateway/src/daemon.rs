@@ -1810,6 +1810,16 @@ impl Daemon {
             ra_sessions,
             syslog_dropped: self.syslog.dropped(),
             ike_queue_drops: ipsec.ike_queue_drops,
+            ra_io_drops: self.ra.as_ref().map_or_else(Vec::new, |ra| {
+                let io = ra.io_stats();
+                vec![
+                    ("tls-queue-full", io.tls_send_overflow),
+                    ("tls-refused-per-address", io.tls_refused_per_address),
+                    ("tls-handshake-failed", io.tls_handshake_failures),
+                    ("dtls-handshake-failed", io.dtls_handshake_failures),
+                    ("udp-unmatched", io.udp_unmatched),
+                ]
+            }),
         }
     }
 

@@ -98,6 +98,8 @@ pub struct Snapshot {
     pub syslog_dropped: u64,
     /// IKE datagrams dropped because the data path's queue to the control task was full.
     pub ike_queue_drops: u64,
+    /// Remote-access I/O layer refusals and drops by reason (empty without remote access).
+    pub ra_io_drops: Vec<(&'static str, u64)>,
 }
 
 /// The daemon's own metric state: the resume-time histogram and the traffic of SAs that were
@@ -202,6 +204,12 @@ pub fn encode_text(s: &Snapshot, m: &Metrics) -> String {
     gauge(&mut reg, "ra_sessions", "AnyConnect remote-access sessions", s.ra_sessions);
     counter(&mut reg, "syslog_dropped", "Syslog lines not written to stderr/UDP because the logger queue was full", s.syslog_dropped);
     counter(&mut reg, "ike_queue_drops", "IKE datagrams dropped because the queue to the control task was full", s.ike_queue_drops);
+    counter_family(
+        &mut reg,
+        "ra_io_drops",
+        "Remote-access I/O drops and refusals by reason (tls-queue-full: CSTP batches for a client not reading fast enough)",
+        s.ra_io_drops.iter().map(|(r, n)| (vec![("reason", r.to_string())], *n)),
+    );
     reg.register(
         "resume_seconds",
         "Time from a preserved flow's tunnel coming back to its held segments leaving on the new SA",
@@ -319,6 +327,7 @@ mod tests {
             ra_sessions: 0,
             syslog_dropped: 11,
             ike_queue_drops: 12,
+            ra_io_drops: vec![("tls-queue-full", 13)],
         }
     }
 
@@ -343,6 +352,7 @@ mod tests {
         assert_eq!(value(&t, "holdfast_asp_drops_total{reason=\"tunnel-torn-down\",kind=\"flow\"}"), Some(1.0));
         assert_eq!(value(&t, "holdfast_syslog_dropped_total "), Some(11.0), "{t}");
         assert_eq!(value(&t, "holdfast_ike_queue_drops_total "), Some(12.0), "{t}");
+        assert_eq!(value(&t, "holdfast_ra_io_drops_total{reason=\"tls-queue-full\"} "), Some(13.0), "{t}");
         assert_eq!(value(&t, "holdfast_resume_seconds_count "), Some(2.0), "{t}");
         assert_eq!(value(&t, "holdfast_resume_seconds_bucket{le=\"0.0005\"}"), Some(1.0), "{t}");
         assert_eq!(value(&t, "holdfast_resume_seconds_bucket{le=\"0.05\"}"), Some(2.0), "{t}");
