@@ -567,6 +567,22 @@ ssl trust-point VPN-TP outside
 
 /// `holdfast run` (the daemon, [`crate::holdfast_bin`]) in the gateway namespace of a
 /// [`RaLab`], with its control socket in the run directory.
+/// `holdfast run --config CFG --control SOCK --state-dir STATE` in the gateway namespace,
+/// logging to `<lab>/<log_name>` (a restarted daemon needs a fresh log name so the first
+/// one's line does not count); waits for its "remote access listening" line.
+pub fn spawn_holdfast_run(lab: &RaLab, name: &str, cfg: &Path, sock: &Path, state: &Path, log_name: &str) -> Result<Proc> {
+    let b = crate::holdfast_bin().to_string_lossy().into_owned();
+    let log = lab.path(log_name);
+    let (c, s, st) = (cfg.to_string_lossy(), sock.to_string_lossy(), state.to_string_lossy());
+    let mut proc = Proc::spawn(name, in_ns(&lab.gw, &[&b, "run", "--config", &c, "--control", &s, "--state-dir", &st]), &log)?;
+    proc.grace = Duration::from_secs(10);
+    wait_for("holdfast remote access listening", Duration::from_secs(20), Duration::from_millis(50), || {
+        std::fs::read_to_string(&log).ok().filter(|t| t.contains("remote access listening")).map(|_| ())
+    })
+    .map_err(|e| LabError::Check(format!("{e}\n{}", proc.log_tail(30))))?;
+    Ok(proc)
+}
+
 pub struct RaDaemon {
     pub proc: Proc,
     pub sock: PathBuf,
@@ -590,15 +606,7 @@ impl RaDaemon {
             return Err(LabError::Check(format!("holdfast check refused {c}:\n{}{}", check.stdout, check.stderr)));
         }
         let sock = lab.path(&format!("{name}.sock"));
-        let state = lab.path(&format!("{name}-state"));
-        let log = lab.path(&format!("{name}.log"));
-        let (s, st) = (sock.to_string_lossy().into_owned(), state.to_string_lossy().into_owned());
-        let mut proc = Proc::spawn(name, in_ns(&lab.gw, &[&b, "run", "--config", &c, "--control", &s, "--state-dir", &st]), &log)?;
-        proc.grace = Duration::from_secs(10);
-        wait_for("holdfast remote access listening", Duration::from_secs(20), Duration::from_millis(50), || {
-            std::fs::read_to_string(&log).ok().filter(|t| t.contains("remote access listening")).map(|_| ())
-        })
-        .map_err(|e| LabError::Check(format!("{e}\n{}", proc.log_tail(30))))?;
+        let proc = spawn_holdfast_run(lab, name, &config, &sock, &lab.path(&format!("{name}-state")), &format!("{name}.log"))?;
         Ok(RaDaemon { proc, sock, config })
     }
 

@@ -143,21 +143,7 @@ fn start_daemon(lab: &RaLab, text: &str, sock: &Path) -> Proc {
 fn start_daemon_logged(lab: &RaLab, text: &str, sock: &Path, log_name: &str) -> Proc {
     let cfg = lab.path("daemon.cfg");
     std::fs::write(&cfg, text).unwrap();
-    let b = bin().to_string_lossy().into_owned();
-    let state = lab.path("state");
-    let log = lab.path(log_name);
-    let mut daemon = Proc::spawn(
-        "holdfast",
-        in_ns(&lab.gw, &[&b, "run", "--config", &cfg.to_string_lossy(), "--control", &sock.to_string_lossy(), "--state-dir", &state.to_string_lossy()]),
-        &log,
-    )
-    .expect("holdfast run");
-    daemon.grace = Duration::from_secs(10);
-    wait_for("holdfast remote access listening", Duration::from_secs(20), Duration::from_millis(50), || {
-        std::fs::read_to_string(&log).ok().filter(|t| t.contains("remote access listening")).map(|_| ())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
-    daemon
+    spawn_holdfast_run(lab, "holdfast", &cfg, sock, &lab.path("state"), log_name).unwrap_or_else(|e| panic!("holdfast run: {e}"))
 }
 
 #[test]

@@ -271,16 +271,21 @@ fn bench_round(imp: Imp, cfg: &Cfg, with_fallback: bool, res: &mut ImpResults) -
         }
         Imp::Ocserv => Server::Ocserv(Ocserv::start(&lab, &cert, "vpn", PASSWORD, cfg.tuning).map_err(e)?),
     };
-    let iperf_log = lab.path("iperf3-server.log");
-    let _iperf = Proc::spawn("iperf3 -s", in_ns(&lab.server, &["iperf3", "-s", "-p", "5201"]), &iperf_log).map_err(e)?;
+    let mut port = 5200u16;
     for &client in &cfg.clients {
         for chan in [Chan::Dtls, Chan::Tls] {
             let tag = format!("{}{}", &client.name()[..1], if chan == Chan::Dtls { "d" } else { "t" });
+            // A fresh iperf3 server (and port) per client connection: one whose previous test's
+            // tunnel went away under it can stay "busy" for minutes (run of 21:53).
+            port += 1;
+            let iperf_log = lab.path(&format!("iperf3-server-{tag}.log"));
+            let p = port.to_string();
+            let _iperf = Proc::spawn("iperf3 -s", in_ns(&lab.server, &["iperf3", "-s", "-p", &p]), &iperf_log).map_err(e)?;
             let mut c = connect(&lab, &cert, &tag, client, chan, &server, cfg)?;
             res.notes.push(format!("{} {:?}: {}", client.name(), chan, c.describe()));
             for down in [false, true] {
                 let row = Row { client, chan, down };
-                let s = iperf(&lab, &server, cfg.secs, down)?;
+                let s = iperf(&lab, &server, port, cfg.secs, down)?;
                 eprintln!(
                     "lab-acbench: {} {}: {:.0} Mbit/s; cores: server {:.2}, client {:.2}, iperf3 client-side {:.2}, inside {:.2}, machine {:.2} (softirq {:.2}); load {}",
                     imp.name(),
@@ -421,13 +426,13 @@ fn ticks(pids: &[u32]) -> u64 {
 
 /// iperf3 from the client namespace to the inside host (`reverse`: inside -> client), with
 /// the CPU of everything involved over the same interval.
-fn iperf(lab: &RaLab, server: &Server, secs: u64, reverse: bool) -> Result<Sample, String> {
+fn iperf(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool) -> Result<Sample, String> {
     // iperf3 -s serves one test at a time and sometimes still holds the previous one (its
     // tunnel went away under it) for a few seconds: try again then.
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match iperf_once(lab, server, secs, reverse) {
+        match iperf_once(lab, server, port, secs, reverse) {
             Err(e) if e.contains("server is busy") && attempt < 8 => {
                 eprintln!("lab-acbench: {e}; again in 2 s");
                 std::thread::sleep(Duration::from_secs(2));
@@ -437,12 +442,12 @@ fn iperf(lab: &RaLab, server: &Server, secs: u64, reverse: bool) -> Result<Sampl
     }
 }
 
-fn iperf_once(lab: &RaLab, server: &Server, secs: u64, reverse: bool) -> Result<Sample, String> {
+fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool) -> Result<Sample, String> {
     let (spids, cpids) = (server.pids(&lab.gw), client_pids(lab));
     let (s0, c0, m0) = (ticks(&spids), ticks(&cpids), MachineCpu::sample());
     let t0 = Instant::now();
-    let s = secs.to_string();
-    let mut argv = vec!["iperf3", "-c", SERVER_IP, "-p", "5201", "-t", &s, "-J"];
+    let (s, p) = (secs.to_string(), port.to_string());
+    let mut argv = vec!["iperf3", "-c", SERVER_IP, "-p", &p, "-t", &s, "-J"];
     if reverse {
         argv.push("-R");
     }
