@@ -1659,8 +1659,18 @@ impl Server {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if s.tls.take().is_none() {
+        let Some(tls) = s.tls.take() else {
             return;
+        };
+        // Bytes of a frame that never completed: the client (or a middlebox) cut the
+        // connection mid-frame. They are discarded; say so before the disconnect lines.
+        let partial = tls.decoder.buffered();
+        if partial > 0 {
+            let line = syslog::closing_722037(
+                who(s),
+                &format!("connection closed inside a CSTP frame, {partial} byte(s) of a truncated frame discarded"),
+            );
+            self.events.push_back(Event::Syslog(line));
         }
         s.phase = Phase::Disconnected { since: now };
         let address = s.address;

@@ -737,6 +737,21 @@ fn cstp_data_and_dpd_over_tls_with_any_split() {
     s.handle_tls_data(t0, t2.session, &cstp(0, &pkt)[..50])
         .unwrap();
     assert!(packets(&mut s).is_empty());
+    // ... and when the connection closes inside it, the discarded bytes are logged.
+    drain_events(&mut s);
+    s.handle_tls_closed(t0, t2.session);
+    let lines = syslog(&drain_events(&mut s));
+    assert!(
+        lines.iter().any(|l| l.contains("722037")
+            && l.contains("closed inside a CSTP frame, 50 byte(s) of a truncated frame discarded")),
+        "{lines:?}"
+    );
+    // A connection closed between frames says nothing of the kind.
+    let cookie3 = login(&mut s, t0, "alice", "wonder");
+    let t3 = connect(&mut s, t0, &cookie3, PSK_SUITES, "");
+    drain_events(&mut s);
+    s.handle_tls_closed(t0, t3.session);
+    assert!(!syslog(&drain_events(&mut s)).iter().any(|l| l.contains("truncated frame")));
 }
 
 #[test]

@@ -197,6 +197,7 @@ fn unknown_group_forged_and_expired_cookies_and_broken_cstp_are_refused() {
     t.send_raw(&cstp_frame(acprobe::CSTP_DATA, 1000, &[0x45; 10])).expect("send a truncated frame");
     std::thread::sleep(Duration::from_millis(300));
     t.close();
+    expect_line(&d, mark, 722037, &[&format!("User <{PROBE_USER}>"), "closed inside a CSTP frame", "truncated frame discarded"]);
     expect_line(&d, mark, 722023, &[&format!("User <{PROBE_USER}>"), "TCP SVC connection terminated"]);
     expect_line(&d, mark, 716058, &[&format!("User <{PROBE_USER}>"), "lost connection. Waiting to resume"]);
 
