@@ -320,6 +320,9 @@ impl Server {
             .filter(|h| self.pending.contains_key(h))
             .or_else(|| msg.handle.clone().filter(|h| self.pending.contains_key(h)));
         // Group: explicit selection, else the pending login's, else the URL path, else default.
+        // A URL group that matches nothing falls back to the default group, as the ASA puts
+        // such a client in DefaultWEBVPNGroup; unlike the ASA we say so (716900).
+        let mut url_unknown = None;
         let requested = msg
             .group_select
             .clone()
@@ -330,9 +333,13 @@ impl Server {
                     .map(|p| p.group.clone())
             })
             .or_else(|| {
-                url_group(msg.group_access.as_deref()).filter(|g| self.config.group(g).is_some())
-            })
-            .or_else(|| url_group(Some(req.target)).filter(|g| self.config.group(g).is_some()));
+                let asked = [url_group(msg.group_access.as_deref()), url_group(Some(req.target))];
+                let known = asked.iter().flatten().find(|g| self.config.group(g).is_some()).cloned();
+                if known.is_none() {
+                    url_unknown = asked.into_iter().flatten().next();
+                }
+                known
+            });
         let (group, unknown) = match requested {
             Some(g) => match self.config.group(&g) {
                 Some(tg) => (Some(tg.clone()), None),
@@ -350,6 +357,13 @@ impl Server {
             ).into();
         };
         let shown = self.shown_name(&group);
+        if let Some(asked) = url_unknown {
+            self.events.push_back(Event::Syslog(syslog::url_group_unknown_716900(
+                &asked,
+                conn.peer.ip(),
+                &group.name,
+            )));
+        }
 
         if let Some(bad) = unknown {
             self.stats.auth_unknown_group += 1;

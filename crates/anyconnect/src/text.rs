@@ -250,6 +250,25 @@ pub mod syslog {
         )
     }
 
+    /// 716900 (holdfast): the group the client asked for in its URL (`https://gw/NAME`, the
+    /// `<group-access>` of aggregate-auth, or the POST path) matches no tunnel-group name or
+    /// group-alias, so the login continues in the default group, as the ASA puts such a
+    /// client in DefaultWEBVPNGroup. The ASA does that silently: the Cisco syslog guide has no
+    /// message for it, so the id is ours. It is in the webvpn class (716, where the guide puts
+    /// the clientless/aggregate-auth session messages) and far above the 7166xx messages,
+    /// the highest in that class we know of, so no filter or parser mistakes it for a Cisco
+    /// message while filters on the webvpn class still see it. Severity 5 (notification): the
+    /// login is not refused, but the user may be in another group than intended.
+    pub fn url_group_unknown_716900(asked: &str, peer: std::net::IpAddr, group: &str) -> SyslogLine {
+        line(
+            5,
+            716900,
+            format!(
+                "IP <{peer}> Group <{asked}> requested in the connection URL matches no tunnel-group or group-alias; using tunnel-group <{group}>."
+            ),
+        )
+    }
+
     /// 722037: we are closing a connection, with the reason.
     pub fn closing_722037(w: Who<'_>, reason: &str) -> SyslogLine {
         line(

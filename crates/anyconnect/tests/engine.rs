@@ -2028,3 +2028,51 @@ fn deferred_checks_in_flight_are_capped_per_address() {
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     assert_eq!(s.session_count(), 1);
 }
+
+/// https://gw/NOSUCH: no tunnel-group or alias of that name. The ASA puts such a client in
+/// DefaultWEBVPNGroup; we continue in the default group too, but log 716900 once, naming what
+/// was asked and what was given, and a later reply of the same login does not repeat it.
+#[test]
+fn unknown_url_group_falls_back_to_default_with_716900() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let c = conn(40000);
+    let want = "%ASA-5-716900: IP <203.0.113.10> Group <NOSUCH> requested in the connection URL matches no tunnel-group or group-alias; using tunnel-group <RA>.";
+    // openconnect https://192.0.2.1/NOSUCH: the group in <group-access> and in the POST path.
+    let init = OC_INIT.replace("https://192.0.2.1/", "https://192.0.2.1/NOSUCH");
+    let req = String::from_utf8(post(&init, &[])).unwrap().replacen("POST / ", "POST /NOSUCH ", 1);
+    let (form, close) = respond(s.handle_http(t0, &c, req.as_bytes()));
+    assert!(!close && form.contains("<tunnel-group>RA</tunnel-group>"), "{form}");
+    assert!(!form.contains("not a valid group"), "a URL group is not an error: {form}");
+    let ev = drain_events(&mut s);
+    assert_eq!(syslog(&ev), vec![want.to_string()]);
+    assert!(!ev.iter().any(|e| matches!(e, Event::Refused { .. })), "{ev:?}");
+    assert_eq!(s.stats().auth_unknown_group, 0);
+    // The reply continues the same login (no group-select): it completes in RA, no second 716900.
+    let handle = set_cookie(&form, "webvpncontext").unwrap();
+    let reply = oc_reply("vpn", "secret", None, &handle);
+    let (done, _) = respond(s.handle_http(t0, &c, &post(&reply, &[("webvpncontext", &handle)])));
+    assert!(done.contains("type=\"complete\""), "{done}");
+    let lines = syslog(&drain_events(&mut s));
+    assert!(!lines.iter().any(|l| l.contains("716900")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("113012")), "{lines:?}");
+
+    // Only the <group-access> URL names an unknown alias (POST to /): the same line.
+    let init = OC_INIT.replace("https://192.0.2.1/", "https://192.0.2.1/Sales?x=1");
+    let (form, _) = respond(s.handle_http(t0, &c, &post(&init, &[])));
+    assert!(form.contains("<tunnel-group>RA</tunnel-group>"), "{form}");
+    assert_eq!(
+        syslog(&drain_events(&mut s)),
+        vec![want.replace("<NOSUCH>", "<Sales>")]
+    );
+    // A URL naming a real alias (case-insensitive, as the ASA matches aliases) logs nothing
+    // and selects that group.
+    let init = OC_INIT.replace("https://192.0.2.1/", "https://192.0.2.1/certificates");
+    let (r, _) = respond(s.handle_http(t0, &c, &post(&init, &[])));
+    assert!(r.starts_with("HTTP/1.1 401"), "the certificate group wants a certificate: {r}");
+    assert!(!syslog(&drain_events(&mut s)).iter().any(|l| l.contains("716900")));
+    // No group in the URL at all: the default group, silently.
+    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
+    assert!(form.contains("<tunnel-group>RA</tunnel-group>"), "{form}");
+    assert!(syslog(&drain_events(&mut s)).is_empty());
+}
