@@ -9,6 +9,19 @@
 //! DTLS (anyconnect.md §4, as ocserv computes it): `link MTU - DTLS record overhead - 1 (type
 //! byte) - 28 (IPv4 + UDP)`, e.g. AES-GCM `1500 - 37 - 1 - 28 = 1434`, AES-CBC-SHA1
 //! `1500 - 65 - 1 - 28 = 1406`.
+//!
+//! Which cipher, when: a legacy (session-resumption) DTLS cipher is chosen by the server in the
+//! CONNECT exchange, so X-DTLS-MTU uses exactly that cipher. In PSK-NEGOTIATE mode the suite is
+//! negotiated by the DTLS handshake *after* the `200 CONNECTED` that carries X-DTLS-MTU, so the
+//! MTU is computed for the largest expansion among the suites the server's PSK context accepts
+//! ([`PSK_DTLS_SUITES`], all AES-GCM: 37 bytes, 1434 on a 1500 path): whichever the client
+//! picks, the advertised MTU fits.
+//!
+//! An X-DTLS-MTU of 1406 with AES-GCM is not this arithmetic going wrong: it is `anyconnect mtu`
+//! capping both channels, and the policy layer applies the ASA's default of 1406 when a group
+//! policy does not set it (policy::EffectiveGroupPolicy). `min(1434, 1406) = 1406` is what the
+//! ASA advertises with its default too; set `anyconnect mtu 1462` (the ASA's maximum) to let
+//! DTLS use the cipher's full 1434.
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +78,21 @@ pub fn dtls_overhead(cipher: &str) -> RecordOverhead {
     let mut o = cipher_expansion(cipher);
     o.header = DTLS_HEADER;
     o
+}
+
+/// The suites the I/O layer's PSK-NEGOTIATE DTLS context accepts, in its preference order
+/// (OpenSSL names; crates/gateway/src/ra/dtls.rs must offer no other). anyconnect.md §4:
+/// openconnect 9.01 leads its PSK ClientHello with AES-256-GCM and also offers AES-128-GCM.
+pub const PSK_DTLS_SUITES: [&str; 2] = ["PSK-AES256-GCM-SHA384", "PSK-AES128-GCM-SHA256"];
+
+/// The record expansion X-DTLS-MTU is computed with in PSK-NEGOTIATE mode: the largest of
+/// [`PSK_DTLS_SUITES`] (the suite itself is only known after the DTLS handshake).
+pub fn psk_dtls_overhead() -> RecordOverhead {
+    PSK_DTLS_SUITES
+        .iter()
+        .map(|s| dtls_overhead(s))
+        .max_by_key(RecordOverhead::total)
+        .unwrap_or_else(|| dtls_overhead("unknown"))
 }
 
 /// Classifies a cipher suite name. AEAD: GCM/CCM carry an 8-byte explicit nonce in (D)TLS 1.2
@@ -278,6 +306,46 @@ mod tests {
         for &(c, want) in cases {
             assert_eq!(dtls_mtu(1500, &dtls_overhead(c)), want, "{c}");
         }
+    }
+
+    /// Every DTLS cipher we can key, against the arithmetic written out term by term
+    /// (`link - header - iv - padding - hash - type byte - IPv4/UDP`, the DTLS twin of the
+    /// ASA's `1380 - 5 - 8 - 0 - 20`) and against the record layouts of the RFCs.
+    #[test]
+    fn dtls_mtu_of_each_cipher_we_key() {
+        use crate::LegacyCipher::*;
+        // RFC 6347 §4.1 header 13; RFC 5288 §3 GCM: 8-byte explicit nonce + 16-byte tag.
+        let gcm = 1500 - 13 - 8 - 0 - 16 - 1 - 28;
+        // RFC 5246 §6.2.3.2 CBC: 16-byte IV, worst-case 16 bytes of padding, HMAC-SHA1 20.
+        let cbc_sha1 = 1500 - 13 - 16 - 16 - 20 - 1 - 28;
+        assert_eq!((gcm, cbc_sha1), (1434, 1406));
+        let cases = [
+            (OcDtls12Aes256Gcm, gcm),
+            (OcDtls12Aes128Gcm, gcm),
+            (Dtls12EcdheRsaAes256Gcm, gcm),
+            (Dtls12EcdheRsaAes128Gcm, gcm),
+            (Aes256Sha, cbc_sha1),
+            (Aes128Sha, cbc_sha1),
+        ];
+        for (c, want) in cases {
+            assert_eq!(dtls_mtu(1500, &dtls_overhead(c.openssl_name())), want, "{c:?}");
+            assert_eq!(dtls_mtu(1500, &dtls_overhead(c.client_name())), want, "{c:?} by client name");
+        }
+        // PSK-NEGOTIATE: every suite the PSK context accepts, and the one X-DTLS-MTU uses.
+        for s in PSK_DTLS_SUITES {
+            assert_eq!(dtls_mtu(1500, &dtls_overhead(s)), gcm, "{s}");
+        }
+        assert_eq!(psk_dtls_overhead().total(), 13 + 8 + 16);
+        assert_eq!(dtls_mtu(1500, &psk_dtls_overhead()), 1434);
+        // A smaller client path MTU moves every cipher down by the same amount.
+        assert_eq!(dtls_mtu(1400, &psk_dtls_overhead()), 1334);
+        // The ASA default `anyconnect mtu 1406` caps the PSK figure to the CBC-SHA1 one.
+        let mut i = inputs(MtuPolicy::Split);
+        i.dtls = Some(psk_dtls_overhead());
+        i.configured = Some(1406);
+        assert_eq!(plan(&i).advertised_dtls, Some(1406));
+        i.configured = Some(1462);
+        assert_eq!(plan(&i).advertised_dtls, Some(1434));
     }
 
     fn inputs(policy: MtuPolicy) -> MtuInputs {

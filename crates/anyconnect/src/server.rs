@@ -988,8 +988,8 @@ impl Server {
             None
         };
         let dtls_overhead = dtls.as_ref().map(|k| match k {
-            // PSK suite is negotiated later; the I/O layer offers AES-GCM PSK suites only.
-            DtlsKeying::Psk { .. } => mtu::dtls_overhead("PSK-AES256-GCM-SHA384"),
+            // PSK suite is negotiated later: the largest expansion of those the I/O layer offers.
+            DtlsKeying::Psk { .. } => mtu::psk_dtls_overhead(),
             DtlsKeying::Legacy { cipher, .. } => mtu::dtls_overhead(cipher.openssl_name()),
         });
         let mtu_policy = policy.mtu_policy.unwrap_or(self.config.mtu_policy);

@@ -2076,3 +2076,75 @@ fn unknown_url_group_falls_back_to_default_with_716900() {
     assert!(form.contains("<tunnel-group>RA</tunnel-group>"), "{form}");
     assert!(syslog(&drain_events(&mut s)).is_empty());
 }
+
+/// X-DTLS-MTU at CONNECT comes from the cipher the DTLS channel will really use: the legacy
+/// cipher the server picks, or (PSK-NEGOTIATE, negotiated only after CONNECT) the largest
+/// expansion among the PSK suites the I/O layer offers. The terms are the issue's
+/// `1380 - 5 - 8 - 0 - 20` arithmetic carried over to DTLS. X-DTLS-MTU 1406 under AES-GCM is the
+/// ASA's default `anyconnect mtu 1406` capping the channel, not a CBC assumption.
+#[test]
+fn x_dtls_mtu_follows_the_dtls_cipher_psk_and_legacy() {
+    let t0 = Instant::now();
+    // TLS 1.2 ECDHE-RSA-AES256-GCM-SHA384 (conn()): 1380 - 5 - 8 (CSTP) - 8 (nonce) - 16 (tag).
+    let tls = (1380 - 5 - 8 - 8 - 16).to_string();
+    let gcm = (1500 - 13 - 8 - 16 - 1 - 28).to_string(); // DTLS header, nonce, tag, type, IPv4+UDP
+    let cbc_sha1 = (1500 - 13 - 16 - 16 - 20 - 1 - 28).to_string(); // header, IV, pad, SHA1
+    let split = || {
+        let mut cfg = config();
+        cfg.mtu_policy = MtuPolicy::Split;
+        cfg
+    };
+    // PSK-NEGOTIATE.
+    let mut s = server(t0, split());
+    let cookie = login(&mut s, t0, "vpn", "secret");
+    let t = connect(&mut s, t0, &cookie, PSK_SUITES, "");
+    assert!(matches!(t.dtls, Some(DtlsKeying::Psk { .. })));
+    assert_eq!(header(&t.head, "X-CSTP-MTU"), Some(tls.as_str()));
+    assert_eq!(header(&t.head, "X-DTLS-MTU"), Some(gcm.as_str()), "{}", t.head);
+    // Legacy: each cipher we can key, offered alone in the header it belongs to.
+    use LegacyCipher::*;
+    for (cipher, want) in [
+        (OcDtls12Aes256Gcm, &gcm),
+        (OcDtls12Aes128Gcm, &gcm),
+        (Dtls12EcdheRsaAes256Gcm, &gcm),
+        (Dtls12EcdheRsaAes128Gcm, &gcm),
+        (Aes256Sha, &cbc_sha1),
+        (Aes128Sha, &cbc_sha1),
+    ] {
+        let mut cfg = split();
+        cfg.legacy_dtls_ciphers = vec![cipher];
+        let mut s = server(t0, cfg);
+        let cookie = login(&mut s, t0, "vpn", "secret");
+        let hdr = if cipher.in_dtls12_header() { "X-DTLS12-CipherSuite" } else { "X-DTLS-CipherSuite" };
+        let suites = format!("{hdr}: {}\r\n", cipher.client_name());
+        let t = connect(&mut s, t0, &cookie, &suites, "");
+        assert!(matches!(t.dtls, Some(DtlsKeying::Legacy { cipher: c, .. }) if c == cipher), "{cipher:?}");
+        assert_eq!(header(&t.head, "X-DTLS-MTU"), Some(want.as_str()), "{cipher:?}: {}", t.head);
+        assert_eq!(header(&t.head, "X-CSTP-MTU"), Some(tls.as_str()), "{cipher:?}");
+    }
+    // The same through the configuration: a split group policy without `anyconnect mtu` gets
+    // the ASA default 1406, which caps the PSK channel's 1434; `anyconnect mtu 1462` does not.
+    for (mtu_line, policy_mtu, want) in [("", 1406, "1406"), ("  anyconnect mtu 1462\n", 1462, gcm.as_str())] {
+        let text = format!(
+            "ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0\n\
+             webvpn\n enable outside\n anyconnect enable\n\
+             group-policy ac_users_group internal\n\
+             group-policy ac_users_group attributes\n vpn-tunnel-protocol ssl-client\n webvpn\n  anyconnect mtu-policy split\n{mtu_line}\
+             tunnel-group RA type remote-access\n\
+             tunnel-group RA general-attributes\n address-pool VPNPOOL\n default-group-policy ac_users_group\n\
+             crypto ca trustpoint VPN-TP\n certificate-file /etc/holdfast/server.pem\n key-file /etc/holdfast/server.key\n\
+             ssl trust-point VPN-TP outside\n"
+        );
+        let loaded = ::config::parse("mtu.cfg", &text).unwrap_or_else(|d| panic!("{d}"));
+        let from_cfg = config_from_policy(&loaded.config);
+        let gp = from_cfg.group_policies["ac_users_group"].clone();
+        assert_eq!(gp.mtu, Some(policy_mtu));
+        let mut cfg = config();
+        cfg.group_policies.insert("ac_users_group".into(), gp);
+        let mut s = server(t0, cfg);
+        let cookie = login(&mut s, t0, "vpn", "secret");
+        let t = connect(&mut s, t0, &cookie, PSK_SUITES, "");
+        assert_eq!(header(&t.head, "X-DTLS-MTU"), Some(want), "{mtu_line:?}: {}", t.head);
+        assert_eq!(header(&t.head, "X-CSTP-MTU"), Some(tls.as_str()), "{mtu_line:?}");
+    }
+}
