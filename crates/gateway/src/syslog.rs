@@ -392,6 +392,31 @@ fn write_loop(rx: Receiver<Job>, mut sink: Box<dyn Write + Send>, socket: Option
     }
 }
 
+/// Flushes the logger queue when dropped. The daemon holds one from the moment its [`Syslog`]
+/// exists to the moment `run` returns, so every way out — a start that fails half-way, a
+/// fatal error, a panic unwinding — writes what is queued. Dropping the last `Arc<Syslog>`
+/// would do the same, but on an error path the data-path threads and the remote-access
+/// runtime may still hold clones when the process exits, and the queued lines (those that
+/// explain the failure) would go with it.
+pub struct FlushOnDrop(pub Arc<Syslog>);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        self.0.flush(FLUSH_TIMEOUT);
+    }
+}
+
+/// `%ASA-2-199900: holdfast stopped: <error>.` — the daemon is stopping because of `error`
+/// (a start that failed after the logger existed, or a fatal error while running), so the
+/// syslog server learns why the gateway went away, not only its console. The ASA has no such
+/// message (it does not fail to start on a configuration it loaded), so the id is holdfast's
+/// own: in the system class (199, the ASA's start/reload/crash messages) and far above the
+/// 1990xx ids Cisco's guide lists, so no parser takes it for a Cisco message. Severity 2
+/// (critical): the gateway carries no traffic after it.
+pub fn daemon_stopped(error: &str) -> Message {
+    Message { severity: 2, id: 199900, text: format!("holdfast stopped: {error}.") }
+}
+
 /// `show logging` as data (the text and `show --json logging` are both made from it).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LoggingSnapshot {
@@ -588,6 +613,44 @@ mod tests {
         let lines = log.lines();
         assert_eq!(lines.len(), BUFFER_LINES);
         assert!(lines[0].ends_with(": %ASA-6-1: m5"), "{}", lines[0]);
+    }
+
+    /// The failing-start case: another owner (a data-path thread, the remote-access runtime)
+    /// still holds the logger when the daemon's `run` returns, so dropping our `Arc` writes
+    /// nothing; the [`FlushOnDrop`] guard waits until every queued line, the last one
+    /// included, is out on stderr and on the UDP host.
+    #[test]
+    fn flush_guard_writes_the_last_lines_while_others_hold_the_logger() {
+        let sink = Collect { delay: Duration::from_millis(20), ..Collect::default() };
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let cfg = SyslogConfig { enabled: true, hosts: vec![rx.local_addr().unwrap()], trap_level: 6, buffered_level: 7, timestamp: false, stderr: true };
+        let log = Arc::new(Syslog::with_stderr_sink(cfg, Box::new(sink.clone())));
+        let other_owner = log.clone();
+        let guard = FlushOnDrop(log.clone());
+        for i in 0..20 {
+            log.log(Message { severity: 6, id: 302014, text: format!("teardown {i}") });
+        }
+        log.log(daemon_stopped("remote access: bind 192.0.2.1:443: Address already in use (os error 98)"));
+        drop(log);
+        // 21 lines x 20 ms: without the guard, nothing but the first line or two is out yet.
+        drop(guard);
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 21, "{lines:?}");
+        assert!(
+            lines[20].ends_with("%ASA-2-199900: holdfast stopped: remote access: bind 192.0.2.1:443: Address already in use (os error 98)."),
+            "{}",
+            lines[20]
+        );
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while got.len() < 21 {
+            let n = rx.recv(&mut buf).expect("datagram");
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        // RFC 3164 PRI: local4 (20) * 8 + critical (2) = 162.
+        assert_eq!(got[20], "<162>%ASA-2-199900: holdfast stopped: remote access: bind 192.0.2.1:443: Address already in use (os error 98).");
+        drop(other_owner);
     }
 
     /// A stderr sink shared with the test, optionally slow.

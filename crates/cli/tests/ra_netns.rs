@@ -1,0 +1,141 @@
+//! The `holdfast` binary with remote access in a network namespace (root): the last syslog line
+//! of a start that fails after the data path is running reaches stderr and the syslog host, and
+//! `holdfast stop [--keep-sessions]` over the control socket.
+//!
+//! Namespaces are named `hfra-<pid>-<n>-<role>` and removed by a guard, also on failure.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{examples, gw_a_alone, is_root, sh, Netns, BIN};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn new_lab() -> Netns {
+    let mut lab = Netns::new(format!("hfra-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    lab.term_grace = Duration::ZERO;
+    lab
+}
+
+/// examples/gw-a.cfg plus remote access on its outside address (192.0.2.1), with a fresh
+/// self-signed trustpoint in `dir` and `extra` lines (logging) appended.
+fn ra_config(dir: &Path, extra: &str) -> PathBuf {
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=gw-a -days 2 -keyout {} -out {} 2>/dev/null",
+        key.display(),
+        cert.display()
+    ));
+    let mut text = std::fs::read_to_string(examples().join("gw-a.cfg")).unwrap();
+    text += &format!(
+        "ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0
+webvpn
+ enable outside
+ anyconnect enable
+group-policy ac_users_group internal
+group-policy ac_users_group attributes
+ vpn-tunnel-protocol ssl-client
+tunnel-group RA type remote-access
+tunnel-group RA general-attributes
+ address-pool VPNPOOL
+ default-group-policy ac_users_group
+username vpn password s3cret-Pw
+crypto ca trustpoint VPN-TP
+ certificate-file {}
+ key-file {}
+ssl trust-point VPN-TP outside
+{extra}",
+        cert.display(),
+        key.display()
+    );
+    let p = dir.join("gw-a-ra.cfg");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (setns affects only that thread).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd moves only the calling thread into it.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Waits (at most `limit`) for process `idx` of `lab` to exit; its exit code.
+fn wait_exit(lab: &mut Netns, idx: usize, limit: Duration) -> Option<i32> {
+    let t0 = gateway::clock::now();
+    while t0.elapsed() < limit {
+        if let Ok(Some(st)) = lab.procs[idx].try_wait() {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("holdfast did not exit within {limit:?}");
+}
+
+/// A start that fails after the site-to-site data-path threads (which hold the logger) are
+/// running: the remote-access TUN cannot be created because `--ra-tun` names an existing veth.
+/// The daemon's last syslog line says why it stopped (199900), and it reaches both stderr and
+/// the syslog host although other owners of the logger are still alive when `run` returns.
+#[test]
+fn failing_start_flushes_its_last_syslog_line() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let mut lab = new_lab();
+    let ns = lab.ns("gw");
+    gw_a_alone(&ns);
+    // The syslog host: a UDP socket on the namespace's loopback.
+    let rx = in_netns(&ns, || std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let cfg = ra_config(&lab.dir, &format!("logging trap informational\nlogging host inside 127.0.0.1 udp/{port}\n"));
+    let log = lab.dir.join("run.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns, BIN, "run", "--config"])
+        .arg(&cfg)
+        .arg("--control")
+        .arg(lab.dir.join("gw.sock"))
+        .arg("--state-dir")
+        .arg(lab.dir.join("state"))
+        .args(["--ra-tun", "wan-x"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let idx = lab.push(child);
+    assert_eq!(wait_exit(&mut lab, idx, Duration::from_secs(20)), Some(1));
+    let err = std::fs::read_to_string(&log).unwrap();
+    // The data path was up (the failure is not an early configuration refusal).
+    assert!(!err.contains("configuration"), "{err}");
+    let want = "%ASA-2-199900: holdfast stopped: remote access: creating TUN wan-x:";
+    let last_syslog = err.lines().filter(|l| l.contains("%ASA-")).last().unwrap_or_default();
+    assert!(last_syslog.contains(want), "last syslog line on stderr: {last_syslog:?}\n{err}");
+    // The CLI's own error line comes after it: the queue was written before `run` returned.
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("holdfast: remote access: creating TUN wan-x:"), "{err}");
+    let mut datagrams = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = rx.recv(&mut buf) {
+        let d = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = d.contains("199900");
+        datagrams.push(d);
+        if done {
+            break;
+        }
+    }
+    let last = datagrams.last().cloned().unwrap_or_default();
+    // RFC 3164 PRI: local4 (20) * 8 + critical (2) = 162.
+    assert!(last.starts_with("<162>") && last.contains(want), "datagrams: {datagrams:?}");
+}
