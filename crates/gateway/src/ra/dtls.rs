@@ -145,6 +145,12 @@ impl DtlsServer {
         // context must equal the context's.
         b.set_session_cache_mode(SslSessionCacheMode::SERVER);
         b.set_session_id_context(super::legacy::SID_CTX)?;
+        // OpenSSL >= 1.1.0 clients offer extended_master_secret (RFC 7627) even when resuming,
+        // and an OpenSSL server never resumes a session made without EMS for an EMS
+        // ClientHello: it would start a full handshake the AnyConnect client cannot follow
+        // (openssl/openssl#3910). The installed session is never EMS, so the extension is
+        // ignored here (as anylink's DTLS listener does); the PSK context keeps it.
+        b.set_options(super::legacy::NO_EXTENDED_MASTER_SECRET);
         let legacy = b.build();
         Ok(Self { psk, legacy, psk_index })
     }

@@ -17,6 +17,10 @@ use super::dtls::DtlsError;
 /// OpenSSL refuses to resume it.
 pub const SID_CTX: &[u8] = b"holdfast-anyconnect-dtls";
 
+/// `SSL_OP_NO_EXTENDED_MASTER_SECRET` (OpenSSL 3 ssl.h: `SSL_OP_BIT(0)`), which the openssl
+/// crate does not name: the server then ignores the client's extended_master_secret extension.
+pub const NO_EXTENDED_MASTER_SECRET: openssl::ssl::SslOptions = openssl::ssl::SslOptions::from_bits_retain(1);
+
 /// `DTLS1_2_VERSION` (RFC 6347 §4.1: {254, 253}).
 const DTLS1_2_VERSION: c_int = 0xfefd;
 
@@ -101,5 +105,159 @@ pub fn install_session(
         Ok(())
     } else {
         Err(DtlsError::Ssl(ErrorStack::get()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io::{self, Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    use openssl::ssl::{ErrorCode, Ssl, SslContextBuilder, SslMethod, SslStream, SslVerifyMode, SslVersion};
+
+    use super::*;
+    use crate::ra::dtls::{DgramQueue, DtlsKey, DtlsServer};
+
+    /// A client-side datagram pipe: reads hand out one queued datagram each, writes are
+    /// collected one datagram each.
+    #[derive(Debug, Default)]
+    struct Pipe {
+        inbox: VecDeque<Vec<u8>>,
+        outbox: Vec<Vec<u8>>,
+    }
+
+    impl Read for Pipe {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let d = self.inbox.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+            let n = d.len().min(buf.len());
+            buf[..n].copy_from_slice(&d[..n]);
+            Ok(n)
+        }
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.outbox.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A DTLS 1.2 client built the way AnyConnect clients key legacy DTLS (anyconnect.md §4;
+    /// openconnect's OpenSSL back end and Cisco's clients do the same): a session that was
+    /// never negotiated, made of the master secret the client sent as X-DTLS-Master-Secret,
+    /// the X-DTLS-Session-ID and the cipher the server announced, set with SSL_set_session
+    /// before the ClientHello. The context keeps OpenSSL's default options, so (OpenSSL >=
+    /// 1.1.0) its ClientHello carries the extended_master_secret extension (RFC 7627) even
+    /// though the session has no such flag.
+    fn fake_resuming_client(cipher_name: &str, suite: [u8; 2], session_id: &[u8; 32], master: &[u8; 48]) -> Ssl {
+        let mut b = SslContextBuilder::new(SslMethod::dtls()).unwrap();
+        b.set_min_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+        b.set_max_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+        b.set_cipher_list(cipher_name).unwrap();
+        // A full handshake (what this test must not see) would otherwise fail on the
+        // self-signed certificate and hide the difference between "resumed" and "not".
+        b.set_verify(SslVerifyMode::NONE);
+        let ctx = b.build();
+        let ssl = Ssl::new(&ctx).unwrap();
+        // SAFETY: `ssl` is alive for the whole block; the session created here is owned by
+        // this block (one reference), every setter copies exactly the given lengths from the
+        // arrays passed, `c` is a static cipher table entry or NULL (checked), and
+        // SSL_set_session takes its own reference, so freeing ours afterwards is correct.
+        unsafe {
+            let c = SSL_CIPHER_find(ssl.as_ptr(), suite.as_ptr());
+            assert!(!c.is_null(), "cipher {cipher_name} not found");
+            let s = SSL_SESSION_new();
+            assert!(!s.is_null());
+            assert_eq!(SSL_SESSION_set_protocol_version(s, DTLS1_2_VERSION), 1);
+            assert_eq!(SSL_SESSION_set1_master_key(s, master.as_ptr(), master.len()), 1);
+            assert_eq!(SSL_SESSION_set_cipher(s, c), 1);
+            assert_eq!(SSL_SESSION_set1_id(s, session_id.as_ptr(), session_id.len() as c_uint), 1);
+            assert_eq!(openssl_sys::SSL_set_session(ssl.as_ptr(), s), 1);
+            openssl_sys::SSL_SESSION_free(s);
+        }
+        ssl
+    }
+
+    /// Cisco-style legacy DTLS against an OpenSSL >= 1.1.0 client, which offers Extended
+    /// Master Secret on every ClientHello: the server must still resume the installed session
+    /// (abbreviated handshake, `session_reused`), and both ends must then share the keys
+    /// derived from X-DTLS-Master-Secret (a record goes each way). Without
+    /// SSL_OP_NO_EXTENDED_MASTER_SECRET on the legacy context OpenSSL refuses to resume a
+    /// non-EMS session for an EMS ClientHello and starts a full handshake instead, which
+    /// AnyConnect clients cannot follow.
+    #[test]
+    fn legacy_resumption_with_an_ems_offering_openssl_client() {
+        let (dir, cert, key) = crate::ra::dtls::tests::test_cert("legacy-ems");
+        let server = DtlsServer::new(&cert, &key).unwrap();
+        for (cipher, name) in [
+            (LegacyCipher::Dtls12EcdheRsaAes256Gcm, "ECDHE-RSA-AES256-GCM-SHA384"),
+            (LegacyCipher::OcDtls12Aes128Gcm, "AES128-GCM-SHA256"),
+        ] {
+            let session_id = [0x3c_u8; 32];
+            let master: [u8; 48] = std::array::from_fn(|i| i as u8 ^ 0xa5);
+            let peer: std::net::SocketAddr = "192.0.2.10:40000".parse().unwrap();
+            let out: Arc<Mutex<DgramQueue>> = Arc::default();
+            let key = DtlsKey::Legacy { session_id, master_secret: master, cipher };
+            let mut conn = server.new_conn(&key, out.clone(), peer).unwrap();
+
+            let client = fake_resuming_client(name, suite_id(cipher), &session_id, &master);
+            let mut s = SslStream::new(client, Pipe::default()).unwrap();
+            let mut scratch = [0u8; 4096];
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut done = false;
+            for _ in 0..20 {
+                match s.connect() {
+                    Ok(()) => done = true,
+                    Err(e) if e.code() == ErrorCode::WANT_READ => {}
+                    Err(e) => panic!("{name}: client handshake: {e}"),
+                }
+                for d in std::mem::take(&mut s.get_mut().outbox) {
+                    conn.handle_datagram(&d, &mut scratch, |r| got.push(r.to_vec()))
+                        .unwrap_or_else(|e| panic!("{name}: server: {e}"));
+                }
+                let mut q = out.lock().unwrap();
+                for i in 0..q.len() {
+                    s.get_mut().inbox.push_back(q.get(i).unwrap().1.to_vec());
+                }
+                q.clear();
+                if done {
+                    break;
+                }
+            }
+            assert!(done, "{name}: handshake did not complete");
+            assert!(
+                s.ssl().session_reused(),
+                "{name}: the server answered the EMS ClientHello with a full handshake instead of resuming"
+            );
+            // The client's Finished is in its outbox; deliver it, then a record each way.
+            s.write_all(b"ping").unwrap();
+            for d in std::mem::take(&mut s.get_mut().outbox) {
+                conn.handle_datagram(&d, &mut scratch, |r| got.push(r.to_vec())).unwrap();
+            }
+            assert!(conn.is_established(), "{name}: server not established");
+            assert_eq!(got, vec![b"ping".to_vec()], "{name}");
+            conn.send(b"pong").unwrap();
+            {
+                let mut q = out.lock().unwrap();
+                for i in 0..q.len() {
+                    s.get_mut().inbox.push_back(q.get(i).unwrap().1.to_vec());
+                }
+                q.clear();
+            }
+            let mut buf = [0u8; 64];
+            let n = loop {
+                match s.ssl_read(&mut buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.code() == ErrorCode::WANT_READ => panic!("{name}: no reply record"),
+                    Err(e) => panic!("{name}: client read: {e}"),
+                }
+            };
+            assert_eq!(&buf[..n], b"pong");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
