@@ -35,6 +35,9 @@ pub struct ClientAuth {
     pub password: Option<String>,
     /// `<opaque is-for="sg"><aggauth-handle>` echoed back from our auth-request.
     pub handle: Option<String>,
+    /// `<session-token>`: the `webvpn` cookie a Cisco client names in its
+    /// `type="logout"` post (empty in openconnect's auth-reply).
+    pub session_token: Option<String>,
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -45,6 +48,7 @@ impl std::fmt::Debug for ClientAuth {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("handle", &self.handle)
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -77,6 +81,7 @@ pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
         username: None,
         password: None,
         handle: None,
+        session_token: None,
     };
     let mut path: Vec<String> = Vec::new();
     let mut saw_root = false;
@@ -155,6 +160,7 @@ fn store(out: &mut ClientAuth, path: &[String], v: &str) -> Result<(), AuthXmlEr
         ["config-auth", "auth", "username"] => &mut out.username,
         ["config-auth", "auth", "password"] => &mut out.password,
         ["config-auth", "opaque", "aggauth-handle"] => &mut out.handle,
+        ["config-auth", "session-token"] => &mut out.session_token,
         _ => return Ok(()),
     };
     *slot = Some(bounded(v)?);
@@ -230,8 +236,18 @@ pub fn auth_request_xml(f: &AuthForm<'_>) -> String {
 }
 
 /// `<config-auth type="complete">` carrying the session token (the cookie also goes in
-/// `Set-Cookie: webvpn=`).
-pub fn complete_xml(cookie_hex: &str, session_index: u32) -> String {
+/// `Set-Cookie: webvpn=`) and, when known, the server certificate's SHA-1 in
+/// `<config client="vpn" type="private"><vpn-base-config><server-cert-hash>`, where the ASA
+/// puts it and where Cisco clients read it (openconnect ignores the element).
+pub fn complete_xml(cookie_hex: &str, session_index: u32, server_cert_sha1: &str) -> String {
+    let config = if server_cert_sha1.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<config client=\"vpn\" type=\"private\">\n<vpn-base-config>\n<server-cert-hash>{}</server-cert-hash>\n</vpn-base-config>\n</config>\n",
+            escape(server_cert_sha1)
+        )
+    };
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
 <config-auth client=\"vpn\" type=\"complete\" aggregate-auth-version=\"2\">\n\
@@ -242,7 +258,7 @@ pub fn complete_xml(cookie_hex: &str, session_index: u32) -> String {
 <message id=\"0\" param1=\"\" param2=\"\"></message>\n\
 </auth>\n\
 <capabilities>\n<crypto-supported>ssl-dhe</crypto-supported>\n</capabilities>\n\
-</config-auth>\n",
+{config}</config-auth>\n",
         escape(cookie_hex)
     )
 }
@@ -345,6 +361,51 @@ pub(crate) mod tests {
             parse_client_auth(b"<config-auth/><config-auth/>"),
             Err(AuthXmlError::NotConfigAuth)
         );
+    }
+
+    /// The `complete` document: golden with the certificate hash (the element path the ASA
+    /// uses, `config/vpn-base-config/server-cert-hash`), and without any `<config>` when the
+    /// hash is unknown.
+    #[test]
+    fn complete_golden_with_and_without_cert_hash() {
+        let hash = "0123456789ABCDEF0123456789ABCDEF01234567";
+        let want = r#"<?xml version="1.0" encoding="UTF-8"?>
+<config-auth client="vpn" type="complete" aggregate-auth-version="2">
+<version who="sg">holdfast</version>
+<session-id>7</session-id>
+<session-token>C00C1E</session-token>
+<auth id="success">
+<message id="0" param1="" param2=""></message>
+</auth>
+<capabilities>
+<crypto-supported>ssl-dhe</crypto-supported>
+</capabilities>
+<config client="vpn" type="private">
+<vpn-base-config>
+<server-cert-hash>0123456789ABCDEF0123456789ABCDEF01234567</server-cert-hash>
+</vpn-base-config>
+</config>
+</config-auth>
+"#;
+        assert_eq!(complete_xml("C00C1E", 7, hash), want);
+        let none = complete_xml("C00C1E", 7, "");
+        assert!(!none.contains("<config "), "{none}");
+        assert_eq!(none, want.replace("<config client=\"vpn\" type=\"private\">\n<vpn-base-config>\n<server-cert-hash>0123456789ABCDEF0123456789ABCDEF01234567</server-cert-hash>\n</vpn-base-config>\n</config>\n", ""));
+    }
+
+    /// Cisco's logout post names the session by its token.
+    #[test]
+    fn parses_logout_with_session_token() {
+        let m = parse_client_auth(
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"logout\"><session-token>AB12</session-token></config-auth>",
+        )
+        .unwrap();
+        assert_eq!(m.kind, AuthKind::Other("logout".into()));
+        assert_eq!(m.session_token.as_deref(), Some("AB12"));
+        assert!(!format!("{m:?}").contains("AB12"), "token never in Debug");
+        // openconnect's empty <session-token/> in its auth-reply is no token.
+        let r = parse_client_auth(oc_reply("vpn", "pw", None, "h").as_bytes()).unwrap();
+        assert_eq!(r.session_token, None);
     }
 
     #[test]

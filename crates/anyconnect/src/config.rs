@@ -50,6 +50,13 @@ pub struct Config {
     /// that is a minute of lost client->server traffic when UDP is blocked mid-session, with
     /// 3 s it is about 6 s. Costs one tiny DTLS DPD per idle client every few seconds.
     pub dtls_dpd_max: Option<Duration>,
+    /// Upper-case hex SHA-1 of the server (leaf) certificate's DER, filled by the daemon from
+    /// the trustpoint at start and on reload. Sent in the `complete` document
+    /// (`<vpn-base-config><server-cert-hash>`) and the `webvpnc` cookie as the ASA does: Cisco
+    /// clients pin the gateway certificate by it when they open their tunnel connection.
+    /// Empty: not known (both are then omitted).
+    #[serde(default)]
+    pub server_cert_sha1: String,
     /// Pre-authentication bounds.
     pub limits: Limits,
     /// Server->client channel choice timing (see README "Fallback").
@@ -117,6 +124,7 @@ impl Default for Config {
             legacy_dtls_ciphers: crate::connect::LegacyCipher::DEFAULT_PREFERENCE.to_vec(),
             icmp_source: None,
             dtls_dpd_max: Some(Duration::from_secs(3)),
+            server_cert_sha1: String::new(),
             limits: Limits::default(),
             fallback: FallbackTiming::default(),
             verifier: default_verifier(),

@@ -700,7 +700,8 @@ impl Server {
         self.sessions.insert(id, s);
         self.reschedule(id);
         let cookie_hex = hex::encode_upper(cookie);
-        let r = Response::new(200, "OK")
+        let hash = &self.config.server_cert_sha1;
+        let mut r = Response::new(200, "OK")
             .header(
                 "Set-Cookie",
                 format!("webvpn={cookie_hex}; Secure; HttpOnly"),
@@ -708,10 +709,17 @@ impl Server {
             .header(
                 "Set-Cookie",
                 "webvpncontext=; expires=Thu, 01 Jan 1970 22:00:00 GMT; path=/; Secure",
-            )
+            );
+        if !hash.is_empty() {
+            // The ASA's client-parameters cookie: bu = base URL, p:t = portal on, iu = where
+            // the housekeeping (update/profile) URLs live (served by `housekeeping`), sh = the
+            // server certificate's SHA-1 (ocserv sends the same shape to Cisco clients).
+            r = r.header("Set-Cookie", format!("webvpnc=bu:/&p:t&iu:1/&sh:{hash}; path=/; Secure"));
+        }
+        let r = r
             .header("X-Transcend-Version", "1")
             .header("Cache-Control", "no-store")
-            .body("text/xml", auth::complete_xml(&cookie_hex, id.0));
+            .body("text/xml", auth::complete_xml(&cookie_hex, id.0, hash));
         HttpOutcome::Respond {
             consumed,
             bytes: r.to_bytes(),
@@ -2388,7 +2396,9 @@ impl Server {
             .map(String::as_str)
             .collect();
         self.checks.retain(|_, c| !stale.contains(&c.user.as_str()));
-        let Config { users, tunnel_groups, group_policies, pools, group_list, .. } = new;
+        let Config { users, tunnel_groups, group_policies, pools, group_list, server_cert_sha1, .. } = new;
+        // The reload read the certificate again; new logins must name the one now served.
+        self.config.server_cert_sha1 = server_cert_sha1;
         self.config.users = users;
         self.config.tunnel_groups = tunnel_groups;
         self.config.group_policies = group_policies;

@@ -214,10 +214,23 @@ pub fn plan_remote_access(cfg: &policy::Config) -> Result<Option<RaPlan>, Daemon
     ra::dtls::DtlsServer::new(&cert_file, &key_file).map_err(ra::RaError::from)?;
     let mut engine = anyconnect::config_from_policy(cfg);
     engine.dtls_port = first.dtls_port;
+    engine.server_cert_sha1 = server_cert_sha1(&cert_file)?;
     if engine.tunnel_groups.is_empty() {
         return Err(DaemonError::RemoteAccess("anyconnect is enabled but no remote-access tunnel-group is configured".into()));
     }
     Ok(Some(RaPlan { listen: SocketAddr::new(IpAddr::V4(addr), first.tls_port), cert_file, key_file, ca_file, engine }))
+}
+
+/// Upper-case hex SHA-1 of the DER of the first (leaf) certificate in `cert`: the
+/// `server-cert-hash` and `webvpnc` `sh:` value Cisco clients pin the gateway by (what the
+/// ASA and ocserv send). Called at start and on every reload, which reads the file again.
+pub fn server_cert_sha1(cert: &std::path::Path) -> Result<String, DaemonError> {
+    let err = |what: String| DaemonError::RemoteAccess(format!("certificate-file {}: {what}", cert.display()));
+    let pem = std::fs::read(cert).map_err(|e| err(e.to_string()))?;
+    let chain = openssl::x509::X509::stack_from_pem(&pem).map_err(|_| err("not a PEM certificate".into()))?;
+    let leaf = chain.first().ok_or_else(|| err("no certificate in it".into()))?;
+    let d = leaf.digest(openssl::hash::MessageDigest::sha1()).map_err(|e| err(e.to_string()))?;
+    Ok(d.iter().map(|b| format!("{b:02X}")).collect())
 }
 
 /// The trustpoint's files in the operator's terms: each one readable and PEM of the right
@@ -1962,6 +1975,27 @@ mod tests {
 
         // No webvpn: nothing to start.
         assert!(plan_remote_access(&policy::Config::default()).unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The hash Cisco clients pin the gateway by: the plan carries the SHA-1 of the leaf
+    /// certificate's DER in upper-case hex, the value `openssl x509 -fingerprint -sha1` (the
+    /// command-line tool, not this code) prints without its colons.
+    #[test]
+    fn remote_access_plan_carries_the_server_cert_sha1() {
+        let dir = std::env::temp_dir().join(format!("hf-ra-sha1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key, _) = cert_files(&dir);
+        let plan = plan_remote_access(&ra_config(&cert, &key)).unwrap().expect("remote access configured");
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+            .arg(&cert)
+            .output()
+            .expect("openssl tool");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let want: String = text.trim().rsplit('=').next().unwrap().replace(':', "");
+        assert_eq!(want.len(), 40, "{text}");
+        assert_eq!(plan.engine.server_cert_sha1, want);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -108,6 +108,7 @@ fn run() -> Result<(), String> {
         });
     }
     engine.dtls_port = dtls_port.unwrap_or(listen.port());
+    engine.server_cert_sha1 = gateway::daemon::server_cert_sha1(&cert).map_err(|e| e.to_string())?;
     engine.verifier = Arc::new(|hash: &str, pw: &[u8]| match std::str::from_utf8(pw) {
         Ok(p) => crypto::password::verify(hash, p).unwrap_or(false),
         Err(_) => false,

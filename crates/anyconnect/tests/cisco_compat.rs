@@ -1,0 +1,237 @@
+//! What Cisco Secure Client (AnyConnect 4.x/5.x) needs from the server side beyond what
+//! openconnect 9.01 uses (/work/notes/csc-review.md): the server certificate hash in the
+//! `complete` document and the `webvpnc` cookie, the housekeeping GETs, the logout post, the
+//! rekey method and the ASA-default CONNECT headers. Only openconnect runs here, so these
+//! tests check the engine against the documented shapes (ASA, ocserv, anylink).
+
+// The virtual clock needs some starting Instant; everything after it is computed.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyconnect::*;
+use quick_xml::events::Event as XmlEvent;
+use quick_xml::Reader;
+
+const HASH: &str = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B";
+
+fn config() -> Config {
+    let mut policies = BTreeMap::new();
+    policies.insert("pol".to_string(), GroupPolicy::default());
+    let mut pools = BTreeMap::new();
+    pools.insert(
+        "POOL".to_string(),
+        AddressPool {
+            first: "10.99.0.100".parse().unwrap(),
+            last: "10.99.0.102".parse().unwrap(),
+            mask: "255.255.255.0".parse().unwrap(),
+        },
+    );
+    Config {
+        users: vec![User { name: "vpn".into(), password_hash: "plain:secret".into() }],
+        tunnel_groups: vec![TunnelGroup {
+            name: "RA".into(),
+            aliases: vec!["RA".into()],
+            default_group_policy: "pol".into(),
+            address_pools: vec!["POOL".into()],
+            authentication: AuthMethod::Aaa,
+        }],
+        group_policies: policies,
+        pools,
+        server_cert_sha1: HASH.into(),
+        verifier: plain_verifier(),
+        ..Config::default()
+    }
+}
+
+fn conn(port: u16) -> ConnInfo {
+    ConnInfo {
+        peer: SocketAddr::new("203.0.113.20".parse().unwrap(), port),
+        tls_version: TlsVersion::Tls12,
+        tls_cipher: "ECDHE-RSA-AES256-GCM-SHA384".into(),
+        client_cert: None,
+    }
+}
+
+fn server(now: Instant, cfg: Config) -> Server {
+    Server::new(now, cfg, Box::new(crypto::SeededRandom::new(11)))
+}
+
+/// The init a Cisco Secure Client 5.x posts (aggregate auth, `device-id` with platform
+/// attributes; the shape ASA clients use).
+const CISCO_INIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<config-auth client="vpn" type="init" aggregate-auth-version="2">
+<version who="vpn">5.1.2.42</version>
+<device-id computer-name="pc" device-type="VMware" platform-version="10.0.19045" unique-id="ABCDEF">win</device-id>
+<mac-address-list><mac-address public-interface="true">00-0c-29-00-00-01</mac-address></mac-address-list>
+<group-select>RA</group-select>
+<group-access>https://vpn.example/</group-access>
+<capabilities><auth-method>single-sign-on-v2</auth-method><auth-method>multiple-cert</auth-method></capabilities>
+</config-auth>
+"#;
+
+fn cisco_reply(handle: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<config-auth client="vpn" type="auth-reply" aggregate-auth-version="2">
+<version who="vpn">5.1.2.42</version>
+<device-id>win</device-id>
+<session-token></session-token>
+<session-id></session-id>
+<opaque is-for="sg"><tunnel-group>RA</tunnel-group><aggauth-handle>{handle}</aggauth-handle></opaque>
+<auth><username>vpn</username><password>secret</password></auth>
+<group-select>RA</group-select>
+</config-auth>
+"#
+    )
+}
+
+/// A POST the way Cisco clients send it (User-Agent "AnyConnect ...", X-Aggregate-Auth, no
+/// Content-Type).
+fn post(body: &str, cookies: &[(&str, &str)]) -> Vec<u8> {
+    let mut h = String::from("POST / HTTP/1.1\r\nHost: vpn.example\r\nUser-Agent: AnyConnect Windows 5.1.2.42\r\n");
+    h += "Accept: */*\r\nX-Transcend-Version: 1\r\nX-Aggregate-Auth: 1\r\n";
+    if !cookies.is_empty() {
+        let c: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        h += &format!("Cookie: {}\r\n", c.join("; "));
+    }
+    h += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    h.into_bytes()
+}
+
+fn respond(o: Result<HttpOutcome, HttpReject>) -> (String, bool) {
+    match o {
+        Ok(HttpOutcome::Respond { bytes, close, .. }) => (String::from_utf8(bytes).unwrap(), close),
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+/// Every `Set-Cookie` value (whole attribute list) for `name`, non-empty values only.
+fn set_cookie_line(resp: &str, name: &str) -> Option<String> {
+    resp.lines()
+        .filter_map(|l| l.strip_prefix("Set-Cookie: "))
+        .find(|v| v.split_once('=').is_some_and(|(k, rest)| k == name && !rest.starts_with(';')))
+        .map(str::to_string)
+}
+
+fn cookie_value(resp: &str, name: &str) -> Option<String> {
+    let line = set_cookie_line(resp, name)?;
+    Some(line.split(';').next()?.split_once('=')?.1.to_string())
+}
+
+fn body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The text of every element at `path` (element names from the root) in an XML document.
+fn xml_texts(doc: &str, path: &[&str]) -> Vec<String> {
+    let mut r = Reader::from_str(doc);
+    r.config_mut().trim_text(true);
+    let mut cur: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        match r.read_event().expect("well-formed XML") {
+            XmlEvent::Start(e) => cur.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned()),
+            XmlEvent::End(_) => {
+                cur.pop();
+            }
+            XmlEvent::Text(t) if cur.iter().map(String::as_str).eq(path.iter().copied()) => {
+                out.push(t.unescape().unwrap().into_owned());
+            }
+            XmlEvent::Eof => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Attributes of the first element named `name`.
+fn xml_attrs(doc: &str, name: &str) -> Option<Vec<(String, String)>> {
+    let mut r = Reader::from_str(doc);
+    loop {
+        match r.read_event().expect("well-formed XML") {
+            XmlEvent::Start(e) | XmlEvent::Empty(e) if e.local_name().as_ref() == name.as_bytes() => {
+                return Some(
+                    e.attributes()
+                        .map(|a| {
+                            let a = a.unwrap();
+                            (String::from_utf8_lossy(a.key.as_ref()).into_owned(), a.unescape_value().unwrap().into_owned())
+                        })
+                        .collect(),
+                );
+            }
+            XmlEvent::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+/// init + auth-reply in Cisco's shape; returns the `complete` response.
+fn cisco_login(s: &mut Server, now: Instant) -> String {
+    let c = conn(50000);
+    let (form, _) = respond(s.handle_http(now, &c, &post(CISCO_INIT, &[])));
+    let handle = cookie_value(&form, "webvpncontext").expect("context cookie");
+    let (done, _) = respond(s.handle_http(now, &c, &post(&cisco_reply(&handle), &[("webvpncontext", &handle)])));
+    assert_eq!(status(&done), 200, "{done}");
+    done
+}
+
+// ---------------------------------------------------------------------------------------------
+// F2: server certificate hash
+
+/// The ASA's `complete` carries `<config client="vpn" type="private"><vpn-base-config>
+/// <server-cert-hash>` with the SHA-1 of the gateway certificate, and sets the `webvpnc`
+/// cookie whose `sh:` field is the same hash; Cisco clients pin the gateway by it.
+#[test]
+fn complete_names_the_server_certificate_hash() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let done = cisco_login(&mut s, t0);
+    let b = body(&done);
+    assert_eq!(xml_attrs(b, "config-auth").unwrap().iter().find(|(k, _)| k == "type").unwrap().1, "complete");
+    assert_eq!(xml_texts(b, &["config-auth", "config", "vpn-base-config", "server-cert-hash"]), vec![HASH.to_string()]);
+    let attrs = xml_attrs(b, "config").expect("<config> element");
+    assert!(attrs.contains(&("client".into(), "vpn".into())), "{attrs:?}");
+    assert!(attrs.contains(&("type".into(), "private".into())), "{attrs:?}");
+    // The session token is still there and is the webvpn cookie.
+    let token = xml_texts(b, &["config-auth", "session-token"]);
+    assert_eq!(token, vec![cookie_value(&done, "webvpn").expect("webvpn cookie")]);
+
+    let c = cookie_value(&done, "webvpnc").expect("webvpnc cookie");
+    let fields: Vec<&str> = c.split('&').collect();
+    assert!(fields.contains(&"bu:/"), "{c}");
+    assert!(fields.contains(&format!("sh:{HASH}").as_str()), "{c}");
+    let line = set_cookie_line(&done, "webvpnc").unwrap();
+    assert!(line.contains("path=/") && line.contains("Secure"), "{line}");
+
+    // The hash follows a reload (the certificate file is read again).
+    let mut cfg = config();
+    cfg.server_cert_sha1 = "00112233445566778899AABBCCDDEEFF00112233".into();
+    s.reconfigure(t0, cfg).unwrap();
+    let done = cisco_login(&mut s, t0);
+    assert_eq!(
+        xml_texts(body(&done), &["config-auth", "config", "vpn-base-config", "server-cert-hash"]),
+        vec!["00112233445566778899AABBCCDDEEFF00112233".to_string()]
+    );
+    assert!(cookie_value(&done, "webvpnc").unwrap().ends_with("sh:00112233445566778899AABBCCDDEEFF00112233"));
+}
+
+/// Without a known hash (an engine configured by hand) neither appears: an empty
+/// `server-cert-hash` would make a pinning client refuse every gateway.
+#[test]
+fn no_hash_no_config_element() {
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.server_cert_sha1.clear();
+    let mut s = server(t0, cfg);
+    let done = cisco_login(&mut s, t0);
+    assert!(xml_attrs(body(&done), "config").is_none(), "{done}");
+    assert!(set_cookie_line(&done, "webvpnc").is_none(), "{done}");
+    assert!(cookie_value(&done, "webvpn").is_some());
+}
