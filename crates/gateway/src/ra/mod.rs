@@ -48,7 +48,6 @@ use std::time::{Duration, Instant};
 
 use anyconnect::{Channel, DtlsKeying, Event, HttpOutcome, HttpStep, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use crate::clock;
 use crate::net::{self, SystemGuard};
@@ -438,9 +437,14 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
 /// Largest TLS batch handed to one connection's writer before it is sent.
 const TLS_BATCH: usize = 64 * 1024;
 
-/// Batches queued towards one connection's writer; beyond this the client is not reading
-/// and whole batches (always whole CSTP frames) are dropped.
-const TLS_QUEUE: usize = 512;
+/// Bytes of CSTP frames queued towards one connection's writer. Beyond this the client (or
+/// the path to it) is not keeping up and arriving frames are dropped one by one, newest
+/// first, as a router's tail drop does: the inner TCP flows see single losses they repair
+/// with fast retransmit, not a 64 KiB hole that stalls them into a timeout (the burst a
+/// fallback from DTLS moves onto a TLS connection whose congestion window is still small).
+/// 1 MiB is ~8 ms at 1 Gbit/s: enough to ride out a scheduling hiccup, small enough not to
+/// add seconds of queueing delay (and retransmission timeout) to the flows behind it.
+const TLS_QUEUE_BYTES: usize = 1024 * 1024;
 
 /// The engine, the I/O handles of its sessions, and the shared sockets.
 struct Core {
@@ -493,11 +497,39 @@ struct SessionIo {
     dtls: Option<DtlsConn>,
 }
 
-/// The writer side of a session's current TLS connection.
+/// The writer side of a session's current TLS connection. Dropping it closes the connection
+/// once the writer has sent what is queued.
 struct TlsLink {
     conn: u64,
-    tx: mpsc::Sender<Vec<u8>>,
+    q: Arc<LinkQueue>,
+    /// Frames produced during the current drain, handed to `q` by [`flush_link`].
     batch: Vec<u8>,
+}
+
+impl Drop for TlsLink {
+    fn drop(&mut self) {
+        lock(&self.q.buf).closed = true;
+        self.q.ready.notify_one();
+    }
+}
+
+/// What the engine hands one connection's writer task: whole CSTP frames, at most
+/// [`TLS_QUEUE_BYTES`] of them. Buffers circulate between the link, the queue and the writer
+/// (swapped, not copied, when the queue is empty), so a busy connection allocates nothing.
+#[derive(Default)]
+struct LinkQueue {
+    buf: Mutex<LinkBuf>,
+    /// Data queued or the link closed (one stored permit: a wake-up is never lost).
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct LinkBuf {
+    /// The `200 CONNECTED` answer (raw HTTP), written before any frame.
+    head: Option<Vec<u8>>,
+    frames: Vec<u8>,
+    /// No more frames will come (link dropped) or none can go (the writer failed).
+    closed: bool,
 }
 
 /// The state lock; on release the TUN packets queued under it are judged by the connection
@@ -600,6 +632,25 @@ impl Core {
     /// Drains everything the engine produced after an input (DESIGN: transmits, then
     /// events; the timer task asks for the next deadline on its own).
     fn drain(&self, st: &mut State) {
+        self.drain_held(st);
+        self.flush_touched(st);
+    }
+
+    /// Hands the TLS frames batched during the drains since the last call to their writers.
+    fn flush_touched(&self, st: &mut State) {
+        let State { io, touched, .. } = st;
+        for s in touched.drain(..) {
+            if let Some(link) = io.get_mut(&s).and_then(|x| x.tls.as_mut()) {
+                flush_link(link, &self.stats);
+            }
+        }
+    }
+
+    /// [`Core::drain`] that leaves the TLS frames batched: a caller feeding the engine many
+    /// packets under one lock (the TUN reader) hands each connection one batch at the end,
+    /// one wake-up of its writer, instead of one per packet. The caller must
+    /// [`Core::flush_touched`] before it releases the lock.
+    fn drain_held(&self, st: &mut State) {
         loop {
             let replay = self.drain_once(st);
             if replay.is_empty() {
@@ -639,11 +690,6 @@ impl Core {
                         let _ = c.send(t.data);
                     }
                 }
-            }
-        }
-        for s in touched.drain(..) {
-            if let Some(link) = io.get_mut(&s).and_then(|x| x.tls.as_mut()) {
-                flush_link(link, &self.stats);
             }
         }
         let now = clock::now();
@@ -744,13 +790,53 @@ impl Core {
     }
 }
 
+/// Hands the link's batch to its writer: whole when it fits under [`TLS_QUEUE_BYTES`],
+/// otherwise frame by frame, dropping (and counting) each frame that does not fit.
 fn flush_link(link: &mut TlsLink, stats: &Stats) {
     if link.batch.is_empty() {
         return;
     }
-    let batch = std::mem::replace(&mut link.batch, Vec::with_capacity(4096));
-    if link.tx.try_send(batch).is_err() {
-        bump(&stats.tls_send_overflow);
+    let mut dropped = 0u64;
+    {
+        let mut q = lock(&link.q.buf);
+        if q.closed {
+            // The writer is gone; the reader will see the connection end.
+            link.batch.clear();
+            return;
+        }
+        if q.frames.len() + link.batch.len() <= TLS_QUEUE_BYTES {
+            if q.frames.is_empty() {
+                std::mem::swap(&mut q.frames, &mut link.batch);
+            } else {
+                q.frames.extend_from_slice(&link.batch);
+            }
+        } else {
+            let mut rest = &link.batch[..];
+            while !rest.is_empty() {
+                let (frame, r) = rest.split_at(cstp_frame_len(rest).min(rest.len()));
+                if q.frames.len() + frame.len() <= TLS_QUEUE_BYTES {
+                    q.frames.extend_from_slice(frame);
+                } else {
+                    dropped += 1;
+                }
+                rest = r;
+            }
+        }
+    }
+    link.batch.clear();
+    if dropped > 0 {
+        stats.tls_send_overflow.fetch_add(dropped, Ordering::Relaxed);
+    }
+    link.q.ready.notify_one();
+}
+
+/// Length of the CSTP frame at the start of `data` (anyconnect.md §3: 8-byte header 'S' 'T'
+/// 'F' 1, payload length u16 big endian, type, 0). The engine only queues whole frames; a
+/// short remainder counts as one frame.
+fn cstp_frame_len(data: &[u8]) -> usize {
+    match data.get(4..6) {
+        Some(l) => 8 + usize::from(u16::from_be_bytes([l[0], l[1]])),
+        None => data.len(),
     }
 }
 
@@ -890,7 +976,7 @@ enum Step {
 }
 
 /// (bytes to write, close afterwards, tunnel to enter).
-type HttpReply = (Option<Vec<u8>>, bool, Option<(SessionId, Vec<u8>, u64, mpsc::Receiver<Vec<u8>>)>);
+type HttpReply = (Option<Vec<u8>>, bool, Option<(SessionId, Vec<u8>, u64, Arc<LinkQueue>)>);
 
 /// Password verifications running at once (each a PBKDF2 run of tens of milliseconds on a
 /// blocking thread). Two leave the machine's other cores to the sessions whatever the login
@@ -941,16 +1027,17 @@ fn http_outcome(
         Ok(HttpOutcome::Tunnel { consumed, bytes, session, dtls }) => {
             let rest = buf.split_off(consumed.min(buf.len()));
             let key = dtls.map(|k| dtls_key(&k, ssl));
-            let (tx, rx) = mpsc::channel(TLS_QUEUE);
+            let q = Arc::new(LinkQueue::default());
             let conn = g.next_conn;
             g.next_conn += 1;
             // The CONNECT answer is the first thing the writer sends; frames the engine
             // queues from now on follow it.
-            let _ = tx.try_send(bytes);
+            lock(&q.buf).head = Some(bytes);
+            let rx = q.clone();
             let sio = g.io.entry(session).or_default();
             // A reconnect replaces the old connection: dropping its link closes it, and its
             // reader sees it is no longer current.
-            sio.tls = Some(TlsLink { conn, tx, batch: Vec::with_capacity(4096) });
+            sio.tls = Some(TlsLink { conn, q, batch: Vec::with_capacity(4096) });
             match key {
                 Some(Ok(k)) => sio.dtls_key = Some(k),
                 Some(Err(e)) => {
@@ -984,42 +1071,47 @@ async fn run_tunnel(
     session: SessionId,
     rest: Vec<u8>,
     conn: u64,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    q: Arc<LinkQueue>,
 ) {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
-        // The first message is the `200 CONNECTED` head, raw HTTP.
-        let mut head = true;
-        while let Some(first) = rx.recv().await {
-            if head {
-                head = false;
-                if wr.write_all(&first).await.is_err() || wr.flush().await.is_err() {
-                    return;
+        let mut frames: Vec<u8> = Vec::new();
+        loop {
+            let (head, closed) = {
+                let mut b = lock(&q.buf);
+                // The emptied buffer goes back to the queue for the next frames.
+                frames.clear();
+                std::mem::swap(&mut frames, &mut b.frames);
+                (b.head.take(), b.closed)
+            };
+            // The `200 CONNECTED` head, raw HTTP, before the first frame.
+            if let Some(h) = head {
+                if wr.write_all(&h).await.is_err() || wr.flush().await.is_err() {
+                    break;
                 }
+            }
+            if frames.is_empty() {
+                if closed {
+                    let _ = wr.shutdown().await;
+                    break;
+                }
+                q.ready.notified().await;
                 continue;
             }
-            // Write what is already queued before one flush: the frames go out one TLS
-            // record each, the TCP writes are batched by the buffer under the TLS stream.
-            if write_frames(&mut wr, &first).await.is_err() {
-                return;
+            // Everything queued, then one flush: the frames go out one TLS record each, the
+            // TCP writes are batched by the buffer under the TLS stream.
+            if write_frames(&mut wr, &frames).await.is_err() || wr.flush().await.is_err() {
+                break;
             }
-            let mut written = first.len();
-            while written < TLS_BATCH {
-                match rx.try_recv() {
-                    Ok(more) => {
-                        if write_frames(&mut wr, &more).await.is_err() {
-                            return;
-                        }
-                        written += more.len();
-                    }
-                    Err(_) => break,
-                }
-            }
-            if wr.flush().await.is_err() {
-                return;
+            // A burst's buffer is not kept for an idle connection.
+            if frames.capacity() > 4 * TLS_BATCH && frames.len() < TLS_BATCH {
+                frames = Vec::new();
             }
         }
-        let _ = wr.shutdown().await;
+        // Nothing more can be sent: later frames are discarded, not counted as overflow.
+        let mut b = lock(&q.buf);
+        b.closed = true;
+        b.frames = Vec::new();
     });
     let mut closed_by_engine = false;
     if !rest.is_empty() {
@@ -1091,12 +1183,7 @@ async fn read_records<R: tokio::io::AsyncRead + Unpin>(rd: &mut R, buf: &mut [u8
 /// share records even though the stream framing would allow it.
 async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        // CSTP header (anyconnect.md §3): 'S' 'T' 'F' 1, length (u16 BE), type, 0.
-        let len = match data.get(4..6) {
-            Some(l) => 8 + usize::from(u16::from_be_bytes([l[0], l[1]])),
-            None => data.len(),
-        };
-        let (frame, rest) = data.split_at(len.min(data.len()));
+        let (frame, rest) = data.split_at(cstp_frame_len(data).min(data.len()));
         wr.write_all(frame).await?;
         data = rest;
     }
@@ -1466,8 +1553,9 @@ fn tun_loop(core: Arc<Core>) {
                 }
                 ToClient::Hold { icmp: false } | ToClient::Drop => {}
             }
-            core.drain(st);
+            core.drain_held(st);
         }
+        core.flush_touched(st);
     }
 }
 
@@ -1644,5 +1732,73 @@ mod tests {
         // Reused buffers start clean.
         batch.push(None, &ours);
         assert_eq!(batch.packet(0), &ours[..]);
+    }
+
+    fn cstp_data(len: usize, fill: u8) -> Vec<u8> {
+        let mut f = vec![b'S', b'T', b'F', 1, 0, 0, 0, 0];
+        f[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        f.resize(8 + len, fill);
+        f
+    }
+
+    /// The writer queue is bounded in bytes and overflows frame by frame: the frames that do
+    /// not fit are dropped (and counted) one each, while a smaller frame arriving after them
+    /// still gets in; a dropped link closes its queue.
+    #[test]
+    fn tls_queue_drops_single_frames_at_its_byte_bound() {
+        let stats = Stats::default();
+        let q = Arc::new(LinkQueue::default());
+        let mut link = TlsLink { conn: 7, q: q.clone(), batch: Vec::new() };
+        let big = cstp_data(1400, 0x11);
+        // Fill the queue to just under its bound in batches of 32 frames (the writer is not
+        // taking anything).
+        let mut queued = 0usize;
+        while queued + 32 * big.len() <= TLS_QUEUE_BYTES {
+            for _ in 0..32 {
+                link.batch.extend_from_slice(&big);
+            }
+            flush_link(&mut link, &stats);
+            queued += 32 * big.len();
+        }
+        assert_eq!(stats.tls_send_overflow.load(Ordering::Relaxed), 0);
+        assert_eq!(lock(&q.buf).frames.len(), queued);
+        // The next batch: as many whole frames as fit go in, each of the others is one drop;
+        // a small frame (a DPD answer, a bare ACK) behind them still fits.
+        let room = TLS_QUEUE_BYTES - queued;
+        let fit = room / big.len();
+        let small = cstp_data(40, 0x22);
+        for _ in 0..32 {
+            link.batch.extend_from_slice(&big);
+        }
+        link.batch.extend_from_slice(&small);
+        flush_link(&mut link, &stats);
+        let left = room - fit * big.len();
+        let small_in = left >= small.len();
+        assert_eq!(stats.tls_send_overflow.load(Ordering::Relaxed), (32 - fit + usize::from(!small_in)) as u64);
+        {
+            let b = lock(&q.buf);
+            assert!(b.frames.len() <= TLS_QUEUE_BYTES);
+            assert_eq!(b.frames.len(), queued + fit * big.len() + if small_in { small.len() } else { 0 });
+            // Whole frames only: the queue parses frame by frame to its end.
+            let mut rest = &b.frames[..];
+            let mut n = 0;
+            while !rest.is_empty() {
+                let l = cstp_frame_len(rest);
+                assert!(l <= rest.len(), "a cut frame in the queue");
+                rest = &rest[l..];
+                n += 1;
+            }
+            assert_eq!(n, queued / big.len() + fit + usize::from(small_in));
+            assert!(!b.closed);
+        }
+        assert!(link.batch.is_empty());
+        // The writer takes everything: the next batch is handed over whole, by swapping.
+        let taken = std::mem::take(&mut lock(&q.buf).frames);
+        assert!(!taken.is_empty());
+        link.batch.extend_from_slice(&big);
+        flush_link(&mut link, &stats);
+        assert_eq!(lock(&q.buf).frames, big);
+        drop(link);
+        assert!(lock(&q.buf).closed, "dropping the link closes the writer's queue");
     }
 }
