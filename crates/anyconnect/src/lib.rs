@@ -21,6 +21,7 @@ pub mod connect;
 pub mod cstp;
 pub mod frag;
 mod from_policy;
+pub mod housekeeping;
 pub mod http;
 pub mod mtu;
 mod server;

@@ -12,6 +12,7 @@ use crate::auth::{self, AuthForm, AuthKind, ClientAuth};
 use crate::config::{AuthMethod, Config, TunnelGroup};
 use crate::connect::{self, ConnectRequest, Connected, DtlsKeying};
 use crate::cstp::{self, FrameType, DISCONNECT_LOGOUT};
+use crate::housekeeping;
 use crate::http::{self, Request, Response};
 use crate::mtu::{self, MtuInputs};
 use crate::session::{DtlsChannel, Fallback, Phase, Session, SessionSnapshot, TlsChannel};
@@ -268,6 +269,24 @@ impl Server {
         }
         if req.method == "POST" && !req.body.is_empty() {
             return Ok(self.handle_auth_post(now, conn, &req));
+        }
+        if req.method == "GET" || req.method == "HEAD" {
+            if let Some(c) = housekeeping::lookup(req.target) {
+                // Cisco's housekeeping URLs (see `housekeeping`): constant answers, no state.
+                let r = Response::new(200, "OK")
+                    .header("Connection", "Keep-Alive")
+                    .header("X-Transcend-Version", "1")
+                    .header("Cache-Control", "no-store");
+                let r = if req.method == "HEAD" {
+                    // RFC 9110 §9.3.2/§8.6: GET's headers, its Content-Length, no content.
+                    r.header("Content-Type", c.content_type)
+                        .header("Content-Length", c.body.len().to_string())
+                        .without_content_length()
+                } else {
+                    r.body(c.content_type, c.body)
+                };
+                return Ok(respond(r, false).into());
+            }
         }
         if req.method == "HEAD" {
             // RFC 9110 §9.3.2: same status and headers as GET, no content.

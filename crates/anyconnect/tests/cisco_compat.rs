@@ -235,3 +235,87 @@ fn no_hash_no_config_element() {
     assert!(set_cookie_line(&done, "webvpnc").is_none(), "{done}");
     assert!(cookie_value(&done, "webvpn").is_some());
 }
+
+// ---------------------------------------------------------------------------------------------
+// F3: housekeeping GETs
+
+/// A GET/HEAD the way Cisco clients make them (the `webvpn` cookie when logged in).
+fn get(method: &str, target: &str, cookie: Option<&str>) -> Vec<u8> {
+    let mut h = format!("{method} {target} HTTP/1.1\r\nHost: vpn.example\r\nUser-Agent: AnyConnect Windows 5.1.2.42\r\nX-Transcend-Version: 1\r\n");
+    if let Some(c) = cookie {
+        h += &format!("Cookie: webvpn={c}\r\n");
+    }
+    h += "\r\n";
+    h.into_bytes()
+}
+
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(": ")?;
+        k.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+/// The paths ocserv serves Cisco clients and the bodies that mean "nothing to install or
+/// update" (csc-review F3 table).
+const HOUSEKEEPING: &[(&str, &str)] = &[
+    ("/1/index.html", "<html></html>\n"),
+    ("/1/Linux", "<html></html>\n"),
+    ("/1/Linux_64", "<html></html>\n"),
+    ("/1/Windows", "<html></html>\n"),
+    ("/1/Darwin_i386", "<html></html>\n"),
+    ("/logout", "<html></html>\n"),
+    ("/1/binaries/update.txt", "0,0,0000\n"),
+    ("/1/VPNManifest.xml", "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<vpn rev=\"1.0\">\n</vpn>\n"),
+    ("/VPNManifest.xml", "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<vpn rev=\"1.0\">\n</vpn>\n"),
+    (
+        "/+CSCOT+/translation-table?type=mo&textdomain=AnyConnect&lang=en-us",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<vpn rev=\"1.0\">\n</vpn>\n",
+    ),
+    ("/1/binaries/vpndownloader.sh", "#!/bin/sh\n\nexit 0"),
+];
+
+fn check_housekeeping(s: &mut Server, now: Instant, cookie: Option<&str>) {
+    for (path, want) in HOUSEKEEPING {
+        let (r, close) = respond(s.handle_http(now, &conn(50010), &get("GET", path, cookie)));
+        assert_eq!(status(&r), 200, "{path}: {r}");
+        assert_eq!(body(&r), *want, "{path}");
+        assert!(!close, "{path}: the client goes on to CONNECT on the same connection");
+        assert_eq!(header(&r, "X-Transcend-Version"), Some("1"), "{path}");
+        assert_eq!(header(&r, "Content-Length"), Some(want.len().to_string().as_str()), "{path}");
+        assert!(header(&r, "Set-Cookie").is_none(), "{path}: no state: {r}");
+        // HEAD: same status and length, no content (RFC 9110 §9.3.2).
+        let (h, _) = respond(s.handle_http(now, &conn(50010), &get("HEAD", path, cookie)));
+        assert_eq!(status(&h), 200, "{path}");
+        assert_eq!(header(&h, "Content-Length"), Some(want.len().to_string().as_str()), "{path}");
+        assert_eq!(body(&h), "", "{path}");
+    }
+    // Anything else is still no portal.
+    for other in ["/", "/1/", "/1/binaries/other.pkg", "/index.html", "/CSCOT/translation-table"] {
+        let (r, _) = respond(s.handle_http(now, &conn(50010), &get("GET", other, cookie)));
+        assert_eq!(status(&r), 404, "{other}");
+    }
+}
+
+/// Served before and after login, without creating anything: thousands of them from one
+/// address leave no session and no pending login (a login from that address still gets its
+/// form instead of "too many unfinished logins").
+#[test]
+fn housekeeping_gets_are_answered_without_state() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    check_housekeeping(&mut s, t0, None);
+    for i in 0..5000 {
+        let (path, _) = HOUSEKEEPING[i % HOUSEKEEPING.len()];
+        let (r, _) = respond(s.handle_http(t0, &conn(50011), &get("GET", path, None)));
+        assert_eq!(status(&r), 200);
+    }
+    assert_eq!(s.session_count(), 0);
+    let (form, _) = respond(s.handle_http(t0, &conn(50012), &post(CISCO_INIT, &[])));
+    assert!(form.contains("type=\"auth-request\""), "{form}");
+
+    let done = cisco_login(&mut s, t0);
+    let cookie = cookie_value(&done, "webvpn").unwrap();
+    check_housekeeping(&mut s, t0, Some(&cookie));
+    assert_eq!(s.session_count(), 1);
+}
