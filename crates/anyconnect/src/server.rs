@@ -332,6 +332,9 @@ impl Server {
                 ).into();
             }
         };
+        if msg.kind == AuthKind::Other("logout".into()) {
+            return self.handle_logout(now, req, &msg).into();
+        }
         // The pending login this post continues (cookie first, then the echoed opaque handle).
         let handle = req
             .cookie("webvpncontext")
@@ -436,6 +439,26 @@ impl Server {
             return self.form(consumed, close, &h, &shown, None).into();
         }
         self.check_password(now, conn, &msg, handle, &group, consumed, close)
+    }
+
+    /// Cisco's logout post (`<config-auth type="logout"><session-token>`), sent when the user
+    /// disconnects: ends the session the token names, as a CSTP DISCONNECT 0xb0 would, so its
+    /// lease and 113019 ("User Requested") do not wait for the reconnect grace or idle timer
+    /// (Cisco FAQ 116312: otherwise the parent session lives on). Answered 200 whether or not
+    /// the token is current (the session may already be gone), and never with a login form:
+    /// a logout creates no pending login.
+    fn handle_logout(&mut self, now: Instant, req: &Request<'_>, msg: &ClientAuth) -> HttpOutcome {
+        let token = msg.session_token.as_deref().or_else(|| req.cookie("webvpn"));
+        // An unknown or stale token is not an error worth a log line: the client is leaving.
+        if let Some(id) = token.and_then(|t| self.session_by_cookie(t)) {
+            self.end_session(now, id, DisconnectReason::UserRequested, Some(FrameType::Disconnect));
+        }
+        let r = Response::new(200, "OK")
+            .header("Connection", "Keep-Alive")
+            .header("X-Transcend-Version", "1")
+            .header("Cache-Control", "no-store")
+            .body("text/xml", "");
+        HttpOutcome::Respond { consumed: req.len, bytes: r.to_bytes(), close: req.wants_close() }
     }
 
     /// First half of a password login: admission (pending context, per-address failure

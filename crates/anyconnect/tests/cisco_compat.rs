@@ -319,3 +319,99 @@ fn housekeeping_gets_are_answered_without_state() {
     check_housekeeping(&mut s, t0, Some(&cookie));
     assert_eq!(s.session_count(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// F4: logout post
+
+fn logout_post(token: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"logout\"><session-token>{token}</session-token></config-auth>\n"
+    )
+}
+
+fn connect_req(cookie: &str) -> Vec<u8> {
+    format!(
+        "CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: vpn.example\r\nUser-Agent: Cisco AnyConnect VPN Agent for Windows 5.1.2.42\r\nCookie: webvpn={cookie}\r\n\
+X-CSTP-Version: 1\r\nX-CSTP-Hostname: pc\r\nX-CSTP-Base-MTU: 1500\r\nX-CSTP-MTU: 1399\r\nX-CSTP-Address-Type: IPv6,IPv4\r\n\
+X-DTLS-Master-Secret: 0102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F202122232425262728292A2B2C2D2E2F30\r\n\
+X-DTLS-CipherSuite: AES256-SHA:AES128-SHA\r\nX-DTLS12-CipherSuite: ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn syslog(s: &mut Server) -> (Vec<String>, Vec<Event>) {
+    let ev: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+    let lines = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Syslog(l) => Some(l.asa()),
+            _ => None,
+        })
+        .collect();
+    (lines, ev)
+}
+
+/// Cisco's Disconnect posts `type="logout"` with the session token: the session (here with
+/// its tunnel up) ends at once with 113019 "User Requested", its cookie stops working, the
+/// answer is 200 and no login form (no pending login is created).
+#[test]
+fn logout_post_ends_the_session() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let done = cisco_login(&mut s, t0);
+    let cookie = cookie_value(&done, "webvpn").unwrap();
+    match s.handle_http(t0, &conn(50020), &connect_req(&cookie)) {
+        Ok(HttpOutcome::Tunnel { .. }) => {}
+        other => panic!("expected tunnel, got {other:?}"),
+    }
+    let _ = syslog(&mut s);
+    assert_eq!(s.session_count(), 1);
+
+    let t1 = t0 + std::time::Duration::from_secs(42);
+    let (r, _) = respond(s.handle_http(t1, &conn(50021), &post(&logout_post(&cookie), &[("webvpn", &cookie)])));
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(!r.contains("auth-request"), "a logout is not answered with a login form: {r}");
+    assert!(set_cookie_line(&r, "webvpncontext").is_none(), "{r}");
+    assert_eq!(s.session_count(), 0);
+    let (lines, ev) = syslog(&mut s);
+    let l113019: Vec<&String> = lines.iter().filter(|l| l.contains("113019")).collect();
+    assert_eq!(l113019.len(), 1, "{lines:#?}");
+    assert!(l113019[0].contains("Reason: User Requested"), "{}", l113019[0]);
+    assert!(l113019[0].contains("Duration: 0h:00m:42s"), "{}", l113019[0]);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::SessionDown { reason: DisconnectReason::UserRequested, address: Some(_), .. })),
+        "{ev:?}"
+    );
+    // The cookie is dead.
+    match s.handle_http(t1, &conn(50022), &connect_req(&cookie)) {
+        Ok(HttpOutcome::Respond { bytes, .. }) => assert!(String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&bytes)),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+/// A logout naming no current session (already gone, forged) changes nothing and still gets
+/// 200 without a form; pending logins are not created by logouts, however many.
+#[test]
+fn logout_for_unknown_token_is_harmless() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let done = cisco_login(&mut s, t0);
+    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let _ = syslog(&mut s);
+    let forged = "00".repeat(32);
+    for i in 0..500u16 {
+        let (r, _) = respond(s.handle_http(t0, &conn(51000 + i), &post(&logout_post(&forged), &[])));
+        assert_eq!(status(&r), 200);
+        assert!(!r.contains("auth-request") && set_cookie_line(&r, "webvpncontext").is_none(), "{r}");
+    }
+    assert_eq!(s.session_count(), 1);
+    let (lines, _) = syslog(&mut s);
+    assert!(!lines.iter().any(|l| l.contains("113019")), "{lines:#?}");
+    // The per-address pending-login budget is untouched.
+    let (form, _) = respond(s.handle_http(t0, &conn(50030), &post(CISCO_INIT, &[])));
+    assert!(form.contains("type=\"auth-request\""), "{form}");
+    // The real token still works afterwards, and ends the session.
+    let (r, _) = respond(s.handle_http(t0, &conn(50031), &post(&logout_post(&cookie), &[])));
+    assert_eq!(status(&r), 200);
+    assert_eq!(s.session_count(), 0);
+}
