@@ -21,6 +21,7 @@ pub mod holdfast;
 pub mod openconnect;
 pub mod ocserv;
 pub mod http;
+pub mod raconfig;
 pub mod resume;
 pub mod scenario;
 pub mod strongswan;
@@ -73,4 +74,14 @@ pub fn holdfast_bin() -> std::path::PathBuf {
         return std::path::PathBuf::from(t).join("release/holdfast");
     }
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/holdfast")
+}
+
+/// [`holdfast_bin`], asserting that it was built (the lab tests run the release daemon).
+///
+/// # Panics
+/// When the binary does not exist, with the command that builds it.
+pub fn require_holdfast_bin() -> std::path::PathBuf {
+    let b = holdfast_bin();
+    assert!(b.exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", b.display());
+    b
 }

@@ -8,7 +8,8 @@
 //! same links.
 
 use crate::cmd::{in_ns, run, sh, wait_for, Proc};
-use crate::openconnect::{RaLab, ServerCert, GW_OUTSIDE_IP, SPLIT_NET};
+use crate::openconnect::{RaLab, ServerCert, GW_OUTSIDE_IP};
+use crate::raconfig::{cidr_mask, RaConfigText, RaPool, SPLIT};
 use crate::{io_err, LabError, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,8 +49,10 @@ impl Ocserv {
         if !out.success() || !passwd.exists() {
             return Err(LabError::Check(format!("ocpasswd failed: {}{}", out.stdout, out.stderr)));
         }
-        let (net, prefix) = SPLIT_NET.split_once('/').unwrap_or(("10.1.0.0", "24"));
-        let route_mask = if prefix == "24" { "255.255.255.0" } else { "255.255.0.0" };
+        // What ocserv shares with holdfast's configuration: the issue's pool (ocserv takes a
+        // network, not a range) and split-include network; MTU and DPD come from `tuning`.
+        let (pool_net, pool_mask) = RaPool::issue().network();
+        let (net, route_mask) = cidr_mask(SPLIT);
         let conf = lab.path("ocserv.conf");
         let text = format!(
             "# ocserv 1.1.6 anchor for the holdfast remote-access benchmark (generated)
@@ -84,8 +87,8 @@ pid-file = {dir}/ocserv.pid
 log-level = 1
 device = vpns
 predictable-ips = true
-ipv4-network = 10.99.0.0
-ipv4-netmask = 255.255.255.0
+ipv4-network = {pool_net}
+ipv4-netmask = {pool_mask}
 mtu = {mtu}
 route = {net}/{route_mask}
 ping-leases = false
@@ -228,10 +231,10 @@ pub fn spawn_in_netns<T: Send + 'static>(
 }
 
 /// The holdfast configuration both RA benchmarks and the load test use: the issue's ASA
-/// block (outside 203.0.113.1, inside 10.1.0.1, split include 10.1.0.0/24), user `vpn` with
-/// `password`, DPD `tuning.dpd` both ways, `anyconnect mtu tuning.mtu`, the pool
-/// `pool_first`-`pool_last` with `pool_mask`, and — when `client_ca` is given — a
-/// certificate-only tunnel group `CERT` whose clients must hold a certificate from that CA.
+/// block ([`RaConfigText::issue`], `hostname ra-bench`), user `vpn` with `password`, DPD
+/// `tuning.dpd` both ways, `anyconnect mtu tuning.mtu`, the pool `pool_first`-`pool_last`
+/// with `pool_mask`, and — when `client_ca` is given — a certificate-only tunnel group `CERT`
+/// whose clients must hold a certificate from that CA.
 pub fn holdfast_ra_config(
     cert: &ServerCert,
     password: &str,
@@ -240,66 +243,12 @@ pub fn holdfast_ra_config(
     client_ca: Option<&Path>,
 ) -> String {
     let (first, last, mask) = pool;
-    let ca = client_ca.map(|c| format!(" ca-file {}\n", c.display())).unwrap_or_default();
-    let cert_group = if client_ca.is_some() {
-        "tunnel-group CERT type remote-access
-tunnel-group CERT general-attributes
- address-pool VPNPOOL
- default-group-policy ac_users_group
-tunnel-group CERT webvpn-attributes
- group-alias CERT enable
- authentication certificate
-"
-    } else {
-        ""
-    };
-    format!(
-        "hostname ra-bench
-interface out
- nameif outside
- security-level 0
- ip address {GW_OUTSIDE_IP} 255.255.255.0
-interface in
- nameif inside
- security-level 100
- ip address 10.1.0.1 255.255.255.0
-logging enable
-logging buffered informational
-access-list SPLIT standard permit 10.1.0.0 255.255.255.0
-ip local pool VPNPOOL {first}-{last} mask {mask}
-webvpn
- enable outside
- anyconnect enable
- dtls port 443
-group-policy ac_users_group internal
-group-policy ac_users_group attributes
- vpn-tunnel-protocol ssl-client
- split-tunnel-policy tunnelspecified
- split-tunnel-network-list value SPLIT
- webvpn
-  anyconnect mtu {mtu}
-  anyconnect ssl dtls enable
-  anyconnect ssl df-bit-ignore enable
-  anyconnect dpd-interval client {dpd}
-  anyconnect dpd-interval gateway {dpd}
-tunnel-group RA type remote-access
-tunnel-group RA general-attributes
- address-pool VPNPOOL
- default-group-policy ac_users_group
-tunnel-group RA webvpn-attributes
- group-alias RA enable
-{cert_group}username vpn password {password}
-sysopt connection tcpmss 1380
-crypto ca trustpoint VPN-TP
- certificate-file {c}
- key-file {k}
-{ca}ssl trust-point VPN-TP outside
-",
-        mtu = tuning.mtu,
-        dpd = tuning.dpd,
-        c = cert.cert.display(),
-        k = cert.key.display(),
-    )
+    let mtu = u16::try_from(tuning.mtu).unwrap_or(u16::MAX);
+    let mut c = RaConfigText::issue(cert, password).hostname("ra-bench").mtu(Some(mtu)).dpd(Some(tuning.dpd)).pool(first, last, mask);
+    if let Some(ca) = client_ca {
+        c = c.client_ca(ca).add_tunnel_group("CERT", "VPNPOOL", true);
+    }
+    c.text()
 }
 
 /// `holdfast run` in the gateway namespace with a control socket, started with a high open

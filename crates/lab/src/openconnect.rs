@@ -24,7 +24,7 @@ pub const CLIENT_IP: &str = "203.0.113.10";
 pub const GW_OUTSIDE_IP: &str = "203.0.113.1";
 pub const GW_INSIDE_IP: &str = "10.1.0.1";
 pub const SERVER_IP: &str = "10.1.0.10";
-pub const SPLIT_NET: &str = "10.1.0.0/24";
+pub const SPLIT_NET: &str = crate::raconfig::SPLIT;
 pub const POOL: &str = "10.99.0.100-10.99.0.199/24";
 pub const FIRST_POOL_IP: &str = "10.99.0.100";
 
@@ -503,66 +503,25 @@ pub fn xfer_send(recv: &mut XferRecv, ns: &str, dst: &str, bytes: u64, timeout: 
     })
 }
 
-fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
-    line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+/// A paced server->client stream, the direction the gateway holds and replays while a client
+/// is away: `lab-xfer send` of `bytes` at `rate_mbit` Mbit/s with payload seed `seed` from the
+/// server namespace to `to` (`ADDRESS:PORT`, a receiver from [`xfer_listen`] in the client),
+/// on a thread; returns its output.
+///
+/// # Panics
+/// The thread panics when `lab-xfer` cannot be run within `timeout`.
+pub fn xfer_send_paced(lab: &RaLab, to: &str, bytes: u64, seed: u32, rate_mbit: u32, timeout: Duration) -> std::thread::JoinHandle<crate::Output> {
+    let bin = crate::xfer::xfer_bin().to_string_lossy().into_owned();
+    let (server, to) = (lab.server.clone(), to.to_string());
+    let (n, seed, rate) = (bytes.to_string(), seed.to_string(), rate_mbit.to_string());
+    std::thread::spawn(move || {
+        run(&mut in_ns(&server, &[&bin, "send", "--connect", &to, "--bytes", &n, "--seed", &seed, "--rate-mbit", &rate]), timeout)
+            .expect("lab-xfer send runs")
+    })
 }
 
-/// The issue-5 ASA configuration for `holdfast run` in the lab (user `vpn` / `password`), with
-/// `gp_webvpn` as extra lines in the group policy's `webvpn` mode (each without indentation,
-/// e.g. `anyconnect mtu 1300`) and `extra` appended at the end (more `username` lines, ...).
-/// The group policy has DTLS, df-bit-ignore and DPD 30 as in the issue; `anyconnect mtu` is
-/// only there when a caller adds it.
-pub fn ra_daemon_config(cert: &ServerCert, password: &str, gp_webvpn: &[&str], extra: &str) -> String {
-    let mut gp = String::new();
-    for l in gp_webvpn {
-        gp.push_str("  ");
-        gp.push_str(l);
-        gp.push('\n');
-    }
-    format!(
-        "hostname ra-gw
-interface out
- nameif outside
- security-level 0
- ip address {GW_OUTSIDE_IP} 255.255.255.0
-interface in
- nameif inside
- security-level 100
- ip address {GW_INSIDE_IP} 255.255.255.0
-logging enable
-logging buffered informational
-access-list SPLIT standard permit 10.1.0.0 255.255.255.0
-ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0
-webvpn
- enable outside
- anyconnect enable
- dtls port 443
-group-policy ac_users_group internal
-group-policy ac_users_group attributes
- vpn-tunnel-protocol ssl-client
- split-tunnel-policy tunnelspecified
- split-tunnel-network-list value SPLIT
- webvpn
-  anyconnect ssl dtls enable
-  anyconnect ssl df-bit-ignore enable
-  anyconnect dpd-interval client 30
-  anyconnect dpd-interval gateway 30
-{gp}tunnel-group RA type remote-access
-tunnel-group RA general-attributes
- address-pool VPNPOOL
- default-group-policy ac_users_group
-tunnel-group RA webvpn-attributes
- group-alias RA enable
-username vpn password {password}
-sysopt connection tcpmss 1380
-crypto ca trustpoint VPN-TP
- certificate-file {}
- key-file {}
-ssl trust-point VPN-TP outside
-{extra}",
-        cert.cert.display(),
-        cert.key.display()
-    )
+fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 /// `holdfast run` (the daemon, [`crate::holdfast_bin`]) in the gateway namespace of a
@@ -581,6 +540,29 @@ pub fn spawn_holdfast_run(lab: &RaLab, name: &str, cfg: &Path, sock: &Path, stat
     })
     .map_err(|e| LabError::Check(format!("{e}\n{}", proc.log_tail(30))))?;
     Ok(proc)
+}
+
+/// The start of a `holdfast run` lab test: root and the release binary checked, the
+/// namespaces, a server certificate, and where the control socket and the configuration go
+/// (`holdfast.sock`, `daemon.cfg` in the run directory).
+pub struct DaemonLab {
+    pub lab: RaLab,
+    pub cert: ServerCert,
+    pub sock: PathBuf,
+    pub cfg: PathBuf,
+}
+
+impl DaemonLab {
+    /// # Panics
+    /// Without root, without the `holdfast` binary, or when the lab cannot be built.
+    pub fn new() -> DaemonLab {
+        assert!(crate::is_root(), "lab tests need root (network namespaces)");
+        crate::require_holdfast_bin();
+        let lab = RaLab::new().expect("lab");
+        let cert = make_server_cert(&lab.dir).expect("certificate");
+        let (sock, cfg) = (lab.path("holdfast.sock"), lab.path("daemon.cfg"));
+        DaemonLab { lab, cert, sock, cfg }
+    }
 }
 
 pub struct RaDaemon {
@@ -612,21 +594,39 @@ impl RaDaemon {
 
     /// `holdfast WORDS... --control SOCK` in the gateway namespace: (success, stdout + stderr).
     pub fn cli(&self, lab: &RaLab, words: &[&str]) -> (bool, String) {
-        let b = crate::holdfast_bin().to_string_lossy().into_owned();
-        let s = self.sock.to_string_lossy().into_owned();
-        let mut argv = vec![b.as_str()];
-        argv.extend_from_slice(words);
-        argv.extend(["--control", &s]);
-        match run(&mut in_ns(&lab.gw, &argv), Duration::from_secs(30)) {
-            Ok(o) => (o.success(), format!("{}{}", o.stdout, o.stderr)),
-            Err(e) => (false, e.to_string()),
-        }
+        holdfast_cli(&lab.gw, &self.sock, words)
     }
 
     /// Everything the daemon wrote (its ASA syslog lines go to stderr too).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
+}
+
+/// `holdfast WORDS... --control SOCK` in namespace `ns`: (success, stdout + stderr).
+///
+/// # Panics
+/// When the command cannot be run at all (no binary, a hung control socket past 30 s): a
+/// test that ignores the success flag and looks for the absence of a line must not pass on
+/// an empty answer.
+pub fn holdfast_cli(ns: &str, sock: &Path, words: &[&str]) -> (bool, String) {
+    let b = crate::holdfast_bin().to_string_lossy().into_owned();
+    let s = sock.to_string_lossy().into_owned();
+    let mut argv = vec![b.as_str()];
+    argv.extend_from_slice(words);
+    argv.extend(["--control", &s]);
+    let out = run(&mut in_ns(ns, &argv), Duration::from_secs(30)).unwrap_or_else(|e| panic!("holdfast {}: {e}", words.join(" ")));
+    (out.success(), format!("{}{}", out.stdout, out.stderr))
+}
+
+/// `ip -o link` in namespace `ns` (empty when it cannot be listed).
+pub fn ip_links(ns: &str) -> String {
+    sh(Some(ns), &["ip", "-o", "link"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
+}
+
+/// `ip route` in namespace `ns` (empty when it cannot be listed).
+pub fn ip_routes(ns: &str) -> String {
+    sh(Some(ns), &["ip", "route"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
 }
 
 /// The MTU of interface `ifname` in namespace `ns` (`/sys/class/net/IF/mtu`).

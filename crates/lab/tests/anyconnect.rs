@@ -6,6 +6,7 @@
 
 use lab::cmd::{in_ns, run, sh};
 use lab::openconnect::*;
+use lab::raconfig::RaConfigText;
 use std::time::{Duration, Instant};
 
 const MB: u64 = 1024 * 1024;
@@ -42,10 +43,6 @@ fn connect(server_args: &[&str], client_args: &[&str]) -> Up {
     });
     eprintln!("lab: openconnect connected with address {address}");
     Up { client, server, cert, lab, address }
-}
-
-fn routes(ns: &str) -> String {
-    sh(Some(ns), &["ip", "route"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
 }
 
 /// The first ping may race the tun's routes; then all of `count` must answer.
@@ -91,7 +88,7 @@ fn password_login_psk_dtls_split_route_ping_and_100mb() {
     let up = connect(&[], &[]);
     let (l, s) = (&up.lab, &up.server);
     // Split include: only the server's network goes into the tunnel.
-    let r = routes(&l.client);
+    let r = ip_routes(&l.client);
     assert!(r.contains("10.1.0.0/24 dev octun0"), "split-include route installed: {r}");
     assert!(!r.contains("default dev octun0"), "no default route into the tunnel: {r}");
     assert_eq!(up.address, FIRST_POOL_IP, "first pool address");
@@ -182,14 +179,15 @@ struct BlackHoleRun {
     violations: Vec<String>,
 }
 
-/// Runs a UDP-blocked scenario against `holdfast run` with `gp_webvpn` lines in the group
-/// policy: `mid` = block UDP 2 s into a server-to-client transfer over DTLS, else before the
-/// client connects. Returns every violation of the no-black-hole proof (empty = proven).
-fn udp_blocked_run(mid: bool, gp_webvpn: &[&str]) -> BlackHoleRun {
+/// Runs a UDP-blocked scenario against `holdfast run` (the issue's configuration without
+/// `anyconnect mtu`; `split_mtus` = `anyconnect mtu-policy split`): `mid` = block UDP 2 s
+/// into a server-to-client transfer over DTLS, else before the client connects. Returns every violation of the no-black-hole proof (empty = proven).
+fn udp_blocked_run(mid: bool, split_mtus: bool) -> BlackHoleRun {
     require_tools();
     let lab = RaLab::new().expect("lab");
     let cert = make_server_cert(&lab.dir).expect("certificate");
-    let d = RaDaemon::start(&lab, "holdfast", &ra_daemon_config(&cert, PASSWORD, gp_webvpn, "")).expect("holdfast run");
+    let config = RaConfigText::issue(&cert, PASSWORD).mtu(None).mtu_policy_split(split_mtus);
+    let d = RaDaemon::start(&lab, "holdfast", &config.text()).expect("holdfast run");
     if !mid {
         lab.block_udp().unwrap();
     }
@@ -400,7 +398,7 @@ fn now_epoch() -> f64 {
 /// packets cross it intact in both directions; the client never reconnects.
 #[test]
 fn udp_blocked_from_the_start() {
-    let r = udp_blocked_run(false, &[]);
+    let r = udp_blocked_run(false, false);
     assert!(r.adapter_mtu <= r.tls_mtu);
     assert!(r.violations.is_empty(), "black hole with UDP blocked from the start:\n  {}", r.violations.join("\n  "));
 }
@@ -410,7 +408,7 @@ fn udp_blocked_from_the_start() {
 /// in both directions with no fragmentation or ICMP, and openconnect never reconnects.
 #[test]
 fn udp_blocked_mid_transfer() {
-    let r = udp_blocked_run(true, &[]);
+    let r = udp_blocked_run(true, false);
     assert!(r.violations.is_empty(), "black hole with UDP blocked mid-transfer:\n  {}", r.violations.join("\n  "));
 }
 
@@ -420,7 +418,7 @@ fn udp_blocked_mid_transfer() {
 /// TLS (df-bit-ignore) instead of full-size packets crossing.
 #[test]
 fn split_mtu_black_hole_is_detected() {
-    let r = udp_blocked_run(false, &["anyconnect mtu-policy split"]);
+    let r = udp_blocked_run(false, true);
     eprintln!("lab: split policy violations:\n  {}", r.violations.join("\n  "));
     assert!(r.adapter_mtu > r.tls_mtu, "split policy gives the adapter the DTLS MTU ({} vs TLS {})", r.adapter_mtu, r.tls_mtu);
     assert!(

@@ -28,7 +28,8 @@
 
 use lab::cmd::{in_ns, run, sh, wait_for, Proc};
 use lab::openconnect::*;
-use std::path::{Path, PathBuf};
+use lab::raconfig::RaConfigText;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "lab-secret-5";
@@ -59,77 +60,10 @@ tunnel-group 203.0.113.2 ipsec-attributes
  ikev2 local-authentication pre-shared-key lab-key-local
 ";
 
-fn bin() -> PathBuf {
-    lab::holdfast_bin()
-}
-
-fn config_text(cert: &Path, key: &Path) -> String {
-    format!(
-        "hostname ra-gw
-interface out
- nameif outside
- security-level 0
- ip address {GW_OUTSIDE_IP} 255.255.255.0
-interface in
- nameif inside
- security-level 100
- ip address {GW_INSIDE_IP} 255.255.255.0
-logging enable
-logging buffered informational
-logging trap informational
-logging host inside {SERVER_IP}
-access-list SPLIT standard permit 10.1.0.0 255.255.255.0
-ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0
-webvpn
- enable outside
- anyconnect enable
- dtls port 443
-group-policy ac_users_group internal
-group-policy ac_users_group attributes
- vpn-tunnel-protocol ssl-client
- split-tunnel-policy tunnelspecified
- split-tunnel-network-list value SPLIT
- webvpn
-  anyconnect mtu 1300
-  anyconnect ssl dtls enable
-  anyconnect ssl df-bit-ignore enable
-  anyconnect dpd-interval client 30
-  anyconnect dpd-interval gateway 30
-tunnel-group RA type remote-access
-tunnel-group RA general-attributes
- address-pool VPNPOOL
- default-group-policy ac_users_group
-tunnel-group RA webvpn-attributes
- group-alias RA enable
-username vpn password {PASSWORD}
-sysopt connection tcpmss 1380
-crypto ca trustpoint VPN-TP
- certificate-file {}
- key-file {}
-ssl trust-point VPN-TP outside
-",
-        cert.display(),
-        key.display()
-    )
-}
-
-/// `holdfast WORDS... --control SOCK` inside the gateway namespace: (success, stdout+stderr).
-fn cli(lab: &RaLab, sock: &Path, words: &[&str]) -> (bool, String) {
-    let b = bin().to_string_lossy().into_owned();
-    let s = sock.to_string_lossy().into_owned();
-    let mut argv = vec![b.as_str()];
-    argv.extend_from_slice(words);
-    argv.extend(["--control", &s]);
-    let out = run(&mut in_ns(&lab.gw, &argv), Duration::from_secs(30)).expect("holdfast cli runs");
-    (out.success(), format!("{}{}", out.stdout, out.stderr))
-}
-
-fn links(ns: &str) -> String {
-    sh(Some(ns), &["ip", "-o", "link"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
-}
-
-fn routes(ns: &str) -> String {
-    sh(Some(ns), &["ip", "route"], Duration::from_secs(5)).map(|o| o.stdout).unwrap_or_default()
+/// The issue's configuration, with the daemon's syslog also sent to a logging host on the
+/// server.
+fn config(cert: &ServerCert) -> RaConfigText {
+    RaConfigText::issue(cert, PASSWORD).logging_host(SERVER_IP)
 }
 
 /// `holdfast run` in the gateway namespace with `text` as its configuration; waits until the
@@ -150,14 +84,10 @@ fn start_daemon_logged(lab: &RaLab, text: &str, sock: &Path, log_name: &str) -> 
 fn remote_access_next_to_site_to_site_and_terminate_on_sigterm() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
-    assert!(lab::is_root(), "lab tests need root (network namespaces)");
-    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
-    let lab = RaLab::new().expect("lab");
-    let cert = make_server_cert(&lab.dir).expect("certificate");
-    let sock = lab.path("holdfast.sock");
-    let text = format!("{}{SITE_TO_SITE}", config_text(&cert.cert, &cert.key));
+    let DaemonLab { lab, cert, sock, .. } = DaemonLab::new();
+    let text = config(&cert).extra(SITE_TO_SITE).text();
     let mut daemon = start_daemon(&lab, &text, &sock);
-    let l = links(&lab.gw);
+    let l = ip_links(&lab.gw);
     assert!(l.contains("hfra0") && l.contains("hf0"), "both TUNs: {l}");
 
     let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
@@ -169,9 +99,9 @@ fn remote_access_next_to_site_to_site_and_terminate_on_sigterm() {
         assert!(Instant::now() < deadline, "no ping reply from {SERVER_IP} through the tunnel");
     }
     // Both services answer on the one control socket.
-    let (ok, ike) = cli(&lab, &sock, &["show", "crypto", "ikev2", "sa"]);
+    let (ok, ike) = holdfast_cli(&lab.gw, &sock, &["show", "crypto", "ikev2", "sa"]);
     assert!(ok, "{ike}");
-    let (ok, show) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    let (ok, show) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
     assert!(ok && show.contains(&address), "{show}");
 
     // SIGTERM: the client is terminated (it exits, no reconnect attempt), everything goes.
@@ -182,9 +112,9 @@ fn remote_access_next_to_site_to_site_and_terminate_on_sigterm() {
     let oc_log = client.log();
     eprintln!("openconnect after SIGTERM (exit {exit:?}):\n{}", client.proc.log_tail(6));
     assert!(!oc_log.lines().any(|l| l.to_ascii_lowercase().contains("reconnect")), "openconnect tried to reconnect:\n{}", client.proc.log_tail(30));
-    let l = links(&lab.gw);
+    let l = ip_links(&lab.gw);
     assert!(!l.contains("hfra0") && !l.contains("hf0"), "TUNs removed: {l}");
-    let r = routes(&lab.gw);
+    let r = ip_routes(&lab.gw);
     assert!(!r.contains("10.99.0.0/24") && !r.contains("10.2.0.0/24"), "routes removed: {r}");
     eprintln!("lab: remote access + site-to-site through holdfast run passed in {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -196,7 +126,7 @@ fn openconnect_through_holdfast_run() {
     assert!(lab::is_root(), "lab tests need root (network namespaces)");
     let oc = run(std::process::Command::new("openconnect").arg("--version"), Duration::from_secs(10));
     assert!(oc.as_ref().is_ok_and(|o| o.stdout.contains("OpenConnect version")), "openconnect is not installed");
-    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
+    let bin = lab::require_holdfast_bin();
 
     let lab = RaLab::new().expect("lab");
     let cert = make_server_cert(&lab.dir).expect("certificate");
@@ -209,8 +139,8 @@ fn openconnect_through_holdfast_run() {
     std::fs::create_dir_all(&other_dir).unwrap();
     let other = make_server_cert(&other_dir).expect("second certificate");
     let bad = lab.path("bad.cfg");
-    std::fs::write(&bad, config_text(&cert.cert, &other.key)).unwrap();
-    let b = bin().to_string_lossy().into_owned();
+    config(&cert).server_files(&cert.cert, &other.key).write(&bad).unwrap();
+    let b = bin.to_string_lossy().into_owned();
     let out = run(&mut in_ns(&lab.gw, &[&b, "check", "--config", &bad.to_string_lossy()]), Duration::from_secs(30)).unwrap();
     assert!(!out.success(), "check accepted a mismatched key: {}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("does not match certificate-file"), "check names the mismatch: {}", out.stderr);
@@ -221,12 +151,12 @@ fn openconnect_through_holdfast_run() {
     .unwrap();
     assert!(!out.success(), "run accepted a mismatched key");
     assert!(out.stderr.contains("does not match certificate-file"), "run names the mismatch: {}", out.stderr);
-    assert!(!links(&lab.gw).contains("hfra0") && !links(&lab.gw).contains("hf0"), "nothing created: {}", links(&lab.gw));
+    assert!(!ip_links(&lab.gw).contains("hfra0") && !ip_links(&lab.gw).contains("hf0"), "nothing created: {}", ip_links(&lab.gw));
     assert!(!sock.exists(), "no control socket left behind");
 
     // 2. The good configuration: `check` passes, `run` starts remote access only (no tunnels).
     let good = lab.path("ra.cfg");
-    std::fs::write(&good, config_text(&cert.cert, &cert.key)).unwrap();
+    config(&cert).write(&good).unwrap();
     let out = run(&mut in_ns(&lab.gw, &[&b, "check", "--config", &good.to_string_lossy()]), Duration::from_secs(30)).unwrap();
     assert!(out.success(), "check: {}{}", out.stdout, out.stderr);
     let log = lab.path("holdfast.log");
@@ -241,8 +171,8 @@ fn openconnect_through_holdfast_run() {
         std::fs::read_to_string(&log).ok().filter(|t| t.contains("remote access listening")).map(|_| ())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
-    assert!(links(&lab.gw).contains("hfra0"), "remote-access TUN: {}", links(&lab.gw));
-    assert!(routes(&lab.gw).contains("10.99.0.0/24 dev hfra0"), "pool route: {}", routes(&lab.gw));
+    assert!(ip_links(&lab.gw).contains("hfra0"), "remote-access TUN: {}", ip_links(&lab.gw));
+    assert!(ip_routes(&lab.gw).contains("10.99.0.0/24 dev hfra0"), "pool route: {}", ip_routes(&lab.gw));
 
     // A syslog collector on the server (the configured `logging host`).
     let collected = lab.path("syslog-host.txt");
@@ -271,34 +201,34 @@ fn openconnect_through_holdfast_run() {
     assert_eq!(ping(&lab.client, SERVER_IP, 5, None).unwrap(), 5, "all pings through the tunnel answered");
 
     // 4. Operator view.
-    let (ok, show) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    let (ok, show) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
     assert!(ok, "{show}");
     eprintln!("show vpn-sessiondb anyconnect:\n{show}");
     let user_line = show.lines().find(|l| l.starts_with("Username")).unwrap_or_else(|| panic!("no session listed:\n{show}"));
     assert!(user_line.contains(": vpn "), "{user_line}");
     assert!(show.lines().any(|l| l.starts_with("Assigned IP") && l.contains(&address) && l.contains(CLIENT_IP)), "{show}");
     assert!(show.contains("DTLS-Tunnel"), "DTLS listed: {show}");
-    let (_, filtered) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "ipaddress", &address]);
+    let (_, filtered) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "ipaddress", &address]);
     assert!(filtered.contains(&address) && filtered.contains(": vpn "), "{filtered}");
-    let (_, none) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "name", "nobody"]);
+    let (_, none) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "name", "nobody"]);
     assert!(!none.contains(&address), "a filter for another user lists nothing: {none}");
-    let (ok, err) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "bogus"]);
+    let (ok, err) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect", "filter", "bogus"]);
     assert!(!ok && err.contains("^") && err.contains("Invalid input"), "caret error: {err}");
 
-    let (ok, run_cfg) = cli(&lab, &sock, &["show", "running-config", "webvpn"]);
+    let (ok, run_cfg) = holdfast_cli(&lab.gw, &sock, &["show", "running-config", "webvpn"]);
     assert!(ok && run_cfg.contains("webvpn") && run_cfg.contains("anyconnect enable"), "{run_cfg}");
-    let (ok, users) = cli(&lab, &sock, &["show", "running-config", "username"]);
+    let (ok, users) = holdfast_cli(&lab.gw, &sock, &["show", "running-config", "username"]);
     assert!(ok && users.contains("username vpn password *****") && !users.contains(PASSWORD), "{users}");
 
     // 5. Logoff: the client is told to go and exits; 113019 is logged.
-    let (ok, out) = cli(&lab, &sock, &["vpn-sessiondb", "logoff", "name", "vpn"]);
+    let (ok, out) = holdfast_cli(&lab.gw, &sock, &["vpn-sessiondb", "logoff", "name", "vpn"]);
     assert!(ok, "{out}");
     assert!(out.contains("INFO: Number of sessions with name \"vpn\" logged off : 1"), "{out}");
     let code = client.proc.wait_exit(Duration::from_secs(15));
     assert!(code.is_some(), "openconnect still running after logoff:\n{}", client.proc.log_tail(30));
-    let (_, after) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    let (_, after) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
     assert!(after.contains("no active sessions"), "{after}");
-    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    let (_, logging) = holdfast_cli(&lab.gw, &sock, &["show", "logging"]);
     let has = |id: &str| logging.lines().any(|l| l.contains(&format!("-{id}:")));
     assert!(has("113019"), "113019 logged:\n{logging}");
     assert!(logging.contains("Username = vpn") || logging.contains("User <vpn>") || logging.contains("vpn"), "{logging}");
@@ -321,7 +251,7 @@ fn openconnect_through_holdfast_run() {
     let _ = std::fs::remove_file(&client.script_out);
     let mut client2 = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "2", &[]).expect("openconnect starts again");
     client2.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| panic!("second login: {e}\n{}", client2.proc.log_tail(30)));
-    let (_, show) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    let (_, show) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
     let index = show
         .lines()
         .find(|l| l.starts_with("Username"))
@@ -329,17 +259,17 @@ fn openconnect_through_holdfast_run() {
         .and_then(|v| v.trim().parse::<u32>().ok())
         .unwrap_or_else(|| panic!("no index in:\n{show}"));
     assert!(index >= 2, "a new session gets a new index: {show}");
-    let (ok, out) = cli(&lab, &sock, &["vpn-sessiondb", "logoff", "index", &index.to_string()]);
+    let (ok, out) = holdfast_cli(&lab.gw, &sock, &["vpn-sessiondb", "logoff", "index", &index.to_string()]);
     assert!(ok && out.contains(&format!("INFO: Number of sessions with index \"{index}\" logged off : 1")), "{out}");
     assert!(client2.proc.wait_exit(Duration::from_secs(15)).is_some(), "openconnect still running after logoff index:\n{}", client2.proc.log_tail(30));
-    let (ok, out) = cli(&lab, &sock, &["vpn-sessiondb", "logoff", "all"]);
+    let (ok, out) = holdfast_cli(&lab.gw, &sock, &["vpn-sessiondb", "logoff", "all"]);
     assert!(ok && out.contains("no active sessions"), "{out}");
 
     // 6. SIGTERM: exit 0, the remote-access TUN and the pool route are gone.
     let code = daemon.stop();
     assert_eq!(code, Some(0), "holdfast exit: {}", daemon.log_tail(20));
-    assert!(!links(&lab.gw).contains("hfra0"), "TUN removed: {}", links(&lab.gw));
-    assert!(!routes(&lab.gw).contains("10.99.0.0/24"), "pool route removed: {}", routes(&lab.gw));
+    assert!(!ip_links(&lab.gw).contains("hfra0"), "TUN removed: {}", ip_links(&lab.gw));
+    assert!(!ip_routes(&lab.gw).contains("10.99.0.0/24"), "pool route removed: {}", ip_routes(&lab.gw));
     assert!(!sock.exists(), "control socket removed");
     eprintln!("lab: anyconnect through holdfast run passed in {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -355,7 +285,7 @@ struct Conn {
 
 /// The conn with `endpoint` (`IP/PORT`) in `show conn detail`, if listed.
 fn find_conn(lab: &RaLab, sock: &Path, endpoint: &str) -> Option<Conn> {
-    let (ok, text) = cli(lab, sock, &["show", "conn", "detail"]);
+    let (ok, text) = holdfast_cli(&lab.gw, sock, &["show", "conn", "detail"]);
     if !ok {
         return None;
     }
@@ -378,21 +308,6 @@ fn find_conn(lab: &RaLab, sock: &Path, endpoint: &str) -> Option<Conn> {
     (c.id != 0).then_some(c)
 }
 
-/// `lab-xfer send` of `mb` MB at `rate` Mbit/s from the server to the client's tunnel address
-/// (a server->client stream: the direction the gateway holds and replays while the client is
-/// away), on a thread; returns its output.
-fn send_to_client(lab: &RaLab, address: &str, port: u16, mb: u64, rate: u32) -> std::thread::JoinHandle<lab::cmd::Output> {
-    let bin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
-    let server = lab.server.clone();
-    let to = format!("{address}:{port}");
-    let n = (mb << 20).to_string();
-    let rate = rate.to_string();
-    std::thread::spawn(move || {
-        run(&mut in_ns(&server, &[&bin, "send", "--connect", &to, "--bytes", &n, "--seed", "5", "--rate-mbit", &rate]), Duration::from_secs(120))
-            .expect("lab-xfer send runs")
-    })
-}
-
 /// Issue 5 with the connection table: `show conn` lists a client's TCP flow (the client's
 /// assigned address on the outside interface, bound to the session's tunnel), and a forced
 /// reconnect (SIGUSR2) keeps the address, the TCP connection and the very same conn entry.
@@ -400,32 +315,28 @@ fn send_to_client(lab: &RaLab, address: &str, port: u16, mb: u64, rate: u32) -> 
 fn client_flow_in_show_conn_survives_a_forced_reconnect() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
-    assert!(lab::is_root(), "lab tests need root (network namespaces)");
-    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
-    let lab = RaLab::new().expect("lab");
-    let cert = make_server_cert(&lab.dir).expect("certificate");
-    let sock = lab.path("holdfast.sock");
-    let mut daemon = start_daemon(&lab, &config_text(&cert.cert, &cert.key), &sock);
+    let DaemonLab { lab, cert, sock, .. } = DaemonLab::new();
+    let mut daemon = start_daemon(&lab, &config(&cert).text(), &sock);
     // Remote access only: the site-to-site TUN is not created.
-    assert!(!links(&lab.gw).contains(" hf0:"), "no site-to-site TUN for a remote-access-only configuration: {}", links(&lab.gw));
+    assert!(!ip_links(&lab.gw).contains(" hf0:"), "no site-to-site TUN for a remote-access-only configuration: {}", ip_links(&lab.gw));
 
     let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
     let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
     client.wait_dtls(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", client.proc.log_tail(30)));
 
     let mut rx = xfer_listen(&lab, &lab.client, 5002, Duration::from_secs(60)).expect("receiver in the client");
-    let sender = send_to_client(&lab, &address, 5002, 40, 40);
+    let sender = xfer_send_paced(&lab, &format!("{address}:5002"), 40 << 20, 5, 40, Duration::from_secs(120));
     let endpoint = format!("{address}/5002");
     let before = wait_for("the client's flow in show conn", Duration::from_secs(10), Duration::from_millis(200), || {
         find_conn(&lab, &sock, &endpoint).filter(|c| c.flags.contains('U'))
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", cli(&lab, &sock, &["show", "conn", "detail"]).1));
+    .unwrap_or_else(|e| panic!("{e}: {}", holdfast_cli(&lab.gw, &sock, &["show", "conn", "detail"]).1));
     eprintln!("lab: before the reconnect: {before:?}");
     assert!(before.head.contains(&format!("outside: {address}/5002")) && before.head.contains(&format!("inside: {SERVER_IP}/")), "{before:?}");
     assert_eq!(before.tunnel, format!("ra:{address}"));
-    let (_, brief) = cli(&lab, &sock, &["show", "conn"]);
+    let (_, brief) = holdfast_cli(&lab.gw, &sock, &["show", "conn"]);
     assert!(brief.lines().any(|l| l.starts_with(&format!("TCP outside {address}:5002 inside {SERVER_IP}:"))), "{brief}");
-    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    let (_, logging) = holdfast_cli(&lab.gw, &sock, &["show", "logging"]);
     assert!(logging.lines().any(|l| l.contains("-302013: Built outbound TCP connection") && l.contains(&format!("outside:{address}/5002"))), "302013:\n{logging}");
 
     // SIGUSR2: openconnect reconnects now, with its cookie.
@@ -435,7 +346,7 @@ fn client_flow_in_show_conn_survives_a_forced_reconnect() {
         std::fs::read_to_string(&client.script_out).ok().filter(|t| t.contains("reason=reconnect")).map(|_| ())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", client.proc.log_tail(30)));
-    let after = find_conn(&lab, &sock, &endpoint).unwrap_or_else(|| panic!("flow gone after the reconnect: {}", cli(&lab, &sock, &["show", "conn", "detail"]).1));
+    let after = find_conn(&lab, &sock, &endpoint).unwrap_or_else(|| panic!("flow gone after the reconnect: {}", holdfast_cli(&lab.gw, &sock, &["show", "conn", "detail"]).1));
     eprintln!("lab: after the reconnect: {after:?}");
     assert_eq!(after.id, before.id, "the same conn entry carries the stream after the reconnect");
 
@@ -448,7 +359,7 @@ fn client_flow_in_show_conn_survives_a_forced_reconnect() {
     let addrs: Vec<&str> = script.lines().filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("ip4="))).collect();
     assert!(addrs.iter().all(|a| *a == address), "same address across the reconnect: {addrs:?}");
     // The stream ended with FINs: the conn is gone with the ordinary reason.
-    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    let (_, logging) = holdfast_cli(&lab.gw, &sock, &["show", "logging"]);
     assert!(
         logging.lines().any(|l| l.contains(&format!("-302014: Teardown TCP connection {} ", before.id)) && l.ends_with("TCP FINs")),
         "302014 TCP FINs for conn {}:\n{logging}",
@@ -471,23 +382,19 @@ fn client_flow_in_show_conn_survives_a_forced_reconnect() {
 fn sessions_and_flows_survive_sigkill_and_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
-    assert!(lab::is_root(), "lab tests need root (network namespaces)");
-    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
-    let lab = RaLab::new().expect("lab");
-    let cert = make_server_cert(&lab.dir).expect("certificate");
-    let sock = lab.path("holdfast.sock");
-    let text = config_text(&cert.cert, &cert.key);
+    let DaemonLab { lab, cert, sock, .. } = DaemonLab::new();
+    let text = config(&cert).text();
     let mut daemon = start_daemon(&lab, &text, &sock);
     let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
     let address = client.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
 
     let mut rx = xfer_listen(&lab, &lab.client, 5003, Duration::from_secs(90)).expect("receiver in the client");
-    let sender = send_to_client(&lab, &address, 5003, 30, 30);
+    let sender = xfer_send_paced(&lab, &format!("{address}:5003"), 30 << 20, 5, 30, Duration::from_secs(120));
     let endpoint = format!("{address}/5003");
     let before = wait_for("the client's flow in show conn", Duration::from_secs(10), Duration::from_millis(200), || {
         find_conn(&lab, &sock, &endpoint).filter(|c| c.flags.contains('U'))
     })
-    .unwrap_or_else(|e| panic!("{e}: {}", cli(&lab, &sock, &["show", "conn", "detail"]).1));
+    .unwrap_or_else(|e| panic!("{e}: {}", holdfast_cli(&lab.gw, &sock, &["show", "conn", "detail"]).1));
     // Past the periodic snapshots of the table (2 s) and of the sessions (0.5 s).
     std::thread::sleep(Duration::from_millis(2500));
     let state = lab.path("state");
@@ -507,7 +414,7 @@ fn sessions_and_flows_survive_sigkill_and_restart() {
     assert!(std::fs::read_to_string(&daemon.log).unwrap_or_default().contains("1 session(s) restored"), "{}", daemon.log_tail(20));
     // While the client is away (its reconnect timer runs ~10 s), the restored conn waits: V.
     if !std::fs::read_to_string(&client.script_out).unwrap_or_default().contains("reason=reconnect") {
-        let waiting = find_conn(&lab, &sock, &endpoint).unwrap_or_else(|| panic!("restored conn missing: {}", cli(&lab, &sock, &["show", "conn", "detail"]).1));
+        let waiting = find_conn(&lab, &sock, &endpoint).unwrap_or_else(|| panic!("restored conn missing: {}", holdfast_cli(&lab.gw, &sock, &["show", "conn", "detail"]).1));
         assert_eq!(waiting.id, before.id, "{waiting:?}");
         assert!(waiting.flags.contains('V'), "a preserved remote-access flow waiting for its session: {waiting:?}");
     }

@@ -24,6 +24,7 @@
 use lab::acprobe::{self, cstp_frame, Probe};
 use lab::cmd::{in_ns, run, Proc};
 use lab::openconnect::*;
+use lab::raconfig::RaConfigText;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -74,8 +75,8 @@ fn unknown_group_forged_and_expired_cookies_and_broken_cstp_are_refused() {
     assert!(oc.as_ref().is_ok_and(|o| o.stdout.contains("OpenConnect version")), "openconnect is not installed");
     let lab = RaLab::new().expect("lab");
     let cert = make_server_cert(&lab.dir).expect("certificate");
-    let text = ra_daemon_config(&cert, PASSWORD, &["anyconnect mtu 1300"], &format!("username {PROBE_USER} password {PROBE_PASSWORD}\n"));
-    let d = RaDaemon::start(&lab, "holdfast", &text).expect("holdfast run");
+    let config = RaConfigText::issue(&cert, PASSWORD).user(PROBE_USER, PROBE_PASSWORD);
+    let d = RaDaemon::start(&lab, "holdfast", &config.text()).expect("holdfast run");
     let gw: SocketAddr = format!("{GW_OUTSIDE_IP}:443").parse().unwrap();
 
     // The bystander: a real openconnect session with DTLS, pinging all along.

@@ -13,7 +13,13 @@
 //! nothing: a changed `dtls port` (restart only) and a pool shrunk under the leased
 //! addresses, each answered with `FILE:LINE:COL` at the line concerned and 111004.
 //!
-//! A second test stops the daemon with SIGQUIT (planned restart) during a transfer and starts
+//! Another test adds a tunnel group with its own `ip local pool` by reload: the pool's route
+//! into `hfra0` appears in the daemon's namespace, a client of the new group gets an address
+//! from it and pings the server through it; a reload removing the pool is refused while that
+//! session holds a lease (the route stays), and after the client logged out it is applied and
+//! the route is gone.
+//!
+//! A third test stops the daemon with SIGQUIT (planned restart) during a transfer and starts
 //! it again: the client was not terminated, reconnects with its cookie to the same address,
 //! the transfer completes with matching SHA-256 and no 113019 is logged.
 //!
@@ -23,75 +29,16 @@
 
 use lab::cmd::{in_ns, run, wait_for, Proc};
 use lab::openconnect::*;
-use std::path::{Path, PathBuf};
+use lab::raconfig::{RaConfigText, RaPool};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "lab-secret-5";
 const CAROL_PASSWORD: &str = "carol-pw-9";
 
-fn bin() -> PathBuf {
-    lab::holdfast_bin()
-}
-
-/// The issue-5 configuration; `extra_users` / `extra_split` are appended to the user list and
-/// the split-tunnel access list, `dtls_port` and `pool` replace theirs.
-fn config_text(cert: &Path, key: &Path, extra_users: &str, extra_split: &str, dtls_port: u16, pool: &str) -> String {
-    format!(
-        "hostname ra-gw
-interface out
- nameif outside
- security-level 0
- ip address {GW_OUTSIDE_IP} 255.255.255.0
-interface in
- nameif inside
- security-level 100
- ip address {GW_INSIDE_IP} 255.255.255.0
-logging enable
-logging buffered informational
-access-list SPLIT standard permit 10.1.0.0 255.255.255.0
-{extra_split}ip local pool VPNPOOL {pool} mask 255.255.255.0
-webvpn
- enable outside
- anyconnect enable
- dtls port {dtls_port}
-group-policy ac_users_group internal
-group-policy ac_users_group attributes
- vpn-tunnel-protocol ssl-client
- split-tunnel-policy tunnelspecified
- split-tunnel-network-list value SPLIT
- webvpn
-  anyconnect ssl dtls enable
-  anyconnect ssl df-bit-ignore enable
-  anyconnect dpd-interval client 30
-  anyconnect dpd-interval gateway 30
-tunnel-group RA type remote-access
-tunnel-group RA general-attributes
- address-pool VPNPOOL
- default-group-policy ac_users_group
-tunnel-group RA webvpn-attributes
- group-alias RA enable
-username vpn password {PASSWORD}
-{extra_users}crypto ca trustpoint VPN-TP
- certificate-file {}
- key-file {}
-ssl trust-point VPN-TP outside
-",
-        cert.display(),
-        key.display()
-    )
-}
-
-const POOL_RANGE: &str = "10.99.0.100-10.99.0.199";
-
-/// `holdfast WORDS... --control SOCK` inside the gateway namespace: (success, stdout+stderr).
-fn cli(lab: &RaLab, sock: &Path, words: &[&str]) -> (bool, String) {
-    let b = bin().to_string_lossy().into_owned();
-    let s = sock.to_string_lossy().into_owned();
-    let mut argv = vec![b.as_str()];
-    argv.extend_from_slice(words);
-    argv.extend(["--control", &s]);
-    let out = run(&mut in_ns(&lab.gw, &argv), Duration::from_secs(30)).expect("holdfast cli runs");
-    (out.success(), format!("{}{}", out.stdout, out.stderr))
+/// The issue's configuration without `anyconnect mtu` and without `sysopt connection tcpmss`.
+fn config(cert: &ServerCert) -> RaConfigText {
+    RaConfigText::issue(cert, PASSWORD).mtu(None).tcpmss(None)
 }
 
 fn start_daemon(lab: &RaLab, cfg: &Path, sock: &Path) -> Proc {
@@ -101,7 +48,7 @@ fn start_daemon(lab: &RaLab, cfg: &Path, sock: &Path) -> Proc {
 /// [`start_daemon`] with its own log file (a restarted daemon must not find the first one's
 /// "listening" line).
 fn start_daemon_logged(lab: &RaLab, cfg: &Path, sock: &Path, log_name: &str) -> Proc {
-    spawn_holdfast_run(lab, "holdfast", &cfg, sock, &lab.path("state"), log_name).unwrap_or_else(|e| panic!("holdfast run: {e}"))
+    spawn_holdfast_run(lab, "holdfast", cfg, sock, &lab.path("state"), log_name).unwrap_or_else(|e| panic!("holdfast run: {e}"))
 }
 
 /// The lines of the shared openconnect script output for one client's tun device.
@@ -116,25 +63,15 @@ fn ping_from(lab: &RaLab, src: &str) -> usize {
     o.stdout.lines().filter(|l| l.contains("bytes from")).count()
 }
 
-/// 1-based line number of the first line of `text` that is `line`.
-fn line_of(text: &str, line: &str) -> usize {
-    text.lines().position(|l| l == line).expect("line in the configuration") + 1
-}
-
 #[test]
 fn reload_adds_a_user_changes_split_and_certificate_without_dropping_the_session() {
     let started = Instant::now();
-    assert!(lab::is_root(), "lab tests need root (network namespaces)");
-    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
-    let lab = RaLab::new().expect("lab");
-    let cert = make_server_cert(&lab.dir).expect("certificate");
+    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::new();
     let dir2 = lab.path("cert2");
     std::fs::create_dir_all(&dir2).unwrap();
     let cert2 = make_server_cert(&dir2).expect("second certificate");
     assert_ne!(cert.pin, cert2.pin);
-    let sock = lab.path("holdfast.sock");
-    let cfg = lab.path("daemon.cfg");
-    std::fs::write(&cfg, config_text(&cert.cert, &cert.key, "", "", 443, POOL_RANGE)).unwrap();
+    config(&cert).write(&cfg).unwrap();
     let mut daemon = start_daemon(&lab, &cfg, &sock);
 
     let mut a = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
@@ -146,20 +83,14 @@ fn reload_adds_a_user_changes_split_and_certificate_without_dropping_the_session
 
     // A transfer to the client runs across the reload (30 MB at 40 Mbit/s: ~6 s).
     let mut rx = xfer_listen(&lab, &lab.client, 5004, Duration::from_secs(60)).expect("receiver in the client");
-    let xbin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
-    let (server, to) = (lab.server.clone(), format!("{address}:5004"));
-    let sender = std::thread::spawn(move || {
-        run(&mut in_ns(&server, &[&xbin, "send", "--connect", &to, "--bytes", &(30u64 << 20).to_string(), "--seed", "9", "--rate-mbit", "40"]), Duration::from_secs(90))
-            .expect("lab-xfer send runs")
-    });
+    let sender = xfer_send_paced(&lab, &format!("{address}:5004"), 30 << 20, 9, 40, Duration::from_secs(90));
     std::thread::sleep(Duration::from_millis(1500));
 
     // The reload: a user, a split network, another certificate file.
-    let user_line = format!("username carol password {CAROL_PASSWORD}\n");
-    let split_line = "access-list SPLIT standard permit 10.2.0.0 255.255.255.0\n";
-    std::fs::write(&cfg, config_text(&cert2.cert, &cert2.key, &user_line, split_line, 443, POOL_RANGE)).unwrap();
+    let reloaded = config(&cert2).user("carol", CAROL_PASSWORD).add_split("10.2.0.0/24");
+    reloaded.write(&cfg).unwrap();
     let t = Instant::now();
-    let (ok, answer) = cli(&lab, &sock, &["reload"]);
+    let (ok, answer) = holdfast_cli(&lab.gw, &sock, &["reload"]);
     eprintln!("lab: reload answered in {:.0} ms:\n{answer}", t.elapsed().as_secs_f64() * 1e3);
     assert!(ok, "reload applied: {answer}\n{}", daemon.log_tail(20));
     assert!(answer.contains("remote access: users added: carol"), "{answer}");
@@ -178,7 +109,7 @@ fn reload_adds_a_user_changes_split_and_certificate_without_dropping_the_session
     // The session was never interrupted: no reconnect, no teardown.
     let a_lines = script_lines(&a, "octun0");
     assert!(!a_lines.iter().any(|l| l.starts_with("reason=reconnect")), "{a_lines:?}");
-    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    let (_, logging) = holdfast_cli(&lab.gw, &sock, &["show", "logging"]);
     assert!(logging.contains("%ASA-5-111005: ") && logging.contains("end configuration: OK"), "111005:\n{logging}");
     assert!(logging.contains("%ASA-5-111008: User 'control' executed the 'reload config"), "111008:\n{logging}");
     assert!(!logging.contains("-113019:"), "no session ended:\n{logging}");
@@ -190,7 +121,7 @@ fn reload_adds_a_user_changes_split_and_certificate_without_dropping_the_session
     let routes_b = script_lines(&b, "octun1");
     assert!(routes_b.iter().any(|l| l == "route 10.2.0.0/24 dev octun1"), "new split list for a new session: {routes_b:?}");
     assert!(routes_b.iter().any(|l| l == "route 10.1.0.0/24 dev octun1"), "{routes_b:?}");
-    let (_, sessions) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    let (_, sessions) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
     assert!(sessions.contains(&address) && sessions.contains(&address_b) && sessions.contains("carol"), "{sessions}");
     // Both clients share the client namespace and the lab script points 10.1.0.0/24 at the
     // newest tun: traffic from the first session's address keeps using its own tun.
@@ -202,27 +133,27 @@ fn reload_adds_a_user_changes_split_and_certificate_without_dropping_the_session
     assert!(ping_from(&lab, &address) >= 2, "the first session still carries traffic");
 
     // Refused: a changed DTLS port needs a restart. Nothing changes.
-    let text_port = config_text(&cert2.cert, &cert2.key, &user_line, split_line, 4443, POOL_RANGE);
-    std::fs::write(&cfg, &text_port).unwrap();
-    let (ok, answer) = cli(&lab, &sock, &["reload"]);
+    let text_port = reloaded.clone().dtls_port(4443);
+    text_port.write(&cfg).unwrap();
+    let (ok, answer) = holdfast_cli(&lab.gw, &sock, &["reload"]);
     assert!(!ok, "a dtls port change must be refused: {answer}");
-    let at = format!("{}:{}:2: error: requires restart: webvpn dtls port", cfg.display(), line_of(&text_port, " dtls port 4443"));
+    let at = format!("{}:{}:2: error: requires restart: webvpn dtls port", cfg.display(), text_port.line_of("dtls port 4443"));
     assert!(answer.contains(&at), "expected {at}\n{answer}");
     assert!(answer.contains("the running configuration is unchanged"), "{answer}");
 
     // Refused: the pool shrinks under both leases. Each address is named at the pool's range.
-    let text_pool = config_text(&cert2.cert, &cert2.key, &user_line, split_line, 443, "10.99.0.150-10.99.0.199");
-    std::fs::write(&cfg, &text_pool).unwrap();
-    let (ok, answer) = cli(&lab, &sock, &["reload"]);
+    let text_pool = reloaded.clone().pool("10.99.0.150", "10.99.0.199", "255.255.255.0");
+    text_pool.write(&cfg).unwrap();
+    let (ok, answer) = holdfast_cli(&lab.gw, &sock, &["reload"]);
     assert!(!ok, "shrinking the pool under a lease must be refused: {answer}");
-    let pool_line = line_of(&text_pool, "ip local pool VPNPOOL 10.99.0.150-10.99.0.199 mask 255.255.255.0");
+    let pool_line = text_pool.line_of("ip local pool VPNPOOL 10.99.0.150-10.99.0.199 mask 255.255.255.0");
     for addr in [&address, &address_b] {
         assert!(answer.contains(&format!("{}:{pool_line}:23: error: address {addr} is leased", cfg.display())), "{addr}:\n{answer}");
     }
-    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    let (_, logging) = holdfast_cli(&lab.gw, &sock, &["show", "logging"]);
     assert_eq!(logging.matches("end configuration: FAILED").count(), 2, "two 111004:\n{logging}");
     // Still the applied configuration: both sessions up, traffic flows, carol still known.
-    let (_, sessions) = cli(&lab, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    let (_, sessions) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
     assert!(sessions.contains(&address) && sessions.contains(&address_b), "{sessions}");
     assert!(ping_from(&lab, &address) >= 2 && ping_from(&lab, &address_b) >= 2, "ping on both sessions after the refused reloads");
     assert!(!script_lines(&a, "octun0").iter().any(|l| l.starts_with("reason=reconnect")));
@@ -243,25 +174,15 @@ fn reload_adds_a_user_changes_split_and_certificate_without_dropping_the_session
 #[test]
 fn sigquit_restart_keeps_sessions() {
     let started = Instant::now();
-    assert!(lab::is_root(), "lab tests need root (network namespaces)");
-    assert!(bin().exists(), "{} not found: build it (cargo build --release -p holdfast) or set HOLDFAST_BIN", bin().display());
-    let lab = RaLab::new().expect("lab");
-    let cert = make_server_cert(&lab.dir).expect("certificate");
-    let sock = lab.path("holdfast.sock");
-    let cfg = lab.path("daemon.cfg");
-    std::fs::write(&cfg, config_text(&cert.cert, &cert.key, "", "", 443, POOL_RANGE)).unwrap();
+    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::new();
+    config(&cert).write(&cfg).unwrap();
     let mut daemon = start_daemon(&lab, &cfg, &sock);
     let mut a = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
     let address = a.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}", daemon.log_tail(30)));
 
     // 30 MB at 30 Mbit/s (~8 s of sending) from the inside server to the client.
     let mut rx = xfer_listen(&lab, &lab.client, 5005, Duration::from_secs(90)).expect("receiver in the client");
-    let xbin = lab::xfer::xfer_bin().to_string_lossy().into_owned();
-    let (server, to) = (lab.server.clone(), format!("{address}:5005"));
-    let sender = std::thread::spawn(move || {
-        run(&mut in_ns(&server, &[&xbin, "send", "--connect", &to, "--bytes", &(30u64 << 20).to_string(), "--seed", "3", "--rate-mbit", "30"]), Duration::from_secs(120))
-            .expect("lab-xfer send runs")
-    });
+    let sender = xfer_send_paced(&lab, &format!("{address}:5005"), 30 << 20, 3, 30, Duration::from_secs(120));
     // Past the connection table's periodic snapshot (2 s) so the flow is in flows.json.
     std::thread::sleep(Duration::from_millis(2500));
 
@@ -296,7 +217,7 @@ fn sigquit_restart_keeps_sessions() {
     let lines = script_lines(&a, "octun0");
     let addrs: Vec<&str> = lines.iter().filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("ip4="))).collect();
     assert!(addrs.len() >= 2 && addrs.iter().all(|x| *x == address), "same address after the restart: {addrs:?}");
-    let (_, logging) = cli(&lab, &sock, &["show", "logging"]);
+    let (_, logging) = holdfast_cli(&lab.gw, &sock, &["show", "logging"]);
     assert!(!logging.contains("-113019:"), "the session did not end:\n{logging}");
     assert!(!first_log.contains("-113019:"), "the first daemon ended no session:\n{first_log}");
     eprintln!(
@@ -309,6 +230,82 @@ fn sigquit_restart_keeps_sessions() {
     let _ = a.proc.wait_exit(Duration::from_secs(10));
     assert_eq!(daemon.stop(), Some(0), "holdfast exit: {}", daemon.log_tail(20));
     eprintln!("lab: SIGQUIT keep-sessions restart passed in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A reload that adds a tunnel group with its own pool adds the pool's route into the
+/// remote-access TUN (`hfra0`) in the daemon's namespace; a client of the new group gets an
+/// address from it and reaches the server behind the gateway (whose replies need that
+/// route). A reload back to the first configuration, with no session left on the pool,
+/// removes the route and keeps the first pool's.
+#[test]
+fn reload_adds_and_removes_a_pool_route() {
+    let started = Instant::now();
+    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::new();
+    // The login form lists the groups, so openconnect can pick one with --authgroup.
+    let base = config(&cert).tunnel_group_list(true);
+    base.write(&cfg).unwrap();
+    let mut daemon = start_daemon(&lab, &cfg, &sock);
+    let first = format!("{} dev hfra0", RaPool::issue().prefix());
+    let pool2 = RaPool::new("POOL2", "10.98.0.10", "10.98.0.20", "255.255.255.0");
+    let second = format!("{} dev hfra0", pool2.prefix());
+    let has = |routes: &str, route: &str| routes.lines().any(|l| l.starts_with(route));
+    let r = ip_routes(&lab.gw);
+    assert!(has(&r, &first) && !r.contains(&pool2.prefix()), "before the reload:\n{r}");
+
+    // Reload: pool POOL2 and tunnel group RA2 taking its addresses from it.
+    let with = base.clone().add_pool(pool2.clone()).add_tunnel_group("RA2", "POOL2", false);
+    with.write(&cfg).unwrap();
+    let (ok, answer) = holdfast_cli(&lab.gw, &sock, &["reload"]);
+    eprintln!("lab: reload adding POOL2 + RA2:\n{answer}");
+    assert!(ok, "reload applied: {answer}\n{}", daemon.log_tail(20));
+    let r = ip_routes(&lab.gw);
+    assert!(has(&r, &second), "the new pool's route into hfra0 after the reload:\n{r}");
+    assert!(has(&r, &first), "the first pool's route is kept:\n{r}");
+
+    // A client of the new group: an address of POOL2, and ping through it.
+    let mut c = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "-ra2", &["--authgroup", "RA2"]).expect("openconnect starts");
+    let address = c.wait_connected(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}\n{}\n{}", c.proc.log_tail(30), daemon.log_tail(30)));
+    let ip: std::net::Ipv4Addr = address.parse().expect("an IPv4 address");
+    assert!((pool2.first..=pool2.last).contains(&ip), "{address} is not from POOL2 ({})", pool2.statement());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ping(&lab.client, SERVER_IP, 1, None).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no ping reply from {SERVER_IP} through the RA2 session; gateway routes:\n{}", ip_routes(&lab.gw));
+    }
+    assert_eq!(ping(&lab.client, SERVER_IP, 5, None).unwrap(), 5, "all pings through the RA2 session answered");
+    let (_, sessions) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+    assert!(sessions.contains(&address), "{sessions}");
+
+    // While the session holds a POOL2 address, a reload removing POOL2 is refused and the
+    // route stays.
+    base.write(&cfg).unwrap();
+    let (ok, answer) = holdfast_cli(&lab.gw, &sock, &["reload"]);
+    eprintln!("lab: reload removing POOL2 under a lease:\n{answer}");
+    assert!(!ok && answer.contains(&format!("address {address} is leased")), "removing a pool under a lease must be refused: {answer}");
+    assert!(has(&ip_routes(&lab.gw), &second), "the route stays after the refused reload:\n{}", ip_routes(&lab.gw));
+    assert_eq!(ping(&lab.client, SERVER_IP, 3, None).unwrap(), 3, "the RA2 session still carries traffic");
+
+    // The client logs out (SIGINT: openconnect ends its session); no session is left on POOL2.
+    c.proc.signal(libc::SIGINT);
+    assert!(c.proc.wait_exit(Duration::from_secs(10)).is_some(), "openconnect still running after SIGINT");
+    wait_for("the RA2 session ended", Duration::from_secs(15), Duration::from_millis(100), || {
+        let (ok, s) = holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]);
+        (ok && !s.contains(&address)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", holdfast_cli(&lab.gw, &sock, &["show", "vpn-sessiondb", "anyconnect"]).1));
+
+    // Reload back: POOL2 and RA2 are gone, and so is the route.
+    base.write(&cfg).unwrap();
+    let (ok, answer) = holdfast_cli(&lab.gw, &sock, &["reload"]);
+    eprintln!("lab: reload removing POOL2 + RA2:\n{answer}");
+    assert!(ok, "reload applied: {answer}\n{}", daemon.log_tail(20));
+    let r = ip_routes(&lab.gw);
+    assert!(!r.contains(&pool2.prefix()), "the removed pool's route is gone:\n{r}");
+    assert!(has(&r, &first), "the first pool's route is kept:\n{r}");
+
+    assert_eq!(daemon.stop(), Some(0), "holdfast exit: {}", daemon.log_tail(20));
+    let r = ip_routes(&lab.gw);
+    assert!(!r.contains(&RaPool::issue().prefix()), "pool route removed at exit:\n{r}");
+    eprintln!("lab: pool route add/remove on reload passed in {:.1} s", started.elapsed().as_secs_f64());
 }
 
 trait WaitOn {
