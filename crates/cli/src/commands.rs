@@ -352,12 +352,25 @@ fn build() -> Vec<Node> {
         )],
     );
 
+    let stop = kw(
+        "stop",
+        "Stop the daemon (remote-access clients are told; the shell then exits)",
+        true,
+        vec![kw(
+            "keep-sessions",
+            "Planned restart: save the remote-access sessions for the next start, do not tell the clients",
+            true,
+            vec![],
+        )],
+    );
+
     vec![
         clear,
         kw("exit", "Exit the shell", true, vec![]),
         kw("quit", "Exit the shell", true, vec![]),
         reload,
         show,
+        stop,
         sessiondb,
     ]
 }
@@ -758,7 +771,7 @@ mod tests {
         assert_eq!(labels, ["show"]);
         // Top level lists every verb, local ones included.
         let labels: Vec<String> = help("").unwrap().into_iter().map(|e| e.label).collect();
-        assert_eq!(labels, ["clear", "exit", "quit", "reload", "show", "vpn-sessiondb"]);
+        assert_eq!(labels, ["clear", "exit", "quit", "reload", "show", "stop", "vpn-sessiondb"]);
         // Errors carry the column of the word that does not fit.
         assert_eq!(help("show cypto ").unwrap_err(), WalkError::Invalid { col: 5 });
         assert_eq!(help("show zz").unwrap_err(), WalkError::Invalid { col: 5 });
@@ -780,6 +793,6 @@ mod tests {
         assert_eq!(complete("show bogus ", 11), (11, vec![]));
         assert_eq!(complete("clear conn address ", 19), (19, vec![]));
         let (_, all) = complete("", 0);
-        assert_eq!(all, ["clear ", "exit ", "quit ", "reload ", "show ", "vpn-sessiondb "]);
+        assert_eq!(all, ["clear ", "exit ", "quit ", "reload ", "show ", "stop ", "vpn-sessiondb "]);
     }
 }

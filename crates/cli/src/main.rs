@@ -28,6 +28,7 @@ Examples:
   holdfast show conn long
   holdfast clear crypto ikev2 sa 192.0.2.2
   holdfast vpn-sessiondb logoff name alice
+  holdfast stop --keep-sessions
   holdfast shell
   echo 'show version' | holdfast shell --control /run/holdfast/holdfast.sock
 
@@ -84,7 +85,7 @@ enum Cmd {
         #[arg(long)]
         strict: bool,
     },
-    /// Interactive exec-mode prompt (`holdfast#`) for show, clear, vpn-sessiondb and reload.
+    /// Interactive exec-mode prompt (`holdfast#`) for show, clear, vpn-sessiondb, reload and stop.
     ///
     /// TAB completes command words, `?` lists what may come next, keywords may be abbreviated
     /// (`sh cry ipsec sa`), history is kept in ~/.holdfast_history (HOLDFAST_HISTORY overrides),
@@ -145,6 +146,22 @@ enum Cmd {
         /// file later reloads read only if it is the same path).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
+        control: PathBuf,
+    },
+    /// Stop the running gateway, or with --keep-sessions restart it without the users noticing.
+    ///
+    /// Without --keep-sessions this is SIGTERM: remote-access clients are told the gateway is
+    /// going away (they do not reconnect) and site-to-site tunnels are deleted. With
+    /// --keep-sessions it is SIGQUIT, a planned restart: the remote-access sessions are saved in
+    /// the state directory (ra-sessions.json) and their clients are not told, so they reconnect
+    /// to the next `holdfast run` with the same --state-dir and keep their addresses and flows.
+    /// The answer says how many sessions were saved; the daemon exits right after it.
+    #[command(after_help = "Examples:\n  holdfast stop\n  holdfast stop --keep-sessions && holdfast run --config /etc/holdfast/holdfast.cfg")]
+    Stop {
+        /// Save the remote-access sessions for the next start instead of ending them.
+        #[arg(long)]
+        keep_sessions: bool,
         #[arg(long, value_name = "SOCKET", default_value = gateway::control::DEFAULT_SOCKET)]
         control: PathBuf,
     },
@@ -214,6 +231,10 @@ fn main() -> ExitCode {
             remote("reload", &words, &control)
         }
         Cmd::VpnSessiondb { words, control } => remote("vpn-sessiondb", &words, &control),
+        Cmd::Stop { keep_sessions, control } => {
+            let words: Vec<String> = if keep_sessions { vec!["keep-sessions".into()] } else { Vec::new() };
+            remote("stop", &words, &control)
+        }
         Cmd::Shell { control } => shell::run(&control),
         Cmd::Demo { quick, chart } => demo::run(demo::Options { quick, chart }),
         Cmd::Man { dir } => match manpage::write_all(Cli::command(), &dir) {

@@ -1,5 +1,5 @@
 //! `holdfast shell`: the ASA's exec mode over the control socket (`show`, `clear`,
-//! `vpn-sessiondb`, `reload`).
+//! `vpn-sessiondb`, `reload`, `stop [keep-sessions]`).
 //!
 //! On a terminal: a `holdfast#` prompt with line editing (rustyline), history kept in
 //! `$HOME/.holdfast_history` (mode 0600; `HOLDFAST_HISTORY` names another file), TAB completion
@@ -90,6 +90,8 @@ fn execute(line: &str, control: &Path, prompt_len: Option<usize>, out: &mut impl
             return Step::Continue { ok: false };
         }
     };
+    // After `stop` there is no daemon to talk to: the shell ends with it.
+    let stops = matches!(request, control::Request::Stop { .. });
     let line = match request {
         // The daemon resolves a file name in its own working directory; the operator means
         // this shell's (as `holdfast reload --config` does).
@@ -102,7 +104,11 @@ fn execute(line: &str, control: &Path, prompt_len: Option<usize>, out: &mut impl
     match control::request(control, &line) {
         Ok(answer) => {
             let _ = out.write_all(answer.as_bytes());
-            Step::Continue { ok: !control::is_error(&answer) }
+            let ok = !control::is_error(&answer);
+            if stops && ok {
+                return Step::Exit;
+            }
+            Step::Continue { ok }
         }
         Err(e) => {
             eprintln!("ERROR: cannot reach the daemon at {}: {e}", control.display());

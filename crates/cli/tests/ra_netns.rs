@@ -139,3 +139,89 @@ fn failing_start_flushes_its_last_syslog_line() {
     // RFC 3164 PRI: local4 (20) * 8 + critical (2) = 162.
     assert!(last.starts_with("<162>") && last.contains(want), "datagrams: {datagrams:?}");
 }
+
+/// Logs `user` in over the aggregate-auth exchange with curl inside `ns` (anyconnect.md §1):
+/// the session exists from then on (the cookie is the session), tunnel or not.
+fn login(ns: &str, dir: &Path, user: &str, pass: &str) {
+    let jar = dir.join("cookies.txt");
+    let post = |body: &str| {
+        let f = dir.join("body.xml");
+        std::fs::write(&f, body).unwrap();
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-sk", "--max-time", "10", "-X", "POST", "-H", "X-Aggregate-Auth: 1", "-H", "X-Transcend-Version: 1"])
+            .args(["-H", "Content-Type: application/xml", "-b"])
+            .arg(&jar)
+            .arg("-c")
+            .arg(&jar)
+            .arg("--data-binary")
+            .arg(format!("@{}", f.display()))
+            .arg("https://192.0.2.1/")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let head = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+    let form = post(&format!("{head}<config-auth client=\"vpn\" type=\"init\" aggregate-auth-version=\"2\">\n<version who=\"vpn\">v9.01-3</version>\n<group-access>https://192.0.2.1/</group-access>\n</config-auth>\n"));
+    let handle = form.split("<aggauth-handle>").nth(1).and_then(|r| r.split('<').next()).unwrap_or_else(|| panic!("no login form: {form}"));
+    let done = post(&format!("{head}<config-auth client=\"vpn\" type=\"auth-reply\" aggregate-auth-version=\"2\">\n<version who=\"vpn\">v9.01-3</version>\n<opaque is-for=\"sg\"><aggauth-handle>{handle}</aggauth-handle></opaque>\n<auth><username>{user}</username><password>{pass}</password></auth>\n</config-auth>\n"));
+    assert!(done.contains("type=\"complete\""), "login of {user} failed: {done}");
+}
+
+/// The saved sessions' users, from `<state>/ra-sessions.json`.
+fn saved_users(state: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(state.join("ra-sessions.json")).expect("ra-sessions.json");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["sessions"]["sessions"].as_array().expect("sessions list").iter().map(|s| s["user"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// `holdfast stop --keep-sessions` does what SIGQUIT does and answers with the number of
+/// sessions saved; the next start restores them; a plain `holdfast stop` then ends them as
+/// SIGTERM does (the file is left empty).
+#[test]
+fn stop_keep_sessions_saves_them_and_says_how_many() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let mut lab = new_lab();
+    let ns = lab.ns("gw");
+    gw_a_alone(&ns);
+    let cfg = ra_config(&lab.dir, "");
+    let sock = lab.dir.join("gw.sock");
+    let state = lab.dir.join("state");
+    let log1 = lab.dir.join("run1.log");
+    let d1 = lab.spawn_daemon(&ns, &cfg, &sock, &state, std::fs::File::create(&log1).unwrap());
+    common::wait_control(&sock, &log1);
+    login(&ns, &lab.dir, "vpn", "s3cret-Pw");
+    login(&ns, &lab.dir, "vpn", "s3cret-Pw");
+
+    let o = Command::new(BIN).args(["stop", "--keep-sessions", "--control"]).arg(&sock).output().unwrap();
+    let answer = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{answer}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        answer,
+        format!("Stopping: 2 remote-access session(s) saved in {} for the next start; clients were not told.\n", state.join("ra-sessions.json").display())
+    );
+    assert_eq!(wait_exit(&mut lab, d1, Duration::from_secs(15)), Some(0));
+    let err = std::fs::read_to_string(&log1).unwrap();
+    assert!(err.contains("holdfast: stop keep-sessions: 2 remote-access session(s) saved"), "{err}");
+    assert!(!err.contains("113019"), "no session ended: {err}");
+    assert_eq!(saved_users(&state), ["vpn", "vpn"]);
+    assert!(!sock.exists(), "the control socket is removed on the way out");
+
+    // The next start restores them; a plain stop ends them (clients told) and empties the file.
+    let log2 = lab.dir.join("run2.log");
+    let d2 = lab.spawn_daemon(&ns, &cfg, &sock, &state, std::fs::File::create(&log2).unwrap());
+    common::wait_control(&sock, &log2);
+    let o = Command::new(BIN).args(["stop", "--control"]).arg(&sock).output().unwrap();
+    let answer = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{answer}");
+    assert_eq!(answer, "Stopping: remote-access clients are told the gateway is going away; their sessions end.\n");
+    assert_eq!(wait_exit(&mut lab, d2, Duration::from_secs(15)), Some(0));
+    assert_eq!(saved_users(&state), Vec::<String>::new());
+    let err = std::fs::read_to_string(&log2).unwrap();
+    assert_eq!(err.matches("113019").count(), 2, "both restored sessions end, each with 113019:\n{err}");
+    // Nothing to talk to any more: the one-shot client says so and fails.
+    let o = Command::new(BIN).args(["stop", "--control"]).arg(&sock).output().unwrap();
+    assert!(!o.status.success());
+}

@@ -49,6 +49,11 @@ pub enum Request {
     /// `reload [config FILE]` (`holdfast reload`): re-read, validate and apply the configuration
     /// file the daemon was started with, or FILE (docs/reload.md). FILE is one word (no spaces).
     Reload { config: Option<std::path::PathBuf> },
+    /// `stop [keep-sessions]` (`holdfast stop [--keep-sessions]`): stop the daemon as SIGTERM
+    /// does, or with `keep-sessions` as SIGQUIT does (a planned restart: remote-access sessions
+    /// are saved for the next start and their clients are not told; docs/reload.md). The
+    /// answer comes once the sessions are saved, with their number.
+    Stop { keep_sessions: bool },
 }
 
 /// `filter ...` of `show vpn-sessiondb anyconnect`.
@@ -145,8 +150,13 @@ pub fn parse(line: &str) -> Result<Request, ParseError> {
 }
 
 fn parse_words(p: &mut Parser<'_>) -> Result<Request, ParseError> {
-    let verb = p.keyword(&["show", "clear", "vpn-sessiondb", "reload"])?;
+    let verb = p.keyword(&["show", "clear", "vpn-sessiondb", "reload", "stop"])?;
     match verb {
+        "stop" => {
+            let keep_sessions = p.optional_keyword(&["keep-sessions"])?.is_some();
+            p.end()?;
+            Ok(Request::Stop { keep_sessions })
+        }
         "reload" => {
             let config = match p.optional_keyword(&["config"])? {
                 None => None,
@@ -439,6 +449,16 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_with_and_without_keep_sessions() {
+        assert_eq!(parse("stop"), Ok(Request::Stop { keep_sessions: false }));
+        assert_eq!(parse("stop keep-sessions"), Ok(Request::Stop { keep_sessions: true }));
+        assert_eq!(parse("sto keep"), Ok(Request::Stop { keep_sessions: true }), "abbreviated like every keyword");
+        assert_eq!(parse("stop keep-sessions now"), Err(ParseError::Invalid { col: 19 }));
+        assert!(matches!(parse("stop now"), Err(ParseError::Invalid { col: 5 })));
+        assert!(!has_json(&Request::Stop { keep_sessions: true }));
+    }
 
     #[test]
     fn reload_with_and_without_a_file() {

@@ -541,6 +541,9 @@ async fn async_run(
     // told, so they reconnect to the next daemon (docs/remote-access.md).
     let mut sigquit = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()).map_err(io_ctx("signal"))?;
     let mut keep_sessions = false;
+    // `stop [keep-sessions]` from the control socket: answered once the shutdown has saved
+    // (or ended) the sessions, so the answer can say how many were kept.
+    let mut stop_reply: Option<(bool, oneshot::Sender<String>)> = None;
     // Remote access last: nothing fallible follows, so its handle (which owns a runtime that
     // must not be dropped inside this one) is only ever stopped by the shutdown below.
     if let Some(plan) = ra_plan {
@@ -602,6 +605,11 @@ async fn async_run(
             }
             r = ctl_rx.recv() => {
                 if let Some(r) = r {
+                    if let Request::Stop { keep_sessions: keep } = r.req {
+                        keep_sessions = keep;
+                        stop_reply = Some((keep, r.reply));
+                        break;
+                    }
                     let text = match &r.req {
                         // A reload changes routes and nftables: it needs the system guard.
                         Request::Reload { config } => d.reload(&mut guard, config.clone(), reload::Source::Control),
@@ -636,14 +644,22 @@ async fn async_run(
     }
     eprintln!("holdfast: shutting down");
     // Remote-access clients get TERMINATE (they do not reconnect), then its TUN and routes go.
+    let mut saved = None;
     if let Some(h) = d.ra.take() {
         if keep_sessions {
             if let Ok(n) = tokio::task::spawn_blocking(move || h.shutdown_keeping_sessions()).await {
-                eprintln!("holdfast: SIGQUIT: {n} remote-access session(s) saved for the next start; clients were not told");
+                let how = if stop_reply.is_some() { "stop keep-sessions" } else { "SIGQUIT" };
+                eprintln!("holdfast: {how}: {n} remote-access session(s) saved for the next start; clients were not told");
+                saved = Some(n);
             }
         } else {
             let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
         }
+    }
+    if let Some((keep, reply)) = stop_reply.take() {
+        let _ = reply.send(stop_answer(keep, saved, &opts.state_dir));
+        // The control task writes the answer while the shutdown below goes on (it awaits).
+        tokio::task::yield_now().await;
     }
     // Deleting our SAs tells the peer at once instead of letting it wait for liveness to fail.
     d.endpoint.handle_command(clock::now(), ike::Command::ClearIkeSa { peer: None });
@@ -659,6 +675,20 @@ async fn async_run(
     // The lines of the shutdown above (713050, 602304, 302014) are still in the logger queue.
     d.syslog.flush(syslog::FLUSH_TIMEOUT);
     Ok(())
+}
+
+/// The answer to `stop [keep-sessions]`: what happened to the remote-access sessions (`saved`:
+/// how many `keep-sessions` wrote to the state directory; `None` when there was no remote
+/// access or it could not be saved).
+fn stop_answer(keep: bool, saved: Option<usize>, state_dir: &std::path::Path) -> String {
+    match (keep, saved) {
+        (true, Some(n)) => format!(
+            "Stopping: {n} remote-access session(s) saved in {} for the next start; clients were not told.\n",
+            state_dir.join(ra::persist::SESSIONS_FILE).display()
+        ),
+        (true, None) => "Stopping: no remote-access sessions to keep (remote access is not running).\n".to_string(),
+        (false, _) => "Stopping: remote-access clients are told the gateway is going away; their sessions end.\n".to_string(),
+    }
 }
 
 fn bind_control(path: &std::path::Path, guard: &mut SystemGuard) -> Result<tokio::net::UnixListener, DaemonError> {
@@ -1208,8 +1238,8 @@ impl Daemon {
             Request::ShowIpsecStats => show::ipsec_stats(&self.stats()),
             Request::Metrics => metrics::encode_text(&self.metrics_snapshot(now), &self.metrics),
             Request::Json(inner) => self.on_json(inner, now),
-            // Handled by the control loop (it needs the system guard); never reaches here.
-            Request::Reload { .. } => format!("{}\n", control::INVALID_INPUT),
+            // Handled by the control loop (it needs the system guard / ends it); never reaches here.
+            Request::Reload { .. } | Request::Stop { .. } => format!("{}\n", control::INVALID_INPUT),
             // A deliberate teardown: the tunnels it empties go down for the connection table at
             // once, without the grace a rekey gets (the ASA tears the flows down immediately).
             Request::ClearIkev2Sa { peer } => {
