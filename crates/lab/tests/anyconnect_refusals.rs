@@ -54,6 +54,19 @@ fn expect_line(d: &RaDaemon, from: usize, id: u32, words: &[&str]) -> String {
     }
 }
 
+/// After the probe's TLS connection broke (from byte `from` of the log): 722037 with `why`,
+/// 722023, and 716058 — the session survives and waits for its client, so the next step's
+/// marks start after these lines. Returns the 722037 line.
+fn expect_connection_lost(d: &RaDaemon, from: usize, why: &[&str]) -> String {
+    let user = format!("User <{PROBE_USER}>");
+    let mut words = vec![user.as_str()];
+    words.extend_from_slice(why);
+    let l = expect_line(d, from, 722037, &words);
+    expect_line(d, from, 722023, &[&user, "TCP SVC connection terminated"]);
+    expect_line(d, from, 716058, &[&user, "lost connection. Waiting to resume"]);
+    l
+}
+
 fn log_len(d: &RaDaemon) -> usize {
     d.log().len()
 }
@@ -183,12 +196,8 @@ fn unknown_group_forged_and_expired_cookies_and_broken_cstp_are_refused() {
         let end = t.wait_closed(Duration::from_secs(10));
         eprintln!("lab: {name} -> closed {} (frames seen {:?})", end.closed, end.frames);
         assert!(end.closed, "{name}: the gateway closes the TLS connection");
-        let l = expect_line(&d, mark, 722037, &[&format!("User <{PROBE_USER}>"), "SVC closing connection: CSTP framing error", why]);
+        let l = expect_connection_lost(&d, mark, &["SVC closing connection: CSTP framing error", why]);
         assert!(l.contains("%ASA-4-722037"), "{l}");
-        expect_line(&d, mark, 722023, &[&format!("User <{PROBE_USER}>"), "TCP SVC connection terminated"]);
-        // The session survives a broken connection and waits for its client (so the next
-        // step's marks start after this line).
-        expect_line(&d, mark, 716058, &[&format!("User <{PROBE_USER}>"), "lost connection. Waiting to resume"]);
     }
     // Truncated: a DATA header announcing 1000 bytes, 10 of them, then the connection closes.
     let mut t = Probe::connect(&lab.client, gw, &cert.cert).expect("probe");
@@ -198,9 +207,7 @@ fn unknown_group_forged_and_expired_cookies_and_broken_cstp_are_refused() {
     t.send_raw(&cstp_frame(acprobe::CSTP_DATA, 1000, &[0x45; 10])).expect("send a truncated frame");
     std::thread::sleep(Duration::from_millis(300));
     t.close();
-    expect_line(&d, mark, 722037, &[&format!("User <{PROBE_USER}>"), "closed inside a CSTP frame", "truncated frame discarded"]);
-    expect_line(&d, mark, 722023, &[&format!("User <{PROBE_USER}>"), "TCP SVC connection terminated"]);
-    expect_line(&d, mark, 716058, &[&format!("User <{PROBE_USER}>"), "lost connection. Waiting to resume"]);
+    expect_connection_lost(&d, mark, &["closed inside a CSTP frame", "truncated frame discarded"]);
 
     // --- 4. Expired cookie: the operator ends the probe's session --------------------------------
     let mut t = Probe::connect(&lab.client, gw, &cert.cert).expect("probe");
