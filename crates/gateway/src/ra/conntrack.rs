@@ -279,7 +279,7 @@ impl Judge<'_> {
         }
         let ifcs = self.ifcs;
         let mut verdicts = [Verdict::Forward; JUDGE_CHUNK];
-        let mut eng = flows::lock(&self.engine);
+        let mut eng = flows::lock(self.engine);
         let mut i = 0;
         while i < n {
             let mut pk = [flow::Packet { dir, ifcs, route: Route::Clear, data: &[] }; JUDGE_CHUNK];
