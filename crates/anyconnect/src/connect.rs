@@ -287,7 +287,7 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
             "X-CSTP-Rekey-Time",
             p.rekey_time.map_or(0, |t| t.as_secs()).to_string(),
         )
-        .header("X-CSTP-Rekey-Method", &p.rekey_method)
+        .header("X-CSTP-Rekey-Method", advertised_rekey_method(&p.rekey_method))
         .header("X-CSTP-DPD", secs(p.dpd_client).replace("none", "0"))
         .header("X-CSTP-Keepalive", secs(p.keepalive).replace("none", "0"))
         .header("X-CSTP-Base-MTU", c.mtu.base.to_string())
@@ -304,7 +304,7 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
                 "X-DTLS-Rekey-Time",
                 p.rekey_time.map_or(0, |t| t.as_secs()).to_string(),
             )
-            .header("X-DTLS-Rekey-Method", &p.rekey_method)
+            .header("X-DTLS-Rekey-Method", advertised_rekey_method(&p.rekey_method))
             .header("X-DTLS-MTU", dmtu.to_string());
         match k {
             DtlsKeying::Psk { app_id } => {
@@ -326,6 +326,20 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
         }
     }
     r.to_bytes()
+}
+
+/// The rekey method told to the client. `ssl` is sent as `new-tunnel`: the ASA CLI guide
+/// says both make a Cisco client establish a new tunnel rather than renegotiate, so Cisco
+/// clients see no difference, while openconnect takes `ssl` literally and renegotiates TLS
+/// 1.2, which our OpenSSL 3 server refuses (client-initiated renegotiation is off by default)
+/// and which would then cost the tunnel. ocserv does the same downgrade when it cannot offer
+/// safe renegotiation. A new tunnel reuses the cookie and keeps address and MTU.
+pub fn advertised_rekey_method(policy: &str) -> &str {
+    if policy.eq_ignore_ascii_case("ssl") {
+        "new-tunnel"
+    } else {
+        policy
+    }
 }
 
 /// The DTLS DPD interval told to the client: the policy's client DPD, capped. openconnect

@@ -415,3 +415,34 @@ fn logout_for_unknown_token_is_harmless() {
     assert_eq!(status(&r), 200);
     assert_eq!(s.session_count(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// F10: rekey method
+
+fn connected_head(s: &mut Server, now: Instant) -> String {
+    let done = cisco_login(s, now);
+    let cookie = cookie_value(&done, "webvpn").unwrap();
+    match s.handle_http(now, &conn(50040), &connect_req(&cookie)) {
+        Ok(HttpOutcome::Tunnel { bytes, .. }) => String::from_utf8(bytes).unwrap(),
+        other => panic!("expected tunnel, got {other:?}"),
+    }
+}
+
+/// `anyconnect ssl rekey method ssl` is advertised as `new-tunnel` on both channels (the
+/// ASA guide: both make the client build a new tunnel; openconnect would try a TLS
+/// renegotiation the server refuses); the other methods pass through unchanged.
+#[test]
+fn rekey_method_ssl_is_advertised_as_new_tunnel() {
+    for (policy, want) in [("ssl", "new-tunnel"), ("new-tunnel", "new-tunnel"), ("none", "none")] {
+        let t0 = Instant::now();
+        let mut cfg = config();
+        let p = cfg.group_policies.get_mut("pol").unwrap();
+        p.rekey_method = policy.into();
+        p.rekey_time = Some(std::time::Duration::from_secs(3600));
+        let mut s = server(t0, cfg);
+        let head = connected_head(&mut s, t0);
+        assert_eq!(header(&head, "X-CSTP-Rekey-Method"), Some(want), "{policy}: {head}");
+        assert_eq!(header(&head, "X-CSTP-Rekey-Time"), Some("3600"), "{policy}");
+        assert_eq!(header(&head, "X-DTLS-Rekey-Method"), Some(want), "{policy}: {head}");
+    }
+}
