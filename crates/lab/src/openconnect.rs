@@ -148,7 +148,7 @@ impl Drop for RaLab {
             }
         }
         for ns in self.created.iter().rev() {
-            if let Ok(out) = run(&mut std::process::Command::new("ip").args(["netns", "pids", ns]), T) {
+            if let Ok(out) = run(std::process::Command::new("ip").args(["netns", "pids", ns]), T) {
                 for pid in out.stdout.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
                     if pid > 1 && pid != std::process::id() as i32 {
                         // SAFETY: kill(2) of a PID that `ip netns pids` just reported inside a
@@ -555,7 +555,7 @@ pub struct DaemonLab {
 impl DaemonLab {
     /// # Panics
     /// Without root, without the `holdfast` binary, or when the lab cannot be built.
-    pub fn new() -> DaemonLab {
+    pub fn setup() -> DaemonLab {
         assert!(crate::is_root(), "lab tests need root (network namespaces)");
         crate::require_holdfast_bin();
         let lab = RaLab::new().expect("lab");

@@ -84,7 +84,7 @@ fn start_daemon_logged(lab: &RaLab, text: &str, sock: &Path, log_name: &str) -> 
 fn remote_access_next_to_site_to_site_and_terminate_on_sigterm() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
-    let DaemonLab { lab, cert, sock, .. } = DaemonLab::new();
+    let DaemonLab { lab, cert, sock, .. } = DaemonLab::setup();
     let text = config(&cert).extra(SITE_TO_SITE).text();
     let mut daemon = start_daemon(&lab, &text, &sock);
     let l = ip_links(&lab.gw);
@@ -315,7 +315,7 @@ fn find_conn(lab: &RaLab, sock: &Path, endpoint: &str) -> Option<Conn> {
 fn client_flow_in_show_conn_survives_a_forced_reconnect() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
-    let DaemonLab { lab, cert, sock, .. } = DaemonLab::new();
+    let DaemonLab { lab, cert, sock, .. } = DaemonLab::setup();
     let mut daemon = start_daemon(&lab, &config(&cert).text(), &sock);
     // Remote access only: the site-to-site TUN is not created.
     assert!(!ip_links(&lab.gw).contains(" hf0:"), "no site-to-site TUN for a remote-access-only configuration: {}", ip_links(&lab.gw));
@@ -382,7 +382,7 @@ fn client_flow_in_show_conn_survives_a_forced_reconnect() {
 fn sessions_and_flows_survive_sigkill_and_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
-    let DaemonLab { lab, cert, sock, .. } = DaemonLab::new();
+    let DaemonLab { lab, cert, sock, .. } = DaemonLab::setup();
     let text = config(&cert).text();
     let mut daemon = start_daemon(&lab, &text, &sock);
     let mut client = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");

@@ -66,7 +66,7 @@ fn ping_from(lab: &RaLab, src: &str) -> usize {
 #[test]
 fn reload_adds_a_user_changes_split_and_certificate_without_dropping_the_session() {
     let started = Instant::now();
-    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::new();
+    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::setup();
     let dir2 = lab.path("cert2");
     std::fs::create_dir_all(&dir2).unwrap();
     let cert2 = make_server_cert(&dir2).expect("second certificate");
@@ -174,7 +174,7 @@ fn reload_adds_a_user_changes_split_and_certificate_without_dropping_the_session
 #[test]
 fn sigquit_restart_keeps_sessions() {
     let started = Instant::now();
-    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::new();
+    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::setup();
     config(&cert).write(&cfg).unwrap();
     let mut daemon = start_daemon(&lab, &cfg, &sock);
     let mut a = OpenConnect::start(&lab, &cert, "vpn", PASSWORD, "", &[]).expect("openconnect starts");
@@ -240,7 +240,7 @@ fn sigquit_restart_keeps_sessions() {
 #[test]
 fn reload_adds_and_removes_a_pool_route() {
     let started = Instant::now();
-    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::new();
+    let DaemonLab { lab, cert, sock, cfg } = DaemonLab::setup();
     // The login form lists the groups, so openconnect can pick one with --authgroup.
     let base = config(&cert).tunnel_group_list(true);
     base.write(&cfg).unwrap();

@@ -58,7 +58,7 @@ fn every_lab_variant_parses_and_carries_its_knobs() {
 fn line_of_is_the_line_the_parser_reports() {
     // A range that is not a range: the parser's error names the pool line.
     let c = RaConfigText::issue(&cert(), "pw-lab-5").pool("10.99.0.199", "10.99.0.100", "255.255.255.0");
-    let err = config::parse("ra.cfg", &c.text()).err().expect("a reversed pool range is refused").to_string();
+    let err = config::parse("ra.cfg", &c.text()).expect_err("a reversed pool range is refused").to_string();
     let line = c.line_of("ip local pool VPNPOOL 10.99.0.199-10.99.0.100 mask 255.255.255.0");
     assert!(err.contains(&format!("ra.cfg:{line}:")), "line {line} in:\n{err}");
 }
