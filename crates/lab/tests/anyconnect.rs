@@ -14,7 +14,7 @@ const PASSWORD: &str = "lab-secret-5";
 
 fn require_tools() {
     assert!(lab::is_root(), "lab tests need root (network namespaces); run them via `sudo bash scripts/test`");
-    let oc = run(&mut std::process::Command::new("openconnect").arg("--version"), Duration::from_secs(10));
+    let oc = run(std::process::Command::new("openconnect").arg("--version"), Duration::from_secs(10));
     assert!(
         oc.as_ref().is_ok_and(|o| o.stdout.contains("OpenConnect version")),
         "openconnect is not installed (apt-get install openconnect)"
