@@ -207,7 +207,7 @@ pub fn encode_text(s: &Snapshot, m: &Metrics) -> String {
     counter_family(
         &mut reg,
         "ra_io_drops",
-        "Remote-access I/O drops and refusals by reason (tls-queue-full: CSTP batches for a client not reading fast enough)",
+        "Remote-access I/O drops and refusals by reason (tls-queue-full: CSTP frames tail-dropped for a client not reading fast enough)",
         s.ra_io_drops.iter().map(|(r, n)| (vec![("reason", r.to_string())], *n)),
     );
     reg.register(
