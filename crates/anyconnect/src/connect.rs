@@ -292,6 +292,13 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
         .header("X-CSTP-Keepalive", secs(p.keepalive).replace("none", "0"))
         .header("X-CSTP-Base-MTU", c.mtu.base.to_string())
         .header("X-CSTP-MTU", c.mtu.advertised_cstp.to_string());
+    // Client settings an ASA always sends Cisco clients, at the ASA's defaults for what
+    // holdfast does not configure (no smartcard policy, no proxy lockdown, no quarantine, no
+    // always-on, no client bypass; the licence is accepted). openconnect ignores X-CSTP-
+    // headers it does not know.
+    for (name, value) in ASA_CLIENT_DEFAULTS {
+        r = r.header(name, value);
+    }
     if let (Some(k), Some(dmtu)) = (c.dtls, c.mtu.advertised_dtls) {
         r = r
             .header("X-DTLS-Port", c.dtls_port.to_string())
@@ -327,6 +334,18 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
     }
     r.to_bytes()
 }
+
+/// The fixed CONNECT headers of [`connected_response`] (values as anylink and the ASA reply
+/// shapes in csc-review F7 send them; ocserv sends Smartcard-Removal-Disconnect and License).
+const ASA_CLIENT_DEFAULTS: [(&str, &str); 7] = [
+    ("X-CSTP-Smartcard-Removal-Disconnect", "true"),
+    ("X-CSTP-MSIE-Proxy-Lockdown", "false"),
+    ("X-CSTP-Routing-Filtering-Ignore", "false"),
+    ("X-CSTP-Quarantine", "false"),
+    ("X-CSTP-Disable-Always-On-VPN", "false"),
+    ("X-CSTP-Client-Bypass-Protocol", "false"),
+    ("X-CSTP-License", "accept"),
+];
 
 /// The rekey method told to the client. `ssl` is sent as `new-tunnel`: the ASA CLI guide
 /// says both make a Cisco client establish a new tunnel rather than renegotiate, so Cisco

@@ -746,7 +746,7 @@ impl Server {
         let mut r = Response::new(200, "OK")
             .header(
                 "Set-Cookie",
-                format!("webvpn={cookie_hex}; Secure; HttpOnly"),
+                format!("webvpn={cookie_hex}; path=/; Secure; HttpOnly"),
             )
             .header(
                 "Set-Cookie",
@@ -758,7 +758,10 @@ impl Server {
             // server certificate's SHA-1 (ocserv sends the same shape to Cisco clients).
             r = r.header("Set-Cookie", format!("webvpnc=bu:/&p:t&iu:1/&sh:{hash}; path=/; Secure"));
         }
+        // Keep-Alive as ocserv sends it: Cisco clients keep init, auth and CONNECT on one
+        // connection (HTTP/1.1 implies it; the header says it to clients that look).
         let r = r
+            .header("Connection", "Keep-Alive")
             .header("X-Transcend-Version", "1")
             .header("Cache-Control", "no-store")
             .body("text/xml", auth::complete_xml(&cookie_hex, id.0, hash));
@@ -797,6 +800,7 @@ impl Server {
                 "Set-Cookie",
                 format!("webvpncontext={handle}; path=/; Secure; HttpOnly"),
             )
+            .header("Connection", "Keep-Alive")
             .header("X-Transcend-Version", "1")
             .header("Cache-Control", "no-store")
             .body("text/xml", xml);

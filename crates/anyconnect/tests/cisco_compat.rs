@@ -446,3 +446,46 @@ fn rekey_method_ssl_is_advertised_as_new_tunnel() {
         assert_eq!(header(&head, "X-DTLS-Rekey-Method"), Some(want), "{policy}: {head}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// F7/F8: ASA-default CONNECT headers, Keep-Alive and the cookie path
+
+/// The CONNECT answer carries the client settings an ASA always sends, at its defaults.
+#[test]
+fn connect_carries_the_asa_default_client_headers() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let head = connected_head(&mut s, t0);
+    for (name, value) in [
+        ("X-CSTP-Smartcard-Removal-Disconnect", "true"),
+        ("X-CSTP-MSIE-Proxy-Lockdown", "false"),
+        ("X-CSTP-Routing-Filtering-Ignore", "false"),
+        ("X-CSTP-Quarantine", "false"),
+        ("X-CSTP-Disable-Always-On-VPN", "false"),
+        ("X-CSTP-Client-Bypass-Protocol", "false"),
+        ("X-CSTP-License", "accept"),
+    ] {
+        assert_eq!(header(&head, name), Some(value), "{name}: {head}");
+        assert_eq!(head.matches(&format!("{name}:")).count(), 1, "{name} once");
+    }
+}
+
+/// The login form and `complete` say Connection: Keep-Alive, and the `webvpn` cookie is
+/// scoped to path=/ (as ocserv answers Cisco clients).
+#[test]
+fn auth_answers_keep_alive_and_cookie_path() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let c = conn(50050);
+    let (form, close) = respond(s.handle_http(t0, &c, &post(CISCO_INIT, &[])));
+    assert!(!close);
+    assert_eq!(header(&form, "Connection"), Some("Keep-Alive"), "{form}");
+    let handle = cookie_value(&form, "webvpncontext").unwrap();
+    let (done, close) = respond(s.handle_http(t0, &c, &post(&cisco_reply(&handle), &[("webvpncontext", &handle)])));
+    assert!(!close);
+    assert_eq!(header(&done, "Connection"), Some("Keep-Alive"), "{done}");
+    let line = set_cookie_line(&done, "webvpn").unwrap();
+    let attrs: Vec<&str> = line.split(';').map(str::trim).collect();
+    assert!(attrs.contains(&"path=/"), "{line}");
+    assert!(attrs.contains(&"Secure") && attrs.contains(&"HttpOnly"), "{line}");
+}
