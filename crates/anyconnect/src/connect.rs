@@ -31,6 +31,9 @@ pub struct ConnectRequest {
     pub dtls_ciphers: Vec<String>,
     /// X-DTLS12-CipherSuite entries in client order.
     pub dtls12_ciphers: Vec<String>,
+    /// The User-Agent starts with "Open AnyConnect" (openconnect), whose DTLS DPD handling
+    /// is known; see [`ConnectRequest::is_openconnect`].
+    pub openconnect: bool,
 }
 
 /// Malformed tunnel request headers.
@@ -88,7 +91,14 @@ impl ConnectRequest {
             master_secret,
             dtls_ciphers: list("X-DTLS-CipherSuite"),
             dtls12_ciphers: list("X-DTLS12-CipherSuite"),
+            openconnect: req.header("User-Agent").is_some_and(|u| u.trim_start().starts_with("Open AnyConnect")),
         })
+    }
+
+    /// openconnect by its User-Agent, or by offering PSK-NEGOTIATE, which only openconnect
+    /// does (anyconnect.md §4). Anything else is treated as a Cisco client.
+    pub fn is_openconnect(&self) -> bool {
+        self.openconnect || self.offers_psk()
     }
 
     /// The client offered PSK-NEGOTIATE (openconnect): DTLS keyed from the TLS exporter.
@@ -238,6 +248,9 @@ pub struct Connected<'a> {
     pub disconnected_timeout: Duration,
     /// Cap on X-DTLS-DPD (see `Config::dtls_dpd_max`).
     pub dtls_dpd_max: Option<Duration>,
+    /// Floor under a capped X-DTLS-DPD ([`CISCO_DPD_FLOOR`] for Cisco clients, none for
+    /// openconnect).
+    pub dtls_dpd_floor: Option<Duration>,
     /// Seconds left until the session timeout (X-CSTP-Session-Timeout; None = none).
     pub session_timeout_left: Option<Duration>,
 }
@@ -304,7 +317,7 @@ pub fn connected_response(c: &Connected<'_>) -> Vec<u8> {
             .header("X-DTLS-Port", c.dtls_port.to_string())
             .header(
                 "X-DTLS-DPD",
-                secs(dtls_dpd(p.dpd_client, c.dtls_dpd_max)).replace("none", "0"),
+                secs(dtls_dpd(p.dpd_client, c.dtls_dpd_max, c.dtls_dpd_floor)).replace("none", "0"),
             )
             .header("X-DTLS-Keepalive", secs(p.keepalive).replace("none", "0"))
             .header(
@@ -365,13 +378,20 @@ pub fn advertised_rekey_method(policy: &str) -> &str {
 /// declares DTLS dead after 2 x this interval without a DTLS datagram (anyconnect.md §5) and
 /// only then sends its own traffic over TLS; a short DTLS DPD is what moves the client->server
 /// direction to TLS quickly (the server->client direction is the engine's own fallback).
-/// A disabled client DPD stays disabled.
-fn dtls_dpd(client: Option<Duration>, cap: Option<Duration>) -> Option<Duration> {
+/// A disabled client DPD stays disabled. The cap never takes the value below `floor`, nor
+/// below what the policy itself says.
+fn dtls_dpd(client: Option<Duration>, cap: Option<Duration>, floor: Option<Duration>) -> Option<Duration> {
     match (client, cap) {
-        (Some(c), Some(m)) => Some(c.min(m)),
+        (Some(c), Some(m)) => Some(c.min(m.max(floor.unwrap_or_default()))),
         (c, _) => c,
     }
 }
+
+/// The smallest DPD interval an ASA accepts ("client seconds ... from 5 to 3600", ASA CLI
+/// guide, Dead Peer Detection), hence the smallest any Cisco client has ever been sent; what
+/// one does with less is unknown, so the holdfast cap stops here for them. The gateway's own
+/// detection of a dead DTLS path (the fallback timing) does not depend on this value.
+pub const CISCO_DPD_FLOOR: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

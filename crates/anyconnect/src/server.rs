@@ -1079,6 +1079,7 @@ impl Server {
             dtls_port: self.config.dtls_port,
             disconnected_timeout: grace,
             dtls_dpd_max: self.config.dtls_dpd_max,
+            dtls_dpd_floor: (!creq.is_openconnect()).then_some(connect::CISCO_DPD_FLOOR),
             session_timeout_left: session_left,
         });
         if let Some(k) = &dtls {

@@ -489,3 +489,40 @@ fn auth_answers_keep_alive_and_cookie_path() {
     assert!(attrs.contains(&"path=/"), "{line}");
     assert!(attrs.contains(&"Secure") && attrs.contains(&"HttpOnly"), "{line}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// F6: DTLS DPD floor for Cisco clients
+
+/// holdfast caps X-DTLS-DPD at 3 s so openconnect notices a dead DTLS path quickly; Cisco
+/// clients are never told less than the ASA's minimum of 5 s, openconnect keeps 3 s, and a
+/// policy below the cap (or DPD off) is passed through for both.
+#[test]
+fn dtls_dpd_is_never_below_five_seconds_for_cisco_clients() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let head = connected_head(&mut s, t0);
+    assert_eq!(header(&head, "X-DTLS-DPD"), Some("5"), "{head}");
+    assert_eq!(header(&head, "X-CSTP-DPD"), Some("30"), "{head}");
+
+    // openconnect (its User-Agent) keeps the 3 s cap.
+    let mut s = server(t0, config());
+    let done = cisco_login(&mut s, t0);
+    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let req = String::from_utf8(connect_req(&cookie))
+        .unwrap()
+        .replace("User-Agent: Cisco AnyConnect VPN Agent for Windows 5.1.2.42", "User-Agent: Open AnyConnect VPN Agent v9.01-3");
+    match s.handle_http(t0, &conn(50060), req.as_bytes()) {
+        Ok(HttpOutcome::Tunnel { bytes, .. }) => {
+            let head = String::from_utf8(bytes).unwrap();
+            assert_eq!(header(&head, "X-DTLS-DPD"), Some("3"), "{head}");
+        }
+        other => panic!("expected tunnel, got {other:?}"),
+    }
+
+    // A policy DPD of 4 s (under the floor, under no cap) is the operator's choice.
+    let mut cfg = config();
+    cfg.group_policies.get_mut("pol").unwrap().dpd_client = Some(std::time::Duration::from_secs(4));
+    let mut s = server(t0, cfg);
+    let head = connected_head(&mut s, t0);
+    assert_eq!(header(&head, "X-DTLS-DPD"), Some("4"), "{head}");
+}
