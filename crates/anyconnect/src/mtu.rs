@@ -19,9 +19,11 @@
 //!
 //! An X-DTLS-MTU of 1406 with AES-GCM is not this arithmetic going wrong: it is `anyconnect mtu`
 //! capping both channels, and the policy layer applies the ASA's default of 1406 when a group
-//! policy does not set it (policy::EffectiveGroupPolicy). `min(1434, 1406) = 1406` is what the
-//! ASA advertises with its default too; set `anyconnect mtu 1462` (the ASA's maximum) to let
-//! DTLS use the cipher's full 1434.
+//! policy does not set it (policy::EffectiveGroupPolicy), hence `min(1434, 1406) = 1406`. Set
+//! `anyconnect mtu 1462` (the ASA's maximum) to let DTLS use the cipher's full 1434. (asa.md §6
+//! saw an ASA advertise a DTLS MTU of 1418 with its defaults, i.e. its own arithmetic does not
+//! treat the default as a hard cap the way we do; we keep the cap because under the default
+//! `MtuPolicy::Common` it only lowers what both channels are told, never makes it too big.)
 
 use serde::{Deserialize, Serialize};
 
