@@ -114,16 +114,21 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request<'_>>, HttpError> {
     if head.iter().any(|&b| is_bad_control(b)) {
         return Err(HttpError::ControlChar);
     }
-    let head = std::str::from_utf8(head).map_err(|_| HttpError::BadHeader)?;
-    let mut lines = head.split("\r\n");
-    let (method, target, http10) = parse_request_line(lines.next().unwrap_or(""))?;
+    let mut lines = crlf_lines(head);
+    let request_line = std::str::from_utf8(lines.next().unwrap_or(b"")).map_err(|_| HttpError::BadRequestLine)?;
+    let (method, target, http10) = parse_request_line(request_line)?;
     let mut headers = Vec::new();
     let mut content_length: Option<u64> = None;
+    let mut fields = 0;
     for line in lines {
-        if headers.len() >= MAX_HEADERS {
+        fields += 1;
+        if fields > MAX_HEADERS {
             return Err(HttpError::TooManyHeaders);
         }
-        let (name, value) = parse_header_line(line)?;
+        // Header values are opaque octets (RFC 9110 §5.5: obs-text); Cisco clients may send
+        // a hostname or device name in a legacy code page. Such a value is dropped rather
+        // than refusing the request, unless it frames the message.
+        let Some((name, value)) = parse_header_line(line)? else { continue };
         if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::TransferEncoding);
         }
@@ -208,13 +213,42 @@ fn parse_request_line(line: &str) -> Result<(&str, &str, bool), HttpError> {
     Ok((m, t, http10))
 }
 
-fn parse_header_line(line: &str) -> Result<(&str, &str), HttpError> {
+/// The lines of a request head, split at CRLF only (as `str::split("\r\n")` would).
+fn crlf_lines(b: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(b);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.windows(2).position(|w| w == b"\r\n") {
+            Some(i) => {
+                rest = r.get(i + 2..);
+                r.get(..i)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+/// A header line as (name, value); `Ok(None)` for a value that is not UTF-8 in a header
+/// that does not frame the message (dropped by the caller).
+fn parse_header_line(line: &[u8]) -> Result<Option<(&str, &str)>, HttpError> {
     // Obsolete line folding (RFC 9112 §5.2) and a space before the colon (§5.1) are rejected.
-    let (name, value) = line.split_once(':').ok_or(HttpError::BadHeader)?;
-    if name.is_empty() || !name.bytes().all(is_tchar) {
+    let colon = line.iter().position(|&b| b == b':').ok_or(HttpError::BadHeader)?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
         return Err(HttpError::BadHeader);
     }
-    Ok((name, value.trim_matches(|c| c == ' ' || c == '\t')))
+    // Token characters are ASCII.
+    let name = std::str::from_utf8(name).map_err(|_| HttpError::BadHeader)?;
+    match std::str::from_utf8(value) {
+        Ok(v) => Ok(Some((name, v.trim_matches(|c| c == ' ' || c == '\t')))),
+        Err(_) if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding") => {
+            Err(HttpError::BadHeader)
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 fn parse_content_length(v: &str) -> Result<u64, HttpError> {
@@ -376,7 +410,13 @@ mod tests {
         assert_eq!(err(b"POST / HTTP/1.1\r\nA: \x01\r\n\r\n"), ControlChar);
         assert_eq!(err(b"\x16\x03\x01\x02\x00"), ControlChar); // a TLS ClientHello in the clear
         assert_eq!(err(b"\xff\xfe"), BadRequestLine);
-        assert_eq!(err(b"POST / HTTP/1.1\r\nA: \xc3\x28\r\n\r\n"), BadHeader); // invalid UTF-8
+        // A value that is not UTF-8 is dropped, unless it frames the message.
+        let r = parse(b"POST / HTTP/1.1\r\nA: \xc3\x28\r\nX-CSTP-Hostname: caf\xe9\r\nB: ok\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.headers, vec![("B", "ok")]);
+        assert_eq!(err(b"POST / HTTP/1.1\r\nContent-Length: \xc3\x28\r\n\r\n"), BadHeader);
+        assert_eq!(err(b"POST / HTTP/1.1\r\nTransfer-Encoding: \xff\r\n\r\n"), BadHeader);
+        assert_eq!(err(b"POST / HTTP/1.1\r\nN\xe4me: x\r\n\r\n"), BadHeader);
+        assert_eq!(err(b"P\xc3\xa4ST / HTTP/1.1\r\n\r\n"), BadRequestLine);
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
             many.extend_from_slice(format!("H{i}: v\r\n").as_bytes());

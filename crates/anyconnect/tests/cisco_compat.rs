@@ -526,3 +526,27 @@ fn dtls_dpd_is_never_below_five_seconds_for_cisco_clients() {
     let head = connected_head(&mut s, t0);
     assert_eq!(header(&head, "X-DTLS-DPD"), Some("4"), "{head}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// F9: header values that are not UTF-8
+
+/// A CONNECT whose X-CSTP-Hostname is in a legacy code page (Latin-1 "café-pc") gets its
+/// tunnel: the value is dropped instead of refusing the whole request.
+#[test]
+fn non_utf8_hostname_does_not_refuse_the_connect() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let done = cisco_login(&mut s, t0);
+    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let mut req = connect_req(&cookie);
+    let at = req.windows(b"X-CSTP-Hostname: pc".len()).position(|w| w == b"X-CSTP-Hostname: pc").unwrap();
+    req.splice(at..at + b"X-CSTP-Hostname: pc".len(), b"X-CSTP-Hostname: caf\xe9-pc".iter().copied());
+    assert!(std::str::from_utf8(&req).is_err());
+    match s.handle_http(t0, &conn(50070), &req) {
+        Ok(HttpOutcome::Tunnel { bytes, .. }) => {
+            let head = String::from_utf8(bytes).unwrap();
+            assert!(head.starts_with("HTTP/1.1 200 CONNECTED"), "{head}");
+        }
+        other => panic!("expected tunnel, got {other:?}"),
+    }
+}
