@@ -117,9 +117,10 @@ impl DtlsServer {
         let psk_index = Ssl::new_ex_index::<[u8; 32]>()?;
 
         let mut b = base_context()?;
-        // anyconnect.md §4: openconnect 9.01 offers the PSK suites led by AES-256-GCM; the
-        // engine's MTU arithmetic assumes AES-GCM, so only GCM suites are accepted.
-        b.set_cipher_list("PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256")?;
+        // anyconnect.md §4: openconnect 9.01 offers the PSK suites led by AES-256-GCM. The
+        // engine computes X-DTLS-MTU from the same list before the handshake picks one, so
+        // only those suites are accepted (one list: the two cannot drift apart).
+        b.set_cipher_list(&anyconnect::mtu::PSK_DTLS_SUITES.join(":"))?;
         b.set_session_cache_mode(SslSessionCacheMode::OFF);
         let idx = psk_index;
         b.set_psk_server_callback(move |ssl, _identity, out| {
