@@ -68,8 +68,14 @@ pub enum AuthXmlError {
     ValueTooLong,
 }
 
-/// Parses a `<config-auth>` document.
+/// Parses a `<config-auth>` document, or the form-encoded reply of the older non-aggregate
+/// login (`username=..&password=..[&group_list=..]`, which ocserv also accepts and Cisco
+/// clients on some platforms use): anything whose first non-blank byte is not `<`. The
+/// Content-Type says nothing (openconnect labels its XML as form-encoded).
 pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'<') {
+        return parse_form_reply(body);
+    }
     let text =
         std::str::from_utf8(body).map_err(|_| AuthXmlError::Malformed("not UTF-8".into()))?;
     let mut r = Reader::from_str(text);
@@ -143,6 +149,65 @@ pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
         }
     }
     Err(AuthXmlError::TooComplex)
+}
+
+/// Most `name=value` pairs in a form-encoded reply (real ones have 2-3).
+const MAX_FORM_FIELDS: usize = 32;
+
+/// `application/x-www-form-urlencoded` (WHATWG URL §5.1: `&`-separated pairs, `+` = space,
+/// `%XX` escapes) into an auth-reply.
+fn parse_form_reply(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
+    let mut out = ClientAuth {
+        kind: AuthKind::AuthReply,
+        group_select: None,
+        group_access: None,
+        username: None,
+        password: None,
+        handle: None,
+        session_token: None,
+    };
+    let body = body.trim_ascii();
+    for (i, pair) in body.split(|&b| b == b'&').filter(|p| !p.is_empty()).enumerate() {
+        if i >= MAX_FORM_FIELDS {
+            return Err(AuthXmlError::TooComplex);
+        }
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &pair[..0]),
+        };
+        let slot = match form_decode(k)?.as_str() {
+            "username" => &mut out.username,
+            "password" => &mut out.password,
+            "group_list" => &mut out.group_select,
+            _ => continue,
+        };
+        *slot = Some(bounded(&form_decode(v)?)?);
+    }
+    Ok(out)
+}
+
+fn form_decode(s: &[u8]) -> Result<String, AuthXmlError> {
+    if s.len() > 3 * MAX_VALUE {
+        return Err(AuthXmlError::ValueTooLong);
+    }
+    let bad = || AuthXmlError::Malformed("bad form encoding".into());
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = s.get(i + 1).copied().and_then(hex).ok_or_else(bad)?;
+                let lo = s.get(i + 2).copied().and_then(hex).ok_or_else(bad)?;
+                out.push(hi << 4 | lo);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| AuthXmlError::Malformed("not UTF-8".into()))
 }
 
 fn bounded(v: &str) -> Result<String, AuthXmlError> {
@@ -391,6 +456,29 @@ pub(crate) mod tests {
         let none = complete_xml("C00C1E", 7, "");
         assert!(!none.contains("<config "), "{none}");
         assert_eq!(none, want.replace("<config client=\"vpn\" type=\"private\">\n<vpn-base-config>\n<server-cert-hash>0123456789ABCDEF0123456789ABCDEF01234567</server-cert-hash>\n</vpn-base-config>\n</config>\n", ""));
+    }
+
+    /// The non-aggregate form-encoded reply: escapes decoded, unknown fields ignored,
+    /// malformed escapes and oversize values refused.
+    #[test]
+    fn parses_form_encoded_reply() {
+        let r = parse_client_auth(b"username=vpn&password=p%26ss+w%3Dd&group_list=R%26D&extra=1").unwrap();
+        assert_eq!(r.kind, AuthKind::AuthReply);
+        assert_eq!(r.username.as_deref(), Some("vpn"));
+        assert_eq!(r.password.as_deref(), Some("p&ss w=d"));
+        assert_eq!(r.group_select.as_deref(), Some("R&D"));
+        let r = parse_client_auth(b"username=%C3%A9&password=").unwrap();
+        assert_eq!(r.username.as_deref(), Some("\u{e9}"));
+        assert_eq!(r.password.as_deref(), Some(""));
+        assert!(matches!(parse_client_auth(b"username=%4"), Err(AuthXmlError::Malformed(_))));
+        assert!(matches!(parse_client_auth(b"username=%zz"), Err(AuthXmlError::Malformed(_))));
+        assert!(matches!(parse_client_auth(b"username=%ff"), Err(AuthXmlError::Malformed(_))));
+        let long = format!("username={}", "u".repeat(600));
+        assert_eq!(parse_client_auth(long.as_bytes()), Err(AuthXmlError::ValueTooLong));
+        let many = "a=1&".repeat(40);
+        assert_eq!(parse_client_auth(many.as_bytes()), Err(AuthXmlError::TooComplex));
+        // XML is still XML, even after blanks.
+        assert_eq!(parse_client_auth(b"  \n<other/>"), Err(AuthXmlError::NotConfigAuth));
     }
 
     /// Cisco's logout post names the session by its token.

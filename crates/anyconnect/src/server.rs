@@ -288,6 +288,20 @@ impl Server {
                 return Ok(respond(r, false).into());
             }
         }
+        if req.method == "GET" && req.target.split('?').next() == Some("/") {
+            // The non-aggregate login starts with `GET /` (ocserv answers it with the form):
+            // the same answer and the same bounded pending login as an aggregate init.
+            let init = ClientAuth {
+                kind: AuthKind::Init,
+                group_select: None,
+                group_access: None,
+                username: None,
+                password: None,
+                handle: None,
+                session_token: None,
+            };
+            return Ok(self.handle_auth_msg(now, conn, &req, init));
+        }
         if req.method == "HEAD" {
             // RFC 9110 §9.3.2: same status and headers as GET, no content.
             return Ok(respond(
@@ -317,8 +331,6 @@ impl Server {
         conn: &ConnInfo,
         req: &Request<'_>,
     ) -> HttpStep {
-        let consumed = req.len;
-        let close = req.wants_close();
         let msg = match auth::parse_client_auth(req.body) {
             Ok(m) => m,
             Err(e) => {
@@ -326,12 +338,25 @@ impl Server {
                 return self.refuse(
                     conn.peer,
                     format!("bad aggregate-auth XML: {e}"),
-                    consumed,
+                    req.len,
                     (400, "Bad Request"),
                     &e.to_string(),
                 ).into();
             }
         };
+        self.handle_auth_msg(now, conn, req, msg)
+    }
+
+    /// A login step, from a post or (as an init) from `GET /`.
+    fn handle_auth_msg(
+        &mut self,
+        now: Instant,
+        conn: &ConnInfo,
+        req: &Request<'_>,
+        msg: ClientAuth,
+    ) -> HttpStep {
+        let consumed = req.len;
+        let close = req.wants_close();
         if msg.kind == AuthKind::Other("logout".into()) {
             return self.handle_logout(now, req, &msg).into();
         }

@@ -291,7 +291,7 @@ fn check_housekeeping(s: &mut Server, now: Instant, cookie: Option<&str>) {
         assert_eq!(body(&h), "", "{path}");
     }
     // Anything else is still no portal.
-    for other in ["/", "/1/", "/1/binaries/other.pkg", "/index.html", "/CSCOT/translation-table"] {
+    for other in ["/1/", "/1/binaries/other.pkg", "/index.html", "/CSCOT/translation-table"] {
         let (r, _) = respond(s.handle_http(now, &conn(50010), &get("GET", other, cookie)));
         assert_eq!(status(&r), 404, "{other}");
     }
@@ -549,4 +549,37 @@ fn non_utf8_hostname_does_not_refuse_the_connect() {
         }
         other => panic!("expected tunnel, got {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// F5: non-aggregate login (GET / then a form-encoded post)
+
+/// The older, non-aggregate login: `GET /` gets the same form as an init (with its
+/// `webvpncontext`), and a form-encoded `username=..&password=..` post carrying that cookie
+/// completes the login; a wrong password gets the form again with an error.
+#[test]
+fn form_encoded_login_after_get_root() {
+    let t0 = Instant::now();
+    let mut s = server(t0, config());
+    let c = conn(50080);
+    let (form, close) = respond(s.handle_http(t0, &c, &get("GET", "/", None)));
+    assert!(!close);
+    assert_eq!(status(&form), 200, "{form}");
+    assert!(xml_texts(body(&form), &["config-auth", "auth", "title"]) == vec!["Login".to_string()], "{form}");
+    let handle = cookie_value(&form, "webvpncontext").expect("context cookie");
+
+    let (again, _) = respond(s.handle_http(t0, &c, &post("username=vpn&password=wrong", &[("webvpncontext", &handle)])));
+    assert!(again.contains("type=\"auth-request\"") && again.contains("Login failed."), "{again}");
+    assert_eq!(s.session_count(), 0);
+
+    let (done, _) = respond(s.handle_http(t0, &c, &post("username=vpn&password=s%65cret&group_list=RA", &[("webvpncontext", &handle)])));
+    assert_eq!(status(&done), 200, "{done}");
+    assert_eq!(xml_attrs(body(&done), "config-auth").unwrap().iter().find(|(k, _)| k == "type").unwrap().1, "complete");
+    assert!(cookie_value(&done, "webvpn").is_some());
+    assert_eq!(s.session_count(), 1);
+
+    // A malformed form body is refused like malformed XML.
+    let (bad, close) = respond(s.handle_http(t0, &c, &post("username=%zz", &[])));
+    assert_eq!(status(&bad), 400, "{bad}");
+    assert!(close);
 }
