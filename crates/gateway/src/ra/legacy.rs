@@ -249,12 +249,10 @@ mod tests {
                 q.clear();
             }
             let mut buf = [0u8; 64];
-            let n = loop {
-                match s.ssl_read(&mut buf) {
-                    Ok(n) => break n,
-                    Err(e) if e.code() == ErrorCode::WANT_READ => panic!("{name}: no reply record"),
-                    Err(e) => panic!("{name}: client read: {e}"),
-                }
+            let n = match s.ssl_read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.code() == ErrorCode::WANT_READ => panic!("{name}: no reply record"),
+                Err(e) => panic!("{name}: client read: {e}"),
             };
             assert_eq!(&buf[..n], b"pong");
         }
