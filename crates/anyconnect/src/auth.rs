@@ -40,6 +40,22 @@ pub struct ClientAuth {
     pub session_token: Option<String>,
 }
 
+impl ClientAuth {
+    /// A document of `kind` that carries nothing else (filled in by the parsers; the
+    /// non-aggregate `GET /` is an init with no fields).
+    pub fn empty(kind: AuthKind) -> Self {
+        Self {
+            kind,
+            group_select: None,
+            group_access: None,
+            username: None,
+            password: None,
+            handle: None,
+            session_token: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ClientAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientAuth")
@@ -80,15 +96,7 @@ pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
         std::str::from_utf8(body).map_err(|_| AuthXmlError::Malformed("not UTF-8".into()))?;
     let mut r = Reader::from_str(text);
     r.config_mut().trim_text(true);
-    let mut out = ClientAuth {
-        kind: AuthKind::Other(String::new()),
-        group_select: None,
-        group_access: None,
-        username: None,
-        password: None,
-        handle: None,
-        session_token: None,
-    };
+    let mut out = ClientAuth::empty(AuthKind::Other(String::new()));
     let mut path: Vec<String> = Vec::new();
     let mut saw_root = false;
     for _ in 0..MAX_EVENTS {
@@ -157,15 +165,7 @@ const MAX_FORM_FIELDS: usize = 32;
 /// `application/x-www-form-urlencoded` (WHATWG URL §5.1: `&`-separated pairs, `+` = space,
 /// `%XX` escapes) into an auth-reply.
 fn parse_form_reply(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
-    let mut out = ClientAuth {
-        kind: AuthKind::AuthReply,
-        group_select: None,
-        group_access: None,
-        username: None,
-        password: None,
-        handle: None,
-        session_token: None,
-    };
+    let mut out = ClientAuth::empty(AuthKind::AuthReply);
     let body = body.trim_ascii();
     for (i, pair) in body.split(|&b| b == b'&').filter(|p| !p.is_empty()).enumerate() {
         if i >= MAX_FORM_FIELDS {

@@ -291,15 +291,7 @@ impl Server {
         if req.method == "GET" && req.target.split('?').next() == Some("/") {
             // The non-aggregate login starts with `GET /` (ocserv answers it with the form):
             // the same answer and the same bounded pending login as an aggregate init.
-            let init = ClientAuth {
-                kind: AuthKind::Init,
-                group_select: None,
-                group_access: None,
-                username: None,
-                password: None,
-                handle: None,
-                session_token: None,
-            };
+            let init = ClientAuth::empty(AuthKind::Init);
             return Ok(self.handle_auth_msg(now, conn, &req, init));
         }
         if req.method == "HEAD" {
