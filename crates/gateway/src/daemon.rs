@@ -647,10 +647,17 @@ async fn async_run(
     let mut saved = None;
     if let Some(h) = d.ra.take() {
         if keep_sessions {
-            if let Ok(n) = tokio::task::spawn_blocking(move || h.shutdown_keeping_sessions()).await {
-                let how = if stop_reply.is_some() { "stop keep-sessions" } else { "SIGQUIT" };
-                eprintln!("holdfast: {how}: {n} remote-access session(s) saved for the next start; clients were not told");
-                saved = Some(n);
+            let how = if stop_reply.is_some() { "stop keep-sessions" } else { "SIGQUIT" };
+            match tokio::task::spawn_blocking(move || h.shutdown_keeping_sessions()).await {
+                Ok(Ok(n)) => {
+                    eprintln!("holdfast: {how}: {n} remote-access session(s) saved for the next start; clients were not told");
+                    saved = Some(Ok(n));
+                }
+                Ok(Err(e)) => {
+                    eprintln!("holdfast: {how}: {e}; the sessions were ended and the clients told instead");
+                    saved = Some(Err(e));
+                }
+                Err(_) => {}
             }
         } else {
             let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
@@ -678,11 +685,15 @@ async fn async_run(
 }
 
 /// The answer to `stop [keep-sessions]`: what happened to the remote-access sessions (`saved`:
-/// how many `keep-sessions` wrote to the state directory; `None` when there was no remote
-/// access or it could not be saved).
-fn stop_answer(keep: bool, saved: Option<usize>, state_dir: &std::path::Path) -> String {
+/// how many `keep-sessions` wrote to the state directory, or why it could not; `None` when
+/// there was no remote access). A failed save is an `ERROR:` answer (the CLI exits non-zero):
+/// the operator was promised an invisible restart and did not get one.
+fn stop_answer(keep: bool, saved: Option<Result<usize, String>>, state_dir: &std::path::Path) -> String {
     match (keep, saved) {
-        (true, Some(n)) => format!(
+        (true, Some(Err(e))) => format!(
+            "ERROR: {e}; the remote-access sessions were ended and the clients told the gateway is going away.\n"
+        ),
+        (true, Some(Ok(n))) => format!(
             "Stopping: {n} remote-access session(s) saved in {} for the next start; clients were not told.\n",
             state_dir.join(ra::persist::SESSIONS_FILE).display()
         ),
@@ -1943,6 +1954,23 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `stop keep-sessions` whose save failed must not claim the sessions were kept: the
+    /// answer is an error (the CLI exits non-zero) that says why and what happened instead.
+    #[test]
+    fn stop_answer_reports_a_failed_save_as_an_error() {
+        let dir = std::path::Path::new("/var/lib/holdfast");
+        let ok = stop_answer(true, Some(Ok(2)), dir);
+        use crate::control;
+        assert!(!control::is_error(&ok), "{ok}");
+        assert!(ok.contains("2 remote-access session(s) saved in /var/lib/holdfast/"), "{ok}");
+        let failed = stop_answer(true, Some(Err("disk full".into())), dir);
+        assert!(control::is_error(&failed), "{failed}");
+        assert!(failed.contains("disk full") && failed.contains("clients told"), "{failed}");
+        assert!(!failed.contains("saved in"), "{failed}");
+        assert!(!control::is_error(&stop_answer(true, None, dir)));
+        assert!(!control::is_error(&stop_answer(false, None, dir)));
+    }
 
     /// A self-signed certificate and its key (and a second, unrelated key) in `dir`.
     fn cert_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {

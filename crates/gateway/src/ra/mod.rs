@@ -165,11 +165,17 @@ impl RaHandle {
     /// are saved as they are and the clients are NOT told (no TERMINATE); their connections
     /// just close, so they reconnect with their cookies to the restarted daemon, which
     /// restores the sessions from the state directory (same address, flows kept). Returns how
-    /// many sessions were saved.
-    pub fn shutdown_keeping_sessions(mut self) -> usize {
+    /// many sessions were saved. When they cannot be saved (no state directory, a failed
+    /// write) keeping them silently would strand every client on a cookie the next start does
+    /// not know: the service then shuts down as [`RaHandle::shutdown`] does (clients told,
+    /// sessions ended) and the error says why.
+    pub fn shutdown_keeping_sessions(mut self) -> Result<usize, String> {
         self.core.stop.store(true, Ordering::SeqCst);
         let n = self.core.lock().server.session_count();
-        self.core.save_sessions(true);
+        if let Err(e) = self.core.save_sessions(true) {
+            self.stop();
+            return Err(e);
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
@@ -177,7 +183,7 @@ impl RaHandle {
             let _ = t.join();
         }
         self.guard.cleanup();
-        n
+        Ok(n)
     }
 
     /// Transport counters.
@@ -206,7 +212,8 @@ impl RaHandle {
             }
         }
         // The sessions just ended (the clients were told): the next start has none to wait for.
-        self.core.save_sessions(true);
+        // (A failure is logged as 725014; nothing else to do on the way out.)
+        let _ = self.core.save_sessions(true);
         // Let the writers put the TERMINATE frames on the wire before the tasks stop.
         std::thread::sleep(Duration::from_millis(300));
         if let Some(rt) = self.runtime.take() {
@@ -762,8 +769,12 @@ impl Core {
     /// Writes the sessions file when sessions changed (at most every
     /// [`persist::SAVE_MIN_INTERVAL`]), at least every [`persist::SAVE_MAX_INTERVAL`] while
     /// there are sessions, or now when `force`. Serializes and writes outside the lock.
-    fn save_sessions(&self, force: bool) {
-        let Some(file) = &self.sessions_file else { return };
+    /// `Err` says why nothing could be written: no state directory, or the write failed (also
+    /// logged as 725014). Not being due is `Ok`.
+    fn save_sessions(&self, force: bool) -> Result<(), String> {
+        let Some(file) = &self.sessions_file else {
+            return Err("no state directory is in use (the sessions file could not be opened at start)".into());
+        };
         let snap = {
             let mut g = self.lock();
             let now = clock::now();
@@ -777,16 +788,18 @@ impl Core {
                     }
                 };
             if !due {
-                return;
+                return Ok(());
             }
             g.sessions_dirty = false;
             g.last_save = Some(now);
             g.server.snapshot(now)
         };
         let r = SessionsFile::encode(snap, unix_ms()).and_then(|b| file.write(&b));
-        if let Err(e) = r {
-            self.log(3, 725014, format!("Remote-access sessions could not be saved to {}: {e}", file.path().display()));
-        }
+        r.map_err(|e| {
+            let why = format!("Remote-access sessions could not be saved to {}: {e}", file.path().display());
+            self.log(3, 725014, why.clone());
+            why
+        })
     }
 }
 
@@ -1239,7 +1252,7 @@ async fn timer_loop(core: Arc<Core>) {
                 core.drain(&mut g);
             }
         }
-        core.save_sessions(false);
+        let _ = core.save_sessions(false);
     }
 }
 
