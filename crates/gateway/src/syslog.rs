@@ -33,9 +33,26 @@ pub struct Message {
 }
 
 impl Message {
-    /// `%ASA-6-602303: text`
+    /// `%ASA-6-602303: text`. Control characters in the text are written as `#ooo` (octal, as
+    /// rsyslog escapes them): texts quote what clients sent (a group name, a user name, a URL),
+    /// and a line feed in one would otherwise forge a second `%ASA-` line in `show logging`,
+    /// on stderr and at every collector that splits on newlines.
     pub fn asa(&self) -> String {
-        format!("%ASA-{}-{}: {}", self.severity, self.id, self.text)
+        use std::fmt::Write as _;
+        let mut line = format!("%ASA-{}-{}: ", self.severity, self.id);
+        if !self.text.chars().any(char::is_control) {
+            line.push_str(&self.text);
+            return line;
+        }
+        for c in self.text.chars() {
+            if c.is_control() {
+                // Cc is U+0000-001F and U+007F-009F: three octal digits always suffice.
+                let _ = write!(line, "#{:03o}", u32::from(c));
+            } else {
+                line.push(c);
+            }
+        }
+        line
     }
 }
 
@@ -508,6 +525,21 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// A client-supplied value with a line feed cannot forge a second ASA line.
+    #[test]
+    fn control_characters_in_texts_are_escaped() {
+        let forged = Message {
+            severity: 5,
+            id: 716900,
+            text: "Group <x\n%ASA-1-111111: forged\r\t\u{7f}\u{85}> é".into(),
+        };
+        let line = forged.asa();
+        assert_eq!(line, "%ASA-5-716900: Group <x#012%ASA-1-111111: forged#015#011#177#205> é");
+        assert_eq!(line.lines().count(), 1);
+        let plain = Message { severity: 6, id: 1, text: "no controls, ünïcode kept".into() };
+        assert_eq!(plain.asa(), "%ASA-6-1: no controls, ünïcode kept");
     }
 
     #[test]

@@ -827,7 +827,10 @@ fn flush_link(link: &mut TlsLink, stats: &Stats) {
             let mut rest = &link.batch[..];
             while !rest.is_empty() {
                 let (frame, r) = rest.split_at(cstp_frame_len(rest).min(rest.len()));
-                if q.frames.len() + frame.len() <= TLS_QUEUE_BYTES {
+                // Only DATA is dropped: a control frame (DPD-RESP, DISCONNECT, TERMINATE;
+                // a few bytes each) lost here would make a congested but live client declare
+                // the tunnel dead, or miss its logout and retry a dead cookie.
+                if q.frames.len() + frame.len() <= TLS_QUEUE_BYTES || !is_cstp_data(frame) {
                     q.frames.extend_from_slice(frame);
                 } else {
                     dropped += 1;
@@ -841,6 +844,11 @@ fn flush_link(link: &mut TlsLink, stats: &Stats) {
         stats.tls_send_overflow.fetch_add(dropped, Ordering::Relaxed);
     }
     link.q.ready.notify_one();
+}
+
+/// True for a CSTP DATA frame (type byte 0 at offset 6, anyconnect.md §3).
+fn is_cstp_data(frame: &[u8]) -> bool {
+    frame.get(6) == Some(&0)
 }
 
 /// Length of the CSTP frame at the start of `data` (anyconnect.md §3: 8-byte header 'S' 'T'
@@ -1805,6 +1813,24 @@ mod tests {
             assert!(!b.closed);
         }
         assert!(link.batch.is_empty());
+        // Full now: a DATA frame is dropped, control frames (DPD-RESP 4, DISCONNECT 5) still go
+        // in, past the bound, in order.
+        let before_drops = stats.tls_send_overflow.load(Ordering::Relaxed);
+        let before_len = lock(&q.buf).frames.len();
+        let mut dpd_resp = cstp_data(0, 0);
+        dpd_resp[6] = 4;
+        let mut disconnect = cstp_data(1, 0xb0);
+        disconnect[6] = 5;
+        link.batch.extend_from_slice(&big);
+        link.batch.extend_from_slice(&dpd_resp);
+        link.batch.extend_from_slice(&disconnect);
+        flush_link(&mut link, &stats);
+        assert_eq!(stats.tls_send_overflow.load(Ordering::Relaxed), before_drops + 1);
+        {
+            let b = lock(&q.buf);
+            assert_eq!(b.frames.len(), before_len + dpd_resp.len() + disconnect.len());
+            assert!(b.frames.ends_with(&[&dpd_resp[..], &disconnect[..]].concat()));
+        }
         // The writer takes everything: the next batch is handed over whole, by swapping.
         let taken = std::mem::take(&mut lock(&q.buf).frames);
         assert!(!taken.is_empty());
