@@ -82,15 +82,26 @@ pub enum AuthXmlError {
     TooComplex,
     #[error("value longer than {MAX_VALUE} bytes")]
     ValueTooLong,
+    #[error("body is neither a <config-auth> XML document nor a form-encoded login")]
+    NotAuthBody,
 }
 
 /// Parses a `<config-auth>` document, or the form-encoded reply of the older non-aggregate
 /// login (`username=..&password=..[&group_list=..]`, which ocserv also accepts and Cisco
-/// clients on some platforms use): anything whose first non-blank byte is not `<`. The
-/// Content-Type says nothing (openconnect labels its XML as form-encoded).
+/// clients on some platforms use). The Content-Type says nothing (openconnect labels its
+/// XML as form-encoded), so the body decides: XML when its first byte after a UTF-8 byte
+/// order mark and blanks is `<`, a form when it looks like one, refused otherwise.
 pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
-    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b != b'<') {
-        return parse_form_reply(body);
+    // XML 1.0 §4.3.3 allows a UTF-8 document to start with the byte order mark; taking it
+    // for the first byte of a form would turn a login into an empty auth-reply (the client
+    // would be shown the form again, forever).
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body).trim_ascii_start();
+    if body.first() != Some(&b'<') {
+        return if plausible_form(body) {
+            parse_form_reply(body)
+        } else {
+            Err(AuthXmlError::NotAuthBody)
+        };
     }
     let text =
         std::str::from_utf8(body).map_err(|_| AuthXmlError::Malformed("not UTF-8".into()))?;
@@ -161,6 +172,16 @@ pub fn parse_client_auth(body: &[u8]) -> Result<ClientAuth, AuthXmlError> {
 
 /// Most `name=value` pairs in a form-encoded reply (real ones have 2-3).
 const MAX_FORM_FIELDS: usize = 32;
+
+/// Whether a (non-XML) body can be a form-encoded reply: not empty, at least one `=`
+/// (every field a client sends has one), and no control characters (WHATWG URL §5.2: the
+/// serializer percent-encodes them; blanks at the end were trimmed already or are CR/LF a
+/// client appended). Binary or a stray protocol on the login port is refused instead of
+/// being taken for an empty reply that creates a pending login.
+fn plausible_form(body: &[u8]) -> bool {
+    let body = body.trim_ascii_end();
+    body.contains(&b'=') && !body.iter().any(|b| b.is_ascii_control())
+}
 
 /// `application/x-www-form-urlencoded` (WHATWG URL §5.1: `&`-separated pairs, `+` = space,
 /// `%XX` escapes) into an auth-reply.
@@ -395,7 +416,8 @@ pub(crate) mod tests {
             parse_client_auth(b"<other/>"),
             Err(AuthXmlError::NotConfigAuth)
         );
-        assert_eq!(parse_client_auth(b""), Err(AuthXmlError::NotConfigAuth));
+        // Nothing at all is neither XML nor a form.
+        assert_eq!(parse_client_auth(b""), Err(AuthXmlError::NotAuthBody));
         assert!(matches!(
             parse_client_auth(b"<config-auth><a></b></config-auth>"),
             Err(AuthXmlError::Malformed(_))
@@ -477,8 +499,17 @@ pub(crate) mod tests {
         assert_eq!(parse_client_auth(long.as_bytes()), Err(AuthXmlError::ValueTooLong));
         let many = "a=1&".repeat(40);
         assert_eq!(parse_client_auth(many.as_bytes()), Err(AuthXmlError::TooComplex));
-        // XML is still XML, even after blanks.
+        // XML is still XML, even after blanks and a UTF-8 byte order mark.
         assert_eq!(parse_client_auth(b"  \n<other/>"), Err(AuthXmlError::NotConfigAuth));
+        assert_eq!(parse_client_auth(b"\xEF\xBB\xBF<other/>"), Err(AuthXmlError::NotConfigAuth));
+        let r = parse_client_auth(b"\xEF\xBB\xBF \n<config-auth type=\"init\"/>").unwrap();
+        assert_eq!(r.kind, AuthKind::Init);
+        // Neither XML nor a form: no `=`, or control bytes.
+        for b in [&b"hello"[..], b"\x00\x01=\x02", b"\xEF\xBB\xBF", b"user=a\x00b"] {
+            assert_eq!(parse_client_auth(b), Err(AuthXmlError::NotAuthBody), "{b:?}");
+        }
+        // A form with a trailing CRLF is still a form.
+        assert_eq!(parse_client_auth(b"username=vpn\r\n").unwrap().username.as_deref(), Some("vpn"));
     }
 
     /// Cisco's logout post names the session by its token.

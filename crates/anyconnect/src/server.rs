@@ -288,27 +288,22 @@ impl Server {
                 return Ok(respond(r, false).into());
             }
         }
-        if req.method == "GET" && req.target.split('?').next() == Some("/") {
+        let head = req.method == "HEAD";
+        if (req.method == "GET" || head) && req.target.split('?').next() == Some("/") {
             // The non-aggregate login starts with `GET /` (ocserv answers it with the form):
             // the same answer and the same bounded pending login as an aggregate init.
+            // HEAD gets GET's answer without the content (RFC 9110 §9.3.2), including the
+            // context cookie, whose pending login is bounded exactly like GET's.
             let init = ClientAuth::empty(AuthKind::Init);
-            return Ok(self.handle_auth_msg(now, conn, &req, init));
+            let step = self.handle_auth_msg(now, conn, &req, init);
+            return Ok(if head { head_of(step) } else { step });
         }
-        if req.method == "HEAD" {
-            // RFC 9110 §9.3.2: same status and headers as GET, no content.
-            return Ok(respond(
-                Response::new(404, "Not Found").body("text/plain", ""),
-                false,
-            )
-            .into());
-        }
-        if req.method == "GET" || req.method == "POST" {
-            // No clientless portal: anything but the XML exchange gets a plain 404.
-            return Ok(respond(
-                Response::new(404, "Not Found").body("text/plain", "Not Found\n"),
-                false,
-            )
-            .into());
+        if req.method == "GET" || req.method == "POST" || head {
+            // No clientless portal: anything but the XML exchange gets a plain 404 (for
+            // HEAD, its status and headers with GET's Content-Length and no content).
+            let r = Response::new(404, "Not Found").body("text/plain", "Not Found\n");
+            let step: HttpStep = respond(r, false).into();
+            return Ok(if head { head_of(step) } else { step });
         }
         Ok(respond(
             Response::new(405, "Method Not Allowed").body("text/plain", "Method Not Allowed\n"),
@@ -329,7 +324,7 @@ impl Server {
                 self.stats.http_malformed += 1;
                 return self.refuse(
                     conn.peer,
-                    format!("bad aggregate-auth XML: {e}"),
+                    format!("malformed login post: {e}"),
                     req.len,
                     (400, "Bad Request"),
                     &e.to_string(),
@@ -375,7 +370,10 @@ impl Server {
                 let asked = [url_group(msg.group_access.as_deref()), url_group(Some(req.target))];
                 let known = asked.iter().flatten().find(|g| self.config.group(g).is_some()).cloned();
                 if known.is_none() {
-                    url_unknown = asked.into_iter().flatten().next();
+                    // `/auth` is where a login form posts its reply (ocserv's form action,
+                    // which openconnect follows), not a group the user typed: a reply sent
+                    // there after its pending login expired is no reason for a 716900.
+                    url_unknown = asked.into_iter().flatten().find(|g| g != FORM_ACTION_SEGMENT);
                 }
                 known
             });
@@ -2375,6 +2373,24 @@ fn clamp_syn(pkt: &mut [u8], max: Option<u16>) -> bool {
     }
     tcp.clamp_mss(max).is_some()
 }
+
+/// A HEAD answer from the GET answer `step`: the status line and headers as they are
+/// (Content-Length stays the GET body's, RFC 9110 §8.6), the content cut off. An init never
+/// asks for a password check, so `step` is always a response.
+fn head_of(step: HttpStep) -> HttpStep {
+    match step {
+        HttpStep::Done(HttpOutcome::Respond { consumed, mut bytes, close }) => {
+            if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                bytes.truncate(end + 4);
+            }
+            HttpOutcome::Respond { consumed, bytes, close }.into()
+        }
+        other => other,
+    }
+}
+
+/// The path segment of a login form's action (`POST /auth`), never a URL group name.
+const FORM_ACTION_SEGMENT: &str = "auth";
 
 /// The first path segment of a URL or request target (`https://gw/RA` -> `RA`).
 fn url_group(url: Option<&str>) -> Option<String> {

@@ -1,0 +1,258 @@
+//! Edges of the login exchange found by the session-10 review (notes/review-session10.md,
+//! N1-N3): a UTF-8 byte order mark before the XML, bodies that are neither XML nor a form,
+//! `HEAD` of the paths `GET` serves, and the form's own action path taken for a URL group.
+
+// The virtual clock needs some starting Instant; everything after it is computed.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyconnect::*;
+
+fn config() -> Config {
+    let mut policies = BTreeMap::new();
+    policies.insert("pol".to_string(), GroupPolicy::default());
+    let mut pools = BTreeMap::new();
+    pools.insert(
+        "POOL".to_string(),
+        AddressPool {
+            first: "10.99.0.100".parse().unwrap(),
+            last: "10.99.0.102".parse().unwrap(),
+            mask: "255.255.255.0".parse().unwrap(),
+        },
+    );
+    Config {
+        users: vec![User { name: "vpn".into(), password_hash: "plain:secret".into() }],
+        tunnel_groups: vec![TunnelGroup {
+            name: "RA".into(),
+            aliases: vec!["RA".into()],
+            default_group_policy: "pol".into(),
+            address_pools: vec!["POOL".into()],
+            authentication: AuthMethod::Aaa,
+        }],
+        group_policies: policies,
+        pools,
+        verifier: plain_verifier(),
+        ..Config::default()
+    }
+}
+
+fn conn(port: u16) -> ConnInfo {
+    ConnInfo {
+        peer: SocketAddr::new("203.0.113.30".parse().unwrap(), port),
+        tls_version: TlsVersion::Tls12,
+        tls_cipher: "ECDHE-RSA-AES256-GCM-SHA384".into(),
+        client_cert: None,
+    }
+}
+
+fn server(now: Instant) -> Server {
+    Server::new(now, config(), Box::new(crypto::SeededRandom::new(7)))
+}
+
+fn post_to(target: &str, body: &[u8], cookie: Option<&str>) -> Vec<u8> {
+    let mut h = format!("POST {target} HTTP/1.1\r\nHost: vpn.example\r\nUser-Agent: AnyConnect Linux_64 5.1.2.42\r\n");
+    if let Some(c) = cookie {
+        h += &format!("Cookie: webvpncontext={c}\r\n");
+    }
+    h += &format!("Content-Length: {}\r\n\r\n", body.len());
+    let mut v = h.into_bytes();
+    v.extend_from_slice(body);
+    v
+}
+
+fn request(method: &str, target: &str) -> Vec<u8> {
+    format!("{method} {target} HTTP/1.1\r\nHost: vpn.example\r\nUser-Agent: AnyConnect Linux_64 5.1.2.42\r\n\r\n")
+        .into_bytes()
+}
+
+fn respond(o: Result<HttpOutcome, HttpReject>) -> (String, bool) {
+    match o {
+        Ok(HttpOutcome::Respond { bytes, close, .. }) => (String::from_utf8(bytes).unwrap(), close),
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+/// The header lines, in order, as (name, value).
+fn headers(resp: &str) -> Vec<(String, String)> {
+    let head = resp.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn header(resp: &str, name: &str) -> Option<String> {
+    headers(resp).into_iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+}
+
+fn events(s: &mut Server) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn syslog(ev: &[Event]) -> Vec<String> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Syslog(l) => Some(l.asa()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refusals(ev: &[Event]) -> Vec<String> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Refused { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+const INIT: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"init\" aggregate-auth-version=\"2\"><version who=\"vpn\">5.1.2.42</version><group-access>https://vpn.example/</group-access></config-auth>\n";
+
+fn reply(handle: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"auth-reply\" aggregate-auth-version=\"2\"><opaque is-for=\"sg\"><aggauth-handle>{handle}</aggauth-handle></opaque><auth><username>vpn</username><password>secret</password></auth></config-auth>\n"
+    )
+}
+
+fn context_cookie(resp: &str) -> String {
+    headers(resp)
+        .into_iter()
+        .filter(|(k, _)| k == "Set-Cookie")
+        .find_map(|(_, v)| Some(v.strip_prefix("webvpncontext=")?.split(';').next()?.to_string()))
+        .expect("webvpncontext cookie")
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// N1: a client (or a proxy re-encoding the body) that puts a UTF-8 byte order mark before
+/// the XML declaration still logs in: the BOM is not a form, so its credentials are read.
+#[test]
+fn byte_order_mark_before_xml_is_still_xml() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    let c = conn(41000);
+    let mut init = BOM.to_vec();
+    init.extend_from_slice(INIT.as_bytes());
+    let (form, close) = respond(s.handle_http(t0, &c, &post_to("/", &init, None)));
+    assert!(!close && status(&form) == 200 && form.contains("type=\"auth-request\""), "{form}");
+    let h = context_cookie(&form);
+    // BOM, then blanks, then the reply.
+    let mut r = BOM.to_vec();
+    r.extend_from_slice(b"\r\n  ");
+    r.extend_from_slice(reply(&h).as_bytes());
+    let (done, _) = respond(s.handle_http(t0, &c, &post_to("/", &r, Some(&h))));
+    assert!(done.contains("type=\"complete\""), "the BOM-prefixed reply logs in: {done}");
+    assert_eq!(s.session_count(), 1);
+}
+
+/// N1: a body that is neither XML nor a form-encoded login (binary, no `name=value`) is a
+/// 400 with a refusal reason, not a login form and not a pending login; the form-encoded
+/// login itself still works.
+#[test]
+fn body_neither_xml_nor_form_is_refused() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    let c = conn(41001);
+    for garbage in [
+        &b"\x00\x01\x02\x03binary"[..],
+        b"\x16\x03\x01\x00\xa5\x01",
+        b"just some words",
+        b"username\x00=vpn",
+        b"\xEF\xBB\xBF",
+        b"   \r\n ",
+    ] {
+        let (r, close) = respond(s.handle_http(t0, &c, &post_to("/", garbage, None)));
+        assert_eq!(status(&r), 400, "{garbage:?}: {r}");
+        assert!(close, "{garbage:?}");
+        assert!(!r.contains("auth-request"), "{garbage:?}: no login form: {r}");
+        let why = refusals(&events(&mut s));
+        assert_eq!(why.len(), 1, "{garbage:?}: {why:?}");
+        assert!(why[0].contains("neither"), "{garbage:?}: {why:?}");
+    }
+    // None of them left a pending login behind: a form-encoded reply without a context is
+    // answered with the form (a new login), and the full form login completes.
+    let (form, _) = respond(s.handle_http(t0, &c, &request("GET", "/")));
+    let h = context_cookie(&form);
+    let (done, _) = respond(s.handle_http(t0, &c, &post_to("/", b"username=vpn&password=secret", Some(&h))));
+    assert!(done.contains("type=\"complete\""), "{done}");
+    // A form whose fields are empty is still a form.
+    let (r, _) = respond(s.handle_http(t0, &c, &post_to("/", b"username=&password=", None)));
+    assert_eq!(status(&r), 200, "{r}");
+}
+
+/// N2: `HEAD /` answers what `GET /` answers (the login form's status and headers, its
+/// Content-Length) without the content (RFC 9110 §9.3.2), and `HEAD` of an unserved path
+/// mirrors `GET`'s 404 including its length.
+#[test]
+fn head_mirrors_get() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    let c = conn(41002);
+    for target in ["/", "/?x=1"] {
+        let (get, _) = respond(s.handle_http(t0, &c, &request("GET", target)));
+        let (head, close) = respond(s.handle_http(t0, &c, &request("HEAD", target)));
+        assert!(!close, "{head}");
+        assert_eq!(status(&get), 200, "{get}");
+        assert_eq!(head.lines().next(), get.lines().next(), "{head}");
+        let names = |r: &str| headers(r).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(names(&head), names(&get), "{head}\n---\n{get}");
+        assert_eq!(header(&head, "Content-Length"), Some(body(&get).len().to_string()), "{head}");
+        assert_eq!(header(&head, "Content-Type"), header(&get, "Content-Type"));
+        assert_eq!(body(&head), "", "{head}");
+        // The cookie HEAD sets names a login that a reply can continue, as GET's does.
+        let h = context_cookie(&head);
+        let (done, _) = respond(s.handle_http(t0, &c, &post_to("/", reply(&h).as_bytes(), Some(&h))));
+        assert!(done.contains("type=\"complete\""), "{done}");
+    }
+    for target in ["/index.html", "/+CSCOE+/logon.html"] {
+        let (get, _) = respond(s.handle_http(t0, &c, &request("GET", target)));
+        let (head, _) = respond(s.handle_http(t0, &c, &request("HEAD", target)));
+        assert_eq!(status(&get), 404);
+        assert_eq!(head.lines().next(), get.lines().next(), "{head}");
+        assert_eq!(headers(&head), headers(&get), "{head}\n---\n{get}");
+        assert_eq!(body(&head), "", "{head}");
+        assert!(!body(&get).is_empty());
+    }
+}
+
+/// N3: a reply posted to `/auth` (the action path of ocserv's login form, which openconnect
+/// follows) after its pending login expired starts a new login in the default group without
+/// a 716900: `auth` is not a group the user asked for. A real unknown URL group still logs it.
+#[test]
+fn form_action_path_is_not_a_url_group() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    let c = conn(41003);
+    let (form, _) = respond(s.handle_http(t0, &c, &post_to("/", INIT.as_bytes(), None)));
+    let h = context_cookie(&form);
+    events(&mut s);
+    // Long after the pending login expired.
+    let later = t0 + Duration::from_secs(3600);
+    let form_reply = b"username=vpn&password=wrong".to_vec();
+    for body in [form_reply, reply(&h).into_bytes()] {
+        let (r, _) = respond(s.handle_http(later, &c, &post_to("/auth", &body, Some(&h))));
+        assert!(r.starts_with("HTTP/1.1 "), "{r}");
+        let lines = syslog(&events(&mut s));
+        assert!(!lines.iter().any(|l| l.contains("716900")), "{lines:?}");
+    }
+    // The same post to /NOSUCH: that is a group the user asked for in the URL.
+    let (r, _) = respond(s.handle_http(later, &c, &post_to("/NOSUCH", INIT.as_bytes(), None)));
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(
+        syslog(&events(&mut s)),
+        vec!["%ASA-5-716900: IP <203.0.113.30> Group <NOSUCH> requested in the connection URL matches no tunnel-group or group-alias; using tunnel-group <RA>.".to_string()]
+    );
+}
