@@ -521,11 +521,15 @@ impl Drop for TlsLink {
 }
 
 /// What the engine hands one connection's writer task: whole CSTP frames, at most
-/// [`TLS_QUEUE_BYTES`] of them. Buffers circulate between the link, the queue and the writer
+/// [`TLS_QUEUE_BYTES`] of them counting those the writer has taken and not yet written. Buffers circulate between the link, the queue and the writer
 /// (swapped, not copied, when the queue is empty), so a busy connection allocates nothing.
 #[derive(Default)]
 struct LinkQueue {
     buf: Mutex<LinkBuf>,
+    /// Bytes the writer took from `buf` and has not yet handed to TLS: part of the bound,
+    /// or the queue would hold up to twice [`TLS_QUEUE_BYTES`] (one taken, one refilled).
+    /// Set by the writer under `buf`'s lock when it takes frames, lowered as it writes them.
+    in_flight: std::sync::atomic::AtomicUsize,
     /// Data queued or the link closed (one stored permit: a wake-up is never lost).
     ready: tokio::sync::Notify,
 }
@@ -817,7 +821,9 @@ fn flush_link(link: &mut TlsLink, stats: &Stats) {
             link.batch.clear();
             return;
         }
-        if q.frames.len() + link.batch.len() <= TLS_QUEUE_BYTES {
+        // The writer's unwritten bytes count too: the bound is on everything not yet sent.
+        let in_flight = link.q.in_flight.load(Ordering::Relaxed);
+        if in_flight + q.frames.len() + link.batch.len() <= TLS_QUEUE_BYTES {
             if q.frames.is_empty() {
                 std::mem::swap(&mut q.frames, &mut link.batch);
             } else {
@@ -830,7 +836,7 @@ fn flush_link(link: &mut TlsLink, stats: &Stats) {
                 // Only DATA is dropped: a control frame (DPD-RESP, DISCONNECT, TERMINATE;
                 // a few bytes each) lost here would make a congested but live client declare
                 // the tunnel dead, or miss its logout and retry a dead cookie.
-                if q.frames.len() + frame.len() <= TLS_QUEUE_BYTES || !is_cstp_data(frame) {
+                if in_flight + q.frames.len() + frame.len() <= TLS_QUEUE_BYTES || !is_cstp_data(frame) {
                     q.frames.extend_from_slice(frame);
                 } else {
                     dropped += 1;
@@ -844,6 +850,20 @@ fn flush_link(link: &mut TlsLink, stats: &Stats) {
         stats.tls_send_overflow.fetch_add(dropped, Ordering::Relaxed);
     }
     link.q.ready.notify_one();
+}
+
+/// Length of the longest run of whole frames at the start of `data` within `max` bytes (at
+/// least one frame, so that progress is always made).
+fn frames_prefix(data: &[u8], max: usize) -> usize {
+    let mut n = 0;
+    while n < data.len() {
+        let l = cstp_frame_len(&data[n..]).min(data.len() - n);
+        if n > 0 && n + l > max {
+            break;
+        }
+        n += l;
+    }
+    n
 }
 
 /// True for a CSTP DATA frame (type byte 0 at offset 6, anyconnect.md §3).
@@ -1094,6 +1114,8 @@ async fn run_tunnel(
     conn: u64,
     q: Arc<LinkQueue>,
 ) {
+    // From here on every record is a packet: keep OpenSSL's record buffers.
+    tls::keep_record_buffers(stream.ssl());
     let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
         let mut frames: Vec<u8> = Vec::new();
@@ -1103,6 +1125,8 @@ async fn run_tunnel(
                 // The emptied buffer goes back to the queue for the next frames.
                 frames.clear();
                 std::mem::swap(&mut frames, &mut b.frames);
+                // Still counted against the queue's bound until written (flush_link).
+                q.in_flight.store(frames.len(), Ordering::Relaxed);
                 (b.head.take(), b.closed)
             };
             // The `200 CONNECTED` head, raw HTTP, before the first frame.
@@ -1120,8 +1144,21 @@ async fn run_tunnel(
                 continue;
             }
             // Everything queued, then one flush: the frames go out one TLS record each, the
-            // TCP writes are batched by the buffer under the TLS stream.
-            if write_frames(&mut wr, &frames).await.is_err() || wr.flush().await.is_err() {
+            // TCP writes are batched by the buffer under the TLS stream. The bytes leave the
+            // queue's count chunk by chunk as they are handed to TLS, so the engine can queue
+            // behind them while a large batch is being written.
+            let mut rest = &frames[..];
+            let mut failed = false;
+            while !rest.is_empty() {
+                let (chunk, r) = rest.split_at(frames_prefix(rest, TLS_BATCH));
+                if write_frames(&mut wr, chunk).await.is_err() {
+                    failed = true;
+                    break;
+                }
+                q.in_flight.fetch_sub(chunk.len(), Ordering::Relaxed);
+                rest = r;
+            }
+            if failed || wr.flush().await.is_err() {
                 break;
             }
             // A burst's buffer is not kept for an idle connection.
@@ -1133,6 +1170,7 @@ async fn run_tunnel(
         let mut b = lock(&q.buf);
         b.closed = true;
         b.frames = Vec::new();
+        q.in_flight.store(0, Ordering::Relaxed);
     });
     let mut closed_by_engine = false;
     if !rest.is_empty() {
@@ -1762,6 +1800,22 @@ mod tests {
         f
     }
 
+    /// The writer's chunks are whole frames, at most the limit unless one frame is larger,
+    /// and a cut frame at the end (never queued; defensive) still ends a chunk.
+    #[test]
+    fn frames_prefix_cuts_at_frame_boundaries() {
+        let mut data = Vec::new();
+        for i in 0..10u8 {
+            data.extend_from_slice(&cstp_data(1000, i));
+        }
+        assert_eq!(frames_prefix(&data, 3500), 3 * 1008);
+        assert_eq!(frames_prefix(&data, 1008), 1008);
+        assert_eq!(frames_prefix(&data, 10), 1008, "one frame at least");
+        assert_eq!(frames_prefix(&data, 1 << 20), data.len());
+        assert_eq!(frames_prefix(&data[..2000], 1 << 20), 2000);
+        assert_eq!(frames_prefix(&[], 100), 0);
+    }
+
     /// The writer queue is bounded in bytes and overflows frame by frame: the frames that do
     /// not fit are dropped (and counted) one each, while a smaller frame arriving after them
     /// still gets in; a dropped link closes its queue.
@@ -1771,6 +1825,7 @@ mod tests {
         let q = Arc::new(LinkQueue::default());
         let mut link = TlsLink { conn: 7, q: q.clone(), batch: Vec::new() };
         let big = cstp_data(1400, 0x11);
+        let taken_by_writer: Vec<u8>;
         // Fill the queue to just under its bound in batches of 32 frames (the writer is not
         // taking anything).
         let mut queued = 0usize;
@@ -1837,6 +1892,42 @@ mod tests {
         link.batch.extend_from_slice(&big);
         flush_link(&mut link, &stats);
         assert_eq!(lock(&q.buf).frames, big);
+        // What the writer took and has not written yet counts against the bound (R2: the
+        // queue must not hold a second MiB behind the one being written). The writer takes a
+        // full queue's worth, as it does after a burst:
+        {
+            let mut b = lock(&q.buf);
+            b.frames.clear();
+            let mut full = Vec::new();
+            while full.len() + big.len() <= TLS_QUEUE_BYTES {
+                full.extend_from_slice(&big);
+            }
+            q.in_flight.store(full.len(), Ordering::Relaxed);
+            taken_by_writer = full;
+        }
+        let before_drops = stats.tls_send_overflow.load(Ordering::Relaxed);
+        for _ in 0..32 {
+            link.batch.extend_from_slice(&big);
+        }
+        flush_link(&mut link, &stats);
+        assert_eq!(stats.tls_send_overflow.load(Ordering::Relaxed), before_drops + 32, "the writer's bytes fill the bound");
+        assert!(lock(&q.buf).frames.is_empty());
+        // As the writer hands chunks to TLS (whole frames, at most TLS_BATCH each) the room
+        // comes back by exactly what it wrote.
+        let first = frames_prefix(&taken_by_writer, TLS_BATCH);
+        assert!(first <= TLS_BATCH && first % big.len() == 0 && first > 0);
+        q.in_flight.fetch_sub(first, Ordering::Relaxed);
+        let fits = (TLS_QUEUE_BYTES - q.in_flight.load(Ordering::Relaxed)) / big.len();
+        for _ in 0..fits + 3 {
+            link.batch.extend_from_slice(&big);
+        }
+        flush_link(&mut link, &stats);
+        assert_eq!(stats.tls_send_overflow.load(Ordering::Relaxed), before_drops + 32 + 3);
+        {
+            let b = lock(&q.buf);
+            assert_eq!(b.frames.len(), fits * big.len());
+            assert!(b.frames.len() + q.in_flight.load(Ordering::Relaxed) <= TLS_QUEUE_BYTES);
+        }
         drop(link);
         assert!(lock(&q.buf).closed, "dropping the link closes the writer's queue");
     }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyconnect::{ClientCert, ConnInfo, TlsVersion};
+use foreign_types::ForeignTypeRef;
 use openssl::nid::Nid;
 use openssl::ssl::{Ssl, SslAcceptor, SslContext, SslFiletype, SslMethod, SslRef, SslVerifyMode, SslVersion};
 use tokio::net::TcpStream;
@@ -52,26 +53,30 @@ pub fn server_context(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<SslC
     } else {
         b.set_verify(SslVerifyMode::NONE);
     }
-    // Data path (measured on the TLS client->inside row): RELEASE_BUFFERS (set by the
-    // Mozilla profile) frees the record buffers whenever they run empty, which on a tunnel is
-    // after every record: a malloc/free pair per packet each way (malloc+free fell from ~3.3%
-    // to ~1.4% of the daemon's samples without it). Keeping them costs ~34 KiB per connection.
+    // RELEASE_BUFFERS (set by the Mozilla profile) stays on the context: a connection that
+    // never logs in holds no idle record buffers. A connection that enters the tunnel clears
+    // it on its own SSL ([`keep_record_buffers`]).
     // Read-ahead stays off: OpenSSL 3.0 moves the unread rest of its read buffer to the
     // aligned start before each record, so with read-ahead a buffer holding many records is
     // copied again for every one of them (memmove's share rose in the profile); the BufStream
     // under the TLS stream already serves the two small reads per record from memory.
-    keep_record_buffers(&mut b);
     Ok(b.build().into_context())
 }
 
-/// Clears `SSL_MODE_RELEASE_BUFFERS` on the context (the openssl crate can only add modes).
-fn keep_record_buffers(b: &mut openssl::ssl::SslContextBuilder) {
-    // ssl.h: `SSL_CTX_clear_mode(ctx, op)` is `SSL_CTX_ctrl(ctx, SSL_CTRL_CLEAR_MODE, op, NULL)`.
+/// Clears `SSL_MODE_RELEASE_BUFFERS` on a connection entering the tunnel (the openssl crate
+/// can only add modes). With the mode set OpenSSL frees its record buffers whenever they run
+/// empty, which on a tunnel is after every record: a malloc/free pair per packet each way
+/// (measured on the TLS client->inside row: malloc+free fell from ~3.3 % to ~1.4 % of the
+/// daemon's samples without it). Keeping them costs ~34 KiB per tunnel; connections that
+/// never log in keep the mode and hold nothing while idle.
+pub fn keep_record_buffers(ssl: &SslRef) {
+    // ssl.h: `SSL_clear_mode(ssl, op)` is `SSL_ctrl(ssl, SSL_CTRL_CLEAR_MODE, op, NULL)`.
     const SSL_CTRL_CLEAR_MODE: libc::c_int = 78;
-    // SAFETY: the builder owns a valid SSL_CTX; this control only clears mode bits and takes
-    // no pointer argument.
+    // SAFETY: `ssl` is a live SSL owned by the caller's stream for the duration of the call
+    // (a shared reference to it cannot outlive it); this control only clears mode bits on it,
+    // reads no pointer argument (NULL is passed) and keeps no reference.
     unsafe {
-        openssl_sys::SSL_CTX_ctrl(b.as_ptr(), SSL_CTRL_CLEAR_MODE, openssl_sys::SSL_MODE_RELEASE_BUFFERS as libc::c_long, std::ptr::null_mut());
+        openssl_sys::SSL_ctrl(ssl.as_ptr(), SSL_CTRL_CLEAR_MODE, openssl_sys::SSL_MODE_RELEASE_BUFFERS as libc::c_long, std::ptr::null_mut());
     }
 }
 
@@ -321,6 +326,29 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    fn ssl_mode(ssl: &SslRef) -> libc::c_long {
+        // ssl.h: `SSL_get_mode(ssl)` is `SSL_ctrl(ssl, SSL_CTRL_MODE, 0, NULL)`.
+        const SSL_CTRL_MODE: libc::c_int = 33;
+        // SAFETY: `ssl` is live for the call; with 0 this control only returns the mode bits.
+        unsafe { openssl_sys::SSL_ctrl(ssl.as_ptr(), SSL_CTRL_MODE, 0, std::ptr::null_mut()) }
+    }
+
+    /// Connections start with RELEASE_BUFFERS (the server profile's setting: nothing held
+    /// while idle before login); only a connection entering the tunnel clears it, and only
+    /// on itself.
+    #[test]
+    fn only_tunnel_connections_keep_record_buffers() {
+        let release = openssl_sys::SSL_MODE_RELEASE_BUFFERS as libc::c_long;
+        let ctx = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap().build().into_context();
+        let tunnel = Ssl::new(&ctx).unwrap();
+        let other = Ssl::new(&ctx).unwrap();
+        assert_ne!(ssl_mode(&tunnel) & release, 0, "the profile releases buffers");
+        keep_record_buffers(&tunnel);
+        assert_eq!(ssl_mode(&tunnel) & release, 0);
+        assert_ne!(ssl_mode(&other) & release, 0, "other connections keep the context's mode");
+        assert_ne!(ssl_mode(&Ssl::new(&ctx).unwrap()) & release, 0);
     }
 
     #[test]

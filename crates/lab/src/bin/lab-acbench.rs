@@ -188,6 +188,8 @@ struct Cfg {
     fb_timeout: u64,
     clients: Vec<ClientKind>,
     acload: PathBuf,
+    chans: Vec<Chan>,
+    dirs: Vec<bool>,
 }
 
 fn main() -> ExitCode {
@@ -219,7 +221,18 @@ fn main() -> ExitCode {
         eprintln!("lab-acbench: {} not found (cargo build --release -p holdfast-lab --bin lab-acload)", acload.display());
         return ExitCode::FAILURE;
     }
-    let cfg = Cfg { tuning: RaTuning { dpd: 30, mtu }, secs, fb_timeout, clients, acload };
+    // Quick iteration on one row: `--chan tls|dtls`, `--dir up|down` (default: all rows).
+    let chans = match opt(&args, "--chan") {
+        Some("tls") => vec![Chan::Tls],
+        Some("dtls") => vec![Chan::Dtls],
+        _ => vec![Chan::Dtls, Chan::Tls],
+    };
+    let dirs = match opt(&args, "--dir") {
+        Some("up") => vec![false],
+        Some("down") => vec![true],
+        _ => vec![false, true],
+    };
+    let cfg = Cfg { tuning: RaTuning { dpd: 30, mtu }, secs, fb_timeout, clients, acload, chans, dirs };
     let started = Instant::now();
     let load_start = loadavg();
     let mut all: Vec<(Imp, ImpResults)> = imps.iter().map(|i| (*i, ImpResults::default())).collect();
@@ -273,7 +286,7 @@ fn bench_round(imp: Imp, cfg: &Cfg, with_fallback: bool, res: &mut ImpResults) -
     };
     let mut port = 5200u16;
     for &client in &cfg.clients {
-        for chan in [Chan::Dtls, Chan::Tls] {
+        for &chan in &cfg.chans {
             let tag = format!("{}{}", &client.name()[..1], if chan == Chan::Dtls { "d" } else { "t" });
             // A fresh iperf3 server (and port) per client connection: one whose previous test's
             // tunnel went away under it can stay "busy" for minutes (run of 21:53).
@@ -283,7 +296,7 @@ fn bench_round(imp: Imp, cfg: &Cfg, with_fallback: bool, res: &mut ImpResults) -
             let _iperf = Proc::spawn("iperf3 -s", in_ns(&lab.server, &["iperf3", "-s", "-p", &p]), &iperf_log).map_err(e)?;
             let mut c = connect(&lab, &cert, &tag, client, chan, &server, cfg)?;
             res.notes.push(format!("{} {:?}: {}", client.name(), chan, c.describe()));
-            for down in [false, true] {
+            for &down in &cfg.dirs {
                 let row = Row { client, chan, down };
                 let s = iperf(&lab, &server, port, cfg.secs, down)?;
                 eprintln!(
@@ -451,10 +464,30 @@ fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool)
     if reverse {
         argv.push("-R");
     }
+    // Measurement hook: ACBENCH_PROBE (a shell command) runs alongside iperf3 with the
+    // namespaces and process ids in its environment (ss, perf, /proc sampling).
+    let probe = std::env::var("ACBENCH_PROBE").ok().and_then(|cmd| {
+        let ids = |v: &[u32]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ");
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("CLIENT_NS", &lab.client)
+            .env("GW_NS", &lab.gw)
+            .env("INSIDE_NS", &lab.server)
+            .env("SERVER_PIDS", ids(&spids))
+            .env("CLIENT_PIDS", ids(&cpids))
+            .env("SECS", secs.to_string())
+            .env("ROW", if reverse { "down" } else { "up" })
+            .spawn()
+            .ok()
+    });
     let out = run(&mut in_ns(&lab.client, &argv), Duration::from_secs(secs + 40)).map_err(|e| e.to_string())?;
     let wall = t0.elapsed().as_secs_f64();
     // Processes that appeared during the run (an ocserv worker) count from zero.
     let (s1, c1, m1) = (ticks(&server.pids(&lab.gw)), ticks(&client_pids(lab)), MachineCpu::sample());
+    if let Some(mut p) = probe {
+        let _ = p.wait();
+    }
     let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / clk_tck() as f64 / wall;
     let (machine, softirq) = m1.cores_since(&m0, ncpu());
     let v: serde_json::Value = serde_json::from_str(&out.stdout).map_err(|e| format!("iperf3 output: {e}: {}{}", out.stdout, out.stderr))?;
