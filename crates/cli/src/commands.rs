@@ -354,7 +354,7 @@ fn build() -> Vec<Node> {
 
     let stop = kw(
         "stop",
-        "Stop the daemon (remote-access clients are told; the shell then exits)",
+        "Stop the daemon; only the full word is taken (remote-access clients are told; the shell then exits)",
         true,
         vec![kw(
             "keep-sessions",
@@ -427,7 +427,11 @@ pub fn match_word<'t>(choices: &'t [Node], word: &str) -> Result<&'t Node, Match
     if let Some((_, n)) = keywords().find(|(k, _)| *k == w) {
         return Ok(n);
     }
-    let mut hits = keywords().filter(|(k, _)| k.starts_with(w.as_str()));
+    // `stop` and its like are only taken in full, as the daemon takes them
+    // (`gateway::control::FULL_WORD_ONLY`); `?` and TAB still offer them.
+    let mut hits = keywords()
+        .filter(|(k, _)| !gateway::control::FULL_WORD_ONLY.contains(k))
+        .filter(|(k, _)| k.starts_with(w.as_str()));
     match (hits.next(), hits.next()) {
         (Some((_, n)), None) => return Ok(n),
         (Some(_), Some(_)) => return Err(MatchError::Ambiguous),
@@ -744,6 +748,16 @@ mod tests {
         assert_eq!(expand("SH CRY IKE SA DET").as_deref(), Some("show crypto ikev2 sa detail"));
         assert_eq!(expand("cl cry ips sa pe 192.0.2.9").as_deref(), Some("clear crypto ipsec sa peer 192.0.2.9"));
         assert_eq!(expand("vpn-s log na Bob").as_deref(), Some("vpn-sessiondb logoff name Bob"));
+        // `s` is `show`, as on the ASA; `stop` is only taken in full (it ends the gateway
+        // without a confirmation), so `st` and `sto` walk nowhere, while `?` and TAB offer it.
+        assert_eq!(expand("s run").as_deref(), Some("show running-config"));
+        assert_eq!(expand("s cry ipsec sa").as_deref(), Some("show crypto ipsec sa"));
+        assert_eq!(expand("stop keep").as_deref(), Some("stop keep-sessions"));
+        assert_eq!(expand("st"), None);
+        assert_eq!(expand("sto keep"), None);
+        let labels: Vec<String> = help("st").unwrap().into_iter().map(|e| e.label).collect();
+        assert_eq!(labels, ["stop"]);
+        assert_eq!(complete("sto", 3), (0, vec!["stop ".to_string()]));
         // `c` is ambiguous (conn, crypto) as on the ASA; `i` too (ikev2, ipsec).
         assert_eq!(expand("sh c"), None);
         assert_eq!(expand("show crypto i sa"), None);

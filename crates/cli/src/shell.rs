@@ -124,6 +124,9 @@ fn error_text(line: &str, e: &control::ParseError, prompt_len: Option<usize>) ->
         (control::ParseError::Invalid { col }, Some(p)) => {
             format!("{}^\n{}\n", " ".repeat(p + col), control::INVALID_INPUT)
         }
+        (control::ParseError::FullWordOnly { col, keyword }, Some(p)) => {
+            format!("{}^\n{}\n", " ".repeat(p + col), control::full_word_message(keyword))
+        }
         _ => control::format_error(line, e),
     }
 }
@@ -307,6 +310,24 @@ mod tests {
         assert_eq!(out, "ERROR: % Ambiguous command:  \"sh c\"\n");
         let (_, out) = run_line("show crypto", None);
         assert_eq!(out, "ERROR: % Incomplete command\n");
+    }
+
+    /// `stop` only in full: an abbreviation is refused before anything is sent, naming the
+    /// command (review N4); `s` is `show` (this one is sent, and fails only for lack of a
+    /// daemon, not as ambiguous).
+    #[test]
+    fn stop_must_be_typed_in_full() {
+        for line in ["st", "sto", "sto keep"] {
+            let (step, out) = run_line(line, None);
+            assert_eq!(step, Step::Continue { ok: false }, "{line}");
+            assert!(out.starts_with(&format!("{line}\n^\nERROR: % ")), "{line}: {out}");
+            assert!(out.contains("'stop'") && out.contains("in full"), "{line}: {out}");
+            assert!(!out.contains("Ambiguous"), "{out}");
+        }
+        let (_, out) = run_line("sto", Some(PROMPT.len()));
+        assert!(out.starts_with(&format!("{}^\nERROR: % ", " ".repeat(PROMPT.len()))), "{out}");
+        let (step, out) = run_line("s ver", None);
+        assert_eq!((step, out.as_str()), (Step::Continue { ok: false }, ""), "sent to the (absent) daemon, not refused");
     }
 
     #[test]

@@ -98,7 +98,16 @@ pub enum ParseError {
     Invalid { col: usize },
     /// The line ends where the grammar needs another word.
     Incomplete,
+    /// The word at this column abbreviates a keyword that is only taken in full
+    /// ([`FULL_WORD_ONLY`]).
+    FullWordOnly { col: usize, keyword: &'static str },
 }
+
+/// Keywords no abbreviation stands for. `stop` ends the gateway and every remote-access
+/// session with no confirmation (the ASA's `reload` asks "Proceed with reload? [confirm]";
+/// a control socket cannot ask), so `st` or `sto` typed for something else must not do it;
+/// and leaving it out of abbreviation makes `s` mean `show` again, as on the ASA.
+pub const FULL_WORD_ONLY: &[&str] = &["stop"];
 
 pub const INVALID_INPUT: &str = "ERROR: % Invalid input detected at '^' marker.";
 pub const INCOMPLETE: &str = "ERROR: % Incomplete command";
@@ -108,7 +117,18 @@ pub fn format_error(line: &str, err: &ParseError) -> String {
     match err {
         ParseError::Invalid { col } => format!("{}\n{}^\n{}\n", line.trim_end(), " ".repeat(*col), INVALID_INPUT),
         ParseError::Incomplete => format!("{INCOMPLETE}\n"),
+        ParseError::FullWordOnly { col, keyword } => format!(
+            "{}\n{}^\n{}\n",
+            line.trim_end(),
+            " ".repeat(*col),
+            full_word_message(keyword)
+        ),
     }
+}
+
+/// The refusal of an abbreviated [`FULL_WORD_ONLY`] keyword (after the caret line).
+pub fn full_word_message(keyword: &str) -> String {
+    format!("ERROR: % '{keyword}' is accepted only in full: type '{keyword}' to run it.")
 }
 
 /// The first word of a control line asking for JSON (`holdfast show --json ...` sends it).
@@ -389,9 +409,17 @@ impl<'a> Parser<'a> {
         let found = match exact {
             Some(o) => Some(*o),
             None => {
-                let mut hits = options.iter().filter(|o| o.starts_with(w.as_str()));
+                let abbreviable = |o: &&&'static str| !FULL_WORD_ONLY.contains(*o);
+                let mut hits = options.iter().filter(abbreviable).filter(|o| o.starts_with(w.as_str()));
                 match (hits.next(), hits.next()) {
                     (Some(o), None) => Some(*o),
+                    (None, _) => {
+                        // Only a full-word keyword starts so: say what to type.
+                        if let Some(k) = options.iter().find(|o| FULL_WORD_ONLY.contains(*o) && o.starts_with(w.as_str())) {
+                            return Err(ParseError::FullWordOnly { col, keyword: k });
+                        }
+                        None
+                    }
                     _ => None,
                 }
             }
@@ -454,7 +482,21 @@ mod tests {
     fn stop_with_and_without_keep_sessions() {
         assert_eq!(parse("stop"), Ok(Request::Stop { keep_sessions: false }));
         assert_eq!(parse("stop keep-sessions"), Ok(Request::Stop { keep_sessions: true }));
-        assert_eq!(parse("sto keep"), Ok(Request::Stop { keep_sessions: true }), "abbreviated like every keyword");
+        // `stop` ends the gateway without a confirmation, so only the full word does it
+        // (review N4); its option may still be abbreviated, and the case does not matter.
+        assert_eq!(parse("stop keep"), Ok(Request::Stop { keep_sessions: true }));
+        assert_eq!(parse("STOP"), Ok(Request::Stop { keep_sessions: false }));
+        for (line, col) in [("st", 0), ("sto", 0), ("sto keep", 0), ("  Sto", 2)] {
+            let err = parse(line).unwrap_err();
+            assert_eq!(err, ParseError::FullWordOnly { col, keyword: "stop" }, "{line}");
+            let text = format_error(line, &err);
+            assert!(is_error(&text), "{text}");
+            assert!(text.contains("'stop'") && text.contains("in full"), "{text}");
+            assert!(text.starts_with(&format!("{}\n{}^\n", line.trim_end(), " ".repeat(col))), "{text}");
+        }
+        // `s` is `show` again, as on the ASA.
+        assert_eq!(parse("s run"), Ok(Request::ShowRunningConfig { all: false, filter: vec![] }));
+        assert_eq!(parse("s ver"), Ok(Request::ShowVersion));
         assert_eq!(parse("stop keep-sessions now"), Err(ParseError::Invalid { col: 19 }));
         assert!(matches!(parse("stop now"), Err(ParseError::Invalid { col: 5 })));
         assert!(!has_json(&Request::Stop { keep_sessions: true }));
