@@ -7,52 +7,32 @@
 // The virtual clock needs some starting Instant; everything after it is computed.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyconnect::*;
+use common::{conn_at, cookie_header, drain_events, pool, respond, set_cookie, tunnel_group, user};
 use quick_xml::events::Event as XmlEvent;
 use quick_xml::Reader;
 
 const HASH: &str = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B";
 
 fn config() -> Config {
-    let mut policies = BTreeMap::new();
-    policies.insert("pol".to_string(), GroupPolicy::default());
-    let mut pools = BTreeMap::new();
-    pools.insert(
-        "POOL".to_string(),
-        AddressPool {
-            first: "10.99.0.100".parse().unwrap(),
-            last: "10.99.0.102".parse().unwrap(),
-            mask: "255.255.255.0".parse().unwrap(),
-        },
-    );
     Config {
-        users: vec![User { name: "vpn".into(), password_hash: "plain:secret".into() }],
-        tunnel_groups: vec![TunnelGroup {
-            name: "RA".into(),
-            aliases: vec!["RA".into()],
-            default_group_policy: "pol".into(),
-            address_pools: vec!["POOL".into()],
-            authentication: AuthMethod::Aaa,
-        }],
-        group_policies: policies,
-        pools,
         server_cert_sha1: HASH.into(),
-        verifier: plain_verifier(),
-        ..Config::default()
+        ..common::config_of(
+            vec![user("vpn", "secret")],
+            vec![tunnel_group("RA", "RA", "pol", "POOL", AuthMethod::Aaa)],
+            vec![("pol", GroupPolicy::default())],
+            vec![("POOL", pool("10.99.0.100", "10.99.0.102"))],
+        )
     }
 }
 
 fn conn(port: u16) -> ConnInfo {
-    ConnInfo {
-        peer: SocketAddr::new("203.0.113.20".parse().unwrap(), port),
-        tls_version: TlsVersion::Tls12,
-        tls_cipher: "ECDHE-RSA-AES256-GCM-SHA384".into(),
-        client_cert: None,
-    }
+    conn_at(SocketAddr::new("203.0.113.20".parse().unwrap(), port))
 }
 
 fn server(now: Instant, cfg: Config) -> Server {
@@ -93,19 +73,9 @@ fn cisco_reply(handle: &str) -> String {
 fn post(body: &str, cookies: &[(&str, &str)]) -> Vec<u8> {
     let mut h = String::from("POST / HTTP/1.1\r\nHost: vpn.example\r\nUser-Agent: AnyConnect Windows 5.1.2.42\r\n");
     h += "Accept: */*\r\nX-Transcend-Version: 1\r\nX-Aggregate-Auth: 1\r\n";
-    if !cookies.is_empty() {
-        let c: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        h += &format!("Cookie: {}\r\n", c.join("; "));
-    }
+    h += &cookie_header(cookies);
     h += &format!("Content-Length: {}\r\n\r\n{body}", body.len());
     h.into_bytes()
-}
-
-fn respond(o: Result<HttpOutcome, HttpReject>) -> (String, bool) {
-    match o {
-        Ok(HttpOutcome::Respond { bytes, close, .. }) => (String::from_utf8(bytes).unwrap(), close),
-        other => panic!("expected a response, got {other:?}"),
-    }
 }
 
 /// Every `Set-Cookie` value (whole attribute list) for `name`, non-empty values only.
@@ -114,11 +84,6 @@ fn set_cookie_line(resp: &str, name: &str) -> Option<String> {
         .filter_map(|l| l.strip_prefix("Set-Cookie: "))
         .find(|v| v.split_once('=').is_some_and(|(k, rest)| k == name && !rest.starts_with(';')))
         .map(str::to_string)
-}
-
-fn cookie_value(resp: &str, name: &str) -> Option<String> {
-    let line = set_cookie_line(resp, name)?;
-    Some(line.split(';').next()?.split_once('=')?.1.to_string())
 }
 
 fn body(resp: &str) -> &str {
@@ -176,7 +141,7 @@ fn xml_attrs(doc: &str, name: &str) -> Option<Vec<(String, String)>> {
 fn cisco_login(s: &mut Server, now: Instant) -> String {
     let c = conn(50000);
     let (form, _) = respond(s.handle_http(now, &c, &post(CISCO_INIT, &[])));
-    let handle = cookie_value(&form, "webvpncontext").expect("context cookie");
+    let handle = set_cookie(&form, "webvpncontext").expect("context cookie");
     let (done, _) = respond(s.handle_http(now, &c, &post(&cisco_reply(&handle), &[("webvpncontext", &handle)])));
     assert_eq!(status(&done), 200, "{done}");
     done
@@ -201,9 +166,9 @@ fn complete_names_the_server_certificate_hash() {
     assert!(attrs.contains(&("type".into(), "private".into())), "{attrs:?}");
     // The session token is still there and is the webvpn cookie.
     let token = xml_texts(b, &["config-auth", "session-token"]);
-    assert_eq!(token, vec![cookie_value(&done, "webvpn").expect("webvpn cookie")]);
+    assert_eq!(token, vec![set_cookie(&done, "webvpn").expect("webvpn cookie")]);
 
-    let c = cookie_value(&done, "webvpnc").expect("webvpnc cookie");
+    let c = set_cookie(&done, "webvpnc").expect("webvpnc cookie");
     let fields: Vec<&str> = c.split('&').collect();
     assert!(fields.contains(&"bu:/"), "{c}");
     assert!(fields.contains(&format!("sh:{HASH}").as_str()), "{c}");
@@ -219,7 +184,7 @@ fn complete_names_the_server_certificate_hash() {
         xml_texts(body(&done), &["config-auth", "config", "vpn-base-config", "server-cert-hash"]),
         vec!["00112233445566778899AABBCCDDEEFF00112233".to_string()]
     );
-    assert!(cookie_value(&done, "webvpnc").unwrap().ends_with("sh:00112233445566778899AABBCCDDEEFF00112233"));
+    assert!(set_cookie(&done, "webvpnc").unwrap().ends_with("sh:00112233445566778899AABBCCDDEEFF00112233"));
 }
 
 /// Without a known hash (an engine configured by hand) neither appears: an empty
@@ -233,7 +198,7 @@ fn no_hash_no_config_element() {
     let done = cisco_login(&mut s, t0);
     assert!(xml_attrs(body(&done), "config").is_none(), "{done}");
     assert!(set_cookie_line(&done, "webvpnc").is_none(), "{done}");
-    assert!(cookie_value(&done, "webvpn").is_some());
+    assert!(set_cookie(&done, "webvpn").is_some());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,7 +280,7 @@ fn housekeeping_gets_are_answered_without_state() {
     assert!(form.contains("type=\"auth-request\""), "{form}");
 
     let done = cisco_login(&mut s, t0);
-    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let cookie = set_cookie(&done, "webvpn").unwrap();
     check_housekeeping(&mut s, t0, Some(&cookie));
     assert_eq!(s.session_count(), 1);
 }
@@ -340,15 +305,8 @@ X-DTLS-CipherSuite: AES256-SHA:AES128-SHA\r\nX-DTLS12-CipherSuite: ECDHE-RSA-AES
 }
 
 fn syslog(s: &mut Server) -> (Vec<String>, Vec<Event>) {
-    let ev: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
-    let lines = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Syslog(l) => Some(l.asa()),
-            _ => None,
-        })
-        .collect();
-    (lines, ev)
+    let ev = drain_events(s);
+    (common::syslog(&ev), ev)
 }
 
 /// Cisco's Disconnect posts `type="logout"` with the session token: the session (here with
@@ -359,7 +317,7 @@ fn logout_post_ends_the_session() {
     let t0 = Instant::now();
     let mut s = server(t0, config());
     let done = cisco_login(&mut s, t0);
-    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let cookie = set_cookie(&done, "webvpn").unwrap();
     match s.handle_http(t0, &conn(50020), &connect_req(&cookie)) {
         Ok(HttpOutcome::Tunnel { .. }) => {}
         other => panic!("expected tunnel, got {other:?}"),
@@ -396,7 +354,7 @@ fn logout_for_unknown_token_is_harmless() {
     let t0 = Instant::now();
     let mut s = server(t0, config());
     let done = cisco_login(&mut s, t0);
-    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let cookie = set_cookie(&done, "webvpn").unwrap();
     let _ = syslog(&mut s);
     let forged = "00".repeat(32);
     for i in 0..500u16 {
@@ -421,7 +379,7 @@ fn logout_for_unknown_token_is_harmless() {
 
 fn connected_head(s: &mut Server, now: Instant) -> String {
     let done = cisco_login(s, now);
-    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let cookie = set_cookie(&done, "webvpn").unwrap();
     match s.handle_http(now, &conn(50040), &connect_req(&cookie)) {
         Ok(HttpOutcome::Tunnel { bytes, .. }) => String::from_utf8(bytes).unwrap(),
         other => panic!("expected tunnel, got {other:?}"),
@@ -480,7 +438,7 @@ fn auth_answers_keep_alive_and_cookie_path() {
     let (form, close) = respond(s.handle_http(t0, &c, &post(CISCO_INIT, &[])));
     assert!(!close);
     assert_eq!(header(&form, "Connection"), Some("Keep-Alive"), "{form}");
-    let handle = cookie_value(&form, "webvpncontext").unwrap();
+    let handle = set_cookie(&form, "webvpncontext").unwrap();
     let (done, close) = respond(s.handle_http(t0, &c, &post(&cisco_reply(&handle), &[("webvpncontext", &handle)])));
     assert!(!close);
     assert_eq!(header(&done, "Connection"), Some("Keep-Alive"), "{done}");
@@ -507,7 +465,7 @@ fn dtls_dpd_is_never_below_five_seconds_for_cisco_clients() {
     // openconnect (its User-Agent) keeps the 3 s cap.
     let mut s = server(t0, config());
     let done = cisco_login(&mut s, t0);
-    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let cookie = set_cookie(&done, "webvpn").unwrap();
     let req = String::from_utf8(connect_req(&cookie))
         .unwrap()
         .replace("User-Agent: Cisco AnyConnect VPN Agent for Windows 5.1.2.42", "User-Agent: Open AnyConnect VPN Agent v9.01-3");
@@ -537,7 +495,7 @@ fn non_utf8_hostname_does_not_refuse_the_connect() {
     let t0 = Instant::now();
     let mut s = server(t0, config());
     let done = cisco_login(&mut s, t0);
-    let cookie = cookie_value(&done, "webvpn").unwrap();
+    let cookie = set_cookie(&done, "webvpn").unwrap();
     let mut req = connect_req(&cookie);
     let at = req.windows(b"X-CSTP-Hostname: pc".len()).position(|w| w == b"X-CSTP-Hostname: pc").unwrap();
     req.splice(at..at + b"X-CSTP-Hostname: pc".len(), b"X-CSTP-Hostname: caf\xe9-pc".iter().copied());
@@ -566,7 +524,7 @@ fn form_encoded_login_after_get_root() {
     assert!(!close);
     assert_eq!(status(&form), 200, "{form}");
     assert!(xml_texts(body(&form), &["config-auth", "auth", "title"]) == vec!["Login".to_string()], "{form}");
-    let handle = cookie_value(&form, "webvpncontext").expect("context cookie");
+    let handle = set_cookie(&form, "webvpncontext").expect("context cookie");
 
     let (again, _) = respond(s.handle_http(t0, &c, &post("username=vpn&password=wrong", &[("webvpncontext", &handle)])));
     assert!(again.contains("type=\"auth-request\"") && again.contains("Login failed."), "{again}");
@@ -575,7 +533,7 @@ fn form_encoded_login_after_get_root() {
     let (done, _) = respond(s.handle_http(t0, &c, &post("username=vpn&password=s%65cret&group_list=RA", &[("webvpncontext", &handle)])));
     assert_eq!(status(&done), 200, "{done}");
     assert_eq!(xml_attrs(body(&done), "config-auth").unwrap().iter().find(|(k, _)| k == "type").unwrap().1, "complete");
-    assert!(cookie_value(&done, "webvpn").is_some());
+    assert!(set_cookie(&done, "webvpn").is_some());
     assert_eq!(s.session_count(), 1);
 
     // A malformed form body is refused like malformed XML.

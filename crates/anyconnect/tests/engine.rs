@@ -5,167 +5,36 @@
 // The virtual clock needs some starting Instant; everything after it is computed.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+mod common;
+
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyconnect::*;
 use wire::ip::{Ipv4Packet, Ipv4Repr, TcpPacket};
 
+use common::{
+    between, conn, drain_events, login, net, oc_reply, open_tunnel, pool, post, respond, set_cookie, syslog,
+    tunnel_group, user, Tunnel, OC_INIT,
+};
+
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-fn net(a: &str, p: u8) -> Ipv4Net {
-    Ipv4Net {
-        addr: a.parse().unwrap(),
-        prefix: p,
-    }
-}
-
 fn config() -> Config {
-    let mut policies = BTreeMap::new();
-    policies.insert(
-        "ac_users_group".to_string(),
-        GroupPolicy {
-            split_include: vec![net("10.1.0.0", 24)],
-            ..GroupPolicy::default()
-        },
-    );
-    let mut pools = BTreeMap::new();
-    pools.insert(
-        "VPNPOOL".to_string(),
-        AddressPool {
-            first: "10.99.0.100".parse().unwrap(),
-            last: "10.99.0.102".parse().unwrap(),
-            mask: "255.255.255.0".parse().unwrap(),
-        },
-    );
-    Config {
-        users: vec![
-            User {
-                name: "vpn".into(),
-                password_hash: "plain:secret".into(),
-            },
-            User {
-                name: "alice".into(),
-                password_hash: "plain:wonder".into(),
-            },
+    common::config_of(
+        vec![user("vpn", "secret"), user("alice", "wonder")],
+        vec![
+            tunnel_group("RA", "RA", "ac_users_group", "VPNPOOL", AuthMethod::Aaa),
+            tunnel_group("CERT", "Certificates", "ac_users_group", "VPNPOOL", AuthMethod::Certificate),
         ],
-        tunnel_groups: vec![
-            TunnelGroup {
-                name: "RA".into(),
-                aliases: vec!["RA".into()],
-                default_group_policy: "ac_users_group".into(),
-                address_pools: vec!["VPNPOOL".into()],
-                authentication: AuthMethod::Aaa,
-            },
-            TunnelGroup {
-                name: "CERT".into(),
-                aliases: vec!["Certificates".into()],
-                default_group_policy: "ac_users_group".into(),
-                address_pools: vec!["VPNPOOL".into()],
-                authentication: AuthMethod::Certificate,
-            },
-        ],
-        group_policies: policies,
-        pools,
-        verifier: plain_verifier(),
-        ..Config::default()
-    }
-}
-
-fn conn(port: u16) -> ConnInfo {
-    ConnInfo {
-        peer: SocketAddr::new("203.0.113.10".parse().unwrap(), port),
-        tls_version: TlsVersion::Tls12,
-        tls_cipher: "ECDHE-RSA-AES256-GCM-SHA384".into(),
-        client_cert: None,
-    }
+        vec![("ac_users_group", GroupPolicy { split_include: vec![net("10.1.0.0", 24)], ..GroupPolicy::default() })],
+        vec![("VPNPOOL", pool("10.99.0.100", "10.99.0.102"))],
+    )
 }
 
 fn server(now: Instant, cfg: Config) -> Server {
     Server::new(now, cfg, Box::new(crypto::SeededRandom::new(7)))
-}
-
-const OC_INIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<config-auth client="vpn" type="init" aggregate-auth-version="2">
-<version who="vpn">v9.01-3</version>
-<device-id>linux-64</device-id>
-<group-access>https://192.0.2.1/</group-access>
-<capabilities><auth-method>single-sign-on-v2</auth-method><auth-method>multiple-cert</auth-method></capabilities>
-</config-auth>
-"#;
-
-fn oc_reply(user: &str, pass: &str, group: Option<&str>, handle: &str) -> String {
-    let g = group
-        .map(|g| format!("<group-select>{g}</group-select>\n"))
-        .unwrap_or_default();
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<config-auth client="vpn" type="auth-reply" aggregate-auth-version="2">
-<version who="vpn">v9.01-3</version>
-<device-id>linux-64</device-id>
-<session-token/>
-<session-id/>
-<opaque is-for="sg">
-<tunnel-group>RA</tunnel-group>
-<aggauth-handle>{handle}</aggauth-handle>
-</opaque>
-<auth><username>{user}</username><password>{pass}</password></auth>
-{g}</config-auth>
-"#
-    )
-}
-
-/// A POST in openconnect's header shape.
-fn post(body: &str, cookies: &[(&str, &str)]) -> Vec<u8> {
-    let mut h = String::from(
-        "POST / HTTP/1.1\r\nHost: 192.0.2.1\r\nUser-Agent: Open AnyConnect VPN Agent v9.01-3\r\n",
-    );
-    h += "Accept: */*\r\nAccept-Encoding: identity\r\nX-Transcend-Version: 1\r\nX-Aggregate-Auth: 1\r\nX-Support-HTTP-Auth: true\r\n";
-    h += "X-Pad: 0000000000000000000000000000000000000000000000\r\n";
-    if !cookies.is_empty() {
-        let c: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        h += &format!("Cookie: {}\r\n", c.join("; "));
-    }
-    h += &format!(
-        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    h.into_bytes()
-}
-
-fn respond(o: Result<HttpOutcome, HttpReject>) -> (String, bool) {
-    match o {
-        Ok(HttpOutcome::Respond { bytes, close, .. }) => (String::from_utf8(bytes).unwrap(), close),
-        other => panic!("expected a response, got {other:?}"),
-    }
-}
-
-fn set_cookie(resp: &str, name: &str) -> Option<String> {
-    resp.lines()
-        .filter_map(|l| l.strip_prefix("Set-Cookie: "))
-        .filter_map(|v| v.split(';').next()?.split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v.to_string())
-}
-
-fn between<'a>(s: &'a str, a: &str, b: &str) -> Option<&'a str> {
-    let i = s.find(a)? + a.len();
-    Some(&s[i..i + s[i..].find(b)?])
-}
-
-fn drain_events(s: &mut Server) -> Vec<Event> {
-    std::iter::from_fn(|| s.poll_event()).collect()
-}
-
-fn syslog(ev: &[Event]) -> Vec<String> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Syslog(l) => Some(l.asa()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn transmits(s: &mut Server) -> Vec<(SessionId, Channel, Vec<u8>)> {
@@ -184,17 +53,6 @@ fn packets(s: &mut Server) -> Vec<Vec<u8>> {
     v
 }
 
-/// init + auth-reply; returns the webvpn cookie.
-fn login(s: &mut Server, now: Instant, user: &str, pass: &str) -> String {
-    let c = conn(40000);
-    let (form, _) = respond(s.handle_http(now, &c, &post(OC_INIT, &[])));
-    let handle = set_cookie(&form, "webvpncontext").expect("context cookie");
-    let reply = oc_reply(user, pass, Some("RA"), &handle);
-    let (done, _) = respond(s.handle_http(now, &c, &post(&reply, &[("webvpncontext", &handle)])));
-    assert!(done.contains("type=\"complete\""), "{done}");
-    set_cookie(&done, "webvpn").expect("webvpn cookie")
-}
-
 const CONNECT_TAIL: &str = "X-CSTP-Version: 1\r\nX-CSTP-Hostname: client\r\nX-CSTP-Base-MTU: 1500\r\nX-CSTP-MTU: 1390\r\nX-CSTP-Address-Type: IPv6,IPv4\r\n\
 X-DTLS-Master-Secret: 0102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F202122232425262728292A2B2C2D2E2F30\r\n";
 const PSK_SUITES: &str = "X-DTLS-CipherSuite: PSK-NEGOTIATE:OC-DTLS1_2-AES256-GCM:OC2-DTLS1_2-CHACHA20-POLY1305:OC-DTLS1_2-AES128-GCM:DHE-RSA-AES256-SHA:DHE-RSA-AES128-SHA:AES256-SHA:AES128-SHA\r\n\
@@ -208,29 +66,8 @@ fn connect_req(cookie: &str, suites: &str, extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-struct Tunnel {
-    session: SessionId,
-    dtls: Option<DtlsKeying>,
-    head: String,
-}
-
 fn connect(s: &mut Server, now: Instant, cookie: &str, suites: &str, extra: &str) -> Tunnel {
-    match s.handle_http(now, &conn(40001), &connect_req(cookie, suites, extra)) {
-        Ok(HttpOutcome::Tunnel {
-            bytes,
-            session,
-            dtls,
-            consumed,
-        }) => {
-            assert_eq!(consumed, connect_req(cookie, suites, extra).len());
-            Tunnel {
-                session,
-                dtls,
-                head: String::from_utf8(bytes).unwrap(),
-            }
-        }
-        other => panic!("expected tunnel, got {other:?}"),
-    }
+    open_tunnel(s, now, &connect_req(cookie, suites, extra))
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {

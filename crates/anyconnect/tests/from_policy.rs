@@ -3,41 +3,12 @@
 
 #![allow(clippy::disallowed_methods)] // the virtual clock needs some starting Instant
 
+mod common;
+
 use std::time::Instant;
 
 use anyconnect::*;
-
-const ASA: &str = "\
-access-list SPLIT standard permit 10.1.0.0 255.255.255.0
-ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0
-webvpn
- enable outside
- anyconnect enable
- dtls port 443
-group-policy ac_users_group internal
-group-policy ac_users_group attributes
- vpn-tunnel-protocol ssl-client
- split-tunnel-policy tunnelspecified
- split-tunnel-network-list value SPLIT
- webvpn
-  anyconnect mtu 1300
-  anyconnect ssl dtls enable
-  anyconnect ssl df-bit-ignore enable
-  anyconnect dpd-interval client 30
-  anyconnect dpd-interval gateway 30
-tunnel-group RA type remote-access
-tunnel-group RA general-attributes
- address-pool VPNPOOL
- default-group-policy ac_users_group
-tunnel-group RA webvpn-attributes
- group-alias RA enable
-username vpn password s3cret-Pw
-sysopt connection tcpmss 1380
-crypto ca trustpoint VPN-TP
- certificate-file /etc/holdfast/server.pem
- key-file /etc/holdfast/server.key
-ssl trust-point VPN-TP outside
-";
+use common::{between, issue_asa_config, set_cookie};
 
 fn body(kind: &str, extra: &str) -> String {
     format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<config-auth client=\"vpn\" type=\"{kind}\" aggregate-auth-version=\"2\">\n<version who=\"vpn\">v9.01-3</version>\n{extra}</config-auth>\n")
@@ -62,7 +33,7 @@ fn text(o: Result<HttpOutcome, HttpReject>) -> String {
 
 #[test]
 fn issue_configuration_end_to_end() {
-    let loaded = ::config::parse("issue5.cfg", ASA).unwrap_or_else(|d| panic!("{d}"));
+    let loaded = ::config::parse("issue5.cfg", &issue_asa_config("s3cret-Pw")).unwrap_or_else(|d| panic!("{d}"));
     let cfg = config_from_policy(&loaded.config);
     assert_eq!(cfg.tcpmss, 1380);
     assert_eq!(cfg.users.len(), 1);
@@ -92,27 +63,13 @@ fn issue_configuration_end_to_end() {
         client_cert: None,
     };
     let form = text(s.handle_http(t0, &c, &post(&body("init", ""))));
-    let handle = form
-        .split("<aggauth-handle>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_string();
+    let handle = between(&form, "<aggauth-handle>", "<").unwrap().to_string();
     let bad = body("auth-reply", &format!("<opaque is-for=\"sg\"><aggauth-handle>{handle}</aggauth-handle></opaque>\n<auth><username>vpn</username><password>wrong</password></auth>\n"));
     assert!(text(s.handle_http(t0, &c, &post(&bad))).contains("Login failed."));
     let good = bad.replace(">wrong<", ">s3cret-Pw<");
     let done = text(s.handle_http(t0, &c, &post(&good)));
     assert!(done.contains("type=\"complete\""), "{done}");
-    let cookie = done
-        .split("webvpn=")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = set_cookie(&done, "webvpn").unwrap();
     let req = format!("CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nCookie: webvpn={cookie}\r\nX-CSTP-Base-MTU: 1500\r\nX-DTLS-CipherSuite: PSK-NEGOTIATE:OC-DTLS1_2-AES256-GCM\r\n\r\n");
     let head = text(s.handle_http(t0, &c, req.as_bytes()));
     for h in [

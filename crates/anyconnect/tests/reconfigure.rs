@@ -4,112 +4,30 @@
 // The virtual clock needs some starting Instant; everything after it is computed.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+mod common;
+
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyconnect::*;
-
-fn net(a: &str, p: u8) -> Ipv4Net {
-    Ipv4Net { addr: a.parse().unwrap(), prefix: p }
-}
-
-fn pool(first: &str, last: &str) -> AddressPool {
-    AddressPool { first: first.parse().unwrap(), last: last.parse().unwrap(), mask: "255.255.255.0".parse().unwrap() }
-}
+use common::{net, open_tunnel, pool, try_login, tunnel_group, user};
 
 fn config() -> Config {
-    let mut policies = BTreeMap::new();
-    policies.insert("GP".to_string(), GroupPolicy { split_include: vec![net("10.1.0.0", 24)], ..GroupPolicy::default() });
-    let mut pools = BTreeMap::new();
-    pools.insert("VPNPOOL".to_string(), pool("10.99.0.100", "10.99.0.102"));
-    Config {
-        users: vec![User { name: "vpn".into(), password_hash: "plain:secret".into() }],
-        tunnel_groups: vec![TunnelGroup {
-            name: "RA".into(),
-            aliases: vec!["RA".into()],
-            default_group_policy: "GP".into(),
-            address_pools: vec!["VPNPOOL".into()],
-            authentication: AuthMethod::Aaa,
-        }],
-        group_policies: policies,
-        pools,
-        verifier: plain_verifier(),
-        ..Config::default()
-    }
-}
-
-fn conn(port: u16) -> ConnInfo {
-    ConnInfo {
-        peer: SocketAddr::new("203.0.113.10".parse().unwrap(), port),
-        tls_version: TlsVersion::Tls12,
-        tls_cipher: "ECDHE-RSA-AES256-GCM-SHA384".into(),
-        client_cert: None,
-    }
-}
-
-const OC_INIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<config-auth client="vpn" type="init" aggregate-auth-version="2">
-<version who="vpn">v9.01-3</version>
-<group-access>https://192.0.2.1/</group-access>
-</config-auth>
-"#;
-
-fn oc_reply(user: &str, pass: &str, handle: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<config-auth client="vpn" type="auth-reply" aggregate-auth-version="2">
-<version who="vpn">v9.01-3</version>
-<opaque is-for="sg"><tunnel-group>RA</tunnel-group><aggauth-handle>{handle}</aggauth-handle></opaque>
-<auth><username>{user}</username><password>{pass}</password></auth>
-<group-select>RA</group-select>
-</config-auth>
-"#
+    common::config_of(
+        vec![user("vpn", "secret")],
+        vec![tunnel_group("RA", "RA", "GP", "VPNPOOL", AuthMethod::Aaa)],
+        vec![("GP", GroupPolicy { split_include: vec![net("10.1.0.0", 24)], ..GroupPolicy::default() })],
+        vec![("VPNPOOL", pool("10.99.0.100", "10.99.0.102"))],
     )
 }
 
-fn post(body: &str, cookies: &[(&str, &str)]) -> Vec<u8> {
-    let mut h = String::from("POST / HTTP/1.1\r\nHost: 192.0.2.1\r\nUser-Agent: Open AnyConnect VPN Agent v9.01-3\r\nX-Aggregate-Auth: 1\r\n");
-    if !cookies.is_empty() {
-        let c: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        h += &format!("Cookie: {}\r\n", c.join("; "));
-    }
-    h += &format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    h.into_bytes()
-}
-
-fn text(o: Result<HttpOutcome, HttpReject>) -> String {
-    match o {
-        Ok(HttpOutcome::Respond { bytes, .. }) => String::from_utf8(bytes).unwrap(),
-        other => panic!("expected a response, got {other:?}"),
-    }
-}
-
-fn set_cookie(resp: &str, name: &str) -> Option<String> {
-    resp.lines()
-        .filter_map(|l| l.strip_prefix("Set-Cookie: "))
-        .filter_map(|v| v.split(';').next()?.split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v.to_string())
-}
-
-/// The whole login; `Some(cookie)` when it completed.
-fn try_login(s: &mut Server, now: Instant, user: &str, pass: &str) -> Option<String> {
-    let c = conn(40000);
-    let form = text(s.handle_http(now, &c, &post(OC_INIT, &[])));
-    let handle = set_cookie(&form, "webvpncontext").expect("context cookie");
-    let done = text(s.handle_http(now, &c, &post(&oc_reply(user, pass, &handle), &[("webvpncontext", &handle)])));
-    done.contains("type=\"complete\"").then(|| set_cookie(&done, "webvpn")).flatten()
-}
-
+/// A CONNECT without DTLS: the session's tunnel and the head of the answer.
 fn connect(s: &mut Server, now: Instant, cookie: &str) -> (SessionId, String) {
     let req = format!(
         "CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: 192.0.2.1\r\nCookie: webvpn={cookie}\r\nX-CSTP-Version: 1\r\nX-CSTP-Base-MTU: 1500\r\nX-CSTP-Address-Type: IPv4\r\n\r\n"
     );
-    match s.handle_http(now, &conn(40001), req.as_bytes()) {
-        Ok(HttpOutcome::Tunnel { bytes, session, .. }) => (session, String::from_utf8(bytes).unwrap()),
-        other => panic!("expected a tunnel, got {other:?}"),
-    }
+    let t = open_tunnel(s, now, req.as_bytes());
+    (t.session, t.head)
 }
 
 fn values<'a>(head: &'a str, name: &str) -> Vec<&'a str> {

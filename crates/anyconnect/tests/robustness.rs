@@ -3,56 +3,36 @@
 
 #![allow(clippy::disallowed_methods)] // the virtual clock needs some starting Instant
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyconnect::*;
+use common::{between, conn_at, pool, respond, set_cookie, tunnel_group, user};
 use proptest::prelude::*;
 
 fn config(pool_last: &str) -> Config {
-    let mut policies = BTreeMap::new();
-    policies.insert("p".to_string(), GroupPolicy::default());
-    let mut pools = BTreeMap::new();
-    pools.insert(
-        "pool".to_string(),
-        AddressPool {
-            first: "10.99.0.1".parse().unwrap(),
-            last: pool_last.parse().unwrap(),
-            mask: "255.255.0.0".parse().unwrap(),
-        },
-    );
     Config {
-        users: vec![User {
-            name: "u".into(),
-            password_hash: "plain:pw".into(),
-        }],
-        tunnel_groups: vec![TunnelGroup {
-            name: "G".into(),
-            aliases: vec!["G".into()],
-            default_group_policy: "p".into(),
-            address_pools: vec!["pool".into()],
-            authentication: AuthMethod::Aaa,
-        }],
-        group_policies: policies,
-        pools,
-        verifier: plain_verifier(),
         limits: Limits {
             pending_auth_per_peer: 1000,
             ..Limits::default()
         },
-        ..Config::default()
+        ..common::config_of(
+            vec![user("u", "pw")],
+            vec![tunnel_group("G", "G", "p", "pool", AuthMethod::Aaa)],
+            vec![("p", GroupPolicy::default())],
+            vec![("pool", AddressPool { mask: "255.255.0.0".parse().unwrap(), ..pool("10.99.0.1", pool_last) })],
+        )
     }
 }
 
 fn conn(i: u32) -> ConnInfo {
     ConnInfo {
-        peer: std::net::SocketAddr::new(
+        tls_cipher: "ECDHE-RSA-AES128-GCM-SHA256".into(),
+        ..conn_at(std::net::SocketAddr::new(
             std::net::IpAddr::V4((0xc633_6400 + (i % 200)).into()),
             (1024 + i % 60000) as u16,
-        ),
-        tls_version: TlsVersion::Tls12,
-        tls_cipher: "ECDHE-RSA-AES128-GCM-SHA256".into(),
-        client_cert: None,
+        ))
     }
 }
 
@@ -71,31 +51,11 @@ fn post(body: &str, cookie: Option<&str>) -> Vec<u8> {
 fn tunnel(s: &mut Server, now: Instant, i: u32) -> SessionId {
     let c = conn(i);
     let init = "<config-auth client=\"vpn\" type=\"init\"></config-auth>";
-    let form = match s.handle_http(now, &c, &post(init, None)) {
-        Ok(HttpOutcome::Respond { bytes, .. }) => String::from_utf8(bytes).unwrap(),
-        o => panic!("{o:?}"),
-    };
-    let h = form
-        .split("<aggauth-handle>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_string();
+    let (form, _) = respond(s.handle_http(now, &c, &post(init, None)));
+    let h = between(&form, "<aggauth-handle>", "<").unwrap().to_string();
     let reply = "<config-auth client=\"vpn\" type=\"auth-reply\"><auth><username>u</username><password>pw</password></auth></config-auth>";
-    let done = match s.handle_http(now, &c, &post(reply, Some(&h))) {
-        Ok(HttpOutcome::Respond { bytes, .. }) => String::from_utf8(bytes).unwrap(),
-        o => panic!("{o:?}"),
-    };
-    let cookie = done
-        .split("webvpn=")
-        .nth(1)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let (done, _) = respond(s.handle_http(now, &c, &post(reply, Some(&h))));
+    let cookie = set_cookie(&done, "webvpn").unwrap();
     let req = format!("CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nCookie: webvpn={cookie}\r\nX-DTLS-CipherSuite: PSK-NEGOTIATE\r\n\r\n");
     match s.handle_http(now, &c, req.as_bytes()) {
         Ok(HttpOutcome::Tunnel { session, .. }) => session,
