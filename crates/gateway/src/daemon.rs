@@ -644,23 +644,14 @@ async fn async_run(
     }
     eprintln!("holdfast: shutting down");
     // Remote-access clients get TERMINATE (they do not reconnect), then its TUN and routes go.
-    let mut saved = None;
+    let mut saved = RaStopped::NotConfigured;
     if let Some(h) = d.ra.take() {
         if keep_sessions {
             let how = if stop_reply.is_some() { "stop keep-sessions" } else { "SIGQUIT" };
-            match tokio::task::spawn_blocking(move || h.shutdown_keeping_sessions()).await {
-                Ok(Ok(n)) => {
-                    eprintln!("holdfast: {how}: {n} remote-access session(s) saved for the next start; clients were not told");
-                    saved = Some(Ok(n));
-                }
-                Ok(Err(e)) => {
-                    eprintln!("holdfast: {how}: {e}; the sessions were ended and the clients told instead");
-                    saved = Some(Err(e));
-                }
-                Err(_) => {}
-            }
+            saved = save_outcome(how, tokio::task::spawn_blocking(move || h.shutdown_keeping_sessions()).await);
         } else {
             let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
+            saved = RaStopped::Ended;
         }
     }
     if let Some((keep, reply)) = stop_reply.take() {
@@ -684,21 +675,64 @@ async fn async_run(
     Ok(())
 }
 
-/// The answer to `stop [keep-sessions]`: what happened to the remote-access sessions (`saved`:
-/// how many `keep-sessions` wrote to the state directory, or why it could not; `None` when
-/// there was no remote access). A failed save is an `ERROR:` answer (the CLI exits non-zero):
-/// the operator was promised an invisible restart and did not get one.
-fn stop_answer(keep: bool, saved: Option<Result<usize, String>>, state_dir: &std::path::Path) -> String {
-    match (keep, saved) {
-        (true, Some(Err(e))) => format!(
+/// What the shutdown did with remote access, for the answer to `stop [keep-sessions]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RaStopped {
+    /// The configuration has no remote access (no `webvpn` / `enable`).
+    NotConfigured,
+    /// Clients told the gateway is going away, sessions ended (`stop`, SIGTERM).
+    Ended,
+    /// `keep-sessions`: this many sessions written to the state directory.
+    Saved(usize),
+    /// `keep-sessions`, but the save failed (why); the sessions were ended instead.
+    SaveFailed(String),
+    /// `keep-sessions`, but the task saving them died (a panic; its message): nothing is
+    /// known to have been written.
+    SaveTaskFailed(String),
+}
+
+/// What the blocking `shutdown_keeping_sessions` task came back with (and the stderr line
+/// for it).
+fn save_outcome(how: &str, r: Result<Result<usize, String>, tokio::task::JoinError>) -> RaStopped {
+    match r {
+        Ok(Ok(n)) => {
+            eprintln!("holdfast: {how}: {n} remote-access session(s) saved for the next start; clients were not told");
+            RaStopped::Saved(n)
+        }
+        Ok(Err(e)) => {
+            eprintln!("holdfast: {how}: {e}; the sessions were ended and the clients told instead");
+            RaStopped::SaveFailed(e)
+        }
+        Err(e) => {
+            // A panic in the save (a bug): remote access is gone with the task; the rest of
+            // the shutdown (tunnels, flows, TUN) goes on as for any stop.
+            let why = if e.is_panic() { "it panicked".to_string() } else { e.to_string() };
+            eprintln!("holdfast: {how}: saving the remote-access sessions failed ({why}); stopping normally");
+            RaStopped::SaveTaskFailed(why)
+        }
+    }
+}
+
+/// The answer to `stop [keep-sessions]`: what happened to the remote-access sessions. A
+/// failed save is an `ERROR:` answer (the CLI exits non-zero): the operator was promised an
+/// invisible restart and did not get one.
+fn stop_answer(keep: bool, ra: RaStopped, state_dir: &std::path::Path) -> String {
+    match ra {
+        RaStopped::SaveFailed(e) => format!(
             "ERROR: {e}; the remote-access sessions were ended and the clients told the gateway is going away.\n"
         ),
-        (true, Some(Ok(n))) => format!(
+        RaStopped::SaveTaskFailed(why) => format!(
+            "ERROR: Remote-access sessions could not be saved: the task saving them failed ({why}); the gateway stops normally.\n"
+        ),
+        RaStopped::Saved(n) => format!(
             "Stopping: {n} remote-access session(s) saved in {} for the next start; clients were not told.\n",
             state_dir.join(ra::persist::SESSIONS_FILE).display()
         ),
-        (true, None) => "Stopping: no remote-access sessions to keep (remote access is not running).\n".to_string(),
-        (false, _) => "Stopping: remote-access clients are told the gateway is going away; their sessions end.\n".to_string(),
+        RaStopped::NotConfigured if keep => {
+            "Stopping the gateway; no remote access is configured, so there are no sessions to keep.\n".to_string()
+        }
+        RaStopped::NotConfigured => "Stopping the gateway; no remote access is configured.\n".to_string(),
+        RaStopped::Ended => "Stopping: remote-access clients are told the gateway is going away; their sessions end.\n".to_string(),
     }
 }
 
@@ -1960,16 +1994,49 @@ mod tests {
     #[test]
     fn stop_answer_reports_a_failed_save_as_an_error() {
         let dir = std::path::Path::new("/var/lib/holdfast");
-        let ok = stop_answer(true, Some(Ok(2)), dir);
+        let ok = stop_answer(true, RaStopped::Saved(2), dir);
         use crate::control;
         assert!(!control::is_error(&ok), "{ok}");
         assert!(ok.contains("2 remote-access session(s) saved in /var/lib/holdfast/"), "{ok}");
-        let failed = stop_answer(true, Some(Err("disk full".into())), dir);
+        let failed = stop_answer(true, RaStopped::SaveFailed("disk full".into()), dir);
         assert!(control::is_error(&failed), "{failed}");
         assert!(failed.contains("disk full") && failed.contains("clients told"), "{failed}");
         assert!(!failed.contains("saved in"), "{failed}");
-        assert!(!control::is_error(&stop_answer(true, None, dir)));
-        assert!(!control::is_error(&stop_answer(false, None, dir)));
+        assert!(!control::is_error(&stop_answer(true, RaStopped::NotConfigured, dir)));
+        assert!(!control::is_error(&stop_answer(false, RaStopped::NotConfigured, dir)));
+        assert!(!control::is_error(&stop_answer(false, RaStopped::Ended, dir)));
+    }
+
+    /// `stop` on a gateway without remote access does not talk about remote-access clients
+    /// (review N5); with remote access it still says they are told.
+    #[test]
+    fn stop_answer_without_remote_access_says_so() {
+        let dir = std::path::Path::new("/var/lib/holdfast");
+        for keep in [false, true] {
+            let a = stop_answer(keep, RaStopped::NotConfigured, dir);
+            assert!(!crate::control::is_error(&a), "{a}");
+            assert!(a.starts_with("Stopping"), "{a}");
+            assert!(a.contains("no remote access is configured"), "{a}");
+            assert!(!a.contains("clients are told") && !a.contains("not running"), "{a}");
+        }
+        let with_ra = stop_answer(false, RaStopped::Ended, dir);
+        assert!(with_ra.contains("remote-access clients are told"), "{with_ra}");
+    }
+
+    /// A `stop keep-sessions` whose save task panicked (review N6) is answered as a failed
+    /// save (an ERROR: line, the gateway still stops), not as "remote access is not running".
+    #[test]
+    fn stop_answer_after_a_panicked_save_task_is_an_error() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let joined = rt.block_on(async {
+            tokio::task::spawn_blocking(|| -> Result<usize, String> { panic!("save task test panic") }).await
+        });
+        assert!(joined.is_err());
+        let saved = save_outcome("stop keep-sessions", joined);
+        let a = stop_answer(true, saved, std::path::Path::new("/var/lib/holdfast"));
+        assert!(crate::control::is_error(&a), "{a}");
+        assert!(a.contains("could not be saved") && a.contains("stops"), "{a}");
+        assert!(!a.contains("not running") && !a.contains("configured"), "{a}");
     }
 
     /// A self-signed certificate and its key (and a second, unrelated key) in `dir`.
