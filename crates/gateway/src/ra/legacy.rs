@@ -19,7 +19,36 @@ pub const SID_CTX: &[u8] = b"holdfast-anyconnect-dtls";
 
 /// `SSL_OP_NO_EXTENDED_MASTER_SECRET` (OpenSSL 3 ssl.h: `SSL_OP_BIT(0)`), which the openssl
 /// crate does not name: the server then ignores the client's extended_master_secret extension.
+/// The bit means that only from OpenSSL 3.0 on: in 1.1.1 bit 0 is the no-op
+/// `SSL_OP_MICROSOFT_SESS_ID_BUG` and there is no way to turn EMS off, so a resumption of an
+/// installed (non-EMS) session by an EMS-offering client would become a full handshake the
+/// client cannot follow. Hence the guard: `ossl300` is set by build.rs from the version of the
+/// OpenSSL headers openssl-sys built against, and building against anything older fails here
+/// instead of silently setting the wrong option.
+#[cfg(ossl300)]
 pub const NO_EXTENDED_MASTER_SECRET: openssl::ssl::SslOptions = openssl::ssl::SslOptions::from_bits_retain(1);
+#[cfg(not(ossl300))]
+compile_error!(
+    "holdfast's legacy DTLS needs OpenSSL >= 3.0 (SSL_OP_NO_EXTENDED_MASTER_SECRET); openssl-sys found an older OpenSSL or LibreSSL"
+);
+
+/// `OPENSSL_VERSION_NUMBER` of 3.0.0 (0xMNN00PP0).
+const OPENSSL_3: u64 = 0x3000_0000;
+
+/// The libssl loaded at run time must be 3.0 or later too: the option bit is interpreted by
+/// the library, not by the headers we built against.
+pub fn openssl_3_at_run_time() -> Result<(), String> {
+    // `number()` is a c_long (i64 here); a negative value cannot be a real version.
+    let n = u64::try_from(openssl::version::number()).unwrap_or(0);
+    if n >= OPENSSL_3 {
+        Ok(())
+    } else {
+        Err(format!(
+            "legacy DTLS needs OpenSSL >= 3.0 at run time (loaded: {}): before 3.0 extended master secret cannot be turned off",
+            openssl::version::version()
+        ))
+    }
+}
 
 /// `DTLS1_2_VERSION` (RFC 6347 §4.1: {254, 253}).
 const DTLS1_2_VERSION: c_int = 0xfefd;
@@ -64,6 +93,7 @@ pub fn install_session(
     session_id: &[u8; 32],
     master_secret: &[u8; 48],
 ) -> Result<(), DtlsError> {
+    openssl_3_at_run_time().map_err(DtlsError::Handshake)?;
     if cipher.is_dtls09() {
         // DTLS 0.9 (DTLS1_BAD_VER) is not enabled on the context.
         return Err(DtlsError::Cipher(cipher));
@@ -118,6 +148,17 @@ mod tests {
 
     use super::*;
     use crate::ra::dtls::{DgramQueue, DtlsKey, DtlsServer};
+
+    /// The build knows which OpenSSL it compiled against (build.rs sets `ossl300` from
+    /// openssl-sys's version), and the library loaded at run time is as new: bit 0 of the
+    /// options is SSL_OP_NO_EXTENDED_MASTER_SECRET only from 3.0 on (review N7).
+    #[test]
+    fn built_and_running_against_openssl_3() {
+        assert!(cfg!(ossl300), "build.rs did not see OpenSSL >= 3.0 headers");
+        assert!(u64::try_from(openssl::version::number()).unwrap() >= OPENSSL_3, "{}", openssl::version::version());
+        assert_eq!(openssl_3_at_run_time(), Ok(()));
+        assert_eq!(NO_EXTENDED_MASTER_SECRET.bits(), 1);
+    }
 
     /// A client-side datagram pipe: reads hand out one queued datagram each, writes are
     /// collected one datagram each.
