@@ -196,7 +196,16 @@ struct SessionReport {
     dtls_answered: u64,
 }
 
-type Tls = SslStream<TcpStream>;
+/// TLS over a buffered TCP stream: a writer puts many records (one CSTP frame each) into one
+/// TCP write and flushes after its batch, and the reader takes many records per `recv`. Both
+/// servers get the same records; only the number of system calls changes. Every write is
+/// followed by a flush.
+type Tls = SslStream<tokio::io::BufStream<TcpStream>>;
+
+/// Write buffer under [`Tls`]: what one flush may hand the kernel at once.
+const TLS_WRITE_BUFFER: usize = 256 * 1024;
+/// Read buffer under [`Tls`].
+const TLS_READ_BUFFER: usize = 128 * 1024;
 
 fn connector(o: &Opts, with_cert: bool) -> Result<SslConnector, String> {
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
@@ -222,6 +231,9 @@ async fn tls_connect(server: SocketAddr, conn: &SslConnector, check: &ServerChec
     let tcp = TcpStream::connect(server).await.map_err(|e| format!("tcp connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let ssl = conn.configure().map_err(|e| e.to_string())?.verify_hostname(false).into_ssl("vpn.example").map_err(|e| e.to_string())?;
+    // ACLOAD_TLS_BUFFERS=0 (A/B measurements): no buffering (a 1-byte buffer: every record bypasses it), one system call per record.
+    let (r, w) = if std::env::var("ACLOAD_TLS_BUFFERS").is_ok_and(|v| v == "0") { (1, 1) } else { (TLS_READ_BUFFER, TLS_WRITE_BUFFER) };
+    let tcp = tokio::io::BufStream::with_capacity(r, w, tcp);
     let mut s = SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
     Pin::new(&mut s).connect().await.map_err(|e| format!("tls handshake: {e}"))?;
     if let ServerCheck::Pin(want) = check {
@@ -492,6 +504,7 @@ async fn establish_with(o: &Opts, conn: &SslConnector, password: bool, dtls: boo
         o.server.ip()
     );
     s.write_all(req.as_bytes()).await.map_err(|e| format!("CONNECT write: {e}"))?;
+    s.flush().await.map_err(|e| format!("CONNECT write: {e}"))?;
     let head = read_head(&mut s, &mut buf).await?;
     if head.status != 200 {
         return Err(format!("CONNECT answered {}", head.status));
@@ -564,6 +577,7 @@ async fn post(s: &mut Tls, buf: &mut Vec<u8>, server: SocketAddr, path: &str, bo
         body.len()
     );
     s.write_all(req.as_bytes()).await.map_err(|e| format!("POST write: {e}"))?;
+    s.flush().await.map_err(|e| format!("POST write: {e}"))?;
     let mut r = read_head(s, buf).await?;
     let len: usize = r.header("Content-Length").and_then(|l| l.parse().ok()).unwrap_or(0);
     while buf.len() < len {
@@ -681,7 +695,7 @@ async fn hold(o: &Opts, t: Tunnel, index: usize, mut stop: tokio::sync::watch::R
     // Writer: one CSTP frame per TLS record (openconnect's peers expect that too).
     let writer = tokio::spawn(async move {
         while let Some(f) = out_rx.recv().await {
-            if wr.write_all(&f).await.is_err() {
+            if wr.write_all(&f).await.is_err() || wr.flush().await.is_err() {
                 return false;
             }
             if f.get(6) == Some(&DISCONNECT) {
@@ -1201,18 +1215,33 @@ mod tunnel {
             loop {
                 tokio::select! {
                     f = tls_rx.recv() => {
-                        let Some(f) = f else { return "uplink ended".to_string() };
-                        // One CSTP frame per TLS record: ocserv parses each record as exactly
-                        // one frame ("error parsing CSTP data" otherwise), as openconnect sends.
-                        let mut off = 0;
-                        while off + 8 <= f.len() {
-                            let end = (off + 8 + usize::from(u16::from_be_bytes([f[off + 4], f[off + 5]]))).min(f.len());
-                            if let Err(e) = wr.write_all(&f[off..end]).await { return format!("TLS write: {e}") }
-                            off = end;
+                        let Some(mut f) = f else { return "uplink ended".to_string() };
+                        // Every batch ready now goes into the buffer, then one flush: many
+                        // records per TCP write (the same for both servers).
+                        let mut queued = 0;
+                        loop {
+                            // One CSTP frame per TLS record: ocserv parses each record as exactly
+                            // one frame ("error parsing CSTP data" otherwise), as openconnect sends.
+                            let mut off = 0;
+                            while off + 8 <= f.len() {
+                                let end = (off + 8 + usize::from(u16::from_be_bytes([f[off + 4], f[off + 5]]))).min(f.len());
+                                if let Err(e) = wr.write_all(&f[off..end]).await { return format!("TLS write: {e}") }
+                                off = end;
+                            }
+                            queued += f.len();
+                            if queued >= super::TLS_WRITE_BUFFER {
+                                break;
+                            }
+                            match tls_rx.try_recv() {
+                                Ok(next) => f = next,
+                                Err(_) => break,
+                            }
                         }
+                        if let Err(e) = wr.flush().await { return format!("TLS write: {e}") }
                     }
                     _ = ka.tick() => {
                         if let Err(e) = wr.write_all(&frame(KEEPALIVE, &[])).await { return format!("TLS write: {e}") }
+                        if let Err(e) = wr.flush().await { return format!("TLS write: {e}") }
                     }
                 }
             }
