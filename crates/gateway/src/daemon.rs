@@ -1645,7 +1645,7 @@ impl Daemon {
             Ok((cfg, resolved)) => {
                 // Remote access first: it can still refuse (a live lease outside the new
                 // pools), and nothing else has changed yet.
-                let ra_lines = match reload::remote_access(self.ra.as_mut(), &path, &cfg) {
+                let ra_lines = match reload::remote_access(self.ra.as_mut(), &path, &cfg, &self.running_config) {
                     Ok(l) => l,
                     Err(why) => {
                         self.syslog.log(reload::end_failed(&shown));

@@ -142,7 +142,7 @@ fn located(file: &str, text: &str, span: config::Span, message: String) -> confi
 /// session's leased address would leave the pools of its tunnel group. Returns the lines for
 /// the answer. Without a running service there is nothing to do (a change that would start
 /// one was refused by [`restart_required`]).
-pub(crate) fn remote_access(ra: Option<&mut crate::ra::RaHandle>, path: &Path, new: &Config) -> Result<Vec<String>, String> {
+pub(crate) fn remote_access(ra: Option<&mut crate::ra::RaHandle>, path: &Path, new: &Config, running_text: &str) -> Result<Vec<String>, String> {
     let shown = path.display().to_string();
     let Some(ra) = ra else { return Ok(Vec::new()) };
     let fail = |e: String| format!("{shown}: error: {e}\n");
@@ -155,7 +155,7 @@ pub(crate) fn remote_access(ra: Option<&mut crate::ra::RaHandle>, path: &Path, n
     keep_unchanged_passwords(&mut plan.engine, &running, &std::fs::read_to_string(path).unwrap_or_default());
     let (changes, mut notes) = match ra.reconfigure(plan.engine, ctx) {
         Ok(x) => x,
-        Err(conflicts) => return Err(lease_refusal(path, &conflicts)),
+        Err(conflicts) => return Err(lease_refusal(path, &conflicts, running_text)),
     };
     let sessions = ra.with_engine(|s, now| s.sessions(now));
     let mut lines = describe(&changes);
@@ -227,12 +227,14 @@ pub fn describe(c: &anyconnect::config::Changes) -> Vec<String> {
 
 /// The refusal for lease conflicts: one diagnostic per leased address, at the new file's
 /// `ip local pool` line of the pool it came from (its range), or at the tunnel group's
-/// `address-pool` line when that pool is gone, or the tunnel group's line.
-fn lease_refusal(path: &Path, conflicts: &[anyconnect::config::LeaseConflict]) -> String {
+/// `address-pool` line when that pool is gone, or the tunnel group's line; when the new file
+/// has none of them, at the pool's line in `running` (the running configuration's text).
+fn lease_refusal(path: &Path, conflicts: &[anyconnect::config::LeaseConflict], running: &str) -> String {
     use config::ast::{ItemKind, TgGeneralCmd};
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (ast, _) = config::parse_ast(&shown, &text);
+    let (running_ast, _) = config::parse_ast(RUNNING_CONFIG, running);
     let mut out = String::new();
     for c in conflicts {
         let pool_span = c.pool.as_deref().and_then(|p| {
@@ -260,10 +262,30 @@ fn lease_refusal(path: &Path, conflicts: &[anyconnect::config::LeaseConflict]) -
         );
         match pool_span.or_else(group_span) {
             Some(sp) => out.push_str(&format!("{}\n", located(&shown, &text, sp, msg))),
-            None => out.push_str(&format!("{shown}: error: {msg}\n")),
+            // Neither the pool nor the tunnel group is in the new file (both removed): point
+            // at the pool's range as it runs now, in `show running-config`'s text, the only
+            // place that line still exists (the file was usually edited in place).
+            None => match c.pool.as_deref().and_then(|p| running_pool_span(&running_ast, p)) {
+                Some(sp) => {
+                    let msg = format!("{msg} ({shown} no longer configures pool {})", c.pool.as_deref().unwrap_or_default());
+                    out.push_str(&format!("{}\n", located(RUNNING_CONFIG, running, sp, msg)));
+                }
+                None => out.push_str(&format!("{shown}: error: {msg}\n")),
+            },
         }
     }
     out
+}
+
+/// The name diagnostics use for the running configuration's text (`show running-config`).
+const RUNNING_CONFIG: &str = "running-config";
+
+/// The range of `ip local pool NAME ...` in a parsed configuration.
+fn running_pool_span(ast: &config::ast::Ast, pool: &str) -> Option<config::Span> {
+    ast.items.iter().find_map(|i| match &i.kind {
+        config::ast::ItemKind::IpLocalPool { name, range, .. } if name.node == pool => Some(*range),
+        _ => None,
+    })
 }
 
 /// Global settings that differ and are applied live, by the command word the operator knows.
@@ -595,14 +617,36 @@ ssl trust-point TP outside
             pool: Some("VPNPOOL".into()),
             why: "no address-pool of tunnel-group RA contains it any more".into(),
         };
-        let text = lease_refusal(&f, std::slice::from_ref(&c));
+        let running = config::running_config(&cfg(RA));
+        let text = lease_refusal(&f, std::slice::from_ref(&c), &running);
         // Line 5, column 23: the range of `ip local pool VPNPOOL ...`.
         assert!(text.starts_with(&format!("{}:5:23: error: address 10.99.0.100 is leased to user 'vpn'", f.display())), "{text}");
         assert!(text.contains(&format!("\n  {}^{}\n", " ".repeat(22), "~".repeat(22))), "{text}");
         // The pool is gone from the file: the tunnel group's address-pool line.
         std::fs::write(&f, RA.replace("ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0\n", "ip local pool P2 10.98.0.1-10.98.0.9 mask 255.255.255.0\n").replace(" address-pool VPNPOOL", " address-pool P2")).unwrap();
-        let text = lease_refusal(&f, &[c]);
+        let text = lease_refusal(&f, std::slice::from_ref(&c), &running);
         assert!(text.starts_with(&format!("{}:17:2: error: address 10.99.0.100", f.display())), "{text}");
+        // Pool and tunnel group both gone from the new file (the lab's reload back to the
+        // base file): the pool's line in the running configuration (`show running-config`),
+        // since the new file has no line to point at.
+        let gone = RA
+            .replace("ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0\n", "")
+            .replace("tunnel-group RA general-attributes\n address-pool VPNPOOL\n default-group-policy G\n", "");
+        assert!(!gone.contains("VPNPOOL") && !gone.contains("RA general"), "{gone}");
+        std::fs::write(&f, &gone).unwrap();
+        let c = anyconnect::config::LeaseConflict { why: "tunnel-group RA is removed".into(), ..c };
+        let text = lease_refusal(&f, &[c], &running);
+        let (line, col) = running
+            .lines()
+            .enumerate()
+            .find_map(|(i, l)| l.starts_with("ip local pool VPNPOOL ").then(|| (i + 1, l.find("10.99").unwrap() + 1)))
+            .expect("the pool in the running configuration");
+        assert!(
+            text.starts_with(&format!("running-config:{line}:{col}: error: address 10.99.0.100 is leased to user 'vpn' (tunnel-group RA, pool VPNPOOL): tunnel-group RA is removed;")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{} no longer configures pool VPNPOOL", f.display())), "{text}");
+        assert!(text.contains("\n  ip local pool VPNPOOL 10.99.0.100-10.99.0.199 mask 255.255.255.0\n"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
