@@ -7,29 +7,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{cli, examples, gw_a_alone, is_root, sh, sh_out, wait_control, wire_two_gateways, Netns, BIN};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
+use common::{cli, examples, in_netns, ipsec_sa_up, sh, sh_out, skip_without_root, wait_for, Netns, BIN};
 
 /// Namespaces `gwtest-<pid>-<n>-<role>` and daemons of one test; dropping it kills the daemons
 /// (by PID) and deletes the namespaces.
 fn new_lab() -> Netns {
-    let mut lab = Netns::new(format!("gwtest-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-    lab.term_grace = Duration::ZERO;
-    lab
-}
-
-/// Starts `holdfast run` in `ns` (its own state directory) and waits for its control socket;
-/// returns its index in `lab.procs`.
-fn start(lab: &mut Netns, ns: &str, config: &Path, sock: &Path) -> usize {
-    let log = lab.dir.join(format!("{ns}.log"));
-    let state = lab.dir.join(format!("{ns}.state"));
-    let idx = lab.spawn_daemon(ns, config, sock, &state, std::fs::File::create(&log).unwrap());
-    wait_control(sock, &log);
-    idx
+    Netns::numbered("gwtest")
 }
 
 /// SIGKILL: the daemon gets no chance to clean up. The kernel tears the TUN down
@@ -45,25 +30,16 @@ fn show(sock: &Path, line: &str) -> (bool, String) {
     cli(sock, line)
 }
 
-/// One gateway namespace with the interfaces of examples/gw-a.cfg (veth pairs with nobody
-/// behind them: no peer answers).
-fn single_gateway(lab: &mut Netns) -> String {
-    let ns = lab.ns("a");
-    gw_a_alone(&ns);
-    ns
-}
-
 #[test]
 fn run_show_and_clean_exit() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let mut lab = new_lab();
-    let ns = single_gateway(&mut lab);
+    let ns = lab.gateway_alone("a");
     let cfg = examples().join("gw-a.cfg");
     let sock = lab.dir.join("a.sock");
-    let d = start(&mut lab, &ns, &cfg, &sock);
+    let d = lab.start_daemon(&ns, &cfg, &sock);
 
     // `show running-config` is the config crate's canonical rendering of the loaded file.
     let loaded = config::load(&cfg).unwrap();
@@ -115,7 +91,7 @@ fn run_show_and_clean_exit() {
 
     // SIGKILL: the kernel removes the TUN and its route, but the blackhole route and the drop
     // table stay, so protected traffic cannot fall through to another route in clear.
-    let d = start(&mut lab, &ns, &cfg, &sock);
+    let d = lab.start_daemon(&ns, &cfg, &sock);
     kill_hard(&mut lab, d);
     let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
     assert!(!routes.contains("dev hf0"), "{routes}");
@@ -124,7 +100,7 @@ fn run_show_and_clean_exit() {
     assert!(has_table, "inbound drop table must survive SIGKILL");
     // A restarted daemon adopts them (one blackhole route, not two) and removes them on a clean exit.
     let _ = std::fs::remove_file(&sock);
-    let d = start(&mut lab, &ns, &cfg, &sock);
+    let d = lab.start_daemon(&ns, &cfg, &sock);
     let (_, routes, _) = sh_out(&format!("ip -n {ns} route show 10.2.0.0/24"));
     assert_eq!(routes.matches("blackhole").count(), 1, "{routes}");
     assert!(routes.contains("dev hf0"), "{routes}");
@@ -144,12 +120,11 @@ fn assert_clean(ns: &str, sock: &Path) {
 
 #[test]
 fn bad_config_fails_before_touching_the_system() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let mut lab = new_lab();
-    let ns = single_gateway(&mut lab);
+    let ns = lab.gateway_alone("a");
     let bad = lab.dir.join("bad.cfg");
     let text = std::fs::read_to_string(examples().join("gw-a.cfg")).unwrap().replace(" group 19 14 31", " group 2");
     std::fs::write(&bad, text).unwrap();
@@ -179,29 +154,13 @@ struct TwoGateways {
 
 /// host-a -- gw-a == gw-b -- host-b with both daemons running and the tunnel up.
 fn start_two_gateways(lab: &mut Netns, extra: impl Fn(&str, &Path) -> String) -> TwoGateways {
-    let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
-    wire_two_gateways(&ha, &a, &b, &hb);
-    let mut cfgs = Vec::new();
-    for side in ["a", "b"] {
-        let mut text = std::fs::read_to_string(examples().join(format!("gw-{side}.cfg"))).unwrap();
-        text.push_str(&extra(side, &lab.dir));
-        let p = lab.dir.join(format!("gw-{side}.cfg"));
-        std::fs::write(&p, text).unwrap();
-        cfgs.push(p);
-    }
+    let (ha, a, b, _) = lab.two_gateways();
+    let cfgs = lab.example_configs(|side| extra(side, &lab.dir));
     let (sa, sb) = (lab.dir.join("a.sock"), lab.dir.join("b.sock"));
-    start(lab, &a, &cfgs[0], &sa);
-    let db = start(lab, &b, &cfgs[1], &sb);
+    lab.start_daemon(&a, &cfgs[0], &sa);
+    let db = lab.start_daemon(&b, &cfgs[1], &sb);
     // The tunnel comes up by itself (both sides initiate at start).
-    let mut up = false;
-    for _ in 0..100 {
-        if show(&sa, "show crypto ipsec sa").1.contains("inbound esp sas") && show(&sb, "show crypto ipsec sa").1.contains("inbound esp sas") {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(up, "tunnel did not come up");
+    assert!(wait_for(Duration::from_secs(15), || ipsec_sa_up(&sa) && ipsec_sa_up(&sb)), "tunnel did not come up");
     TwoGateways { ha, a, sa, sb, db }
 }
 
@@ -241,8 +200,7 @@ fn two_gateways_with(extra: impl Fn(&str, &Path) -> String, udp: bool) {
 
 #[test]
 fn holdfast_to_holdfast_native_esp() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     two_gateways("");
@@ -250,8 +208,7 @@ fn holdfast_to_holdfast_native_esp() {
 
 #[test]
 fn holdfast_to_holdfast_forced_udp_encapsulation() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     two_gateways("crypto map MAP 10 set udp-encapsulation force\n");
@@ -262,8 +219,7 @@ fn holdfast_to_holdfast_forced_udp_encapsulation() {
 /// `holdfast check` reports a missing certificate file.
 #[test]
 fn holdfast_to_holdfast_ecdsa_certificates() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let pki = std::env::temp_dir().join(format!("gwtest-pki-{}", std::process::id()));
@@ -301,26 +257,13 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `f` on a thread inside network namespace `ns` (setns affects only that thread).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-    std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd moves only the calling thread into it.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
-
 /// Issue 2 leftover: a flood of IKE datagrams (UDP 500 and non-ESP UDP 4500) at gw-b while the
 /// tunnel is up. The daemon's queue to the control task is bounded: its memory must stay
 /// bounded; afterwards the tunnel is cleared and a new IKE SA + CHILD_SA must still be
 /// negotiated and carry traffic. The drop counter is shown by `show crypto ipsec stats`.
 #[test]
 fn ike_flood_is_bounded_and_ike_still_completes() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let mut lab = new_lab();

@@ -11,16 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{cli, examples, is_root, sh, wait_control, wire_two_gateways, Netns, BIN};
+use common::{cli, examples, sh, skip_without_root, Netns, BIN};
 use serde_json::Value;
-
-/// Starts `holdfast run` in `ns` and waits for its control socket.
-fn start(lab: &mut Netns, ns: &str, config: &Path, sock: &Path) {
-    let log = lab.dir.join(format!("{ns}.log"));
-    let state = lab.dir.join(format!("{ns}.state"));
-    lab.spawn_daemon(ns, config, sock, &state, std::fs::File::create(&log).unwrap());
-    wait_control(sock, &log);
-}
 
 /// `holdfast show WORDS` (text): (success, stdout).
 fn text(sock: &Path, words: &str) -> (bool, String) {
@@ -46,17 +38,15 @@ fn number_after(text: &str, label: &str) -> u64 {
 
 #[test]
 fn show_json_matches_the_text_form() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let examples = examples();
     let mut lab = Netns::new(format!("gwjson-{}", std::process::id()));
-    let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
-    wire_two_gateways(&ha, &a, &b, &hb);
+    let (ha, a, b, hb) = lab.two_gateways();
     let (sa, sb) = (lab.dir.join("a.sock"), lab.dir.join("b.sock"));
-    start(&mut lab, &b, &examples.join("gw-b.cfg"), &sb);
-    start(&mut lab, &a, &examples.join("gw-a.cfg"), &sa);
+    lab.start_daemon(&b, &examples.join("gw-b.cfg"), &sb);
+    lab.start_daemon(&a, &examples.join("gw-a.cfg"), &sa);
     let mut up = false;
     for _ in 0..100 {
         if json(&sa, "crypto ipsec sa").1.as_array().is_some_and(|v| !v.is_empty()) {

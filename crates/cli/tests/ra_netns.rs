@@ -7,19 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{examples, gw_a_alone, is_root, sh, Netns, BIN};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn new_lab() -> Netns {
-    let mut lab = Netns::new(format!("hfra-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-    lab.term_grace = Duration::ZERO;
-    lab
-}
+use common::{examples, in_netns, sh, skip_without_root, Netns, BIN};
 
 /// examples/gw-a.cfg plus remote access on its outside address (192.0.2.1), with a fresh
 /// self-signed trustpoint in `dir` and `extra` lines (logging) appended.
@@ -57,30 +48,10 @@ ssl trust-point VPN-TP outside
     p
 }
 
-/// Runs `f` on a thread inside network namespace `ns` (setns affects only that thread).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-    std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd moves only the calling thread into it.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 /// Waits (at most `limit`) for process `idx` of `lab` to exit; its exit code.
 fn wait_exit(lab: &mut Netns, idx: usize, limit: Duration) -> Option<i32> {
-    let t0 = gateway::clock::now();
-    while t0.elapsed() < limit {
-        if let Ok(Some(st)) = lab.procs[idx].try_wait() {
-            return st.code();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("holdfast did not exit within {limit:?}");
+    let status = lab.wait_exit(idx, limit).unwrap_or_else(|| panic!("holdfast did not exit within {limit:?}"));
+    status.code()
 }
 
 /// A start that fails after the site-to-site data-path threads (which hold the logger) are
@@ -89,32 +60,19 @@ fn wait_exit(lab: &mut Netns, idx: usize, limit: Duration) -> Option<i32> {
 /// the syslog host although other owners of the logger are still alive when `run` returns.
 #[test]
 fn failing_start_flushes_its_last_syslog_line() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
-    let mut lab = new_lab();
-    let ns = lab.ns("gw");
-    gw_a_alone(&ns);
+    let mut lab = Netns::numbered("hfra");
+    let ns = lab.gateway_alone("gw");
     // The syslog host: a UDP socket on the namespace's loopback.
-    let rx = in_netns(&ns, || std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    let rx = in_netns(&ns, || std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).join().unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let port = rx.local_addr().unwrap().port();
     let cfg = ra_config(&lab.dir, &format!("logging trap informational\nlogging host inside 127.0.0.1 udp/{port}\n"));
     let log = lab.dir.join("run.log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns, BIN, "run", "--config"])
-        .arg(&cfg)
-        .arg("--control")
-        .arg(lab.dir.join("gw.sock"))
-        .arg("--state-dir")
-        .arg(lab.dir.join("state"))
-        .args(["--ra-tun", "wan-x"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let idx = lab.push(child);
+    let (sock, state) = (lab.dir.join("gw.sock"), lab.dir.join("state"));
+    let idx = lab.spawn_daemon_args(&ns, &cfg, &sock, &state, std::fs::File::create(&log).unwrap(), &["--ra-tun", "wan-x"]);
     assert_eq!(wait_exit(&mut lab, idx, Duration::from_secs(20)), Some(1));
     let err = std::fs::read_to_string(&log).unwrap();
     // The data path was up (the failure is not an early configuration refusal).
@@ -179,13 +137,11 @@ fn saved_users(state: &Path) -> Vec<String> {
 /// SIGTERM does (the file is left empty).
 #[test]
 fn stop_keep_sessions_saves_them_and_says_how_many() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
-    let mut lab = new_lab();
-    let ns = lab.ns("gw");
-    gw_a_alone(&ns);
+    let mut lab = Netns::numbered("hfra");
+    let ns = lab.gateway_alone("gw");
     let cfg = ra_config(&lab.dir, "");
     let sock = lab.dir.join("gw.sock");
     let state = lab.dir.join("state");

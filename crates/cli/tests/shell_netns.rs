@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{cli, examples, gw_a_alone, is_root, wait_control, Netns, BIN};
+use common::{cli, examples, skip_without_root, Netns, BIN};
 
 /// One namespace with gw-a's interfaces and a daemon on examples/gw-a.cfg; dropping it stops
 /// the daemon (by PID) and deletes the namespace and the run directory.
@@ -25,13 +25,9 @@ impl Gateway {
     fn start(tag: &str) -> Gateway {
         let mut net = Netns::new(format!("shtest-{}-{tag}", std::process::id()));
         net.term_grace = Duration::from_secs(5);
-        let ns = net.ns("a");
-        gw_a_alone(&ns);
+        let ns = net.gateway_alone("a");
         let sock = net.dir.join("holdfast.sock");
-        let log = net.dir.join("daemon.log");
-        let state = net.dir.join("state");
-        net.spawn_daemon(&ns, &examples().join("gw-a.cfg"), &sock, &state, std::fs::File::create(&log).unwrap());
-        wait_control(&sock, &log);
+        net.start_daemon(&ns, &examples().join("gw-a.cfg"), &sock);
         Gateway { sock, net }
     }
 }
@@ -59,8 +55,7 @@ fn shell_piped(sock: &Path, input: &str) -> (Option<i32>, String, String) {
 
 #[test]
 fn piped_commands_against_a_running_daemon() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let g = Gateway::start("pipe");
@@ -105,8 +100,7 @@ fn piped_commands_against_a_running_daemon() {
 
 #[test]
 fn terminal_help_without_enter_completion_and_history() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     if Command::new("script").arg("--version").output().is_err() {

@@ -1,13 +1,15 @@
 //! Scaffolding shared by the network-namespace tests of the `holdfast` binary (daemon_netns,
-//! flows_netns, json_netns, shell_netns, cli_systemd): shell helpers, the one-shot client, and
-//! [`Netns`], the guard that owns a test's namespaces, run directory and processes.
+//! flows_netns, json_netns, ra_netns, shell_netns, cli_systemd): shell helpers, the one-shot
+//! client, and [`Netns`], the guard that owns a test's namespaces, run directory and processes
+//! and starts the gateways in them.
 //!
 //! Each test file is its own crate and uses a different part of this module.
 #![allow(dead_code)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
@@ -20,6 +22,15 @@ pub fn examples() -> PathBuf {
 /// Namespaces, nftables and the TUN need root; the tests skip themselves otherwise.
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// True, with a note on stderr, when the test has to skip itself because it is not root.
+pub fn skip_without_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipped: needs root for network namespaces");
+    true
 }
 
 /// Runs `cmd` with `sh -c`; panics (naming it) when it fails.
@@ -63,6 +74,23 @@ pub fn wait_control(sock: &Path, log: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("daemon on {} did not come up: {}", sock.display(), std::fs::read_to_string(log).unwrap_or_default());
+}
+
+/// True when the daemon on `sock` shows an inbound ESP SA (`show crypto ipsec sa`).
+pub fn ipsec_sa_up(sock: &Path) -> bool {
+    cli(sock, "show crypto ipsec sa").1.contains("inbound esp sas")
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (setns affects only that thread).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd moves only the calling thread into it.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
 }
 
 /// Gives namespace `ns` gw-a's interfaces from examples/gw-a.cfg (wan-a 192.0.2.1/24, lan-a
@@ -113,6 +141,15 @@ impl Netns {
         Netns { prefix, dir, namespaces: Vec::new(), procs: Vec::new(), term_grace: Duration::from_secs(3) }
     }
 
+    /// A guard named `<tag>-<pid>-<n>` (`n` counts this test binary's guards: its tests run at
+    /// once) whose processes are killed outright at drop.
+    pub fn numbered(tag: &str) -> Netns {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let mut net = Netns::new(format!("{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        net.term_grace = Duration::ZERO;
+        net
+    }
+
     /// `<prefix>-<role>`, not created.
     pub fn name(&self, role: &str) -> String {
         format!("{}-{role}", self.prefix)
@@ -126,10 +163,46 @@ impl Netns {
         n
     }
 
+    /// Namespace `<prefix>-<role>` with gw-a's interfaces and nobody behind them
+    /// ([`gw_a_alone`]).
+    pub fn gateway_alone(&mut self, role: &str) -> String {
+        let ns = self.ns(role);
+        gw_a_alone(&ns);
+        ns
+    }
+
+    /// Namespaces ha, a, b, hb wired as host-a -- gw-a == gw-b -- host-b
+    /// ([`wire_two_gateways`]); their names in that order.
+    pub fn two_gateways(&mut self) -> (String, String, String, String) {
+        let (ha, a, b, hb) = (self.ns("ha"), self.ns("a"), self.ns("b"), self.ns("hb"));
+        wire_two_gateways(&ha, &a, &b, &hb);
+        (ha, a, b, hb)
+    }
+
+    /// examples/gw-a.cfg and gw-b.cfg, each with `extra(side)` appended ("a", "b"), written to
+    /// the run directory as gw-a.cfg and gw-b.cfg; their paths in that order.
+    pub fn example_configs(&self, extra: impl Fn(&str) -> String) -> Vec<PathBuf> {
+        ["a", "b"]
+            .into_iter()
+            .map(|side| {
+                let mut text = std::fs::read_to_string(examples().join(format!("gw-{side}.cfg"))).unwrap();
+                text.push_str(&extra(side));
+                let p = self.dir.join(format!("gw-{side}.cfg"));
+                std::fs::write(&p, text).unwrap();
+                p
+            })
+            .collect()
+    }
+
     /// Starts `holdfast run --config CONFIG --control SOCK --state-dir STATE` in `ns` with its
     /// stderr to `log` (each daemon its own state, never the system's /var/lib/holdfast).
     /// Returns its index in `procs`; does not wait for it.
     pub fn spawn_daemon(&mut self, ns: &str, config: &Path, sock: &Path, state: &Path, log: File) -> usize {
+        self.spawn_daemon_args(ns, config, sock, state, log, &[])
+    }
+
+    /// [`Netns::spawn_daemon`] with `args` after the others.
+    pub fn spawn_daemon_args(&mut self, ns: &str, config: &Path, sock: &Path, state: &Path, log: File, args: &[&str]) -> usize {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, BIN, "run", "--config"])
             .arg(config)
@@ -137,11 +210,35 @@ impl Netns {
             .arg(sock)
             .arg("--state-dir")
             .arg(state)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.push(child)
+    }
+
+    /// Starts `holdfast run` in `ns` (log `<ns>.log`, state directory `<ns>.state` in the run
+    /// directory) and waits for its control socket; returns its index in `procs`.
+    pub fn start_daemon(&mut self, ns: &str, config: &Path, sock: &Path) -> usize {
+        let log = self.dir.join(format!("{ns}.log"));
+        let state = self.dir.join(format!("{ns}.state"));
+        let idx = self.spawn_daemon(ns, config, sock, &state, File::create(&log).unwrap());
+        wait_control(sock, &log);
+        idx
+    }
+
+    /// Waits (at most `limit`) for process `idx` to exit: its status, None when it did not.
+    pub fn wait_exit(&mut self, idx: usize, limit: Duration) -> Option<ExitStatus> {
+        let c = &mut self.procs[idx];
+        let t0 = gateway::clock::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Takes `child` into the guard; returns its index in `procs`.
