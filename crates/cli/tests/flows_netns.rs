@@ -17,14 +17,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{cli, examples, is_root, sh, wait_for, wire_two_gateways, Netns};
+use common::{cli, ipsec_sa_up, sh, skip_without_root, wait_for, Netns};
 
 const SERVER: &str = "10.1.0.10:5001";
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// host-a -- gw-a == gw-b -- host-b; dropping it kills every process it started (by PID) and
 /// deletes the namespaces ([`Netns`], which it derefs to).
@@ -48,25 +45,14 @@ impl std::ops::DerefMut for Lab {
 
 impl Lab {
     fn new(extra: &str) -> Lab {
-        let mut net = Netns::new(format!("gwflow-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         // The endpoints and gateways are killed outright at the end, as before.
-        net.term_grace = Duration::ZERO;
-        let mut lab = Lab { net, cfgs: Vec::new() };
-        let (ha, a, b, hb) = (lab.ns("ha"), lab.ns("a"), lab.ns("b"), lab.ns("hb"));
-        wire_two_gateways(&ha, &a, &b, &hb);
-        for side in ["a", "b"] {
-            let mut text = std::fs::read_to_string(examples().join(format!("gw-{side}.cfg"))).unwrap();
-            text.push_str(extra);
-            let p = lab.dir.join(format!("gw-{side}.cfg"));
-            std::fs::write(&p, text).unwrap();
-            lab.cfgs.push(p);
-        }
+        let mut net = Netns::numbered("gwflow");
+        net.two_gateways();
+        let cfgs = net.example_configs(|_| extra.to_string());
+        let mut lab = Lab { net, cfgs };
         lab.start_gw("a");
         lab.start_gw("b");
-        let up = wait_for(Duration::from_secs(15), || {
-            show(&lab.sock("a"), "show crypto ipsec sa").contains("inbound esp sas")
-                && show(&lab.sock("b"), "show crypto ipsec sa").contains("inbound esp sas")
-        });
+        let up = wait_for(Duration::from_secs(15), || ipsec_sa_up(&lab.sock("a")) && ipsec_sa_up(&lab.sock("b")));
         assert!(up, "tunnel did not come up");
         lab
     }
@@ -140,15 +126,7 @@ impl Lab {
 
     /// Waits for process `idx` to exit; its success, or None on timeout.
     fn wait(&mut self, idx: usize, limit: Duration) -> Option<bool> {
-        let c = &mut self.procs[idx];
-        let t0 = gateway::clock::now();
-        while t0.elapsed() < limit {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st.success());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+        self.net.wait_exit(idx, limit).map(|st| st.success())
     }
 
     /// Silently drops everything on gw-a's wan link (both directions), or lifts that.
@@ -195,8 +173,7 @@ fn asp_drop(text: &str, keyword: &str) -> u64 {
 
 #[test]
 fn transfer_shows_in_show_conn_and_clear_without_preserve_tears_it_down() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let mut lab = Lab::new("");
@@ -259,8 +236,7 @@ fn transfer_shows_in_show_conn_and_clear_without_preserve_tears_it_down() {
 
 #[test]
 fn preserved_flow_waits_with_flag_v_and_completes() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let mut lab = Lab::new("sysopt connection preserve-vpn-flows\n");
@@ -304,8 +280,7 @@ fn preserved_flow_waits_with_flag_v_and_completes() {
 /// Without that the sender's next retransmission would come ~4.6 s after the cut ends.
 #[test]
 fn silent_cut_resumes_within_two_seconds() {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let mut lab = Lab::new("sysopt connection preserve-vpn-flows\n");
@@ -352,8 +327,7 @@ fn conn_dies_after_sigkill_and_restart_without_preserve() {
 }
 
 fn sigkill_and_restart(preserve: bool) {
-    if !is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if skip_without_root() {
         return;
     }
     let mut lab = Lab::new(if preserve { "sysopt connection preserve-vpn-flows\n" } else { "" });
