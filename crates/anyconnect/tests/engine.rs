@@ -14,8 +14,8 @@ use anyconnect::*;
 use wire::ip::{Ipv4Packet, Ipv4Repr, TcpPacket};
 
 use common::{
-    between, conn, drain_events, login, net, oc_reply, open_tunnel, pool, post, respond, set_cookie, syslog,
-    tunnel_group, user, Tunnel, OC_INIT,
+    between, conn, drain_events, login, net, oc_reply, open_tunnel, pool, post, respond, set_cookie, start_login,
+    syslog, tunnel_group, user, Tunnel, OC_INIT,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -269,8 +269,7 @@ fn wrong_password_counts_then_refuses() {
     ));
     assert!(r.contains("type=\"complete\"") || r.contains("type=\"auth-request\""));
     // Unknown user: same refusal shape, different reason text.
-    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, t0, &c);
     drain_events(&mut s);
     respond(s.handle_http(
         t0,
@@ -1527,8 +1526,7 @@ fn failed_logins_are_limited_per_address() {
     let mut now = t0;
     let mut codes = Vec::new();
     for _ in 0..6 {
-        let (form, _) = respond(s.handle_http(now, &c, &post(OC_INIT, &[])));
-        let h = set_cookie(&form, "webvpncontext").unwrap();
+        let h = start_login(&mut s, now, &c);
         for _ in 0..3 {
             now += Duration::from_millis(500);
             let (r, _) = respond(s.handle_http(
@@ -1554,8 +1552,7 @@ fn failed_logins_are_limited_per_address() {
     );
     assert_eq!(codes[10..], ["429", "429", "429"], "{codes:?}");
     // Even the right password is refused from this address until the window passes...
-    let (form, _) = respond(s.handle_http(now, &c, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, now, &c);
     let (r, _) = respond(s.handle_http(now, &c, &post(&oc_reply("vpn", "secret", None, &h), &[])));
     assert!(r.starts_with("HTTP/1.1 429"), "{r}");
     // ...while another address logs in normally, and this one can again a minute later.
@@ -1563,8 +1560,7 @@ fn failed_logins_are_limited_per_address() {
         peer: "198.51.100.9:5".parse().unwrap(),
         ..conn(7)
     };
-    let (form, _) = respond(s.handle_http(now, &other, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, now, &other);
     assert!(respond(s.handle_http(
         now,
         &other,
@@ -1573,8 +1569,7 @@ fn failed_logins_are_limited_per_address() {
     .0
     .contains("complete"));
     let later = t0 + Duration::from_secs(61);
-    let (form, _) = respond(s.handle_http(later, &c, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, later, &c);
     assert!(
         respond(s.handle_http(later, &c, &post(&oc_reply("vpn", "secret", None, &h), &[])))
             .0
@@ -1699,8 +1694,7 @@ fn deferred_password_wrong_then_right() {
     let t0 = Instant::now();
     let mut s = server(t0, config());
     let c = conn(40000);
-    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, t0, &c);
     drain_events(&mut s);
 
     let (check, len) = deferred_post(&mut s, t0, &c, "vpn", "nope", &h);
@@ -1741,8 +1735,7 @@ fn deferred_verdict_for_unknown_user_is_ignored() {
     let t0 = Instant::now();
     let mut s = server(t0, config());
     let c = conn(40000);
-    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, t0, &c);
     drain_events(&mut s);
     let (check, _) = deferred_post(&mut s, t0, &c, "mallory", "secret", &h);
     let (r, _, _) = verdict_response(s.handle_password_verdict(t0, &c, check.ticket(), true));
@@ -1756,8 +1749,7 @@ fn deferred_verdict_after_the_login_went_away() {
     let t0 = Instant::now();
     let mut s = server(t0, config());
     let c = conn(40000);
-    let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, t0, &c);
     let (check, _) = deferred_post(&mut s, t0, &c, "vpn", "secret", &h);
     assert!(check.verify());
     // Another connection (other source port) cannot use this connection's ticket...
@@ -1779,8 +1771,7 @@ fn deferred_verdict_after_the_login_went_away() {
     // The login context dies while its check is still running: three wrong passwords on a
     // second connection with the same context end it; the right password that comes back
     // afterwards for the first connection logs nobody in.
-    let (form, _) = respond(s.handle_http(late, &c, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, late, &c);
     let (check, len) = deferred_post(&mut s, late, &c, "vpn", "secret", &h);
     for _ in 0..3 {
         respond(s.handle_http(late, &other, &post(&oc_reply("vpn", "nope", None, &h), &[("webvpncontext", &h)])));
@@ -1805,8 +1796,8 @@ fn deferred_checks_in_flight_count_against_the_address_budget() {
     let mut s = server(t0, cfg);
     let login = |s: &mut Server, port: u16| {
         let c = conn(41000 + port);
-        let (form, _) = respond(s.handle_http(t0, &c, &post(OC_INIT, &[])));
-        (c, set_cookie(&form, "webvpncontext").unwrap())
+        let h = start_login(s, t0, &c);
+        (c, h)
     };
     let (c, h) = login(&mut s, 0);
     let (check, _) = deferred_post(&mut s, t0, &c, "vpn", "guess", &h);
@@ -1844,8 +1835,7 @@ fn deferred_checks_in_flight_are_capped_per_address() {
     cfg.limits.pending_auth_per_peer = 2;
     let mut s = server(t0, cfg);
     let c0 = conn(42000);
-    let (form, _) = respond(s.handle_http(t0, &c0, &post(OC_INIT, &[])));
-    let h = set_cookie(&form, "webvpncontext").unwrap();
+    let h = start_login(&mut s, t0, &c0);
     let (a, _) = deferred_post(&mut s, t0, &c0, "vpn", "secret", &h);
     let c1 = conn(42001);
     let (b, _) = deferred_post(&mut s, t0, &c1, "vpn", "secret", &h);

@@ -131,11 +131,16 @@ pub fn post(body: &str, cookies: &[(&str, &str)]) -> Vec<u8> {
     h.into_bytes()
 }
 
+/// openconnect's init from `c`: the login form's context cookie (its aggauth handle).
+pub fn start_login(s: &mut Server, now: Instant, c: &ConnInfo) -> String {
+    let (form, _) = respond(s.handle_http(now, c, &post(OC_INIT, &[])));
+    set_cookie(&form, "webvpncontext").expect("context cookie")
+}
+
 /// init + auth-reply from `conn(40000)` (group RA); the server's answer to the reply.
 fn login_answer(s: &mut Server, now: Instant, user: &str, pass: &str) -> String {
     let c = conn(40000);
-    let (form, _) = respond(s.handle_http(now, &c, &post(OC_INIT, &[])));
-    let handle = set_cookie(&form, "webvpncontext").expect("context cookie");
+    let handle = start_login(s, now, &c);
     let reply = oc_reply(user, pass, Some("RA"), &handle);
     respond(s.handle_http(now, &c, &post(&reply, &[("webvpncontext", &handle)]))).0
 }
