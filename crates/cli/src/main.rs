@@ -88,7 +88,8 @@ enum Cmd {
     /// Interactive exec-mode prompt (`holdfast#`) for show, clear, vpn-sessiondb, reload and stop.
     ///
     /// TAB completes command words, `?` lists what may come next, keywords may be abbreviated
-    /// (`sh cry ipsec sa`), history is kept in ~/.holdfast_history (HOLDFAST_HISTORY overrides),
+    /// (`sh cry ipsec sa`) except `stop`, which is taken only as the full word (it asks no
+    /// confirmation), history is kept in ~/.holdfast_history (HOLDFAST_HISTORY overrides),
     /// `exit`, `quit` or Ctrl-D leave. When standard input is not a terminal, commands are read
     /// one per line and the exit status is 1 if any failed.
     #[command(after_help = "Examples:\n  holdfast shell\n  printf 'show crypto ikev2 sa\\nshow conn count\\n' | holdfast shell")]
