@@ -299,7 +299,7 @@ fn ike_flood_is_bounded_and_ike_still_completes() {
                 h[20..24].fill(0);
                 let len = (size - marker) as u32;
                 h[24..28].copy_from_slice(&len.to_be_bytes());
-                let start = std::time::Instant::now();
+                let start = gateway::clock::now();
                 let mut sent = 0u64;
                 while start.elapsed() < flood_for {
                     for _ in 0..256 {

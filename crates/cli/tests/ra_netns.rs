@@ -78,7 +78,7 @@ fn failing_start_flushes_its_last_syslog_line() {
     // The data path was up (the failure is not an early configuration refusal).
     assert!(!err.contains("configuration"), "{err}");
     let want = "%ASA-2-199900: holdfast stopped: remote access: creating TUN wan-x:";
-    let last_syslog = err.lines().filter(|l| l.contains("%ASA-")).last().unwrap_or_default();
+    let last_syslog = err.lines().rfind(|l| l.contains("%ASA-")).unwrap_or_default();
     assert!(last_syslog.contains(want), "last syslog line on stderr: {last_syslog:?}\n{err}");
     // The CLI's own error line comes after it: the queue was written before `run` returned.
     let last = err.lines().last().unwrap_or_default();
