@@ -1107,32 +1107,7 @@ impl Engine {
     /// tunnels by name. Held segments are not kept (they are a few retransmissions old).
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let now_ms = self.ms(now);
-        let flows = self
-            .table
-            .live()
-            .map(|i| {
-                let e = self.table.get(i);
-                let k = e.key;
-                FlowRecord {
-                    id: e.id,
-                    protocol: k.proto,
-                    ifc_out: k.ifc_out,
-                    ifc_in: k.ifc_in,
-                    out_addr: Ipv4Addr::from(k.out_ip),
-                    out_port: k.out_port,
-                    in_addr: Ipv4Addr::from(k.in_ip),
-                    in_port: k.in_port,
-                    bytes: e.bytes,
-                    age_ms: now_ms.saturating_sub(u64::from(e.created_s) * 1000),
-                    idle_ms: now_ms.saturating_sub(e.last_ms),
-                    flags: e.flags,
-                    tunnel: e.tunnel,
-                    fin_seq: e.fin_seq,
-                    icmp_type: e.icmp_type,
-                    icmp_code: e.icmp_code,
-                }
-            })
-            .collect();
+        let flows = self.table.live().map(|i| entry_flow_record(self.table.get(i), now_ms)).collect();
         Snapshot {
             version: SNAPSHOT_VERSION,
             next_id: self.next_id,
@@ -1218,11 +1193,51 @@ impl Engine {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Copying the table out in bounded pieces
+    //
+    // `show conn` and the state-file snapshot are O(table). The daemon must not stop its data
+    // path for that long (at 1 M conns, formatting takes seconds), so it copies the raw entries
+    // a bounded slice of slots per lock hold ([`Engine::copy_conns`]), takes the small metadata
+    // ([`Engine::table_meta`]) with the last slice, and formats or converts with the lock
+    // released. The engine itself takes no lock (DESIGN.md): the caller decides where to release.
+
+    /// Appends copies of the live entries among the next `max_slots` slab slots after `cursor`
+    /// to `out` and advances `cursor`; returns `true` once the walk has passed the last slot.
+    ///
+    /// The work per call is bounded by `max_slots` (a slot is visited whether live or not), not
+    /// by the table size. Between two calls the table may change: a conn never moves slot, so
+    /// none is copied twice, but one built meanwhile in an already-visited slot is missed and
+    /// one torn down after its slot was visited is still in the copy — the walk is not an
+    /// atomic picture, as the ASA's `show conn` is not. With no change in between, the copies
+    /// are exactly [`Engine::conns`] / [`Engine::snapshot`]'s entries, in slab order.
+    pub fn copy_conns(&self, cursor: &mut ConnCursor, max_slots: usize, out: &mut Vec<RawConn>) -> bool {
+        let end_slot = self.table.slots();
+        let from = cursor.next.min(end_slot);
+        let to = from.saturating_add(u32::try_from(max_slots.max(1)).unwrap_or(u32::MAX)).min(end_slot);
+        out.extend((from..to).map(|i| self.table.get(i)).filter(|e| e.live).map(|e| RawConn(*e)));
+        cursor.next = to;
+        to >= end_slot
+    }
+
+    /// What converting [`RawConn`]s needs besides the entries: the clock origin, timeouts,
+    /// interface and tunnel names, counters. Small (no per-conn data); take it under the same
+    /// lock as the last [`Engine::copy_conns`] slice, so every name an entry refers to exists.
+    pub fn table_meta(&self) -> TableMeta {
+        TableMeta {
+            epoch: self.epoch,
+            timeouts: self.cfg.timeouts.clone(),
+            ifcs: self.ifcs.clone(),
+            tunnels: self.tunnels.iter().map(|t| t.name.clone()).collect(),
+            stats: self.stats.clone(),
+            next_id: self.next_id,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Internals
 
     fn ms(&self, now: Instant) -> u64 {
-        let d = now.saturating_duration_since(self.epoch);
-        TIME_BIAS_MS + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+        engine_ms(self.epoch, now)
     }
 
     fn tunnel_state(&self, t: u16) -> Option<&TunnelState> {
@@ -1403,24 +1418,7 @@ impl Engine {
     }
 
     fn timeout_ms(&self, e: &Entry) -> Option<u64> {
-        let t = &self.cfg.timeouts;
-        let d = match e.key.proto {
-            proto::TCP => {
-                if e.flags & fl::TIMEWAIT != 0 {
-                    Some(TIMEWAIT)
-                } else if e.flags & fl::HANDSHAKE != 0 {
-                    Some(SYN_TIMEOUT)
-                } else if e.flags & (fl::LF | fl::UF) != 0 {
-                    t.half_closed
-                } else {
-                    t.conn
-                }
-            }
-            proto::UDP => t.udp,
-            proto::ICMP => Some(t.icmp),
-            _ => t.conn,
-        };
-        d.map(|d| d.as_millis() as u64)
+        entry_timeout_ms(&self.cfg.timeouts, e)
     }
 
     fn expiry_reason(&self, e: &Entry) -> TeardownReason {
@@ -1455,30 +1453,11 @@ impl Engine {
     }
 
     fn info(&self, i: u32) -> ConnInfo {
-        let e = self.table.get(i);
-        let k = e.key;
-        ConnInfo {
-            id: e.id,
-            protocol: k.proto,
-            inbound: e.flags & fl::INBOUND != 0,
-            outside: Endpoint { ifc: IfcId(k.ifc_out), addr: Ipv4Addr::from(k.out_ip), port: k.out_port },
-            inside: Endpoint { ifc: IfcId(k.ifc_in), addr: Ipv4Addr::from(k.in_ip), port: k.in_port },
-            icmp_type: e.icmp_type,
-            icmp_code: e.icmp_code,
-            tunnel: (e.tunnel != 0).then_some(TunnelId(e.tunnel)),
-        }
+        entry_info(self.table.get(i))
     }
 
     fn record(&self, i: u32, now_ms: u64) -> ConnRecord {
-        let e = self.table.get(i);
-        ConnRecord {
-            info: self.info(i),
-            flags: flag_letters(e.flags & !fl::INBOUND),
-            bytes: e.bytes,
-            idle: Duration::from_millis(now_ms.saturating_sub(e.last_ms)),
-            uptime: Duration::from_secs((now_ms / 1000).saturating_sub(u64::from(e.created_s))),
-            timeout: self.timeout_ms(e).map(Duration::from_millis),
-        }
+        entry_record(&self.cfg.timeouts, self.table.get(i), now_ms)
     }
 
     /// Checks the table's internal invariants (tests and debug builds).
@@ -1518,6 +1497,82 @@ impl Engine {
 
 /// Updates a TCP conn's flags for one forwarded segment; returns a teardown reason if the
 /// segment ends the conn.
+// ---------------------------------------------------------------------------------------------
+// Entry conversions, shared by the engine and by copies of its table (`TableMeta`)
+
+/// Engine milliseconds of `now` (see [`TIME_BIAS_MS`]).
+fn engine_ms(epoch: Instant, now: Instant) -> u64 {
+    let d = now.saturating_duration_since(epoch);
+    TIME_BIAS_MS + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+fn entry_timeout_ms(t: &Timeouts, e: &Entry) -> Option<u64> {
+    let d = match e.key.proto {
+        proto::TCP => {
+            if e.flags & fl::TIMEWAIT != 0 {
+                Some(TIMEWAIT)
+            } else if e.flags & fl::HANDSHAKE != 0 {
+                Some(SYN_TIMEOUT)
+            } else if e.flags & (fl::LF | fl::UF) != 0 {
+                t.half_closed
+            } else {
+                t.conn
+            }
+        }
+        proto::UDP => t.udp,
+        proto::ICMP => Some(t.icmp),
+        _ => t.conn,
+    };
+    d.map(|d| d.as_millis() as u64)
+}
+
+fn entry_info(e: &Entry) -> ConnInfo {
+    let k = e.key;
+    ConnInfo {
+        id: e.id,
+        protocol: k.proto,
+        inbound: e.flags & fl::INBOUND != 0,
+        outside: Endpoint { ifc: IfcId(k.ifc_out), addr: Ipv4Addr::from(k.out_ip), port: k.out_port },
+        inside: Endpoint { ifc: IfcId(k.ifc_in), addr: Ipv4Addr::from(k.in_ip), port: k.in_port },
+        icmp_type: e.icmp_type,
+        icmp_code: e.icmp_code,
+        tunnel: (e.tunnel != 0).then_some(TunnelId(e.tunnel)),
+    }
+}
+
+fn entry_record(t: &Timeouts, e: &Entry, now_ms: u64) -> ConnRecord {
+    ConnRecord {
+        info: entry_info(e),
+        flags: flag_letters(e.flags & !fl::INBOUND),
+        bytes: e.bytes,
+        idle: Duration::from_millis(now_ms.saturating_sub(e.last_ms)),
+        uptime: Duration::from_secs((now_ms / 1000).saturating_sub(u64::from(e.created_s))),
+        timeout: entry_timeout_ms(t, e).map(Duration::from_millis),
+    }
+}
+
+fn entry_flow_record(e: &Entry, now_ms: u64) -> FlowRecord {
+    let k = e.key;
+    FlowRecord {
+        id: e.id,
+        protocol: k.proto,
+        ifc_out: k.ifc_out,
+        ifc_in: k.ifc_in,
+        out_addr: Ipv4Addr::from(k.out_ip),
+        out_port: k.out_port,
+        in_addr: Ipv4Addr::from(k.in_ip),
+        in_port: k.in_port,
+        bytes: e.bytes,
+        age_ms: now_ms.saturating_sub(u64::from(e.created_s) * 1000),
+        idle_ms: now_ms.saturating_sub(e.last_ms),
+        flags: e.flags,
+        tunnel: e.tunnel,
+        fin_seq: e.fin_seq,
+        icmp_type: e.icmp_type,
+        icmp_code: e.icmp_code,
+    }
+}
+
 fn tcp_update(e: &mut Entry, from_outside: bool, flags: u8, seq: u32, ack: u32, payload: u32) -> Option<TeardownReason> {
     if flags & tcp_flags::RST != 0 {
         return Some(if from_outside { TeardownReason::TcpResetO } else { TeardownReason::TcpResetI });
@@ -1676,6 +1731,94 @@ fn quoted_key(dir: Dir, ifcs: IfcPair, q: &[u8]) -> Option<Key> {
         (k.in_ip, k.in_port, k.out_ip, k.out_port) = (src, sp, dst, dp);
     }
     Some(k)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copies of the table (see `Engine::copy_conns`)
+
+/// Where a chunked walk of the table ([`Engine::copy_conns`]) resumes: a slab position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnCursor {
+    next: u32,
+}
+
+impl ConnCursor {
+    /// A walk from the first slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// One conn exactly as the table held it when copied (a 64-byte memcpy of its entry). Convert it
+/// with [`TableMeta::record`] (`show conn`) or [`TableMeta::snapshot`] (state file).
+#[derive(Debug, Clone, Copy)]
+pub struct RawConn(Entry);
+
+impl RawConn {
+    pub fn id(&self) -> ConnId {
+        self.0.id
+    }
+
+    /// Whether one endpoint is `addr` (`show conn address IP`).
+    pub fn involves(&self, addr: Ipv4Addr) -> bool {
+        let a = u32::from(addr);
+        self.0.key.out_ip == a || self.0.key.in_ip == a
+    }
+
+    /// Preserved while its tunnel is down (the `V` flag).
+    pub fn is_preserved(&self) -> bool {
+        self.0.flags & fl::V != 0
+    }
+}
+
+/// The engine's small state that goes with a copy of its entries (see [`Engine::table_meta`]).
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    epoch: Instant,
+    timeouts: Timeouts,
+    ifcs: Vec<String>,
+    tunnels: Vec<String>,
+    stats: Stats,
+    next_id: ConnId,
+}
+
+impl TableMeta {
+    /// The counters when the meta was taken (`show conn`'s header: `N in use, M most used`).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// As [`Engine::interface_name`].
+    pub fn interface_name(&self, ifc: IfcId) -> &str {
+        self.ifcs.get(usize::from(ifc.0)).map(String::as_str).unwrap_or("?")
+    }
+
+    /// As [`Engine::tunnel_name`].
+    pub fn tunnel_name(&self, t: TunnelId) -> &str {
+        usize::from(t.0).checked_sub(1).and_then(|i| self.tunnels.get(i)).map(String::as_str).unwrap_or("?")
+    }
+
+    /// The `show conn` record of a copied conn at `now`, as [`Engine::conns`] gives it (with the
+    /// timeouts in force when the meta was taken).
+    pub fn record(&self, now: Instant, c: &RawConn) -> ConnRecord {
+        entry_record(&self.timeouts, &c.0, engine_ms(self.epoch, now))
+    }
+
+    /// The snapshot of copied conns at `now`, as [`Engine::snapshot`] builds it: same format,
+    /// same order for the same entries, so [`Engine::restore`] reads it (and old files) alike.
+    /// The tunnel and interface lists were taken after every entry was copied, and the engine
+    /// only ever appends to them, so each flow's indices are in range.
+    pub fn snapshot(&self, now: Instant, conns: &[RawConn]) -> Snapshot {
+        let now_ms = engine_ms(self.epoch, now);
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            next_id: self.next_id,
+            most_used: self.stats.most_used,
+            interfaces: self.ifcs.clone(),
+            tunnels: self.tunnels.clone(),
+            flows: conns.iter().map(|c| entry_flow_record(&c.0, now_ms)).collect(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -449,6 +449,12 @@ impl Table {
         }
     }
 
+    /// Slab slots handed out so far: every live index is below this (a chunked walk of the
+    /// table stops here).
+    pub fn slots(&self) -> u32 {
+        self.hi
+    }
+
     /// Every live slab index, in slab order.
     pub fn live(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.hi).filter(move |&i| self.get(i).live)

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::{ConnInfo, ConnRecord, DropReason, Engine, Event, IfcId, Stats, TeardownReason};
+use crate::{ConnInfo, ConnRecord, DropReason, Engine, Event, IfcId, RawConn, Stats, TableMeta, TeardownReason};
 use wire::ip::proto;
 
 /// One syslog message before framing (same fields as the daemon's `syslog::Message`).
@@ -49,6 +49,10 @@ impl Engine {
     /// `show conn address IP [long|detail]`: only conns with an endpoint at `address` (the
     /// header still counts the whole table, as the ASA's does).
     pub fn show_conn_address(&self, now: std::time::Instant, view: ConnView, address: Option<std::net::Ipv4Addr>) -> String {
+        if view == ConnView::Count {
+            // The header only: O(1), no walk of the table.
+            return format_show_conn(&[], self.stats(), view, |i| self.interface_name(i), |t| self.tunnel_name(t).to_string());
+        }
         let mut recs = self.conns(now);
         if let Some(a) = address {
             recs.retain(|r| r.info.outside.addr == a || r.info.inside.addr == a);
@@ -59,6 +63,22 @@ impl Engine {
     /// `show asp drop`.
     pub fn show_asp_drop(&self) -> String {
         format_asp_drop(self.stats(), self.asp_last_clearing())
+    }
+}
+
+impl TableMeta {
+    /// `show conn [address IP] [long|detail|count]` from a copy of the table taken with
+    /// [`Engine::copy_conns`] and this meta: the text [`Engine::show_conn_address`] gives for
+    /// the same entries (oldest first, the header from the meta's counters), built without the
+    /// engine. Sorts `conns` in place.
+    pub fn show_conn(&self, now: std::time::Instant, view: ConnView, address: Option<std::net::Ipv4Addr>, conns: &mut [RawConn]) -> String {
+        if view == ConnView::Count {
+            return write_show_conn(std::iter::empty::<ConnRecord>(), self.stats(), view, |i| self.interface_name(i), |t| self.tunnel_name(t).to_string());
+        }
+        // Conn ids are unique, so an unstable sort gives `Engine::conns`'s order.
+        conns.sort_unstable_by_key(RawConn::id);
+        let recs = conns.iter().filter(|c| address.is_none_or(|a| c.involves(a))).map(|c| self.record(now, c));
+        write_show_conn(recs, self.stats(), view, |i| self.interface_name(i), |t| self.tunnel_name(t).to_string())
     }
 }
 
@@ -209,11 +229,24 @@ pub fn format_show_conn<'a>(
     ifc: impl Fn(IfcId) -> &'a str,
     tunnel: impl Fn(crate::TunnelId) -> String,
 ) -> String {
+    write_show_conn(recs, stats, view, ifc, tunnel)
+}
+
+/// [`format_show_conn`] over any sequence of records, so a copy of the table can be formatted
+/// one record at a time instead of materialising every `ConnRecord` first.
+fn write_show_conn<'a, R: std::borrow::Borrow<ConnRecord>>(
+    recs: impl IntoIterator<Item = R>,
+    stats: &Stats,
+    view: ConnView,
+    ifc: impl Fn(IfcId) -> &'a str,
+    tunnel: impl Fn(crate::TunnelId) -> String,
+) -> String {
     let mut out = format!("{} in use, {} most used\n", stats.in_use, stats.most_used);
     match view {
         ConnView::Count => {}
         ConnView::Brief => {
             for r in recs {
+                let r = r.borrow();
                 let (o, i) = (&r.info.outside, &r.info.inside);
                 let _ = writeln!(
                     out,
@@ -236,6 +269,7 @@ pub fn format_show_conn<'a>(
             out.push_str(FLAGS_LEGEND);
             out.push('\n');
             for r in recs {
+                let r = r.borrow();
                 let (o, i) = (&r.info.outside, &r.info.inside);
                 let timeout = r.timeout.map(compact).unwrap_or_else(|| "0s".into());
                 if view == ConnView::Long {
@@ -308,4 +342,121 @@ pub fn format_asp_drop(stats: &Stats, last_clearing: &str) -> String {
     }
     let _ = writeln!(out, "\nLast clearing: {last_clearing}");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    // The tests stand in for the daemon: they read the clock once for an origin.
+    #![allow(clippy::disallowed_methods)]
+
+    use super::*;
+    use crate::tests::{tcp, udp, ACK, SYN};
+    use crate::{Config, ConnCursor, Dir, IfcPair, Route, Verdict};
+    use std::time::{Duration, Instant};
+
+    /// An engine with tunnelled TCP conns (one preserved `V` after its tunnel drops), clear UDP
+    /// conns, and holes in the slab (conns cleared), so that slot order and id order differ.
+    fn table() -> (Engine, Instant, IfcPair) {
+        let t0 = Instant::now();
+        let mut cfg = Config::default();
+        cfg.sysopt.preserve_vpn_flows = true;
+        let mut e = Engine::new(t0, cfg);
+        let ifcs = IfcPair { outside: e.interface("outside").unwrap(), inside: e.interface("inside").unwrap() };
+        let a = e.tunnel("MAP:10").unwrap();
+        let b = e.tunnel("MAP:20").unwrap();
+        e.tunnel_up(t0, a, &[], &[]);
+        e.tunnel_up(t0, b, &[], &[]);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for n in 0..40u16 {
+            let v = e.handle_packet(at(u64::from(n) * 100), Dir::Outbound, ifcs, Route::Clear, &udp("10.1.0.5", 1000 + n, "192.0.2.53", 53, b"q"));
+            assert_eq!(v, Verdict::Forward);
+        }
+        // Holes: clearing 192.0.2.53 empties the first 40 slots; new conns reuse some of them,
+        // with higher ids than conns in later slots.
+        for n in 0..20u16 {
+            let t = if n % 2 == 0 { a } else { b };
+            let syn = tcp("10.1.0.7", 2000 + n, "10.2.0.9", 443, SYN, 1, 0, b"");
+            assert_eq!(e.handle_packet(at(5_000), Dir::Outbound, ifcs, Route::ToTunnel(t), &syn), Verdict::Forward);
+            let sa = tcp("10.2.0.9", 443, "10.1.0.7", 2000 + n, SYN | ACK, 9, 2, b"");
+            assert_eq!(e.handle_packet(at(5_001), Dir::Inbound, ifcs, Route::FromTunnel(t), &sa), Verdict::Forward);
+        }
+        assert_eq!(e.clear_conn(at(6_000), Some("192.0.2.53".parse().unwrap())), 40);
+        for n in 0..25u16 {
+            let v = e.handle_packet(at(7_000), Dir::Outbound, ifcs, Route::Clear, &udp("10.1.0.6", 3000 + n, "192.0.2.54", 53, b"qq"));
+            assert_eq!(v, Verdict::Forward);
+        }
+        e.tunnel_down(at(8_000), b);
+        while e.poll_event().is_some() {}
+        (e, t0, ifcs)
+    }
+
+    fn copy_all(e: &Engine, max_slots: usize) -> (Vec<RawConn>, usize) {
+        let mut cur = ConnCursor::new();
+        let mut out = Vec::new();
+        let mut calls = 1;
+        while !e.copy_conns(&mut cur, max_slots, &mut out) {
+            calls += 1;
+            assert!(calls < 10_000, "the walk does not end");
+        }
+        (out, calls)
+    }
+
+    /// The copied-and-formatted text is the engine's own, for every view, with and without an
+    /// address filter, whatever the slice size; so is the snapshot.
+    #[test]
+    fn copies_format_like_the_engine() {
+        let (e, t0, _) = table();
+        let now = t0 + Duration::from_secs(75);
+        assert_eq!(e.len(), 45);
+        assert!(e.conns(now).iter().any(|r| r.flags.contains('V')), "a preserved conn is part of the case");
+        for max_slots in [0, 1, 7, 64, 1 << 20] {
+            let (copy, calls) = copy_all(&e, max_slots);
+            assert_eq!(copy.len(), e.len());
+            // 60 slots were handed out (40 + 20; the last 25 conns reuse freed ones).
+            assert_eq!(calls, if max_slots >= 60 { 1 } else { 60usize.div_ceil(max_slots.max(1)) }, "{max_slots}");
+            let meta = e.table_meta();
+            for view in [ConnView::Brief, ConnView::Long, ConnView::Detail, ConnView::Count] {
+                for addr in [None, Some("192.0.2.54".parse().unwrap()), Some("10.2.0.9".parse().unwrap()), Some("203.0.113.1".parse().unwrap())] {
+                    let mut c = copy.clone();
+                    assert_eq!(meta.show_conn(now, view, addr, &mut c), e.show_conn_address(now, view, addr), "{view:?} {addr:?}");
+                }
+            }
+            assert_eq!(meta.snapshot(now, &copy), e.snapshot(now));
+            assert_eq!(copy.iter().filter(|c| c.is_preserved()).count(), 10);
+        }
+    }
+
+    /// Changes between two slices: a conn torn down after its slot was copied stays in the copy,
+    /// one built in a visited slot is missed, one built beyond the cursor is found; nothing is
+    /// copied twice and the walk still ends.
+    #[test]
+    fn changes_between_slices() {
+        let (mut e, t0, ifcs) = table();
+        let now = t0 + Duration::from_secs(10);
+        let mut cur = ConnCursor::new();
+        let mut out = Vec::new();
+        assert!(!e.copy_conns(&mut cur, 30, &mut out));
+        let first: Vec<u64> = out.iter().map(RawConn::id).collect();
+        // Tear everything down, then build 70 conns: 60 reuse freed slots, 10 go past the old
+        // end of the slab.
+        assert_eq!(e.clear_conn(now, None), 45);
+        for n in 0..70u16 {
+            let v = e.handle_packet(now, Dir::Outbound, ifcs, Route::Clear, &udp("10.1.0.8", 4000 + n, "192.0.2.99", 53, b""));
+            assert_eq!(v, Verdict::Forward);
+        }
+        while !e.copy_conns(&mut cur, 30, &mut out) {}
+        let ids: Vec<u64> = out.iter().map(RawConn::id).collect();
+        let unique: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "a conn copied twice");
+        assert_eq!(&ids[..first.len()], &first[..], "the copied conns stay in the copy");
+        // After the first slice: new conns only, those in slots 30.. (the 10 beyond the old end
+        // among them); the ones that landed in slots 0..30 are missed.
+        assert!((10..70).contains(&(ids.len() - first.len())), "{}", ids.len() - first.len());
+        assert!(ids[first.len()..].iter().all(|id| !first.contains(id)));
+        // The meta taken after the walk names every tunnel a copied conn refers to.
+        let meta = e.table_meta();
+        let snap = meta.snapshot(now, &out);
+        let back = Engine::restore(now, Config::default(), &snap, Duration::ZERO).unwrap();
+        assert_eq!(back.len(), out.len());
+    }
 }
