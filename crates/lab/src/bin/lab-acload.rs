@@ -67,6 +67,9 @@ struct Opts {
     flood_source: Option<std::net::IpAddr>,
     /// How the server's certificate is checked (always; there is no way to turn it off).
     server_check: ServerCheck,
+    /// (read, write) buffer sizes under TLS: small for the many load sessions, large for
+    /// the one `--tunnel` session.
+    tls_buffers: (usize, usize),
 }
 
 /// The server certificate check, as openconnect does it: `--servercert pin-sha256:B64` pins
@@ -131,6 +134,7 @@ fn parse_opts_from(a: &[String]) -> Result<Opts, String> {
             (Some(_), Some(_)) => return Err("give either --servercert or --cafile, not both".into()),
             (None, None) => return Err("the server certificate is always verified: --servercert pin-sha256:<base64> or --cafile PEM is required".into()),
         },
+        tls_buffers: (4096, 4096),
     })
 }
 
@@ -202,9 +206,9 @@ struct SessionReport {
 /// followed by a flush.
 type Tls = SslStream<tokio::io::BufStream<TcpStream>>;
 
-/// Write buffer under [`Tls`]: what one flush may hand the kernel at once.
+/// Write buffer under [`Tls`] of the `--tunnel` session: what one flush may hand the kernel at once.
 const TLS_WRITE_BUFFER: usize = 256 * 1024;
-/// Read buffer under [`Tls`].
+/// Read buffer under [`Tls`] of the `--tunnel` session (load sessions: 4 KiB each way).
 const TLS_READ_BUFFER: usize = 128 * 1024;
 
 fn connector(o: &Opts, with_cert: bool) -> Result<SslConnector, String> {
@@ -227,12 +231,13 @@ fn connector(o: &Opts, with_cert: bool) -> Result<SslConnector, String> {
     Ok(b.build())
 }
 
-async fn tls_connect(server: SocketAddr, conn: &SslConnector, check: &ServerCheck) -> Result<Tls, String> {
+async fn tls_connect(server: SocketAddr, conn: &SslConnector, check: &ServerCheck, bufs: (usize, usize)) -> Result<Tls, String> {
     let tcp = TcpStream::connect(server).await.map_err(|e| format!("tcp connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let ssl = conn.configure().map_err(|e| e.to_string())?.verify_hostname(false).into_ssl("vpn.example").map_err(|e| e.to_string())?;
-    // ACLOAD_TLS_BUFFERS=0 (A/B measurements): no buffering (a 1-byte buffer: every record bypasses it), one system call per record.
-    let (r, w) = if std::env::var("ACLOAD_TLS_BUFFERS").is_ok_and(|v| v == "0") { (1, 1) } else { (TLS_READ_BUFFER, TLS_WRITE_BUFFER) };
+    // ACLOAD_TLS_BUFFERS=0 (A/B measurements): no buffering (a 1-byte buffer: every record
+    // bypasses it), one system call per record.
+    let (r, w) = if std::env::var("ACLOAD_TLS_BUFFERS").is_ok_and(|v| v == "0") { (1, 1) } else { bufs };
     let tcp = tokio::io::BufStream::with_capacity(r, w, tcp);
     let mut s = SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
     Pin::new(&mut s).connect().await.map_err(|e| format!("tls handshake: {e}"))?;
@@ -440,7 +445,7 @@ async fn establish(o: &Opts, conn: &SslConnector, password: bool) -> Result<Tunn
 }
 
 async fn establish_with(o: &Opts, conn: &SslConnector, password: bool, dtls: bool) -> Result<Tunnel, String> {
-    let mut s = tls_connect(o.server, conn, &o.server_check).await?;
+    let mut s = tls_connect(o.server, conn, &o.server_check, o.tls_buffers).await?;
     let mut buf = Vec::new();
     let group = if password { &o.group } else { &o.cert_group };
     // No group named (the benchmark client against ocserv, which has no groups): the server's
@@ -1173,6 +1178,7 @@ mod tunnel {
 
     pub fn main(args: &[String]) -> Result<(), String> {
         let mut o = parse_opts_from(args)?;
+        o.tls_buffers = (super::TLS_READ_BUFFER, super::TLS_WRITE_BUFFER);
         if super::opt(args, "--group").is_none() {
             o.group.clear();
         }
@@ -1637,10 +1643,10 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let good = connector(&base, false).unwrap();
-            tls_connect(addr, &good, &base.server_check).await.expect("the pinned certificate is accepted");
+            tls_connect(addr, &good, &base.server_check, base.tls_buffers).await.expect("the pinned certificate is accepted");
             let mut wrong = pin;
             wrong[0] ^= 1;
-            let err = tls_connect(addr, &good, &ServerCheck::Pin(wrong)).await.err().expect("a wrong pin is refused");
+            let err = tls_connect(addr, &good, &ServerCheck::Pin(wrong), base.tls_buffers).await.err().expect("a wrong pin is refused");
             assert!(err.contains("mismatch") && err.contains(&pin_text(&pin)) && err.contains(&pin_text(&wrong)), "{err}");
             // CA mode with a CA file that does not hold the server's (self-signed) certificate.
             let (other, _) = self_signed();
@@ -1649,7 +1655,7 @@ mod tests {
             let mut o = base.clone();
             o.server_check = ServerCheck::CaFile(ca.to_string_lossy().into_owned());
             let strict = connector(&o, false).unwrap();
-            let err = tls_connect(addr, &strict, &o.server_check).await.err().expect("an untrusted certificate is refused");
+            let err = tls_connect(addr, &strict, &o.server_check, o.tls_buffers).await.err().expect("an untrusted certificate is refused");
             assert!(err.contains("certificate verify failed"), "{err}");
             let _ = std::fs::remove_file(&ca);
         });
