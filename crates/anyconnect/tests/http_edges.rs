@@ -5,47 +5,20 @@
 // The virtual clock needs some starting Instant; everything after it is computed.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyconnect::*;
+use common::{conn, drain_events as events, pool, respond, set_cookie, syslog, tunnel_group, user};
 
 fn config() -> Config {
-    let mut policies = BTreeMap::new();
-    policies.insert("pol".to_string(), GroupPolicy::default());
-    let mut pools = BTreeMap::new();
-    pools.insert(
-        "POOL".to_string(),
-        AddressPool {
-            first: "10.99.0.100".parse().unwrap(),
-            last: "10.99.0.102".parse().unwrap(),
-            mask: "255.255.255.0".parse().unwrap(),
-        },
-    );
-    Config {
-        users: vec![User { name: "vpn".into(), password_hash: "plain:secret".into() }],
-        tunnel_groups: vec![TunnelGroup {
-            name: "RA".into(),
-            aliases: vec!["RA".into()],
-            default_group_policy: "pol".into(),
-            address_pools: vec!["POOL".into()],
-            authentication: AuthMethod::Aaa,
-        }],
-        group_policies: policies,
-        pools,
-        verifier: plain_verifier(),
-        ..Config::default()
-    }
-}
-
-fn conn(port: u16) -> ConnInfo {
-    ConnInfo {
-        peer: SocketAddr::new("203.0.113.30".parse().unwrap(), port),
-        tls_version: TlsVersion::Tls12,
-        tls_cipher: "ECDHE-RSA-AES256-GCM-SHA384".into(),
-        client_cert: None,
-    }
+    common::config_of(
+        vec![user("vpn", "secret")],
+        vec![tunnel_group("RA", "RA", "pol", "POOL", AuthMethod::Aaa)],
+        vec![("pol", GroupPolicy::default())],
+        vec![("POOL", pool("10.99.0.100", "10.99.0.102"))],
+    )
 }
 
 fn server(now: Instant) -> Server {
@@ -66,13 +39,6 @@ fn post_to(target: &str, body: &[u8], cookie: Option<&str>) -> Vec<u8> {
 fn request(method: &str, target: &str) -> Vec<u8> {
     format!("{method} {target} HTTP/1.1\r\nHost: vpn.example\r\nUser-Agent: AnyConnect Linux_64 5.1.2.42\r\n\r\n")
         .into_bytes()
-}
-
-fn respond(o: Result<HttpOutcome, HttpReject>) -> (String, bool) {
-    match o {
-        Ok(HttpOutcome::Respond { bytes, close, .. }) => (String::from_utf8(bytes).unwrap(), close),
-        other => panic!("expected a response, got {other:?}"),
-    }
 }
 
 fn status(resp: &str) -> u16 {
@@ -97,19 +63,6 @@ fn header(resp: &str, name: &str) -> Option<String> {
     headers(resp).into_iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
 }
 
-fn events(s: &mut Server) -> Vec<Event> {
-    std::iter::from_fn(|| s.poll_event()).collect()
-}
-
-fn syslog(ev: &[Event]) -> Vec<String> {
-    ev.iter()
-        .filter_map(|e| match e {
-            Event::Syslog(l) => Some(l.asa()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn refusals(ev: &[Event]) -> Vec<String> {
     ev.iter()
         .filter_map(|e| match e {
@@ -128,11 +81,7 @@ fn reply(handle: &str) -> String {
 }
 
 fn context_cookie(resp: &str) -> String {
-    headers(resp)
-        .into_iter()
-        .filter(|(k, _)| k == "Set-Cookie")
-        .find_map(|(_, v)| Some(v.strip_prefix("webvpncontext=")?.split(';').next()?.to_string()))
-        .expect("webvpncontext cookie")
+    set_cookie(resp, "webvpncontext").expect("webvpncontext cookie")
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -253,6 +202,6 @@ fn form_action_path_is_not_a_url_group() {
     assert_eq!(status(&r), 200, "{r}");
     assert_eq!(
         syslog(&events(&mut s)),
-        vec!["%ASA-5-716900: IP <203.0.113.30> Group <NOSUCH> requested in the connection URL matches no tunnel-group or group-alias; using tunnel-group <RA>.".to_string()]
+        vec!["%ASA-5-716900: IP <203.0.113.10> Group <NOSUCH> requested in the connection URL matches no tunnel-group or group-alias; using tunnel-group <RA>.".to_string()]
     );
 }
