@@ -1235,7 +1235,7 @@ impl Daemon {
             Request::ShowRunningConfig { all, filter } => {
                 config::show_running_config(&self.cfg, &config::ShowOptions { all: *all, filter: filter.clone(), unmasked: false })
             }
-            Request::ShowConn { view, address } => flows::lock(&self.flows).show_conn_address(now, *view, *address),
+            Request::ShowConn { view, address } => flows::show_conn(&self.flows, now, *view, *address),
             Request::ShowAspDrop => flows::lock(&self.flows).show_asp_drop(),
             Request::ShowVpnContext { detail } => flows::format_vpn_context(&self.vpn_contexts(), *detail),
             Request::ClearConn { address } => {
@@ -1281,7 +1281,7 @@ impl Daemon {
             Request::ShowIkev2Sa { detail } => show::ikev2_sa(&self.ike_views(), *detail),
             Request::ShowIpsecSa { peer, .. } => show::ipsec_sa(&self.ipsec_views(*peer, now)),
             Request::ShowIpsecStats => show::ipsec_stats(&self.stats()),
-            Request::Metrics => metrics::encode_text(&self.metrics_snapshot(now), &self.metrics),
+            Request::Metrics => metrics::encode_text(&self.metrics_snapshot(), &self.metrics),
             Request::Json(inner) => self.on_json(inner, now),
             // Handled by the control loop (it needs the system guard / ends it); never reaches here.
             Request::Reload { .. } | Request::Stop { .. } => format!("{}\n", control::INVALID_INPUT),
@@ -1436,11 +1436,12 @@ impl Daemon {
     }
 
     /// Writes the table to the state directory if it changed since the last write (or always,
-    /// with `force`). The engine is locked only to take the snapshot, not to write it.
+    /// with `force`). The engine is locked a bounded slice at a time to copy the table; the
+    /// writer thread converts and writes it.
     fn save_snapshot(&mut self, now: Instant, force: bool) {
         self.last_snapshot = now;
         let Some(writer) = &self.writer else { return };
-        let snap = {
+        {
             let eng = flows::lock(&self.flows);
             let st = eng.stats();
             let mark = (st.built, st.torn_down, st.packets);
@@ -1448,9 +1449,9 @@ impl Daemon {
                 return;
             }
             self.snapshot_mark = Some(mark);
-            eng.snapshot(now)
-        };
-        writer.submit(snap, unix_ms());
+        }
+        let copy = self.flows.copy_table(flows::COPY_SLICE_SLOTS);
+        writer.submit_copy(copy, now, unix_ms());
     }
 
     /// Held segments of a tunnel that came back, sealed with its current outbound SA.
@@ -1867,9 +1868,10 @@ fn child_traffic(r: &ChildRecord) -> metrics::Traffic {
 
 // Observability (metrics scrape and `show --json`): read-only views of the state above.
 impl Daemon {
-    /// Copies the counters a scrape reports. The connection table is locked once (statistics
-    /// and the count of preserved conns); everything else is atomics and engine lists.
-    fn metrics_snapshot(&self, now: Instant) -> metrics::Snapshot {
+    /// Copies the counters a scrape reports. The connection table is locked for its statistics
+    /// and a bounded slice at a time to count the preserved conns; everything else is atomics
+    /// and engine lists.
+    fn metrics_snapshot(&self) -> metrics::Snapshot {
         let sad = self.sad.load();
         let tunnels = self
             .tunnels
@@ -1898,11 +1900,8 @@ impl Daemon {
             ("negotiating", count(ike::IkeStatus::Negotiating)),
             ("deleting", count(ike::IkeStatus::Deleting)),
         ];
-        let (st, preserved) = {
-            let eng = flows::lock(&self.flows);
-            let preserved = eng.conns(now).iter().filter(|c| c.flags.contains('V')).count() as u64;
-            (eng.stats().clone(), preserved)
-        };
+        let preserved = self.flows.count_preserved(flows::COPY_SLICE_SLOTS);
+        let st = flows::lock(&self.flows).stats().clone();
         let ipsec = self.stats();
         let ra_sessions = self.ra.as_ref().map_or(0, |ra| {
             ra.with_engine(|s, now| s.sessions(now).iter().filter(|x| x.assigned_ip != Ipv4Addr::UNSPECIFIED).count() as u64)
@@ -1947,12 +1946,8 @@ impl Daemon {
         match req {
             Request::ShowConn { view: control::ConnView::Count, .. } => show::conn_json(&flows::lock(&self.flows), None),
             Request::ShowConn { address, .. } => {
-                let eng = flows::lock(&self.flows);
-                let mut recs = eng.conns(now);
-                if let Some(a) = address {
-                    recs.retain(|r| r.info.outside.addr == *a || r.info.inside.addr == *a);
-                }
-                show::conn_json(&eng, Some(&recs))
+                let mut copy = self.flows.copy_table(flows::COPY_SLICE_SLOTS);
+                show::conn_json_copy(&copy.meta, now, *address, &mut copy.conns)
             }
             Request::ShowAspDrop => {
                 let eng = flows::lock(&self.flows);

@@ -432,11 +432,30 @@ fn proto_name(p: u8) -> String {
 
 /// The connection table as JSON; `records` already filtered (by address) by the caller.
 pub fn conn_json(eng: &flow::Engine, records: Option<&[flow::ConnRecord]>) -> String {
-    let st = eng.stats();
-    let end = |e: &flow::Endpoint| ConnEndJson { interface: eng.interface_name(e.ifc).to_string(), addr: e.addr, port: e.port };
+    conn_table_json(eng.stats(), |i| eng.interface_name(i), |t| eng.tunnel_name(t), records.map(|r| r.iter()))
+}
+
+/// `show --json conn [address IP]` from a copy of the table (`flows::Shared::copy_table`): the
+/// JSON [`conn_json`] gives for the same entries (oldest first), built with the engine lock
+/// released. Sorts `conns` in place.
+pub fn conn_json_copy(meta: &flow::TableMeta, now: std::time::Instant, address: Option<std::net::Ipv4Addr>, conns: &mut [flow::RawConn]) -> String {
+    // Conn ids are unique: an unstable sort gives `Engine::conns`'s order.
+    conns.sort_unstable_by_key(flow::RawConn::id);
+    let recs = conns.iter().filter(|c| address.is_none_or(|a| c.involves(a))).map(|c| meta.record(now, c));
+    conn_table_json(meta.stats(), |i| meta.interface_name(i), |t| meta.tunnel_name(t), Some(recs))
+}
+
+fn conn_table_json<'a, R: std::borrow::Borrow<flow::ConnRecord>>(
+    st: &flow::Stats,
+    ifc_name: impl Fn(flow::IfcId) -> &'a str,
+    tunnel_name: impl Fn(flow::TunnelId) -> &'a str,
+    records: Option<impl Iterator<Item = R>>,
+) -> String {
+    let end = |e: &flow::Endpoint| ConnEndJson { interface: ifc_name(e.ifc).to_string(), addr: e.addr, port: e.port };
     let conns = records.map(|recs| {
-        recs.iter()
-            .map(|r| ConnJson {
+        recs.map(|r| {
+            let r = r.borrow();
+            ConnJson {
                 id: r.info.id,
                 protocol: proto_name(r.info.protocol),
                 initiator: if r.info.inbound { "outside" } else { "inside" },
@@ -447,9 +466,10 @@ pub fn conn_json(eng: &flow::Engine, records: Option<&[flow::ConnRecord]>) -> St
                 idle_secs: r.idle.as_secs_f64(),
                 uptime_secs: r.uptime.as_secs_f64(),
                 timeout_secs: r.timeout.map(|d| d.as_secs()),
-                tunnel: r.info.tunnel.map(|t| eng.tunnel_name(t).to_string()),
-            })
-            .collect()
+                tunnel: r.info.tunnel.map(|t| tunnel_name(t).to_string()),
+            }
+        })
+        .collect()
     });
     to_json(&ConnTableJson { in_use: st.in_use, most_used: st.most_used, conns })
 }
