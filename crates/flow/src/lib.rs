@@ -1495,8 +1495,6 @@ impl Engine {
     }
 }
 
-/// Updates a TCP conn's flags for one forwarded segment; returns a teardown reason if the
-/// segment ends the conn.
 // ---------------------------------------------------------------------------------------------
 // Entry conversions, shared by the engine and by copies of its table (`TableMeta`)
 
@@ -1573,6 +1571,8 @@ fn entry_flow_record(e: &Entry, now_ms: u64) -> FlowRecord {
     }
 }
 
+/// Updates a TCP conn's flags for one forwarded segment; returns a teardown reason if the
+/// segment ends the conn.
 fn tcp_update(e: &mut Entry, from_outside: bool, flags: u8, seq: u32, ack: u32, payload: u32) -> Option<TeardownReason> {
     if flags & tcp_flags::RST != 0 {
         return Some(if from_outside { TeardownReason::TcpResetO } else { TeardownReason::TcpResetI });
@@ -1753,6 +1753,14 @@ impl ConnCursor {
 /// with [`TableMeta::record`] (`show conn`) or [`TableMeta::snapshot`] (state file).
 #[derive(Debug, Clone, Copy)]
 pub struct RawConn(Entry);
+
+/// A free slot's contents (not a conn): lets a caller fill a reusable buffer before taking the
+/// lock, so that the copy under the lock writes to memory already faulted in.
+impl Default for RawConn {
+    fn default() -> Self {
+        RawConn(Entry::FREE)
+    }
+}
 
 impl RawConn {
     pub fn id(&self) -> ConnId {

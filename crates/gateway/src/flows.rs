@@ -136,9 +136,10 @@ impl Shared {
 
 /// Slab slots visited per engine-lock hold when the table is copied out (`show conn`, the
 /// state-file snapshot, the preserved-conn gauge). A slice copies at most this many 64-byte
-/// entries (1 MiB), about 0.1-0.3 ms on this class of machine (figures: `lock_hold_at_scale`
-/// below), so the TX/RX threads wait at most that long whatever the table size.
-pub const COPY_SLICE_SLOTS: usize = 16_384;
+/// entries (256 KiB): about 0.05 ms on the 2-core development machine at 1 M conns (0.15 ms
+/// for 16384 slots; `lock_hold_at_scale` below), so the TX/RX threads wait about that long
+/// whatever the table size, and a walk of 1 M conns takes ~250 holds.
+pub const COPY_SLICE_SLOTS: usize = 4_096;
 
 /// A copy of the connection table taken a slice at a time ([`Shared::copy_table`]).
 pub struct TableCopy {
@@ -153,26 +154,35 @@ pub struct TableCopy {
 impl Shared {
     /// Copies the table out `slice_slots` slots per lock hold, releasing the lock in between
     /// (see `flow::Engine::copy_conns`: conns built or torn down meanwhile may or may not be
-    /// in the copy; none appears twice). Room for a slice is reserved before the lock is
-    /// taken, so a hold never reallocates the growing copy.
+    /// in the copy; none appears twice).
+    ///
+    /// Under the lock a slice is copied into one reusable buffer whose pages were touched
+    /// before (growing the whole copy there would reallocate it and fault in fresh pages while
+    /// the data path waits); it is appended to the copy after the lock is released. The thread
+    /// then yields: `std::sync::Mutex` is not fair, and without it this loop takes the lock
+    /// again before a woken data-path thread has run, so the data path could wait for many
+    /// slices in a row.
     pub fn copy_table(&self, slice_slots: usize) -> TableCopy {
         let slice_slots = slice_slots.max(1);
         let mut cursor = flow::ConnCursor::new();
-        let mut conns = Vec::new();
+        let mut slice = vec![flow::RawConn::default(); slice_slots];
+        let mut conns = Vec::with_capacity(self.lock().len());
         let mut longest_hold = Duration::ZERO;
         let mut holds = 0;
         loop {
-            conns.reserve(slice_slots);
+            slice.clear();
             let eng = self.lock();
             let start = crate::clock::now();
-            let done = eng.copy_conns(&mut cursor, slice_slots, &mut conns);
+            let done = eng.copy_conns(&mut cursor, slice_slots, &mut slice);
             let meta = done.then(|| eng.table_meta());
             drop(eng);
             longest_hold = longest_hold.max(crate::clock::now().saturating_duration_since(start));
             holds += 1;
+            conns.extend_from_slice(&slice);
             if let Some(meta) = meta {
                 return TableCopy { conns, meta, longest_hold, holds };
             }
+            std::thread::yield_now();
         }
     }
 
@@ -180,7 +190,7 @@ impl Shared {
     pub fn count_preserved(&self, slice_slots: usize) -> u64 {
         let slice_slots = slice_slots.max(1);
         let mut cursor = flow::ConnCursor::new();
-        let mut buf = Vec::with_capacity(slice_slots);
+        let mut buf = vec![flow::RawConn::default(); slice_slots];
         let mut n = 0u64;
         loop {
             buf.clear();
@@ -189,6 +199,7 @@ impl Shared {
             if done {
                 return n;
             }
+            std::thread::yield_now();
         }
     }
 }
@@ -276,7 +287,7 @@ pub struct SnapshotWriter {
 /// there (O(table), off both the engine lock and the control task).
 enum SnapshotJob {
     Built(flow::Snapshot),
-    Copy { copy: TableCopy, now: Instant },
+    Copy { copy: Box<TableCopy>, now: Instant },
 }
 
 impl SnapshotWriter {
@@ -311,7 +322,7 @@ impl SnapshotWriter {
     /// same `flows.json` format as [`flow::Engine::snapshot`]).
     pub fn submit_copy(&self, copy: TableCopy, now: Instant, saved_unix_ms: u64) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send((SnapshotJob::Copy { copy, now }, saved_unix_ms));
+            let _ = tx.send((SnapshotJob::Copy { copy: Box::new(copy), now }, saved_unix_ms));
         }
     }
 
@@ -665,7 +676,8 @@ mod tests {
     ///
     ///     cargo test --release -p holdfast-gateway --lib lock_hold_at_scale -- --ignored --nocapture
     ///
-    /// (`HOLDFAST_LOCK_BENCH_FLOWS=100000,1000000` by default.)
+    /// (`HOLDFAST_LOCK_BENCH_FLOWS=100000,1000000` by default; `HOLDFAST_LOCK_BENCH_SLICE`
+    /// overrides `COPY_SLICE_SLOTS`.)
     #[test]
     #[ignore = "benchmark: run explicitly in release"]
     fn lock_hold_at_scale() {
@@ -675,6 +687,8 @@ mod tests {
             .split(',')
             .map(|s| s.trim().parse().expect("HOLDFAST_LOCK_BENCH_FLOWS: comma-separated counts"))
             .collect();
+        let slice: usize = std::env::var("HOLDFAST_LOCK_BENCH_SLICE").ok().and_then(|s| s.parse().ok()).unwrap_or(COPY_SLICE_SLOTS);
+        println!("slice: {slice} slots per lock hold");
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         for n in sizes {
             let now = crate::clock::now();
@@ -730,16 +744,19 @@ mod tests {
                 drop(eng);
                 d
             };
+            // Before this change `show conn count` built every record and dropped them.
+            report("before show conn Count", probe(&mut || (timed_hold(&mut |e| drop(e.conns(later))), 1)));
             for view in [flow::text::ConnView::Brief, flow::text::ConnView::Detail, flow::text::ConnView::Count] {
                 let mut old = String::new();
-                report(&format!("before show conn {view:?}"), probe(&mut || (timed_hold(&mut |e| old = e.show_conn(later, view)), 1)));
+                let what = if view == flow::text::ConnView::Count { "engine show conn" } else { "before show conn" };
+                report(&format!("{what} {view:?}"), probe(&mut || (timed_hold(&mut |e| old = e.show_conn(later, view)), 1)));
                 let mut new = String::new();
                 report(&format!("after  show conn {view:?}"), probe(&mut || {
                     if view == flow::text::ConnView::Count {
                         let hold = timed_hold(&mut |e| new = e.show_conn(later, view));
                         return (hold, 1);
                     }
-                    let mut c = shared.copy_table(COPY_SLICE_SLOTS);
+                    let mut c = shared.copy_table(slice);
                     new = c.meta.show_conn(later, view, None, &mut c.conns);
                     (c.longest_hold, c.holds)
                 }));
@@ -749,7 +766,7 @@ mod tests {
             report("before show --json conn", probe(&mut || (timed_hold(&mut |e| old = crate::show::conn_json(e, Some(&e.conns(later)))), 1)));
             let mut new = String::new();
             report("after  show --json conn", probe(&mut || {
-                let mut c = shared.copy_table(COPY_SLICE_SLOTS);
+                let mut c = shared.copy_table(slice);
                 new = crate::show::conn_json_copy(&c.meta, later, None, &mut c.conns);
                 (c.longest_hold, c.holds)
             }));
@@ -758,7 +775,7 @@ mod tests {
             report("before snapshot", probe(&mut || (timed_hold(&mut |e| old = Some(e.snapshot(later))), 1)));
             let mut new = None;
             report("after  snapshot (copy)", probe(&mut || {
-                let c = shared.copy_table(COPY_SLICE_SLOTS);
+                let c = shared.copy_table(slice);
                 let hold = (c.longest_hold, c.holds);
                 new = Some(c);
                 hold
