@@ -7,7 +7,8 @@
 //! (a) iperf3 TCP through one session, client->inside and inside->client, over DTLS and over
 //!     TLS, with the real openconnect 9.01 client (`--no-dtls` for TLS) and — unless
 //!     `--client openconnect` — lab-acload's benchmark client (`lab-acload --tunnel`: the same
-//!     AnyConnect exchange, a multi-queue TUN, one worker per channel direction);
+//!     AnyConnect exchange, a multi-queue TUN, one worker per channel direction; over TLS
+//!     one CSTP frame per record, the records of a batch handed to TCP in one buffered write);
 //! (b) CPU over each iperf3 interval: the server (utime+stime from /proc: the holdfast process,
 //!     or every ocserv process in the namespace — main, sec-mod, workers), the client process,
 //!     both iperf3 ends (iperf3's own accounting) and the whole machine from /proc/stat (busy
@@ -23,8 +24,11 @@
 //!
 //! ```text
 //! lab-acbench [--secs 8] [--repeat 3] [--only holdfast|ocserv] [--client both|openconnect|fast]
-//!             [--fallback-timeout 120] [--mtu 1400]
+//!             [--chan both|tls|dtls] [--dir both|up|down] [--fallback-timeout 120] [--mtu 1400]
 //! ```
+//! `ACBENCH_PROBE='shell command'` runs that command alongside every iperf3 (measurement: `ss`,
+//! `perf`), with CLIENT_NS, GW_NS, INSIDE_NS, SERVER_PIDS, CLIENT_PIDS, SECS and ROW (up/down)
+//! in its environment; the row's CPU figures then include what the probe costs.
 //! `scripts/bench-anyconnect` builds and runs it; results go to docs/benchmarks.md by hand.
 
 use lab::cmd::{in_ns, run, sh, wait_for, Proc};

@@ -1158,8 +1158,11 @@ mod dtls {
 ///   shared under a lock (libssl objects are not thread-safe), the datagrams go out with
 ///   sendmmsg and come in with recvmmsg, up to 64 per call, outside the lock;
 /// - TLS (`--no-dtls`): one thread TUN -> CSTP frames, handed over in batches and written one
-///   frame per TLS record (what ocserv requires); the TLS reader writes received packets to the
-///   TUN in batches.
+///   frame per TLS record (what ocserv requires) into a 256 KiB buffer under TLS, flushed once
+///   per run of ready batches (many records per TCP write, as a kernel TLS sender or any
+///   buffered client does; without it each record was a `send` and the client was the limit
+///   of the client->inside row); the TLS reader takes many records per `recv` and writes
+///   received packets to the TUN in batches.
 ///
 /// ```text
 /// lab-acload --tunnel --server IP:443 --servercert pin-sha256:B64 --user U --password PW
