@@ -450,7 +450,9 @@ const TLS_BATCH: usize = 64 * 1024;
 /// with fast retransmit, not a 64 KiB hole that stalls them into a timeout (the burst a
 /// fallback from DTLS moves onto a TLS connection whose congestion window is still small).
 /// 1 MiB is ~8 ms at 1 Gbit/s: enough to ride out a scheduling hiccup, small enough not to
-/// add seconds of queueing delay (and retransmission timeout) to the flows behind it.
+/// add seconds of queueing delay (and retransmission timeout) to the flows behind it. The
+/// bound covers everything not yet handed to TLS: the queued frames and those the writer
+/// has taken but not written ([`LinkQueue::in_flight`]).
 const TLS_QUEUE_BYTES: usize = 1024 * 1024;
 
 /// The engine, the I/O handles of its sessions, and the shared sockets.
