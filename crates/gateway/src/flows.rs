@@ -5,7 +5,9 @@
 //!
 //! One engine per daemon sits behind a mutex shared by the TX thread, the RX thread and the
 //! control task; each locks it once per batch and never does socket I/O while holding it
-//! (events are collected under the lock and logged after it).
+//! (events are collected under the lock and logged after it). Whole-table reads (`show conn`,
+//! `show --json conn`, the state-file snapshot, the preserved-conn gauge) never hold it for the
+//! whole table: they copy it a bounded slice per hold ([`Shared::copy_table`]).
 
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
