@@ -96,6 +96,52 @@ fn io_ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
     move |err| DaemonError::Io { what, err }
 }
 
+/// `show conn` / `show --json conn` listings (not `count`): the table is copied a slice per
+/// engine-lock hold and formatted on a blocking thread, because formatting a large table takes
+/// long (about 1 s at 1 M conns) and the control task also drives IKE and the timers.
+/// Commands from one control connection are still answered in order: its client waits for
+/// each answer before it sends the next command.
+#[derive(Debug, Clone, Copy)]
+enum ConnListing {
+    Text { view: control::ConnView, address: Option<Ipv4Addr> },
+    Json { address: Option<Ipv4Addr> },
+}
+
+impl ConnListing {
+    fn of(req: &Request) -> Option<Self> {
+        match req {
+            Request::ShowConn { view: control::ConnView::Count, .. } => None,
+            Request::ShowConn { view, address } => Some(Self::Text { view: *view, address: *address }),
+            Request::Json(inner) => match **inner {
+                Request::ShowConn { view: control::ConnView::Count, .. } => None,
+                Request::ShowConn { address, .. } => Some(Self::Json { address }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn answer(self, shared: &flows::Shared) -> String {
+        let now = clock::now();
+        match self {
+            Self::Text { view, address } => flows::show_conn(shared, now, view, address),
+            Self::Json { address } => {
+                let mut copy = shared.copy_table(flows::COPY_SLICE_SLOTS);
+                show::conn_json_copy(&copy.meta, now, address, &mut copy.conns)
+            }
+        }
+    }
+
+    fn answer_off_task(self, shared: SharedEngine, reply: oneshot::Sender<String>) {
+        tokio::spawn(async move {
+            let text = tokio::task::spawn_blocking(move || self.answer(&shared))
+                .await
+                .unwrap_or_else(|e| format!("ERROR: the connection listing failed: {e}\n"));
+            let _ = reply.send(text);
+        });
+    }
+}
+
 /// Messages into the control task from the control socket.
 pub struct ControlRequest {
     pub req: Request,
@@ -610,12 +656,16 @@ async fn async_run(
                         stop_reply = Some((keep, r.reply));
                         break;
                     }
-                    let text = match &r.req {
-                        // A reload changes routes and nftables: it needs the system guard.
-                        Request::Reload { config } => d.reload(&mut guard, config.clone(), reload::Source::Control),
-                        _ => d.on_request(&r.req),
-                    };
-                    let _ = r.reply.send(text);
+                    if let Some(listing) = ConnListing::of(&r.req) {
+                        listing.answer_off_task(d.flows.clone(), r.reply);
+                    } else {
+                        let text = match &r.req {
+                            // A reload changes routes and nftables: it needs the system guard.
+                            Request::Reload { config } => d.reload(&mut guard, config.clone(), reload::Source::Control),
+                            _ => d.on_request(&r.req),
+                        };
+                        let _ = r.reply.send(text);
+                    }
                 }
             }
             _ = sleep => {
@@ -1945,10 +1995,8 @@ impl Daemon {
     fn on_json(&mut self, req: &Request, now: Instant) -> String {
         match req {
             Request::ShowConn { view: control::ConnView::Count, .. } => show::conn_json(&flows::lock(&self.flows), None),
-            Request::ShowConn { address, .. } => {
-                let mut copy = self.flows.copy_table(flows::COPY_SLICE_SLOTS);
-                show::conn_json_copy(&copy.meta, now, *address, &mut copy.conns)
-            }
+            // The control loop answers this off its task (ConnListing); kept for completeness.
+            Request::ShowConn { address, .. } => ConnListing::Json { address: *address }.answer(&self.flows),
             Request::ShowAspDrop => {
                 let eng = flows::lock(&self.flows);
                 show::asp_drop_json(eng.stats(), &eng.show_asp_drop())
@@ -2032,6 +2080,43 @@ mod tests {
         assert!(crate::control::is_error(&a), "{a}");
         assert!(a.contains("could not be saved") && a.contains("stops"), "{a}");
         assert!(!a.contains("not running") && !a.contains("configured"), "{a}");
+    }
+
+    /// `show conn` and `show --json conn` listings (not `count`) are answered off the control
+    /// task, from a sliced copy, with what the synchronous path gives for the same table.
+    #[test]
+    fn conn_listings_are_answered_off_the_control_task() {
+        use crate::control::ConnView;
+        let count = Request::ShowConn { view: ConnView::Count, address: None };
+        assert!(ConnListing::of(&count).is_none());
+        assert!(ConnListing::of(&Request::Json(Box::new(count))).is_none());
+        assert!(ConnListing::of(&Request::ShowVersion).is_none());
+
+        let now = clock::now();
+        let shared: SharedEngine = Arc::new(flows::Shared::new(flows::tests::filled(now, 600)));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let off_task = |req: &Request| {
+            let listing = ConnListing::of(req).expect("a listing");
+            let (tx, rx) = oneshot::channel();
+            rt.block_on(async {
+                listing.answer_off_task(shared.clone(), tx);
+                rx.await.expect("an answer")
+            })
+        };
+        // Idle times in the text may tick between the two answers: compare the shape.
+        for view in [ConnView::Brief, ConnView::Long, ConnView::Detail] {
+            let got = off_task(&Request::ShowConn { view, address: None });
+            let want = flows::show_conn(&shared, clock::now(), view, None);
+            assert_eq!(got.lines().count(), want.lines().count(), "{view:?}");
+            assert_eq!(got.lines().next(), want.lines().next(), "{view:?}");
+            assert!(got.starts_with("600 in use"), "{got:.80}");
+        }
+        let json = off_task(&Request::Json(Box::new(Request::ShowConn { view: ConnView::Brief, address: None })));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["conns"].as_array().map(Vec::len), Some(600), "{json:.200}");
+        let one = off_task(&Request::Json(Box::new(Request::ShowConn { view: ConnView::Brief, address: Some(Ipv4Addr::new(10, 0, 0, 3)) })));
+        let v: serde_json::Value = serde_json::from_str(&one).unwrap();
+        assert_eq!(v["conns"].as_array().map(Vec::len), Some(75), "inside 10.0.0.3 holds one conn in eight: {one:.200}");
     }
 
     /// A self-signed certificate and its key (and a second, unrelated key) in `dir`.

@@ -476,7 +476,7 @@ pub fn icmp_source(inside: Option<Ipv4Addr>, outside: IpAddr) -> Ipv4Addr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_packets::tcp_syn;
 
@@ -596,7 +596,7 @@ mod tests {
     /// An engine with `n` (< 122 M) TCP conns from distinct inside ports/addresses: three in four
     /// through tunnels MAP:10 and MAP:20 (MAP:20's preserved with `V` once it drops), the rest
     /// clear.
-    fn filled(now: Instant, n: u32) -> flow::Engine {
+    pub(crate) fn filled(now: Instant, n: u32) -> flow::Engine {
         let mut c = base();
         c.sysopt.preserve_vpn_flows = true;
         let mut e = flow::Engine::new(now, engine_config(&c, 7));

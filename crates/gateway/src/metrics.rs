@@ -4,8 +4,8 @@
 //! channel as the control socket's commands: the control task copies counters that already exist
 //! (SA atomics, the connection table's `Stats`, engine SA lists) into a [`Snapshot`] and the
 //! text is encoded from that. The data-path threads never wait for a scrape except for the
-//! connection-table lock, taken once to read its statistics and count preserved conns (the
-//! same lock `show conn` takes). The resume-time histogram is the only state of its own: it is
+//! connection-table lock: taken once to read its statistics, and for short slices (like
+//! `show conn`'s copy) to count preserved conns. The resume-time histogram is the only state of its own: it is
 //! observed by the control task where held segments are replayed.
 //!
 //! The text is the OpenMetrics/Prometheus exposition format written by `prometheus-client`.

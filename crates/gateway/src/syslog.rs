@@ -725,10 +725,10 @@ mod tests {
         // Nobody reads the pipe: its 64 KiB fill up, the logger thread blocks in write, the
         // queue fills, and everything after that must be dropped, not waited for.
         let total = 20_000u64;
-        let start = std::time::Instant::now();
+        let start = crate::clock::now();
         let mut slowest = Duration::ZERO;
         for i in 0..total {
-            let t = std::time::Instant::now();
+            let t = crate::clock::now();
             log.log(Message { severity: 6, id: 1, text: format!("m{i}") });
             slowest = slowest.max(t.elapsed());
         }
@@ -795,7 +795,7 @@ mod tests {
     fn drop_flushes_a_slow_sink() {
         let sink = Collect { delay: Duration::from_millis(2), ..Collect::default() };
         let log = Syslog::with_stderr_sink(quiet(true, false), Box::new(sink.clone()));
-        let start = std::time::Instant::now();
+        let start = crate::clock::now();
         for i in 0..200 {
             log.log(Message { severity: 6, id: 1, text: format!("m{i}") });
         }

@@ -1917,7 +1917,7 @@ mod tests {
         // As the writer hands chunks to TLS (whole frames, at most TLS_BATCH each) the room
         // comes back by exactly what it wrote.
         let first = frames_prefix(&taken_by_writer, TLS_BATCH);
-        assert!(first <= TLS_BATCH && first % big.len() == 0 && first > 0);
+        assert!(first <= TLS_BATCH && first.is_multiple_of(big.len()) && first > 0);
         q.in_flight.fetch_sub(first, Ordering::Relaxed);
         let fits = (TLS_QUEUE_BYTES - q.in_flight.load(Ordering::Relaxed)) / big.len();
         for _ in 0..fits + 3 {
