@@ -38,6 +38,7 @@ use lab::ocserv::{
 use lab::openconnect::{make_server_cert, RaLab, ServerCert, GW_OUTSIDE_IP, SERVER_IP};
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,31 @@ use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "bench-secret-5";
 const PROBE_PORT: u16 = 7777;
+
+/// An `ACBENCH_PROBE` command running in its own process group: reaped when dropped (also
+/// when the row fails early), waited for until `deadline` (the iperf3 run plus 10 s), then
+/// killed with everything it started, so a probe that never ends cannot hang the bench.
+struct Probe {
+    child: std::process::Child,
+    deadline: Instant,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() < self.deadline => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) => {
+                    // The group id is the child's pid (`process_group(0)`).
+                    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
+                    let _ = self.child.wait();
+                    return;
+                }
+            }
+        }
+    }
+}
 
 fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
@@ -209,7 +235,11 @@ fn main() -> ExitCode {
     let imps: Vec<Imp> = match opt(&args, "--only") {
         Some("holdfast") => vec![Imp::Holdfast],
         Some("ocserv") => vec![Imp::Ocserv],
-        _ => vec![Imp::Holdfast, Imp::Ocserv],
+        None => vec![Imp::Holdfast, Imp::Ocserv],
+        Some(other) => {
+            eprintln!("lab-acbench: --only {other}: expected holdfast or ocserv");
+            return ExitCode::FAILURE;
+        }
     };
     let clients = match opt(&args, "--client") {
         Some("fast") => vec![ClientKind::Fast],
@@ -229,12 +259,20 @@ fn main() -> ExitCode {
     let chans = match opt(&args, "--chan") {
         Some("tls") => vec![Chan::Tls],
         Some("dtls") => vec![Chan::Dtls],
-        _ => vec![Chan::Dtls, Chan::Tls],
+        None => vec![Chan::Dtls, Chan::Tls],
+        Some(other) => {
+            eprintln!("lab-acbench: --chan {other}: expected tls or dtls");
+            return ExitCode::FAILURE;
+        }
     };
     let dirs = match opt(&args, "--dir") {
         Some("up") => vec![false],
         Some("down") => vec![true],
-        _ => vec![false, true],
+        None => vec![false, true],
+        Some(other) => {
+            eprintln!("lab-acbench: --dir {other}: expected up or down");
+            return ExitCode::FAILURE;
+        }
     };
     let cfg = Cfg { tuning: RaTuning { dpd: 30, mtu }, secs, fb_timeout, clients, acload, chans, dirs };
     let started = Instant::now();
@@ -482,16 +520,16 @@ fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool)
             .env("CLIENT_PIDS", ids(&cpids))
             .env("SECS", secs.to_string())
             .env("ROW", if reverse { "down" } else { "up" })
+            .process_group(0)
             .spawn()
             .ok()
+            .map(|child| Probe { child, deadline: t0 + Duration::from_secs(secs + 10) })
     });
     let out = run(&mut in_ns(&lab.client, &argv), Duration::from_secs(secs + 40)).map_err(|e| e.to_string())?;
     let wall = t0.elapsed().as_secs_f64();
     // Processes that appeared during the run (an ocserv worker) count from zero.
     let (s1, c1, m1) = (ticks(&server.pids(&lab.gw)), ticks(&client_pids(lab)), MachineCpu::sample());
-    if let Some(mut p) = probe {
-        let _ = p.wait();
-    }
+    drop(probe);
     let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / clk_tck() as f64 / wall;
     let (machine, softirq) = m1.cores_since(&m0, ncpu());
     let v: serde_json::Value = serde_json::from_str(&out.stdout).map_err(|e| format!("iperf3 output: {e}: {}{}", out.stdout, out.stderr))?;
