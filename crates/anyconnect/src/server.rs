@@ -292,11 +292,15 @@ impl Server {
         if (req.method == "GET" || head) && req.target.split('?').next() == Some("/") {
             // The non-aggregate login starts with `GET /` (ocserv answers it with the form):
             // the same answer and the same bounded pending login as an aggregate init.
-            // HEAD gets GET's answer without the content (RFC 9110 §9.3.2), including the
-            // context cookie, whose pending login is bounded exactly like GET's.
+            if head {
+                // HEAD is what load balancers probe with, every few seconds: it gets GET's
+                // status and headers but opens no pending login (each would hold one of the
+                // address's few slots for the pending lifetime, and the probes alone would
+                // soon get 503 and lock real clients behind that address out).
+                return Ok(self.head_login(conn, &req).into());
+            }
             let init = ClientAuth::empty(AuthKind::Init);
-            let step = self.handle_auth_msg(now, conn, &req, init);
-            return Ok(if head { head_of(step) } else { step });
+            return Ok(self.handle_auth_msg(now, conn, &req, init));
         }
         if req.method == "GET" || req.method == "POST" || head {
             // No clientless portal: anything but the XML exchange gets a plain 404 (for
@@ -347,43 +351,7 @@ impl Server {
         if msg.kind == AuthKind::Other("logout".into()) {
             return self.handle_logout(now, req, &msg).into();
         }
-        // The pending login this post continues (cookie first, then the echoed opaque handle).
-        let handle = req
-            .cookie("webvpncontext")
-            .map(str::to_string)
-            .filter(|h| self.pending.contains_key(h))
-            .or_else(|| msg.handle.clone().filter(|h| self.pending.contains_key(h)));
-        // Group: explicit selection, else the pending login's, else the URL path, else default.
-        // A URL group that matches nothing falls back to the default group, as the ASA puts
-        // such a client in DefaultWEBVPNGroup; unlike the ASA we say so (716900).
-        let mut url_unknown = None;
-        let requested = msg
-            .group_select
-            .clone()
-            .or_else(|| {
-                handle
-                    .as_ref()
-                    .and_then(|h| self.pending.get(h))
-                    .map(|p| p.group.clone())
-            })
-            .or_else(|| {
-                let asked = [url_group(msg.group_access.as_deref()), url_group(Some(req.target))];
-                let known = asked.iter().flatten().find(|g| self.config.group(g).is_some()).cloned();
-                if known.is_none() {
-                    // `/auth` is where a login form posts its reply (ocserv's form action,
-                    // which openconnect follows), not a group the user typed: a reply sent
-                    // there after its pending login expired is no reason for a 716900.
-                    url_unknown = asked.into_iter().flatten().find(|g| g != FORM_ACTION_SEGMENT);
-                }
-                known
-            });
-        let (group, unknown) = match requested {
-            Some(g) => match self.config.group(&g) {
-                Some(tg) => (Some(tg.clone()), None),
-                None => (self.default_group().cloned(), Some(g)),
-            },
-            None => (self.default_group().cloned(), None),
-        };
+        let LoginTarget { handle, group, unknown, url_unknown } = self.login_target(req, &msg);
         let Some(group) = group else {
             return self.refuse(
                 conn.peer,
@@ -454,6 +422,116 @@ impl Server {
             return self.form(consumed, close, &h, &shown, None).into();
         }
         self.check_password(now, conn, &msg, handle, &group, consumed, close)
+    }
+
+    /// Where a login step goes, decided without changing anything: the pending login it
+    /// continues (cookie first, then the echoed opaque handle) and its group: explicit
+    /// selection, else the pending login's, else the URL path, else the default. A URL group
+    /// that matches nothing falls back to the default group, as the ASA puts such a client in
+    /// DefaultWEBVPNGroup; unlike the ASA we say so (716900, `url_unknown`).
+    fn login_target(&self, req: &Request<'_>, msg: &ClientAuth) -> LoginTarget {
+        let handle = req
+            .cookie("webvpncontext")
+            .map(str::to_string)
+            .filter(|h| self.pending.contains_key(h))
+            .or_else(|| msg.handle.clone().filter(|h| self.pending.contains_key(h)));
+        let mut url_unknown = None;
+        let requested = msg
+            .group_select
+            .clone()
+            .or_else(|| {
+                handle
+                    .as_ref()
+                    .and_then(|h| self.pending.get(h))
+                    .map(|p| p.group.clone())
+            })
+            .or_else(|| {
+                let asked = [url_group(msg.group_access.as_deref()), url_group(Some(req.target))];
+                let known = asked.iter().flatten().find(|g| self.config.group(g).is_some()).cloned();
+                if known.is_none() {
+                    // `/auth` is where a login form posts its reply (ocserv's form action,
+                    // which openconnect follows), not a group the user typed: a reply sent
+                    // there after its pending login expired is no reason for a 716900.
+                    url_unknown = asked.into_iter().flatten().find(|g| g != FORM_ACTION_SEGMENT);
+                }
+                known
+            });
+        let (group, unknown) = match requested {
+            Some(g) => match self.config.group(&g) {
+                Some(tg) => (Some(tg.clone()), None),
+                None => (self.default_group().cloned(), Some(g)),
+            },
+            None => (self.default_group().cloned(), None),
+        };
+        LoginTarget { handle, group, unknown, url_unknown }
+    }
+
+    /// `HEAD /` (and `HEAD /?...`): what `GET /` would answer at this moment (status,
+    /// headers, Content-Length), without the content (RFC 9110 §9.3.2), decided by the same
+    /// steps as [`Server::handle_auth_msg`] but read-only: no pending login is opened or
+    /// refreshed, no session made, nothing logged or counted (a probe is not a login
+    /// attempt). The header fields whose values exist only once GET creates its state are
+    /// left out, as §9.3.2 allows: the context (or session) `Set-Cookie`, and for a
+    /// certificate group's login, whose answer carries a new session's cookie, the
+    /// Content-Length.
+    fn head_login(&self, conn: &ConnInfo, req: &Request<'_>) -> HttpOutcome {
+        let consumed = req.len;
+        let close = req.wants_close();
+        let init = ClientAuth::empty(AuthKind::Init);
+        let LoginTarget { handle, group, unknown, .. } = self.login_target(req, &init);
+        let Some(group) = group else {
+            return head_only(closing_response(consumed, (503, "Service Unavailable"), "no tunnel group"));
+        };
+        // The form as GET would send it, once GET has its pending login: an unknown group is
+        // answered with the form before the group's other checks, as in handle_auth_msg.
+        let form = |err: Option<String>| {
+            // GET opens a pending login here, unless its cookie names a live one.
+            if handle.is_none() && !self.pending_admits(conn.peer.ip()) {
+                return head_only(unfinished_logins_refusal(consumed));
+            }
+            // The form's length does not depend on which handle it carries: all are
+            // CONTEXT_BYTES hex-encoded.
+            let placeholder = "0".repeat(2 * CONTEXT_BYTES);
+            let h = handle.as_deref().unwrap_or(&placeholder);
+            let shown = self.shown_name(&group);
+            head_only(self.form_response(consumed, close, h, &shown, err.as_deref(), false))
+        };
+        if let Some(bad) = &unknown {
+            return form(Some(format!("Group '{bad}' is not a valid group.")));
+        }
+        if !self.config.policy_of(&group).ssl_client {
+            return head_only(closing_response(
+                consumed,
+                (403, "Forbidden"),
+                "AnyConnect is not permitted for this group",
+            ));
+        }
+        match (&group.authentication, &conn.client_cert) {
+            (AuthMethod::AaaCertificate | AuthMethod::Certificate, None) => head_only(closing_response(
+                consumed,
+                (401, "Unauthorized"),
+                "client certificate required",
+            )),
+            (AuthMethod::Certificate, Some(_)) => {
+                let limit = self.config.limits.max_sessions;
+                if limit != 0 && self.sessions.len() >= limit {
+                    return head_only(closing_response(
+                        consumed,
+                        (503, "Service Unavailable"),
+                        "session limit reached",
+                    ));
+                }
+                // GET logs in here and answers with the new session's cookie and XML.
+                let r = Response::new(200, "OK")
+                    .header("Connection", "Keep-Alive")
+                    .header("X-Transcend-Version", "1")
+                    .header("Cache-Control", "no-store")
+                    .header("Content-Type", "text/xml")
+                    .without_content_length();
+                HttpOutcome::Respond { consumed, bytes: r.to_bytes(), close }
+            }
+            _ => form(None),
+        }
     }
 
     /// Cisco's logout post (`<config-auth type="logout"><session-token>`), sent when the user
@@ -795,6 +873,20 @@ impl Server {
         group: &str,
         error: Option<&str>,
     ) -> HttpOutcome {
+        self.form_response(consumed, close, handle, group, error, true)
+    }
+
+    /// The login form naming the pending login `handle`; `set_cookie`: also as the
+    /// `webvpncontext` cookie (not for HEAD, which opens no pending login).
+    fn form_response(
+        &self,
+        consumed: usize,
+        close: bool,
+        handle: &str,
+        group: &str,
+        error: Option<&str>,
+        set_cookie: bool,
+    ) -> HttpOutcome {
         let list: Vec<&str> = if self.config.group_list {
             self.config
                 .group_list()
@@ -810,11 +902,14 @@ impl Server {
             group_list: &list,
             error,
         });
-        let r = Response::new(200, "OK")
-            .header(
+        let mut r = Response::new(200, "OK");
+        if set_cookie {
+            r = r.header(
                 "Set-Cookie",
                 format!("webvpncontext={handle}; path=/; Secure; HttpOnly"),
-            )
+            );
+        }
+        let r = r
             .header("Connection", "Keep-Alive")
             .header("X-Transcend-Version", "1")
             .header("Cache-Control", "no-store")
@@ -843,28 +938,15 @@ impl Server {
                 return Ok(h);
             }
         }
-        let per_peer = self.pending_by_peer.get(&peer).copied().unwrap_or(0);
-        if per_peer >= self.config.limits.pending_auth_per_peer
-            || self.pending.len() >= self.config.limits.pending_auth_total
-        {
+        if !self.pending_admits(peer) {
             self.stats.auth_pending_refused += 1;
             self.refused(
                 SocketAddr::new(peer, 0),
                 "login refused: too many unfinished logins".into(),
             );
-            return Err(Box::new(|consumed| {
-                let r = Response::new(503, "Service Unavailable")
-                    .header("Connection", "close")
-                    .header("Retry-After", "30")
-                    .body("text/plain", "too many unfinished logins\n");
-                HttpOutcome::Respond {
-                    consumed,
-                    bytes: r.to_bytes(),
-                    close: true,
-                }
-            }));
+            return Err(Box::new(unfinished_logins_refusal));
         }
-        let mut raw = [0u8; 16];
+        let mut raw = [0u8; CONTEXT_BYTES];
         self.rng.fill(&mut raw);
         let h = hex::encode_upper(raw);
         self.pending.insert(
@@ -878,6 +960,13 @@ impl Server {
         );
         *self.pending_by_peer.entry(peer).or_insert(0) += 1;
         Ok(h)
+    }
+
+    /// Whether a new pending login from `peer` fits the bounds (per address and in all).
+    fn pending_admits(&self, peer: IpAddr) -> bool {
+        let per_peer = self.pending_by_peer.get(&peer).copied().unwrap_or(0);
+        per_peer < self.config.limits.pending_auth_per_peer
+            && self.pending.len() < self.config.limits.pending_auth_total
     }
 
     fn drop_pending(&mut self, h: &str) {
@@ -2264,6 +2353,35 @@ impl Server {
 }
 
 /// A plain-text answer after which the connection closes (refusals).
+/// The answer when a new pending login does not fit its bounds.
+fn unfinished_logins_refusal(consumed: usize) -> HttpOutcome {
+    let r = Response::new(503, "Service Unavailable")
+        .header("Connection", "close")
+        .header("Retry-After", "30")
+        .body("text/plain", "too many unfinished logins\n");
+    HttpOutcome::Respond {
+        consumed,
+        bytes: r.to_bytes(),
+        close: true,
+    }
+}
+
+/// Random bytes in a pending login's handle (sent hex-encoded, as the `webvpncontext`
+/// cookie and in the form's `<aggauth-handle>`).
+const CONTEXT_BYTES: usize = 16;
+
+/// Where a login step goes ([`Server::login_target`]).
+struct LoginTarget {
+    /// The live pending login the request continues.
+    handle: Option<String>,
+    /// The group to log in to (None: no tunnel group is configured).
+    group: Option<TunnelGroup>,
+    /// A group asked for by name that does not exist (the default group is used).
+    unknown: Option<String>,
+    /// An unknown group taken from the URL, for 716900.
+    url_unknown: Option<String>,
+}
+
 fn closing_response(consumed: usize, (code, reason): (u16, &'static str), body: &str) -> HttpOutcome {
     let r = Response::new(code, reason)
         .header("Connection", "close")
@@ -2379,11 +2497,19 @@ fn clamp_syn(pkt: &mut [u8], max: Option<u16>) -> bool {
 /// asks for a password check, so `step` is always a response.
 fn head_of(step: HttpStep) -> HttpStep {
     match step {
-        HttpStep::Done(HttpOutcome::Respond { consumed, mut bytes, close }) => {
+        HttpStep::Done(o) => head_only(o).into(),
+        other => other,
+    }
+}
+
+/// [`head_of`] for an answer already decided.
+fn head_only(o: HttpOutcome) -> HttpOutcome {
+    match o {
+        HttpOutcome::Respond { consumed, mut bytes, close } => {
             if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
                 bytes.truncate(end + 4);
             }
-            HttpOutcome::Respond { consumed, bytes, close }.into()
+            HttpOutcome::Respond { consumed, bytes, close }
         }
         other => other,
     }

@@ -1,6 +1,7 @@
 //! Edges of the login exchange found by the session-10 review (notes/review-session10.md,
 //! N1-N3): a UTF-8 byte order mark before the XML, bodies that are neither XML nor a form,
-//! `HEAD` of the paths `GET` serves, and the form's own action path taken for a URL group.
+//! `HEAD` of the paths `GET` serves (stateless: review-session11 finding 2), and the form's own
+//! action path taken for a URL group.
 
 // The virtual clock needs some starting Instant; everything after it is computed.
 #![allow(clippy::disallowed_methods)]
@@ -142,9 +143,12 @@ fn body_neither_xml_nor_form_is_refused() {
     assert_eq!(status(&r), 200, "{r}");
 }
 
-/// N2: `HEAD /` answers what `GET /` answers (the login form's status and headers, its
-/// Content-Length) without the content (RFC 9110 §9.3.2), and `HEAD` of an unserved path
-/// mirrors `GET`'s 404 including its length.
+/// N2: `HEAD /` answers what `GET /` answers (the login form's status, Content-Type and
+/// Content-Length) without the content (RFC 9110 §9.3.2) and without the `webvpncontext`
+/// cookie: HEAD opens no pending login, so it has no context to name (§9.3.2 lets a server
+/// leave out fields whose value only generating the content determines). `HEAD` of an
+/// unserved path (a group name included: `GET /RA` is no form either) mirrors `GET`'s 404
+/// including its length.
 #[test]
 fn head_mirrors_get() {
     let t0 = Instant::now();
@@ -156,25 +160,98 @@ fn head_mirrors_get() {
         assert!(!close, "{head}");
         assert_eq!(status(&get), 200, "{get}");
         assert_eq!(head.lines().next(), get.lines().next(), "{head}");
-        let names = |r: &str| headers(r).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(names(&head), names(&get), "{head}\n---\n{get}");
         assert_eq!(header(&head, "Content-Length"), Some(body(&get).len().to_string()), "{head}");
         assert_eq!(header(&head, "Content-Type"), header(&get, "Content-Type"));
+        assert_eq!(header(&head, "Content-Type").as_deref(), Some("text/xml"));
         assert_eq!(body(&head), "", "{head}");
-        // The cookie HEAD sets names a login that a reply can continue, as GET's does.
-        let h = context_cookie(&head);
+        assert_eq!(set_cookie(&head, "webvpncontext"), None, "HEAD names no login context: {head}");
+        // Every other header GET sends, HEAD sends with the same value.
+        let others = |r: &str| {
+            headers(r).into_iter().filter(|(k, _)| !k.eq_ignore_ascii_case("Set-Cookie")).collect::<Vec<_>>()
+        };
+        assert_eq!(others(&head), others(&get), "{head}\n---\n{get}");
+        // A HEAD carrying GET's cookie answers the same and leaves that login usable.
+        let h = context_cookie(&get);
+        let with_cookie = format!(
+            "HEAD {target} HTTP/1.1\r\nHost: vpn.example\r\nCookie: webvpncontext={h}\r\n\r\n"
+        );
+        let (head2, _) = respond(s.handle_http(t0, &c, with_cookie.as_bytes()));
+        assert_eq!(head2.lines().next(), get.lines().next(), "{head2}");
+        assert_eq!(header(&head2, "Content-Length"), header(&head, "Content-Length"), "{head2}");
+        assert_eq!(set_cookie(&head2, "webvpncontext"), None, "{head2}");
         let (done, _) = respond(s.handle_http(t0, &c, &post_to("/", reply(&h).as_bytes(), Some(&h))));
-        assert!(done.contains("type=\"complete\""), "{done}");
+        assert!(done.contains("type=\"complete\""), "GET's cookie still logs in: {done}");
     }
-    for target in ["/index.html", "/+CSCOE+/logon.html"] {
+    for target in ["/index.html", "/+CSCOE+/logon.html", "/RA", "/RA?x=1"] {
         let (get, _) = respond(s.handle_http(t0, &c, &request("GET", target)));
         let (head, _) = respond(s.handle_http(t0, &c, &request("HEAD", target)));
-        assert_eq!(status(&get), 404);
+        assert_eq!(status(&get), 404, "{target}: {get}");
         assert_eq!(head.lines().next(), get.lines().next(), "{head}");
         assert_eq!(headers(&head), headers(&get), "{head}\n---\n{get}");
         assert_eq!(body(&head), "", "{head}");
         assert!(!body(&get).is_empty());
     }
+}
+
+/// Review session 11, finding 2: a load balancer probing `HEAD /` every few seconds from one
+/// address keeps getting 200, and a real login from that address still works. When each
+/// HEAD opened a pending login (16 per address, 120 s each), the 17th probe within the
+/// lifetime got 503 and so did every client behind that address.
+#[test]
+fn head_probes_open_no_pending_login() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    let c = conn(41004);
+    let mut now = t0;
+    let mut cookies = 0;
+    // 40 probes 2.5 s apart: all within one pending-login lifetime (120 s).
+    for i in 0..40 {
+        now = t0 + Duration::from_millis(2500 * i);
+        let (head, close) = respond(s.handle_http(now, &c, &request("HEAD", "/")));
+        assert_eq!(status(&head), 200, "probe {i} at {:?}: {head}", now - t0);
+        assert!(!close, "probe {i}: {head}");
+        assert_eq!(refusals(&events(&mut s)), Vec::<String>::new(), "probe {i}");
+        if set_cookie(&head, "webvpncontext").is_some() {
+            cookies += 1;
+        }
+    }
+    assert_eq!(cookies, 0, "HEAD names no login context");
+    assert_eq!(s.stats().auth_pending_refused, 0);
+    // A real client behind the same address logs in.
+    let (form, _) = respond(s.handle_http(now, &c, &request("GET", "/")));
+    assert_eq!(status(&form), 200, "{form}");
+    let h = context_cookie(&form);
+    let (done, _) = respond(s.handle_http(now, &c, &post_to("/", reply(&h).as_bytes(), Some(&h))));
+    assert!(done.contains("type=\"complete\""), "{done}");
+    assert_eq!(s.session_count(), 1);
+}
+
+/// HEAD reports what GET would answer now, also when GET would be refused: once GETs have
+/// filled the address's unfinished logins, HEAD / gets GET's 503 (status, headers, length)
+/// without adding to the count.
+#[test]
+fn head_reports_a_full_pending_quota_like_get() {
+    let t0 = Instant::now();
+    let mut s = server(t0);
+    let c = conn(41005);
+    let quota = config().limits.pending_auth_per_peer;
+    for _ in 0..quota {
+        let (r, _) = respond(s.handle_http(t0, &c, &request("GET", "/")));
+        assert_eq!(status(&r), 200, "{r}");
+    }
+    events(&mut s);
+    let (get, close) = respond(s.handle_http(t0, &c, &request("GET", "/")));
+    assert!(close && status(&get) == 503, "{get}");
+    events(&mut s);
+    let refused = s.stats().auth_pending_refused;
+    let (head, close) = respond(s.handle_http(t0, &c, &request("HEAD", "/")));
+    assert!(close, "{head}");
+    assert_eq!(head.lines().next(), get.lines().next(), "{head}");
+    assert_eq!(headers(&head), headers(&get), "{head}\n---\n{get}");
+    assert_eq!(body(&head), "");
+    // A probe is not a login attempt: nothing counted, nothing reported.
+    assert_eq!(s.stats().auth_pending_refused, refused);
+    assert!(events(&mut s).is_empty());
 }
 
 /// N3: a reply posted to `/auth` (the action path of ocserv's login form, which openconnect
@@ -204,4 +281,44 @@ fn form_action_path_is_not_a_url_group() {
         syslog(&events(&mut s)),
         vec!["%ASA-5-716900: IP <203.0.113.10> Group <NOSUCH> requested in the connection URL matches no tunnel-group or group-alias; using tunnel-group <RA>.".to_string()]
     );
+}
+
+/// In a certificate-only group `GET /` with a verified client certificate logs in at once;
+/// `HEAD /` answers its status and Content-Type but makes no session (and, having no
+/// session cookie to put in the content, sends no Content-Length). Without a certificate
+/// both get the same 401.
+#[test]
+fn head_in_a_certificate_group_makes_no_session() {
+    let t0 = Instant::now();
+    let cfg = common::config_of(
+        vec![user("vpn", "secret")],
+        vec![tunnel_group("CERT", "CERT", "pol", "POOL", AuthMethod::Certificate)],
+        vec![("pol", GroupPolicy::default())],
+        vec![("POOL", pool("10.99.0.100", "10.99.0.102"))],
+    );
+    let mut s = Server::new(t0, cfg, Box::new(crypto::SeededRandom::new(7)));
+    let bare = conn(41006);
+    let (get, close) = respond(s.handle_http(t0, &bare, &request("GET", "/")));
+    assert!(close && status(&get) == 401, "{get}");
+    let (head, close) = respond(s.handle_http(t0, &bare, &request("HEAD", "/")));
+    assert!(close, "{head}");
+    assert_eq!(head.lines().next(), get.lines().next(), "{head}");
+    assert_eq!(headers(&head), headers(&get), "{head}\n---\n{get}");
+    assert_eq!(body(&head), "");
+
+    let mut with_cert = conn(41007);
+    with_cert.client_cert = Some(ClientCert { common_name: "alice".into() });
+    for _ in 0..5 {
+        let (head, close) = respond(s.handle_http(t0, &with_cert, &request("HEAD", "/")));
+        assert!(!close && status(&head) == 200, "{head}");
+        assert_eq!(header(&head, "Content-Type").as_deref(), Some("text/xml"));
+        assert_eq!(set_cookie(&head, "webvpn"), None, "{head}");
+        assert_eq!(body(&head), "");
+    }
+    assert_eq!(s.session_count(), 0, "HEAD made no session");
+    let (get, _) = respond(s.handle_http(t0, &with_cert, &request("GET", "/")));
+    assert_eq!(status(&get), 200, "{get}");
+    assert_eq!(header(&get, "Content-Type").as_deref(), Some("text/xml"));
+    assert!(set_cookie(&get, "webvpn").is_some(), "{get}");
+    assert_eq!(s.session_count(), 1);
 }
