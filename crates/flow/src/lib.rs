@@ -1152,7 +1152,18 @@ impl Engine {
                 ifc_out: f.ifc_out,
                 ifc_in: f.ifc_in,
             };
-            if eng.table.find(&key).is_some() || eng.table.len() >= eng.cfg.max_flows {
+            // Two flows on one key: a snapshot copied in slices can hold a conn torn down
+            // during the copy and the one built on the same tuple after it. Ids only grow, so
+            // the higher id is the live one, whichever comes first in the file.
+            if let Some(i) = eng.table.find(&key) {
+                if eng.table.get(i).id >= f.id {
+                    continue;
+                }
+                eng.wheel.unlink(&mut eng.table, i);
+                eng.table.remove(i);
+                eng.stats.built -= 1;
+            }
+            if eng.table.len() >= eng.cfg.max_flows {
                 continue;
             }
             let clamp = |d: u64| d.saturating_add(gap).min(TIME_BIAS_MS / 2);
@@ -1208,9 +1219,15 @@ impl Engine {
     /// by the table size. Between two calls the table may change: a conn never moves slot, so
     /// none is copied twice, but one built meanwhile in an already-visited slot is missed and
     /// one torn down after its slot was visited is still in the copy — the walk is not an
-    /// atomic picture, as the ASA's `show conn` is not. With no change in between, the copies
-    /// are exactly [`Engine::conns`] / [`Engine::snapshot`]'s entries, in slab order.
+    /// atomic picture, as the ASA's `show conn` is not. So the raw copy can hold two conns
+    /// with the same 5-tuple: one copied, then torn down, and the one built on the same tuple
+    /// afterwards in a slot the walk had not reached. [`ConnCursor::dedupe_by_key`] removes
+    /// the dead one (the lower id); call it once the walk is done, before listing or
+    /// converting the copy ([`Engine::restore`] also keeps the higher id of a tuple). With no
+    /// change in between, the copies are exactly [`Engine::conns`] / [`Engine::snapshot`]'s
+    /// entries, in slab order.
     pub fn copy_conns(&self, cursor: &mut ConnCursor, max_slots: usize, out: &mut Vec<RawConn>) -> bool {
+        cursor.first_new_id.get_or_insert(self.next_id);
         let end_slot = self.table.slots();
         let from = cursor.next.min(end_slot);
         let to = from.saturating_add(u32::try_from(max_slots.max(1)).unwrap_or(u32::MAX)).min(end_slot);
@@ -1740,12 +1757,34 @@ fn quoted_key(dir: Dir, ifcs: IfcPair, q: &[u8]) -> Option<Key> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnCursor {
     next: u32,
+    /// The engine's next conn id when the walk took its first slice: every conn with a lower
+    /// id existed before the walk began (ids only grow).
+    first_new_id: Option<ConnId>,
 }
 
 impl ConnCursor {
     /// A walk from the first slot.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Removes from `conns`, a copy taken with this cursor, every conn whose 5-tuple (and
+    /// interface pair) appears again with a higher id, keeping the order of the rest. A walk
+    /// can copy a conn, and then, after it is torn down and built again on the same tuple in a
+    /// slot not yet visited, copy its successor too; ids only grow, so the higher id is the
+    /// live one. Only a conn built during the walk (id at or above the engine's next id when
+    /// the walk began) can be such a successor, so the work beyond one pass over `conns` is a
+    /// map of those conns' keys; a cursor that never walked treats every conn as one.
+    pub fn dedupe_by_key(&self, conns: &mut Vec<RawConn>) {
+        let from = self.first_new_id.unwrap_or(0);
+        let mut newest: HashMap<Key, ConnId> = HashMap::new();
+        for c in conns.iter().filter(|c| c.0.id >= from) {
+            let id = newest.entry(c.0.key).or_insert(c.0.id);
+            *id = (*id).max(c.0.id);
+        }
+        if !newest.is_empty() {
+            conns.retain(|c| newest.get(&c.0.key).is_none_or(|&id| c.0.id >= id));
+        }
     }
 }
 

@@ -23,7 +23,7 @@ const CHUNK: usize = 1 << CHUNK_BITS;
 
 /// The 5-tuple plus interface pair, normalised so both directions of a flow share one key:
 /// "out" is the endpoint on the lower-security (outside) interface of the pair, "in" the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub(crate) struct Key {
     pub out_ip: u32,
     pub in_ip: u32,

@@ -352,6 +352,7 @@ mod tests {
     use super::*;
     use crate::tests::{tcp, udp, ACK, SYN};
     use crate::{Config, ConnCursor, Dir, IfcPair, Route, Verdict};
+    use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
 
     /// An engine with tunnelled TCP conns (one preserved `V` after its tunnel drops), clear UDP
@@ -428,7 +429,9 @@ mod tests {
 
     /// Changes between two slices: a conn torn down after its slot was copied stays in the copy,
     /// one built in a visited slot is missed, one built beyond the cursor is found; nothing is
-    /// copied twice and the walk still ends.
+    /// copied twice and the walk still ends. A conn torn down and rebuilt on its tuple beyond
+    /// the cursor is in the raw copy twice; after `dedupe_by_key` the listing and the snapshot
+    /// hold only the live one.
     #[test]
     fn changes_between_slices() {
         let (mut e, t0, ifcs) = table();
@@ -458,5 +461,85 @@ mod tests {
         let snap = meta.snapshot(now, &out);
         let back = Engine::restore(now, Config::default(), &snap, Duration::ZERO).unwrap();
         assert_eq!(back.len(), out.len());
+
+        // A conn copied, then torn down and built again on the same 5-tuple in a slot the walk
+        // has not reached: the raw copy holds both, the dead one first. The listing and the
+        // snapshot must name the live one (the higher id) once.
+        let mut e = Engine::new(t0, Config::default());
+        let ifcs = IfcPair { outside: e.interface("outside").unwrap(), inside: e.interface("inside").unwrap() };
+        let k = |e: &mut Engine, payload: &[u8]| {
+            let v = e.handle_packet(now, Dir::Outbound, ifcs, Route::Clear, &udp("10.1.0.9", 5000, "192.0.2.77", 53, payload));
+            assert_eq!(v, Verdict::Forward);
+        };
+        k(&mut e, b"old");
+        for host in ["10.1.0.10", "10.1.0.11"] {
+            assert_eq!(e.handle_packet(now, Dir::Outbound, ifcs, Route::Clear, &udp(host, 5000, "192.0.2.77", 53, b"")), Verdict::Forward);
+        }
+        let mut cur = ConnCursor::new();
+        let mut out = Vec::new();
+        assert!(!e.copy_conns(&mut cur, 1, &mut out));
+        let dead = out[0].id();
+        assert_eq!(e.clear_conn(now, Some("10.1.0.9".parse().unwrap())), 1);
+        // The freed slot 0 goes to another conn, so the rebuilt one lands beyond the cursor.
+        assert_eq!(e.handle_packet(now, Dir::Outbound, ifcs, Route::Clear, &udp("10.1.0.12", 5000, "192.0.2.77", 53, b"")), Verdict::Forward);
+        k(&mut e, b"newer");
+        while !e.copy_conns(&mut cur, 1, &mut out) {}
+        let live: Vec<u64> = e.conns(now).iter().filter(|r| r.info.inside.addr == Ipv4Addr::new(10, 1, 0, 9)).map(|r| r.info.id).collect();
+        assert_eq!(live.len(), 1);
+        assert!(live[0] > dead);
+        let raw: Vec<u64> = out.iter().map(RawConn::id).collect();
+        assert!(raw.contains(&dead) && raw.contains(&live[0]), "the case needs both in the raw copy: {raw:?}");
+        cur.dedupe_by_key(&mut out);
+        let ids: Vec<u64> = out.iter().map(RawConn::id).collect();
+        assert!(!ids.contains(&dead) && ids.contains(&live[0]), "{ids:?}");
+        let meta = e.table_meta();
+        // The listing names the live conn (5 bytes, "newer") once; its text has no id, the
+        // JSON listing's rows come from the same deduplicated copy.
+        let text = meta.show_conn(now, ConnView::Brief, None, &mut out.clone());
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("inside 10.1.0.9:5000")).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].contains("bytes 5,"), "{text}");
+        // For that tuple the listing is the engine's own (the conn built in slot 0 was missed).
+        let k_addr = Some(Ipv4Addr::new(10, 1, 0, 9));
+        assert_eq!(meta.show_conn(now, ConnView::Long, k_addr, &mut out.clone()), e.show_conn_address(now, ConnView::Long, k_addr));
+        let snap = meta.snapshot(now, &out);
+        let back = Engine::restore(now, Config::default(), &snap, Duration::ZERO).unwrap();
+        back.check_invariants();
+        let restored: Vec<(u64, u64)> =
+            back.conns(now).iter().filter(|r| r.info.inside.addr == Ipv4Addr::new(10, 1, 0, 9)).map(|r| (r.info.id, r.bytes)).collect();
+        assert_eq!(restored, vec![(live[0], 5)], "the live conn, with its own byte count");
+    }
+
+    /// A snapshot with two flows on one 5-tuple (a copy taken in slices can hold a dead conn
+    /// and its live successor): restore keeps the higher id, in either order, and counts one.
+    #[test]
+    fn restore_keeps_the_newest_flow_of_a_tuple() {
+        let t0 = Instant::now();
+        let mut e = Engine::new(t0, Config::default());
+        let ifcs = IfcPair { outside: e.interface("outside").unwrap(), inside: e.interface("inside").unwrap() };
+        for (host, payload) in [("10.1.0.9", &b"abc"[..]), ("10.1.0.10", &b""[..])] {
+            assert_eq!(e.handle_packet(t0, Dir::Outbound, ifcs, Route::Clear, &udp(host, 5000, "192.0.2.77", 53, payload)), Verdict::Forward);
+        }
+        let snap = e.snapshot(t0);
+        let old = snap.flows.iter().find(|f| f.in_addr == Ipv4Addr::new(10, 1, 0, 9)).unwrap().clone();
+        let mut newer = old.clone();
+        newer.id = snap.next_id + 5;
+        newer.bytes = 77;
+        for flows in [vec![old.clone(), newer.clone()], vec![newer.clone(), old.clone()]] {
+            let mut s = snap.clone();
+            s.flows.retain(|f| f.in_addr != old.in_addr);
+            s.flows.extend(flows);
+            let back = Engine::restore(t0, Config::default(), &s, Duration::ZERO).unwrap();
+            back.check_invariants();
+            assert_eq!(back.len(), 2);
+            assert_eq!(back.stats().built, 2);
+            let mine: Vec<(u64, u64)> = back.conns(t0).iter().filter(|r| r.info.inside.addr == old.in_addr).map(|r| (r.info.id, r.bytes)).collect();
+            assert_eq!(mine, vec![(newer.id, 77)]);
+            // The table holds the flow under its key: its packets find it.
+            let mut back = back;
+            let v = back.handle_packet(t0, Dir::Outbound, ifcs, Route::Clear, &udp("10.1.0.9", 5000, "192.0.2.77", 53, b"x"));
+            assert_eq!(v, Verdict::Forward);
+            assert_eq!(back.len(), 2, "no second conn built");
+        }
     }
 }

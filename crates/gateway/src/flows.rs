@@ -156,7 +156,10 @@ pub struct TableCopy {
 impl Shared {
     /// Copies the table out `slice_slots` slots per lock hold, releasing the lock in between
     /// (see `flow::Engine::copy_conns`: conns built or torn down meanwhile may or may not be
-    /// in the copy; none appears twice).
+    /// in the copy). No conn is copied twice; a conn closed and rebuilt on the same 5-tuple
+    /// during the walk can be copied in both lives, and the dead one (the lower id) is removed
+    /// here (`flow::ConnCursor::dedupe_by_key`), so every consumer of the copy (`show conn`,
+    /// `show --json conn`, the state file) sees each tuple once, as the live conn.
     ///
     /// Under the lock a slice is copied into one reusable buffer whose pages were touched
     /// before (growing the whole copy there would reallocate it and fault in fresh pages while
@@ -182,6 +185,7 @@ impl Shared {
             holds += 1;
             conns.extend_from_slice(&slice);
             if let Some(meta) = meta {
+                cursor.dedupe_by_key(&mut conns);
                 return TableCopy { conns, meta, longest_hold, holds };
             }
             std::thread::yield_now();

@@ -437,7 +437,8 @@ pub fn conn_json(eng: &flow::Engine, records: Option<&[flow::ConnRecord]>) -> St
 
 /// `show --json conn [address IP]` from a copy of the table (`flows::Shared::copy_table`): the
 /// JSON [`conn_json`] gives for the same entries (oldest first), built with the engine lock
-/// released. Sorts `conns` in place.
+/// released. Sorts `conns` in place. `copy_table` has already removed a dead conn whose
+/// 5-tuple was rebuilt during the copy, so each tuple is listed once.
 pub fn conn_json_copy(meta: &flow::TableMeta, now: std::time::Instant, address: Option<std::net::Ipv4Addr>, conns: &mut [flow::RawConn]) -> String {
     // Conn ids are unique: an unstable sort gives `Engine::conns`'s order.
     conns.sort_unstable_by_key(flow::RawConn::id);
