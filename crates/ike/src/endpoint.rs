@@ -134,7 +134,7 @@ enum Req {
 }
 
 enum Pending {
-    Init { dh: Option<DhPrivate>, group: DhGroup, cookie: Option<Vec<u8>>, restarts: u32 },
+    Init { dh: Option<DhPrivate>, ke: Vec<u8>, group: DhGroup, cookie: Option<Vec<u8>>, restarts: u32 },
     Auth { child_spi: u32 },
     Dpd,
     DeleteIke,
@@ -961,6 +961,9 @@ impl Endpoint {
         }
         o.sent = now;
         let datagrams = o.datagrams.clone();
+        if matches!(o.pending, Pending::Init { .. }) {
+            sa.msg1 = datagrams.first().cloned().unwrap_or_default();
+        }
         for d in datagrams {
             self.transmit(sa.path, d);
         }
@@ -1098,6 +1101,10 @@ impl Endpoint {
                     return;
                 }
                 let datagrams = out.datagrams.clone();
+                if matches!(out.pending, Pending::Init { .. }) {
+                    // The request AUTH will sign is the one that left last (RFC 7296 §2.15).
+                    sa.msg1 = datagrams.first().cloned().unwrap_or_default();
+                }
                 for d in datagrams {
                     self.transmit(sa.path, d);
                 }
@@ -1293,19 +1300,31 @@ impl Endpoint {
     }
 
     fn send_init(&mut self, now: Instant, sa: &mut IkeSa, group: DhGroup, cookie: Option<Vec<u8>>, restarts: u32) -> Result<(), crypto::CryptoError> {
+        let (dh, public) = DhPrivate::generate(group)?;
+        let msg = self.init_request(sa, group, &public, cookie.as_deref());
+        sa.msg1 = msg.clone();
+        sa.next_mid = 1;
+        self.transmit(sa.path, msg.clone());
+        let pending = Pending::Init { dh: Some(dh), ke: public, group, cookie, restarts };
+        let iv = self.retransmit_interval(sa, &pending, 0);
+        sa.out = Some(Outstanding { mid: 0, datagrams: vec![msg], pending, tries: 0, next: now + iv, sent: now });
+        Ok(())
+    }
+
+    /// Our IKE_SA_INIT request with this KE value (and cookie, RFC 7296 §2.6: first payload).
+    fn init_request(&self, sa: &IkeSa, group: DhGroup, public: &[u8], cookie: Option<&[u8]>) -> Vec<u8> {
         let t = &self.tunnels[sa.tunnel];
         let offers = ike_offers(&t.ike_policies);
-        let (dh, public) = DhPrivate::generate(group)?;
         let local = SocketAddr::new(self.local_ip(sa.tunnel, &sa.path), sa.path.local.port());
         let nat_src = self.nat_source_hash(sa.tunnel, sa.spi_i, 0, local);
         let nat_dst = nat_hash(sa.spi_i, 0, sa.path.remote);
         let mut payloads = Vec::new();
-        if let Some(c) = &cookie {
+        if let Some(c) = cookie {
             // RFC 7296 §2.6: the cookie notify comes first.
             payloads.push(Payload::notify(NotifyType::Cookie, c));
         }
         payloads.push(Payload::Sa(offers_to_wire(&offers, ProtocolId::Ike, &[], Some(group))));
-        payloads.push(Payload::Ke { group: group.number(), data: &public });
+        payloads.push(Payload::Ke { group: group.number(), data: public });
         payloads.push(Payload::Nonce(&sa.ni));
         payloads.push(Payload::notify(NotifyType::NatDetectionSourceIp, &nat_src));
         payloads.push(Payload::notify(NotifyType::NatDetectionDestinationIp, &nat_dst));
@@ -1318,18 +1337,11 @@ impl Endpoint {
         if self.cert[sa.tunnel].is_some() {
             payloads.push(Payload::notify(NotifyType::SignatureHashAlgorithms, &sha));
         }
-        let msg = Message { header: Header::new(sa.spi_i, 0, ExchangeType::IkeSaInit, flags::INITIATOR, 0), payloads }.emit();
-        sa.msg1 = msg.clone();
-        sa.next_mid = 1;
-        self.transmit(sa.path, msg.clone());
-        let pending = Pending::Init { dh: Some(dh), group, cookie, restarts };
-        let iv = self.retransmit_interval(sa, &pending, 0);
-        sa.out = Some(Outstanding { mid: 0, datagrams: vec![msg], pending, tries: 0, next: now + iv, sent: now });
-        Ok(())
+        Message { header: Header::new(sa.spi_i, 0, ExchangeType::IkeSaInit, flags::INITIATOR, 0), payloads }.emit()
     }
 
     fn on_init_response(&mut self, now: Instant, sa: &mut IkeSa, data: &[u8], msg: &Message<'_>) -> Result<(), Drop> {
-        let Some(Outstanding { pending: Pending::Init { dh, group, cookie, restarts }, .. }) = sa.out.as_mut() else {
+        let Some(Outstanding { pending: Pending::Init { dh, ke, group, cookie, restarts }, .. }) = sa.out.as_mut() else {
             return Err(Drop::Unexpected("IKE_SA_INIT response without request"));
         };
         let (group, restarts) = (*group, *restarts);
@@ -1338,8 +1350,25 @@ impl Endpoint {
             if restarts >= 3 || c.data.is_empty() || c.data.len() > 64 {
                 return Err(Drop::Protocol("cookie loop".into()));
             }
+            // RFC 7296 §2.6: the same request again, the cookie first and "all other payloads
+            // unchanged" (same SPIi, Ni and KEi), so that whichever copy the responder answers
+            // yields the keys it has. Another copy of the plain request may have been answered
+            // for real (a COOKIE leaves a responder before a response that needed a DH
+            // computation): the cookie'd request leaves only after KNOCK_INTERVAL, and a real
+            // response arriving before that is the answer to the plain one (msg1 stays).
             let c = c.data.to_vec();
-            return self.send_init(now, sa, group, Some(c), restarts + 1).map_err(|e| Drop::Protocol(e.to_string()));
+            let public = ke.clone();
+            let msg = self.init_request(sa, group, &public, Some(&c));
+            if let Some(Outstanding { pending: Pending::Init { cookie, restarts, .. }, datagrams, next, sent, tries, .. }) = sa.out.as_mut() {
+                *cookie = Some(c);
+                *restarts += 1;
+                *datagrams = vec![msg];
+                *tries = 0;
+                *next = now + KNOCK_INTERVAL;
+                // Keeps `knock` from sending it earlier.
+                *sent = now;
+            }
+            return Ok(());
         }
         if let Some(n) = notify_of(ps, NotifyType::InvalidKePayload) {
             // RFC 7296 §1.2: retry with the group the responder asked for, if we allow it.

@@ -1,0 +1,226 @@
+//! Regression test for a CI failure of the `hs_on_wan_block_30s` lab test:
+//! a COOKIE response and a real IKE_SA_INIT response to two copies of the SAME IKE_SA_INIT
+//! request reach the initiator, the COOKIE first.
+//!
+//! strongSwan 5.9.8 answers a burst of identical IKE_SA_INIT copies (here: the copies holdfast's
+//! knocks queued during the 30 s wan block, flushed at once when the block lifts) like this:
+//! the first copies are admitted and one of them creates a half-open IKE SA (<2>, response R2);
+//! once the per-IP count of half-open + unprocessed IKE_SA_INITs reaches `cookie_threshold_ip`
+//! (default 3) the later copies get a stateless COOKIE notify, which leaves strongSwan's receiver
+//! thread at once, before the worker has computed R2. holdfast then:
+//!   1. on the COOKIE, re-sends IKE_SA_INIT with a NEW KE (endpoint.rs `send_init`,
+//!      `DhPrivate::generate` on every call) -> strongSwan makes <3> from it;
+//!   2. accepts R2 (matched by SPIi, message ID 0, state InitSent) as the answer to the NEW
+//!      request: shared secret from the new DH private and <2>'s KEr, `msg1` = the cookie'd
+//!      request -> keys that <2> does not have;
+//!   3. sends IKE_AUTH with SPIr of <2>: "verifying encrypted payload integrity failed", dropped
+//!      silently, retransmitted (and knocked) for 1+2+4+8+16+32 s = 63 s > the test's 60 s.
+//!
+//! Here the peer is holdfast itself: endpoint B plays strongSwan's <2> (it answers the plain
+//! copy) and endpoint C, the same peer configuration with `cookie_challenge_percent = 0`
+//! (cookies always demanded), plays strongSwan's stateless cookie path for another copy.
+//!
+//! Before the fix (RFC 7296 §2.6: the cookie'd retry resends the same KE and nonce) both
+//! tests failed:
+//!   - `cookie_retry_changes_only_the_cookie`: the retry's KE payload differed from the first
+//!     request's;
+//!   - `cookie_racing_a_real_response_still_comes_up`: B could not verify our IKE_AUTH
+//!     (handle_datagram returned Err, nothing was answered), the CI symptom.
+//!
+//! Run: cargo test -p holdfast-ike --test cookie_race
+
+use ike::{Command, Endpoint, Event, Path, Transmit};
+use policy::*;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use wire::ike::{ExchangeType, Header, Message, NotifyType, Payload};
+
+const A: &str = "192.0.2.1";
+const B: &str = "192.0.2.2";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn net(s: &str, l: u8) -> TrafficSelector {
+    TrafficSelector::from_net(Ipv4Net::new(s.parse().unwrap(), l), None)
+}
+
+/// The lab's suite: AES-GCM-256 / PRF-SHA256 / X25519, PSK, DPD 10 s retry 2.
+fn tunnel(local: &str, peer: &str, lnet: &str, rnet: &str) -> TunnelPolicy {
+    TunnelPolicy {
+        name: format!("MAP:{peer}"),
+        local_addr: ip(local),
+        peer_addr: ip(peer),
+        outside_ifname: "out".into(),
+        local_ts: vec![net(lnet, 24)],
+        remote_ts: vec![net(rnet, 24)],
+        ike_policies: vec![Ikev2Policy {
+            priority: 10,
+            encryption: vec![Encryption::AesGcm256],
+            integrity: vec![Integrity::Null],
+            groups: vec![DhGroup::Curve25519],
+            prf: vec![Prf::Sha256],
+            lifetime: Some(Duration::from_secs(86400)),
+        }],
+        esp_proposals: vec![IpsecProposal { name: "P1".into(), encryption: vec![Encryption::AesGcm256], integrity: vec![] }],
+        pfs: None,
+        child_lifetime: Duration::from_secs(3600),
+        child_lifetime_kilobytes: None,
+        local_psk: Secret("s3cret".into()),
+        remote_psk: Secret("s3cret".into()),
+        dpd: Some(Dpd { threshold: Duration::from_secs(10), retry: Duration::from_secs(2) }),
+        nat_t_disable: false,
+        force_udp_encap: false,
+        connection_type: ConnectionType::Bidirectional,
+    }
+}
+
+fn drain(ep: &mut Endpoint) -> Vec<Transmit> {
+    let mut v = Vec::new();
+    while let Some(t) = ep.poll_transmit() {
+        v.push(t);
+    }
+    v
+}
+
+fn events(ep: &mut Endpoint) -> Vec<Event> {
+    let mut v = Vec::new();
+    while let Some(e) = ep.poll_event() {
+        v.push(e);
+    }
+    v
+}
+
+/// Delivers `t` (sent by the other side) to `ep`, swapping the path's ends.
+fn deliver(ep: &mut Endpoint, now: Instant, t: &Transmit) -> Result<(), ike::Drop> {
+    ep.handle_datagram(now, Path { local: t.path.remote, remote: t.path.local }, &t.data)
+}
+
+fn ke_and_nonce(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let m = Message::parse(data).expect("IKE_SA_INIT parses");
+    let ke = m.payloads.iter().find_map(|p| match p {
+        Payload::Ke { data, .. } => Some(data.to_vec()),
+        _ => None,
+    });
+    let n = m.payloads.iter().find_map(|p| match p {
+        Payload::Nonce(n) => Some(n.to_vec()),
+        _ => None,
+    });
+    (ke.expect("KE payload"), n.expect("Nonce payload"))
+}
+
+fn is_cookie_response(data: &[u8]) -> bool {
+    Message::parse(data).is_ok_and(|m| m.header.is_response() && m.notifies().any(|n| n.ty == NotifyType::Cookie))
+}
+
+struct Lab {
+    now: Instant,
+    a: Endpoint,
+    /// The peer's state-creating path (strongSwan's half-open <2>).
+    b: Endpoint,
+    /// The peer's stateless cookie path (same configuration, cookies always demanded).
+    c: Endpoint,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let g = Ikev2Globals { retransmit_base: Duration::from_millis(1000), retransmit_tries: 5, ..Default::default() };
+        let cookie_always = Ikev2Globals { cookie_challenge_percent: 0, ..g.clone() };
+        #[allow(clippy::disallowed_methods)] // the virtual clock needs some starting Instant
+        let now = Instant::now();
+        Lab {
+            now,
+            a: Endpoint::new(vec![tunnel(A, B, "10.1.0.0", "10.2.0.0")], g.clone(), Box::new(crypto::SeededRandom::new(11))),
+            b: Endpoint::new(vec![tunnel(B, A, "10.2.0.0", "10.1.0.0")], g.clone(), Box::new(crypto::SeededRandom::new(12))),
+            c: Endpoint::new(vec![tunnel(B, A, "10.2.0.0", "10.1.0.0")], cookie_always, Box::new(crypto::SeededRandom::new(13))),
+        }
+    }
+
+    /// A initiates; returns its first IKE_SA_INIT request.
+    fn first_init(&mut self) -> Transmit {
+        self.a.handle_command(self.now, Command::Initiate { tunnel: format!("MAP:{B}") });
+        let mut out = drain(&mut self.a);
+        assert_eq!(out.len(), 1, "one IKE_SA_INIT");
+        out.remove(0)
+    }
+
+    /// Two copies of A's request reach the peer: one creates its half-open SA (B, response R2),
+    /// the other is answered statelessly with a COOKIE (C). Returns (R2, COOKIE response).
+    fn peer_answers_two_copies(&mut self, init: &Transmit) -> (Transmit, Transmit) {
+        deliver(&mut self.b, self.now, init).expect("B takes the first copy");
+        let mut r2 = drain(&mut self.b);
+        assert_eq!(r2.len(), 1, "B answers IKE_SA_INIT");
+        deliver(&mut self.c, self.now, init).expect("C answers the second copy");
+        let mut ck = drain(&mut self.c);
+        assert_eq!(ck.len(), 1, "C answers with a cookie");
+        assert!(is_cookie_response(&ck[0].data), "C's answer is a COOKIE notify");
+        (r2.remove(0), ck.remove(0))
+    }
+}
+
+/// RFC 7296 §2.6: after a COOKIE the initiator MUST retry "with a Notify payload of type COOKIE
+/// containing the responder-supplied cookie data as the first payload and all other payloads
+/// unchanged". holdfast regenerates the KE (send_init -> DhPrivate::generate).
+#[test]
+fn cookie_retry_changes_only_the_cookie() {
+    let mut lab = Lab::new();
+    let init = lab.first_init();
+    let (_r2, cookie) = lab.peer_answers_two_copies(&init);
+    let _ = deliver(&mut lab.a, lab.now, &cookie);
+    // The retry may go out now or at the next retransmission; look until it does.
+    let mut retry = drain(&mut lab.a);
+    for _ in 0..10 {
+        if !retry.is_empty() {
+            break;
+        }
+        lab.now += Duration::from_millis(500);
+        lab.a.handle_timeout(lab.now);
+        retry = drain(&mut lab.a);
+    }
+    let retry = retry.into_iter().find(|t| Message::parse(&t.data).is_ok_and(|m| m.notifies().any(|n| n.ty == NotifyType::Cookie)));
+    let retry = retry.expect("A retries IKE_SA_INIT with the cookie");
+    let h0 = Header::parse(&init.data).unwrap();
+    let h1 = Header::parse(&retry.data).unwrap();
+    assert_eq!((h1.spi_i, h1.spi_r, h1.message_id, h1.exchange), (h0.spi_i, 0, 0, ExchangeType::IkeSaInit));
+    let (ke0, n0) = ke_and_nonce(&init.data);
+    let (ke1, n1) = ke_and_nonce(&retry.data);
+    assert_eq!(n1, n0, "the cookie retry keeps Ni");
+    assert_eq!(ke1, ke0, "the cookie retry keeps KEi (RFC 7296 §2.6: all other payloads unchanged)");
+}
+
+/// The ci11 sequence: the COOKIE for one copy arrives before the real response R2 to another
+/// copy of the same request. The tunnel must still come up with the SA that sent R2 (B); in
+/// ci11 holdfast's IKE_AUTH failed B's integrity check and nothing came back for 63 s.
+#[test]
+fn cookie_racing_a_real_response_still_comes_up() {
+    let mut lab = Lab::new();
+    let init = lab.first_init();
+    let (r2, cookie) = lab.peer_answers_two_copies(&init);
+    let _ = deliver(&mut lab.a, lab.now, &cookie); // COOKIE first (stateless: it leaves first)
+    let mut a_out = drain(&mut lab.a); // the cookie retry, if sent at once (it would create <3> at strongSwan)
+    lab.now += Duration::from_millis(1);
+    deliver(&mut lab.a, lab.now, &r2).expect("A takes R2: same SPIi, message ID 0, IKE_SA_INIT response");
+    a_out.extend(drain(&mut lab.a));
+    let auth: Vec<Transmit> = a_out
+        .into_iter()
+        .filter(|t| Header::parse(&t.data).is_ok_and(|h| h.exchange == ExchangeType::IkeAuth))
+        .collect();
+    assert!(!auth.is_empty(), "A sends IKE_AUTH after R2");
+    let r2h = Header::parse(&r2.data).unwrap();
+    assert_eq!(Header::parse(&auth[0].data).unwrap().spi_r, r2h.spi_r, "IKE_AUTH goes to the SA that sent R2");
+
+    // B (strongSwan's <2>) must be able to verify and answer it.
+    for t in &auth {
+        let r = deliver(&mut lab.b, lab.now, t);
+        assert!(r.is_ok(), "B rejects A's IKE_AUTH ({r:?}): A derived keys B does not have (ci11: 'verifying encrypted payload integrity failed')");
+    }
+    let b_out = drain(&mut lab.b);
+    assert!(!b_out.is_empty(), "B answers IKE_AUTH");
+    for t in &b_out {
+        let _ = deliver(&mut lab.a, lab.now, t);
+    }
+    let ev = events(&mut lab.a);
+    assert!(ev.iter().any(|e| matches!(e, Event::ChildSaUp(_))), "A's tunnel comes up with B; A's events: {ev:?}");
+    assert!(events(&mut lab.b).iter().any(|e| matches!(e, Event::ChildSaUp(_))), "B's side is up too");
+}
