@@ -25,7 +25,24 @@
 //! ```text
 //! lab-acbench [--secs 8] [--repeat 3] [--only holdfast|ocserv] [--client both|openconnect|fast]
 //!             [--chan both|tls|dtls] [--dir both|up|down] [--fallback-timeout 120] [--mtu 1400]
+//!             [--no-fallback] [--pin CLIENT_CPU,SERVER_CPU]
 //! ```
+//! `--no-fallback` skips (c) (it costs ~30 s per server; throughput-only runs).
+//!
+//! `--pin C,S` (measurement knob, off by default; e.g. `--pin 1,0`): before every iperf3 run,
+//! every thread of the client process (openconnect or lab-acload) is pinned to CPU C, and every
+//! thread of the server (the holdfast daemon, or every ocserv process in the gateway namespace:
+//! main, sec-mod, workers) plus both iperf3 ends (the inside `iperf3 -s`, and the client-side
+//! `iperf3 -c`, started under `taskset -c S`) to CPU S, with `taskset -a -p`, identically for
+//! both servers; the affinity of every thread is read back from /proc and a mismatch fails the
+//! row. An ACBENCH_PROBE command then runs on CPU S too, so the client's CPU is its own. The
+//! point: give the client a whole CPU to itself and see its ceiling (with `client` ~1.00 cores
+//! the client is CPU-bound there). The kernel's packet work in softirq still runs on whichever
+//! CPU raised it (for veth and TUN mostly the sender's), so the client's CPU also carries some
+//! of the receive path of what it sends. The CPU table then adds the client's threads' time on
+//! CPU and runnable-but-waiting from schedstat (`cl-run`, `cl-wt`, cores; cl-run near 1 with
+//! little sleep left = the client is CPU-bound) and the busy share of the two CPUs (`cpuC`,
+//! `cpuS`, from /proc/stat: 1.00 = never idle, other engineers' niced builds included).
 //! `ACBENCH_PROBE='shell command'` runs that command alongside every iperf3 (measurement: `ss`,
 //! `perf`), with CLIENT_NS, GW_NS, INSIDE_NS, SERVER_PIDS, CLIENT_PIDS, SECS and ROW (up/down)
 //! in its environment; the row's CPU figures then include what the probe costs.
@@ -152,6 +169,12 @@ struct Sample {
     ip3_inside: f64,
     machine: f64,
     softirq: f64,
+    /// With `--pin`: busy share of the client's CPU and of the server's CPU (NaN otherwise).
+    cpu_pinned: [f64; 2],
+    /// With `--pin`: the client's threads from schedstat, summed, in cores: [on CPU, runnable
+    /// but waiting for a CPU] (NaN otherwise). 1 - both = the share the client slept (waited
+    /// for I/O or for work): near 0 with on-CPU near 1 = the client is CPU-bound on its CPU.
+    client_sched: [f64; 2],
 }
 
 impl Sample {
@@ -220,6 +243,15 @@ struct Cfg {
     acload: PathBuf,
     chans: Vec<Chan>,
     dirs: Vec<bool>,
+    pin: Option<Pin>,
+    fallback: bool,
+}
+
+/// `--pin C,S`: the client on CPU `client`; the server and both iperf3 ends on CPU `server`.
+#[derive(Clone, Copy, Debug)]
+struct Pin {
+    client: usize,
+    server: usize,
 }
 
 fn main() -> ExitCode {
@@ -274,7 +306,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cfg = Cfg { tuning: RaTuning { dpd: 30, mtu }, secs, fb_timeout, clients, acload, chans, dirs };
+    let pin = match opt(&args, "--pin") {
+        None => None,
+        Some(v) => {
+            let n = ncpu();
+            match v.split_once(',').map(|(c, s)| (c.trim().parse::<usize>(), s.trim().parse::<usize>())) {
+                Some((Ok(client), Ok(server))) if client != server && client < n && server < n => Some(Pin { client, server }),
+                _ => {
+                    eprintln!("lab-acbench: --pin {v}: expected CLIENT_CPU,SERVER_CPU, two different CPUs below {n}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let fallback = !args.iter().any(|a| a == "--no-fallback");
+    let cfg = Cfg { tuning: RaTuning { dpd: 30, mtu }, secs, fb_timeout, clients, acload, chans, dirs, pin, fallback };
     let started = Instant::now();
     let load_start = loadavg();
     let mut all: Vec<(Imp, ImpResults)> = imps.iter().map(|i| (*i, ImpResults::default())).collect();
@@ -340,9 +386,16 @@ fn bench_round(imp: Imp, cfg: &Cfg, with_fallback: bool, res: &mut ImpResults) -
             res.notes.push(format!("{} {:?}: {}", client.name(), chan, c.describe()));
             for &down in &cfg.dirs {
                 let row = Row { client, chan, down };
-                let s = iperf(&lab, &server, port, cfg.secs, down)?;
+                let s = iperf(&lab, &server, port, cfg.secs, down, cfg.pin)?;
+                let pinned = match cfg.pin {
+                    Some(p) => format!(
+                        "; pinned: client schedstat on-CPU {:.2} waiting {:.2}; cpu{} (client) busy {:.2}, cpu{} (server, iperf3) busy {:.2}",
+                        s.client_sched[0], s.client_sched[1], p.client, s.cpu_pinned[0], p.server, s.cpu_pinned[1]
+                    ),
+                    None => String::new(),
+                };
                 eprintln!(
-                    "lab-acbench: {} {}: {:.0} Mbit/s; cores: server {:.2}, client {:.2}, iperf3 client-side {:.2}, inside {:.2}, machine {:.2} (softirq {:.2}); load {}",
+                    "lab-acbench: {} {}: {:.0} Mbit/s; cores: server {:.2}, client {:.2}, iperf3 client-side {:.2}, inside {:.2}, machine {:.2} (softirq {:.2}){pinned}; load {}",
                     imp.name(),
                     row.label(),
                     s.mbit,
@@ -360,7 +413,7 @@ fn bench_round(imp: Imp, cfg: &Cfg, with_fallback: bool, res: &mut ImpResults) -
                 if chan == Chan::Dtls && oc.log().matches("Established DTLS connection").count() != 1 {
                     res.notes.push("openconnect: DTLS was re-established during the iperf3 runs".into());
                 }
-                if chan == Chan::Dtls && client == ClientKind::Openconnect && with_fallback {
+                if chan == Chan::Dtls && client == ClientKind::Openconnect && with_fallback && cfg.fallback {
                     res.fallback = Some(fallback(&lab, oc, cfg.fb_timeout)?);
                     unblock_path(&lab);
                 }
@@ -481,13 +534,13 @@ fn ticks(pids: &[u32]) -> u64 {
 
 /// iperf3 from the client namespace to the inside host (`reverse`: inside -> client), with
 /// the CPU of everything involved over the same interval.
-fn iperf(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool) -> Result<Sample, String> {
+fn iperf(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool, pin: Option<Pin>) -> Result<Sample, String> {
     // iperf3 -s serves one test at a time and sometimes still holds the previous one (its
     // tunnel went away under it) for a few seconds: try again then.
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match iperf_once(lab, server, port, secs, reverse) {
+        match iperf_once(lab, server, port, secs, reverse, pin) {
             Err(e) if e.contains("server is busy") && attempt < 8 => {
                 eprintln!("lab-acbench: {e}; again in 2 s");
                 std::thread::sleep(Duration::from_secs(2));
@@ -497,12 +550,20 @@ fn iperf(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool) -> R
     }
 }
 
-fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool) -> Result<Sample, String> {
+fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool, pin: Option<Pin>) -> Result<Sample, String> {
     let (spids, cpids) = (server.pids(&lab.gw), client_pids(lab));
-    let (s0, c0, m0) = (ticks(&spids), ticks(&cpids), MachineCpu::sample());
+    if let Some(p) = pin {
+        pin_processes(lab, &spids, &cpids, p)?;
+    }
+    let (s0, c0, m0, pc0, cs0) = (ticks(&spids), ticks(&cpids), MachineCpu::sample(), per_cpu_ticks(), schedstat(&cpids));
     let t0 = Instant::now();
     let (s, p) = (secs.to_string(), port.to_string());
+    let server_cpu = pin.map(|p| p.server.to_string()).unwrap_or_default();
     let mut argv = vec!["iperf3", "-c", SERVER_IP, "-p", &p, "-t", &s, "-J"];
+    if pin.is_some() {
+        // The client-side iperf3 goes with the server (the client's CPU stays its own).
+        argv.splice(0..0, ["taskset", "-c", server_cpu.as_str()]);
+    }
     if reverse {
         argv.push("-R");
     }
@@ -510,8 +571,14 @@ fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool)
     // namespaces and process ids in its environment (ss, perf, /proc sampling).
     let probe = std::env::var("ACBENCH_PROBE").ok().and_then(|cmd| {
         let ids = |v: &[u32]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ");
-        std::process::Command::new("sh")
-            .arg("-c")
+        let mut c = if pin.is_some() {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", server_cpu.as_str(), "sh"]);
+            c
+        } else {
+            std::process::Command::new("sh")
+        };
+        c.arg("-c")
             .arg(cmd)
             .env("CLIENT_NS", &lab.client)
             .env("GW_NS", &lab.gw)
@@ -528,7 +595,7 @@ fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool)
     let out = run(&mut in_ns(&lab.client, &argv), Duration::from_secs(secs + 40)).map_err(|e| e.to_string())?;
     let wall = t0.elapsed().as_secs_f64();
     // Processes that appeared during the run (an ocserv worker) count from zero.
-    let (s1, c1, m1) = (ticks(&server.pids(&lab.gw)), ticks(&client_pids(lab)), MachineCpu::sample());
+    let (s1, c1, m1, pc1, cs1) = (ticks(&server.pids(&lab.gw)), ticks(&client_pids(lab)), MachineCpu::sample(), per_cpu_ticks(), schedstat(&cpids));
     drop(probe);
     let per_s = |a: u64, b: u64| b.saturating_sub(a) as f64 / clk_tck() as f64 / wall;
     let (machine, softirq) = m1.cores_since(&m0, ncpu());
@@ -548,7 +615,93 @@ fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool)
         ip3_inside: pct("remote_total"),
         machine,
         softirq,
+        cpu_pinned: match pin {
+            Some(p) => [cpu_busy_since(&pc0, &pc1, p.client), cpu_busy_since(&pc0, &pc1, p.server)],
+            None => [f64::NAN; 2],
+        },
+        client_sched: match pin {
+            Some(_) => [(cs1.0.saturating_sub(cs0.0)) as f64 / 1e9 / wall, (cs1.1.saturating_sub(cs0.1)) as f64 / 1e9 / wall],
+            None => [f64::NAN; 2],
+        },
     })
+}
+
+/// Nanoseconds on CPU and runnable-but-waiting, summed over every thread of `pids`
+/// (/proc/PID/task/TID/schedstat; threads that ended in between are lost, which is why this
+/// is only used for the client, whose threads live as long as its session).
+fn schedstat(pids: &[u32]) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for t in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else { continue };
+            let mut f = text.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+            sum.0 += f.next().unwrap_or(0);
+            sum.1 += f.next().unwrap_or(0);
+        }
+    }
+    sum
+}
+
+/// `--pin`: every thread of the client processes to `pin.client`; every thread of the server
+/// processes and of the inside host's iperf3 to `pin.server` (`taskset -a -p`, before every
+/// iperf3 run, so an ocserv worker forked since is caught). Read back from /proc: a thread
+/// left elsewhere fails the row rather than giving a mislabelled figure.
+fn pin_processes(lab: &RaLab, spids: &[u32], cpids: &[u32], pin: Pin) -> Result<(), String> {
+    let inside = ns_pids_named(&lab.server, &["iperf3"]);
+    if cpids.is_empty() || spids.is_empty() || inside.is_empty() {
+        return Err(format!("--pin: no process to pin (client {cpids:?}, server {spids:?}, inside iperf3 {inside:?})"));
+    }
+    let groups = [(cpids, pin.client), (spids, pin.server), (&inside[..], pin.server)];
+    for (pids, cpu) in groups {
+        let c = cpu.to_string();
+        for pid in pids {
+            // Its exit status is not checked: a process that exited meanwhile is not an
+            // error, and a live one left unmoved is caught by the read-back below.
+            run(std::process::Command::new("taskset").args(["-a", "-p", "-c", &c, &pid.to_string()]), Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        }
+    }
+    for (pids, cpu) in groups {
+        for pid in pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+            for t in tasks.flatten() {
+                let Ok(status) = std::fs::read_to_string(t.path().join("status")) else { continue };
+                let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim).unwrap_or("?");
+                if allowed != cpu.to_string() {
+                    return Err(format!("--pin: pid {pid} thread {} allowed on CPUs {allowed}, wanted {cpu}", t.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// (busy, total) clock ticks per CPU from the `cpuN` lines of /proc/stat (busy = user + nice +
+/// system + irq + softirq + steal; total adds idle and iowait), indexed by N.
+fn per_cpu_ticks() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let Some(idx) = f.next().and_then(|n| n.strip_prefix("cpu")).and_then(|n| n.parse::<usize>().ok()) else { continue };
+        let v: Vec<u64> = f.map(|x| x.parse().unwrap_or(0)).collect();
+        let g = |i: usize| v.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal
+        let busy = g(0) + g(1) + g(2) + g(5) + g(6) + g(7);
+        if out.len() <= idx {
+            out.resize(idx + 1, (0, 0));
+        }
+        out[idx] = (busy, busy + g(3) + g(4));
+    }
+    out
+}
+
+/// Busy share (0..1) of CPU `cpu` between two [`per_cpu_ticks`] samples.
+fn cpu_busy_since(a: &[(u64, u64)], b: &[(u64, u64)], cpu: usize) -> f64 {
+    match (a.get(cpu), b.get(cpu)) {
+        (Some(x), Some(y)) if y.1 > x.1 => y.0.saturating_sub(x.0) as f64 / (y.1 - x.1) as f64,
+        _ => f64::NAN,
+    }
 }
 
 /// Probe stream inside -> client every 10 ms; DTLS blocked at the gateway after 2 s; the
@@ -713,6 +866,9 @@ fn print_table(all: &[(Imp, ImpResults)], cfg: &Cfg, repeat: usize) {
         cfg.secs, cfg.tuning.mtu
     );
     println!("oc = openconnect 9.01, fast = lab-acload --tunnel; up = client->inside, down = inside->client (iperf3 -R)");
+    if let Some(p) = cfg.pin {
+        println!("PINNED (--pin {},{}): client on CPU {}; server and both iperf3 ends on CPU {}", p.client, p.server, p.client, p.server);
+    }
     println!();
     println!("Throughput, Mbit/s: median [min-max] (n samples)");
     println!("{:<16} {:>22} {:>22} {:>16}", "", "holdfast", "ocserv", "holdfast/ocserv");
@@ -735,16 +891,22 @@ fn print_table(all: &[(Imp, ImpResults)], cfg: &Cfg, repeat: usize) {
         "CPU over the same intervals, medians, in cores (CPU-seconds per second; this machine has {} CPUs): server, server per Gbit/s, client process, iperf3 in the client namespace, iperf3 on the inside host, whole machine busy (incl. softirq; other engineers' work too), its softirq part (the kernel's packet work; with tick accounting it is also inside the process figures when it ran in their context) and the rest (machine minus the four processes)",
         ncpu()
     );
+    let pin_head = cfg.pin.map_or(String::new(), |p| format!(" {:>6} {:>6} {:>6} {:>6}", "cl-run", "cl-wt", format!("cpu{}", p.client), format!("cpu{}", p.server)));
     println!(
-        "{:<16} {:<9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6}",
+        "{:<16} {:<9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6}{pin_head}",
         "", "", "server", "srv/Gbps", "client", "ip3-cl", "ip3-in", "machine", "softirq", "rest"
     );
     for row in &rows {
         for (imp, r) in [(Imp::Holdfast, h), (Imp::Ocserv, o)] {
             let Some(samples) = r.and_then(|r| r.rows.get(row)) else { continue };
             let med = |f: fn(&Sample) -> f64| fmt(stats(samples.iter().map(f).collect()).map(|s| s.0), 2);
+            let pin_cols = if cfg.pin.is_some() {
+                format!(" {:>6} {:>6} {:>6} {:>6}", med(|s| s.client_sched[0]), med(|s| s.client_sched[1]), med(|s| s.cpu_pinned[0]), med(|s| s.cpu_pinned[1]))
+            } else {
+                String::new()
+            };
             println!(
-                "{:<16} {:<9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6}",
+                "{:<16} {:<9} {:>7} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6}{pin_cols}",
                 row.label(),
                 imp.name(),
                 med(|s| s.server),
