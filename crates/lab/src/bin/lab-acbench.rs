@@ -171,8 +171,8 @@ struct Sample {
     softirq: f64,
     /// With `--pin`: busy share of the client's CPU and of the server's CPU (NaN otherwise).
     cpu_pinned: [f64; 2],
-    /// With `--pin`: the client's threads from schedstat, summed, in cores: [on CPU, runnable
-    /// but waiting for a CPU] (NaN otherwise). 1 - both = the share the client slept (waited
+    /// The client's threads from schedstat, summed, in cores: [on CPU, runnable but waiting
+    /// for a CPU] (in the table only with `--pin`; always in the per-sample line). 1 - both = the share the client slept (waited
     /// for I/O or for work): near 0 with on-CPU near 1 = the client is CPU-bound on its CPU.
     client_sched: [f64; 2],
 }
@@ -388,19 +388,18 @@ fn bench_round(imp: Imp, cfg: &Cfg, with_fallback: bool, res: &mut ImpResults) -
                 let row = Row { client, chan, down };
                 let s = iperf(&lab, &server, port, cfg.secs, down, cfg.pin)?;
                 let pinned = match cfg.pin {
-                    Some(p) => format!(
-                        "; pinned: client schedstat on-CPU {:.2} waiting {:.2}; cpu{} (client) busy {:.2}, cpu{} (server, iperf3) busy {:.2}",
-                        s.client_sched[0], s.client_sched[1], p.client, s.cpu_pinned[0], p.server, s.cpu_pinned[1]
-                    ),
+                    Some(p) => format!("; pinned: cpu{} (client) busy {:.2}, cpu{} (server, iperf3) busy {:.2}", p.client, s.cpu_pinned[0], p.server, s.cpu_pinned[1]),
                     None => String::new(),
                 };
                 eprintln!(
-                    "lab-acbench: {} {}: {:.0} Mbit/s; cores: server {:.2}, client {:.2}, iperf3 client-side {:.2}, inside {:.2}, machine {:.2} (softirq {:.2}){pinned}; load {}",
+                    "lab-acbench: {} {}: {:.0} Mbit/s; cores: server {:.2}, client {:.2} (schedstat on-CPU {:.2} waiting {:.2}), iperf3 client-side {:.2}, inside {:.2}, machine {:.2} (softirq {:.2}){pinned}; load {}",
                     imp.name(),
                     row.label(),
                     s.mbit,
                     s.server,
                     s.client,
+                    s.client_sched[0],
+                    s.client_sched[1],
                     s.ip3_client,
                     s.ip3_inside,
                     s.machine,
@@ -619,10 +618,7 @@ fn iperf_once(lab: &RaLab, server: &Server, port: u16, secs: u64, reverse: bool,
             Some(p) => [cpu_busy_since(&pc0, &pc1, p.client), cpu_busy_since(&pc0, &pc1, p.server)],
             None => [f64::NAN; 2],
         },
-        client_sched: match pin {
-            Some(_) => [(cs1.0.saturating_sub(cs0.0)) as f64 / 1e9 / wall, (cs1.1.saturating_sub(cs0.1)) as f64 / 1e9 / wall],
-            None => [f64::NAN; 2],
-        },
+        client_sched: [(cs1.0.saturating_sub(cs0.0)) as f64 / 1e9 / wall, (cs1.1.saturating_sub(cs0.1)) as f64 / 1e9 / wall],
     })
 }
 
