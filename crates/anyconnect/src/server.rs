@@ -378,7 +378,7 @@ impl Server {
                 Err(o) => return o(consumed).into(),
             };
             let err = format!("Group '{bad}' is not a valid group.");
-            return self.form(consumed, close, &h, &shown, Some(&err)).into();
+            return self.form_response(consumed, close, &h, &shown, Some(&err), true).into();
         }
 
         if !self.config.policy_of(&group).ssl_client {
@@ -419,7 +419,7 @@ impl Server {
                 Ok(h) => h,
                 Err(o) => return o(consumed).into(),
             };
-            return self.form(consumed, close, &h, &shown, None).into();
+            return self.form_response(consumed, close, &h, &shown, None, true).into();
         }
         self.check_password(now, conn, &msg, handle, &group, consumed, close)
     }
@@ -756,7 +756,7 @@ impl Server {
             self.drop_pending(&h);
             return closing_response(consumed, (401, "Unauthorized"), "too many failed logins");
         }
-        self.form(consumed, close, &h, &shown, Some("Login failed."))
+        self.form_response(consumed, close, &h, &shown, Some("Login failed."), true)
     }
 
     fn complete_login(
@@ -863,17 +863,6 @@ impl Server {
             bytes: r.to_bytes(),
             close,
         }
-    }
-
-    fn form(
-        &self,
-        consumed: usize,
-        close: bool,
-        handle: &str,
-        group: &str,
-        error: Option<&str>,
-    ) -> HttpOutcome {
-        self.form_response(consumed, close, handle, group, error, true)
     }
 
     /// The login form naming the pending login `handle`; `set_cookie`: also as the
