@@ -1786,6 +1786,31 @@ impl ConnCursor {
             conns.retain(|c| newest.get(&c.0.key).is_none_or(|&id| c.0.id >= id));
         }
     }
+
+    /// Whether `c`, copied with this cursor, was built after the walk took its first slice (a
+    /// cursor that never walked counts every conn as one, as [`ConnCursor::dedupe_by_key`]).
+    pub fn built_during_walk(&self, c: &RawConn) -> bool {
+        c.0.id >= self.first_new_id.unwrap_or(0)
+    }
+
+    /// Appends to `kept` the conns of `slice` (just copied with this cursor) that the count of
+    /// preserved conns needs: the preserved ones and every conn built during the walk. Those
+    /// are all [`ConnCursor::dedupe_by_key`] looks at to decide whether a preserved conn stays
+    /// (its 5-tuple again with a higher id, which only a conn built during the walk can have),
+    /// so [`ConnCursor::count_preserved`] over `kept` is the count over the whole copy
+    /// deduplicated, without keeping the whole copy.
+    pub fn keep_for_preserved_count(&self, slice: &[RawConn], kept: &mut Vec<RawConn>) {
+        kept.extend(slice.iter().filter(|c| c.is_preserved() || self.built_during_walk(c)));
+    }
+
+    /// The preserved conns (`V`) among `kept` (gathered with
+    /// [`ConnCursor::keep_for_preserved_count`] over a finished walk), each 5-tuple counted once
+    /// by the rule the listings follow: a preserved conn closed and rebuilt during the walk is
+    /// counted only in its live (higher-id) form, and not at all if that form is not preserved.
+    pub fn count_preserved(&self, kept: &mut Vec<RawConn>) -> u64 {
+        self.dedupe_by_key(kept);
+        kept.iter().filter(|c| c.is_preserved()).count() as u64
+    }
 }
 
 /// One conn exactly as the table held it when copied (a 64-byte memcpy of its entry). Convert it

@@ -168,6 +168,12 @@ impl Shared {
     /// again before a woken data-path thread has run, so the data path could wait for many
     /// slices in a row.
     pub fn copy_table(&self, slice_slots: usize) -> TableCopy {
+        self.copy_table_between(slice_slots, |_| {})
+    }
+
+    /// [`Shared::copy_table`], calling `between` with the lock released after every hold but
+    /// the last: the tests change the table there, where the data path can.
+    fn copy_table_between(&self, slice_slots: usize, mut between: impl FnMut(&Self)) -> TableCopy {
         let slice_slots = slice_slots.max(1);
         let mut cursor = flow::ConnCursor::new();
         let mut slice = vec![flow::RawConn::default(); slice_slots];
@@ -188,23 +194,34 @@ impl Shared {
                 cursor.dedupe_by_key(&mut conns);
                 return TableCopy { conns, meta, longest_hold, holds };
             }
+            between(self);
             std::thread::yield_now();
         }
     }
 
-    /// Conns preserved while their tunnel is down (`V`), counted a slice per lock hold.
+    /// Conns preserved while their tunnel is down (`V`), counted a slice per lock hold, by the
+    /// rule [`Shared::copy_table`]'s listing follows: a 5-tuple closed and rebuilt during the
+    /// walk is counted once, as its live (higher-id) conn, so the gauge and `show conn` agree on
+    /// the same walk. Only the preserved conns and those built during the walk are kept
+    /// (`flow::ConnCursor::keep_for_preserved_count`), not the whole copy.
     pub fn count_preserved(&self, slice_slots: usize) -> u64 {
+        self.count_preserved_between(slice_slots, |_| {})
+    }
+
+    /// [`Shared::count_preserved`], calling `between` as [`Shared::copy_table_between`] does.
+    fn count_preserved_between(&self, slice_slots: usize, mut between: impl FnMut(&Self)) -> u64 {
         let slice_slots = slice_slots.max(1);
         let mut cursor = flow::ConnCursor::new();
         let mut buf = vec![flow::RawConn::default(); slice_slots];
-        let mut n = 0u64;
+        let mut kept = Vec::new();
         loop {
             buf.clear();
             let done = self.lock().copy_conns(&mut cursor, slice_slots, &mut buf);
-            n += buf.iter().filter(|c| c.is_preserved()).count() as u64;
+            cursor.keep_for_preserved_count(&buf, &mut kept);
             if done {
-                return n;
+                return cursor.count_preserved(&mut kept);
             }
+            between(self);
             std::thread::yield_now();
         }
     }
@@ -672,6 +689,83 @@ pub(crate) mod tests {
         // preserve-vpn-flows is off in `base`: the 750 tunnelled conns go, the clear ones stay.
         assert_eq!(r.len(), 250);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A small table for the between-slices tests: three TCP conns through MAP:20 (inside
+    /// 10.1.0.1-3, one per slot in that order), preserved with `V` after it drops.
+    fn three_preserved(now: Instant) -> (Shared, flow::IfcPair, flow::TunnelId) {
+        let mut c = base();
+        c.sysopt.preserve_vpn_flows = true;
+        let mut e = flow::Engine::new(now, engine_config(&c, 7));
+        let ifcs = flow::IfcPair { outside: e.interface("wan").unwrap(), inside: e.interface("lan").unwrap() };
+        let b = e.tunnel("MAP:20").unwrap();
+        e.tunnel_up(now, b, &[], &[]);
+        for host in 1..=3u8 {
+            assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::ToTunnel(b), &syn_from(host)), flow::Verdict::Forward);
+        }
+        e.tunnel_down(now, b);
+        while e.poll_event().is_some() {}
+        (Shared::new(e), ifcs, b)
+    }
+
+    /// A SYN from inside 10.1.0.`host`:40000 to 10.2.0.9:80.
+    fn syn_from(host: u8) -> Vec<u8> {
+        let mut p = tcp_syn();
+        p[15] = host;
+        p
+    }
+
+    /// The preserved count walks the table in slices like `show conn`, and counts a 5-tuple
+    /// closed and rebuilt during the walk once, as the live conn, as the listing lists it: here
+    /// the preserved conn of 10.1.0.1 is copied, cleared, its slot reused, and the tuple
+    /// rebuilt (and preserved again) in a slot the walk has not reached. The raw copy holds both
+    /// lives; counting both said 4 where the table and the listing have 3. Rebuilt in clear
+    /// instead, the tuple's live conn is not preserved and the count is 2 (was 3).
+    #[test]
+    fn preserved_count_dedupes_a_rebuilt_tuple() {
+        let now = crate::clock::now();
+        let (shared, ifcs, _) = three_preserved(now);
+        assert_eq!(shared.count_preserved(1), 3);
+        let mut first = true;
+        let n = shared.count_preserved_between(1, |s| {
+            if std::mem::take(&mut first) {
+                let mut e = s.lock();
+                assert_eq!(e.clear_conn(now, Some(Ipv4Addr::new(10, 1, 0, 1))), 1);
+                assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::Clear, &syn_from(9)), flow::Verdict::Forward);
+                assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::Clear, &syn_from(1)), flow::Verdict::Forward);
+            }
+        });
+        assert_eq!(shared.lock().conns(now).iter().filter(|c| c.flags.contains('V')).count(), 2);
+        assert_eq!(n, 2, "the live conn of 10.1.0.1 is not preserved");
+
+        let (shared, ifcs, b) = three_preserved(now);
+        let rebuild = |s: &Shared, first: &mut bool| {
+            if !std::mem::take(first) {
+                return;
+            }
+            let mut e = s.lock();
+            assert_eq!(e.clear_conn(now, Some(Ipv4Addr::new(10, 1, 0, 1))), 1);
+            // A clear conn takes the freed slot 0, so the rebuilt tuple lands beyond the cursor.
+            assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::Clear, &syn_from(9)), flow::Verdict::Forward);
+            e.tunnel_up(now, b, &[], &[]);
+            assert_eq!(e.handle_packet(now, flow::Dir::Outbound, ifcs, flow::Route::ToTunnel(b), &syn_from(1)), flow::Verdict::Forward);
+            e.tunnel_down(now, b);
+            while e.poll_event().is_some() {}
+        };
+        let mut first = true;
+        let n = shared.count_preserved_between(1, |s| rebuild(s, &mut first));
+        let live = shared.lock().conns(now).iter().filter(|c| c.flags.contains('V')).count() as u64;
+        assert_eq!(live, 3);
+        assert_eq!(n, live, "the preserved count must name each 5-tuple once");
+
+        // The same walk as a listing: the raw copy held both lives of 10.1.0.1 and the listing
+        // keeps one; the count agrees with what it lists.
+        let (shared, _, _) = three_preserved(now);
+        let mut first = true;
+        let copy = shared.copy_table_between(1, |s| rebuild(s, &mut first));
+        let listed_v = copy.conns.iter().filter(|c| c.is_preserved()).count() as u64;
+        assert_eq!(listed_v, 3);
+        assert_eq!(copy.conns.iter().filter(|c| c.involves(Ipv4Addr::new(10, 1, 0, 1))).count(), 1);
     }
 
     /// How long `show conn` (text, JSON) and the state-file snapshot hold the engine lock on a

@@ -5,8 +5,9 @@
 //! (SA atomics, the connection table's `Stats`, engine SA lists) into a [`Snapshot`] and the
 //! text is encoded from that. The data-path threads never wait for a scrape except for the
 //! connection-table lock: taken once to read its statistics, and for short slices (like
-//! `show conn`'s copy) to count preserved conns. The resume-time histogram is the only state of its own: it is
-//! observed by the control task where held segments are replayed.
+//! `show conn`'s copy) to count preserved conns (each 5-tuple once, as that copy lists it). The
+//! resume-time histogram is the only state of its own: it is observed by the control task where
+//! held segments are replayed.
 //!
 //! The text is the OpenMetrics/Prometheus exposition format written by `prometheus-client`.
 //! Metric names are listed in docs/observability.md.
