@@ -1107,6 +1107,65 @@ fn dtls_key(k: &DtlsKeying, ssl: &openssl::ssl::SslRef) -> Result<DtlsKey, opens
     })
 }
 
+/// A tunnel connection's writer: takes the frames [`flush_link`] queued (counting them in
+/// [`LinkQueue::in_flight`] until they are handed to TLS), writes them, and ends when the link
+/// closes or a write fails.
+async fn link_writer<W: tokio::io::AsyncWrite + Unpin>(q: Arc<LinkQueue>, mut wr: W) {
+    let mut frames: Vec<u8> = Vec::new();
+    loop {
+        let (head, closed) = {
+            let mut b = lock(&q.buf);
+            // The emptied buffer goes back to the queue for the next frames.
+            frames.clear();
+            std::mem::swap(&mut frames, &mut b.frames);
+            // Still counted against the queue's bound until written (flush_link).
+            q.in_flight.store(frames.len(), Ordering::Relaxed);
+            (b.head.take(), b.closed)
+        };
+        // The `200 CONNECTED` head, raw HTTP, before the first frame.
+        if let Some(h) = head {
+            if wr.write_all(&h).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+        }
+        if frames.is_empty() {
+            if closed {
+                let _ = wr.shutdown().await;
+                break;
+            }
+            q.ready.notified().await;
+            continue;
+        }
+        // Everything queued, then one flush: the frames go out one TLS record each, the
+        // TCP writes are batched by the buffer under the TLS stream. The bytes leave the
+        // queue's count chunk by chunk as they are handed to TLS, so the engine can queue
+        // behind them while a large batch is being written.
+        let mut rest = &frames[..];
+        let mut failed = false;
+        while !rest.is_empty() {
+            let (chunk, r) = rest.split_at(frames_prefix(rest, TLS_BATCH));
+            if write_frames(&mut wr, chunk).await.is_err() {
+                failed = true;
+                break;
+            }
+            q.in_flight.fetch_sub(chunk.len(), Ordering::Relaxed);
+            rest = r;
+        }
+        if failed || wr.flush().await.is_err() {
+            break;
+        }
+        // A burst's buffer is not kept for an idle connection.
+        if frames.capacity() > 4 * TLS_BATCH && frames.len() < TLS_BATCH {
+            frames = Vec::new();
+        }
+    }
+    // Nothing more can be sent: later frames are discarded, not counted as overflow.
+    let mut b = lock(&q.buf);
+    b.closed = true;
+    b.frames = Vec::new();
+    q.in_flight.store(0, Ordering::Relaxed);
+}
+
 async fn run_tunnel(
     core: Arc<Core>,
     stream: tokio_openssl::SslStream<tls::Tcp>,
@@ -1118,62 +1177,8 @@ async fn run_tunnel(
 ) {
     // From here on every record is a packet: keep OpenSSL's record buffers.
     tls::keep_record_buffers(stream.ssl());
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let writer = tokio::spawn(async move {
-        let mut frames: Vec<u8> = Vec::new();
-        loop {
-            let (head, closed) = {
-                let mut b = lock(&q.buf);
-                // The emptied buffer goes back to the queue for the next frames.
-                frames.clear();
-                std::mem::swap(&mut frames, &mut b.frames);
-                // Still counted against the queue's bound until written (flush_link).
-                q.in_flight.store(frames.len(), Ordering::Relaxed);
-                (b.head.take(), b.closed)
-            };
-            // The `200 CONNECTED` head, raw HTTP, before the first frame.
-            if let Some(h) = head {
-                if wr.write_all(&h).await.is_err() || wr.flush().await.is_err() {
-                    break;
-                }
-            }
-            if frames.is_empty() {
-                if closed {
-                    let _ = wr.shutdown().await;
-                    break;
-                }
-                q.ready.notified().await;
-                continue;
-            }
-            // Everything queued, then one flush: the frames go out one TLS record each, the
-            // TCP writes are batched by the buffer under the TLS stream. The bytes leave the
-            // queue's count chunk by chunk as they are handed to TLS, so the engine can queue
-            // behind them while a large batch is being written.
-            let mut rest = &frames[..];
-            let mut failed = false;
-            while !rest.is_empty() {
-                let (chunk, r) = rest.split_at(frames_prefix(rest, TLS_BATCH));
-                if write_frames(&mut wr, chunk).await.is_err() {
-                    failed = true;
-                    break;
-                }
-                q.in_flight.fetch_sub(chunk.len(), Ordering::Relaxed);
-                rest = r;
-            }
-            if failed || wr.flush().await.is_err() {
-                break;
-            }
-            // A burst's buffer is not kept for an idle connection.
-            if frames.capacity() > 4 * TLS_BATCH && frames.len() < TLS_BATCH {
-                frames = Vec::new();
-            }
-        }
-        // Nothing more can be sent: later frames are discarded, not counted as overflow.
-        let mut b = lock(&q.buf);
-        b.closed = true;
-        b.frames = Vec::new();
-        q.in_flight.store(0, Ordering::Relaxed);
-    });
+    let (mut rd, wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(link_writer(q, wr));
     let mut closed_by_engine = false;
     if !rest.is_empty() {
         closed_by_engine = !feed_tls(&core, peer, session, conn, &rest);
@@ -1800,6 +1805,71 @@ mod tests {
         f[4..6].copy_from_slice(&(len as u16).to_be_bytes());
         f.resize(8 + len, fill);
         f
+    }
+
+    /// The real writer (not a stand-in) counts the frames it took in `in_flight` while it
+    /// writes them, and gives the room back chunk by chunk as TLS takes them: the queue's
+    /// bound covers those bytes (flush_link drops what would exceed it) and frees them again.
+    #[test]
+    fn writer_counts_taken_frames_until_written() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let q: Arc<LinkQueue> = Arc::default();
+            let stats = Stats::default();
+            // A slow reader: the writer blocks after 4 KiB of its first chunk.
+            let (wr, mut rd) = tokio::io::duplex(4096);
+            let writer = tokio::spawn(link_writer(q.clone(), wr));
+            let mut link = TlsLink { conn: 1, q: q.clone(), batch: Vec::new() };
+            let big = cstp_data(16_000, 1);
+            let n = TLS_QUEUE_BYTES / big.len();
+            for _ in 0..n {
+                link.batch.extend_from_slice(&big);
+            }
+            let mut expect = link.batch.clone();
+            let total = expect.len();
+            flush_link(&mut link, &stats);
+            // Let the writer take the frames and start writing.
+            for _ in 0..1000 {
+                if lock(&q.buf).frames.is_empty() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            tokio::task::yield_now().await;
+            assert!(lock(&q.buf).frames.is_empty(), "the writer took the frames");
+            assert_eq!(q.in_flight.load(Ordering::Relaxed), total, "taken and not yet written: counted");
+            // The queue is empty but the bound is not: two more frames do not fit.
+            link.batch.extend_from_slice(&big);
+            link.batch.extend_from_slice(&big);
+            flush_link(&mut link, &stats);
+            assert_eq!(stats.tls_send_overflow.load(Ordering::Relaxed), 2);
+            assert!(lock(&q.buf).frames.is_empty());
+            // The reader takes the first chunk: exactly that much room comes back.
+            let first = frames_prefix(&expect, TLS_BATCH);
+            let mut got = vec![0u8; first];
+            rd.read_exact(&mut got).await.unwrap();
+            for _ in 0..1000 {
+                if q.in_flight.load(Ordering::Relaxed) != total {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(q.in_flight.load(Ordering::Relaxed), total - first, "written chunk no longer counted");
+            // Now three frames fit again (the room of the written chunk).
+            for _ in 0..3 {
+                link.batch.extend_from_slice(&big);
+                expect.extend_from_slice(&big);
+            }
+            flush_link(&mut link, &stats);
+            assert_eq!(stats.tls_send_overflow.load(Ordering::Relaxed), 2, "no drop once the room is back");
+            // Closing: the writer sends the rest, then shuts down; nothing stays counted.
+            drop(link);
+            rd.read_to_end(&mut got).await.unwrap();
+            writer.await.unwrap();
+            assert_eq!(got.len(), expect.len());
+            assert!(got == expect, "every queued frame once, in order");
+            assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
+        });
     }
 
     /// The writer's chunks are whole frames, at most the limit unless one frame is larger,
