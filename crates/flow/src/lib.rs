@@ -317,6 +317,20 @@ pub const SYN_TIMEOUT: Duration = Duration::from_secs(30);
 /// (the ASA's documented 15 s).
 pub const TIMEWAIT: Duration = Duration::from_secs(15);
 
+/// `show conn`'s header: `N in use, M most used`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    pub in_use: u64,
+    pub most_used: u64,
+}
+
+impl From<&Stats> for ConnCounts {
+    /// The engine's own counters (an answer built under one lock hold).
+    fn from(s: &Stats) -> Self {
+        ConnCounts { in_use: s.in_use, most_used: s.most_used }
+    }
+}
+
 /// Counters. `built - torn_down == in_use` always holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -1855,9 +1869,29 @@ pub struct TableMeta {
 }
 
 impl TableMeta {
-    /// The counters when the meta was taken (`show conn`'s header: `N in use, M most used`).
+    /// The counters when the meta was taken (with the walk's last slice).
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// `show conn`'s header for a listing of `conns`, the whole copy taken with this meta
+    /// (deduplicated, before any address filter): `in use` is the number of conns in the copy.
+    ///
+    /// Why not the engine's counter: the ASA prints its header and rows from one moment, but a
+    /// copy taken in slices has no such moment. A conn built in a slot the walk had passed is
+    /// not in the copy and one torn down after its slot was copied still is, so a counter read
+    /// at the walk's end (or at its start) can disagree with the rows by as many conns as
+    /// changed meanwhile (the end read said `3 in use` over 4 rows). Counting the copy keeps
+    /// the header and the unfiltered listing's rows equal, and it is the engine's counter
+    /// whenever nothing changed during the walk. `most used` is the engine's high-water mark at
+    /// the last slice. The copy can hold conns that never existed at once (one torn down after
+    /// it was copied, another built ahead of the cursor), but not more than the slab's slots
+    /// (one conn per slot visited), and the slab only grows past its end when every slot is
+    /// live, so the count never exceeds the mark; the `max` keeps the header from saying more
+    /// are in use than most used should the slab's allocation ever change.
+    pub fn listed_counts(&self, conns: &[RawConn]) -> ConnCounts {
+        let in_use = conns.len() as u64;
+        ConnCounts { in_use, most_used: self.stats.most_used.max(in_use) }
     }
 
     /// As [`Engine::interface_name`].

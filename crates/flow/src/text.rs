@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::{ConnInfo, ConnRecord, DropReason, Engine, Event, IfcId, RawConn, Stats, TableMeta, TeardownReason};
+use crate::{ConnCounts, ConnInfo, ConnRecord, DropReason, Engine, Event, IfcId, RawConn, Stats, TableMeta, TeardownReason};
 use wire::ip::proto;
 
 /// One syslog message before framing (same fields as the daemon's `syslog::Message`).
@@ -69,16 +69,19 @@ impl Engine {
 impl TableMeta {
     /// `show conn [address IP] [long|detail|count]` from a copy of the table taken with
     /// [`Engine::copy_conns`] and this meta: the text [`Engine::show_conn_address`] gives for
-    /// the same entries (oldest first, the header from the meta's counters), built without the
-    /// engine. Sorts `conns` in place.
+    /// the same entries (oldest first), built without the engine. The header counts the copy
+    /// ([`TableMeta::listed_counts`]: what is listed, not the counter at the walk's end), so
+    /// pass the whole deduplicated copy ([`crate::ConnCursor::dedupe_by_key`]) and let
+    /// `address` filter. Sorts `conns` in place.
     pub fn show_conn(&self, now: std::time::Instant, view: ConnView, address: Option<std::net::Ipv4Addr>, conns: &mut [RawConn]) -> String {
+        let counts = self.listed_counts(conns);
         if view == ConnView::Count {
-            return write_show_conn(std::iter::empty::<ConnRecord>(), self.stats(), view, |i| self.interface_name(i), |t| self.tunnel_name(t).to_string());
+            return write_show_conn(std::iter::empty::<ConnRecord>(), counts, view, |i| self.interface_name(i), |t| self.tunnel_name(t).to_string());
         }
         // Conn ids are unique, so an unstable sort gives `Engine::conns`'s order.
         conns.sort_unstable_by_key(RawConn::id);
         let recs = conns.iter().filter(|c| address.is_none_or(|a| c.involves(a))).map(|c| self.record(now, c));
-        write_show_conn(recs, self.stats(), view, |i| self.interface_name(i), |t| self.tunnel_name(t).to_string())
+        write_show_conn(recs, counts, view, |i| self.interface_name(i), |t| self.tunnel_name(t).to_string())
     }
 }
 
@@ -229,19 +232,19 @@ pub fn format_show_conn<'a>(
     ifc: impl Fn(IfcId) -> &'a str,
     tunnel: impl Fn(crate::TunnelId) -> String,
 ) -> String {
-    write_show_conn(recs, stats, view, ifc, tunnel)
+    write_show_conn(recs, ConnCounts::from(stats), view, ifc, tunnel)
 }
 
 /// [`format_show_conn`] over any sequence of records, so a copy of the table can be formatted
 /// one record at a time instead of materialising every `ConnRecord` first.
 fn write_show_conn<'a, R: std::borrow::Borrow<ConnRecord>>(
     recs: impl IntoIterator<Item = R>,
-    stats: &Stats,
+    counts: ConnCounts,
     view: ConnView,
     ifc: impl Fn(IfcId) -> &'a str,
     tunnel: impl Fn(crate::TunnelId) -> String,
 ) -> String {
-    let mut out = format!("{} in use, {} most used\n", stats.in_use, stats.most_used);
+    let mut out = format!("{} in use, {} most used\n", counts.in_use, counts.most_used);
     match view {
         ConnView::Count => {}
         ConnView::Brief => {
@@ -499,15 +502,67 @@ mod tests {
         let lines: Vec<&str> = text.lines().filter(|l| l.contains("inside 10.1.0.9:5000")).collect();
         assert_eq!(lines.len(), 1, "{text}");
         assert!(lines[0].contains("bytes 5,"), "{text}");
-        // For that tuple the listing is the engine's own (the conn built in slot 0 was missed).
+        // For that tuple the rows are the engine's own; the header counts the copy (3), not the
+        // table (4: the conn built in slot 0 was missed).
         let k_addr = Some(Ipv4Addr::new(10, 1, 0, 9));
-        assert_eq!(meta.show_conn(now, ConnView::Long, k_addr, &mut out.clone()), e.show_conn_address(now, ConnView::Long, k_addr));
+        let body = |t: String| t.split_once('\n').map(|(_, b)| b.to_string());
+        let copied = meta.show_conn(now, ConnView::Long, k_addr, &mut out.clone());
+        assert_eq!(body(copied.clone()), body(e.show_conn_address(now, ConnView::Long, k_addr)));
+        assert_eq!((out.len(), e.len()), (3, 4));
+        assert!(copied.starts_with("3 in use, 4 most used\n"), "{copied}");
         let snap = meta.snapshot(now, &out);
         let back = Engine::restore(now, Config::default(), &snap, Duration::ZERO).unwrap();
         back.check_invariants();
         let restored: Vec<(u64, u64)> =
             back.conns(now).iter().filter(|r| r.info.inside.addr == Ipv4Addr::new(10, 1, 0, 9)).map(|r| (r.info.id, r.bytes)).collect();
         assert_eq!(restored, vec![(live[0], 5)], "the live conn, with its own byte count");
+    }
+
+    /// `show conn`'s header over a copy taken in slices counts the conns the copy lists, not
+    /// the engine's counter at the walk's end: a conn torn down after its slot was copied is
+    /// listed (the end counter said 3 over 4 rows), one built in a slot already visited is not
+    /// (it said 4 over 3 rows). With an address filter the header still counts the whole copy.
+    #[test]
+    fn header_counts_what_the_copy_lists() {
+        let t0 = Instant::now();
+        let four = || {
+            let mut e = Engine::new(t0, Config::default());
+            let ifcs = IfcPair { outside: e.interface("outside").unwrap(), inside: e.interface("inside").unwrap() };
+            for host in 1..=4u8 {
+                let v = e.handle_packet(t0, Dir::Outbound, ifcs, Route::Clear, &udp(&format!("10.1.0.{host}"), 5000, "192.0.2.77", 53, b"q"));
+                assert_eq!(v, Verdict::Forward);
+            }
+            (e, ifcs)
+        };
+        let rows = |text: &str| text.lines().skip(1).count();
+        for torn_down in [true, false] {
+            let (mut e, ifcs) = four();
+            if !torn_down {
+                // Slot 0 free before the walk; the conn built during it takes slot 0 again.
+                assert_eq!(e.clear_conn(t0, Some(Ipv4Addr::new(10, 1, 0, 1))), 1);
+            }
+            let mut cur = ConnCursor::new();
+            let mut out = Vec::new();
+            assert!(!e.copy_conns(&mut cur, 2, &mut out));
+            if torn_down {
+                assert_eq!(e.clear_conn(t0, Some(Ipv4Addr::new(10, 1, 0, 1))), 1);
+            } else {
+                let v = e.handle_packet(t0, Dir::Outbound, ifcs, Route::Clear, &udp("10.1.0.9", 5000, "192.0.2.77", 53, b""));
+                assert_eq!(v, Verdict::Forward);
+            }
+            while !e.copy_conns(&mut cur, 2, &mut out) {}
+            cur.dedupe_by_key(&mut out);
+            let (listed, engine_now) = if torn_down { (4, 3) } else { (3, 4) };
+            assert_eq!((out.len(), e.len()), (listed, engine_now), "the case: the copy and the table differ");
+            let meta = e.table_meta();
+            let text = meta.show_conn(t0, ConnView::Brief, None, &mut out.clone());
+            assert_eq!(rows(&text), listed, "{text}");
+            assert_eq!(text.lines().next(), Some(format!("{listed} in use, 4 most used").as_str()), "{text}");
+            assert_eq!(meta.show_conn(t0, ConnView::Count, None, &mut out.clone()), format!("{listed} in use, 4 most used\n"));
+            let one = meta.show_conn(t0, ConnView::Brief, Some(Ipv4Addr::new(10, 1, 0, 2)), &mut out.clone());
+            assert_eq!(one.lines().next(), text.lines().next(), "{one}");
+            assert_eq!(rows(&one), 1, "{one}");
+        }
     }
 
     /// A snapshot with two flows on one 5-tuple (a copy taken in slices can hold a dead conn

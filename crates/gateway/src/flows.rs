@@ -768,6 +768,32 @@ pub(crate) mod tests {
         assert_eq!(copy.conns.iter().filter(|c| c.involves(Ipv4Addr::new(10, 1, 0, 1))).count(), 1);
     }
 
+    /// `show conn` and `show --json conn` from a sliced copy: the header (`N in use`, JSON
+    /// `in_use`) counts the rows the copy lists. Here the conn of 10.1.0.1 is cleared after its
+    /// slot was copied: it is listed, and the counter read at the walk's end (2) said one less.
+    #[test]
+    fn conn_header_counts_the_listed_rows() {
+        let now = crate::clock::now();
+        let (shared, _, _) = three_preserved(now);
+        let clear_first = |s: &Shared, first: &mut bool| {
+            if std::mem::take(first) {
+                assert_eq!(s.lock().clear_conn(now, Some(Ipv4Addr::new(10, 1, 0, 1))), 1);
+            }
+        };
+        let mut first = true;
+        let mut copy = shared.copy_table_between(1, |s| clear_first(s, &mut first));
+        assert_eq!((copy.conns.len(), shared.lock().len()), (3, 2), "the case: the copy lists a conn the table no longer has");
+        let text = copy.meta.show_conn(now, flow::text::ConnView::Brief, None, &mut copy.conns.clone());
+        assert_eq!(text.lines().next(), Some("3 in use, 3 most used"), "{text}");
+        assert_eq!(text.lines().count(), 1 + 3, "{text}");
+        let json: serde_json::Value = serde_json::from_str(&crate::show::conn_json_copy(&copy.meta, now, None, &mut copy.conns)).unwrap();
+        assert_eq!(json["conns"].as_array().map(Vec::len), Some(3));
+        assert_eq!((json["in_use"].as_u64(), json["most_used"].as_u64()), (Some(3), Some(3)), "{json}");
+        // With nothing changing, the header is the engine's own counter.
+        let (shared, _, _) = three_preserved(now);
+        assert_eq!(show_conn(&shared, now, flow::text::ConnView::Brief, None).lines().next(), Some("3 in use, 3 most used"));
+    }
+
     /// How long `show conn` (text, JSON) and the state-file snapshot hold the engine lock on a
     /// big table: before (the whole answer built under one hold, as the daemon did) and after
     /// (copied `COPY_SLICE_SLOTS` slots per hold, converted outside). A thread standing in for

@@ -432,22 +432,25 @@ fn proto_name(p: u8) -> String {
 
 /// The connection table as JSON; `records` already filtered (by address) by the caller.
 pub fn conn_json(eng: &flow::Engine, records: Option<&[flow::ConnRecord]>) -> String {
-    conn_table_json(eng.stats(), |i| eng.interface_name(i), |t| eng.tunnel_name(t), records.map(|r| r.iter()))
+    conn_table_json(eng.stats().into(), |i| eng.interface_name(i), |t| eng.tunnel_name(t), records.map(|r| r.iter()))
 }
 
 /// `show --json conn [address IP]` from a copy of the table (`flows::Shared::copy_table`): the
 /// JSON [`conn_json`] gives for the same entries (oldest first), built with the engine lock
 /// released. Sorts `conns` in place. `copy_table` has already removed a dead conn whose
-/// 5-tuple was rebuilt during the copy, so each tuple is listed once.
+/// 5-tuple was rebuilt during the copy, so each tuple is listed once. `in_use` / `most_used`
+/// count the copy, as the text header does (`flow::TableMeta::listed_counts`: a counter read
+/// at the walk's end can disagree with the rows).
 pub fn conn_json_copy(meta: &flow::TableMeta, now: std::time::Instant, address: Option<std::net::Ipv4Addr>, conns: &mut [flow::RawConn]) -> String {
+    let counts = meta.listed_counts(conns);
     // Conn ids are unique: an unstable sort gives `Engine::conns`'s order.
     conns.sort_unstable_by_key(flow::RawConn::id);
     let recs = conns.iter().filter(|c| address.is_none_or(|a| c.involves(a))).map(|c| meta.record(now, c));
-    conn_table_json(meta.stats(), |i| meta.interface_name(i), |t| meta.tunnel_name(t), Some(recs))
+    conn_table_json(counts, |i| meta.interface_name(i), |t| meta.tunnel_name(t), Some(recs))
 }
 
 fn conn_table_json<'a, R: std::borrow::Borrow<flow::ConnRecord>>(
-    st: &flow::Stats,
+    counts: flow::ConnCounts,
     ifc_name: impl Fn(flow::IfcId) -> &'a str,
     tunnel_name: impl Fn(flow::TunnelId) -> &'a str,
     records: Option<impl Iterator<Item = R>>,
@@ -472,7 +475,7 @@ fn conn_table_json<'a, R: std::borrow::Borrow<flow::ConnRecord>>(
         })
         .collect()
     });
-    to_json(&ConnTableJson { in_use: st.in_use, most_used: st.most_used, conns })
+    to_json(&ConnTableJson { in_use: counts.in_use, most_used: counts.most_used, conns })
 }
 
 /// `show --json asp drop`: every reason (zeros included), keyed by the ASA keyword.
