@@ -31,50 +31,11 @@
 
 use ike::{Command, Endpoint, Event, Path, Transmit};
 use policy::*;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use wire::ike::{ExchangeType, Header, Message, NotifyType, Payload};
 
-const A: &str = "192.0.2.1";
-const B: &str = "192.0.2.2";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn net(s: &str, l: u8) -> TrafficSelector {
-    TrafficSelector::from_net(Ipv4Net::new(s.parse().unwrap(), l), None)
-}
-
-/// The lab's suite: AES-GCM-256 / PRF-SHA256 / X25519, PSK, DPD 10 s retry 2.
-fn tunnel(local: &str, peer: &str, lnet: &str, rnet: &str) -> TunnelPolicy {
-    TunnelPolicy {
-        name: format!("MAP:{peer}"),
-        local_addr: ip(local),
-        peer_addr: ip(peer),
-        outside_ifname: "out".into(),
-        local_ts: vec![net(lnet, 24)],
-        remote_ts: vec![net(rnet, 24)],
-        ike_policies: vec![Ikev2Policy {
-            priority: 10,
-            encryption: vec![Encryption::AesGcm256],
-            integrity: vec![Integrity::Null],
-            groups: vec![DhGroup::Curve25519],
-            prf: vec![Prf::Sha256],
-            lifetime: Some(Duration::from_secs(86400)),
-        }],
-        esp_proposals: vec![IpsecProposal { name: "P1".into(), encryption: vec![Encryption::AesGcm256], integrity: vec![] }],
-        pfs: None,
-        child_lifetime: Duration::from_secs(3600),
-        child_lifetime_kilobytes: None,
-        local_psk: Secret("s3cret".into()),
-        remote_psk: Secret("s3cret".into()),
-        dpd: Some(Dpd { threshold: Duration::from_secs(10), retry: Duration::from_secs(2) }),
-        nat_t_disable: false,
-        force_udp_encap: false,
-        connection_type: ConnectionType::Bidirectional,
-    }
-}
+mod common;
+use common::*;
 
 fn drain(ep: &mut Endpoint) -> Vec<Transmit> {
     let mut v = Vec::new();
@@ -131,9 +92,9 @@ impl Lab {
         let now = Instant::now();
         Lab {
             now,
-            a: Endpoint::new(vec![tunnel(A, B, "10.1.0.0", "10.2.0.0")], g.clone(), Box::new(crypto::SeededRandom::new(11))),
-            b: Endpoint::new(vec![tunnel(B, A, "10.2.0.0", "10.1.0.0")], g.clone(), Box::new(crypto::SeededRandom::new(12))),
-            c: Endpoint::new(vec![tunnel(B, A, "10.2.0.0", "10.1.0.0")], cookie_always, Box::new(crypto::SeededRandom::new(13))),
+            a: Endpoint::new(vec![tunnel(A, B, "10.1.0.0", "10.2.0.0", &gcm_x25519())], g.clone(), Box::new(crypto::SeededRandom::new(11))),
+            b: Endpoint::new(vec![tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519())], g.clone(), Box::new(crypto::SeededRandom::new(12))),
+            c: Endpoint::new(vec![tunnel(B, A, "10.2.0.0", "10.1.0.0", &gcm_x25519())], cookie_always, Box::new(crypto::SeededRandom::new(13))),
         }
     }
 
