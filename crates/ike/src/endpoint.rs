@@ -134,7 +134,9 @@ enum Req {
 }
 
 enum Pending {
-    Init { dh: Option<DhPrivate>, ke: Vec<u8>, group: DhGroup, cookie: Option<Vec<u8>>, restarts: u32 },
+    /// `copies`: another IKE_SA_INIT with this KE and nonce but without this cookie has left
+    /// (the request before the COOKIE answer), so a real response may answer either.
+    Init { dh: Option<DhPrivate>, ke: Vec<u8>, group: DhGroup, cookie: Option<Vec<u8>>, restarts: u32, copies: bool },
     Auth { child_spi: u32 },
     Dpd,
     DeleteIke,
@@ -192,6 +194,9 @@ struct IkeSa {
     nr: Vec<u8>,
     /// The IKE_SA_INIT request and response as sent (signed in AUTH, §2.15).
     msg1: Vec<u8>,
+    /// `msg1` is our best guess, not known: both the plain and the cookie'd IKE_SA_INIT left,
+    /// and a response does not say which one the responder answered (RFC 7296 §2.6).
+    msg1_guess: bool,
     msg2: Vec<u8>,
     nat_local: bool,
     nat_remote: bool,
@@ -961,8 +966,10 @@ impl Endpoint {
         }
         o.sent = now;
         let datagrams = o.datagrams.clone();
-        if matches!(o.pending, Pending::Init { .. }) {
+        if let Pending::Init { copies, .. } = o.pending {
+            // See `sa_timers`: AUTH signs the request that left last.
             sa.msg1 = datagrams.first().cloned().unwrap_or_default();
+            sa.msg1_guess = copies;
         }
         for d in datagrams {
             self.transmit(sa.path, d);
@@ -1101,9 +1108,14 @@ impl Endpoint {
                     return;
                 }
                 let datagrams = out.datagrams.clone();
-                if matches!(out.pending, Pending::Init { .. }) {
-                    // The request AUTH will sign is the one that left last (RFC 7296 §2.15).
+                if let Pending::Init { copies, .. } = out.pending {
+                    // AUTH signs the IKE_SA_INIT request the responder received (RFC 7296
+                    // §2.15). After a COOKIE we cannot know which copy that was: take the one
+                    // that left last (the responder that demanded the cookie answers that
+                    // one); if it was the other, the peer refuses our AUTH and the SA is
+                    // initiated again (`on_auth_response` says why).
                     sa.msg1 = datagrams.first().cloned().unwrap_or_default();
+                    sa.msg1_guess = copies;
                 }
                 for d in datagrams {
                     self.transmit(sa.path, d);
@@ -1266,6 +1278,7 @@ impl Endpoint {
             ni,
             nr: Vec::new(),
             msg1: Vec::new(),
+            msg1_guess: false,
             msg2: Vec::new(),
             nat_local: false,
             nat_remote: false,
@@ -1303,9 +1316,10 @@ impl Endpoint {
         let (dh, public) = DhPrivate::generate(group)?;
         let msg = self.init_request(sa, group, &public, cookie.as_deref());
         sa.msg1 = msg.clone();
+        sa.msg1_guess = false;
         sa.next_mid = 1;
         self.transmit(sa.path, msg.clone());
-        let pending = Pending::Init { dh: Some(dh), ke: public, group, cookie, restarts };
+        let pending = Pending::Init { dh: Some(dh), ke: public, group, cookie, restarts, copies: false };
         let iv = self.retransmit_interval(sa, &pending, 0);
         sa.out = Some(Outstanding { mid: 0, datagrams: vec![msg], pending, tries: 0, next: now + iv, sent: now });
         Ok(())
@@ -1341,12 +1355,18 @@ impl Endpoint {
     }
 
     fn on_init_response(&mut self, now: Instant, sa: &mut IkeSa, data: &[u8], msg: &Message<'_>) -> Result<(), Drop> {
-        let Some(Outstanding { pending: Pending::Init { dh, ke, group, cookie, restarts }, .. }) = sa.out.as_mut() else {
+        let Some(Outstanding { pending: Pending::Init { dh, ke, group, cookie, restarts, .. }, .. }) = sa.out.as_mut() else {
             return Err(Drop::Unexpected("IKE_SA_INIT response without request"));
         };
         let (group, restarts) = (*group, *restarts);
         let ps = &msg.payloads;
         if let Some(c) = notify_of(ps, NotifyType::Cookie) {
+            if cookie.as_deref() == Some(c.data) {
+                // The same cookie for another copy of the request (a burst of retransmissions
+                // reaching a responder over its threshold): what we send already carries it.
+                // Counting it would spend the restart budget INVALID_KE_PAYLOAD shares.
+                return Err(Drop::Unexpected("duplicate COOKIE"));
+            }
             if restarts >= 3 || c.data.is_empty() || c.data.len() > 64 {
                 return Err(Drop::Protocol("cookie loop".into()));
             }
@@ -1359,10 +1379,13 @@ impl Endpoint {
             let c = c.data.to_vec();
             let public = ke.clone();
             let msg = self.init_request(sa, group, &public, Some(&c));
-            if let Some(Outstanding { pending: Pending::Init { cookie, restarts, .. }, datagrams, next, sent, tries, .. }) = sa.out.as_mut() {
+            if let Some(Outstanding { pending: Pending::Init { cookie, restarts, copies, .. }, datagrams, next, sent, tries, .. }) = sa.out.as_mut() {
                 *cookie = Some(c);
                 *restarts += 1;
+                *copies = true;
                 *datagrams = vec![msg];
+                // Its first send at `next` counts as a retransmission; harmless for
+                // IKE_SA_INIT, which the tunnel initiates again when the tries run out.
                 *tries = 0;
                 *next = now + KNOCK_INTERVAL;
                 // Keeps `knock` from sending it earlier.
@@ -1375,7 +1398,12 @@ impl Endpoint {
             let wanted = (n.data.len() == 2).then(|| u16::from_be_bytes([n.data[0], n.data[1]])).and_then(DhGroup::from_number);
             let allowed = self.tunnels[sa.tunnel].ike_policies.iter().any(|p| wanted.is_some_and(|w| p.groups.contains(&w)));
             if let (Some(w), true) = (wanted, allowed) {
-                if w != group && restarts < 3 {
+                if w == group {
+                    // A second copy of the answer that made us switch: the request in flight
+                    // already carries group w.
+                    return Err(Drop::Unexpected("duplicate INVALID_KE_PAYLOAD"));
+                }
+                if restarts < 3 {
                     let c = cookie.clone();
                     return self.send_init(now, sa, w, c, restarts + 1).map_err(|e| Drop::Protocol(e.to_string()));
                 }
@@ -1580,6 +1608,7 @@ impl Endpoint {
             ni: ni.to_vec(),
             nr,
             msg1: data.to_vec(),
+            msg1_guess: false,
             msg2: Vec::new(),
             nat_local: false,
             nat_remote: false,
@@ -1989,7 +2018,12 @@ impl Endpoint {
             _ => None,
         });
         let (Some(idr), Some(_)) = (idr, auth) else {
-            let reason = first_error(ps).map(|e| format!("peer refused IKE_AUTH: {:?}", e.ty)).unwrap_or_else(|| "IKE_AUTH response without AUTH".into());
+            let mut reason = first_error(ps).map(|e| format!("peer refused IKE_AUTH: {:?}", e.ty)).unwrap_or_else(|| "IKE_AUTH response without AUTH".into());
+            if sa.msg1_guess {
+                // Not necessarily a wrong key: the peer may check our AUTH against the other
+                // copy of IKE_SA_INIT (see `sa_timers`). The next attempt starts clean.
+                reason.push_str(" (after a COOKIE exchange: the peer may have answered the IKE_SA_INIT sent before the cookie)");
+            }
             self.fail_negotiation(now, sa, &reason);
             return Err(Drop::Rejected(reason));
         };
@@ -2642,6 +2676,7 @@ impl Endpoint {
             ni,
             nr,
             msg1: Vec::new(),
+            msg1_guess: false,
             msg2: Vec::new(),
             nat_local: old.nat_local,
             nat_remote: old.nat_remote,

@@ -185,3 +185,121 @@ fn cookie_racing_a_real_response_still_comes_up() {
     assert!(ev.iter().any(|e| matches!(e, Event::ChildSaUp(_))), "A's tunnel comes up with B; A's events: {ev:?}");
     assert!(events(&mut lab.b).iter().any(|e| matches!(e, Event::ChildSaUp(_))), "B's side is up too");
 }
+
+/// A tunnel that offers these DH groups, otherwise the shared lab suite.
+fn tunnel_groups(local: &str, peer: &str, lnet: &str, rnet: &str, groups: Vec<DhGroup>) -> TunnelPolicy {
+    tunnel(local, peer, lnet, rnet, &Algs { groups, ..gcm_x25519() })
+}
+
+fn globals() -> Ikev2Globals {
+    Ikev2Globals { retransmit_base: Duration::from_millis(1000), retransmit_tries: 5, ..Default::default() }
+}
+
+fn sends_ike_auth(out: &[Transmit]) -> bool {
+    out.iter().any(|t| Header::parse(&t.data).is_ok_and(|h| h.exchange == ExchangeType::IkeAuth))
+}
+
+/// Two copies of the request both get INVALID_KE_PAYLOAD (a retransmission crossed the first
+/// answer). The second copy must not kill the retry the first one started: the retry already
+/// carries the group asked for. (Before, it ended the SA as "a group we do not allow".)
+#[test]
+fn duplicate_invalid_ke_keeps_the_retry() {
+    #[allow(clippy::disallowed_methods)] // the virtual clock needs some starting Instant
+    let mut now = Instant::now();
+    let mut a = Endpoint::new(vec![tunnel_groups(A, B, "10.1.0.0", "10.2.0.0", vec![DhGroup::Curve25519, DhGroup::Ecp256])], globals(), Box::new(crypto::SeededRandom::new(11)));
+    let mut b = Endpoint::new(vec![tunnel_groups(B, A, "10.2.0.0", "10.1.0.0", vec![DhGroup::Ecp256])], globals(), Box::new(crypto::SeededRandom::new(12)));
+    a.handle_command(now, Command::Initiate { tunnel: format!("MAP:{B}") });
+    let p = drain(&mut a);
+    assert_eq!(p.len(), 1);
+    deliver(&mut b, now, &p[0]).unwrap();
+    deliver(&mut b, now, &p[0]).unwrap();
+    let invalid_ke = drain(&mut b);
+    assert_eq!(invalid_ke.len(), 2, "B answers both copies with INVALID_KE_PAYLOAD");
+    now += Duration::from_millis(10);
+    deliver(&mut a, now, &invalid_ke[0]).expect("the first INVALID_KE_PAYLOAD switches the group");
+    let retry = drain(&mut a);
+    assert_eq!(retry.len(), 1, "A retries with group 19");
+    assert!(deliver(&mut a, now, &invalid_ke[1]).is_err(), "the duplicate is dropped");
+    assert!(!events(&mut a).iter().any(|e| matches!(e, Event::IkeNegotiationFailed { .. } | Event::IkeSaDown { .. })), "the duplicate does not end the negotiation");
+    deliver(&mut b, now, &retry[0]).unwrap();
+    let answer = drain(&mut b);
+    for t in &answer {
+        deliver(&mut a, now, t).expect("A takes the group-19 answer");
+    }
+    assert!(sends_ike_auth(&drain(&mut a)), "A goes on to IKE_AUTH");
+}
+
+/// Four copies of the request answered with the same COOKIE are one cookie, not four restarts:
+/// the INVALID_KE_PAYLOAD that follows for the cookie'd request still gets its group switch.
+/// (Before, the duplicates spent the restart budget and A ended the SA.)
+#[test]
+fn duplicate_cookies_are_one_restart() {
+    let cookie_always = Ikev2Globals { cookie_challenge_percent: 0, ..globals() };
+    #[allow(clippy::disallowed_methods)] // the virtual clock needs some starting Instant
+    let mut now = Instant::now();
+    let mut a = Endpoint::new(vec![tunnel_groups(A, B, "10.1.0.0", "10.2.0.0", vec![DhGroup::Curve25519, DhGroup::Ecp256])], globals(), Box::new(crypto::SeededRandom::new(11)));
+    let mut b = Endpoint::new(vec![tunnel_groups(B, A, "10.2.0.0", "10.1.0.0", vec![DhGroup::Ecp256])], cookie_always, Box::new(crypto::SeededRandom::new(12)));
+    a.handle_command(now, Command::Initiate { tunnel: format!("MAP:{B}") });
+    let p = drain(&mut a);
+    for _ in 0..4 {
+        deliver(&mut b, now, &p[0]).unwrap();
+    }
+    let cookies = drain(&mut b);
+    assert_eq!(cookies.len(), 4);
+    deliver(&mut a, now, &cookies[0]).expect("the first COOKIE is taken");
+    for c in &cookies[1..] {
+        assert!(deliver(&mut a, now, c).is_err(), "a repeated COOKIE changes nothing");
+    }
+    now += Duration::from_millis(600);
+    a.handle_timeout(now);
+    let q = drain(&mut a);
+    assert_eq!(q.len(), 1, "one cookie'd retry");
+    deliver(&mut b, now, &q[0]).unwrap();
+    for t in &drain(&mut b) {
+        deliver(&mut a, now, t).expect("INVALID_KE_PAYLOAD for the cookie'd request switches the group");
+    }
+    assert!(!events(&mut a).iter().any(|e| matches!(e, Event::IkeNegotiationFailed { .. } | Event::IkeSaDown { .. })));
+    let retry = drain(&mut a);
+    assert_eq!(retry.len(), 1, "A retries with group 19, cookie kept");
+    let m = Message::parse(&retry[0].data).unwrap();
+    assert!(m.notifies().any(|n| n.ty == NotifyType::Cookie), "RFC 7296 §2.6: the cookie stays first");
+}
+
+/// The real answer to the plain request arrives after the cookie'd copy left. Which copy the
+/// responder answered is unknowable; AUTH signs the one that left last, the responder checks the
+/// other and refuses. The failure must say that it may be this race, not only "refused", and the
+/// tunnel is initiated again.
+#[test]
+fn late_real_response_after_the_cookie_retry_is_reported_as_such() {
+    let mut lab = Lab::new();
+    let init = lab.first_init();
+    let (r2, cookie) = lab.peer_answers_two_copies(&init);
+    let _ = deliver(&mut lab.a, lab.now, &cookie);
+    assert!(drain(&mut lab.a).is_empty(), "the cookie'd retry waits KNOCK_INTERVAL");
+    lab.now += Duration::from_millis(600);
+    lab.a.handle_timeout(lab.now);
+    assert_eq!(drain(&mut lab.a).len(), 1, "the cookie'd retry left");
+    lab.now += Duration::from_millis(50);
+    deliver(&mut lab.a, lab.now, &r2).expect("A takes R2");
+    let auth = drain(&mut lab.a);
+    assert!(sends_ike_auth(&auth));
+    for t in &auth {
+        let _ = deliver(&mut lab.b, lab.now, t);
+    }
+    for t in &drain(&mut lab.b) {
+        let _ = deliver(&mut lab.a, lab.now, t);
+    }
+    let failed: Vec<String> = events(&mut lab.a)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::IkeNegotiationFailed { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "B refuses AUTH computed over the other copy: {failed:?}");
+    assert!(failed[0].contains("AuthenticationFailed") && failed[0].contains("COOKIE"), "{}", failed[0]);
+    lab.now += Duration::from_secs(5);
+    lab.a.handle_timeout(lab.now);
+    let again = drain(&mut lab.a);
+    assert!(again.iter().any(|t| Header::parse(&t.data).is_ok_and(|h| h.exchange == ExchangeType::IkeSaInit)), "A initiates again");
+}
