@@ -27,7 +27,8 @@
 //!             [--chan both|tls|dtls] [--dir both|up|down] [--fallback-timeout 120] [--mtu 1400]
 //!             [--no-fallback] [--pin CLIENT_CPU,SERVER_CPU]
 //! ```
-//! `--no-fallback` skips (c) (it costs ~30 s per server; throughput-only runs).
+//! `--no-fallback` skips (c) (it costs ~30 s per server; throughput-only runs). `--pin` implies
+//! it: the processes would still be pinned, so the time would not compare with unpinned runs.
 //!
 //! `--pin C,S` (measurement knob, off by default; e.g. `--pin 1,0`): before every iperf3 run,
 //! every thread of the client process (openconnect or lab-acload) is pinned to CPU C, and every
@@ -319,7 +320,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    let fallback = !args.iter().any(|a| a == "--no-fallback");
+    let fallback = !args.iter().any(|a| a == "--no-fallback") && pin.is_none();
     let cfg = Cfg { tuning: RaTuning { dpd: 30, mtu }, secs, fb_timeout, clients, acload, chans, dirs, pin, fallback };
     let started = Instant::now();
     let load_start = loadavg();
