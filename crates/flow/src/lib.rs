@@ -1807,23 +1807,67 @@ impl ConnCursor {
         c.0.id >= self.first_new_id.unwrap_or(0)
     }
 
-    /// Appends to `kept` the conns of `slice` (just copied with this cursor) that the count of
-    /// preserved conns needs: the preserved ones and every conn built during the walk. Those
-    /// are all [`ConnCursor::dedupe_by_key`] looks at to decide whether a preserved conn stays
-    /// (its 5-tuple again with a higher id, which only a conn built during the walk can have),
-    /// so [`ConnCursor::count_preserved`] over `kept` is the count over the whole copy
-    /// deduplicated, without keeping the whole copy.
-    pub fn keep_for_preserved_count(&self, slice: &[RawConn], kept: &mut Vec<RawConn>) {
-        kept.extend(slice.iter().filter(|c| c.is_preserved() || self.built_during_walk(c)));
+    /// Adds to `tally` the conns of `slice`, just copied with this cursor, that the count of
+    /// preserved conns needs (see [`PreservedTally`]). Call it after each
+    /// [`Engine::copy_conns`] with the lock released: it only filters and copies keys.
+    pub fn tally_preserved(&self, slice: &[RawConn], tally: &mut PreservedTally) {
+        let old_preserved = |c: &&RawConn| c.is_preserved() && !self.built_during_walk(c);
+        let n = slice.iter().filter(old_preserved).count();
+        if n > 0 {
+            // Sized exactly (`into_boxed_slice` then does not reallocate): the keys of a 1 M
+            // flow table cost 16 B each, with no doubling growth of one big vector.
+            let mut keys = Vec::with_capacity(n);
+            keys.extend(slice.iter().filter(old_preserved).map(|c| c.0.key));
+            tally.old_keys.push(keys.into_boxed_slice());
+            tally.old += n as u64;
+        }
+        tally.built.extend(slice.iter().filter(|c| self.built_during_walk(c)).map(|c| (c.0.key, c.0.id, c.is_preserved())));
     }
+}
 
-    /// The preserved conns (`V`) among `kept` (gathered with
-    /// [`ConnCursor::keep_for_preserved_count`] over a finished walk), each 5-tuple counted once
-    /// by the rule the listings follow: a preserved conn closed and rebuilt during the walk is
-    /// counted only in its live (higher-id) form, and not at all if that form is not preserved.
-    pub fn count_preserved(&self, kept: &mut Vec<RawConn>) -> u64 {
-        self.dedupe_by_key(kept);
-        kept.iter().filter(|c| c.is_preserved()).count() as u64
+// The memory claim of `PreservedTally` (16 B per preserved conn) rests on this size.
+const _: () = assert!(std::mem::size_of::<Key>() == 16);
+
+/// The number of preserved conns (`V`) over a walk of the table in slices
+/// ([`ConnCursor::tally_preserved`] after each slice, [`PreservedTally::count`] at the end),
+/// by the rule the listings follow ([`ConnCursor::dedupe_by_key`]): a 5-tuple closed and
+/// rebuilt during the walk is counted once, as its live (higher-id) conn, and not at all if
+/// that conn is not preserved.
+///
+/// Why this keeps so little: only a conn built during the walk can be the successor of
+/// another on its tuple (ids only grow), and any such conn has a higher id than every conn
+/// that existed before the walk. So a pre-walk preserved conn drops out of the count exactly
+/// when a conn built during the walk has its key, whatever that conn's id, and the check needs
+/// only the pre-walk conn's key (16 B, compared exactly: no hash, so no collision can change
+/// the count), not its 64-byte entry. Conns built during the walk (few: those the traffic
+/// builds while the walk runs, in slots ahead of the cursor) keep key, id and flag.
+#[derive(Debug, Default)]
+pub struct PreservedTally {
+    /// Keys of the preserved conns that existed before the walk, one exactly-sized block per
+    /// slice.
+    old_keys: Vec<Box<[Key]>>,
+    /// How many keys `old_keys` holds: the count when no conn was built during the walk.
+    old: u64,
+    /// Every conn built during the walk: key, id, preserved.
+    built: Vec<(Key, ConnId, bool)>,
+}
+
+impl PreservedTally {
+    /// The preserved conns of the finished walk, each 5-tuple counted once.
+    pub fn count(&self) -> u64 {
+        if self.built.is_empty() {
+            return self.old;
+        }
+        let mut newest: HashMap<Key, ConnId> = HashMap::with_capacity(self.built.len());
+        for &(key, id, _) in &self.built {
+            let n = newest.entry(key).or_insert(id);
+            *n = (*n).max(id);
+        }
+        // A built conn counts if it is its tuple's newest and preserved; a pre-walk one if no
+        // conn built during the walk took its tuple.
+        let built = self.built.iter().filter(|&&(key, id, v)| v && newest.get(&key) == Some(&id)).count() as u64;
+        let superseded = self.old_keys.iter().flat_map(|b| b.iter()).filter(|k| newest.contains_key(k)).count() as u64;
+        self.old - superseded + built
     }
 }
 
@@ -1965,3 +2009,132 @@ pub struct FlowRecord {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod preserved_tally_tests {
+    // A test's clock origin; the engine still takes every `now` as a parameter.
+    #![allow(clippy::disallowed_methods)]
+    use super::*;
+    use crate::tests::{tcp, SYN};
+
+    /// Builds the SYN of inside 10.1.`host / 256`.`host % 256`:40000 -> 10.2.0.9:80 through
+    /// `route` (a conn preserved when its tunnel drops).
+    fn syn(e: &mut Engine, now: Instant, ifcs: IfcPair, route: Route, host: u16) {
+        let src = format!("10.1.{}.{}", host / 256, host % 256);
+        let v = e.handle_packet(now, Dir::Outbound, ifcs, route, &tcp(&src, 40000, "10.2.0.9", 80, SYN, 1, 0, b""));
+        assert_eq!(v, Verdict::Forward);
+    }
+
+    /// The tally counts what the deduplicated copy of the same walk holds preserved, under
+    /// churn between slices: conns cleared and rebuilt on their tuple ahead of the cursor, in
+    /// clear (not preserved: the pre-walk one must drop out of the count) or through the
+    /// tunnel and preserved again (counted once), rebuilt twice, new tuples, the tunnel
+    /// coming up (flags cleared) and down. Both counts come from one walk's slices, so they
+    /// must agree exactly; the explicit cases pin the rule itself.
+    #[test]
+    fn tally_matches_the_deduplicated_copy() {
+        let now = Instant::now();
+        let mut cfg = Config::default();
+        cfg.sysopt.preserve_vpn_flows = true;
+        let setup = || {
+            let mut e = Engine::new(now, cfg.clone());
+            let ifcs = IfcPair { outside: e.interface("outside").unwrap(), inside: e.interface("inside").unwrap() };
+            let t = e.tunnel("MAP:20").unwrap();
+            e.tunnel_up(now, t, &[], &[]);
+            for host in 1..=40u16 {
+                syn(&mut e, now, ifcs, Route::ToTunnel(t), host);
+            }
+            e.tunnel_down(now, t);
+            while e.poll_event().is_some() {}
+            (e, ifcs, t)
+        };
+        let walk = |e: &mut Engine, slots: usize, between: &mut dyn FnMut(&mut Engine, usize)| {
+            let mut cur = ConnCursor::new();
+            let mut tally = PreservedTally::default();
+            let mut copy = Vec::new();
+            let mut slice = Vec::new();
+            let mut step = 0;
+            loop {
+                slice.clear();
+                let done = e.copy_conns(&mut cur, slots, &mut slice);
+                cur.tally_preserved(&slice, &mut tally);
+                copy.extend_from_slice(&slice);
+                if done {
+                    break;
+                }
+                between(e, step);
+                step += 1;
+            }
+            cur.dedupe_by_key(&mut copy);
+            (tally.count(), copy.iter().filter(|c| c.is_preserved()).count() as u64, copy.len())
+        };
+        let clear = |e: &mut Engine, host: u16| {
+            assert_eq!(e.clear_conn(now, Some(Ipv4Addr::new(10, 1, (host / 256) as u8, (host % 256) as u8))), 1);
+        };
+
+        // Nothing changes: every conn is preserved and counted.
+        let (mut e, _, _) = setup();
+        assert_eq!(walk(&mut e, 7, &mut |_, _| {}), (40, 40, 40));
+
+        // Host 1 (slot 0, copied by the first slice) rebuilt in clear beyond the cursor (a
+        // filler takes slot 0): its live conn is not preserved, so 39.
+        let (mut e, ifcs, _) = setup();
+        let (n, listed, _) = walk(&mut e, 1, &mut |e, step| {
+            if step == 0 {
+                clear(e, 1);
+                syn(e, now, ifcs, Route::Clear, 500);
+                syn(e, now, ifcs, Route::Clear, 1);
+            }
+        });
+        assert_eq!((n, listed), (39, 39));
+
+        // Rebuilt through the tunnel and preserved again: counted once, 40.
+        let (mut e, ifcs, t) = setup();
+        let (n, listed, _) = walk(&mut e, 1, &mut |e, step| {
+            if step == 0 {
+                clear(e, 1);
+                syn(e, now, ifcs, Route::Clear, 500);
+                e.tunnel_up(now, t, &[], &[]);
+                syn(e, now, ifcs, Route::ToTunnel(t), 1);
+                e.tunnel_down(now, t);
+                while e.poll_event().is_some() {}
+            }
+        });
+        assert_eq!((n, listed), (40, 40));
+
+        // Pseudo-random churn, many seeds and slice sizes.
+        for seed in 1..=40u64 {
+            for slots in [1, 3, 16] {
+                let (mut e, ifcs, t) = setup();
+                let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut next = move |m: u64| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % m
+                };
+                let (n, listed, len) = walk(&mut e, slots, &mut |e, _| {
+                    for _ in 0..next(3) {
+                        let host = 1 + next(60) as u16;
+                        let ip = Ipv4Addr::new(10, 1, (host / 256) as u8, (host % 256) as u8);
+                        if e.clear_conn(now, Some(ip)) == 0 || next(2) == 0 {
+                            // Filler first (sometimes) so the rebuild lands ahead of the cursor.
+                            if next(2) == 0 {
+                                syn(e, now, ifcs, Route::Clear, 300 + next(200) as u16);
+                            }
+                            if next(2) == 0 {
+                                syn(e, now, ifcs, Route::Clear, host);
+                            } else {
+                                e.tunnel_up(now, t, &[], &[]);
+                                syn(e, now, ifcs, Route::ToTunnel(t), host);
+                                e.tunnel_down(now, t);
+                                while e.poll_event().is_some() {}
+                            }
+                        }
+                    }
+                });
+                assert_eq!(n, listed, "seed {seed}, {slots} slots, {len} listed");
+            }
+        }
+    }
+}

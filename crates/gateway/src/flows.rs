@@ -202,8 +202,8 @@ impl Shared {
     /// Conns preserved while their tunnel is down (`V`), counted a slice per lock hold, by the
     /// rule [`Shared::copy_table`]'s listing follows: a 5-tuple closed and rebuilt during the
     /// walk is counted once, as its live (higher-id) conn, so the gauge and `show conn` agree on
-    /// the same walk. Only the preserved conns and those built during the walk are kept
-    /// (`flow::ConnCursor::keep_for_preserved_count`), not the whole copy.
+    /// the same walk. The walk keeps 16 bytes (the key) per preserved conn and more only for
+    /// conns built during it (`flow::PreservedTally`), not a 64-byte copy of each conn.
     pub fn count_preserved(&self, slice_slots: usize) -> u64 {
         self.count_preserved_between(slice_slots, |_| {})
     }
@@ -213,13 +213,13 @@ impl Shared {
         let slice_slots = slice_slots.max(1);
         let mut cursor = flow::ConnCursor::new();
         let mut buf = vec![flow::RawConn::default(); slice_slots];
-        let mut kept = Vec::new();
+        let mut tally = flow::PreservedTally::default();
         loop {
             buf.clear();
             let done = self.lock().copy_conns(&mut cursor, slice_slots, &mut buf);
-            cursor.keep_for_preserved_count(&buf, &mut kept);
+            cursor.tally_preserved(&buf, &mut tally);
             if done {
-                return cursor.count_preserved(&mut kept);
+                return tally.count();
             }
             between(self);
             std::thread::yield_now();
